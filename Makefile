@@ -1,0 +1,45 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
+# torch is installed first and pinned (constraints.txt): any torch-dependent package installed
+# before it, or without the pin, would pull a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH := torch==2.13.0
+export DLFORGE_DATA ?= $(abspath ../shared/data)
+export MPLBACKEND := Agg
+
+.PHONY: demo test install install-dev docs bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.core: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install $(TORCH)
+	$(PIP) install -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install $(TORCH)
+	$(PIP) install -c constraints.txt -e '.[dev,text,serve]'
+	touch $@ $(VENV)/.core
+
+install: $(VENV)/.core
+install-dev: $(VENV)/.dev
+
+demo: $(VENV)/.core
+	$(VENV)/bin/dlforge train --out runs/demo --overwrite
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+docs: $(VENV)/.core
+	$(VENV)/bin/dlforge recipe schema --markdown > docs/recipe.md
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/trainer_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,155 @@
+"""The run directory as an artifact: save a trained model, load it back as a Predictor. Never unpickles.
+
+model.json holds the format version, the resolved recipe, the input/output signature and every
+feature's fitted state; model.safetensors holds the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dlforge import __version__
+from dlforge.data.batches import eval_batches
+from dlforge.data.prepare import build_features, encode, signature
+from dlforge.errors import ArtifactError, RecipeError
+from dlforge.io_utils import write_json
+from dlforge.models import build_model
+from dlforge.predict_input import to_table
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS = "model.safetensors"
+
+
+def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = run_dir / (WEIGHTS + ".tmp")
+    save_file(weights, str(tmp), metadata={"format": "pt"})
+    tmp.replace(run_dir / WEIGHTS)
+    write_json(run_dir / MODEL_JSON, {
+        "format_version": FORMAT_VERSION,
+        "dlforge_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "name": recipe.name,
+        "recipe": recipe.model_dump(mode="json"),
+        "signature": signature(inputs, outputs),
+        "features": {"inputs": {n: f.state() for n, f in inputs.items()},
+                     "outputs": {n: f.state() for n, f in outputs.items()}},
+    })
+
+
+def read_model_json(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ArtifactError("no such run directory", where=str(run_dir), hint="train one with `dlforge train RECIPE`")
+    missing = [f for f in (MODEL_JSON, WEIGHTS) if not (run_dir / f).is_file()]
+    if missing:
+        hint = ("training did not finish; resume with `dlforge train --resume " + str(run_dir) + "`"
+                if (run_dir / "checkpoint").is_dir() else "train again, or point to a complete run directory")
+        raise ArtifactError(f"run directory is missing {', '.join(missing)}", where=str(run_dir), hint=hint)
+    try:
+        meta = json.loads((run_dir / MODEL_JSON).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"model.json is not valid JSON (line {exc.lineno})", where=str(run_dir / MODEL_JSON)) from None
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ArtifactError("model.json has no format_version", where=str(run_dir / MODEL_JSON))
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"run directory has format version {version}; this dlforge ({__version__}) reads up to {FORMAT_VERSION}",
+            where=str(run_dir), hint="upgrade dlforge: pip install -U dlforge")
+    return meta
+
+
+class Predictor:
+    """A trained model with its preprocessing: `predict` and `predict_proba` on dicts, DataFrames, arrays, image paths."""
+
+    def __init__(self, run_dir: str | Path):
+        from safetensors.torch import load_file
+
+        from dlforge.recipe_io import validate
+
+        self.run_dir = Path(run_dir)
+        self.meta = read_model_json(self.run_dir)
+        try:
+            self.recipe = validate(self.meta["recipe"])
+        except RecipeError as exc:
+            raise ArtifactError(f"the stored recipe is invalid: {exc.message}", where=str(self.run_dir / MODEL_JSON)) from None
+        self.signature = self.meta["signature"]
+        self.inputs, self.outputs = build_features(self.recipe)
+        for group, features in (("inputs", self.inputs), ("outputs", self.outputs)):
+            for name, feature in features.items():
+                feature.load_state(self.meta["features"][group][name])
+        torch.manual_seed(0)
+        self.model = build_model(self.recipe, self.signature)
+        try:
+            self.model.load_state_dict(load_file(str(self.run_dir / WEIGHTS)), strict=True)
+        except (RuntimeError, OSError) as exc:
+            raise ArtifactError(f"weights do not match the architecture in model.json: {str(exc)[:300]}",
+                                where=str(self.run_dir / WEIGHTS)) from None
+        self.model.eval()
+        self.batch_size = self.recipe.training.eval_batch_size
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.outputs)
+
+    def encode_inputs(self, data) -> dict[str, torch.Tensor]:
+        table = to_table(data, self.signature["inputs"])
+        return encode(table, self.inputs, None).x
+
+    @torch.no_grad()
+    def logits(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = len(next(iter(x.values())))
+        chunks: dict[str, list] = {}
+        for rows in eval_batches(n, self.batch_size):
+            for name, value in self.model({k: v[rows] for k, v in x.items()}).items():
+                chunks.setdefault(name, []).append(value.float())
+        return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+    def predict(self, data):
+        """Labels (or values) per row; a dict by output name when the model has several outputs."""
+        logits = self.logits(self.encode_inputs(data))
+        decoded = {name: self.outputs[name].decode(value) for name, value in logits.items()}
+        return decoded if len(decoded) > 1 else next(iter(decoded.values()))
+
+    def predict_proba(self, data):
+        """Class probabilities (n, classes) per row, columns in `labels(output)` order."""
+        logits = self.logits(self.encode_inputs(data))
+        probs = {name: self.model.heads[name].probabilities(value).numpy() for name, value in logits.items()
+                 if self.signature["outputs"][name]["type"] != "number"}
+        if not probs:
+            raise ArtifactError("predict_proba needs a category or binary output; this model predicts numbers")
+        return probs if len(probs) > 1 else next(iter(probs.values()))
+
+    def labels(self, output: str | None = None) -> list[str] | None:
+        return self.outputs[output or self.output_names[0]].label_names()
+
+    def evaluate(self, table) -> dict:
+        """Metrics on a labelled Table (targets encoded with the training vocabulary; unseen labels are errors)."""
+        from dlforge.evaluate.metrics import compute_metrics
+
+        encoded = encode(table, self.inputs, self.outputs)
+        logits = self.logits(encoded.x)
+        scales = {n: f.scale_ for n, f in self.outputs.items() if self.signature["outputs"][n]["type"] == "number"}
+        return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
+
+
+def load(run_dir: str | Path) -> Predictor:
+    """Load a run directory for prediction (`dlforge.load('runs/cnn').predict(...)`)."""
+    return Predictor(run_dir)
+
+
+__all__ = ["FORMAT_VERSION", "Predictor", "load", "save_model", "read_model_json"]

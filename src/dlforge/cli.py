@@ -1,0 +1,181 @@
+"""The `dlforge` command: one thin command per public function. Every DlforgeError exits with code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dlforge.errors import DlforgeError, TrainingInterrupted
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="dlforge: a recipe in, a trained, evaluated and servable model out.")
+recipe_app = typer.Typer(no_args_is_help=True, help="Check a recipe or print its schema.")
+app.add_typer(recipe_app, name="recipe")
+
+
+def _echo_err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _metrics_line(metrics: dict) -> str:
+    keys = ("accuracy", "f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "loss")
+    parts = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))]
+    for name, value in metrics.items():
+        if isinstance(value, dict) and name not in ("per_class",):
+            parts += [f"{name}.{k} {value[k]:.4f}" for k in keys if isinstance(value.get(k), (int, float))]
+    return "  ".join(parts)
+
+
+@app.command()
+def train(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default (builtin:digits)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>, numbered if taken)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.epochs=3 (repeatable)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
+):
+    """Train a recipe and write its run directory (model, metrics, report)."""
+    import dlforge
+
+    if resume is not None and (recipe is not None or set_):
+        raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
+                           hint=f"run `dlforge train --resume {resume}` alone")
+    result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite, progress=not quiet)
+    test = result.metrics.get("test") or result.metrics.get("val") or {}
+    split = "test" if "test" in result.metrics else "val"
+    typer.echo(f"{split}: {_metrics_line(test)}")
+    typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s")
+    typer.echo(f"run directory: {result.run_dir}")
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run directory."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled data to score (default: the run's test split)."),
+    as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+):
+    """Score a trained run on its test split or on other labelled data."""
+    import dlforge
+
+    metrics = dlforge.evaluate(run, data)
+    typer.echo(json.dumps(metrics, indent=2) if as_json else _metrics_line(metrics))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run directory."),
+    files: List[Path] = typer.Argument(None, help="Image files (for a model with one image input)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A CSV/Parquet file with the model's input columns."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write predictions as CSV here instead of printing."),
+    proba: bool = typer.Option(False, "--proba", help="Add one probability column per class."),
+):
+    """Predict from image files or a table of inputs."""
+    import numpy as np
+    import pandas as pd
+
+    import dlforge
+    from dlforge.data.sources import load_table
+
+    predictor = dlforge.load(run)
+    if bool(files) == bool(data):
+        raise DlforgeError("give image files or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
+    if files:
+        image_inputs = [n for n, s in predictor.signature["inputs"].items() if s["type"] == "image"]
+        if len(predictor.signature["inputs"]) != 1 or not image_inputs:
+            raise DlforgeError("file arguments work for models with one image input; use --data for this model")
+        inputs = {image_inputs[0]: [str(f) for f in files]}
+        frame = pd.DataFrame({"file": [str(f) for f in files]})
+    else:
+        table = load_table(str(data))
+        inputs = {n: table.column(n, field_path=f"the model's input '{n}'") for n in predictor.inputs}
+        frame = pd.DataFrame({n: v for n, v in table.columns.items() if np.asarray(v).ndim == 1})
+    predictions = predictor.predict(inputs)
+    for name, values in (predictions.items() if isinstance(predictions, dict) else [(predictor.output_names[0], predictions)]):
+        frame[f"predicted_{name}"] = values
+    if proba:
+        probs = predictor.predict_proba(inputs)
+        for name, matrix in (probs.items() if isinstance(probs, dict) else [(predictor.output_names[0], probs)]):
+            for i, label in enumerate(predictor.labels(name)):
+                frame[f"p_{name}_{label}"] = matrix[:, i]
+    if output:
+        frame.to_csv(output, index=False)
+        typer.echo(f"wrote {len(frame)} prediction(s) to {output}")
+    else:
+        typer.echo(frame.to_csv(index=False), nl=False)
+
+
+@recipe_app.command("check")
+def recipe_check(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.epochs=3."),
+    no_data: bool = typer.Option(False, "--no-data", help="Validate the recipe only; do not read the data."),
+):
+    """Validate a recipe and show the plan: resolved recipe, features, parameters, steps. No training."""
+    import yaml
+
+    import dlforge
+
+    info = dlforge.plan(recipe, set_, with_data=not no_data)
+    typer.echo("# resolved recipe (all defaults filled in)")
+    typer.echo(yaml.safe_dump(info["recipe"], sort_keys=False).rstrip())
+    if no_data:
+        return
+    typer.echo("\n# plan")
+    typer.echo(f"rows: {info['rows']}")
+    for name, sig in info["signature"]["inputs"].items():
+        typer.echo(f"input  {name}: {json.dumps(sig)[:160]}")
+    for name, sig in info["signature"]["outputs"].items():
+        typer.echo(f"output {name}: {json.dumps(sig)[:160]}")
+    if info["policies"]:
+        typer.echo(f"preprocessing policies applied: {info['policies']}")
+    typer.echo(f"parameters: {info['parameters']:,}")
+    typer.echo(f"steps: {info['steps_per_epoch']} per epoch, {info['total_steps']} at most")
+
+
+@recipe_app.command("schema")
+def recipe_schema(markdown: bool = typer.Option(False, "--markdown", help="The field reference as Markdown (docs/recipe.md).")):
+    """Print the recipe's JSON schema (or the Markdown reference)."""
+    from dlforge.recipe import Recipe
+
+    if markdown:
+        from dlforge.recipe_docs import render_markdown
+
+        typer.echo(render_markdown(), nl=False)
+    else:
+        typer.echo(json.dumps(Recipe.model_json_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn dlforge errors into two readable lines and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TrainingInterrupted as exc:
+        _echo_err(f"interrupted: {exc.render()}")
+        sys.exit(exc.exit_code)
+    except DlforgeError as exc:
+        _echo_err(f"error: {exc.render()}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _echo_err("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""What every feature does: fit on train, transform to a tensor, save/restore JSON state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlforge.registry import Registry
+
+
+class Feature:
+    """An input column's preprocessing. The constructor only stores; `fit` learns state ending in `_`."""
+
+    def __init__(self, config, *, field_path: str):
+        self.config = config
+        self.name = config.name
+        self.field_path = field_path  # e.g. "inputs.2", for error messages
+        self.report: dict[str, int] = {}  # counts of values changed by a policy (filled NaN, unknown, ...)
+
+    def fit(self, values: np.ndarray) -> "Feature":
+        raise NotImplementedError
+
+    def transform(self, values: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable learned state."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, Any]) -> "Feature":
+        raise NotImplementedError
+
+    def signature(self) -> dict[str, Any]:
+        """What a model needs to know about this input (sizes), and what a caller must send."""
+        raise NotImplementedError
+
+    def count(self, key: str, n: int) -> None:
+        if n:
+            self.report[key] = self.report.get(key, 0) + int(n)
+
+
+class TargetFeature(Feature):
+    """An output column: also maps model outputs back to the user's labels/values."""
+
+    def decode(self, predictions: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def label_names(self) -> list[str] | None:
+        return None
+
+
+input_features: Registry[type[Feature]] = Registry("input type")
+output_features: Registry[type[TargetFeature]] = Registry("output type")
+
+
+def as_strings(values: np.ndarray) -> np.ndarray:
+    """Values as strings for vocabularies, with NaN/None as None (integers stay '3', not '3.0')."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values.tolist()):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out[i] = None
+        elif isinstance(v, float) and v.is_integer():
+            out[i] = str(int(v))
+        else:
+            out[i] = str(v).strip()
+    return out
+
+
+def rows_preview(mask: np.ndarray, limit: int = 5) -> str:
+    rows = np.flatnonzero(mask)
+    text = ", ".join(str(r) for r in rows[:limit])
+    return text + (f" and {len(rows) - limit} more" if len(rows) > limit else "")

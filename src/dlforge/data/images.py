@@ -1,0 +1,73 @@
+"""Decoding image files with Pillow, and turning uint8 image arrays into float (N, C, H, W) tensors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlforge.errors import DataError
+
+# Decompression-bomb guard: refuse images with more pixels than this (Pillow warns at 89M).
+MAX_PIXELS = 40_000_000
+
+
+def decode_image(item, *, channels: int | None, size: tuple[int, int] | None, where: str) -> np.ndarray:
+    """One image (path, bytes or array) as uint8 (H, W, C), converted to `channels` and resized to `size`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(item, np.ndarray):
+        return item
+    try:
+        source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else Path(str(item))
+        with Image.open(source) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise DataError(f"image of {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}",
+                                where=where)
+            mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
+            img = img.convert(mode)
+            if size is not None and (img.height, img.width) != tuple(size):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {item}", where=where) from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode image {str(item)[:200]}: {exc}", where=where,
+                        hint="check the file, or remove it") from None
+    return array if array.ndim == 3 else array[:, :, None]
+
+
+def to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8/float (N, H, W) or (N, H, W, C) as float32 (N, C, H, W), values unchanged."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(1)
+    elif tensor.ndim == 4 and tensor.shape[-1] in (1, 3, 4) and tensor.shape[1] not in (1, 3, 4):
+        tensor = tensor.permute(0, 3, 1, 2)
+    else:
+        raise DataError(f"image arrays must be (N, H, W) or (N, H, W, C); got shape {tuple(images.shape)}")
+    return tensor.float().contiguous()
+
+
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) to `channels`: grey→RGB repeats, RGB→grey uses ITU-R 601 luma, alpha is dropped."""
+    have = x.shape[1]
+    if have == 4:
+        x, have = x[:, :3], 3
+    if have == channels:
+        return x
+    if have == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(1, keepdim=True)
+    raise DataError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)

@@ -1,0 +1,101 @@
+"""From a recipe to tensors: read the source, split, fit features on train, encode every split once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlforge.data.features import Feature, TargetFeature, input_features, output_features
+from dlforge.data.features.base import as_strings
+from dlforge.data.sources import load_table
+from dlforge.data.split import check_classes_in_train, split_rows
+from dlforge.data.table import Table
+from dlforge.errors import DataError
+
+
+@dataclass
+class Encoded:
+    """One split as tensors: inputs by name, targets by name; row i of every tensor is the same example."""
+
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.x.values())))
+
+
+@dataclass
+class Prepared:
+    inputs: dict[str, Feature]
+    outputs: dict[str, TargetFeature]
+    splits: dict[str, Encoded]
+    report: dict = field(default_factory=dict)
+
+    def signature(self) -> dict:
+        return signature(self.inputs, self.outputs)
+
+
+def build_features(recipe) -> tuple[dict[str, Feature], dict[str, TargetFeature]]:
+    """Unfitted features for every input and output of the recipe."""
+    inputs = {f.name: input_features.get(f.type)(f, field_path=f"inputs.{i}") for i, f in enumerate(recipe.inputs)}
+    outputs = {f.name: output_features.get(f.type)(f, field_path=f"outputs.{i}") for i, f in enumerate(recipe.outputs)}
+    return inputs, outputs
+
+
+def signature(inputs: dict[str, Feature], outputs: dict[str, TargetFeature]) -> dict:
+    return {"inputs": {n: f.signature() for n, f in inputs.items()},
+            "outputs": {n: f.signature() for n, f in outputs.items()}}
+
+
+def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFeature] | None) -> Encoded:
+    x = {name: feat.transform(table.column(name, field_path=feat.field_path)) for name, feat in inputs.items()}
+    y = {name: feat.transform(table.column(name, field_path=feat.field_path)) for name, feat in (outputs or {}).items()}
+    return Encoded(x, y)
+
+
+def _stratify_labels(recipe, table: Table) -> np.ndarray | None:
+    first = recipe.outputs[0]
+    if not recipe.data.split.stratify or first.type not in ("category", "binary"):
+        return None
+    return as_strings(table.column(first.name, field_path="outputs.0"))
+
+
+def read_table(recipe, base_dir: Path | None = None) -> Table:
+    table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir)
+    # Check every named column before any work, so a typo fails in a second, not after loading features.
+    for i, f in enumerate(recipe.inputs):
+        table.column(f.name, field_path=f"inputs.{i}.name")
+    for i, f in enumerate(recipe.outputs):
+        table.column(f.name, field_path=f"outputs.{i}.name")
+    if recipe.data.max_rows and recipe.data.max_rows < table.n_rows:
+        rng = np.random.default_rng(recipe.data.split.seed)
+        keep = np.sort(rng.choice(table.n_rows, recipe.data.max_rows, replace=False))
+        table = table.take(keep)
+    return table
+
+
+def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
+    table = table if table is not None else read_table(recipe, base_dir)
+    labels = _stratify_labels(recipe, table)
+    cfg = recipe.data.split
+    rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed)
+    if len(rows["train"]) == 0:
+        raise DataError("the training split is empty", where="data.split", hint="use more rows or smaller val/test fractions")
+    if labels is not None:
+        check_classes_in_train(labels, rows, recipe.outputs[0].name)
+    inputs, outputs = build_features(recipe)
+    train_table = table.take(rows["train"])
+    for name, feat in {**inputs, **outputs}.items():
+        feat.fit(train_table.column(name, field_path=feat.field_path))
+    splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs)
+              for part, r in rows.items() if len(r)}
+    report = {
+        "source": table.origin,
+        "rows": {part: int(len(r)) for part, r in rows.items()},
+        "official_split": table.split is not None and (table.split == "test").any(),
+        "policies": {name: feat.report for name, feat in {**inputs, **outputs}.items() if feat.report},
+    }
+    return Prepared(inputs, outputs, splits, report)

@@ -1,0 +1,98 @@
+"""Metrics per output type, computed with torchmetrics from logits and encoded targets.
+
+The names each type logs are `recipe.METRICS_BY_OUTPUT_TYPE` (checked by a test), so a recipe
+can be validated against them before any data is read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional import classification as C
+from torchmetrics.functional import regression as R
+
+from dlforge.registry import Registry
+
+metric_sets: Registry = Registry("metric set")
+
+
+@metric_sets.register("category")
+def category_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
+    n = signature["size"]
+    preds = logits.float().argmax(-1)
+    out = {
+        "accuracy": C.multiclass_accuracy(preds, target, n, average="micro"),
+        "precision": C.multiclass_precision(preds, target, n, average="macro"),
+        "recall": C.multiclass_recall(preds, target, n, average="macro"),
+        "f1": C.multiclass_f1_score(preds, target, n, average="macro"),
+    }
+    out = {k: float(v) for k, v in out.items()}
+    if detail:
+        labels = signature["labels"]
+        per = [C.multiclass_precision(preds, target, n, average=None), C.multiclass_recall(preds, target, n, average=None),
+               C.multiclass_f1_score(preds, target, n, average=None)]
+        support = torch.bincount(target, minlength=n)
+        out["per_class"] = {label: {"precision": float(per[0][i]), "recall": float(per[1][i]), "f1": float(per[2][i]),
+                                    "support": int(support[i])} for i, label in enumerate(labels)}
+        out["confusion_matrix"] = C.multiclass_confusion_matrix(preds, target, n).tolist()
+    return out
+
+
+@metric_sets.register("binary")
+def binary_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
+    prob = torch.sigmoid(logits.float().squeeze(-1))
+    t = target.long()
+    thr = signature.get("threshold", 0.5)
+    out = {
+        "accuracy": C.binary_accuracy(prob, t, threshold=thr),
+        "precision": C.binary_precision(prob, t, threshold=thr),
+        "recall": C.binary_recall(prob, t, threshold=thr),
+        "f1": C.binary_f1_score(prob, t, threshold=thr),
+        "roc_auc": C.binary_auroc(prob, t),
+        "pr_auc": C.binary_average_precision(prob, t),
+    }
+    out = {k: float(v) for k, v in out.items()}
+    if detail:
+        out["confusion_matrix"] = C.binary_confusion_matrix(prob, t, threshold=thr).tolist()
+        out["positive_label"] = signature["labels"][1]
+    return out
+
+
+@metric_sets.register("number")
+def number_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False,
+                   scale: float = 1.0) -> dict:
+    pred = logits.float().squeeze(-1) * scale
+    true = target.float() * scale
+    return {"mae": float(R.mean_absolute_error(pred, true)),
+            "rmse": float(R.mean_squared_error(pred, true).sqrt()),
+            "r2": float(R.r2_score(pred, true)) if len(true) > 1 else float("nan")}
+
+
+def compute_metrics(model, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], signature: dict,
+                    *, detail: bool = False, scales: dict[str, float] | None = None) -> dict:
+    """{"loss": ..., "accuracy": ...} for one output, or {"loss": ..., "<output>": {...}} flattened with several.
+
+    Number outputs are scored in the user's units: `scales` maps their names to the target std.
+    """
+    with torch.no_grad():
+        out: dict = {"loss": float(model.loss(logits, targets))}
+        single = len(logits) == 1
+        for name, head_logits in logits.items():
+            sig = signature["outputs"][name]
+            kwargs = {"scale": (scales or {}).get(name, 1.0)} if sig["type"] == "number" else {}
+            values = metric_sets.get(sig["type"])(head_logits, targets[name], sig, detail=detail, **kwargs)
+            if single:
+                out.update(values)
+            else:
+                out[name] = {"loss": float(model.heads[name].loss(head_logits, targets[name])), **values}
+    return out
+
+
+def flatten(metrics: dict, prefix: str) -> dict[str, float]:
+    """{"val.accuracy": 0.9, "val.label.f1": ...} — scalar metrics only, as logged in history."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict) and key not in ("per_class",):
+            flat.update(flatten(value, f"{prefix}.{key}"))
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}.{key}"] = float(value)
+    return flat

@@ -1,0 +1,7 @@
+"""Models: encoder registry, combiner, heads, and the recipe's whole network."""
+
+from dlforge.models.encoders import encoders
+from dlforge.models.heads import heads
+from dlforge.models.model import DlforgeModel, build_model, count_parameters
+
+__all__ = ["DlforgeModel", "build_model", "count_parameters", "encoders", "heads"]

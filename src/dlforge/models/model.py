@@ -1,0 +1,66 @@
+"""The whole network of a recipe: one encoder per input (tabular columns share one), a combiner, one head per output."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlforge.errors import ModelError
+from dlforge.models.encoders import encoders
+from dlforge.models.encoders.tabular import TABULAR_TYPES
+from dlforge.models.heads import heads
+from dlforge.models.layers import dense_stack
+
+
+class DlforgeModel(nn.Module):
+    """forward(inputs: {name: (B, ...)}) -> {output name: logits (B, size)}."""
+
+    def __init__(self, recipe, signature: dict):
+        super().__init__()
+        reg = recipe.training.regularization
+        in_sig = signature["inputs"]
+        self.tabular_names = [f.name for f in recipe.inputs if f.type in TABULAR_TYPES]
+        self.encoders = nn.ModuleDict()
+        for feature in recipe.inputs:
+            if feature.type in TABULAR_TYPES:
+                continue
+            config = getattr(feature, "encoder", None)
+            try:
+                self.encoders[feature.name] = encoders.get(config.name)(config, in_sig[feature.name], reg)
+            except ModelError:
+                raise
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise ModelError(f"cannot build encoder '{config.name}' for input '{feature.name}': {exc}") from exc
+        if self.tabular_names:
+            self.encoders["__tabular__"] = encoders.get("tabular")(None, {n: in_sig[n] for n in self.tabular_names}, reg)
+        combined = sum(e.output_dim for e in self.encoders.values())
+        comb = recipe.combiner
+        self.combiner, width = dense_stack(combined, comb.layers, activation=comb.activation, batch_norm=comb.batch_norm,
+                                           dropout=reg.dropout, dropconnect=reg.dropconnect)
+        self.heads = nn.ModuleDict({
+            out.name: heads.get(out.type)(out, signature["outputs"][out.name], width) for out in recipe.outputs})
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for name, encoder in self.encoders.items():
+            parts.append(encoder(inputs) if name == "__tabular__" else encoder(inputs[name]))
+        return self.combiner(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        features = self.encode(inputs)
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for name, head in self.heads.items():
+            term = head.loss(logits[name], targets[name]) * head.config.loss_weight
+            total = term if total is None else total + term
+        return total
+
+
+def build_model(recipe, signature: dict) -> DlforgeModel:
+    return DlforgeModel(recipe, signature)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

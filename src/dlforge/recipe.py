@@ -1,0 +1,378 @@
+"""The recipe schema: every field with its type, default, constraint and description.
+
+This module is the single source of truth for what a recipe may say; `docs/recipe.md` is
+generated from it (`dlforge recipe schema`). It imports no other part of dlforge, so that any
+layer can read a recipe. Loading YAML with line numbers lives in `recipe_io.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, never silently dropped (see Ludwig PR 1186 in STYLE.md)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _field(default, description: str, **constraints):
+    return Field(default=default, description=description, **constraints)
+
+
+# ---------------------------------------------------------------- data
+class SplitConfig(Strict):
+    val: float = _field(0.1, "Fraction of the training rows held out for validation.", ge=0.0, lt=0.9)
+    test: Union[Literal["auto", "official"], Annotated[float, Field(ge=0.0, lt=0.9)]] = _field(
+        "auto",
+        "Test fraction, or 'official' to use the source's own test split. 'auto': official "
+        "when the source has one, else 0.2.",
+    )
+    seed: int = _field(0, "Seed of the split; the same seed gives the same rows.")
+    stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target).")
+
+
+class DataConfig(Strict):
+    source: str = _field(
+        ...,
+        "A path (.csv, .csv.gz, .parquet, .npz) or 'builtin:NAME' (digits, mnist, fashion_mnist, "
+        "adult, german_credit, compas, lending_club). Relative paths are tried from the current "
+        "directory, then from the recipe's directory.",
+        min_length=1,
+    )
+    format: Literal["auto", "csv", "parquet", "npz"] = _field("auto", "File format; 'auto' reads the extension.")
+    split: SplitConfig = _field(SplitConfig(), "How rows are split into train/val/test.")
+    max_rows: int | None = _field(
+        None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1
+    )
+
+
+# ---------------------------------------------------------------- encoders
+class MLPEncoder(Strict):
+    name: Literal["mlp"] = "mlp"
+    layers: list[Annotated[int, Field(ge=1)]] = _field([256, 128], "Hidden layer widths; the input is flattened first.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation after each hidden layer.")
+    batch_norm: bool = _field(False, "Batch normalisation after each hidden linear layer.")
+
+
+class CNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = _field([32, 64], "Filters of each conv block.")
+    kernel_size: int = _field(3, "Kernel size of every conv layer.", ge=1, le=11)
+    padding: Literal["valid", "same"] = _field("valid", "'valid' as in Keras' default, or 'same'.")
+    pool: Literal["max", "avg", "none"] = _field("max", "2x2 pooling after each block.")
+    convs_per_block: int = _field(1, "Conv layers per block.", ge=1, le=4)
+    batch_norm: bool = _field(False, "Batch normalisation after each conv.")
+    dense: list[Annotated[int, Field(ge=1)]] = _field([128], "Dense layers after flattening.")
+    global_pool: bool = _field(False, "Global average pooling instead of flattening.")
+
+
+class ResNetEncoder(Strict):
+    name: Literal["resnet"] = "resnet"
+    widths: list[Annotated[int, Field(ge=1)]] = _field([32, 64, 128], "Channels of each stage; stages after the first halve the resolution.")
+    blocks_per_stage: int = _field(2, "Residual blocks per stage.", ge=1, le=8)
+    dense: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after global pooling.")
+
+
+ImageEncoder = Annotated[Union[CNNEncoder, MLPEncoder, ResNetEncoder], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- inputs
+class NumberPreprocessing(Strict):
+    normalization: Literal["standard", "minmax", "none"] = _field("standard", "Fitted on the training split only.")
+    missing: Literal["error", "mean", "median", "zero"] = _field(
+        "mean", "What to do with NaN: fail naming the rows, or fill with the training statistic."
+    )
+    missing_indicator: bool = _field(True, "Add a 0/1 feature marking filled values (only when any were filled in training).")
+
+
+class NumberInput(Strict):
+    name: str = _field(..., "Column name in the data.", min_length=1)
+    type: Literal["number"] = "number"
+    preprocessing: NumberPreprocessing = NumberPreprocessing()
+
+
+class CategoryPreprocessing(Strict):
+    min_frequency: int = _field(1, "Values seen fewer times in training go to the unknown bucket.", ge=1)
+    max_size: int | None = _field(None, "Keep at most this many most-frequent values.", ge=1)
+
+
+class CategoryInput(Strict):
+    name: str = _field(..., "Column name in the data.", min_length=1)
+    type: Literal["category"] = "category"
+    preprocessing: CategoryPreprocessing = CategoryPreprocessing()
+    embedding_dim: int | None = _field(None, "Embedding width; null picks min(32, (vocabulary+1)//2).", ge=1)
+
+
+class BinaryInput(Strict):
+    name: str = _field(..., "Column name in the data.", min_length=1)
+    type: Literal["binary"] = "binary"
+    positive: str | None = _field(None, "The value that means 1; null infers it (true/yes/1, or the later of two sorted values).")
+
+
+class ImagePreprocessing(Strict):
+    scale: Literal["unit", "symmetric", "standard", "none"] = _field(
+        "unit", "unit: x/255; symmetric: (x/255-0.5)/0.5; standard: per-channel train mean/std; none: raw."
+    )
+    channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
+    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
+
+
+class ImageInput(Strict):
+    name: str = _field(..., "Column name in the data (an image array column, or image paths).", min_length=1)
+    type: Literal["image"] = "image"
+    preprocessing: ImagePreprocessing = ImagePreprocessing()
+    encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet or mlp.")
+
+
+InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput], Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- outputs
+class CategoryOutput(Strict):
+    name: str = _field(..., "Target column.", min_length=1)
+    type: Literal["category"] = "category"
+    label_smoothing: float = _field(0.0, "Cross-entropy label smoothing.", ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0)]] = _field(
+        "none", "'balanced' weighs classes by inverse training frequency; or a {label: weight} map."
+    )
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+class BinaryOutput(Strict):
+    name: str = _field(..., "Target column.", min_length=1)
+    type: Literal["binary"] = "binary"
+    positive: str | None = _field(None, "The value that means 1; null infers it.")
+    threshold: float = _field(0.5, "Decision threshold on the positive probability.", gt=0.0, lt=1.0)
+    pos_weight: Literal["none", "balanced"] | Annotated[float, Field(gt=0)] = _field(
+        "none", "Weight of positive examples in the loss; 'balanced' uses negatives/positives."
+    )
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+class NumberOutput(Strict):
+    name: str = _field(..., "Target column.", min_length=1)
+    type: Literal["number"] = "number"
+    loss: Literal["mse", "mae", "huber"] = _field("mse", "Regression loss.")
+    normalize: bool = _field(True, "Standardise the target on the training split (predictions are mapped back).")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput], Field(discriminator="type")]
+
+# Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
+METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
+    "category": ("loss", "accuracy", "precision", "recall", "f1"),
+    "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
+    "number": ("loss", "mae", "rmse", "r2"),
+}
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2"}
+
+
+# ---------------------------------------------------------------- combiner
+class ConcatCombiner(Strict):
+    name: Literal["concat"] = "concat"
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after concatenating the encoded inputs.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
+    batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+
+
+Combiner = Annotated[Union[ConcatCombiner], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- optimizers
+class SGD(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: float = _field(0.01, "Learning rate (the peak rate under onecycle).", gt=0)
+    momentum: float = _field(0.9, "Momentum.", ge=0, lt=1)
+    nesterov: bool = _field(False, "Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = _field(0.0, "L2 penalty added to the gradient.", ge=0)
+
+
+class Adam(Strict):
+    name: Literal["adam"] = "adam"
+    lr: float = _field(1e-3, "Learning rate (the peak rate under onecycle).", gt=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = _field((0.9, 0.999), "Adam betas.")
+    eps: float = _field(1e-8, "Numerical stability term.", gt=0)
+    weight_decay: float = _field(0.0, "L2 penalty added to the gradient (coupled; use adamw for decoupled).", ge=0)
+
+
+class AdamW(Adam):
+    name: Literal["adamw"] = "adamw"  # type: ignore[assignment]
+    weight_decay: float = _field(0.01, "Decoupled weight decay.", ge=0)
+
+
+class Adagrad(Strict):
+    name: Literal["adagrad"] = "adagrad"
+    lr: float = _field(0.01, "Learning rate.", gt=0)
+    lr_decay: float = _field(0.0, "Learning-rate decay.", ge=0)
+    weight_decay: float = _field(0.0, "L2 penalty.", ge=0)
+
+
+class RMSprop(Strict):
+    name: Literal["rmsprop"] = "rmsprop"
+    lr: float = _field(1e-3, "Learning rate.", gt=0)
+    alpha: float = _field(0.99, "Smoothing constant.", gt=0, lt=1)
+    momentum: float = _field(0.0, "Momentum.", ge=0, lt=1)
+    centered: bool = _field(False, "Normalise by the estimated gradient variance.")
+    weight_decay: float = _field(0.0, "L2 penalty.", ge=0)
+
+
+Optimizer = Annotated[Union[SGD, Adam, AdamW, Adagrad, RMSprop], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- schedules
+class _Warmup(Strict):
+    warmup_epochs: float = _field(0.0, "Linear warm-up from 0 over this many epochs (fractions allowed).", ge=0)
+
+
+class ConstantSchedule(_Warmup):
+    name: Literal["constant"] = "constant"
+
+
+class StepSchedule(_Warmup):
+    name: Literal["step"] = "step"
+    step_epochs: int = _field(5, "Multiply the rate by gamma every this many epochs.", ge=1)
+    gamma: float = _field(0.1, "Factor applied at each step.", gt=0, le=1)
+
+
+class CosineSchedule(_Warmup):
+    name: Literal["cosine"] = "cosine"
+    min_lr_ratio: float = _field(0.0, "Final rate as a fraction of the peak.", ge=0, le=1)
+
+
+class OneCycleSchedule(Strict):
+    name: Literal["onecycle"] = "onecycle"
+    pct_start: float = _field(0.25, "Fraction of steps spent rising to the peak rate.", gt=0, lt=1)
+    div_factor: float = _field(25.0, "Initial rate = peak / div_factor.", ge=1)
+    final_div_factor: float = _field(1e4, "Final rate = initial / final_div_factor.", ge=1)
+
+
+class PlateauSchedule(Strict):
+    name: Literal["plateau"] = "plateau"
+    metric: str = _field("val.loss", "Logged metric to watch.")
+    factor: float = _field(0.1, "Multiply the rate by this when the metric stalls.", gt=0, lt=1)
+    patience: int = _field(2, "Epochs without improvement before reducing.", ge=0)
+    min_lr: float = _field(0.0, "Lower bound on the rate.", ge=0)
+
+
+Schedule = Annotated[
+    Union[ConstantSchedule, StepSchedule, CosineSchedule, OneCycleSchedule, PlateauSchedule], Field(discriminator="name")
+]
+
+
+# ---------------------------------------------------------------- training
+class Regularization(Strict):
+    l1: float = _field(0.0, "L1 penalty on weights (not biases or norms), added to the loss.", ge=0)
+    l2: float = _field(0.0, "L2 penalty on weights (not biases or norms), added to the loss.", ge=0)
+    dropout: float = _field(0.0, "Dropout after every hidden dense layer.", ge=0, lt=1)
+    dropconnect: float = _field(0.0, "DropConnect (weight dropout) on every hidden dense layer.", ge=0, lt=1)
+
+
+class EarlyStopping(Strict):
+    metric: str = _field("val.loss", "Logged metric to watch, e.g. val.loss or val.accuracy.")
+    mode: Literal["auto", "min", "max"] = _field("auto", "auto: max for accuracy-like metrics, min for losses/errors.")
+    patience: int = _field(3, "Epochs without improvement before stopping.", ge=1)
+    min_delta: float = _field(0.0, "Smallest change that counts as improvement.", ge=0)
+    restore_best: bool = _field(True, "End with the weights of the best epoch.")
+
+
+class TrainingConfig(Strict):
+    epochs: int = _field(10, "Maximum number of passes over the training split.", ge=1)
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["full"]] = _field(
+        64, "Rows per step; 'full' is full-batch gradient descent (one step per epoch)."
+    )
+    optimizer: Optimizer = _field(Adam(), "sgd | adam | adamw | adagrad | rmsprop, with its own options.")
+    schedule: Schedule = _field(ConstantSchedule(), "constant | step | cosine | onecycle | plateau.")
+    regularization: Regularization = Regularization()
+    early_stopping: EarlyStopping | None = _field(None, "Stop when a metric stops improving; null trains all epochs.")
+    grad_clip: float | None = _field(None, "Clip the gradient's global L2 norm to this value.", gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = _field("fp32", "bf16 autocast works on CPU; fp16 needs a GPU.")
+    channels_last: bool = _field(False, "Channels-last memory format for image models (faster on some CPUs).")
+    compile: bool = _field(False, "torch.compile the model (slow start, may run faster).")
+    seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.")
+    checkpoint_every_steps: int | None = _field(None, "Also checkpoint every N steps (always at each epoch end).", ge=1)
+    eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
+    threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1)
+
+
+# ---------------------------------------------------------------- recipe
+CrossCheck = Callable[["Recipe"], list[str]]
+CROSS_CHECKS: list[CrossCheck] = []
+
+
+def cross_check(func: CrossCheck) -> CrossCheck:
+    """Register a rule between fields; returns the function (unlike Ludwig's decorator)."""
+    CROSS_CHECKS.append(func)
+    return func
+
+
+class Recipe(Strict):
+    """A whole experiment: data, inputs, outputs, model and training."""
+
+    name: str = _field("experiment", "Run name; the default output directory is runs/<name>.", min_length=1)
+    data: DataConfig
+    inputs: list[InputFeature] = Field(..., min_length=1, description="Model inputs, one per data column.")
+    outputs: list[OutputFeature] = Field(..., min_length=1, description="Targets, one per data column.")
+    combiner: Combiner = _field(ConcatCombiner(), "How encoded inputs are fused before the heads.")
+    training: TrainingConfig = TrainingConfig()
+    # Directory of the recipe file: relative data paths are also looked up there.
+    _base_dir: str = PrivateAttr(".")
+
+    def logged_metrics(self) -> list[str]:
+        """Every metric name training logs, e.g. 'val.accuracy' (or 'val.<output>.accuracy' with several outputs)."""
+        names = ["train.loss", "val.loss"]
+        for out in self.outputs:
+            prefix = "" if len(self.outputs) == 1 else f"{out.name}."
+            for metric in METRICS_BY_OUTPUT_TYPE[out.type]:
+                if metric == "loss" and not prefix:
+                    continue
+                names.append(f"val.{prefix}{metric}")
+        return names
+
+    @model_validator(mode="after")
+    def _run_cross_checks(self) -> "Recipe":
+        problems = [p for check in CROSS_CHECKS for p in check(self)]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _metric_problem(field: str, metric: str, recipe: Recipe) -> list[str]:
+    logged = recipe.logged_metrics()
+    if metric in logged:
+        return []
+    import difflib
+
+    close = difflib.get_close_matches(metric, logged, n=1)
+    guess = f" — did you mean '{close[0]}'?" if close else ""
+    return [f"{field}: '{metric}' is not a logged metric{guess} (logged: {', '.join(logged)})"]
+
+
+@cross_check
+def early_stopping_metric_is_logged(recipe: Recipe) -> list[str]:
+    es = recipe.training.early_stopping
+    return _metric_problem("training.early_stopping.metric", es.metric, recipe) if es else []
+
+
+@cross_check
+def plateau_metric_is_logged(recipe: Recipe) -> list[str]:
+    sched = recipe.training.schedule
+    return _metric_problem("training.schedule.metric", sched.metric, recipe) if sched.name == "plateau" else []
+
+
+@cross_check
+def feature_names_are_unique(recipe: Recipe) -> list[str]:
+    names = [f.name for f in recipe.inputs] + [f.name for f in recipe.outputs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    return [f"inputs/outputs: column '{n}' is used more than once; each column is one input or one output" for n in dupes]
+
+
+@cross_check
+def nesterov_needs_momentum(recipe: Recipe) -> list[str]:
+    opt = recipe.training.optimizer
+    if opt.name == "sgd" and opt.nesterov and opt.momentum == 0:
+        return ["training.optimizer.nesterov: needs training.optimizer.momentum > 0; set momentum (e.g. 0.9) or nesterov: false"]
+    return []

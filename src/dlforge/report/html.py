@@ -1,0 +1,37 @@
+"""report.html: one self-contained page per run (metrics, data summary, plots, the resolved recipe)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from dlforge.io_utils import write_text
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:90%}"""
+
+
+def _table(rows: dict[str, dict]) -> str:
+    columns = sorted({k for r in rows.values() for k, v in r.items() if isinstance(v, (int, float))})
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["split", *columns])
+    body = ""
+    for split, values in rows.items():
+        cells = "".join(f"<td>{values[c]:.4f}</td>" if isinstance(values.get(c), (int, float)) else "<td></td>"
+                        for c in columns)
+        body += f"<tr><td>{html.escape(split)}</td>{cells}</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, plots: list[Path]) -> Path:
+    splits = {k: v for k, v in metrics.items() if k in ("val", "test") and isinstance(v, dict)}
+    images = "".join(f'<img src="{html.escape(str(p.relative_to(run_dir)))}" alt="{html.escape(p.stem)}">' for p in plots)
+    facts = (f"<p>epochs run: {metrics.get('epochs_run')} · training time: {metrics.get('train_seconds', 0):.1f} s · "
+             f"parameters: {metrics.get('parameters', 0):,} · rows: {html.escape(str(metrics.get('data', {}).get('rows')))}</p>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge · {html.escape(name)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>{facts}<h2>Metrics</h2>{_table(splits)}"
+            f"<h2>Plots</h2>{images}<h2>Recipe (resolved)</h2><pre>{html.escape(recipe_yaml)}</pre></body></html>")
+    path = Path(run_dir) / "report.html"
+    write_text(path, page)
+    return path

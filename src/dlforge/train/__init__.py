@@ -1,0 +1,5 @@
+"""Training: the loop, optimizers and schedules, callbacks, checkpoints."""
+
+from dlforge.train.trainer import Trainer, TrainResult
+
+__all__ = ["Trainer", "TrainResult"]
