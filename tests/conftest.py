@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny data, tiny recipes, one trained run per session. Tests take seconds each."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DLFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
+os.environ.setdefault("DLFORGE_DATA", str(DATA))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def needs_data(*names: str):
+    missing = [n for n in names if not (DATA / n).exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"dataset(s) {missing} not under DLFORGE_DATA={DATA}")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    import torch
+
+    torch.set_num_threads(2)
+    yield
+
+
+def digits_recipe(**training) -> dict:
+    """The built-in digits data with a tiny CNN: trains in about a second."""
+    return {
+        "name": "tiny-digits",
+        "data": {"source": "builtin:digits", "split": {"val": 0.1, "test": 0.2, "seed": 0}},
+        "inputs": [{"name": "image", "type": "image",
+                    "encoder": {"name": "cnn", "channels": [8], "padding": "same", "dense": [32]}}],
+        "outputs": [{"name": "label", "type": "category"}],
+        "training": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003}, **training},
+    }
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    """200 rows: two numbers (one with NaN), a category, a binary, and a binary target that depends on them."""
+    rng = np.random.default_rng(0)
+    n = 200
+    x1 = rng.normal(size=n)
+    x2 = rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    flag = rng.choice(["yes", "no"], size=n)
+    score = x1 + 0.5 * x2 + (color == "red") * 1.0 + (flag == "yes") * 0.5
+    target = np.where(score > 0.5, "good", "bad")
+    x2_with_nan = x2.copy()
+    x2_with_nan[[3, 7, 11]] = np.nan
+    frame = pd.DataFrame({"x1": x1, "x2": x2_with_nan, "color": color, "flag": flag, "target": target,
+                          "amount": 3 * x1 + x2 + rng.normal(scale=0.1, size=n)})
+    path = tmp_path / "tiny.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def tabular_recipe(csv: Path, **overrides) -> dict:
+    recipe = {
+        "name": "tiny-tabular",
+        "data": {"source": str(csv), "split": {"val": 0.15, "test": 0.15, "seed": 0}},
+        "inputs": [{"name": "x1", "type": "number"}, {"name": "x2", "type": "number"},
+                   {"name": "color", "type": "category"}, {"name": "flag", "type": "binary"}],
+        "outputs": [{"name": "target", "type": "binary"}],
+        "combiner": {"name": "concat", "layers": [16]},
+        "training": {"epochs": 3, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.01}},
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """One trained digits run shared by read-only tests (artifact, predict, evaluate, serve)."""
+    import dlforge
+
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    dlforge.train(digits_recipe(epochs=3), out=out, progress=False)
+    return out
