@@ -92,7 +92,7 @@ def predict(
         inputs = {image_inputs[0]: [str(f) for f in files]}
         frame = pd.DataFrame({"file": [str(f) for f in files]})
     else:
-        table = load_table(str(data))
+        table = load_table(str(data), field="--data")
         inputs = {n: table.column(n, field_path=f"the model's input '{n}'") for n in predictor.inputs}
         frame = pd.DataFrame({n: v for n, v in table.columns.items() if np.asarray(v).ndim == 1})
     predictions = predictor.predict(inputs)

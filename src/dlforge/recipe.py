@@ -91,7 +91,7 @@ class NumberPreprocessing(Strict):
 class NumberInput(Strict):
     name: str = _field(..., "Column name in the data.", min_length=1)
     type: Literal["number"] = "number"
-    preprocessing: NumberPreprocessing = NumberPreprocessing()
+    preprocessing: NumberPreprocessing = _field(NumberPreprocessing(), "Scaling and missing-value policy.")
 
 
 class CategoryPreprocessing(Strict):
@@ -102,7 +102,7 @@ class CategoryPreprocessing(Strict):
 class CategoryInput(Strict):
     name: str = _field(..., "Column name in the data.", min_length=1)
     type: Literal["category"] = "category"
-    preprocessing: CategoryPreprocessing = CategoryPreprocessing()
+    preprocessing: CategoryPreprocessing = _field(CategoryPreprocessing(), "Vocabulary options.")
     embedding_dim: int | None = _field(None, "Embedding width; null picks min(32, (vocabulary+1)//2).", ge=1)
 
 
@@ -123,7 +123,7 @@ class ImagePreprocessing(Strict):
 class ImageInput(Strict):
     name: str = _field(..., "Column name in the data (an image array column, or image paths).", min_length=1)
     type: Literal["image"] = "image"
-    preprocessing: ImagePreprocessing = ImagePreprocessing()
+    preprocessing: ImagePreprocessing = _field(ImagePreprocessing(), "Scaling, channels and size.")
     encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet or mlp.")
 
 
@@ -286,7 +286,7 @@ class TrainingConfig(Strict):
     )
     optimizer: Optimizer = _field(Adam(), "sgd | adam | adamw | adagrad | rmsprop, with its own options.")
     schedule: Schedule = _field(ConstantSchedule(), "constant | step | cosine | onecycle | plateau.")
-    regularization: Regularization = Regularization()
+    regularization: Regularization = _field(Regularization(), "L1/L2 penalties, dropout and DropConnect.")
     early_stopping: EarlyStopping | None = _field(None, "Stop when a metric stops improving; null trains all epochs.")
     grad_clip: float | None = _field(None, "Clip the gradient's global L2 norm to this value.", gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = _field("fp32", "bf16 autocast works on CPU; fp16 needs a GPU.")

@@ -159,7 +159,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
     else:
         from dlforge.data.sources import load_table
 
-        table = load_table(str(data))
+        table = load_table(str(data), field="--data")
         for name in [*predictor.inputs, *predictor.outputs]:
             table.column(name, field_path=f"the model's input/output '{name}'")
     if table.n_rows == 0:

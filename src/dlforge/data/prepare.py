@@ -87,6 +87,8 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
     if labels is not None:
         check_classes_in_train(labels, rows, recipe.outputs[0].name)
     inputs, outputs = build_features(recipe)
+    for name, feat in {**inputs, **outputs}.items():
+        feat.check(table.column(name, field_path=feat.field_path))
     train_table = table.take(rows["train"])
     for name, feat in {**inputs, **outputs}.items():
         feat.fit(train_table.column(name, field_path=feat.field_path))

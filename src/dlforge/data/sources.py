@@ -70,7 +70,7 @@ def _format_of(path: Path) -> str:
     return ext
 
 
-def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None) -> Table:
+def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None, field: str = "data.source") -> Table:
     """The Table behind a recipe's data.source."""
     if source.startswith("builtin:"):
         from dlforge.data.builtin import load_builtin
@@ -80,13 +80,13 @@ def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None) 
     if not path.exists() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
     if not path.exists():
-        raise DataError(f"no such file or folder: {source}", where="data.source",
+        raise DataError(f"no such file or folder: {source}", where=field,
                         hint="give a path relative to the current directory or the recipe, or builtin:NAME")
     if path.is_dir():
         return read_split_folder(path)
     kind = _format_of(path) if fmt == "auto" else fmt
     if kind not in readers:
-        raise DataError(f"cannot tell the format of '{path.name}'", where="data.source",
+        raise DataError(f"cannot tell the format of '{path.name}'", where=field,
                         hint=f"use one of {', '.join(readers.names())} or set data.format")
     table = readers.get(kind)(path)
     if table.n_rows == 0:

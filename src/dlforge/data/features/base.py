@@ -19,6 +19,9 @@ class Feature:
         self.field_path = field_path  # e.g. "inputs.2", for error messages
         self.report: dict[str, int] = {}  # counts of values changed by a policy (filled NaN, unknown, ...)
 
+    def check(self, values: np.ndarray) -> None:
+        """Validate the whole column before any split, so errors name rows of the user's file."""
+
     def fit(self, values: np.ndarray) -> "Feature":
         raise NotImplementedError
 
@@ -69,6 +72,7 @@ def as_strings(values: np.ndarray) -> np.ndarray:
 
 
 def rows_preview(mask: np.ndarray, limit: int = 5) -> str:
+    """'3, 7, 11' — 0-based data row numbers (the header is not a row)."""
     rows = np.flatnonzero(mask)
     text = ", ".join(str(r) for r in rows[:limit])
     return text + (f" and {len(rows) - limit} more" if len(rows) > limit else "")

@@ -45,10 +45,13 @@ class NumberFeature(Feature):
             self.shift_, self.scale_ = 0.0, 1.0
         return self
 
+    def check(self, values):
+        self._check_missing(np.isnan(to_float(values, name=self.name, where=self.field_path)))
+
     def _check_missing(self, nan: np.ndarray) -> None:
         if nan.any() and self.config.preprocessing.missing == "error":
             raise DataError(
-                f"column '{self.name}' has {int(nan.sum())} missing value(s) (rows {rows_preview(nan)}) "
+                f"column '{self.name}' has {int(nan.sum())} missing value(s) (data rows {rows_preview(nan)}) "
                 "and preprocessing.missing is 'error'",
                 where=f"{self.field_path}.preprocessing.missing",
                 hint="set it to mean, median or zero, or remove those rows",
