@@ -313,11 +313,11 @@ class Recipe(Strict):
     """A whole experiment: data, inputs, outputs, model and training."""
 
     name: str = _field("experiment", "Run name; the default output directory is runs/<name>.", min_length=1)
-    data: DataConfig
+    data: DataConfig = Field(..., description="Where the rows come from and how they are split.")
     inputs: list[InputFeature] = Field(..., min_length=1, description="Model inputs, one per data column.")
     outputs: list[OutputFeature] = Field(..., min_length=1, description="Targets, one per data column.")
     combiner: Combiner = _field(ConcatCombiner(), "How encoded inputs are fused before the heads.")
-    training: TrainingConfig = TrainingConfig()
+    training: TrainingConfig = _field(TrainingConfig(), "Optimisation: epochs, batch, optimizer, schedule, regularisation.")
     # Directory of the recipe file: relative data paths are also looked up there.
     _base_dir: str = PrivateAttr(".")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import typing
 
 from pydantic import BaseModel
@@ -10,9 +11,19 @@ from dlforge.recipe import Recipe
 
 
 def _type_name(annotation) -> str:
-    text = str(annotation).replace("typing.", "").replace("dlforge.recipe.", "")
-    text = text.replace("Annotated[", "").replace("<class '", "").replace("'>", "")
-    return text if len(text) < 80 else text[:77] + "..."
+    """A readable type: `int | 'full'`, `list[int]`, `CNNEncoder | MLPEncoder`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def _models(annotation) -> list[type[BaseModel]]:
@@ -42,7 +53,8 @@ def render_markdown() -> str:
                 default = "(see below)"
             constraints = " ".join(str(m) for m in field.metadata)
             desc = (field.description or "") + (f" Constraint: {constraints}." if constraints else "")
-            lines.append(f"| `{name}` | `{_type_name(field.annotation)}` | `{default}` | {desc} |")
+            type_name = _type_name(field.annotation).replace("|", "\\|")  # a bare | would end the table cell
+            lines.append(f"| `{name}` | `{type_name}` | `{default}` | {desc} |")
             for sub in _models(field.annotation):
                 sub_path = name if path == "(top level)" else f"{path}.{name}"
                 queue.append((sub_path, sub))
