@@ -172,3 +172,14 @@ def test_image_scaling_modes():
 def test_builtin_adult_has_official_split():
     table = load_table("builtin:adult")
     assert table.n_rows == 32561 + 16281 and (table.split == "test").sum() == 16281
+
+
+def test_missing_target_names_file_rows(tmp_path):
+    frame = pd.DataFrame({"x": np.arange(20.0), "y": ["a", "b"] * 10})
+    frame.loc[[4, 9], "y"] = None
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    for kind in ("category", "binary"):
+        recipe = load_recipe({"data": {"source": str(tmp_path / "d.csv")}, "inputs": [{"name": "x", "type": "number"}],
+                              "outputs": [{"name": "y", "type": kind}]})
+        with pytest.raises(DataError, match=r"target 'y' has 2 missing value\(s\) \(data rows 4, 9\)"):
+            prepare(recipe)

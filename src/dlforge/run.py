@@ -72,6 +72,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     if config.threads:
         torch.set_num_threads(config.threads)
     prepared = prepare(recipe, base_dir=base_dir)
+    if progress:
+        _print_data_summary(prepared.report)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
@@ -98,6 +100,18 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
     return RunResult(run_dir, metrics, result.history)
+
+
+def _print_data_summary(report: dict) -> None:
+    """Say what the data became, including every value a policy changed: nothing is altered silently."""
+    import sys
+
+    rows = ", ".join(f"{part} {n}" for part, n in report["rows"].items())
+    print(f"data: {report['source']}: {rows}" + (" (official test split)" if report["official_split"] else ""),
+          file=sys.stderr)
+    for column, counts in report["policies"].items():
+        for policy, n in counts.items():
+            print(f"  {column}: {n} value(s) {policy.replace('_', ' ')}", file=sys.stderr)
 
 
 def load_checkpoint_meta(run_dir: Path) -> dict:

@@ -79,6 +79,9 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
     table = table if table is not None else read_table(recipe, base_dir)
+    inputs, outputs = build_features(recipe)
+    for name, feat in {**inputs, **outputs}.items():
+        feat.check(table.column(name, field_path=feat.field_path))
     labels = _stratify_labels(recipe, table)
     cfg = recipe.data.split
     rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed)
@@ -86,9 +89,6 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
         raise DataError("the training split is empty", where="data.split", hint="use more rows or smaller val/test fractions")
     if labels is not None:
         check_classes_in_train(labels, rows, recipe.outputs[0].name)
-    inputs, outputs = build_features(recipe)
-    for name, feat in {**inputs, **outputs}.items():
-        feat.check(table.column(name, field_path=feat.field_path))
     train_table = table.take(rows["train"])
     for name, feat in {**inputs, **outputs}.items():
         feat.fit(train_table.column(name, field_path=feat.field_path))
