@@ -6,17 +6,27 @@ can be validated against them before any data is read.
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torchmetrics.functional import classification as C
-from torchmetrics.functional import regression as R
 
 from dlforge.registry import Registry
 
 metric_sets: Registry = Registry("metric set")
 
 
+@functools.cache
+def _torchmetrics():
+    """torchmetrics' functional modules, imported on first use: importing torchmetrics pulls in
+    transformers and scipy.signal (seconds), which prediction and serving never need."""
+    from torchmetrics.functional import classification, regression
+
+    return classification, regression
+
+
 @metric_sets.register("category")
 def category_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
+    C, _ = _torchmetrics()
     n = signature["size"]
     preds = logits.float().argmax(-1)
     out = {
@@ -39,6 +49,7 @@ def category_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict
 
 @metric_sets.register("binary")
 def binary_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
+    C, _ = _torchmetrics()
     prob = torch.sigmoid(logits.float().squeeze(-1))
     t = target.long()
     thr = signature.get("threshold", 0.5)
@@ -60,6 +71,7 @@ def binary_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, 
 @metric_sets.register("number")
 def number_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False,
                    scale: float = 1.0) -> dict:
+    _, R = _torchmetrics()
     pred = logits.float().squeeze(-1) * scale
     true = target.float() * scale
     return {"mae": float(R.mean_absolute_error(pred, true)),

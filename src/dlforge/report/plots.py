@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+def _pyplot():
+    """matplotlib, imported on first use: it costs about a second, and prediction never needs it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_curves(history: list[dict], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
+    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     written = []
     loss_keys = [k for k in history[0] if k.endswith("loss")]
@@ -36,6 +42,7 @@ def plot_curves(history: list[dict], folder: Path) -> list[Path]:
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "confusion matrix (test)") -> Path:
+    plt = _pyplot()
     size = max(4.0, 0.5 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     image = ax.imshow(matrix, cmap="Blues")
