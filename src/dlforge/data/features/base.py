@@ -47,6 +47,14 @@ class Feature:
 class TargetFeature(Feature):
     """An output column: also maps model outputs back to the user's labels/values."""
 
+    def check(self, values: np.ndarray) -> None:
+        from dlforge.errors import DataError
+
+        missing = np.array([s is None for s in as_strings(values)], dtype=bool)
+        if missing.any():
+            raise DataError(f"target '{self.name}' has {int(missing.sum())} missing value(s) (data rows {rows_preview(missing)})",
+                            where=self.field_path, hint="drop rows without a target, or fill them")
+
     def decode(self, predictions: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 

@@ -66,12 +66,6 @@ class BinaryFeature(_BinaryCodec, Feature):
 
 @output_features.register("binary")
 class BinaryTarget(_BinaryCodec, TargetFeature):
-    def check(self, values):
-        missing = np.array([s is None for s in as_strings(values)])
-        if missing.any():
-            raise DataError(f"target '{self.name}' has {int(missing.sum())} missing value(s) (data rows {rows_preview(missing)})",
-                            where=self.field_path, hint="drop rows without a target, or fill them")
-
     def fit(self, values):
         self._fit_values(values)
         if self.negative_ is None:

@@ -49,12 +49,6 @@ class CategoryFeature(Feature):
 
 @output_features.register("category")
 class CategoryTarget(TargetFeature):
-    def check(self, values):
-        missing = np.array([s is None for s in as_strings(values)])
-        if missing.any():
-            raise DataError(f"target '{self.name}' has {int(missing.sum())} missing value(s) (data rows {rows_preview(missing)})",
-                            where=self.field_path, hint="drop rows without a target, or fill them")
-
     def fit(self, values):
         strings = as_strings(values)
         missing = np.array([s is None for s in strings])
