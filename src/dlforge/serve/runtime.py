@@ -18,7 +18,7 @@ import torch
 
 from dlforge.data.prepare import encode
 from dlforge.data.table import Table
-from dlforge.errors import DlforgeError
+from dlforge.errors import DlforgeError, PredictError
 
 DEFAULT_TOP_K = 5
 
@@ -86,11 +86,20 @@ class ModelRuntime:
         return results
 
     def _predict(self, jobs: Sequence[Job], x: dict[str, torch.Tensor]) -> list:
-        decoded = self.predictor.decode_logits(self.predictor.logits(x))
+        logits = self.predictor.logits(x)
+        # Extreme inputs can overflow to inf/NaN; those rows get an error, never a NaN "probability".
+        finite = torch.stack([torch.isfinite(v.reshape(len(v), -1)).all(1) for v in logits.values()]).all(0).tolist()
+        decoded = self.predictor.decode_logits(logits)
         k_wanted = max(job.top_k or DEFAULT_TOP_K for job in jobs)
         per_output = {name: self._rows(entry, k_wanted) for name, entry in decoded.items()}
         results, start = [], 0
         for job in jobs:
+            bad = [i for i in range(job.rows) if not finite[start + i]]
+            if bad:
+                results.append(PredictError(f"record(s) {bad[:10]} make the model output inf or NaN",
+                                            hint="check those records for extreme values"))
+                start += job.rows
+                continue
             k = job.top_k or DEFAULT_TOP_K
             rows = []
             for i in range(start, start + job.rows):

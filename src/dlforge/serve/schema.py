@@ -19,6 +19,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 # Text and category values longer than this are refused (422): no real category is this long, and
 # it bounds the work a single field can cause.
 MAX_STRING = 10_000
+# Numbers beyond this overflow float32 arithmetic in the model (its limit is 3.4e38) after scaling.
+MAX_NUMBER = 1e30
 DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
 
@@ -128,7 +130,7 @@ def field_type(name: str, sig: dict):
     """The (annotation, FieldInfo) of one model input; `alias` keeps names such as 'hours-per-week'."""
     kind = sig.get("type")
     if kind == "number":
-        annotation = Optional[Annotated[float, Field(strict=True, allow_inf_nan=False)]]
+        annotation = Optional[Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]]
         info = Field(..., alias=name, description="A number; null means missing (filled as in training).",
                      examples=[0.0])
     elif kind == "category":
@@ -153,19 +155,24 @@ def field_type(name: str, sig: dict):
     return annotation, info
 
 
+def max_classes(signature: dict) -> int:
+    """The most classes of any output (a binary output has 2, a number output 1): the largest useful top_k."""
+    return max([len(o.get("labels") or []) for o in signature["outputs"].values()] + [1])
+
+
 def build_request_models(signature: dict, *, max_records: int) -> tuple[type[BaseModel], type[BaseModel]]:
     """The `Record` (one row: every model input, typed) and `PredictRequest` models for this signature."""
     fields = {f"input_{i}": field_type(name, sig) for i, (name, sig) in enumerate(signature["inputs"].items())}
     record = create_model("Record", __config__=ConfigDict(extra="forbid", populate_by_name=False,
                                                           title="Record"), **fields)
     record.__doc__ = "One row to predict: a value for every model input."
-    classes = max([o.get("size", 1) for o in signature["outputs"].values()] + [1])
+    classes = max_classes(signature)
     request = create_model(
         "PredictRequest", __config__=ConfigDict(extra="forbid", title="PredictRequest"),
         records=(list[record], Field(..., min_length=1, max_length=max_records,
                                      description=f"The rows to predict (1 to {max_records}); one prediction each.")),
         top_k=(Optional[Annotated[int, Field(strict=True)]],
-               Field(None, ge=1, le=max(classes, 1),
+               Field(None, ge=1, le=classes,
                      description="How many most-probable classes to return per output (default: up to 5).")),
     )
     request.__doc__ = "A prediction request: one or more records."
@@ -180,13 +187,14 @@ def multipart_schema(signature: dict) -> dict:
         if kind == "image":
             props[name] = {"type": "string", "format": "binary", "description": "The image file."}
         elif kind == "number":
-            props[name] = {"type": "number", "description": "A number (empty: missing)."}
+            props[name] = {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER,
+                           "description": "A number (empty: missing)."}
         elif kind == "binary":
             props[name] = {"type": "string", "enum": [v for v in sig.get("values", []) if v is not None]}
         else:
             props[name] = {"type": "string", "maxLength": MAX_STRING}
         required.append(name)
-    props["top_k"] = {"type": "integer", "minimum": 1}
+    props["top_k"] = {"type": "integer", "minimum": 1, "maximum": max_classes(signature)}
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
