@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from dlforge.artifact import read_model_json
@@ -27,7 +29,11 @@ def serve(config: ServeConfig) -> None:
     config.to_env()
     if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker counts in its own process; prometheus_client aggregates them through this folder.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dlforge-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder = tempfile.mkdtemp(prefix="dlforge-metrics-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     uvicorn.run("dlforge.serve.server:app_from_env", factory=True, host=config.host, port=config.port,
                 workers=config.workers, access_log=config.access_log, server_header=False,
-                timeout_graceful_shutdown=config.drain_s, log_level="info")
+                timeout_graceful_shutdown=config.drain_s, log_level="info",
+                # A spawned worker imports torch before it can answer the supervisor's ping; on a busy
+                # machine that takes longer than uvicorn's default 5 s, which would kill it in a loop.
+                timeout_worker_healthcheck=120)
