@@ -111,7 +111,7 @@ def test_openapi_has_typed_fields_per_input(tabular_client, digits_client):
     schemas = tabular_client.get("/openapi.json").json()["components"]["schemas"]
     props = schemas["Record"]["properties"]
     assert set(props) == {"age", "hours-per-week", "workclass", "sex"}
-    assert {"type": "number"} in props["age"]["anyOf"]
+    assert {"type": "number", "minimum": -1e30, "maximum": 1e30} in props["age"]["anyOf"]
     assert {"enum": ["Female", "Male"], "type": "string"} in props["sex"]["anyOf"]
     assert "Private" in props["workclass"]["examples"]
     assert schemas["Record"]["additionalProperties"] is False
@@ -142,3 +142,12 @@ def test_web_page_is_served_without_external_assets(digits_client):
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert digits_client.get("/static/app.js").status_code == 200
     assert digits_client.get("/docs").status_code == 404  # Swagger UI would load assets from a CDN
+
+
+def test_extreme_numbers_are_refused_not_answered_with_nan(tabular_client):
+    record = {"age": 1e31, "hours-per-week": 1, "workclass": "Private", "sex": "Male"}
+    response = tabular_client.post("/v1/predict", json={"records": [record]})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "records.0.age"
+    assert tabular_client.post("/v1/predict", content=b'{"records": [{"age": NaN, "hours-per-week": 1, '
+                               b'"workclass": "a", "sex": "Male"}]}',
+                               headers={"content-type": "application/json"}).status_code == 422
