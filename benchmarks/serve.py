@@ -178,14 +178,14 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def mean_batch(self) -> float | None:
+    def batch_totals(self) -> tuple[float, float]:
+        """(rows, forward passes) so far, from the server's batch-size histogram."""
         import httpx
 
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics").text
         values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
                   if line.startswith(("dlforge_batch_size_sum", "dlforge_batch_size_count"))}
-        count = values.get("dlforge_batch_size_count", 0)
-        return values.get("dlforge_batch_size_sum", 0) / count if count else None
+        return values.get("dlforge_batch_size_sum", 0.0), values.get("dlforge_batch_size_count", 0.0)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -212,6 +212,53 @@ def direct_p50_ms(run_dir: Path, record: dict, threads: int, n: int = 300) -> fl
         predictor.predict_details(data)
         times.append(time.perf_counter() - started)
     return 1e3 * statistics.median(times)
+
+
+def _http_once(sock, request: bytes) -> int:
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head[9:12])
+
+
+def interleaved_overhead(run_dir: Path, record: dict, port: int, threads: int, n: int = 500) -> dict:
+    """Direct predict and one HTTP request, alternated n times, so both see the same background load."""
+    import socket
+
+    import torch
+
+    import dlforge
+
+    torch.set_num_threads(threads)
+    predictor = dlforge.load(run_dir)
+    data = {k: [base64.b64decode(v) if k == "image" else v] for k, v in record.items()}
+    request = http_request(record)
+    server = Server(run_dir, port, max_batch=64, threads=threads)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(50):
+            predictor.predict_details(data)
+            assert _http_once(sock, request) == 200
+        direct, http = [], []
+        for _ in range(n):
+            started = time.perf_counter()
+            predictor.predict_details(data)
+            middle = time.perf_counter()
+            status = _http_once(sock, request)
+            http.append(time.perf_counter() - middle)
+            direct.append(middle - started)
+            assert status == 200
+        sock.close()
+    finally:
+        server.stop()
+    d50, h50 = 1e3 * statistics.median(direct), 1e3 * statistics.median(http)
+    return {"n": n, "direct_p50_ms": d50, "http_p50_ms": h50, "overhead_p50_ms": h50 - d50}
 
 
 # ---------------------------------------------------------------- main
@@ -242,12 +289,14 @@ def main() -> None:
             try:
                 points = []
                 for concurrency in CONCURRENCY:
+                    rows_before, passes_before = server.batch_totals()
                     point = run_load(args.port, requests, concurrency, args.seconds)
-                    point["mean_batch_rows"] = server.mean_batch()
+                    rows, passes = server.batch_totals()
+                    point["mean_batch_rows"] = (rows - rows_before) / max(passes - passes_before, 1)
                     points.append(point)
                     print(f"{name:10s} {label:13s} c={concurrency:<4d} {point['throughput_rps']:8.1f} req/s  "
                           f"p50 {point['p50_ms'] or 0:7.2f} ms  p99 {point['p99_ms'] or 0:7.2f} ms  "
-                          f"statuses {point['statuses']}  mean batch (cumulative) {point['mean_batch_rows'] or 0:.1f}",
+                          f"statuses {point['statuses']}  mean batch {point['mean_batch_rows']:.1f}",
                           flush=True)
                 entry["runs"][label] = points
             finally:
@@ -256,6 +305,10 @@ def main() -> None:
         entry["speedup_c32"] = on[2]["throughput_rps"] / off[2]["throughput_rps"]
         entry["http_overhead_p50_ms_c1"] = on[0]["p50_ms"] - entry["direct_p50_ms"]
         entry["http_overhead_p50_ms_c1_batching_off"] = off[0]["p50_ms"] - entry["direct_p50_ms"]
+        entry["interleaved"] = interleaved_overhead(run_dir, records[0], args.port, args.threads)
+        print(f"{name}: interleaved direct p50 {entry['interleaved']['direct_p50_ms']:.3f} ms, HTTP p50 "
+              f"{entry['interleaved']['http_p50_ms']:.3f} ms, overhead {entry['interleaved']['overhead_p50_ms']:.3f} ms",
+              flush=True)
         print(f"{name}: batching speed-up at c=32 {entry['speedup_c32']:.2f}x; direct p50 "
               f"{entry['direct_p50_ms']:.3f} ms; HTTP overhead p50 at c=1 {entry['http_overhead_p50_ms_c1']:.2f} ms",
               flush=True)
