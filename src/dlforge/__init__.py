@@ -16,5 +16,13 @@ from dlforge.recipe import Recipe  # noqa: E402
 from dlforge.recipe_io import load_recipe  # noqa: E402
 from dlforge.run import RunResult, evaluate, plan, train  # noqa: E402
 
-__all__ = ["ArtifactError", "DataError", "DlforgeError", "PredictError", "Predictor", "Recipe", "RecipeError",
+__all__ = ["ArtifactError", "Client", "DataError", "DlforgeError", "PredictError", "Predictor", "Recipe", "RecipeError",
            "RunResult", "TrainingInterrupted", "evaluate", "load", "load_recipe", "plan", "train"]
+
+
+def __getattr__(name):
+    if name == "Client":  # lazy: the client needs httpx (the `serve` extra), the core does not
+        from dlforge.serve.client import Client
+
+        return Client
+    raise AttributeError(f"module 'dlforge' has no attribute {name!r}")

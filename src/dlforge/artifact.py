@@ -134,6 +134,22 @@ class Predictor:
             raise ArtifactError("predict_proba needs a category or binary output; this model predicts numbers")
         return probs if len(probs) > 1 else next(iter(probs.values()))
 
+    def decode_logits(self, logits: dict[str, torch.Tensor]) -> dict[str, dict]:
+        """Everything a caller may want from one forward pass, per output: `predictions` (labels or values)
+        and, for category/binary outputs, `probabilities` (n, classes) as a tensor with `labels` in column order."""
+        decoded = {}
+        for name, value in logits.items():
+            entry = {"predictions": self.outputs[name].decode(value)}
+            if self.signature["outputs"][name]["type"] != "number":
+                entry["probabilities"] = self.model.heads[name].probabilities(value)
+                entry["labels"] = self.labels(name)
+            decoded[name] = entry
+        return decoded
+
+    def predict_details(self, data) -> dict[str, dict]:
+        """`decode_logits` of `data`: labels, probabilities and label order from a single forward pass."""
+        return self.decode_logits(self.logits(self.encode_inputs(data)))
+
     def labels(self, output: str | None = None) -> list[str] | None:
         return self.outputs[output or self.output_names[0]].label_names()
 

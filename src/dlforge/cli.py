@@ -110,6 +110,44 @@ def predict(
         typer.echo(frame.to_csv(index=False), nl=False)
 
 
+@app.command()
+def serve(
+    run: Path = typer.Argument(..., help="A run directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes, each with its own model and batcher."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: CPUs / workers)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Rows per forward pass at most; 1 turns batching off."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for requests being received."),
+    max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests at most; more get 503 + Retry-After."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds before an unanswered request gets 504."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File with the API key(s), one per line."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without an API key."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow browser calls from this origin (repeatable)."),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", help="Larger request bodies get 413."),
+    max_pixels: int = typer.Option(16_000_000, "--max-pixels", help="Larger images get 413."),
+    max_records: int = typer.Option(1024, "--max-records", help="Records per request at most."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+):
+    """Serve a run directory over HTTP: REST API with dynamic batching, web page, Prometheus metrics."""
+    from pydantic import ValidationError
+
+    from dlforge.serve import ServeConfig
+    from dlforge.serve import serve as run_server
+
+    try:
+        config = ServeConfig(run_dir=str(run), host=host, port=port, workers=workers, threads=threads,
+                             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
+                             api_key_file=str(api_key_file) if api_key_file else None, insecure=insecure,
+                             cors_origins=cors_origin, max_body_mb=max_body_mb, max_pixels=max_pixels,
+                             max_records=max_records, access_log=access_log)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise DlforgeError(f"{first['msg']} (got {first.get('input')!r})",
+                           where="--" + str(first["loc"][0]).replace("_s", "").replace("_", "-")) from None
+    run_server(config)
+
+
 @recipe_app.command("check")
 def recipe_check(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default."),

@@ -1,0 +1,175 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass, each caller gets its own rows back.
+
+Requests wait in a bounded queue (full → `QueueFull`, the app answers 503 with Retry-After: memory
+never grows without bound). One collector task takes the queued jobs, up to `max_batch` rows, and
+runs them in a dedicated inference thread, so the event loop keeps accepting requests while the
+model computes. Jobs that arrive while a batch runs form the next one.
+
+Waiting for stragglers costs latency, so the collector waits (at most `max_wait`) only while more
+requests are known to be on their way, i.e. being received or validated by the app. A lone request
+never waits; under load batches fill by themselves. `max_batch=1` turns batching off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` requests already; the caller should retry later."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining for shutdown and takes no new work."""
+
+
+@dataclass(eq=False)
+class Job:
+    payload: Any
+    rows: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """`await submit(payload, rows)` → that payload's result, computed in a batch with other payloads.
+
+    `run(payloads)` executes in the inference thread and returns one result per payload, in order;
+    a result that is an Exception is raised to that caller only.
+    """
+
+    def __init__(self, run: Callable[[Sequence[Any]], list], *, max_batch: int = 64, max_wait_ms: float = 5.0,
+                 max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None,
+                 on_depth: Callable[[int], None] | None = None):
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0; got "
+                             f"{max_batch}, {max_queue}, {max_wait_ms}")
+        self.run = run
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch or (lambda rows, seconds: None)
+        self.on_depth = on_depth or (lambda depth: None)
+        self._queue: collections.deque[Job] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._incoming = 0
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        # One thread: a forward pass already uses every intra-op thread torch is given.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlforge-infer")
+
+    # -- hints from the app -------------------------------------------------------------------
+    def incoming(self, delta: int) -> None:
+        """The app is receiving (+1) or has finished receiving (-1) a request that may be submitted soon."""
+        self._incoming += delta
+        if delta < 0:
+            self._arrived.set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._collect(), name="dlforge-batcher")
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Refuse new work, let queued and running batches finish (up to `timeout`), then stop."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        while (self._queue or not self._idle.is_set()) and time.monotonic() < deadline:
+            self._arrived.set()
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for job in self._queue:  # only left when the drain timed out
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown())
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    # -- submitting -------------------------------------------------------------------------------
+    async def submit(self, payload: Any, rows: int, *, timeout: float | None = None) -> Any:
+        """The result for `payload`; raises QueueFull, ShuttingDown, asyncio.TimeoutError, or the job's error."""
+        if self._closing:
+            raise ShuttingDown()
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull()
+        job = Job(payload, rows, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        self.on_depth(len(self._queue))
+        self._arrived.set()
+        try:
+            return await asyncio.wait_for(job.future, timeout)
+        finally:
+            if not job.future.done():  # timed out or the client went away: the collector skips it
+                job.future.cancel()
+
+    # -- the collector --------------------------------------------------------------------------
+    def _take(self, batch: list[Job], rows: int) -> int:
+        while self._queue and rows < self.max_batch:
+            job = self._queue[0]
+            if job.future.done():
+                self._queue.popleft()
+                continue
+            if batch and rows + job.rows > self.max_batch:
+                break
+            batch.append(self._queue.popleft())
+            rows += job.rows
+        return rows
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch: list[Job] = []
+            rows = self._take(batch, 0)
+            deadline = loop.time() + self.max_wait
+            while rows < self.max_batch and self._incoming > 0 and not self._closing:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+                rows = self._take(batch, rows)
+            self.on_depth(len(self._queue))
+            if not batch:
+                continue
+            self._idle.clear()
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self.run, [job.payload for job in batch])
+            except Exception as exc:  # a bug in `run` itself: every caller of this batch gets the error
+                results = [exc] * len(batch)
+            finally:
+                self._idle.set()
+            self.on_batch(rows, time.perf_counter() - started)
+            for job, result in zip(batch, results):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)

@@ -1,0 +1,160 @@
+"""The model behind the server: validated records in, one vectorised forward pass per batch, JSON rows out.
+
+A batch merges the columns of every request, encodes them with the model's fitted features in one go
+(vectorised per column, not per row), runs one forward pass and splits the rows back per request. If
+the merged batch fails to encode (one request's image cannot be decoded, say), each request is
+encoded alone so that only the faulty one gets the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dlforge.data.prepare import encode
+from dlforge.data.table import Table
+from dlforge.errors import DlforgeError, PredictError
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass
+class Job:
+    """One request's rows as columns (input name → list of values), and how many classes to return."""
+
+    columns: dict[str, list]
+    rows: int
+    top_k: int | None = None
+
+
+def weights_version(run_dir: Path) -> str:
+    """The first 12 hex digits of the weights' sha256: the model's version as clients see it."""
+    digest = hashlib.sha256()
+    with open(Path(run_dir) / "model.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+class ModelRuntime:
+    def __init__(self, predictor, *, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.predictor = predictor
+        self.signature = predictor.signature
+        self.name = predictor.name
+        self.version = weights_version(predictor.run_dir)
+        self.output_names = list(self.signature["outputs"])
+
+    # -- inputs --------------------------------------------------------------------------------------
+    def _column(self, name: str, values: list) -> np.ndarray:
+        kind = self.signature["inputs"][name]["type"]
+        if kind == "number":
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        if kind == "image" and all(isinstance(v, np.ndarray) for v in values):
+            return np.stack(values)  # (N, H, W, C) uint8, already the model's size
+        column = np.empty(len(values), dtype=object)  # strings, or image bytes (decoded by the feature) and arrays
+        for i, value in enumerate(values):  # item by item: numpy would try to broadcast a list of arrays
+            column[i] = value
+        return column
+
+    def encode(self, jobs: Sequence[Job]) -> dict[str, torch.Tensor]:
+        names = list(self.signature["inputs"])
+        merged = {n: [v for job in jobs for v in job.columns[n]] for n in names}
+        table = Table({n: self._column(n, merged[n]) for n in names}, "request")
+        return encode(table, self.predictor.inputs, None).x
+
+    # -- a batch ---------------------------------------------------------------------------------------
+    def run(self, jobs: Sequence[Job]) -> list:
+        """One result (list of prediction dicts) or DlforgeError per job, from as few forward passes as possible."""
+        try:
+            return self._predict(jobs, self.encode(jobs))
+        except DlforgeError:
+            if len(jobs) == 1:
+                raise
+        results: list = []
+        for job in jobs:  # find which request is at fault; the others still get answers
+            try:
+                results.extend(self._predict([job], self.encode([job])))
+            except DlforgeError as exc:
+                results.append(exc)
+        return results
+
+    def _predict(self, jobs: Sequence[Job], x: dict[str, torch.Tensor]) -> list:
+        logits = self.predictor.logits(x)
+        # Extreme inputs can overflow to inf/NaN; those rows get an error, never a NaN "probability".
+        finite = torch.stack([torch.isfinite(v.reshape(len(v), -1)).all(1) for v in logits.values()]).all(0).tolist()
+        decoded = self.predictor.decode_logits(logits)
+        k_wanted = max(job.top_k or DEFAULT_TOP_K for job in jobs)
+        per_output = {name: self._rows(entry, k_wanted) for name, entry in decoded.items()}
+        results, start = [], 0
+        for job in jobs:
+            bad = [i for i in range(job.rows) if not finite[start + i]]
+            if bad:
+                results.append(PredictError(f"record(s) {bad[:10]} make the model output inf or NaN",
+                                            hint="check those records for extreme values"))
+                start += job.rows
+                continue
+            k = job.top_k or DEFAULT_TOP_K
+            rows = []
+            for i in range(start, start + job.rows):
+                outputs = {name: _cut(values[i], k) for name, values in per_output.items()}
+                first = dict(outputs[self.output_names[0]])
+                if len(outputs) > 1:
+                    first["outputs"] = outputs
+                rows.append(first)
+            results.append(rows)
+            start += job.rows
+        return results
+
+    @staticmethod
+    def _rows(entry: dict, k: int) -> list[dict]:
+        """Per row of one output: label/value, its probability and the top-k classes (one topk call per batch)."""
+        predictions = entry["predictions"].tolist()
+        if "probabilities" not in entry:
+            return [{"value": float(v)} for v in predictions]
+        probs: torch.Tensor = entry["probabilities"]  # (n, classes)
+        labels = entry["labels"]
+        top_p, top_i = probs.topk(min(k, probs.shape[1]), dim=1)
+        index = {label: i for i, label in enumerate(labels)}
+        chosen = probs.gather(1, torch.tensor([[index[p]] for p in predictions], dtype=torch.long)).squeeze(1)
+        rows = []
+        for label, p, tp, ti in zip(predictions, chosen.tolist(), top_p.tolist(), top_i.tolist()):
+            rows.append({"label": str(label), "probability": p,
+                         "top_k": [{"label": labels[j], "probability": q} for q, j in zip(tp, ti)]})
+        return rows
+
+    # -- warm-up -----------------------------------------------------------------------------------------
+    def sample_job(self) -> Job:
+        """One plausible row built from the signature (for warm-up, and the web page's defaults)."""
+        columns = {}
+        for name, sig in self.signature["inputs"].items():
+            kind = sig["type"]
+            if kind == "number":
+                columns[name] = [0.0]
+            elif kind == "image":
+                channels, height, width = sig["shape"]
+                columns[name] = [np.zeros((height, width, channels), dtype=np.uint8)]
+            elif kind in ("category", "binary"):
+                columns[name] = [(sig.get("values") or [None])[0]]
+            else:
+                columns[name] = ["warm up"]
+        return Job(columns, 1)
+
+    def warm_up(self, rounds: int = 3) -> None:
+        """Run the first forward passes before taking traffic (allocator and kernel selection happen there)."""
+        for _ in range(rounds):
+            result = self.run([self.sample_job()])
+            if isinstance(result[0], Exception):
+                raise result[0]
+
+
+def _cut(row: dict, k: int) -> dict:
+    if "top_k" in row and len(row["top_k"]) > k:
+        return {**row, "top_k": row["top_k"][:k]}
+    return row

@@ -1,0 +1,168 @@
+"""Safe defaults of the server: API keys, loopback-only binding, body and image-size limits, headers.
+
+Everything here is plain ASGI or a small helper, so the checks run before FastAPI parses anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import stat
+import warnings
+from pathlib import Path
+
+from dlforge.errors import DlforgeError
+
+# Routes an orchestrator must reach without credentials (Kubernetes probes), and the web page's static
+# files: the same bytes for every model, holding no model data; the page asks for the key itself.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+MIN_KEY_LENGTH = 16
+KEY_HINT = "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\" > api.key"
+
+
+class ServeError(DlforgeError):
+    """The server cannot start as configured (unsafe binding, unreadable key file, ...)."""
+
+
+def load_api_keys(path: str | Path) -> list[bytes]:
+    """Keys from a file, one per line (several allow rotation); blank lines and #-comments are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ServeError(f"cannot read the API key file: {exc.strerror}", where=str(path), hint=KEY_HINT) from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise ServeError("the API key file holds no key", where=str(path), hint=KEY_HINT)
+    short = [i + 1 for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
+    if short:
+        raise ServeError(f"API key(s) number {short} are shorter than {MIN_KEY_LENGTH} characters: too easy to guess",
+                         where=str(path), hint=KEY_HINT)
+    if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.warn(f"{path} is readable by other users, who can then call the API; run: chmod 600 {path}",
+                      stacklevel=2)
+    return [k.encode("utf-8") for k in keys]
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname that may resolve anywhere: treat it as exposed
+
+
+def check_binding(host: str, *, has_key: bool, insecure: bool) -> None:
+    """Refuse to expose an unauthenticated model beyond this machine unless explicitly told to."""
+    if not is_loopback(host) and not has_key and not insecure:
+        raise ServeError(
+            f"refusing to listen on {host} without an API key: anyone who can reach this address could use the model",
+            where="--host", hint="add --api-key-file FILE (recommended), or pass --insecure if a gateway in front "
+                                 "authenticates callers")
+
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class ApiKeyAuth:
+    """Every route except PUBLIC_PATHS needs `Authorization: Bearer <key>`; keys compare in constant time."""
+
+    def __init__(self, app, keys: list[bytes]):
+        self.app = app
+        self.keys = keys
+
+    def allowed(self, header: bytes | None) -> bool:
+        if not header or not header[:7].lower() == b"bearer ":
+            return False
+        token = header[7:].strip()
+        # Compare against every key without stopping early, so timing does not tell which one nearly matched.
+        matches = [hmac.compare_digest(token, key) for key in self.keys]
+        return any(matches)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in PUBLIC_PATHS \
+                or scope["path"].startswith(PUBLIC_PREFIXES):
+            return await self.app(scope, receive, send)
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if not self.allowed(header):
+            return await _send_json(send, 401, {"detail": "missing or invalid API key: send Authorization: Bearer <key>"},
+                                    [(b"www-authenticate", b'Bearer realm="dlforge"')])
+        return await self.app(scope, receive, send)
+
+
+class ContentLengthLimit:
+    """413 before reading a body whose declared length exceeds the limit (streamed bodies: `read_body`)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+                return await _send_json(send, 413, {"detail": body_too_large(self.max_bytes)},
+                                        [(b"connection", b"close")])
+        return await self.app(scope, receive, send)
+
+
+def body_too_large(max_bytes: int) -> str:
+    return f"request body exceeds the limit of {max_bytes:,} bytes (server option --max-body-mb)"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request, max_bytes: int) -> bytes:
+    """The whole body, stopping with BodyTooLarge as soon as it passes `max_bytes` (chunked uploads too)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # starlette's cache: request.form() parses these bytes instead of the spent stream
+    return body
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from the image header only (no decoding), so a decompression bomb costs nothing."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.width * img.height
+
+
+class SecurityHeaders:
+    """nosniff and no framing on every response; a strict Content-Security-Policy on the web page."""
+
+    CSP = (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+           b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
+                                      (b"x-frame-options", b"DENY"), (b"content-security-policy", self.CSP),
+                                      (b"referrer-policy", b"no-referrer")]
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
