@@ -61,12 +61,12 @@ class TestAccuracyEachEpoch:
         return False
 
 
-def worker(name: str, target: float) -> None:
+def worker(name: str, target: float, threads: int | None) -> None:
     from dlforge.data import prepare
     from dlforge.recipe_io import load_recipe
     import dlforge.run as run
 
-    overrides = VARIANTS[name]
+    overrides = VARIANTS[name] + ([f"training.threads={threads}"] if threads else [])
     recipe = load_recipe(str(RECIPE), overrides)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     test = prepare(recipe).splits["test"]  # the callback's own copy of the test split
@@ -88,16 +88,19 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["shipped", "fp32-contiguous", "no-bf16", "no-channels_last",
                                                           "compile"], choices=list(VARIANTS))
     parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="add training.threads=N to every variant (1 on a shared machine: see README)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.target)
+        worker(args.worker, args.target, args.threads)
         return
     print("| variant | overrides | test acc per epoch | s to >= %.1f%% | final acc | train s | CPU s (whole run) "
           "| peak RSS MB |" % (100 * args.target))
     print("|---|---|---|---|---|---|---|---|")
     for name in args.variants:
-        out = subprocess.run([sys.executable, __file__, "--worker", name, "--target", str(args.target)],
+        extra = ["--threads", str(args.threads)] if args.threads else []
+        out = subprocess.run([sys.executable, __file__, "--worker", name, "--target", str(args.target), *extra],
                              check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         epochs = ", ".join(f"{acc:.4f}@{s:.0f}s" for s, acc in r["per_epoch"])
