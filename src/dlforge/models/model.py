@@ -44,7 +44,8 @@ class DlforgeModel(nn.Module):
         parts = []
         for name, encoder in self.encoders.items():
             parts.append(encoder(inputs) if name == "__tabular__" else encoder(inputs[name]))
-        return self.combiner(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return self.combiner(features) if len(self.combiner) else features  # an empty combiner costs a module call
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.encode(inputs)
@@ -53,7 +54,9 @@ class DlforgeModel(nn.Module):
     def loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         total = None
         for name, head in self.heads.items():
-            term = head.loss(logits[name], targets[name]) * head.config.loss_weight
+            term = head.loss(logits[name], targets[name])
+            if head.config.loss_weight != 1.0:  # skip a multiply (and its backward) per step in the usual case
+                term = term * head.config.loss_weight
             total = term if total is None else total + term
         return total
 

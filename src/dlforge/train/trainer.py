@@ -83,6 +83,8 @@ class Trainer:
         self.early_stopping = EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
         self.progress = Progress(total_epochs=self.config.epochs, steps_per_epoch=len(self.batches), enabled=progress)
         self.callbacks = [self.progress, *callbacks] + ([self.early_stopping] if self.early_stopping else [])
+        # Per-step hooks looked up once: a getattr per callback per step is measurable on small models.
+        self._step_hooks = [cb.on_step_end for cb in self.callbacks if getattr(cb, "on_step_end", None) is not None]
         self.penalized = [p for p in self.model.parameters() if p.ndim > 1 and p.requires_grad]
         self.step_model = torch.compile(self.model) if self.config.compile else self.model
         self.scaler = torch.amp.GradScaler("cuda") if self.config.precision == "fp16" else None
@@ -180,7 +182,8 @@ class Trainer:
                 self._call("on_epoch_start", epoch)
                 for step, index in enumerate(self.batches.slices(permutation, start_step), start=start_step):
                     self._step(index)
-                    self._call("on_step_end", step)
+                    for hook in self._step_hooks:
+                        hook(self, step)
                     every = self.config.checkpoint_every_steps
                     if stop.raised or (every and (self._global_step(epoch, step) + 1) % every == 0):
                         result.train_seconds = seconds_before + time.perf_counter() - started
