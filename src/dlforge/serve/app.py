@@ -78,7 +78,7 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
     meta = read_model_json(run_dir)
     signature = meta["signature"]
     version = weights_version(run_dir)
-    record_model, request_model = build_request_models(signature, max_records=config.max_records)
+    _, request_model = build_request_models(signature, max_records=config.max_records)
     input_names = list(signature["inputs"])
     first_output = next(iter(signature["outputs"]))
     metrics = Metrics()
