@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 export DLFORGE_DATA ?= $(abspath ../shared/data)
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-dev docs bench clean
+.PHONY: demo test install install-dev docs bench bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ docs: $(VENV)/.core
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/trainer_overhead.py
+
+# Trains two models into /tmp (once), then about 5 minutes of load on loopback; add --soak-seconds 300 for the soak.
+bench-serve: $(VENV)/.dev
+	$(PY) benchmarks/serve.py --scratch /tmp/dlforge-serve-bench --soak-seconds 0
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -127,3 +127,26 @@ def test_batches_form_under_concurrent_load(digits_run, digits_predictor):
         text = client.get("/metrics").text
         count = float(next(l for l in text.splitlines() if l.startswith("dlforge_batch_size_count")).split()[-1])
         assert count < 32  # fewer forward passes than requests: requests shared batches (+3 warm-up excluded)
+
+
+def test_shutdown_drains_in_flight_requests(digits_run, digits_predictor, monkeypatch):
+    import httpx
+
+    import dlforge.serve.runtime as runtime_module
+    from .conftest import live_server
+
+    original = runtime_module.ModelRuntime.run
+
+    def slow_run(self, jobs):
+        time.sleep(0.5)
+        return original(self, jobs)
+
+    results = []
+    with live_server(digits_run, digits_predictor) as url:
+        monkeypatch.setattr(runtime_module.ModelRuntime, "run", slow_run)  # after warm-up
+        request = threading.Thread(target=lambda: results.append(
+            httpx.post(url + "/v1/predict", json={"records": [{"image": IMAGE}]}, timeout=10)))
+        request.start()
+        time.sleep(0.2)  # the request is in its batch when the shutdown below begins
+    request.join(10)
+    assert results and results[0].status_code == 200

@@ -24,7 +24,7 @@ DEFAULT_TOP_K = 5
 
 
 @dataclass
-class Job:
+class Records:
     """One request's rows as columns (input name → list of values), and how many classes to return."""
 
     columns: dict[str, list]
@@ -63,15 +63,15 @@ class ModelRuntime:
             column[i] = value
         return column
 
-    def encode(self, jobs: Sequence[Job]) -> dict[str, torch.Tensor]:
+    def encode(self, jobs: Sequence[Records]) -> dict[str, torch.Tensor]:
         names = list(self.signature["inputs"])
         merged = {n: [v for job in jobs for v in job.columns[n]] for n in names}
         table = Table({n: self._column(n, merged[n]) for n in names}, "request")
         return encode(table, self.predictor.inputs, None).x
 
     # -- a batch ---------------------------------------------------------------------------------------
-    def run(self, jobs: Sequence[Job]) -> list:
-        """One result (list of prediction dicts) or DlforgeError per job, from as few forward passes as possible."""
+    def run(self, jobs: Sequence[Records]) -> list:
+        """One result (list of prediction dicts) or DlforgeError per request, from as few forward passes as possible."""
         try:
             return self._predict(jobs, self.encode(jobs))
         except DlforgeError:
@@ -85,7 +85,7 @@ class ModelRuntime:
                 results.append(exc)
         return results
 
-    def _predict(self, jobs: Sequence[Job], x: dict[str, torch.Tensor]) -> list:
+    def _predict(self, jobs: Sequence[Records], x: dict[str, torch.Tensor]) -> list:
         logits = self.predictor.logits(x)
         # Extreme inputs can overflow to inf/NaN; those rows get an error, never a NaN "probability".
         finite = torch.stack([torch.isfinite(v.reshape(len(v), -1)).all(1) for v in logits.values()]).all(0).tolist()
@@ -130,7 +130,7 @@ class ModelRuntime:
         return rows
 
     # -- warm-up -----------------------------------------------------------------------------------------
-    def sample_job(self) -> Job:
+    def sample_job(self) -> Records:
         """One plausible row built from the signature (for warm-up, and the web page's defaults)."""
         columns = {}
         for name, sig in self.signature["inputs"].items():
@@ -144,7 +144,7 @@ class ModelRuntime:
                 columns[name] = [(sig.get("values") or [None])[0]]
             else:
                 columns[name] = ["warm up"]
-        return Job(columns, 1)
+        return Records(columns, 1)
 
     def warm_up(self, rounds: int = 3) -> None:
         """Run the first forward passes before taking traffic (allocator and kernel selection happen there)."""

@@ -198,11 +198,22 @@ def multipart_schema(signature: dict) -> dict:
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
-def validation_problems(exc, prefix: tuple = ()) -> list[dict]:
-    """pydantic errors as [{field, message}] with dotted paths that use the inputs' real names."""
-    problems = []
+# Parts of a pydantic error location that name a union member or a validator, not a field.
+_TAGS = ("function-", "json-or-python", "constrained-", "literal[", "nullable")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "bytes"})
+
+
+def validation_problems(exc) -> list[dict]:
+    """pydantic errors as [{field, message}]: dotted paths with the inputs' real names, one entry per field
+    (the members of a union, such as 'a string or an integer', are merged into one message)."""
+    merged: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
-        loc = [str(p) for p in (*prefix, *error["loc"])
-               if not str(p).startswith(("function-", "json-or-python", "constrained-"))]
-        problems.append({"field": ".".join(loc) or "body", "message": error["msg"].replace("Value error, ", "")})
+        parts = [str(p) for p in error["loc"] if not str(p).startswith(_TAGS)]
+        keep = 3 if parts[:1] == ["records"] else 1  # records.<row>.<input name> may be called 'int' or 'str'
+        loc = parts[:keep] + [p for p in parts[keep:] if p not in _TYPE_TAGS]
+        merged.setdefault(".".join(loc) or "body", []).append(error["msg"].replace("Value error, ", ""))
+    problems = []
+    for field, messages in merged.items():
+        extra = [m.removeprefix("Input should be ") for m in messages[1:] if m != messages[0]]
+        problems.append({"field": field, "message": messages[0] + (f" (or {', '.join(extra)})" if extra else "")})
     return problems

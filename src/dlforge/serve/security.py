@@ -108,7 +108,10 @@ class ContentLengthLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            if declared is not None and not declared.strip().isdigit():
+                return await _send_json(send, 400, {"detail": "invalid Content-Length header"},
+                                        [(b"connection", b"close")])
+            if declared is not None and int(declared) > self.max_bytes:
                 return await _send_json(send, 413, {"detail": body_too_large(self.max_bytes)},
                                         [(b"connection", b"close")])
         return await self.app(scope, receive, send)
