@@ -44,20 +44,23 @@ class TestAccuracyEachEpoch:
 
     def __init__(self, test_split):
         self.test = test_split
-        self.started = None
-        self.scoring = 0.0
+        self.started = self.started_cpu = None
+        self.scoring = self.scoring_cpu = 0.0
         self.points: list[tuple[float, float]] = []
+        self.cpu_points: list[float] = []
 
     def on_epoch_start(self, trainer, epoch):
         if self.started is None:
-            self.started = time.perf_counter()
+            self.started, self.started_cpu = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, trainer, epoch, metrics):
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), time.process_time()
         accuracy = trainer.evaluate(self.test)["accuracy"]
         trainer.model.train()
         self.points.append((now - self.started - self.scoring, accuracy))
+        self.cpu_points.append(now_cpu - self.started_cpu - self.scoring_cpu)
         self.scoring += time.perf_counter() - now
+        self.scoring_cpu += time.process_time() - now_cpu
         return False
 
 
@@ -76,8 +79,9 @@ def worker(name: str, target: float, threads: int | None) -> None:
         result = run.train(str(RECIPE), overrides=overrides, out=out, overwrite=True, progress=False,
                            callbacks=[callback])
     reached = next((seconds for seconds, acc in callback.points if acc >= target), None)
+    reached_cpu = next((cpu for cpu, (_, acc) in zip(callback.cpu_points, callback.points) if acc >= target), None)
     print(json.dumps({
-        "variant": name, "overrides": overrides, "per_epoch": callback.points, "seconds_to_target": reached,
+        "variant": name, "overrides": overrides, "per_epoch": callback.points, "seconds_to_target": reached, "cpu_seconds_to_target": reached_cpu,
         "final_test_accuracy": result.metrics["test"]["accuracy"], "train_seconds": result.metrics["train_seconds"],
         "prep_seconds": prep_seconds, "cpu_seconds": time.process_time() - cpu0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -95,8 +99,8 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.target, args.threads)
         return
-    print("| variant | overrides | test acc per epoch | s to >= %.1f%% | final acc | train s | CPU s (whole run) "
-          "| peak RSS MB |" % (100 * args.target))
+    print("| variant | overrides | test acc per epoch @ training wall s | wall s to >= %.1f%% | CPU s to >= %.1f%% "
+          "| final acc | CPU s (whole run) | peak RSS MB |" % (100 * args.target, 100 * args.target))
     print("|---|---|---|---|---|---|---|---|")
     for name in args.variants:
         extra = ["--threads", str(args.threads)] if args.threads else []
@@ -105,8 +109,9 @@ def main() -> None:
         r = json.loads(out.strip().splitlines()[-1])
         epochs = ", ".join(f"{acc:.4f}@{s:.0f}s" for s, acc in r["per_epoch"])
         reached = f"{r['seconds_to_target']:.1f}" if r["seconds_to_target"] is not None else "not reached"
-        print(f"| {name} | {' '.join(r['overrides']) or '(as shipped)'} | {epochs} | {reached} | "
-              f"{r['final_test_accuracy']:.4f} | {r['train_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+        reached_cpu = f"{r['cpu_seconds_to_target']:.1f}" if r["cpu_seconds_to_target"] is not None else "-"
+        print(f"| {name} | {' '.join(r['overrides']) or '(as shipped)'} | {epochs} | {reached} | {reached_cpu} | "
+              f"{r['final_test_accuracy']:.4f} | {r['cpu_seconds']:.1f} | "
               f"{r['peak_rss_mb']:.0f} |", flush=True)
 
 

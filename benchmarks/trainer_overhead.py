@@ -139,8 +139,23 @@ def run_hand_tuned(kind: str) -> tuple[float, float]:
 RUNNERS = {"a": run_dlforge, "b": run_seed_loop, "c": run_hand_tuned}
 
 
-def worker(kind: str, way: str, threads: int) -> None:
+def _raise_mmap_threshold() -> None:
+    """Allocate and free one 32 MB buffer, as dlforge's data preparation happens to do.
+
+    glibc serves large allocations with mmap and returns them with munmap unless a buffer of that size was
+    freed before (its "dynamic mmap threshold", capped at 32 MB). A loop that never freed a large buffer then
+    maps, page-faults and zeroes each step's activations afresh: on the seed CNN, 3 million page faults and
+    ~6 s of system time per epoch here. Doing this in every way measures the loops, not the allocator's state.
+    """
+    buffer = torch.empty(32 * 2**20 - 4096, dtype=torch.uint8)
+    buffer.fill_(0)
+    del buffer
+
+
+def worker(kind: str, way: str, threads: int, same_allocator: bool) -> None:
     torch.set_num_threads(threads)
+    if same_allocator:
+        _raise_mmap_threshold()
     wall, cpu = RUNNERS[way](kind)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"kind": kind, "way": way, "seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak_mb}))
@@ -152,10 +167,12 @@ def main() -> None:
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--raw-allocator", action="store_true",
+                        help="skip the 32 MB allocate-and-free that gives every way the same malloc state")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "WAY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, args.threads)
+        worker(*args.worker, args.threads, not args.raw_allocator)
         return
     results: dict[tuple[str, str], list[dict]] = {}
     rng = random.Random(0)
@@ -164,7 +181,8 @@ def main() -> None:
             order = list(args.ways)
             rng.shuffle(order)
             for way in order:
-                out = subprocess.run([sys.executable, __file__, "--worker", kind, way, "--threads", str(args.threads)],
+                flags = ["--threads", str(args.threads)] + (["--raw-allocator"] if args.raw_allocator else [])
+                out = subprocess.run([sys.executable, __file__, "--worker", kind, way, *flags],
                                      check=True, capture_output=True, text=True).stdout
                 row = json.loads(out.strip().splitlines()[-1])
                 results.setdefault((kind, way), []).append(row)
