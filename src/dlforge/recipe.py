@@ -47,6 +47,19 @@ class DataConfig(Strict):
     max_rows: int | None = _field(
         None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1
     )
+    in_memory: Union[Literal["auto"], bool] = _field(
+        "auto",
+        "Image files: decode them all into memory (true), stream them with DataLoader workers and an on-disk "
+        "uint8 cache (false), or decide from memory_budget_mb ('auto').",
+    )
+    memory_budget_mb: int = _field(
+        2048, "'auto' streams image files when their decoded float32 tensors would exceed this many MB.", ge=1
+    )
+    workers: int = _field(2, "DataLoader worker processes of the streaming path (0 decodes in the main process).",
+                          ge=0, le=64)
+    cache_dir: str | None = _field(
+        None, "Where the streaming path caches decoded images (uint8 .npy); null: a folder under the system temp dir."
+    )
 
 
 # ---------------------------------------------------------------- encoders
@@ -118,6 +131,11 @@ class ImagePreprocessing(Strict):
     )
     channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
     size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
+    fit: Literal["stretch", "crop", "pad"] = _field(
+        "stretch", "How image files reach `size`: stretch (ignore aspect), crop (scale the short side, centre-crop), "
+        "pad (scale the long side, pad with white).")
+    on_bad_file: Literal["error", "skip"] = _field(
+        "error", "An image file that does not decode: fail naming it, or drop its row (the count is reported).")
 
 
 class ImageInput(Strict):
