@@ -283,7 +283,19 @@ class ConcatCombiner(Strict):
     batch_norm: bool = _field(False, "Batch normalisation after each layer.")
 
 
-Combiner = Annotated[Union[ConcatCombiner], Field(discriminator="name")]
+class AttentionCombiner(Strict):
+    name: Literal["attention"] = "attention"
+    dim: int = _field(64, "Width each encoded input is projected to (one token per input).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    attention_layers: int = _field(1, "Self-attention layers over the input tokens.", ge=1, le=8)
+    ff_dim: int = _field(128, "Feed-forward width inside each attention layer.", ge=1)
+    dropout: float = _field(0.1, "Dropout inside the attention layers.", ge=0, lt=1)
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after flattening the attended tokens.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
+    batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+
+
+Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner], Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------- optimizers
@@ -490,4 +502,8 @@ def attention_heads_divide_width(recipe: Recipe) -> list[str]:
         if getattr(enc, "name", None) == "transformer" and enc.dim % enc.heads:
             problems.append(f"inputs.{i}.encoder.heads: {enc.heads} does not divide dim {enc.dim}; "
                             f"use heads in {[h for h in range(1, 17) if enc.dim % h == 0]}")
+    comb = recipe.combiner
+    if comb.name == "attention" and comb.dim % comb.heads:
+        problems.append(f"combiner.heads: {comb.heads} does not divide dim {comb.dim}; "
+                        f"use heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
     return problems
