@@ -22,7 +22,7 @@ def _echo_err(text: str) -> None:
 
 
 def _metrics_line(metrics: dict) -> str:
-    keys = ("accuracy", "f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "loss")
+    keys = ("accuracy", "f1", "micro_f1", "macro_f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "loss")
     parts = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))]
     for name, value in metrics.items():
         if isinstance(value, dict) and name not in ("per_class",):

@@ -264,15 +264,28 @@ class NumberOutput(Strict):
     loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
 
 
-OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput], Field(discriminator="type")]
+class MultiLabelOutput(Strict):
+    name: str = _field(..., "Target column: a set of labels per row ('a|b', 'a;b', 'a,b' or a JSON list).", min_length=1)
+    type: Literal["multilabel"] = "multilabel"
+    separator: Literal["auto", "|", ";", ",", "json", "single"] = _field(
+        "auto", "How a cell lists its labels; auto detects it on the training split (one separator throughout).")
+    threshold: float = _field(0.5, "Decision threshold on each label's sigmoid.", gt=0.0, lt=1.0)
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, lt=1.0)]] = _field(
+        {}, "Per-label thresholds that override `threshold`, e.g. {rare_label: 0.3}.")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, MultiLabelOutput], Field(discriminator="type")]
 
 # Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
 METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
     "category": ("loss", "accuracy", "precision", "recall", "f1"),
     "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
     "number": ("loss", "mae", "rmse", "r2"),
+    "multilabel": ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"),
 }
-HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2"}
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2", "micro_f1", "macro_f1",
+                    "subset_accuracy"}
 
 
 # ---------------------------------------------------------------- combiner
