@@ -38,10 +38,22 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
+    target: Optional[str] = typer.Option(None, "--target", help="Treat the argument as DATA: infer a recipe "
+                                         "predicting this column (as `dlforge init`), then train it."),
 ):
     """Train a recipe and write its run directory (model, metrics, report)."""
     import dlforge
 
+    if target is not None:
+        import yaml
+
+        from dlforge.infer import init
+
+        if recipe is None:
+            raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
+        text = init(str(recipe), target)
+        typer.echo(text, err=True)
+        recipe = yaml.safe_load(text)
     if resume is not None and (recipe is not None or set_):
         raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
                            hint=f"run `dlforge train --resume {resume}` alone")
@@ -108,6 +120,23 @@ def predict(
         typer.echo(f"wrote {len(frame)} prediction(s) to {output}")
     else:
         typer.echo(frame.to_csv(index=False), nl=False)
+
+
+@app.command()
+def init(
+    data: str = typer.Argument(..., help="A CSV/Parquet/npz file, an image folder, or builtin:NAME."),
+    target: str = typer.Option(..., "--target", help="The column to predict."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the recipe here (default: print it)."),
+    drop: List[str] = typer.Option([], "--drop", help="Leave this column out (repeatable)."),
+):
+    """Write a starter recipe inferred from the data, with one comment per column decision."""
+    from dlforge.infer import init as infer_init
+
+    text = infer_init(data, target, out=out, drop=tuple(drop))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {out}; train it with: dlforge train {out}")
 
 
 @recipe_app.command("check")
