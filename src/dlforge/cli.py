@@ -139,6 +139,24 @@ def init(
         typer.echo(f"wrote {out}; train it with: dlforge train {out}")
 
 
+@app.command()
+def cv(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    folds: int = typer.Option(5, "--folds", help="Number of folds (stratified for category/binary targets)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for folds.csv and cv.json (default runs/<name>-cv)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.epochs=3."),
+):
+    """k-fold cross-validation: mean ± std of each metric over the held-out folds, per-fold CSV."""
+    from dlforge.cv import cross_validate
+    from dlforge.recipe_io import load_recipe
+
+    out = out or Path("runs") / f"{load_recipe(recipe, set_).name}-cv"
+    result = cross_validate(recipe, folds=folds, out=out, overrides=set_)
+    for metric in result.summary:
+        typer.echo(result.line(metric))
+    typer.echo(f"per-fold results: {out / 'folds.csv'}")
+
+
 @recipe_app.command("check")
 def recipe_check(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default."),
