@@ -48,22 +48,22 @@ def new_tokenizer(kind: str, lowercase: bool):
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
     else:
+        # BPE over BERT-style words (split on spaces and punctuation). No continuing-subword prefix: with one,
+        # the trainer numbers those tokens in hash order and runs differ (huggingface/tokenizers#1794).
         tok = Tokenizer(models.BPE(unk_token=UNK))
-        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()] if lowercase
-                                              else [normalizers.NFKC()])
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-        tok.decoder = decoders.ByteLevel()
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return tok
 
 
 def new_trainer(kind: str, vocab_size: int, min_frequency: int):
-    from tokenizers import pre_tokenizers, trainers
+    from tokenizers import trainers
 
     if kind == "wordpiece":
         return trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL,
                                          show_progress=False)
     return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL,
-                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                               show_progress=False)
 
 
 @input_features.register("text")
