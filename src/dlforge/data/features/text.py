@@ -40,7 +40,11 @@ def as_texts(values: np.ndarray, *, name: str, where: str) -> tuple[list[str], n
 
 
 def new_tokenizer(kind: str, lowercase: bool):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    try:
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    except ImportError as exc:
+        raise DataError("text inputs need the Hugging Face `tokenizers` package, which is not installed",
+                        hint="pip install 'dlforge[text]'") from exc
 
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
