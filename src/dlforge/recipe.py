@@ -47,6 +47,19 @@ class DataConfig(Strict):
     max_rows: int | None = _field(
         None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1
     )
+    in_memory: Union[Literal["auto"], bool] = _field(
+        "auto",
+        "Image files: decode them all into memory (true), stream them with DataLoader workers and an on-disk "
+        "uint8 cache (false), or decide from memory_budget_mb ('auto').",
+    )
+    memory_budget_mb: int = _field(
+        2048, "'auto' streams image files when their decoded float32 tensors would exceed this many MB.", ge=1
+    )
+    workers: int = _field(2, "DataLoader worker processes of the streaming path (0 decodes in the main process).",
+                          ge=0, le=64)
+    cache_dir: str | None = _field(
+        None, "Where the streaming path caches decoded images (uint8 .npy); null: a folder under the system temp dir."
+    )
 
 
 # ---------------------------------------------------------------- encoders
@@ -118,6 +131,11 @@ class ImagePreprocessing(Strict):
     )
     channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
     size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
+    fit: Literal["stretch", "crop", "pad"] = _field(
+        "stretch", "How image files reach `size`: stretch (ignore aspect), crop (scale the short side, centre-crop), "
+        "pad (scale the long side, pad with white).")
+    on_bad_file: Literal["error", "skip"] = _field(
+        "error", "An image file that does not decode: fail naming it, or drop its row (the count is reported).")
 
 
 class ImageInput(Strict):
@@ -127,7 +145,94 @@ class ImageInput(Strict):
     encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet or mlp.")
 
 
-InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput], Field(discriminator="type")]
+class TextPreprocessing(Strict):
+    tokenizer: Literal["bpe", "wordpiece"] = _field(
+        "bpe", "Subword tokenizer trained on the training split (Hugging Face tokenizers), both over BERT-style "
+        "words: bpe (the same data always gives the same vocabulary) or wordpiece (BERT's ## pieces; its trainer "
+        "breaks ties in hash order, so two runs may differ slightly: huggingface/tokenizers#1794).")
+    vocab_size: int = _field(8000, "Vocabulary size of the trained tokenizer, special tokens included.", ge=100, le=1_000_000)
+    min_frequency: int = _field(2, "Merges/pieces seen fewer times in training are not learned.", ge=1)
+    lowercase: bool = _field(True, "Lower-case (and, for wordpiece, strip accents) before tokenizing.")
+    max_length: int = _field(128, "Tokens per text including [CLS]; longer texts are truncated and counted.", ge=2, le=8192)
+
+
+class TextEmbedEncoder(Strict):
+    name: Literal["embed"] = "embed"
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    pooling: Literal["mean", "max"] = _field("mean", "How the token embeddings of a text become one vector (padding ignored).")
+
+
+class TextCNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    filters: int = _field(64, "Filters per kernel size.", ge=1)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=15)]] = _field([3, 4, 5], "One 1-D convolution per size; max over time (Kim 2014).", min_length=1)
+
+
+class TextRNNEncoder(Strict):
+    name: Literal["lstm", "gru"] = _field("lstm", "Recurrent cell.")
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    hidden: int = _field(64, "Hidden units per direction.", ge=1)
+    layers: int = _field(1, "Stacked recurrent layers.", ge=1, le=8)
+    bidirectional: bool = _field(True, "Read the text in both directions.")
+    pooling: Literal["last", "mean", "max"] = _field("last", "Final hidden states (padding never read: packed sequences), or mean/max over steps.")
+    dropout: float = _field(0.0, "Dropout between stacked layers.", ge=0, lt=1)
+
+
+class TransformerEncoderConfig(Strict):
+    name: Literal["transformer"] = "transformer"
+    dim: int = _field(64, "Model width (token embedding and attention).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    layers: int = _field(2, "Encoder layers.", ge=1, le=24)
+    ff_dim: int = _field(128, "Width of each layer's feed-forward block.", ge=1)
+    dropout: float = _field(0.1, "Dropout in attention and feed-forward blocks.", ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = _field("cls", "The [CLS] position's vector, or the mean over non-padding positions.")
+
+
+TextEncoder = Annotated[Union[TextEmbedEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig],
+                        Field(discriminator="name")]
+
+
+class TextInput(Strict):
+    name: str = _field(..., "Column of text in the data.", min_length=1)
+    type: Literal["text"] = "text"
+    preprocessing: TextPreprocessing = TextPreprocessing()
+    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru or transformer.")
+
+
+class SequencePreprocessing(Strict):
+    normalization: Literal["standard", "per_series", "none"] = _field(
+        "standard", "standard: per-channel train mean/std; per_series: each series to zero mean, unit std (z-norm, "
+        "as the UCR archive); none: raw values.")
+    max_length: int | None = _field(None, "Truncate longer series (counted); null keeps the longest training length.", ge=2)
+
+
+class SequenceCNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = _field([128, 256, 128], "Filters of each conv block (FCN of Wang et al. 2017).", min_length=1)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=31)]] = _field([8, 5, 3], "Kernel of each block (repeats the last if shorter).", min_length=1)
+    residual: bool = _field(False, "Residual blocks (three convs each with a shortcut: the ResNet of Fawaz et al. 2019).")
+
+
+class SequenceRNNEncoder(TextRNNEncoder):
+    dim: int = _field(64, "Width of the linear projection of each time step's channels.", ge=1)
+
+
+SequenceEncoder = Annotated[Union[SequenceCNNEncoder, SequenceRNNEncoder, TransformerEncoderConfig], Field(discriminator="name")]
+
+
+class SequenceInput(Strict):
+    name: str = _field(..., "Column holding the series: an (n, channels, length) array (.npz), or strings of numbers; "
+                            "with `columns`, the name given to the series built from them.", min_length=1)
+    type: Literal["sequence"] = "sequence"
+    columns: list[str] | None = _field(None, "Wide tables: these numeric columns, in order, are the time steps of one channel.",
+                                       min_length=2)
+    preprocessing: SequencePreprocessing = SequencePreprocessing()
+    encoder: SequenceEncoder = _field(SequenceCNNEncoder(), "cnn (1-D FCN/ResNet), lstm, gru or transformer.")
+
+
+InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput],
+                         Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- outputs
@@ -160,15 +265,28 @@ class NumberOutput(Strict):
     loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
 
 
-OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput], Field(discriminator="type")]
+class MultiLabelOutput(Strict):
+    name: str = _field(..., "Target column: a set of labels per row ('a|b', 'a;b', 'a,b' or a JSON list).", min_length=1)
+    type: Literal["multilabel"] = "multilabel"
+    separator: Literal["auto", "|", ";", ",", "json", "single"] = _field(
+        "auto", "How a cell lists its labels; auto detects it on the training split (one separator throughout).")
+    threshold: float = _field(0.5, "Decision threshold on each label's sigmoid.", gt=0.0, lt=1.0)
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, lt=1.0)]] = _field(
+        {}, "Per-label thresholds that override `threshold`, e.g. {rare_label: 0.3}.")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, MultiLabelOutput], Field(discriminator="type")]
 
 # Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
 METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
     "category": ("loss", "accuracy", "precision", "recall", "f1"),
     "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
     "number": ("loss", "mae", "rmse", "r2"),
+    "multilabel": ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"),
 }
-HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2"}
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2", "micro_f1", "macro_f1",
+                    "subset_accuracy"}
 
 
 # ---------------------------------------------------------------- combiner
@@ -179,7 +297,19 @@ class ConcatCombiner(Strict):
     batch_norm: bool = _field(False, "Batch normalisation after each layer.")
 
 
-Combiner = Annotated[Union[ConcatCombiner], Field(discriminator="name")]
+class AttentionCombiner(Strict):
+    name: Literal["attention"] = "attention"
+    dim: int = _field(64, "Width each encoded input is projected to (one token per input).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    attention_layers: int = _field(1, "Self-attention layers over the input tokens.", ge=1, le=8)
+    ff_dim: int = _field(128, "Feed-forward width inside each attention layer.", ge=1)
+    dropout: float = _field(0.1, "Dropout inside the attention layers.", ge=0, lt=1)
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after flattening the attended tokens.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
+    batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+
+
+Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner], Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------- optimizers
@@ -376,3 +506,18 @@ def nesterov_needs_momentum(recipe: Recipe) -> list[str]:
     if opt.name == "sgd" and opt.nesterov and opt.momentum == 0:
         return ["training.optimizer.nesterov: needs training.optimizer.momentum > 0; set momentum (e.g. 0.9) or nesterov: false"]
     return []
+
+
+@cross_check
+def attention_heads_divide_width(recipe: Recipe) -> list[str]:
+    problems = []
+    for i, feature in enumerate(recipe.inputs):
+        enc = getattr(feature, "encoder", None)
+        if getattr(enc, "name", None) == "transformer" and enc.dim % enc.heads:
+            problems.append(f"inputs.{i}.encoder.heads: {enc.heads} does not divide dim {enc.dim}; "
+                            f"use heads in {[h for h in range(1, 17) if enc.dim % h == 0]}")
+    comb = recipe.combiner
+    if comb.name == "attention" and comb.dim % comb.heads:
+        problems.append(f"combiner.heads: {comb.heads} does not divide dim {comb.dim}; "
+                        f"use heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
+    return problems

@@ -80,7 +80,40 @@ datasets.register("rt_snippets")(_folder("rt_snippets"))
 datasets.register("spam_assassin")(_folder("spam_assassin"))
 
 
+@datasets.register("tuxpaint_photos")
+def tuxpaint_photos() -> Table:
+    """187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree."""
+    from dlforge.data.image_folder import read_image_folder
+
+    table = read_image_folder(_require("tuxpaint_photos/train", "tuxpaint_photos").parent)
+    table.origin = "builtin:tuxpaint_photos"
+    return table
+
+
+def ucr_uea(name: str) -> Table:
+    """`ucr_uea/GunPoint`: one archive set from $DLFORGE_DATA/ucr_uea/<name>.npz (official train/test split)."""
+    folder = data_root() / "ucr_uea"
+    path = folder / f"{name}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
+        from dlforge.errors import did_you_mean
+
+        raise DataError(f"built-in dataset 'ucr_uea/{name}' needs {path}, which does not exist{did_you_mean(name, known)}",
+                        where="data.source", hint=f"sets found: {', '.join(known) or 'none'} (DLFORGE_DATA={data_root()})")
+    table = read_npz(path)
+    table.origin = f"builtin:ucr_uea/{name}"
+    return table
+
+
 def load_builtin(name: str) -> Table:
+    if name.startswith("ucr_uea/"):
+        return ucr_uea(name.split("/", 1)[1])
+    if "/" in name:  # a file inside a built-in folder, e.g. builtin:tuxpaint_photos/labels.csv
+        from dlforge.data.sources import load_table
+
+        table = load_table(str(_require(name, name.split("/")[0])))
+        table.origin = f"builtin:{name}"
+        return table
     try:
         loader = datasets.get(name)
     except Exception as exc:

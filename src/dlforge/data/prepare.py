@@ -50,8 +50,15 @@ def signature(inputs: dict[str, Feature], outputs: dict[str, TargetFeature]) -> 
             "outputs": {n: f.signature() for n, f in outputs.items()}}
 
 
-def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFeature] | None) -> Encoded:
-    x = {name: feat.transform(table.column(name, field_path=feat.field_path)) for name, feat in inputs.items()}
+def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFeature] | None,
+           *, lazy: dict | None = None, cache_dir: str | None = None) -> Encoded:
+    """Every column through its fitted feature; image columns planned for streaming stay lazy (paths)."""
+    from dlforge.data.streaming import LazyImages
+
+    lazy = lazy or {}
+    x = {name: (LazyImages(table.columns[name], lazy[name], feat.scale, cache_dir) if name in lazy
+                else feat.transform(table.column(name, field_path=feat.field_path)))
+         for name, feat in inputs.items()}
     y = {name: feat.transform(table.column(name, field_path=feat.field_path)) for name, feat in (outputs or {}).items()}
     return Encoded(x, y)
 
@@ -65,6 +72,9 @@ def _stratify_labels(recipe, table: Table) -> np.ndarray | None:
 
 def read_table(recipe, base_dir: Path | None = None) -> Table:
     table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir)
+    for i, f in enumerate(recipe.inputs):
+        if f.type == "sequence" and f.columns:
+            table = _stack_columns(table, f, f"inputs.{i}")
     # Check every named column before any work, so a typo fails in a second, not after loading features.
     for i, f in enumerate(recipe.inputs):
         table.column(f.name, field_path=f"inputs.{i}.name")
@@ -77,11 +87,31 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
     return table
 
 
+def _stack_columns(table: Table, feature, field_path: str) -> Table:
+    """Wide tables: the listed numeric columns become one (n, 1, steps) series column named after the input."""
+    from dlforge.data.features.number import to_float
+
+    if feature.name in table.columns:
+        raise DataError(f"input '{feature.name}' builds a series from `columns`, but a column of that name exists",
+                        where=f"{field_path}.name", hint="give the sequence input a new name, e.g. 'series'")
+    steps = [to_float(table.column(c, field_path=f"{field_path}.columns"), name=c, where=f"{field_path}.columns")
+             for c in feature.columns]
+    columns = {k: v for k, v in table.columns.items() if k not in feature.columns}
+    columns[feature.name] = np.stack(steps, axis=1)[:, None, :].astype(np.float32)
+    return Table(columns, table.origin, table.split, list(table.notes), table.root)
+
+
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
+    from dlforge.data.image_files import prepare_image_files
+
     table = table if table is not None else read_table(recipe, base_dir)
+    # Image files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
+    table, image_plans, image_report = prepare_image_files(recipe, table)
+    streamed = {n: p for n, p in image_plans.items() if p.stream}
     inputs, outputs = build_features(recipe)
     for name, feat in {**inputs, **outputs}.items():
-        feat.check(table.column(name, field_path=feat.field_path))
+        if name not in streamed:
+            feat.check(table.column(name, field_path=feat.field_path))
     labels = _stratify_labels(recipe, table)
     cfg = recipe.data.split
     rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed)
@@ -90,9 +120,12 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
     if labels is not None:
         check_classes_in_train(labels, rows, recipe.outputs[0].name)
     train_table = table.take(rows["train"])
+    for name, plan in streamed.items():  # streamed files decode to the channels/size chosen from all headers
+        inputs[name].channels_, inputs[name].size_ = plan.channels, list(plan.size)
     for name, feat in {**inputs, **outputs}.items():
         feat.fit(train_table.column(name, field_path=feat.field_path))
-    splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs)
+    splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs, lazy=streamed,
+                           cache_dir=recipe.data.cache_dir)
               for part, r in rows.items() if len(r)}
     report = {
         "source": table.origin,
@@ -100,4 +133,8 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
         "official_split": table.split is not None and (table.split == "test").any(),
         "policies": {name: feat.report for name, feat in {**inputs, **outputs}.items() if feat.report},
     }
+    if image_report:
+        report["images"] = image_report
+    if table.notes:
+        report["notes"] = list(table.notes)
     return Prepared(inputs, outputs, splits, report)

@@ -25,7 +25,9 @@ def read_csv(path: Path) -> Table:
         raise DataError(f"not UTF-8 text (byte {exc.start})", where=str(path), hint="re-save the file as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"cannot parse CSV: {exc}", where=str(path)) from None
-    return Table.from_frame(frame, str(path))
+    table = Table.from_frame(frame, str(path))
+    table.root = str(path.resolve().parent)
+    return table
 
 
 @readers.register("parquet")
@@ -36,7 +38,9 @@ def read_parquet(path: Path) -> Table:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for a bad file
         raise DataError(f"cannot read Parquet: {exc}", where=str(path)) from None
-    return Table.from_frame(frame, str(path))
+    table = Table.from_frame(frame, str(path))
+    table.root = str(path.resolve().parent)
+    return table
 
 
 @readers.register("npz")
@@ -44,6 +48,8 @@ def read_npz(path: Path) -> Table:
     """Arrays named x_train/y_train[/x_test/y_test] (Keras style) become columns image/label with a split."""
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
+    if "x_train" in arrays and "lengths_train" in arrays:
+        return series_table(arrays, str(path))
     if "x_train" in arrays and "y_train" in arrays:
         parts = [p for p in ("train", "val", "test") if f"x_{p}" in arrays]
         image = np.concatenate([arrays[f"x_{p}"] for p in parts])
@@ -58,6 +64,18 @@ def read_npz(path: Path) -> Table:
             hint="store one array per column with the same number of rows, or x_train/y_train/x_test/y_test",
         )
     return Table(arrays, str(path))
+
+
+def series_table(arrays: dict[str, np.ndarray], origin: str) -> Table:
+    """UCR/UEA-style npz (x_* (n, channels, length) NaN right-padded, lengths_*, y_*, class_names): columns
+    `series` and `label` (class names, not codes), with the official split."""
+    parts = [p for p in ("train", "val", "test") if f"x_{p}" in arrays]
+    series = np.concatenate([arrays[f"x_{p}"] for p in parts]).astype(np.float32)
+    codes = np.concatenate([arrays[f"y_{p}"] for p in parts])
+    names = arrays.get("class_names")
+    label = names[codes].astype(object) if names is not None and codes.dtype.kind in "iu" else codes
+    split = np.concatenate([np.full(len(arrays[f"y_{p}"]), p) for p in parts])
+    return Table({"series": series, "label": label}, origin, split)
 
 
 def _format_of(path: Path) -> str:
@@ -83,7 +101,9 @@ def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None, 
         raise DataError(f"no such file or folder: {source}", where=field,
                         hint="give a path relative to the current directory or the recipe, or builtin:NAME")
     if path.is_dir():
-        return read_split_folder(path)
+        from dlforge.data.image_folder import is_image_folder, read_image_folder
+
+        return read_image_folder(path) if is_image_folder(path) else read_split_folder(path)
     kind = _format_of(path) if fmt == "auto" else fmt
     if kind not in readers:
         raise DataError(f"cannot tell the format of '{path.name}'", where=field,
@@ -115,4 +135,4 @@ def read_split_folder(folder: Path) -> Table:
         columns[name] = np.concatenate([t.columns[name] for t in tables.values()])
     split = np.concatenate([np.full(t.n_rows, part) for part, t in tables.items()])
     del pd
-    return Table(columns, str(folder), split)
+    return Table(columns, str(folder), split, root=str(folder.resolve()))

@@ -11,24 +11,39 @@ from dlforge.errors import DataError
 
 # Rows converted per chunk: bounds the float32 copy (MNIST: 8k rows ≈ 25 MB) while staying vectorised.
 CHUNK = 8192
+# Images decoded to fit channels/size/mean/std when a column streams (files are never all decoded at once).
+STREAM_SAMPLE = 512
 
 
 @input_features.register("image")
 class ImageFeature(Feature):
     def _as_array(self, values) -> np.ndarray:
         """A numeric (N, H, W[, C]) array; file paths or bytes are decoded with Pillow first."""
-        if values.dtype != object:
+        if values.dtype != object and values.dtype.kind not in "US":
             return values
         prep = self.config.preprocessing
         channels = prep.channels or getattr(self, "channels_", None)
         size = prep.size or getattr(self, "size_", None)
-        decoded = [decode_image(v, channels=channels, size=size, where=f"{self.field_path} row {i}")
-                   for i, v in enumerate(values)]
+        decoded = [self._decode_one(v, channels, size, where=f"{self.field_path} row {i}") for i, v in enumerate(values)]
         shapes = {d.shape for d in decoded}
         if len(shapes) > 1:
             raise DataError(f"images in '{self.name}' have different sizes {sorted(shapes)[:4]}",
                             where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
         return np.stack(decoded)
+
+    def _decode_one(self, item, channels, size, *, where: str) -> np.ndarray:
+        """Files decode as in training (same fit: stretch/crop/pad); arrays and unknown channel counts as before."""
+        if channels is None or isinstance(item, np.ndarray):
+            return decode_image(item, channels=channels, size=size, where=where)
+        from dlforge.data.image_files import decode_file
+
+        try:
+            return decode_file(item, channels=channels, size=size, fit=self.config.preprocessing.fit)
+        except FileNotFoundError:
+            raise DataError(f"image file not found: {item}", where=where) from None
+        except Exception as exc:
+            raise DataError(f"cannot decode image {str(item)[:200]}: {exc}", where=where,
+                            hint="check the file, or remove it") from None
 
     def _raw(self, values) -> torch.Tensor:
         x = to_nchw(self._as_array(values))
@@ -36,6 +51,9 @@ class ImageFeature(Feature):
 
     def fit(self, values):
         prep = self.config.preprocessing
+        if values.dtype == object:
+            # Streamed image files: statistics come from an evenly spaced sample instead of decoding everything.
+            values = values[np.linspace(0, len(values) - 1, min(len(values), STREAM_SAMPLE)).astype(int)]
         sample = self._raw(values[: min(len(values), CHUNK)])
         self.channels_ = prep.channels or (3 if sample.shape[1] == 4 else int(sample.shape[1]))
         self.size_ = list(prep.size or sample.shape[-2:])
