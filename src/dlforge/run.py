@@ -23,6 +23,7 @@ from dlforge.recipe_io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.train import Trainer
 from dlforge.train.checkpoint import has_checkpoint, load_checkpoint
+from dlforge.train.unfreeze import GradualUnfreeze
 
 
 @dataclass
@@ -81,8 +82,9 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     model = build_model(recipe, signature)
     _attach_loss_weights(model, prepared)
     scales = {n: f.scale_ for n, f in prepared.outputs.items() if signature["outputs"][n]["type"] == "number"}
+    unfreeze = GradualUnfreeze(model)
     trainer = Trainer(recipe, model, prepared.splits["train"], prepared.splits.get("val"), signature, run_dir=run_dir,
-                      callbacks=callbacks, progress=progress, scales=scales)
+                      callbacks=[*callbacks, *([unfreeze] if unfreeze else [])], progress=progress, scales=scales)
     state = load_checkpoint(run_dir) if resume is not None else None
     result = trainer.fit(state)
 
