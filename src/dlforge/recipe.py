@@ -47,6 +47,19 @@ class DataConfig(Strict):
     max_rows: int | None = _field(
         None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1
     )
+    in_memory: Union[Literal["auto"], bool] = _field(
+        "auto",
+        "Image files: decode them all into memory (true), stream them with DataLoader workers and an on-disk "
+        "uint8 cache (false), or decide from memory_budget_mb ('auto').",
+    )
+    memory_budget_mb: int = _field(
+        2048, "'auto' streams image files when their decoded float32 tensors would exceed this many MB.", ge=1
+    )
+    workers: int = _field(2, "DataLoader worker processes of the streaming path (0 decodes in the main process).",
+                          ge=0, le=64)
+    cache_dir: str | None = _field(
+        None, "Where the streaming path caches decoded images (uint8 .npy); null: a folder under the system temp dir."
+    )
 
 
 # ---------------------------------------------------------------- encoders
@@ -85,9 +98,9 @@ BACKBONE_BLOCKS: dict[str, list[str]] = {
 }
 # Each image backbone's own input protocol, filled into `preprocessing` unless the recipe sets it.
 BACKBONE_IMAGE_PREPROCESSING: dict[str, dict] = {
-    "mobilenet_v2": {"resize_shorter": 256, "crop": (224, 224), "scale": "imagenet", "channels": 3},
+    "mobilenet_v2": {"resize_shorter": 256, "size": (224, 224), "fit": "crop", "scale": "imagenet", "channels": 3},
     # EfficientNet-Lite was trained on (x - 127) / 128, i.e. the symmetric scale.
-    "efficientnet_lite0": {"resize_shorter": 256, "crop": (224, 224), "scale": "symmetric", "channels": 3},
+    "efficientnet_lite0": {"resize_shorter": 256, "size": (224, 224), "fit": "crop", "scale": "symmetric", "channels": 3},
 }
 
 
@@ -155,13 +168,16 @@ class ImagePreprocessing(Strict):
         "unit", "unit: x/255; symmetric: (x/255-0.5)/0.5; standard: per-channel train mean/std; imagenet: ImageNet "
         "mean/std; none: raw. Pretrained backbones set their own."
     )
-    resize_shorter: int | None = _field(None, "Resize so the shorter side is this many pixels, keeping the aspect "
-                                        "ratio (then crop). Pretrained backbones: 256.", ge=4)
-    crop: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(
-        None, "Centre crop (height, width) after resize_shorter; smaller images are enlarged to cover it. "
-        "Pretrained backbones: [224, 224].")
+    resize_shorter: int | None = _field(
+        None, "With fit: crop, first scale the shorter side to this many pixels, then centre-crop `size` (the "
+        "ImageNet protocol; pretrained backbones: 256 → 224). Smaller images are enlarged.", ge=4)
     channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
     size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
+    fit: Literal["stretch", "crop", "pad"] = _field(
+        "stretch", "How image files reach `size`: stretch (ignore aspect), crop (scale the short side, centre-crop), "
+        "pad (scale the long side, pad with white).")
+    on_bad_file: Literal["error", "skip"] = _field(
+        "error", "An image file that does not decode: fail naming it, or drop its row (the count is reported).")
 
 
 class RandomResizedCrop(Strict):

@@ -35,6 +35,18 @@ class InMemoryBatches:
             yield permutation[step * self.batch_size:(step + 1) * self.batch_size]
 
 
+def epoch_batches(split, slices, *, workers: int = 0):
+    """(x, y) of each batch of one epoch: index slices of in-memory tensors, or the streaming path
+    (DataLoader workers + decoded-image cache) when the split has lazily decoded image columns."""
+    from dlforge.data.streaming import has_lazy, streaming_epoch
+
+    if has_lazy(split):
+        yield from streaming_epoch(split.x, split.y, slices, workers=workers)
+        return
+    for index in slices:
+        yield gather(split.x, index), gather(split.y, index)
+
+
 def eval_batches(n_rows: int, batch_size: int):
     for start in range(0, n_rows, batch_size):
         yield slice(start, min(start + batch_size, n_rows))

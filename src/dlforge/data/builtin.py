@@ -80,6 +80,16 @@ datasets.register("rt_snippets")(_folder("rt_snippets"))
 datasets.register("spam_assassin")(_folder("spam_assassin"))
 
 
+@datasets.register("tuxpaint_photos")
+def tuxpaint_photos() -> Table:
+    """187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree."""
+    from dlforge.data.image_folder import read_image_folder
+
+    table = read_image_folder(_require("tuxpaint_photos/train", "tuxpaint_photos").parent)
+    table.origin = "builtin:tuxpaint_photos"
+    return table
+
+
 def load_builtin(name: str) -> Table:
     try:
         loader = datasets.get(name)

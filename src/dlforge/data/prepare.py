@@ -50,8 +50,15 @@ def signature(inputs: dict[str, Feature], outputs: dict[str, TargetFeature]) -> 
             "outputs": {n: f.signature() for n, f in outputs.items()}}
 
 
-def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFeature] | None) -> Encoded:
-    x = {name: feat.transform(table.column(name, field_path=feat.field_path)) for name, feat in inputs.items()}
+def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFeature] | None,
+           *, lazy: dict | None = None, cache_dir: str | None = None) -> Encoded:
+    """Every column through its fitted feature; image columns planned for streaming stay lazy (paths)."""
+    from dlforge.data.streaming import LazyImages
+
+    lazy = lazy or {}
+    x = {name: (LazyImages(table.columns[name], lazy[name], feat.scale, cache_dir) if name in lazy
+                else feat.transform(table.column(name, field_path=feat.field_path)))
+         for name, feat in inputs.items()}
     y = {name: feat.transform(table.column(name, field_path=feat.field_path)) for name, feat in (outputs or {}).items()}
     return Encoded(x, y)
 
@@ -78,7 +85,12 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
+    from dlforge.data.image_files import prepare_image_files
+
     table = table if table is not None else read_table(recipe, base_dir)
+    # Image files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
+    table, image_plans, image_report = prepare_image_files(recipe, table)
+    streamed = {n: p for n, p in image_plans.items() if p.stream}
     labels = _stratify_labels(recipe, table)
     cfg = recipe.data.split
     rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed)
@@ -88,9 +100,12 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
         check_classes_in_train(labels, rows, recipe.outputs[0].name)
     inputs, outputs = build_features(recipe)
     train_table = table.take(rows["train"])
+    for name, plan in streamed.items():  # streamed files decode to the channels/size chosen from all headers
+        inputs[name].channels_, inputs[name].size_ = plan.channels, list(plan.size)
     for name, feat in {**inputs, **outputs}.items():
         feat.fit(train_table.column(name, field_path=feat.field_path))
-    splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs)
+    splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs, lazy=streamed,
+                           cache_dir=recipe.data.cache_dir)
               for part, r in rows.items() if len(r)}
     report = {
         "source": table.origin,
@@ -98,4 +113,8 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
         "official_split": table.split is not None and (table.split == "test").any(),
         "policies": {name: feat.report for name, feat in {**inputs, **outputs}.items() if feat.report},
     }
+    if image_report:
+        report["images"] = image_report
+    if table.notes:
+        report["notes"] = list(table.notes)
     return Prepared(inputs, outputs, splits, report)

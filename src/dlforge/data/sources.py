@@ -25,7 +25,9 @@ def read_csv(path: Path) -> Table:
         raise DataError(f"not UTF-8 text (byte {exc.start})", where=str(path), hint="re-save the file as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"cannot parse CSV: {exc}", where=str(path)) from None
-    return Table.from_frame(frame, str(path))
+    table = Table.from_frame(frame, str(path))
+    table.root = str(path.resolve().parent)
+    return table
 
 
 @readers.register("parquet")
@@ -36,7 +38,9 @@ def read_parquet(path: Path) -> Table:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for a bad file
         raise DataError(f"cannot read Parquet: {exc}", where=str(path)) from None
-    return Table.from_frame(frame, str(path))
+    table = Table.from_frame(frame, str(path))
+    table.root = str(path.resolve().parent)
+    return table
 
 
 @readers.register("npz")
@@ -83,7 +87,9 @@ def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None) 
         raise DataError(f"no such file or folder: {source}", where="data.source",
                         hint="give a path relative to the current directory or the recipe, or builtin:NAME")
     if path.is_dir():
-        return read_split_folder(path)
+        from dlforge.data.image_folder import is_image_folder, read_image_folder
+
+        return read_image_folder(path) if is_image_folder(path) else read_split_folder(path)
     kind = _format_of(path) if fmt == "auto" else fmt
     if kind not in readers:
         raise DataError(f"cannot tell the format of '{path.name}'", where="data.source",
@@ -115,4 +121,4 @@ def read_split_folder(folder: Path) -> Table:
         columns[name] = np.concatenate([t.columns[name] for t in tables.values()])
     split = np.concatenate([np.full(t.n_rows, part) for part, t in tables.items()])
     del pd
-    return Table(columns, str(folder), split)
+    return Table(columns, str(folder), split, root=str(folder.resolve()))

@@ -19,6 +19,8 @@ class Table:
     # "train" / "val" / "test" per row when the source has an official split, else None.
     split: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    # Folder that relative file paths in the columns (image paths) are relative to; None: the current directory.
+    root: str | None = None
 
     def __post_init__(self):
         lengths = {name: len(col) for name, col in self.columns.items()}
@@ -41,7 +43,7 @@ class Table:
 
     def take(self, rows: np.ndarray) -> "Table":
         split = self.split[rows] if self.split is not None else None
-        return Table({k: v[rows] for k, v in self.columns.items()}, self.origin, split, list(self.notes))
+        return Table({k: v[rows] for k, v in self.columns.items()}, self.origin, split, list(self.notes), self.root)
 
     @classmethod
     def from_frame(cls, frame, origin: str, split_column: str | None = "split") -> "Table":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dlforge.data.batches import InMemoryBatches, eval_batches, gather
+from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.errors import DlforgeError, TrainingInterrupted
 from dlforge.evaluate.metrics import compute_metrics, flatten
 from dlforge.train.callbacks import EarlyStopping, Progress
@@ -122,8 +122,7 @@ class Trainer:
         return float(self._loss_sum) / max(1, self._loss_steps)
 
     # ------------------------------------------------------------ one step / one evaluation
-    def _step(self, index: torch.Tensor) -> None:
-        x, y = gather(self.train.x, index), gather(self.train.y, index)
+    def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> None:
         with self._autocast():
             loss = self.model.loss(self.step_model(x), y)
         penalty = self._penalty()
@@ -178,8 +177,10 @@ class Trainer:
                     self._loss_steps = 0
                 self.model.train()
                 self._call("on_epoch_start", epoch)
-                for step, index in enumerate(self.batches.slices(permutation, start_step), start=start_step):
-                    self._step(index)
+                batches = epoch_batches(self.train, self.batches.slices(permutation, start_step),
+                                        workers=self.recipe.data.workers)
+                for step, (x, y) in enumerate(batches, start=start_step):
+                    self._step(x, y)
                     self._call("on_step_end", step)
                     every = self.config.checkpoint_every_steps
                     if stop.raised or (every and (self._global_step(epoch, step) + 1) % every == 0):

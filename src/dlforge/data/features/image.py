@@ -6,36 +6,49 @@ import numpy as np
 import torch
 
 from dlforge.data.features.base import Feature, input_features
-from dlforge.data.image_crop import IMAGENET_MEAN, IMAGENET_STD, decode_resize_crop
 from dlforge.data.images import convert_channels, decode_image, resize, to_nchw
 from dlforge.errors import DataError
 
+# The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
 # Rows converted per chunk: bounds the float32 copy (MNIST: 8k rows ≈ 25 MB) while staying vectorised.
 CHUNK = 8192
+# Images decoded to fit channels/size/mean/std when a column streams (files are never all decoded at once).
+STREAM_SAMPLE = 512
 
 
 @input_features.register("image")
 class ImageFeature(Feature):
     def _as_array(self, values) -> np.ndarray:
         """A numeric (N, H, W[, C]) array; file paths or bytes are decoded with Pillow first."""
-        prep = self.config.preprocessing
-        if prep.crop is not None:  # pretrained-backbone protocol: resize shorter side, centre crop, RGB
-            array, enlarged = decode_resize_crop(values, shorter=prep.resize_shorter, crop=tuple(prep.crop),
-                                                 field=self.field_path)
-            if getattr(self, "_counting", False):  # in transform only, so fit's pass is not counted twice
-                self.count("images_enlarged_to_crop", enlarged)
-            return array
-        if values.dtype != object:
+        if values.dtype != object and values.dtype.kind not in "US":
             return values
+        prep = self.config.preprocessing
         channels = prep.channels or getattr(self, "channels_", None)
         size = prep.size or getattr(self, "size_", None)
-        decoded = [decode_image(v, channels=channels, size=size, where=f"{self.field_path} row {i}")
-                   for i, v in enumerate(values)]
+        decoded = [self._decode_one(v, channels, size, where=f"{self.field_path} row {i}") for i, v in enumerate(values)]
         shapes = {d.shape for d in decoded}
         if len(shapes) > 1:
             raise DataError(f"images in '{self.name}' have different sizes {sorted(shapes)[:4]}",
                             where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
         return np.stack(decoded)
+
+    def _decode_one(self, item, channels, size, *, where: str) -> np.ndarray:
+        """Files decode as in training (same fit: stretch/crop/pad); arrays and unknown channel counts as before."""
+        if channels is None or isinstance(item, np.ndarray):
+            return decode_image(item, channels=channels, size=size, where=where)
+        from dlforge.data.image_files import decode_file
+
+        try:
+            prep = self.config.preprocessing
+            return decode_file(item, channels=channels, size=size, fit=prep.fit, shorter=prep.resize_shorter)
+        except FileNotFoundError:
+            raise DataError(f"image file not found: {item}", where=where) from None
+        except Exception as exc:
+            raise DataError(f"cannot decode image {str(item)[:200]}: {exc}", where=where,
+                            hint="check the file, or remove it") from None
 
     def _raw(self, values) -> torch.Tensor:
         x = to_nchw(self._as_array(values))
@@ -43,12 +56,12 @@ class ImageFeature(Feature):
 
     def fit(self, values):
         prep = self.config.preprocessing
-        if prep.crop is not None:  # the geometry is fixed by the crop: nothing to learn from a sample
-            self.channels_, self.size_ = 3, list(prep.crop)
-        else:
-            sample = self._raw(values[: min(len(values), CHUNK)])
-            self.channels_ = prep.channels or (3 if sample.shape[1] == 4 else int(sample.shape[1]))
-            self.size_ = list(prep.size or sample.shape[-2:])
+        if values.dtype == object:
+            # Streamed image files: statistics come from an evenly spaced sample instead of decoding everything.
+            values = values[np.linspace(0, len(values) - 1, min(len(values), STREAM_SAMPLE)).astype(int)]
+        sample = self._raw(values[: min(len(values), CHUNK)])
+        self.channels_ = prep.channels or (3 if sample.shape[1] == 4 else int(sample.shape[1]))
+        self.size_ = list(prep.size or sample.shape[-2:])
         self.mean_, self.std_ = [0.0] * self.channels_, [1.0] * self.channels_
         if prep.scale == "imagenet":
             self.mean_, self.std_ = list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -83,18 +96,13 @@ class ImageFeature(Feature):
         return x
 
     def transform(self, values):
-        self._counting = True
-        try:
-            chunks = [self.scale(self._geometry(self._raw(values[s:s + CHUNK]))) for s in range(0, len(values), CHUNK)]
-        finally:
-            self._counting = False
+        chunks = [self.scale(self._geometry(self._raw(values[s:s + CHUNK]))) for s in range(0, len(values), CHUNK)]
         return torch.cat(chunks) if chunks else torch.empty(0, self.channels_, *self.size_)
 
     def state(self):
-        prep = self.config.preprocessing
+        prep = self.config.preprocessing  # the geometry/scale protocol, so model.json alone says how inputs are prepared
         return {"channels": self.channels_, "size": self.size_, "mean": self.mean_, "std": self.std_,
-                "scale": prep.scale, "resize_shorter": prep.resize_shorter,
-                "crop": list(prep.crop) if prep.crop else None}
+                "scale": prep.scale, "fit": prep.fit, "resize_shorter": prep.resize_shorter}
 
     def load_state(self, state):
         self.channels_, self.size_ = state["channels"], list(state["size"])
