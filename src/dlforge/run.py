@@ -16,6 +16,7 @@ import torch
 
 from dlforge.artifact import load, save_model
 from dlforge.data import prepare, read_table
+from dlforge.data.augment import build_augmenter
 from dlforge.errors import ArtifactError, DlforgeError
 from dlforge.io_utils import write_json, write_text
 from dlforge.models import build_model, count_parameters
@@ -84,7 +85,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     scales = {n: f.scale_ for n, f in prepared.outputs.items() if signature["outputs"][n]["type"] == "number"}
     unfreeze = GradualUnfreeze(model)
     trainer = Trainer(recipe, model, prepared.splits["train"], prepared.splits.get("val"), signature, run_dir=run_dir,
-                      callbacks=[*callbacks, *([unfreeze] if unfreeze else [])], progress=progress, scales=scales)
+                      callbacks=[*callbacks, *([unfreeze] if unfreeze else [])], progress=progress, scales=scales,
+                      augment=build_augmenter(recipe, prepared.inputs))
     state = load_checkpoint(run_dir) if resume is not None else None
     result = trainer.fit(state)
 
