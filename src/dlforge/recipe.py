@@ -289,9 +289,13 @@ Combiner = Annotated[Union[ConcatCombiner], Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------- optimizers
+LearningRate = Union[Annotated[float, Field(gt=0)], Literal["auto"]]
+_AUTO_LR = " 'auto': run the learning-rate range test (dlforge lr-find) before training and use its suggestion."
+
+
 class SGD(Strict):
     name: Literal["sgd"] = "sgd"
-    lr: float = _field(0.01, "Learning rate (the peak rate under onecycle).", gt=0)
+    lr: LearningRate = _field(0.01, "Learning rate (the peak rate under onecycle)." + _AUTO_LR)
     momentum: float = _field(0.9, "Momentum.", ge=0, lt=1)
     nesterov: bool = _field(False, "Nesterov momentum (needs momentum > 0).")
     weight_decay: float = _field(0.0, "L2 penalty added to the gradient.", ge=0)
@@ -299,7 +303,7 @@ class SGD(Strict):
 
 class Adam(Strict):
     name: Literal["adam"] = "adam"
-    lr: float = _field(1e-3, "Learning rate (the peak rate under onecycle).", gt=0)
+    lr: LearningRate = _field(1e-3, "Learning rate (the peak rate under onecycle)." + _AUTO_LR)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = _field((0.9, 0.999), "Adam betas.")
     eps: float = _field(1e-8, "Numerical stability term.", gt=0)
     weight_decay: float = _field(0.0, "L2 penalty added to the gradient (coupled; use adamw for decoupled).", ge=0)
@@ -312,14 +316,14 @@ class AdamW(Adam):
 
 class Adagrad(Strict):
     name: Literal["adagrad"] = "adagrad"
-    lr: float = _field(0.01, "Learning rate.", gt=0)
+    lr: LearningRate = _field(0.01, "Learning rate." + _AUTO_LR)
     lr_decay: float = _field(0.0, "Learning-rate decay.", ge=0)
     weight_decay: float = _field(0.0, "L2 penalty.", ge=0)
 
 
 class RMSprop(Strict):
     name: Literal["rmsprop"] = "rmsprop"
-    lr: float = _field(1e-3, "Learning rate.", gt=0)
+    lr: LearningRate = _field(1e-3, "Learning rate." + _AUTO_LR)
     alpha: float = _field(0.99, "Smoothing constant.", gt=0, lt=1)
     momentum: float = _field(0.0, "Momentum.", ge=0, lt=1)
     centered: bool = _field(False, "Normalise by the estimated gradient variance.")

@@ -124,7 +124,7 @@ class Trainer:
         return float(self._loss_sum) / max(1, self._loss_steps)
 
     # ------------------------------------------------------------ one step / one evaluation
-    def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> None:
+    def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
         mix = None
         if self.augment is not None:
             x, mix = self.augment(x)
@@ -154,6 +154,7 @@ class Trainer:
         self.schedule.after_step()
         self._loss_sum += loss.detach()  # stays on the device: no host sync per step
         self._loss_steps += 1
+        return loss.detach()
 
     @torch.no_grad()
     def predict_logits(self, split) -> dict[str, torch.Tensor]:
