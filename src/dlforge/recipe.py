@@ -126,6 +126,14 @@ class EfficientNetLite0Encoder(_BackboneOptions):
     pooling: Literal["avg", "max"] = _field("avg", "Global pooling of the 1280-channel feature map.")
 
 
+class MiniLMEncoder(_BackboneOptions):
+    name: Literal["minilm"] = "minilm"
+    max_length: int = _field(128, "WordPiece tokens per text including [CLS]/[SEP]; longer texts are truncated "
+                             "(counted in the run's data report).", ge=8, le=512)
+    pooling: Literal["mean", "cls"] = _field("mean", "Sentence vector: mean of token states (how the model was "
+                                             "trained) or the [CLS] state.")
+
+
 ImageEncoder = Annotated[Union[CNNEncoder, MLPEncoder, ResNetEncoder, MobileNetV2Encoder, EfficientNetLite0Encoder],
                          Field(discriminator="name")]
 
