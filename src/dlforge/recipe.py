@@ -128,8 +128,6 @@ class EfficientNetLite0Encoder(_BackboneOptions):
 
 class MiniLMEncoder(_BackboneOptions):
     name: Literal["minilm"] = "minilm"
-    max_length: int = _field(128, "WordPiece tokens per text including [CLS]/[SEP]; longer texts are truncated "
-                             "(counted in the run's data report).", ge=8, le=512)
     pooling: Literal["mean", "cls"] = _field("mean", "Sentence vector: mean of token states (how the model was "
                                              "trained) or the [CLS] state.")
 
@@ -241,7 +239,99 @@ class ImageInput(Strict):
         return data
 
 
-InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput], Field(discriminator="type")]
+class TextPreprocessing(Strict):
+    tokenizer: Literal["wordpiece", "bpe"] = _field(
+        "wordpiece", "Subword tokenizer trained on the training split (Hugging Face tokenizers): wordpiece (BERT) or "
+        "byte-level bpe (GPT-2; never produces unknown tokens).")
+    vocab_size: int = _field(8000, "Vocabulary size of the trained tokenizer, special tokens included.", ge=100, le=1_000_000)
+    min_frequency: int = _field(2, "Merges/pieces seen fewer times in training are not learned.", ge=1)
+    lowercase: bool = _field(True, "Lower-case (and, for wordpiece, strip accents) before tokenizing.")
+    max_length: int = _field(128, "Tokens per text including [CLS]; longer texts are truncated and counted.", ge=2, le=8192)
+
+
+class TextEmbedEncoder(Strict):
+    name: Literal["embed"] = "embed"
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    pooling: Literal["mean", "max"] = _field("mean", "How the token embeddings of a text become one vector (padding ignored).")
+
+
+class TextCNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    filters: int = _field(64, "Filters per kernel size.", ge=1)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=15)]] = _field([3, 4, 5], "One 1-D convolution per size; max over time (Kim 2014).", min_length=1)
+
+
+class TextRNNEncoder(Strict):
+    name: Literal["lstm", "gru"] = _field("lstm", "Recurrent cell.")
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    hidden: int = _field(64, "Hidden units per direction.", ge=1)
+    layers: int = _field(1, "Stacked recurrent layers.", ge=1, le=8)
+    bidirectional: bool = _field(True, "Read the text in both directions.")
+    pooling: Literal["last", "mean", "max"] = _field("last", "Final hidden states (padding never read: packed sequences), or mean/max over steps.")
+    dropout: float = _field(0.0, "Dropout between stacked layers.", ge=0, lt=1)
+
+
+class TransformerEncoderConfig(Strict):
+    name: Literal["transformer"] = "transformer"
+    dim: int = _field(64, "Model width (token embedding and attention).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    layers: int = _field(2, "Encoder layers.", ge=1, le=24)
+    ff_dim: int = _field(128, "Width of each layer's feed-forward block.", ge=1)
+    dropout: float = _field(0.1, "Dropout in attention and feed-forward blocks.", ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = _field("cls", "The [CLS] position's vector, or the mean over non-padding positions.")
+
+
+TextEncoder = Annotated[Union[TextEmbedEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig, MiniLMEncoder],
+                        Field(discriminator="name")]
+
+
+class TextAugmentation(Strict):
+    token_dropout: float = _field(0.0, "Replace this fraction of real tokens by [UNK] in each training batch.", ge=0, lt=1)
+
+
+class TextInput(Strict):
+    name: str = _field(..., "Column of text in the data.", min_length=1)
+    type: Literal["text"] = "text"
+    preprocessing: TextPreprocessing = TextPreprocessing()
+    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru, transformer, "
+                                  "or the pretrained minilm (its own WordPiece vocabulary; max_length counts [CLS]/[SEP]).")
+    augmentation: TextAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
+
+
+class SequencePreprocessing(Strict):
+    normalization: Literal["standard", "per_series", "none"] = _field(
+        "standard", "standard: per-channel train mean/std; per_series: each series to zero mean, unit std (z-norm, "
+        "as the UCR archive); none: raw values.")
+    max_length: int | None = _field(None, "Truncate longer series (counted); null keeps the longest training length.", ge=2)
+
+
+class SequenceCNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = _field([128, 256, 128], "Filters of each conv block (FCN of Wang et al. 2017).", min_length=1)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=31)]] = _field([8, 5, 3], "Kernel of each block (repeats the last if shorter).", min_length=1)
+    residual: bool = _field(False, "Residual blocks (three convs each with a shortcut: the ResNet of Fawaz et al. 2019).")
+
+
+class SequenceRNNEncoder(TextRNNEncoder):
+    dim: int = _field(64, "Width of the linear projection of each time step's channels.", ge=1)
+
+
+SequenceEncoder = Annotated[Union[SequenceCNNEncoder, SequenceRNNEncoder, TransformerEncoderConfig], Field(discriminator="name")]
+
+
+class SequenceInput(Strict):
+    name: str = _field(..., "Column holding the series: an (n, channels, length) array (.npz), or strings of numbers; "
+                            "with `columns`, the name given to the series built from them.", min_length=1)
+    type: Literal["sequence"] = "sequence"
+    columns: list[str] | None = _field(None, "Wide tables: these numeric columns, in order, are the time steps of one channel.",
+                                       min_length=2)
+    preprocessing: SequencePreprocessing = SequencePreprocessing()
+    encoder: SequenceEncoder = _field(SequenceCNNEncoder(), "cnn (1-D FCN/ResNet), lstm, gru or transformer.")
+
+
+InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput],
+                         Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- outputs
@@ -494,6 +584,17 @@ def nesterov_needs_momentum(recipe: Recipe) -> list[str]:
     if opt.name == "sgd" and opt.nesterov and opt.momentum == 0:
         return ["training.optimizer.nesterov: needs training.optimizer.momentum > 0; set momentum (e.g. 0.9) or nesterov: false"]
     return []
+
+
+@cross_check
+def attention_heads_divide_width(recipe: Recipe) -> list[str]:
+    problems = []
+    for i, feature in enumerate(recipe.inputs):
+        enc = getattr(feature, "encoder", None)
+        if getattr(enc, "name", None) == "transformer" and enc.dim % enc.heads:
+            problems.append(f"inputs.{i}.encoder.heads: {enc.heads} does not divide dim {enc.dim}; "
+                            f"use heads in {[h for h in range(1, 17) if enc.dim % h == 0]}")
+    return problems
 
 
 @cross_check

@@ -25,8 +25,11 @@ class DlforgeModel(nn.Module):
             if feature.type in TABULAR_TYPES:
                 continue
             config = getattr(feature, "encoder", None)
+            # Type-specific names first (`text:cnn` is a 1-D token CNN, plain `cnn` the 2-D image CNN).
+            key = f"{feature.type}:{config.name}"
             try:
-                self.encoders[feature.name] = encoders.get(config.name)(config, in_sig[feature.name], reg)
+                builder = encoders.get(key if key in encoders else config.name)
+                self.encoders[feature.name] = builder(config, in_sig[feature.name], reg)
             except ModelError:
                 raise
             except (ValueError, RuntimeError, KeyError) as exc:

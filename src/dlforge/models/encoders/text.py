@@ -1,0 +1,93 @@
+"""Text encoders over token ids (B, L) with [PAD]=0: embed (bag of embeddings), cnn, lstm/gru, transformer.
+
+Registered as `text:<name>` so that `cnn` can mean a 2-D image CNN for images and a 1-D token CNN here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dlforge.models.encoders.base import Encoder, encoders
+from dlforge.models.encoders.sequence_layers import RNNBackbone, TransformerBackbone, masked_max, masked_mean
+
+
+class _TokenEncoder(Encoder):
+    def __init__(self, config, signature: dict):
+        super().__init__()
+        self.pad_id = signature.get("pad_id", 0)
+        self.embedding = nn.Embedding(signature["vocab_size"], config.dim, padding_idx=self.pad_id)
+
+    def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids -> (B, L, dim) vectors and the (B, L) mask of real tokens."""
+        return self.embedding(ids), ids != self.pad_id
+
+
+@encoders.register("text:embed")
+class TextEmbed(_TokenEncoder):
+    """Mean or max of the token embeddings (fastText-like bag of embeddings)."""
+
+    def __init__(self, config, signature: dict, regularization):
+        super().__init__(config, signature)
+        self.pool = masked_mean if config.pooling == "mean" else masked_max
+        self.output_dim = config.dim
+
+    def forward(self, ids):  # (B, L) -> (B, dim)
+        return self.pool(*self.embed(ids))
+
+
+@encoders.register("text:cnn")
+class TextCNN(_TokenEncoder):
+    """1-D convolutions of several widths over the tokens, max over time (Kim 2014)."""
+
+    def __init__(self, config, signature: dict, regularization):
+        super().__init__(config, signature)
+        self.convs = nn.ModuleList(nn.Conv1d(config.dim, config.filters, k, padding=k // 2) for k in config.kernel_sizes)
+        self.output_dim = config.filters * len(config.kernel_sizes)
+
+    def forward(self, ids):  # (B, L) -> (B, filters * kernels)
+        h, valid = self.embed(ids)
+        h = h.transpose(1, 2)  # (B, dim, L)
+        length = ids.shape[1]
+        return torch.cat([masked_max(torch.relu(conv(h))[:, :, :length].transpose(1, 2), valid) for conv in self.convs],
+                         dim=1)
+
+
+@encoders.register("text:lstm")
+@encoders.register("text:gru")
+class TextRNN(_TokenEncoder):
+    """A (bi-directional) LSTM/GRU over packed sequences, so padding costs no compute."""
+
+    def __init__(self, config, signature: dict, regularization):
+        super().__init__(config, signature)
+        self.rnn = RNNBackbone(config, config.dim)
+        self.output_dim = self.rnn.output_dim
+
+    def forward(self, ids):  # (B, L) -> (B, hidden * directions)
+        return self.rnn(*self.embed(ids))
+
+
+@encoders.register("text:transformer")
+class TextTransformer(_TokenEncoder):
+    """Multi-head self-attention over tokens with sinusoidal positions and a padding mask; [CLS] or mean pooling.
+
+    `keep_attention()` then a forward pass leaves each layer's (B, heads, L, L) weights in `attention_maps()`.
+    """
+
+    def __init__(self, config, signature: dict, regularization):
+        super().__init__(config, signature)
+        self.scale = math.sqrt(config.dim)  # embeddings scaled as in Vaswani et al. so positions do not dominate
+        self.backbone = TransformerBackbone(config, signature["max_length"])
+        self.output_dim = self.backbone.output_dim
+
+    def forward(self, ids):  # (B, L) -> (B, dim)
+        h, valid = self.embed(ids)
+        return self.backbone(h * self.scale, valid)
+
+    def keep_attention(self, keep: bool = True) -> None:
+        self.backbone.keep_attention(keep)
+
+    def attention_maps(self) -> list[torch.Tensor]:
+        return self.backbone.attention_maps()

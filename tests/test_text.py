@@ -1,0 +1,127 @@
+"""Text input: tokenizer fitted on train, truncation/empty counts, non-UTF-8, every encoder, attention maps."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dlforge
+from dlforge.cli import main
+from dlforge.errors import DataError
+
+POS = ["great", "wonderful", "loved", "superb", "brilliant"]
+NEG = ["awful", "boring", "hated", "terrible", "dull"]
+
+
+@pytest.fixture
+def text_csv(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):
+        label = "pos" if i % 2 else "neg"
+        words = list(rng.choice(POS if label == "pos" else NEG, size=2)) + list(rng.choice(["the", "film", "was", "a", "plot"], size=4))
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    rows[0]["text"] = ""  # empty text: kept, counted
+    rows[2]["text"] = " ".join(["very"] * 40) + " awful"  # longer than max_length: truncated, counted
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _recipe(csv, encoder: dict, **prep) -> dict:
+    return {"name": "text", "data": {"source": str(csv), "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+            "inputs": [{"name": "text", "type": "text", "encoder": encoder,
+                        "preprocessing": {"vocab_size": 120, "min_frequency": 1, "max_length": 16, **prep}}],
+            "outputs": [{"name": "label", "type": "binary"}],
+            "training": {"epochs": 8, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.01}}}
+
+
+ENCODERS = [{"name": "embed", "dim": 16}, {"name": "embed", "dim": 16, "pooling": "max"},
+            {"name": "cnn", "dim": 16, "filters": 8, "kernel_sizes": [2, 3]},
+            {"name": "lstm", "dim": 16, "hidden": 16}, {"name": "gru", "dim": 16, "hidden": 8, "bidirectional": False,
+                                                        "pooling": "mean"},
+            {"name": "transformer", "dim": 16, "heads": 2, "layers": 1, "ff_dim": 32, "dropout": 0.0},
+            {"name": "transformer", "dim": 16, "heads": 2, "layers": 1, "ff_dim": 32, "pooling": "mean"}]
+
+
+@pytest.mark.parametrize("encoder", ENCODERS, ids=lambda e: f"{e['name']}-{e.get('pooling', '')}")
+def test_each_encoder_learns_keywords(text_csv, tmp_path, encoder):
+    result = dlforge.train(_recipe(text_csv, encoder), out=tmp_path / "run", progress=False)
+    assert result.metrics["test"]["accuracy"] >= 0.85
+    policies = result.metrics["data"]["policies"]["text"]
+    assert policies["truncated"] == 1 and policies["empty"] == 1
+    predictor = dlforge.load(result.run_dir)
+    assert list(predictor.predict(["superb brilliant film", "dull boring plot"])) == ["pos", "neg"]
+
+
+def test_bpe_tokenizer_state_round_trips_in_model_json(text_csv, tmp_path):
+    import json
+
+    result = dlforge.train(_recipe(text_csv, {"name": "embed", "dim": 8}, tokenizer="bpe", lowercase=False),
+                           out=tmp_path / "run", progress=False)
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    state = meta["features"]["inputs"]["text"]
+    assert state["tokenizer"]["model"]["type"] == "BPE" and state["max_length"] == 16
+    predictor = dlforge.load(result.run_dir)
+    assert predictor.inputs["text"].tokens("Great film")[0] == "[CLS]"
+
+
+def test_padding_does_not_change_outputs():
+    """A text padded with extra [PAD] gives the same vector: masks, packing and pooling ignore padding."""
+    from dlforge.models.encoders.text import TextRNN, TextTransformer, TextEmbed
+    from dlforge.recipe import TextEmbedEncoder, TextRNNEncoder, TransformerEncoderConfig, Regularization
+
+    torch.manual_seed(0)
+    sig = {"vocab_size": 50, "max_length": 12, "pad_id": 0}
+    ids = torch.tensor([[2, 5, 9, 7]])
+    padded = torch.tensor([[2, 5, 9, 7, 0, 0, 0]])
+    # (TextCNN is left out: a convolution's window at the text's end sees the zero [PAD] embedding.)
+    for cls, cfg in ((TextEmbed, TextEmbedEncoder(dim=8)),
+                     (TextRNN, TextRNNEncoder(dim=8, hidden=4)), (TextRNN, TextRNNEncoder(name="gru", dim=8, hidden=4, pooling="max")),
+                     (TextTransformer, TransformerEncoderConfig(dim=8, heads=2, layers=1, dropout=0.0))):
+        enc = cls(cfg, sig, Regularization()).eval()
+        assert torch.allclose(enc(ids), enc(padded), atol=1e-5), cls.__name__
+
+
+def test_transformer_attention_maps_are_retrievable():
+    from dlforge.models.encoders.text import TextTransformer
+    from dlforge.recipe import Regularization, TransformerEncoderConfig
+
+    enc = TextTransformer(TransformerEncoderConfig(dim=8, heads=2, layers=2), {"vocab_size": 30, "max_length": 10},
+                          Regularization()).eval()
+    enc.keep_attention()
+    enc(torch.tensor([[2, 4, 5, 0], [2, 7, 0, 0]]))
+    maps = enc.attention_maps()
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 4, 4)
+    assert torch.all(maps[0][1, :, :, 2:] == 0)  # no attention to padding
+    assert torch.allclose(maps[0].sum(-1), torch.ones(2, 2, 4))
+
+
+def test_non_utf8_csv_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1"))
+    import yaml
+
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(yaml.safe_dump(_recipe(path, {"name": "embed"})))
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(recipe_path), "--out", str(tmp_path / "run"), "-q"])
+    assert info.value.code == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_non_utf8_bytes_name_the_row():
+    from dlforge.data.features.text import as_texts
+
+    with pytest.raises(DataError, match="row 1 is not UTF-8"):
+        as_texts(np.array([b"fine", b"caf\xe9"], dtype=object), name="text", where="inputs.0")
+
+
+def test_all_empty_text_is_an_error(tmp_path):
+    path = tmp_path / "empty.csv"
+    pd.DataFrame({"text": [""] * 20, "label": ["a", "b"] * 10}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="empty in every training row"):
+        dlforge.train(_recipe(path, {"name": "embed"}), out=tmp_path / "run", progress=False)
