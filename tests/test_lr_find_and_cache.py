@@ -99,3 +99,26 @@ def test_augmentation_or_fine_tuning_bypasses_the_cache_and_plan_says_so(tmp_pat
     tuned = _backbone_recipe(csv)
     tuned["inputs"][0]["encoder"]["freeze"] = "none"
     assert "runs every step" in dlforge.plan(tuned)["backbones"]["file"]
+
+
+def test_unfreeze_at_epoch_trains_backbone_only_from_that_epoch(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    recipe = _backbone_recipe(_tiny_images(tmp_path))
+    recipe["inputs"][0]["encoder"].update({"unfreeze_at_epoch": 2, "backbone_lr_mult": 0.5})
+    recipe["training"]["epochs"] = 2
+    snapshots = []
+
+    class Watch:
+        def on_epoch_end(self, trainer, epoch, metrics):
+            weight = trainer.model.encoders["file"].backbone.features[0][0].weight
+            snapshots.append((weight.detach().clone(), weight.requires_grad))
+
+    run = dlforge.train(recipe, out=tmp_path / "u", progress=False, callbacks=[Watch()])
+    assert run.metrics["backbones"]["file"]["path"] == "backbone every step"
+    from dlforge.pretrained import mobilenet_v2_weights
+
+    original = torch.load(mobilenet_v2_weights(), weights_only=True)["features.0.0.weight"]
+    assert torch.equal(snapshots[0][0], original) and not snapshots[0][1]  # epoch 1: frozen
+    assert not torch.equal(snapshots[1][0], original) and snapshots[1][1]  # epoch 2: fine-tuned
