@@ -22,7 +22,7 @@ def _echo_err(text: str) -> None:
 
 
 def _metrics_line(metrics: dict) -> str:
-    keys = ("accuracy", "f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "loss")
+    keys = ("accuracy", "f1", "micro_f1", "macro_f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "loss")
     parts = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))]
     for name, value in metrics.items():
         if isinstance(value, dict) and name not in ("per_class",):
@@ -38,10 +38,22 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
+    target: Optional[str] = typer.Option(None, "--target", help="Treat the argument as DATA: infer a recipe "
+                                         "predicting this column (as `dlforge init`), then train it."),
 ):
     """Train a recipe and write its run directory (model, metrics, report)."""
     import dlforge
 
+    if target is not None:
+        import yaml
+
+        from dlforge.infer import init
+
+        if recipe is None:
+            raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
+        text = init(str(recipe), target)
+        typer.echo(text, err=True)
+        recipe = yaml.safe_load(text)
     if resume is not None and (recipe is not None or set_):
         raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
                            hint=f"run `dlforge train --resume {resume}` alone")
@@ -108,6 +120,41 @@ def predict(
         typer.echo(f"wrote {len(frame)} prediction(s) to {output}")
     else:
         typer.echo(frame.to_csv(index=False), nl=False)
+
+
+@app.command()
+def init(
+    data: str = typer.Argument(..., help="A CSV/Parquet/npz file, an image folder, or builtin:NAME."),
+    target: str = typer.Option(..., "--target", help="The column to predict."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the recipe here (default: print it)."),
+    drop: List[str] = typer.Option([], "--drop", help="Leave this column out (repeatable)."),
+):
+    """Write a starter recipe inferred from the data, with one comment per column decision."""
+    from dlforge.infer import init as infer_init
+
+    text = infer_init(data, target, out=out, drop=tuple(drop))
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {out}; train it with: dlforge train {out}")
+
+
+@app.command()
+def cv(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    folds: int = typer.Option(5, "--folds", help="Number of folds (stratified for category/binary targets)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for folds.csv and cv.json (default runs/<name>-cv)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.epochs=3."),
+):
+    """k-fold cross-validation: mean ± std of each metric over the held-out folds, per-fold CSV."""
+    from dlforge.cv import cross_validate
+    from dlforge.recipe_io import load_recipe
+
+    out = out or Path("runs") / f"{load_recipe(recipe, set_).name}-cv"
+    result = cross_validate(recipe, folds=folds, out=out, overrides=set_)
+    for metric in result.summary:
+        typer.echo(result.line(metric))
+    typer.echo(f"per-fold results: {out / 'folds.csv'}")
 
 
 @app.command("lr-find")

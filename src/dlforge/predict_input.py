@@ -47,6 +47,15 @@ def _column(value, sig: dict, name: str) -> np.ndarray:
         if array.dtype.kind not in "biuf":
             raise PredictError(f"input '{name}' expects image arrays or file paths; got {array.dtype} values")
         return _image_array(array, sig, name)
+    if sig["type"] == "sequence":
+        if isinstance(value, str):
+            return np.array([value], dtype=object)
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (ValueError, TypeError):  # ragged lists or strings of numbers: parsed (and padded) by the feature
+            return np.array(list(value), dtype=object)
+        return array[None] if array.ndim == 1 or (array.ndim == 2 and sig.get("channels", 1) > 1
+                                                  and array.shape[0] == sig["channels"]) else array
     if np.isscalar(value) or value is None:
         return np.array([value], dtype=object)
     array = np.asarray(value, dtype=object if not isinstance(value, np.ndarray) else None)

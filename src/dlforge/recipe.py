@@ -364,15 +364,28 @@ class NumberOutput(Strict):
     loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
 
 
-OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput], Field(discriminator="type")]
+class MultiLabelOutput(Strict):
+    name: str = _field(..., "Target column: a set of labels per row ('a|b', 'a;b', 'a,b' or a JSON list).", min_length=1)
+    type: Literal["multilabel"] = "multilabel"
+    separator: Literal["auto", "|", ";", ",", "json", "single"] = _field(
+        "auto", "How a cell lists its labels; auto detects it on the training split (one separator throughout).")
+    threshold: float = _field(0.5, "Decision threshold on each label's sigmoid.", gt=0.0, lt=1.0)
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, lt=1.0)]] = _field(
+        {}, "Per-label thresholds that override `threshold`, e.g. {rare_label: 0.3}.")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, MultiLabelOutput], Field(discriminator="type")]
 
 # Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
 METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
     "category": ("loss", "accuracy", "precision", "recall", "f1"),
     "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
     "number": ("loss", "mae", "rmse", "r2"),
+    "multilabel": ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"),
 }
-HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2"}
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2", "micro_f1", "macro_f1",
+                    "subset_accuracy"}
 
 
 # ---------------------------------------------------------------- combiner
@@ -383,7 +396,19 @@ class ConcatCombiner(Strict):
     batch_norm: bool = _field(False, "Batch normalisation after each layer.")
 
 
-Combiner = Annotated[Union[ConcatCombiner], Field(discriminator="name")]
+class AttentionCombiner(Strict):
+    name: Literal["attention"] = "attention"
+    dim: int = _field(64, "Width each encoded input is projected to (one token per input).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    attention_layers: int = _field(1, "Self-attention layers over the input tokens.", ge=1, le=8)
+    ff_dim: int = _field(128, "Feed-forward width inside each attention layer.", ge=1)
+    dropout: float = _field(0.1, "Dropout inside the attention layers.", ge=0, lt=1)
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after flattening the attended tokens.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
+    batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+
+
+Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner], Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------- optimizers
@@ -594,6 +619,10 @@ def attention_heads_divide_width(recipe: Recipe) -> list[str]:
         if getattr(enc, "name", None) == "transformer" and enc.dim % enc.heads:
             problems.append(f"inputs.{i}.encoder.heads: {enc.heads} does not divide dim {enc.dim}; "
                             f"use heads in {[h for h in range(1, 17) if enc.dim % h == 0]}")
+    comb = recipe.combiner
+    if comb.name == "attention" and comb.dim % comb.heads:
+        problems.append(f"combiner.heads: {comb.heads} does not divide dim {comb.dim}; "
+                        f"use heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
     return problems
 
 

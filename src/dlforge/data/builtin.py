@@ -90,7 +90,24 @@ def tuxpaint_photos() -> Table:
     return table
 
 
+def ucr_uea(name: str) -> Table:
+    """`ucr_uea/GunPoint`: one archive set from $DLFORGE_DATA/ucr_uea/<name>.npz (official train/test split)."""
+    folder = data_root() / "ucr_uea"
+    path = folder / f"{name}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
+        from dlforge.errors import did_you_mean
+
+        raise DataError(f"built-in dataset 'ucr_uea/{name}' needs {path}, which does not exist{did_you_mean(name, known)}",
+                        where="data.source", hint=f"sets found: {', '.join(known) or 'none'} (DLFORGE_DATA={data_root()})")
+    table = read_npz(path)
+    table.origin = f"builtin:ucr_uea/{name}"
+    return table
+
+
 def load_builtin(name: str) -> Table:
+    if name.startswith("ucr_uea/"):
+        return ucr_uea(name.split("/", 1)[1])
     try:
         loader = datasets.get(name)
     except Exception as exc:

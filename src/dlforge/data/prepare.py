@@ -72,6 +72,9 @@ def _stratify_labels(recipe, table: Table) -> np.ndarray | None:
 
 def read_table(recipe, base_dir: Path | None = None) -> Table:
     table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir)
+    for i, f in enumerate(recipe.inputs):
+        if f.type == "sequence" and f.columns:
+            table = _stack_columns(table, f, f"inputs.{i}")
     # Check every named column before any work, so a typo fails in a second, not after loading features.
     for i, f in enumerate(recipe.inputs):
         table.column(f.name, field_path=f"inputs.{i}.name")
@@ -82,6 +85,20 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
         keep = np.sort(rng.choice(table.n_rows, recipe.data.max_rows, replace=False))
         table = table.take(keep)
     return table
+
+
+def _stack_columns(table: Table, feature, field_path: str) -> Table:
+    """Wide tables: the listed numeric columns become one (n, 1, steps) series column named after the input."""
+    from dlforge.data.features.number import to_float
+
+    if feature.name in table.columns:
+        raise DataError(f"input '{feature.name}' builds a series from `columns`, but a column of that name exists",
+                        where=f"{field_path}.name", hint="give the sequence input a new name, e.g. 'series'")
+    steps = [to_float(table.column(c, field_path=f"{field_path}.columns"), name=c, where=f"{field_path}.columns")
+             for c in feature.columns]
+    columns = {k: v for k, v in table.columns.items() if k not in feature.columns}
+    columns[feature.name] = np.stack(steps, axis=1)[:, None, :].astype(np.float32)
+    return Table(columns, table.origin, table.split, list(table.notes), table.root)
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:

@@ -48,6 +48,8 @@ def read_npz(path: Path) -> Table:
     """Arrays named x_train/y_train[/x_test/y_test] (Keras style) become columns image/label with a split."""
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files}
+    if "x_train" in arrays and "lengths_train" in arrays:
+        return series_table(arrays, str(path))
     if "x_train" in arrays and "y_train" in arrays:
         parts = [p for p in ("train", "val", "test") if f"x_{p}" in arrays]
         image = np.concatenate([arrays[f"x_{p}"] for p in parts])
@@ -62,6 +64,18 @@ def read_npz(path: Path) -> Table:
             hint="store one array per column with the same number of rows, or x_train/y_train/x_test/y_test",
         )
     return Table(arrays, str(path))
+
+
+def series_table(arrays: dict[str, np.ndarray], origin: str) -> Table:
+    """UCR/UEA-style npz (x_* (n, channels, length) NaN right-padded, lengths_*, y_*, class_names): columns
+    `series` and `label` (class names, not codes), with the official split."""
+    parts = [p for p in ("train", "val", "test") if f"x_{p}" in arrays]
+    series = np.concatenate([arrays[f"x_{p}"] for p in parts]).astype(np.float32)
+    codes = np.concatenate([arrays[f"y_{p}"] for p in parts])
+    names = arrays.get("class_names")
+    label = names[codes].astype(object) if names is not None and codes.dtype.kind in "iu" else codes
+    split = np.concatenate([np.full(len(arrays[f"y_{p}"]), p) for p in parts])
+    return Table({"series": series, "label": label}, origin, split)
 
 
 def _format_of(path: Path) -> str:

@@ -67,6 +67,25 @@ def number_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, 
             "r2": float(R.r2_score(pred, true)) if len(true) > 1 else float("nan")}
 
 
+@metric_sets.register("multilabel")
+def multilabel_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
+    """Micro/macro F1 with each label's own threshold, exact-set accuracy, and the fraction of wrong label bits."""
+    n = signature["size"]
+    thresholds = torch.tensor(signature["thresholds"], device=logits.device)
+    preds = (torch.sigmoid(logits.float()) >= thresholds).long()  # int predictions: torchmetrics skips its threshold
+    t = target.long()
+    out = {"micro_f1": float(C.multilabel_f1_score(preds, t, n, average="micro")),
+           "macro_f1": float(C.multilabel_f1_score(preds, t, n, average="macro")),
+           "subset_accuracy": float((preds == t).all(1).float().mean()),
+           "hamming_loss": float((preds != t).float().mean())}
+    if detail:
+        f1 = C.multilabel_f1_score(preds, t, n, average=None)
+        support = t.sum(0)
+        out["per_label"] = {label: {"f1": float(f1[i]), "support": int(support[i]),
+                                    "threshold": signature["thresholds"][i]} for i, label in enumerate(signature["labels"])}
+    return out
+
+
 def compute_metrics(model, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], signature: dict,
                     *, detail: bool = False, scales: dict[str, float] | None = None) -> dict:
     """{"loss": ..., "accuracy": ...} for one output, or {"loss": ..., "<output>": {...}} flattened with several.
@@ -91,7 +110,7 @@ def flatten(metrics: dict, prefix: str) -> dict[str, float]:
     """{"val.accuracy": 0.9, "val.label.f1": ...} — scalar metrics only, as logged in history."""
     flat = {}
     for key, value in metrics.items():
-        if isinstance(value, dict) and key not in ("per_class",):
+        if isinstance(value, dict) and key not in ("per_class", "per_label"):
             flat.update(flatten(value, f"{prefix}.{key}"))
         elif isinstance(value, (int, float)):
             flat[f"{prefix}.{key}"] = float(value)

@@ -54,3 +54,14 @@ class NumberHead(Head):
 
     def loss(self, logits, target):
         return self.LOSSES[self.config.loss](logits.float().squeeze(-1), target)
+
+
+@heads.register("multilabel")
+class MultiLabelHead(Head):
+    """One sigmoid per label; binary cross-entropy averaged over labels and rows."""
+
+    def loss(self, logits, target):
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+    def probabilities(self, logits):
+        return torch.sigmoid(logits.float())

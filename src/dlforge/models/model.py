@@ -9,7 +9,7 @@ from dlforge.errors import ModelError
 from dlforge.models.encoders import encoders
 from dlforge.models.encoders.tabular import TABULAR_TYPES
 from dlforge.models.heads import heads
-from dlforge.models.layers import dense_stack
+from dlforge.models.combiners import combiners
 
 
 class DlforgeModel(nn.Module):
@@ -36,10 +36,9 @@ class DlforgeModel(nn.Module):
                 raise ModelError(f"cannot build encoder '{config.name}' for input '{feature.name}': {exc}") from exc
         if self.tabular_names:
             self.encoders["__tabular__"] = encoders.get("tabular")(None, {n: in_sig[n] for n in self.tabular_names}, reg)
-        combined = sum(e.output_dim for e in self.encoders.values())
-        comb = recipe.combiner
-        self.combiner, width = dense_stack(combined, comb.layers, activation=comb.activation, batch_norm=comb.batch_norm,
-                                           dropout=reg.dropout, dropconnect=reg.dropconnect)
+        self.combiner = combiners.get(recipe.combiner.name)(recipe.combiner, [e.output_dim for e in self.encoders.values()],
+                                                            reg)
+        width = self.combiner.output_dim
         self.heads = nn.ModuleDict({
             out.name: heads.get(out.type)(out, signature["outputs"][out.name], width) for out in recipe.outputs})
 
@@ -47,7 +46,7 @@ class DlforgeModel(nn.Module):
         parts = []
         for name, encoder in self.encoders.items():
             parts.append(encoder(inputs) if name == "__tabular__" else encoder(inputs[name]))
-        return self.combiner(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        return self.combiner(parts)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.encode(inputs)

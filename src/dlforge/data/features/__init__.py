@@ -1,6 +1,6 @@
 """Per-type preprocessing: fitted on the training split only, applied to any split, saved as JSON."""
 
 from dlforge.data.features.base import Feature, TargetFeature, input_features, output_features
-from dlforge.data.features import number, category, binary, image, sequence, text  # noqa: F401  (registration)
+from dlforge.data.features import number, category, binary, image, multilabel, sequence, text  # noqa: F401  (registration)
 
 __all__ = ["Feature", "TargetFeature", "input_features", "output_features"]

@@ -20,7 +20,9 @@ def split_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(in_ch, out_ch, kernel, padding="same", bias=False), nn.BatchNorm1d(out_ch))
+    # Explicit (left, right) padding keeps the length for even kernels too (padding="same" copies the input then).
+    return nn.Sequential(nn.ConstantPad1d(((kernel - 1) // 2, kernel // 2), 0.0),
+                         nn.Conv1d(in_ch, out_ch, kernel, bias=False), nn.BatchNorm1d(out_ch))
 
 
 class ResidualBlock(nn.Module):

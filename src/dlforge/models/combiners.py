@@ -1,0 +1,60 @@
+"""Combiners fuse the encoded inputs (one vector per input) into one vector for the heads.
+
+`concat` concatenates them and applies optional dense layers. `attention` projects each input's
+vector to a token, adds a learned per-input embedding, and lets the tokens attend to each other
+(a small transformer over inputs, as in multimodal fusion models), then flattens the attended tokens
+and applies the same optional dense layers. Its attention maps (B, heads, inputs, inputs) say which
+input each input drew on, for explanations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlforge.models.encoders.sequence_layers import EncoderLayer
+from dlforge.models.layers import dense_stack
+from dlforge.registry import Registry
+
+combiners: Registry[type[nn.Module]] = Registry("combiner")
+
+
+@combiners.register("concat")
+class ConcatCombiner(nn.Module):
+    def __init__(self, config, in_dims: list[int], regularization):
+        super().__init__()
+        self.dense, self.output_dim = dense_stack(sum(in_dims), config.layers, activation=config.activation,
+                                                  batch_norm=config.batch_norm, dropout=regularization.dropout,
+                                                  dropconnect=regularization.dropconnect)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B, d_i) -> (B, output_dim)
+        return self.dense(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+
+
+@combiners.register("attention")
+class AttentionCombiner(nn.Module):
+    def __init__(self, config, in_dims: list[int], regularization):
+        super().__init__()
+        self.project = nn.ModuleList(nn.Linear(d, config.dim) for d in in_dims)
+        self.input_embedding = nn.Parameter(torch.zeros(len(in_dims), config.dim))
+        nn.init.normal_(self.input_embedding, std=0.02)
+        self.layers = nn.ModuleList(EncoderLayer(config.dim, config.heads, config.ff_dim, config.dropout)
+                                    for _ in range(config.attention_layers))
+        self.norm = nn.LayerNorm(config.dim)
+        self.dense, self.output_dim = dense_stack(config.dim * len(in_dims), config.layers, activation=config.activation,
+                                                  batch_norm=config.batch_norm, dropout=regularization.dropout,
+                                                  dropconnect=regularization.dropconnect)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B, d_i) -> (B, output_dim)
+        tokens = torch.stack([proj(p) for proj, p in zip(self.project, parts)], dim=1) + self.input_embedding  # (B, n, dim)
+        no_padding = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        for layer in self.layers:
+            tokens = layer(tokens, no_padding)
+        return self.dense(self.norm(tokens).flatten(1))
+
+    def keep_attention(self, keep: bool = True) -> None:
+        for layer in self.layers:
+            layer.keep_attention = keep
+
+    def attention_maps(self) -> list[torch.Tensor]:
+        return [layer.last_attention for layer in self.layers if layer.last_attention is not None]
