@@ -34,7 +34,7 @@ def _recipe(csv, combiner: dict) -> dict:
             "inputs": [{"name": "photo", "type": "image",
                         "encoder": {"name": "cnn", "channels": [4], "padding": "same", "dense": [8]}},
                        {"name": "review", "type": "text", "encoder": {"name": "embed", "dim": 8},
-                        "preprocessing": {"vocab_size": 100, "min_frequency": 1, "max_length": 8}},
+                        "preprocessing": {"vocab_size": 300, "min_frequency": 1, "max_length": 8}},
                        {"name": "price", "type": "number"}, {"name": "shop", "type": "category"}],
             "outputs": [{"name": "label", "type": "binary"}], "combiner": combiner,
             "training": {"epochs": 15, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.01}}}

@@ -136,3 +136,30 @@ def test_builtin_tuxpaint_photos_is_an_image_folder():
     table = load_table("builtin:tuxpaint_photos")
     assert table.n_rows == 187 and (table.split == "test").sum() == 46
     assert sorted(set(table.columns["label"])) == ["bird", "flower", "fruit", "mammal", "vegetable", "vehicle"]
+
+
+class _InterruptAt:
+    """Sends SIGINT to this process after `steps` training steps, as Ctrl-C would."""
+
+    def __init__(self, steps: int):
+        self.steps, self.seen = steps, 0
+
+    def on_step_end(self, trainer, step):
+        import os
+        import signal
+
+        self.seen += 1
+        if self.seen == self.steps:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_streaming_resume_is_exact(tmp_path):
+    from dlforge.errors import TrainingInterrupted
+
+    folder = _make_folder(tmp_path / "imgs")
+    recipe = _recipe(folder, in_memory=False, workers=0, cache_dir=str(tmp_path / "cache"))
+    straight = dlforge.train(recipe, out=tmp_path / "straight", progress=False)
+    with pytest.raises(TrainingInterrupted):
+        dlforge.train(recipe, out=tmp_path / "resumed", progress=False, callbacks=[_InterruptAt(4)])  # mid-epoch 2
+    resumed = dlforge.train(resume=tmp_path / "resumed", progress=False)
+    assert [h["train.loss"] for h in resumed.history] == [h["train.loss"] for h in straight.history]

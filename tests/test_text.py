@@ -34,7 +34,7 @@ def text_csv(tmp_path) -> Path:
 def _recipe(csv, encoder: dict, **prep) -> dict:
     return {"name": "text", "data": {"source": str(csv), "split": {"val": 0.2, "test": 0.2, "seed": 0}},
             "inputs": [{"name": "text", "type": "text", "encoder": encoder,
-                        "preprocessing": {"vocab_size": 120, "min_frequency": 1, "max_length": 16, **prep}}],
+                        "preprocessing": {"vocab_size": 400, "min_frequency": 1, "max_length": 16, **prep}}],
             "outputs": [{"name": "label", "type": "binary"}],
             "training": {"epochs": 8, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.01}}}
 
@@ -67,6 +67,21 @@ def test_bpe_tokenizer_state_round_trips_in_model_json(text_csv, tmp_path):
     assert state["tokenizer"]["model"]["type"] == "BPE" and state["max_length"] == 16
     predictor = dlforge.load(result.run_dir)
     assert predictor.inputs["text"].tokens("Great film")[0] == "[CLS]"
+
+
+@pytest.mark.parametrize("kind", ["bpe"])
+def test_tokenizer_training_is_reproducible(kind):
+    """The default byte-level BPE learns the same vocabulary from the same texts (wordpiece does not:
+    huggingface/tokenizers#1794), so runs stay reproducible."""
+    from dlforge.data.features.text import TextFeature
+    from dlforge.recipe import TextInput
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    texts = np.array([" ".join(rng.choice(words, 6)) + f" {rng.integers(1000)}" for _ in range(300)], dtype=object)
+    states = [TextFeature(TextInput(name="t", preprocessing={"tokenizer": kind, "vocab_size": 300}),
+                          field_path="inputs.0").fit(texts).state() for _ in range(3)]
+    assert states[0] == states[1] == states[2]
 
 
 def test_padding_does_not_change_outputs():

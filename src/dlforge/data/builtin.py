@@ -108,6 +108,12 @@ def ucr_uea(name: str) -> Table:
 def load_builtin(name: str) -> Table:
     if name.startswith("ucr_uea/"):
         return ucr_uea(name.split("/", 1)[1])
+    if "/" in name:  # a file inside a built-in folder, e.g. builtin:tuxpaint_photos/labels.csv
+        from dlforge.data.sources import load_table
+
+        table = load_table(str(_require(name, name.split("/")[0])))
+        table.origin = f"builtin:{name}"
+        return table
     try:
         loader = datasets.get(name)
     except Exception as exc:
