@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hf-first", action="store_true", help="Run HF first (load drifts: run both orders).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     r = recipe(args.rows, args.epochs, args.lr)
@@ -129,12 +130,16 @@ def main() -> None:
     test = prepared.splits["test"]
     hf_data = (train_split.x["text"].clone(), train_split.y["label"].float().view(-1).clone())
     hf_test = (test.x["text"], test.y["label"].float().view(-1))
-    ours_s, ours_acc = dlforge_run(r, prepared, train_split)
-    hf_s, hf_acc = hf_run(hf_data, hf_test, args.epochs, args.lr)
+    if args.hf_first:
+        hf_s, hf_acc = hf_run(hf_data, hf_test, args.epochs, args.lr)
+        ours_s, ours_acc = dlforge_run(r, prepared, train_split)
+    else:
+        ours_s, ours_acc = dlforge_run(r, prepared, train_split)
+        hf_s, hf_acc = hf_run(hf_data, hf_test, args.epochs, args.lr)
     print(json.dumps({"rows": args.rows, "epochs": args.epochs, "batch": 32, "max_length": 64, "lr": args.lr,
                       "dlforge_s": round(ours_s, 1), "hf_trainer_s": round(hf_s, 1), "ratio": round(ours_s / hf_s, 3),
                       "dlforge_test_accuracy": round(ours_acc, 4), "hf_test_accuracy": round(hf_acc, 4),
-                      "test_rows": len(hf_test[0])}))
+                      "test_rows": len(hf_test[0]), "order": "hf first" if args.hf_first else "dlforge first"}))
 
 
 if __name__ == "__main__":
