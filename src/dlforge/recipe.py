@@ -241,8 +241,8 @@ class ImageInput(Strict):
 
 class TextPreprocessing(Strict):
     tokenizer: Literal["bpe", "wordpiece"] = _field(
-        "bpe", "Subword tokenizer trained on the training split (Hugging Face tokenizers): byte-level bpe (GPT-2; "
-        "never produces unknown tokens; the same data gives the same vocabulary) or wordpiece (BERT; its trainer "
+        "bpe", "Subword tokenizer trained on the training split (Hugging Face tokenizers), both over BERT-style "
+        "words: bpe (the same data always gives the same vocabulary) or wordpiece (BERT's ## pieces; its trainer "
         "breaks ties in hash order, so two runs may differ slightly: huggingface/tokenizers#1794).")
     vocab_size: int = _field(8000, "Vocabulary size of the trained tokenizer, special tokens included.", ge=100, le=1_000_000)
     min_frequency: int = _field(2, "Merges/pieces seen fewer times in training are not learned.", ge=1)

@@ -49,6 +49,7 @@ class ImageCache:
             np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=shape).flush()
             np.lib.format.open_memmap(done, mode="w+", dtype=np.uint8, shape=(len(paths),)).flush()
         self._images = self._done = None  # opened lazily in each process (memmaps do not survive fork well)
+        self._complete = False
 
     def _open(self):
         if self._images is None:
@@ -62,12 +63,16 @@ class ImageCache:
 
     def fraction_cached(self) -> float:
         self._open()
-        return float(self._done.mean()) if len(self._done) else 1.0
+        fraction = float(self._done.mean()) if len(self._done) else 1.0
+        self._complete = fraction == 1.0  # from now on, reads skip the per-row `done` check
+        return fraction
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """uint8 (B, C, H, W) for `rows`, decoding (and caching) the ones not cached yet."""
         self._open()
         rows = np.asarray(rows, dtype=np.int64)
+        if self._complete:
+            return self._images[rows]  # fancy indexing copies: the batch is already contiguous
         for r in rows[self._done[rows] == 0].tolist():
             try:
                 hwc = decode_file(self.paths[r], channels=self.plan.channels, size=self.plan.size, fit=self.plan.fit)
@@ -129,6 +134,13 @@ def streaming_epoch(x: dict, y: dict, slices, *, workers: int):
     """(x, y) batches of one epoch: lazy image columns from DataLoader workers, other columns gathered here."""
     lazy = {n: v for n, v in x.items() if isinstance(v, LazyImages)}
     slices = list(slices)
+    if all(col.cache.fraction_cached() == 1.0 for col in lazy.values()):
+        # Everything is decoded: reading the memory-mapped cache here is faster than starting worker processes
+        # and shipping batches back to this one.
+        for index in slices:
+            yield ({n: v.index_select(0, index.to(v.device) if n not in lazy else index) for n, v in x.items()},
+                   {n: v.index_select(0, index.to(v.device)) for n, v in y.items()})
+        return
     loader = torch.utils.data.DataLoader(_Batches(lazy), batch_size=None, sampler=slices, num_workers=workers,
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
     for index, images in zip(slices, loader):

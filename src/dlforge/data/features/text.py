@@ -41,7 +41,11 @@ def as_texts(values: np.ndarray, *, name: str, where: str) -> tuple[list[str], n
 
 
 def new_tokenizer(kind: str, lowercase: bool):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    try:
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    except ImportError as exc:
+        raise DataError("text inputs need the Hugging Face `tokenizers` package, which is not installed",
+                        hint="pip install 'dlforge[text]'") from exc
 
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
@@ -49,22 +53,22 @@ def new_tokenizer(kind: str, lowercase: bool):
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
     else:
+        # BPE over BERT-style words (split on spaces and punctuation). No continuing-subword prefix: with one,
+        # the trainer numbers those tokens in hash order and runs differ (huggingface/tokenizers#1794).
         tok = Tokenizer(models.BPE(unk_token=UNK))
-        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()] if lowercase
-                                              else [normalizers.NFKC()])
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-        tok.decoder = decoders.ByteLevel()
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return tok
 
 
 def new_trainer(kind: str, vocab_size: int, min_frequency: int):
-    from tokenizers import pre_tokenizers, trainers
+    from tokenizers import trainers
 
     if kind == "wordpiece":
         return trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL,
                                          show_progress=False)
     return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL,
-                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                               show_progress=False)
 
 
 @input_features.register("text")
