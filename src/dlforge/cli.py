@@ -195,6 +195,28 @@ def cv(
     typer.echo(f"per-fold results: {out / 'folds.csv'}")
 
 
+@app.command("lr-find")
+def lr_find(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default."),
+    set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.batch_size=32."),
+    plot: Path = typer.Option(Path("lr_find.png"), "--plot", help="Where to save the loss-vs-rate plot."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", min=1e-12, help="First rate of the sweep."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last rate of the sweep."),
+    steps: int = typer.Option(200, "--steps", min=10, max=10000, help="Training steps of the sweep."),
+):
+    """Learning-rate range test: exponentially rising rate, smoothed loss, plot, and a suggested rate."""
+    import dlforge
+
+    if end_lr <= start_lr:
+        raise DlforgeError(f"--end-lr ({end_lr}) must be larger than --start-lr ({start_lr})", where="--end-lr")
+    result = dlforge.lr_find(recipe, overrides=set_, plot=plot, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    stop = " (stopped early: the loss diverged)" if result.stopped_early else ""
+    typer.echo(f"swept {len(result.lrs)} steps from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}{stop}")
+    typer.echo(f"lowest smoothed loss at lr {result.min_loss_lr:.2e}")
+    typer.echo(f"suggested lr: {result.suggestion:.2e}  (steepest descent; set training.optimizer.lr, or use lr: auto)")
+    typer.echo(f"plot: {result.plot}")
+
+
 @recipe_app.command("check")
 def recipe_check(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default."),
@@ -219,6 +241,12 @@ def recipe_check(
         typer.echo(f"output {name}: {json.dumps(sig)[:160]}")
     if info["policies"]:
         typer.echo(f"preprocessing policies applied: {info['policies']}")
+    for name, why in info.get("backbones", {}).items():
+        typer.echo(f"backbone {name}: " + ("frozen, no augmentation: embeddings computed once and cached; only the "
+                                           "head trains" if why == "cached" else why))
+    lr = info["recipe"]["training"]["optimizer"]["lr"]
+    if lr == "auto":
+        typer.echo("optimizer.lr: auto — the learning-rate range test runs before training")
     typer.echo(f"parameters: {info['parameters']:,}")
     typer.echo(f"steps: {info['steps_per_epoch']} per epoch, {info['total_steps']} at most")
 

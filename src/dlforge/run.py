@@ -16,6 +16,8 @@ import torch
 
 from dlforge.artifact import load, save_model
 from dlforge.data import prepare, read_table
+from dlforge.data.prepare import Encoded
+from dlforge.data.augment import build_augmenter
 from dlforge.errors import ArtifactError, DlforgeError
 from dlforge.io_utils import write_json, write_text
 from dlforge.models import build_model, count_parameters
@@ -23,6 +25,9 @@ from dlforge.recipe_io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.train import Trainer
 from dlforge.train.checkpoint import has_checkpoint, load_checkpoint
+from dlforge.train.feature_cache import apply_feature_cache, cacheable, release_feature_cache
+from dlforge.train.lr_find import LRFindResult, plot_range_test, range_test
+from dlforge.train.unfreeze import GradualUnfreeze
 
 
 @dataclass
@@ -75,6 +80,10 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     if progress:
         _print_data_summary(prepared.report)
     run_dir.mkdir(parents=True, exist_ok=True)
+    found = None
+    if recipe.training.optimizer.lr == "auto":  # resolved before recipe.yaml is written, so a resume reuses it
+        found = _range_test(recipe, prepared, plot=run_dir / "plots" / "lr_find.png")
+        recipe.training.optimizer.lr = found.suggestion
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         write_json(run_dir / "checkpoint" / "meta.json", {"base_dir": str(base_dir)})
@@ -83,8 +92,11 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     model = build_model(recipe, signature)
     _attach_loss_weights(model, prepared)
     scales = {n: f.scale_ for n, f in prepared.outputs.items() if signature["outputs"][n]["type"] == "number"}
+    cache_report = apply_feature_cache(recipe, model, prepared.splits)  # frozen backbone: embed once
+    unfreeze = GradualUnfreeze(model)
     trainer = Trainer(recipe, model, prepared.splits["train"], prepared.splits.get("val"), signature, run_dir=run_dir,
-                      callbacks=callbacks, progress=progress, scales=scales)
+                      callbacks=[*callbacks, *([unfreeze] if unfreeze else [])], progress=progress, scales=scales,
+                      augment=build_augmenter(recipe, prepared.inputs))
     state = load_checkpoint(run_dir) if resume is not None else None
     result = trainer.fit(state)
 
@@ -93,6 +105,11 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     metrics.update({"train_seconds": round(result.train_seconds, 3), "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                     "parameters": count_parameters(model), "data": prepared.report})
+    if cache_report:
+        metrics["backbones"] = cache_report
+    if found is not None:
+        metrics["lr_find"] = found.as_dict()
+    release_feature_cache(model)
     save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu())
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "history.csv", _history_csv(result.history))
@@ -112,6 +129,40 @@ def _print_data_summary(report: dict) -> None:
     for column, counts in report["policies"].items():
         for policy, n in counts.items():
             print(f"  {column}: {n} value(s) {policy.replace('_', ' ')}", file=sys.stderr)
+
+
+def _range_test(recipe, prepared, *, plot: Path | None, start_lr: float = 1e-7, end_lr: float = 10.0,
+                steps: int = 200) -> LRFindResult:
+    """The LR range test on a throw-away model (same data, augmentation and frozen-feature cache as training)."""
+    import tempfile
+
+    probe = recipe.model_copy(deep=True)
+    if probe.training.optimizer.lr == "auto":
+        probe.training.optimizer.lr = 1.0  # only the parameter groups' ratios matter; the test sets the rates
+    probe.training.early_stopping = None
+    _seed_everything(probe.training.seed)
+    model = build_model(probe, prepared.signature())
+    _attach_loss_weights(model, prepared)
+    train_split = Encoded(dict(prepared.splits["train"].x), dict(prepared.splits["train"].y))
+    apply_feature_cache(probe, model, {"train": train_split})
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(probe, model, train_split, None, prepared.signature(), run_dir=Path(tmp), progress=False,
+                          augment=build_augmenter(probe, prepared.inputs))
+        result = range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    if plot is not None:
+        plot_range_test(result, plot)
+    return result
+
+
+def lr_find(recipe=None, *, overrides: list[str] | None = None, plot: str | Path | None = "lr_find.png",
+            start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200) -> LRFindResult:
+    """Learning-rate range test for a recipe: returns the smoothed curve and a suggested rate, and saves the plot."""
+    recipe = load_recipe(recipe, overrides)
+    if recipe.training.threads:
+        torch.set_num_threads(recipe.training.threads)
+    prepared = prepare(recipe, base_dir=recipe_base_dir(recipe))
+    return _range_test(recipe, prepared, plot=Path(plot) if plot else None, start_lr=start_lr, end_lr=end_lr,
+                       steps=steps)
 
 
 def load_checkpoint_meta(run_dir: Path) -> dict:
@@ -195,5 +246,6 @@ def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = T
     steps = -(-n_train // batch)
     info.update({"rows": prepared.report["rows"], "signature": prepared.signature(), "parameters": count_parameters(model),
                  "steps_per_epoch": steps, "total_steps": steps * recipe.training.epochs,
-                 "policies": prepared.report["policies"], "model": str(model)})
+                 "policies": prepared.report["policies"], "model": str(model),
+                 "backbones": cacheable(recipe, model)})
     return info

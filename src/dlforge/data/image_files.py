@@ -32,6 +32,7 @@ class ImagePlan:
     size: tuple[int, int]
     fit: str
     stream: bool
+    shorter: int | None = None  # fit crop: scale the shorter side to this first (ImageNet's 256 → 224)
 
 
 def is_file_column(values: np.ndarray) -> bool:
@@ -51,13 +52,21 @@ def resolve_paths(values: np.ndarray, root: str | None) -> np.ndarray:
     return out
 
 
-def fit_image(img, size: tuple[int, int] | None, fit: str):
+def fit_image(img, size: tuple[int, int] | None, fit: str, shorter: int | None = None):
     """Resize a PIL image to (height, width) by stretching, centre-cropping or padding."""
     from PIL import Image, ImageOps
 
     if size is None or (img.height, img.width) == tuple(size):
         return img
     height, width = size
+    if fit == "crop" and shorter:
+        # The ImageNet evaluation protocol: shorter side to `shorter`, then a centre crop of `size`.
+        # An image smaller than the crop is enlarged to cover it (never padded).
+        scale = max(shorter / min(img.width, img.height), width / img.width, height / img.height)
+        img = img.resize((max(width, round(img.width * scale)), max(height, round(img.height * scale))),
+                         Image.BILINEAR)
+        left, top = (img.width - width) // 2, (img.height - height) // 2
+        return img.crop((left, top, left + width, top + height))
     if fit == "crop":
         return ImageOps.fit(img, (width, height), Image.BILINEAR)
     if fit == "pad":
@@ -66,7 +75,7 @@ def fit_image(img, size: tuple[int, int] | None, fit: str):
     return img.resize((width, height), Image.BILINEAR)
 
 
-def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str) -> np.ndarray:
+def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, shorter: int | None = None) -> np.ndarray:
     """One image file (or bytes) as uint8 (H, W, C). Raises OSError/ValueError when it does not decode."""
     import io
 
@@ -75,8 +84,12 @@ def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str) 
     source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else str(item)
     with Image.open(source) as img:
         # RGBA/P/CMYK/16-bit all become 8-bit L or RGB; alpha is dropped (composited onto nothing).
+        if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+            # Transparent pixels read as white (a cut-out on paper), not as whatever RGB they hide (often black).
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(fit_image(img, size, fit), dtype=np.uint8)
+        array = np.asarray(fit_image(img, size, fit, shorter), dtype=np.uint8)
     return array if array.ndim == 3 else array[:, :, None]
 
 
@@ -117,7 +130,7 @@ def _decode_all(values: np.ndarray, plan: ImagePlan, workers: int, field_path: s
     """uint8 (N, H, W, C) and the rows that failed a full decode (truncated files pass the header check)."""
     def one(item):
         try:
-            return decode_file(item, channels=plan.channels, size=plan.size, fit=plan.fit)
+            return decode_file(item, channels=plan.channels, size=plan.size, fit=plan.fit, shorter=plan.shorter)
         except Exception as exc:  # a truncated JPEG fails only here
             return f"{type(exc).__name__}: {str(exc)[:120]}"
 
@@ -169,7 +182,10 @@ def prepare_image_files(recipe, table: Table) -> tuple[Table, dict[str, ImagePla
             size = next(iter(sizes))
         float_mb = table.n_rows * channels * size[0] * size[1] * 4 / 2**20
         stream = (not data.in_memory) if data.in_memory != "auto" else float_mb > data.memory_budget_mb
-        plan = ImagePlan(feature.name, channels, size, prep.fit, stream)
+        plan = ImagePlan(feature.name, channels, size, prep.fit, stream, prep.resize_shorter if prep.fit == "crop" else None)
+        smaller = sum(1 for h in headers if h[1] < size[1] or h[2] < size[0])
+        if smaller:
+            report["enlarged_smaller_than_size"] = int(smaller)
         report["path"] = "streaming" if stream else "in_memory"
         report["decoded_float_mb"] = round(float_mb, 1)
         if not stream:

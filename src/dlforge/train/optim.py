@@ -39,9 +39,25 @@ def rmsprop(params, c):
                                weight_decay=c.weight_decay)
 
 
+def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+    """One group per pretrained backbone at `lr * backbone_lr_mult` (discriminative learning rates), one for the rest.
+
+    A backbone that unfreezes later is in its group from the start (its parameters simply have no
+    gradient until then), so the optimizer and its checkpoint never change shape mid-run.
+    """
+    groups, seen = [], set()
+    for module in model.modules():
+        if hasattr(module, "backbone_parameters"):
+            params = module.backbone_parameters()
+            seen.update(id(p) for p in module.backbone.parameters())
+            if params:
+                groups.append({"params": params, "lr": lr * module.lr_mult})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    return [{"params": rest, "lr": lr}, *groups] if rest else groups
+
+
 def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return optimizers.get(config.name)(params, config)
+    return optimizers.get(config.name)(parameter_groups(model, config.lr), config)
 
 
 class Schedule:

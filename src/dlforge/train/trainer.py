@@ -62,7 +62,7 @@ class _StopFlag:
 
 class Trainer:
     def __init__(self, recipe, model: torch.nn.Module, train, val, signature: dict, *, run_dir: Path,
-                 callbacks=(), progress: bool = True, scales: dict[str, float] | None = None):
+                 callbacks=(), progress: bool = True, scales: dict[str, float] | None = None, augment=None):
         self.recipe = recipe
         self.config = recipe.training
         self.device = pick_device()
@@ -88,6 +88,8 @@ class Trainer:
         self.penalized = [p for p in self.model.parameters() if p.ndim > 1 and p.requires_grad]
         self.step_model = torch.compile(self.model) if self.config.compile else self.model
         self.scaler = torch.amp.GradScaler("cuda") if self.config.precision == "fp16" else None
+        # Training-batch augmentation (data/augment.py): own generator, checkpointed; never applied at evaluation.
+        self.augment = augment
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_steps = 0
 
@@ -124,9 +126,17 @@ class Trainer:
         return float(self._loss_sum) / max(1, self._loss_steps)
 
     # ------------------------------------------------------------ one step / one evaluation
-    def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> None:
+    def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        mix = None
+        if self.augment is not None:
+            x, mix = self.augment(x)
         with self._autocast():
-            loss = self.model.loss(self.step_model(x), y)
+            logits = self.step_model(x)
+            loss = self.model.loss(logits, y)
+            if mix is not None:  # mixup/cutmix: mix the losses of both partners' targets by the same weight
+                perm, lam = mix
+                partner = {k: v.index_select(0, perm.to(v.device)) for k, v in y.items()}
+                loss = lam * loss + (1 - lam) * self.model.loss(logits, partner)
         penalty = self._penalty()
         if penalty is not None:
             loss = loss + penalty
@@ -146,6 +156,7 @@ class Trainer:
         self.schedule.after_step()
         self._loss_sum += loss.detach()  # stays on the device: no host sync per step
         self._loss_steps += 1
+        return loss.detach()
 
     @torch.no_grad()
     def predict_logits(self, split) -> dict[str, torch.Tensor]:
@@ -237,6 +248,8 @@ class Trainer:
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.augment is not None:
+            state["augment"] = self.augment.state_dict()
         save_checkpoint(self.run_dir, state)
 
     def _restore(self, state: dict, result: TrainResult):
@@ -249,6 +262,8 @@ class Trainer:
         self._loss_steps = state["loss_steps"]
         if self.early_stopping is not None and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
+        if self.augment is not None and "augment" in state:
+            self.augment.load_state_dict(state["augment"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         result.history = list(state["history"])

@@ -9,6 +9,10 @@ from dlforge.data.features.base import Feature, input_features
 from dlforge.data.images import convert_channels, decode_image, resize, to_nchw
 from dlforge.errors import DataError
 
+# The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
 # Rows converted per chunk: bounds the float32 copy (MNIST: 8k rows ≈ 25 MB) while staying vectorised.
 CHUNK = 8192
 # Images decoded to fit channels/size/mean/std when a column streams (files are never all decoded at once).
@@ -38,7 +42,8 @@ class ImageFeature(Feature):
         from dlforge.data.image_files import decode_file
 
         try:
-            return decode_file(item, channels=channels, size=size, fit=self.config.preprocessing.fit)
+            prep = self.config.preprocessing
+            return decode_file(item, channels=channels, size=size, fit=prep.fit, shorter=prep.resize_shorter)
         except FileNotFoundError:
             raise DataError(f"image file not found: {item}", where=where) from None
         except Exception as exc:
@@ -58,6 +63,8 @@ class ImageFeature(Feature):
         self.channels_ = prep.channels or (3 if sample.shape[1] == 4 else int(sample.shape[1]))
         self.size_ = list(prep.size or sample.shape[-2:])
         self.mean_, self.std_ = [0.0] * self.channels_, [1.0] * self.channels_
+        if prep.scale == "imagenet":
+            self.mean_, self.std_ = list(IMAGENET_MEAN), list(IMAGENET_STD)
         if prep.scale == "standard":
             total = torch.zeros(self.channels_, dtype=torch.float64)
             total_sq = torch.zeros(self.channels_, dtype=torch.float64)
@@ -82,7 +89,7 @@ class ImageFeature(Feature):
             return x / 255.0
         if kind == "symmetric":
             return (x / 255.0 - 0.5) / 0.5
-        if kind == "standard":
+        if kind in ("standard", "imagenet"):
             mean = torch.tensor(self.mean_).view(1, -1, 1, 1)
             std = torch.tensor(self.std_).view(1, -1, 1, 1)
             return (x / 255.0 - mean) / std
@@ -102,7 +109,9 @@ class ImageFeature(Feature):
         return out
 
     def state(self):
-        return {"channels": self.channels_, "size": self.size_, "mean": self.mean_, "std": self.std_}
+        prep = self.config.preprocessing  # the geometry/scale protocol, so model.json alone says how inputs are prepared
+        return {"channels": self.channels_, "size": self.size_, "mean": self.mean_, "std": self.std_,
+                "scale": prep.scale, "fit": prep.fit, "resize_shorter": prep.resize_shorter}
 
     def load_state(self, state):
         self.channels_, self.size_ = state["channels"], list(state["size"])

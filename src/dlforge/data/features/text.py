@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dlforge.data.features.base import Feature, input_features, rows_preview
+from dlforge.data.pretrained_text import PRETRAINED_TEXT, encode_pretrained, pretrained_tokenizer
 from dlforge.errors import DataError
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
@@ -78,6 +79,12 @@ class TextFeature(Feature):
         if empty.all():
             raise DataError(f"text column '{self.name}' is empty in every training row", where=self.field_path,
                             hint="check the column name, or drop this input")
+        self.backbone_ = getattr(self.config.encoder, "name", None) if getattr(
+            self.config.encoder, "name", None) in PRETRAINED_TEXT else None
+        if self.backbone_:  # a pretrained backbone reads its own vocabulary: nothing to train
+            self.tokenizer_ = pretrained_tokenizer(self.backbone_, where=f"{self.field_path}.encoder")
+            self.max_length_ = prep.max_length
+            return self
         self.tokenizer_ = new_tokenizer(prep.tokenizer, prep.lowercase)
         self.tokenizer_.train_from_iterator(texts, trainer=new_trainer(prep.tokenizer, prep.vocab_size, prep.min_frequency))
         self.max_length_ = prep.max_length
@@ -86,6 +93,9 @@ class TextFeature(Feature):
     def ids(self, values) -> tuple[torch.Tensor, dict]:
         """(n, L) int64 token ids and counts {truncated, empty, tokens}."""
         texts, empty = as_texts(values, name=self.name, where=self.field_path)
+        if getattr(self, "backbone_", None):
+            ids, truncated, tokens = encode_pretrained(self.tokenizer_, texts, self.max_length_)
+            return ids, {"truncated": truncated, "empty": int(empty.sum()), "tokens": tokens}
         encodings = self.tokenizer_.encode_batch(texts, add_special_tokens=False)
         limit = self.max_length_ - 1  # room for [CLS]
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -106,14 +116,21 @@ class TextFeature(Feature):
         return ids
 
     def state(self):
-        return {"tokenizer": json.loads(self.tokenizer_.to_str()), "max_length": self.max_length_}
+        return {"tokenizer": json.loads(self.tokenizer_.to_str()), "max_length": self.max_length_,
+                "backbone": getattr(self, "backbone_", None)}
 
     def load_state(self, state):
         from tokenizers import Tokenizer
 
         self.tokenizer_ = Tokenizer.from_str(json.dumps(state["tokenizer"]))
         self.max_length_ = state["max_length"]
+        self.backbone_ = state.get("backbone")
         return self
+
+    def dropout_ids(self) -> dict:
+        """For token dropout (data/augment.py): the id that replaces a dropped token and the ids never dropped."""
+        keep = [i for t in (PAD, CLS, "[SEP]") if (i := self.tokenizer_.token_to_id(t)) is not None]
+        return {"unk_id": self.tokenizer_.token_to_id(UNK), "keep_ids": keep}
 
     def signature(self):
         return {"type": "text", "dtype": "str", "vocab_size": self.tokenizer_.get_vocab_size(),

