@@ -142,9 +142,11 @@ def test_metric_names_match_evaluation():
     from dlforge.evaluate.metrics import metric_sets
 
     sigs = {"category": {"size": 3, "labels": ["a", "b", "c"]}, "binary": {"size": 1, "labels": ["n", "y"]},
-            "number": {"size": 1}}
-    logits = {"category": torch.randn(8, 3), "binary": torch.randn(8, 1), "number": torch.randn(8, 1)}
-    targets = {"category": torch.arange(8) % 3, "binary": (torch.arange(8) % 2).float(), "number": torch.randn(8)}
+            "number": {"size": 1}, "multilabel": {"size": 3, "labels": ["a", "b", "c"], "thresholds": [0.5] * 3}}
+    logits = {"category": torch.randn(8, 3), "binary": torch.randn(8, 1), "number": torch.randn(8, 1),
+              "multilabel": torch.randn(8, 3)}
+    targets = {"category": torch.arange(8) % 3, "binary": (torch.arange(8) % 2).float(), "number": torch.randn(8),
+               "multilabel": (torch.rand(8, 3) > 0.5).float()}
     for kind, names in METRICS_BY_OUTPUT_TYPE.items():
         computed = metric_sets.get(kind)(logits[kind], targets[kind], sigs[kind])
         assert set(computed) == set(names) - {"loss"}, kind

@@ -294,7 +294,7 @@ class TextAugmentation(Strict):
 class TextInput(Strict):
     name: str = _field(..., "Column of text in the data.", min_length=1)
     type: Literal["text"] = "text"
-    preprocessing: TextPreprocessing = TextPreprocessing()
+    preprocessing: TextPreprocessing = _field(TextPreprocessing(), "Tokenizer options (fitted on the training split).")
     encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru, transformer, "
                                   "or the pretrained minilm (its own WordPiece vocabulary; max_length counts [CLS]/[SEP]).")
     augmentation: TextAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
@@ -327,7 +327,7 @@ class SequenceInput(Strict):
     type: Literal["sequence"] = "sequence"
     columns: list[str] | None = _field(None, "Wide tables: these numeric columns, in order, are the time steps of one channel.",
                                        min_length=2)
-    preprocessing: SequencePreprocessing = SequencePreprocessing()
+    preprocessing: SequencePreprocessing = _field(SequencePreprocessing(), "Length, scaling and padding options.")
     encoder: SequenceEncoder = _field(SequenceCNNEncoder(), "cnn (1-D FCN/ResNet), lstm, gru or transformer.")
 
 

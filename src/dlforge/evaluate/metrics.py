@@ -82,6 +82,7 @@ def number_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, 
 @metric_sets.register("multilabel")
 def multilabel_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
     """Micro/macro F1 with each label's own threshold, exact-set accuracy, and the fraction of wrong label bits."""
+    C, _ = _torchmetrics()
     n = signature["size"]
     thresholds = torch.tensor(signature["thresholds"], device=logits.device)
     preds = (torch.sigmoid(logits.float()) >= thresholds).long()  # int predictions: torchmetrics skips its threshold

@@ -66,6 +66,8 @@ def split_labels(values: np.ndarray, separator: str, *, where: str) -> list[list
 
 @output_features.register("multilabel")
 class MultiLabelTarget(TargetFeature):
+    def check(self, values):
+        """An empty cell is a row with no labels, which is valid for multi-label targets."""
     def fit(self, values):
         sep = self.config.separator
         self.separator_ = detect_separator(values, where=self.field_path) if sep == "auto" else sep
