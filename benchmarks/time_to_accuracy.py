@@ -35,7 +35,7 @@ VARIANTS: dict[str, list[str]] = {
     "compile": ["training.compile=true"],
     "1-thread": ["training.threads=1"],
     "seed-settings": ["training.precision=fp32", "training.channels_last=false", "training.batch_size=64",
-                      "training.optimizer.lr=0.001", "training.schedule.name=constant", "training.epochs=5"],
+                      "training.optimizer.lr=0.001", "training.schedule={name: constant}", "training.epochs=5"],
 }
 
 

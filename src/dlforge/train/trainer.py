@@ -90,8 +90,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.config.precision == "fp16" else None
         # Training-batch augmentation (data/augment.py): own generator, checkpointed; never applied at evaluation.
         self.augment = augment
-        self._loss_sum = torch.zeros((), device=self.device)
-        self._loss_steps = 0
+        # Per-step losses of the current epoch, kept on the device: appending costs nothing, while an
+        # in-place add is a kernel launch per step (~4 us, 0.5% of an MLP step); summed when read.
+        self._losses: list[torch.Tensor] = []
 
     # ------------------------------------------------------------ setup helpers
     def _to_device(self, split):
@@ -123,7 +124,7 @@ class Trainer:
         return sum(terms) if terms else None
 
     def running_loss(self) -> float:
-        return float(self._loss_sum) / max(1, self._loss_steps)
+        return float(torch.stack(self._losses).mean()) if self._losses else float("nan")
 
     # ------------------------------------------------------------ one step / one evaluation
     def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -154,8 +155,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.schedule.after_step()
-        self._loss_sum += loss.detach()  # stays on the device: no host sync per step
-        self._loss_steps += 1
+        self._losses.append(loss.detach())  # stays on the device: no host sync per step
         return loss.detach()
 
     @torch.no_grad()
@@ -186,8 +186,7 @@ class Trainer:
             for epoch in range(start_epoch, self.config.epochs):
                 if permutation is None:
                     permutation = self.batches.permutation()
-                    self._loss_sum.zero_()
-                    self._loss_steps = 0
+                    self._losses = []
                 self.model.train()
                 self._call("on_epoch_start", epoch)
                 batches = epoch_batches(self.train, self.batches.slices(permutation, start_step),
@@ -242,7 +241,7 @@ class Trainer:
             "epoch": epoch, "step": step, "permutation": permutation,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "batch_rng": self.batches.generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "loss_sum": self._loss_sum.detach().cpu(), "loss_steps": self._loss_steps,
+            "torch_rng": torch.get_rng_state(), "losses": torch.stack(self._losses).cpu() if self._losses else torch.zeros(0),
             "history": result.history, "train_seconds": result.train_seconds,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
@@ -258,8 +257,7 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.batches.generator.set_state(state["batch_rng"])
         torch.set_rng_state(state["torch_rng"])
-        self._loss_sum = state["loss_sum"].to(self.device)
-        self._loss_steps = state["loss_steps"]
+        self._losses = list(state["losses"].to(self.device).unbind())
         if self.early_stopping is not None and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
         if self.augment is not None and "augment" in state:
