@@ -97,3 +97,28 @@ def test_docs_reference_is_generated_from_the_schema():
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
     assert docs.read_text() == render_markdown(), "regenerate with: make docs"
+
+
+def test_predict_csv_of_image_paths_relative_to_the_csv(tmp_path, digits_run):
+    fixtures = __import__("pathlib").Path(__file__).parent / "fixtures"
+    result = cli("predict", digits_run, "--data", fixtures / "digits_rows.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "image,predicted_label" and len(lines) == 4
+
+
+def test_ctrl_c_checkpoints_exits_130_and_resumes(tmp_path):
+    import signal
+    import time
+
+    recipe = write_recipe(tmp_path, digits_recipe(epochs=400))
+    proc = subprocess.Popen([sys.executable, "-m", "dlforge.cli", "train", str(recipe), "--out", str(tmp_path / "run"),
+                             "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "run" / "checkpoint" / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"dlforge train --resume {tmp_path / 'run'}" in stderr and "Traceback" not in stderr

@@ -106,6 +106,11 @@ def predict(
     else:
         table = load_table(str(data), field="--data")
         inputs = {n: table.column(n, field_path=f"the model's input '{n}'") for n in predictor.inputs}
+        for name, sig in predictor.signature["inputs"].items():
+            if sig["type"] == "image" and inputs[name].dtype == object:  # paths are relative to the CSV's folder
+                from dlforge.data.image_files import resolve_paths
+
+                inputs[name] = resolve_paths(inputs[name], table.root)
         frame = pd.DataFrame({n: v for n, v in table.columns.items() if np.asarray(v).ndim == 1})
     predictions = predictor.predict(inputs)
     for name, values in (predictions.items() if isinstance(predictions, dict) else [(predictor.output_names[0], predictions)]):

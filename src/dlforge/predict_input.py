@@ -37,7 +37,7 @@ def _column(value, sig: dict, name: str) -> np.ndarray:
     if sig["type"] == "image":
         if isinstance(value, (str, Path, bytes)):
             return np.array([value], dtype=object)
-        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (str, Path, bytes)):
+        if isinstance(value, (list, tuple, np.ndarray)) and len(value) and isinstance(value[0], (str, Path, bytes)):
             return np.array(list(value), dtype=object)
         try:
             array = np.asarray(value)
