@@ -1,0 +1,49 @@
+"""Recipe section `data`: where rows come from and how they are split."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Union  # noqa: F401
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+
+from dlforge.recipe._base import Strict, _field  # noqa: F401
+
+
+class SplitConfig(Strict):
+    val: float = _field(0.1, "Fraction of the training rows held out for validation.", ge=0.0, lt=0.9)
+    test: Union[Literal["auto", "official"], Annotated[float, Field(ge=0.0, lt=0.9)]] = _field(
+        "auto",
+        "Test fraction, or 'official' to use the source's own test split. 'auto': official "
+        "when the source has one, else 0.2.",
+    )
+    seed: int = _field(0, "Seed of the split; the same seed gives the same rows.")
+    stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target).")
+
+
+class DataConfig(Strict):
+    source: str = _field(
+        ...,
+        "A path (.csv, .csv.gz, .parquet, .npz) or 'builtin:NAME' (digits, mnist, fashion_mnist, "
+        "adult, german_credit, compas, lending_club). Relative paths are tried from the current "
+        "directory, then from the recipe's directory.",
+        min_length=1,
+    )
+    format: Literal["auto", "csv", "parquet", "npz"] = _field("auto", "File format; 'auto' reads the extension.")
+    split: SplitConfig = _field(SplitConfig(), "How rows are split into train/val/test.")
+    max_rows: int | None = _field(
+        None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1
+    )
+    in_memory: Union[Literal["auto"], bool] = _field(
+        "auto",
+        "Image files: decode them all into memory (true), stream them with DataLoader workers and an on-disk "
+        "uint8 cache (false), or decide from memory_budget_mb ('auto').",
+    )
+    memory_budget_mb: int = _field(
+        2048, "'auto' streams image files when their decoded float32 tensors would exceed this many MB.", ge=1
+    )
+    workers: int = _field(2, "DataLoader worker processes of the streaming path (0 decodes in the main process).",
+                          ge=0, le=64)
+    cache_dir: str | None = _field(
+        None, "Where the streaming path caches decoded images (uint8 .npy); null: a folder under the system temp dir."
+    )
+

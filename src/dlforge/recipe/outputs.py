@@ -1,0 +1,64 @@
+"""Recipe section `outputs`: targets by type, and the metrics each type logs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Union  # noqa: F401
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+
+from dlforge.recipe._base import Strict, _field  # noqa: F401
+
+
+class CategoryOutput(Strict):
+    name: str = _field(..., "Target column.", min_length=1)
+    type: Literal["category"] = "category"
+    label_smoothing: float = _field(0.0, "Cross-entropy label smoothing.", ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0)]] = _field(
+        "none", "'balanced' weighs classes by inverse training frequency; or a {label: weight} map."
+    )
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+class BinaryOutput(Strict):
+    name: str = _field(..., "Target column.", min_length=1)
+    type: Literal["binary"] = "binary"
+    positive: str | None = _field(None, "The value that means 1; null infers it.")
+    threshold: float = _field(0.5, "Decision threshold on the positive probability.", gt=0.0, lt=1.0)
+    pos_weight: Literal["none", "balanced"] | Annotated[float, Field(gt=0)] = _field(
+        "none", "Weight of positive examples in the loss; 'balanced' uses negatives/positives."
+    )
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+class NumberOutput(Strict):
+    name: str = _field(..., "Target column.", min_length=1)
+    type: Literal["number"] = "number"
+    loss: Literal["mse", "mae", "huber"] = _field("mse", "Regression loss.")
+    normalize: bool = _field(True, "Standardise the target on the training split (predictions are mapped back).")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+class MultiLabelOutput(Strict):
+    name: str = _field(..., "Target column: a set of labels per row ('a|b', 'a;b', 'a,b' or a JSON list).", min_length=1)
+    type: Literal["multilabel"] = "multilabel"
+    separator: Literal["auto", "|", ";", ",", "json", "single"] = _field(
+        "auto", "How a cell lists its labels; auto detects it on the training split (one separator throughout).")
+    threshold: float = _field(0.5, "Decision threshold on each label's sigmoid.", gt=0.0, lt=1.0)
+    thresholds: dict[str, Annotated[float, Field(gt=0.0, lt=1.0)]] = _field(
+        {}, "Per-label thresholds that override `threshold`, e.g. {rare_label: 0.3}.")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, MultiLabelOutput], Field(discriminator="type")]
+
+# Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
+METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
+    "category": ("loss", "accuracy", "precision", "recall", "f1"),
+    "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
+    "number": ("loss", "mae", "rmse", "r2"),
+    "multilabel": ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"),
+}
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2", "micro_f1", "macro_f1",
+                    "subset_accuracy"}
+
+

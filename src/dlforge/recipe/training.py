@@ -1,0 +1,130 @@
+"""Recipe section `training`: optimizers, schedules, regularisation, early stopping and the loop's options."""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal, Union  # noqa: F401
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+
+from dlforge.recipe._base import Strict, _field  # noqa: F401
+
+
+LearningRate = Union[Annotated[float, Field(gt=0)], Literal["auto"]]
+_AUTO_LR = " 'auto': run the learning-rate range test (dlforge lr-find) before training and use its suggestion."
+
+
+class SGD(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: LearningRate = _field(0.01, "Learning rate (the peak rate under onecycle)." + _AUTO_LR)
+    momentum: float = _field(0.9, "Momentum.", ge=0, lt=1)
+    nesterov: bool = _field(False, "Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = _field(0.0, "L2 penalty added to the gradient.", ge=0)
+
+
+class Adam(Strict):
+    name: Literal["adam"] = "adam"
+    lr: LearningRate = _field(1e-3, "Learning rate (the peak rate under onecycle)." + _AUTO_LR)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = _field((0.9, 0.999), "Adam betas.")
+    eps: float = _field(1e-8, "Numerical stability term.", gt=0)
+    weight_decay: float = _field(0.0, "L2 penalty added to the gradient (coupled; use adamw for decoupled).", ge=0)
+
+
+class AdamW(Adam):
+    name: Literal["adamw"] = "adamw"  # type: ignore[assignment]
+    weight_decay: float = _field(0.01, "Decoupled weight decay.", ge=0)
+
+
+class Adagrad(Strict):
+    name: Literal["adagrad"] = "adagrad"
+    lr: LearningRate = _field(0.01, "Learning rate." + _AUTO_LR)
+    lr_decay: float = _field(0.0, "Learning-rate decay.", ge=0)
+    weight_decay: float = _field(0.0, "L2 penalty.", ge=0)
+
+
+class RMSprop(Strict):
+    name: Literal["rmsprop"] = "rmsprop"
+    lr: LearningRate = _field(1e-3, "Learning rate." + _AUTO_LR)
+    alpha: float = _field(0.99, "Smoothing constant.", gt=0, lt=1)
+    momentum: float = _field(0.0, "Momentum.", ge=0, lt=1)
+    centered: bool = _field(False, "Normalise by the estimated gradient variance.")
+    weight_decay: float = _field(0.0, "L2 penalty.", ge=0)
+
+
+Optimizer = Annotated[Union[SGD, Adam, AdamW, Adagrad, RMSprop], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- schedules
+class _Warmup(Strict):
+    warmup_epochs: float = _field(0.0, "Linear warm-up from 0 over this many epochs (fractions allowed).", ge=0)
+
+
+class ConstantSchedule(_Warmup):
+    name: Literal["constant"] = "constant"
+
+
+class StepSchedule(_Warmup):
+    name: Literal["step"] = "step"
+    step_epochs: int = _field(5, "Multiply the rate by gamma every this many epochs.", ge=1)
+    gamma: float = _field(0.1, "Factor applied at each step.", gt=0, le=1)
+
+
+class CosineSchedule(_Warmup):
+    name: Literal["cosine"] = "cosine"
+    min_lr_ratio: float = _field(0.0, "Final rate as a fraction of the peak.", ge=0, le=1)
+
+
+class OneCycleSchedule(Strict):
+    name: Literal["onecycle"] = "onecycle"
+    pct_start: float = _field(0.25, "Fraction of steps spent rising to the peak rate.", gt=0, lt=1)
+    div_factor: float = _field(25.0, "Initial rate = peak / div_factor.", ge=1)
+    final_div_factor: float = _field(1e4, "Final rate = initial / final_div_factor.", ge=1)
+
+
+class PlateauSchedule(Strict):
+    name: Literal["plateau"] = "plateau"
+    metric: str = _field("val.loss", "Logged metric to watch.")
+    factor: float = _field(0.1, "Multiply the rate by this when the metric stalls.", gt=0, lt=1)
+    patience: int = _field(2, "Epochs without improvement before reducing.", ge=0)
+    min_lr: float = _field(0.0, "Lower bound on the rate.", ge=0)
+
+
+Schedule = Annotated[
+    Union[ConstantSchedule, StepSchedule, CosineSchedule, OneCycleSchedule, PlateauSchedule], Field(discriminator="name")
+]
+
+
+# ---------------------------------------------------------------- training
+class Regularization(Strict):
+    l1: float = _field(0.0, "L1 penalty on weights (not biases or norms), added to the loss.", ge=0)
+    l2: float = _field(0.0, "L2 penalty on weights (not biases or norms), added to the loss.", ge=0)
+    dropout: float = _field(0.0, "Dropout after every hidden dense layer.", ge=0, lt=1)
+    dropconnect: float = _field(0.0, "DropConnect (weight dropout) on every hidden dense layer.", ge=0, lt=1)
+
+
+class EarlyStopping(Strict):
+    metric: str = _field("val.loss", "Logged metric to watch, e.g. val.loss or val.accuracy.")
+    mode: Literal["auto", "min", "max"] = _field("auto", "auto: max for accuracy-like metrics, min for losses/errors.")
+    patience: int = _field(3, "Epochs without improvement before stopping.", ge=1)
+    min_delta: float = _field(0.0, "Smallest change that counts as improvement.", ge=0)
+    restore_best: bool = _field(True, "End with the weights of the best epoch.")
+
+
+class TrainingConfig(Strict):
+    epochs: int = _field(10, "Maximum number of passes over the training split.", ge=1)
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["full"]] = _field(
+        64, "Rows per step; 'full' is full-batch gradient descent (one step per epoch)."
+    )
+    optimizer: Optimizer = _field(Adam(), "sgd | adam | adamw | adagrad | rmsprop, with its own options.")
+    schedule: Schedule = _field(ConstantSchedule(), "constant | step | cosine | onecycle | plateau.")
+    regularization: Regularization = _field(Regularization(), "L1/L2 penalties, dropout and DropConnect.")
+    early_stopping: EarlyStopping | None = _field(None, "Stop when a metric stops improving; null trains all epochs.")
+    grad_clip: float | None = _field(None, "Clip the gradient's global L2 norm to this value.", gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = _field("fp32", "bf16 autocast works on CPU; fp16 needs a GPU.")
+    channels_last: bool = _field(False, "Channels-last memory format for image models (faster on some CPUs).")
+    compile: bool = _field(False, "torch.compile the model (slow start, may run faster).")
+    seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.")
+    checkpoint_every_steps: int | None = _field(None, "Also checkpoint every N steps (always at each epoch end).", ge=1)
+    eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
+    threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1)
+
+
