@@ -27,8 +27,9 @@ def _table(rows: dict[str, dict]) -> str:
 def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, plots: list[Path]) -> Path:
     splits = {k: v for k, v in metrics.items() if k in ("val", "test") and isinstance(v, dict)}
     images = "".join(f'<img src="{html.escape(str(p.relative_to(run_dir)))}" alt="{html.escape(p.stem)}">' for p in plots)
+    rows = ", ".join(f"{part} {n:,}" for part, n in (metrics.get("data", {}).get("rows") or {}).items())
     facts = (f"<p>epochs run: {metrics.get('epochs_run')} · training time: {metrics.get('train_seconds', 0):.1f} s · "
-             f"parameters: {metrics.get('parameters', 0):,} · rows: {html.escape(str(metrics.get('data', {}).get('rows')))}</p>")
+             f"parameters: {metrics.get('parameters', 0):,} · rows: {html.escape(rows)}</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge · {html.escape(name)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>{facts}<h2>Metrics</h2>{_table(splits)}"
             f"<h2>Plots</h2>{images}<h2>Recipe (resolved)</h2><pre>{html.escape(recipe_yaml)}</pre></body></html>")
