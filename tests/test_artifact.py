@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import dlforge
@@ -128,3 +129,43 @@ def test_loading_never_unpickles(digits_run):
     finally:
         pickle.Unpickler = original
     assert not calls
+
+
+def test_interpolation_survives_save_load_predict_and_serving(tmp_path):
+    from dlforge.serve.runtime import ModelRuntime, Records
+
+    rng = np.random.default_rng(0)
+    rows = ["file,label"]
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'a' if i % 2 else 'b'}")
+    (tmp_path / "files.csv").write_text("\n".join(rows) + "\n")
+    recipe = {"name": "nearest", "data": {"source": str(tmp_path / "files.csv"), "split": {"val": 0.25, "test": 0.0}},
+              "inputs": [{"name": "file", "type": "image", "preprocessing": {"size": [5, 5], "interpolation": "nearest"},
+                          "encoder": {"name": "cnn", "channels": [4], "padding": "same", "dense": [4]}}],
+              "outputs": [{"name": "label", "type": "category"}],
+              "training": {"epochs": 1, "batch_size": 8}}
+    dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["features"]["inputs"]["file"]["interpolation"] == "nearest"
+    assert meta["recipe"]["inputs"][0]["preprocessing"]["interpolation"] == "nearest"
+
+    def resized(name):  # what the model should see for 0.png, resized here with Pillow
+        with Image.open(tmp_path / "0.png") as img:
+            return np.array(img.convert("RGB").resize((5, 5), getattr(Image.Resampling, name)))[None]
+
+    predictor = dlforge.load(tmp_path / "run")
+    from_path = predictor.encode_inputs([str(tmp_path / "0.png")])["file"]
+    assert torch.equal(from_path, predictor.encode_inputs(resized("NEAREST"))["file"])
+    assert not torch.equal(from_path, predictor.encode_inputs(resized("BILINEAR"))["file"])
+    served = ModelRuntime(predictor).encode([Records({"file": [(tmp_path / "0.png").read_bytes()]}, 1)])["file"]
+    assert torch.equal(served, from_path)
+
+    # A run directory from before the option (no `interpolation` anywhere) still loads, and resizes bilinear.
+    for part in (meta["features"]["inputs"]["file"], meta["recipe"]["inputs"][0]["preprocessing"]):
+        del part["interpolation"]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(meta))
+    old = dlforge.load(tmp_path / "run")
+    assert old.inputs["file"].interpolation_ == "bilinear"
+    old_path = old.encode_inputs([str(tmp_path / "0.png")])["file"]
+    assert torch.equal(old_path, old.encode_inputs(resized("BILINEAR"))["file"])

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dlforge import DataError, load_recipe
 from dlforge.data import load_table, prepare
@@ -166,6 +167,38 @@ def test_image_scaling_modes():
                         field_path="inputs.0").fit(images)
     x = feat.transform(images)
     assert x.shape == (4, 3, 8, 8) and abs(float(x.mean())) < 1e-4
+
+
+def test_image_interpolation_changes_pixels(tmp_path):
+    from PIL import Image
+
+    from dlforge.data.features.image import ImageFeature
+    from dlforge.data.image_files import decode_file
+    from dlforge.recipe import ImageInput
+
+    grid = (16 * np.arange(8)[:, None] + np.arange(8)).astype(np.uint8)  # pixel value 16 * row + column
+    Image.fromarray(grid).save(tmp_path / "grid.png")
+    # Nearest keeps the pixel whose centre is nearest: rows/columns 1, 3, 5, 7 of 8, in files and arrays alike.
+    expected = [[17, 19, 21, 23], [49, 51, 53, 55], [81, 83, 85, 87], [113, 115, 117, 119]]
+    nearest = decode_file(tmp_path / "grid.png", channels=1, size=(4, 4), fit="stretch", interpolation="nearest")
+    assert nearest[:, :, 0].tolist() == expected
+    feat = ImageFeature(ImageInput(name="i", preprocessing={"size": [4, 4], "scale": "none", "interpolation": "nearest"}),
+                        field_path="inputs.0").fit(grid[None])
+    assert feat.transform(grid[None])[0, 0].tolist() == expected
+
+    photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    for fit, shorter in (("stretch", None), ("crop", 14), ("pad", None)):
+        decoded = {name: decode_file(tmp_path / "photo.png", channels=3, size=(12, 12), fit=fit, shorter=shorter,
+                                     interpolation=name) for name in ("bilinear", "bicubic")}
+        assert decoded["bilinear"].shape == decoded["bicubic"].shape == (12, 12, 3)
+        assert not np.array_equal(decoded["bilinear"], decoded["bicubic"]), fit
+    arrays = {name: ImageFeature(ImageInput(name="i", preprocessing={"size": [12, 12], "interpolation": name}),
+                                 field_path="inputs.0").fit(photo[None]).transform(photo[None])
+              for name in ("bilinear", "bicubic")}
+    assert not torch.equal(arrays["bilinear"], arrays["bicubic"])
+    with pytest.raises(DataError, match="unknown interpolation 'lanczos'"):
+        decode_file(tmp_path / "photo.png", channels=3, size=(12, 12), fit="stretch", interpolation="lanczos")
 
 
 @needs_data("adult")

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import dlforge
@@ -95,6 +96,28 @@ def test_streaming_matches_in_memory_and_caches(tmp_path):
     assert [h["train.loss"] for h in stream.history] == pytest.approx([h["train.loss"] for h in memory.history], abs=1e-6)
     done = np.load(next(cache.glob("*/done.npy")))
     assert done.all()  # every training/val/test image decoded once and cached
+
+
+def test_streaming_decodes_like_in_memory_with_crop_and_interpolation(tmp_path):
+    from dataclasses import replace
+
+    from dlforge.data.prepare import prepare
+    from dlforge.data.streaming import cache_key
+    from dlforge.recipe_io import load_recipe
+
+    folder = _make_folder(tmp_path / "imgs")
+    recipe = _recipe(folder)
+    recipe["inputs"][0]["preprocessing"].update(fit="crop", resize_shorter=18, interpolation="bicubic")
+    memory = prepare(load_recipe(recipe))
+    stream = prepare(load_recipe({**recipe, "data": {**recipe["data"], "in_memory": False, "workers": 0,
+                                                     "cache_dir": str(tmp_path / "cache")}}))
+    lazy = stream.splits["train"].x["image"]
+    assert lazy.plan.interpolation == "bicubic" and lazy.plan.shorter == 18
+    assert torch.equal(lazy[np.arange(len(lazy))], memory.splits["train"].x["image"])
+    # Decoded images cached with other settings are never reused.
+    keys = {cache_key(lazy.paths, replace(lazy.plan, **change))
+            for change in ({}, {"interpolation": "bilinear"}, {"shorter": 20})}
+    assert len(keys) == 3
 
 
 def test_auto_streams_over_memory_budget(tmp_path):

@@ -86,6 +86,18 @@ def test_frozen_backbone_embeddings_are_cached_and_reused(tmp_path, monkeypatch)
     assert list(predictor.predict([str(tmp_path / "1.png")])) == ["red"]
 
 
+def test_embedding_cache_misses_when_the_resize_filter_changes(tmp_path, monkeypatch):
+    # The key hashes the decoded input tensors, so any preprocessing that changes pixels changes it.
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    recipe = _backbone_recipe(_tiny_images(tmp_path))
+    recipe["training"]["epochs"] = 1
+    dlforge.train(recipe, out=tmp_path / "a", progress=False)
+    recipe["inputs"][0]["preprocessing"]["interpolation"] = "bicubic"
+    bicubic = dlforge.train(recipe, out=tmp_path / "b", progress=False)
+    assert bicubic.metrics["backbones"]["file"]["cache_hits"] == 0
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 4  # train and val, twice
+
+
 def test_augmentation_or_fine_tuning_bypasses_the_cache_and_plan_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
     csv = _tiny_images(tmp_path)

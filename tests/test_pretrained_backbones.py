@@ -8,6 +8,7 @@ import torch
 
 from conftest import DATA, needs_data
 from dlforge.data import prepare
+from dlforge.data.features.image import ImageFeature
 from dlforge.errors import ModelError
 from dlforge.models import build_model
 from dlforge.recipe_io import load_recipe
@@ -41,15 +42,17 @@ def _imagenet_logits(backbone: str):
 
 
 @needs_data("imagenet_samples")
-@pytest.mark.parametrize("backbone,min_top1,min_top5", [("mobilenet_v2", 17, 20), ("efficientnet_lite0", 16, 19)])
+@pytest.mark.parametrize("backbone,min_top1,min_top5", [("mobilenet_v2", 17, 20), ("efficientnet_lite0", 18, 19)])
 def test_backbone_labels_imagenet_photos(backbone, min_top1, min_top5):
     logits, labels, x = _imagenet_logits(backbone)
     assert x.shape == (20, 3, 224, 224)  # shorter side 256, centre crop 224, applied by the data layer
     top5 = logits.topk(5).indices
     top1 = int((top5[:, 0] == labels).sum())
     in_top5 = int((top5 == labels[:, None]).any(1).sum())
-    # Measured: mobilenet_v2 18/20 top-1, 20/20 top-5; efficientnet_lite0 17/20 top-1, 19/20 top-5 (the
-    # yurt photo is its 8th guess): a property of the model, not of the preprocessing.
+    # Measured: mobilenet_v2 18/20 top-1, 20/20 top-5 (bilinear, its protocol); efficientnet_lite0 18/20
+    # top-1, 19/20 top-5 with its own bicubic resize (17/20 and 19/20 bilinear). Its top-5 miss, the yurt
+    # photo, stays its 8th guess with the 0.875 centre crop and is 5th only when the whole photo is seen:
+    # a property of that photo's framing, not of the resize.
     assert top1 >= min_top1 and in_top5 >= min_top5, (top1, in_top5)
 
 
@@ -58,8 +61,22 @@ def test_preprocessing_protocol_is_in_recipe_and_state():
     recipe = load_recipe(_samples_recipe("mobilenet_v2"))
     prep = recipe.inputs[0].preprocessing
     assert (prep.resize_shorter, tuple(prep.size), prep.fit, prep.scale, prep.channels) == (256, (224, 224), "crop", "imagenet", 3)
-    eff = load_recipe(_samples_recipe("efficientnet_lite0")).inputs[0].preprocessing
-    assert eff.scale == "symmetric"
+    assert prep.interpolation == "bilinear"
+    eff_recipe = load_recipe(_samples_recipe("efficientnet_lite0"))
+    eff = eff_recipe.inputs[0].preprocessing
+    assert (eff.scale, eff.interpolation) == ("symmetric", "bicubic")
+    # The fitted state records the filter, so model.json alone says how to resize; a state from before the
+    # option was trained bilinear and keeps predicting that way although the recipe now resolves to bicubic.
+    feature = ImageFeature(eff_recipe.inputs[0], field_path="inputs.0")
+    first = np.array([str(DATA / "imagenet_samples" / "images" / "imagenet_00_243.jpg")], dtype=object)
+    state = feature.fit(first).state()
+    assert state["interpolation"] == "bicubic"
+    old = {k: v for k, v in state.items() if k != "interpolation"}
+    assert ImageFeature(eff_recipe.inputs[0], field_path="inputs.0").load_state(old).interpolation_ == "bilinear"
+    own = load_recipe({**_samples_recipe("efficientnet_lite0"), "inputs": [
+        {"name": "file", "type": "image", "encoder": {"name": "efficientnet_lite0"},
+         "preprocessing": {"interpolation": "bilinear"}}]})
+    assert own.inputs[0].preprocessing.interpolation == "bilinear" and own.inputs[0].preprocessing.scale == "symmetric"
     overridden = load_recipe({**_samples_recipe("mobilenet_v2"), "inputs": [
         {"name": "file", "type": "image", "encoder": {"name": "mobilenet_v2"}, "preprocessing": {"resize_shorter": 300}}]})
     assert overridden.inputs[0].preprocessing.resize_shorter == 300 and overridden.inputs[0].preprocessing.fit == "crop"

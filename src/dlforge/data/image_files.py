@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlforge.data.images import pil_resample
 from dlforge.data.table import Table
 from dlforge.errors import DataError
 
@@ -33,6 +34,7 @@ class ImagePlan:
     fit: str
     stream: bool
     shorter: int | None = None  # fit crop: scale the shorter side to this first (ImageNet's 256 → 224)
+    interpolation: str = "bilinear"  # the resample filter of every resize above (preprocessing.interpolation)
 
 
 def is_file_column(values: np.ndarray) -> bool:
@@ -52,30 +54,33 @@ def resolve_paths(values: np.ndarray, root: str | None) -> np.ndarray:
     return out
 
 
-def fit_image(img, size: tuple[int, int] | None, fit: str, shorter: int | None = None):
+def fit_image(img, size: tuple[int, int] | None, fit: str, shorter: int | None = None,
+              interpolation: str = "bilinear"):
     """Resize a PIL image to (height, width) by stretching, centre-cropping or padding."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     if size is None or (img.height, img.width) == tuple(size):
         return img
     height, width = size
+    resample = pil_resample(interpolation)
     if fit == "crop" and shorter:
         # The ImageNet evaluation protocol: shorter side to `shorter`, then a centre crop of `size`.
         # An image smaller than the crop is enlarged to cover it (never padded).
         scale = max(shorter / min(img.width, img.height), width / img.width, height / img.height)
         img = img.resize((max(width, round(img.width * scale)), max(height, round(img.height * scale))),
-                         Image.BILINEAR)
+                         resample)
         left, top = (img.width - width) // 2, (img.height - height) // 2
         return img.crop((left, top, left + width, top + height))
     if fit == "crop":
-        return ImageOps.fit(img, (width, height), Image.BILINEAR)
+        return ImageOps.fit(img, (width, height), resample)
     if fit == "pad":
         fill = 255 if img.mode == "L" else (255, 255, 255)
-        return ImageOps.pad(img, (width, height), Image.BILINEAR, color=fill)
-    return img.resize((width, height), Image.BILINEAR)
+        return ImageOps.pad(img, (width, height), resample, color=fill)
+    return img.resize((width, height), resample)
 
 
-def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, shorter: int | None = None) -> np.ndarray:
+def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, shorter: int | None = None,
+                interpolation: str = "bilinear") -> np.ndarray:
     """One image file (or bytes) as uint8 (H, W, C). Raises OSError/ValueError when it does not decode."""
     import io
 
@@ -89,7 +94,7 @@ def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, 
             rgba = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(fit_image(img, size, fit, shorter), dtype=np.uint8)
+        array = np.asarray(fit_image(img, size, fit, shorter, interpolation), dtype=np.uint8)
     return array if array.ndim == 3 else array[:, :, None]
 
 
@@ -130,7 +135,8 @@ def _decode_all(values: np.ndarray, plan: ImagePlan, workers: int, field_path: s
     """uint8 (N, H, W, C) and the rows that failed a full decode (truncated files pass the header check)."""
     def one(item):
         try:
-            return decode_file(item, channels=plan.channels, size=plan.size, fit=plan.fit, shorter=plan.shorter)
+            return decode_file(item, channels=plan.channels, size=plan.size, fit=plan.fit, shorter=plan.shorter,
+                               interpolation=plan.interpolation)
         except Exception as exc:  # a truncated JPEG fails only here
             return f"{type(exc).__name__}: {str(exc)[:120]}"
 
@@ -182,7 +188,8 @@ def prepare_image_files(recipe, table: Table) -> tuple[Table, dict[str, ImagePla
             size = next(iter(sizes))
         float_mb = table.n_rows * channels * size[0] * size[1] * 4 / 2**20
         stream = (not data.in_memory) if data.in_memory != "auto" else float_mb > data.memory_budget_mb
-        plan = ImagePlan(feature.name, channels, size, prep.fit, stream, prep.resize_shorter if prep.fit == "crop" else None)
+        shorter = prep.resize_shorter if prep.fit == "crop" else None
+        plan = ImagePlan(feature.name, channels, size, prep.fit, stream, shorter, prep.interpolation)
         smaller = sum(1 for h in headers if h[1] < size[1] or h[2] < size[0])
         if smaller:
             report["enlarged_smaller_than_size"] = int(smaller)

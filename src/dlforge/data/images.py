@@ -14,8 +14,32 @@ from dlforge.errors import DataError
 # Decompression-bomb guard: refuse images with more pixels than this (Pillow warns at 89M).
 MAX_PIXELS = 40_000_000
 
+# `preprocessing.interpolation` → the Pillow filter (files, in PIL.Image.Resampling) and the torch mode (arrays).
+# Pillow's NEAREST takes the pixel whose centre is nearest, which torch calls "nearest-exact"; torch's
+# "nearest" is shifted by half a pixel and would not match decoded files.
+INTERPOLATIONS: dict[str, tuple[str, str]] = {
+    "bilinear": ("BILINEAR", "bilinear"),
+    "bicubic": ("BICUBIC", "bicubic"),
+    "nearest": ("NEAREST", "nearest-exact"),
+}
 
-def decode_image(item, *, channels: int | None, size: tuple[int, int] | None, where: str) -> np.ndarray:
+
+def _interpolation(name: str, where: str | None) -> tuple[str, str]:
+    if name not in INTERPOLATIONS:  # the recipe is checked; this guards a hand-edited model.json
+        raise DataError(f"unknown interpolation {name!r}", where=where,
+                        hint=f"use one of: {', '.join(INTERPOLATIONS)}")
+    return INTERPOLATIONS[name]
+
+
+def pil_resample(name: str, where: str | None = None):
+    """The Pillow resample filter for an interpolation name."""
+    from PIL import Image
+
+    return getattr(Image.Resampling, _interpolation(name, where)[0])
+
+
+def decode_image(item, *, channels: int | None, size: tuple[int, int] | None, where: str,
+                 interpolation: str = "bilinear") -> np.ndarray:
     """One image (path, bytes or array) as uint8 (H, W, C), converted to `channels` and resized to `size`."""
     from PIL import Image, UnidentifiedImageError
 
@@ -30,7 +54,7 @@ def decode_image(item, *, channels: int | None, size: tuple[int, int] | None, wh
             mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
             img = img.convert(mode)
             if size is not None and (img.height, img.width) != tuple(size):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), pil_resample(interpolation, where))
             array = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file not found: {item}", where=where) from None
@@ -67,7 +91,12 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise DataError(f"cannot convert {have}-channel images to {channels} channels")
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """(N, C, H, W) float to `size`. Antialiased like Pillow when shrinking; float bicubic may overshoot the
+    input's range (as torchvision on float tensors), where Pillow clamps to 0..255."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    mode = _interpolation(interpolation, None)[1]
+    if mode == "nearest-exact":  # torch antialiases only the bilinear/bicubic kernels
+        return F.interpolate(x, size=tuple(size), mode=mode)
+    return F.interpolate(x, size=tuple(size), mode=mode, antialias=True, align_corners=False)

@@ -23,7 +23,7 @@ from dlforge.errors import DataError
 
 def cache_key(paths: np.ndarray, plan: ImagePlan) -> str:
     """Changes when any file, its size/mtime, or the decoding settings change."""
-    digest = hashlib.sha1(f"{plan.channels}|{plan.size}|{plan.fit}".encode())
+    digest = hashlib.sha1(f"{plan.channels}|{plan.size}|{plan.fit}|{plan.shorter}|{plan.interpolation}".encode())
     for p in paths.tolist():
         try:
             st = os.stat(p)
@@ -75,7 +75,8 @@ class ImageCache:
             return self._images[rows]  # fancy indexing copies: the batch is already contiguous
         for r in rows[self._done[rows] == 0].tolist():
             try:
-                hwc = decode_file(self.paths[r], channels=self.plan.channels, size=self.plan.size, fit=self.plan.fit)
+                hwc = decode_file(self.paths[r], channels=self.plan.channels, size=self.plan.size, fit=self.plan.fit,
+                                  shorter=self.plan.shorter, interpolation=self.plan.interpolation)
             except Exception as exc:  # the header check passed, so this is a truncated or corrupt body
                 raise DataError(f"image {self.paths[r]} does not decode: {type(exc).__name__}: {str(exc)[:120]}",
                                 where=f"input '{self.plan.name}' (streaming)",

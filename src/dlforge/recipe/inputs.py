@@ -56,6 +56,10 @@ class ImagePreprocessing(Strict):
     fit: Literal["stretch", "crop", "pad"] = _field(
         "stretch", "How image files reach `size`: stretch (ignore aspect), crop (scale the short side, centre-crop), "
         "pad (scale the long side, pad with white).")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = _field(
+        "bilinear", "Resampling filter of every resize to `size` (files in training, streaming, prediction and "
+        "serving; arrays of another size): bilinear, bicubic (sharper; TensorFlow-trained backbones) or nearest "
+        "(no new pixel values: masks, pixel art). Pretrained backbones set their own.")
     on_bad_file: Literal["error", "skip"] = _field(
         "error", "An image file that does not decode: fail naming it, or drop its row (the count is reported).")
 

@@ -35,15 +35,20 @@ class ImageFeature(Feature):
                             where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
         return np.stack(decoded)
 
+    def _interpolation(self) -> str:
+        """The fitted (or loaded) resample filter; the recipe's before fitting."""
+        return getattr(self, "interpolation_", None) or self.config.preprocessing.interpolation
+
     def _decode_one(self, item, channels, size, *, where: str) -> np.ndarray:
         """Files decode as in training (same fit: stretch/crop/pad); arrays and unknown channel counts as before."""
         if channels is None or isinstance(item, np.ndarray):
-            return decode_image(item, channels=channels, size=size, where=where)
+            return decode_image(item, channels=channels, size=size, where=where, interpolation=self._interpolation())
         from dlforge.data.image_files import decode_file
 
         try:
             prep = self.config.preprocessing
-            return decode_file(item, channels=channels, size=size, fit=prep.fit, shorter=prep.resize_shorter)
+            return decode_file(item, channels=channels, size=size, fit=prep.fit, shorter=prep.resize_shorter,
+                               interpolation=self._interpolation())
         except FileNotFoundError:
             raise DataError(f"image file not found: {item}", where=where) from None
         except Exception as exc:
@@ -60,6 +65,7 @@ class ImageFeature(Feature):
             # Streamed image files: statistics come from an evenly spaced sample instead of decoding everything.
             values = values[np.linspace(0, len(values) - 1, min(len(values), STREAM_SAMPLE)).astype(int)]
         sample = self._raw(values[: min(len(values), CHUNK)])
+        self.interpolation_ = prep.interpolation
         self.channels_ = prep.channels or (3 if sample.shape[1] == 4 else int(sample.shape[1]))
         self.size_ = list(prep.size or sample.shape[-2:])
         self.mean_, self.std_ = [0.0] * self.channels_, [1.0] * self.channels_
@@ -80,7 +86,7 @@ class ImageFeature(Feature):
         return self
 
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
-        return resize(convert_channels(x, self.channels_), self.size_)
+        return resize(convert_channels(x, self.channels_), self.size_, self._interpolation())
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel values 0..255 to the model's input scale (also used on augmented batches later)."""
@@ -111,11 +117,15 @@ class ImageFeature(Feature):
     def state(self):
         prep = self.config.preprocessing  # the geometry/scale protocol, so model.json alone says how inputs are prepared
         return {"channels": self.channels_, "size": self.size_, "mean": self.mean_, "std": self.std_,
-                "scale": prep.scale, "fit": prep.fit, "resize_shorter": prep.resize_shorter}
+                "scale": prep.scale, "fit": prep.fit, "resize_shorter": prep.resize_shorter,
+                "interpolation": self.interpolation_}
 
     def load_state(self, state):
         self.channels_, self.size_ = state["channels"], list(state["size"])
         self.mean_, self.std_ = state["mean"], state["std"]
+        # model.json from before the option was trained bilinear, even where the recipe now resolves to
+        # another filter (an efficientnet_lite0 recipe fills in bicubic): predict as it was trained.
+        self.interpolation_ = state.get("interpolation", "bilinear")
         return self
 
     def signature(self):
