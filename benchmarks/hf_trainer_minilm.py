@@ -4,9 +4,16 @@ Both fine-tune all-MiniLM-L6-v2 end to end with mean pooling and a linear head, 
 linear warm-up-free constant schedule, batch 32, texts cut at 64 WordPiece tokens, on the same
 training rows of rt_snippets; both are scored on the same official test split. The HF side gets
 the token ids dlforge produced (same tokenizer, same truncation) and dynamic padding per batch, as
-its own DataCollatorWithPadding would give. Time is training only (HF: trainer.train()).
+its own DataCollatorWithPadding would give. Time is training only (HF: trainer.train(); dlforge:
+Trainer.fit(), which includes its end-of-epoch checkpoint, ~260 MB here; HF saves nothing).
 
-    PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/hf_trainer_minilm.py --rows 2000 --epochs 1
+Four runs, one process, one after the other: each side with its default batching (dlforge: `sampling:
+auto`, which groups rows by token length for minilm; HF: random) and each side with the other batching
+(dlforge `sampling: random`; HF `train_sampling_strategy="group_by_length"`), so the ratio at equal
+batching is measured too. Both sides use fused AdamW (HF's default `adamw_torch_fused`; dlforge's
+optimizer registry picks fused where torch has it); HF also clips gradients at 1.0 (its default).
+
+    PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/hf_trainer_minilm.py --rows 1600 --epochs 1
 """
 
 from __future__ import annotations
@@ -29,12 +36,12 @@ from dlforge.recipe_io import load_recipe
 from dlforge.train import Trainer
 
 
-def recipe(rows: int, epochs: int, lr: float):
+def recipe(rows: int, epochs: int, lr: float, sampling: str = "auto"):
     return load_recipe({"name": "bench-hf", "data": {"source": "builtin:rt_snippets", "split": {"val": 0.0, "test": "official"}},
                         "inputs": [{"name": "text", "type": "text", "preprocessing": {"max_length": 64},
                                     "encoder": {"name": "minilm", "freeze": "none"}}],
                         "outputs": [{"name": "label", "type": "binary"}],
-                        "training": {"epochs": epochs, "batch_size": 32, "seed": 0,
+                        "training": {"epochs": epochs, "batch_size": 32, "seed": 0, "sampling": sampling,
                                      "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.0}}})
 
 
@@ -76,7 +83,7 @@ def collate(items):
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.stack([it["labels"] for it in items])}
 
 
-def hf_run(train, test, epochs: int, lr: float) -> tuple[float, float]:
+def hf_run(train, test, epochs: int, lr: float, sampling: str = "random") -> tuple[float, float]:
     from transformers import Trainer as HFTrainer, TrainingArguments
 
     torch.manual_seed(0)
@@ -85,7 +92,8 @@ def hf_run(train, test, epochs: int, lr: float) -> tuple[float, float]:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=32, num_train_epochs=epochs,
                                  learning_rate=lr, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
                                  logging_strategy="no", save_strategy="no", report_to=[], seed=0,
-                                 dataloader_num_workers=0, use_cpu=True, disable_tqdm=True)
+                                 dataloader_num_workers=0, use_cpu=True, disable_tqdm=True,
+                                 train_sampling_strategy=sampling)
         trainer = HFTrainer(model=model, args=args, train_dataset=IdsDataset(*train), data_collator=collate)
         started = time.perf_counter()
         trainer.train()
@@ -112,6 +120,11 @@ def dlforge_run(r, prepared, train_split) -> tuple[float, float]:
     return seconds, accuracy
 
 
+def padded_tokens(batches) -> int:
+    """Tokens a trimmed batch runs over (batch rows x longest row), summed: the compute each batching costs."""
+    return sum(len(b) * int(b.max()) for b in batches)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2000)
@@ -130,16 +143,41 @@ def main() -> None:
     test = prepared.splits["test"]
     hf_data = (train_split.x["text"].clone(), train_split.y["label"].float().view(-1).clone())
     hf_test = (test.x["text"], test.y["label"].float().view(-1))
+
+    def fresh_split():  # the trainer moves tensors in place; each run gets its own view
+        return Encoded(dict(train_split.x), dict(train_split.y))
+
+    runs = {
+        "dlforge (sampling auto = by_length)": lambda: dlforge_run(r, prepared, fresh_split()),
+        "hf (random, its default)": lambda: hf_run(hf_data, hf_test, args.epochs, args.lr),
+        "dlforge (sampling random)": lambda: dlforge_run(recipe(args.rows, args.epochs, args.lr, "random"), prepared,
+                                                         fresh_split()),
+        "hf (group_by_length)": lambda: hf_run(hf_data, hf_test, args.epochs, args.lr, "group_by_length"),
+    }
+    order = list(runs)
     if args.hf_first:
-        hf_s, hf_acc = hf_run(hf_data, hf_test, args.epochs, args.lr)
-        ours_s, ours_acc = dlforge_run(r, prepared, train_split)
-    else:
-        ours_s, ours_acc = dlforge_run(r, prepared, train_split)
-        hf_s, hf_acc = hf_run(hf_data, hf_test, args.epochs, args.lr)
+        order = [order[1], order[0], order[3], order[2]]
+    results = {}
+    for name in order:
+        seconds, accuracy = runs[name]()
+        results[name] = {"seconds": round(seconds, 1), "test_accuracy": round(accuracy, 4)}
+        print(name, results[name], flush=True)
+    lengths = (hf_data[0] != 0).sum(1)
+    from dlforge.data.batches import InMemoryBatches
+
+    grouped = InMemoryBatches(len(lengths), 32, seed=1, lengths=lengths)
+    plain = InMemoryBatches(len(lengths), 32, seed=1)
+    ours, theirs = results["dlforge (sampling auto = by_length)"], results["hf (random, its default)"]
     print(json.dumps({"rows": args.rows, "epochs": args.epochs, "batch": 32, "max_length": 64, "lr": args.lr,
-                      "dlforge_s": round(ours_s, 1), "hf_trainer_s": round(hf_s, 1), "ratio": round(ours_s / hf_s, 3),
-                      "dlforge_test_accuracy": round(ours_acc, 4), "hf_test_accuracy": round(hf_acc, 4),
-                      "test_rows": len(hf_test[0]), "order": "hf first" if args.hf_first else "dlforge first"}))
+                      "threads": args.threads, "order": order, "runs": results,
+                      "ratio_defaults": round(ours["seconds"] / theirs["seconds"], 3),
+                      "ratio_random": round(results["dlforge (sampling random)"]["seconds"] / theirs["seconds"], 3),
+                      "ratio_by_length": round(ours["seconds"] / results["hf (group_by_length)"]["seconds"], 3),
+                      "padded_tokens_per_epoch": {
+                          "random": padded_tokens([lengths[i] for i in plain.slices(plain.permutation())]),
+                          "by_length": padded_tokens([lengths[i] for i in grouped.slices(grouped.permutation())]),
+                          "real": int(lengths.sum())},
+                      "test_rows": len(hf_test[0])}))
 
 
 if __name__ == "__main__":

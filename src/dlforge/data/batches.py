@@ -16,18 +16,48 @@ class InMemoryBatches:
     sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, n_rows: int, batch_size: int, *, seed: int, drop_last: bool = False):
+    # Rows are grouped by length within windows of this many batches: wide enough that most batches hold
+    # rows of one length, narrow enough that a window still mixes the data (fastai's SortishSampler and
+    # Hugging Face's group_by_length use 50 as well).
+    LENGTH_WINDOW_BATCHES = 50
+
+    def __init__(self, n_rows: int, batch_size: int, *, seed: int, drop_last: bool = False,
+                 lengths: torch.Tensor | None = None):
         self.n_rows = n_rows
         self.batch_size = min(batch_size, n_rows)
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        # Per-row token counts (CPU): when given, each epoch's batches hold rows of similar length.
+        self.lengths = None if lengths is None else lengths.detach().cpu().long()
 
     def __len__(self) -> int:
         full, rest = divmod(self.n_rows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def permutation(self) -> torch.Tensor:
-        return torch.randperm(self.n_rows, generator=self.generator)
+        shuffled = torch.randperm(self.n_rows, generator=self.generator)
+        return shuffled if self.lengths is None else self._grouped_by_length(shuffled)
+
+    def _grouped_by_length(self, shuffled: torch.Tensor) -> torch.Tensor:
+        """Sort each window of the shuffled rows by length, then shuffle the (full) batches.
+
+        A batch of similar lengths carries little padding, and encoders that trim or pack padding (minilm,
+        lstm/gru) then spend their time on real tokens. The longest batch goes first, so that running out of
+        memory shows in the first step rather than hours in. Deterministic under the batch generator, and
+        the permutation is checkpointed, so resume stays exact.
+        """
+        window = self.batch_size * self.LENGTH_WINDOW_BATCHES
+        parts = []
+        for start in range(0, self.n_rows, window):
+            rows = shuffled[start:start + window]
+            parts.append(rows[torch.sort(self.lengths[rows], descending=True, stable=True).indices])
+        grouped = torch.cat(parts)
+        full = self.n_rows // self.batch_size  # a partial last batch stays last: batch count and sizes unchanged
+        batches = grouped[:full * self.batch_size].view(full, self.batch_size)
+        batches = batches[torch.randperm(full, generator=self.generator)]
+        longest = int(self.lengths[batches].amax(1).argmax())
+        batches[[0, longest]] = batches[[longest, 0]]
+        return torch.cat([batches.reshape(-1), grouped[full * self.batch_size:]])
 
     def slices(self, permutation: torch.Tensor, start_step: int = 0):
         """Index tensors of each batch of one epoch, from `start_step` on."""

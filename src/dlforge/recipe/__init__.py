@@ -137,3 +137,11 @@ def mixing_needs_class_outputs(recipe: Recipe) -> list[str]:
         return [f"inputs.{mixing[0]}.augmentation: mixup/cutmix mix the losses of class targets; a number output has no "
                 "such mix — set mixup: 0 and cutmix: 0"]
     return []
+
+
+@cross_check
+def by_length_needs_text(recipe: Recipe) -> list[str]:
+    if recipe.training.sampling == "by_length" and not any(f.type == "text" for f in recipe.inputs):
+        return ["training.sampling: by_length groups rows by their token count, and no input is text; "
+                "use sampling: random (or auto)"]
+    return []

@@ -124,6 +124,12 @@ class TrainingConfig(Strict):
     compile: bool = _field(False, "torch.compile the model (slow start, may run faster).")
     seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.")
     checkpoint_every_steps: int | None = _field(None, "Also checkpoint every N steps (always at each epoch end).", ge=1)
+    sampling: Literal["auto", "random", "by_length"] = _field(
+        "auto", "How rows are grouped into batches. random: a fresh shuffle each epoch. by_length: shuffle, then "
+        "put rows of similar token length together (sorted within windows of 50 batches, batches in random order), "
+        "so batches carry little padding — what fastai's SortishSampler and Hugging Face's group_by_length do. "
+        "auto: by_length when a text encoder's cost follows the real length (minilm trims padding, lstm/gru pack "
+        "it), else random.")
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
     threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1)
 

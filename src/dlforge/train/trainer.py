@@ -77,7 +77,7 @@ class Trainer:
         self.val = self._to_device(val) if val is not None and len(val) else None
         n_train = len(train)
         batch_size = n_train if self.config.batch_size == "full" else self.config.batch_size
-        self.batches = InMemoryBatches(n_train, batch_size, seed=self.config.seed + 1)
+        self.batches = InMemoryBatches(n_train, batch_size, seed=self.config.seed + 1, lengths=self._row_lengths())
         self.optimizer = build_optimizer(self.model, self.config.optimizer)
         self.schedule = build_schedule(self.optimizer, self.config.schedule, len(self.batches), self.config.epochs)
         self.early_stopping = EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
@@ -107,6 +107,19 @@ class Trainer:
         split.x = {k: move(v) for k, v in split.x.items()}
         split.y = {k: move(v) for k, v in split.y.items()}
         return split
+
+    def _row_lengths(self) -> torch.Tensor | None:
+        """Real tokens per training row when batches are grouped by length (training.sampling), else None."""
+        sampling = self.config.sampling
+        sensitive = getattr(self.model, "length_sensitive_inputs", dict)()
+        if sampling == "random" or (sampling == "auto" and not sensitive):
+            return None
+        if not sensitive:  # by_length asked for explicitly: every input that is still token ids counts
+            sensitive = {f.name: self.signature["inputs"][f.name].get("pad_id", 0) for f in self.recipe.inputs
+                         if f.type == "text" and not self.train.x[f.name].is_floating_point()}
+        if not sensitive:
+            return None
+        return sum((self.train.x[name] != pad).sum(1) for name, pad in sensitive.items())
 
     def _autocast(self):
         if self.config.precision == "fp32":

@@ -15,6 +15,10 @@ class Encoder(nn.Module):
     """
 
     output_dim: int
+    # True when the input is right-padded token ids (padding id `pad_id`) and the encoder's cost follows each
+    # row's real length (it trims or packs the padding): batching rows of similar length then saves time.
+    cost_follows_length: bool = False
+    pad_id: int = 0
 
 
 encoders: Registry[type[Encoder]] = Registry("encoder")

@@ -36,6 +36,9 @@ def load_minilm(pretrained: bool, *, where: str):
 
 @encoders.register("minilm")
 class MiniLMEncoder(BackboneEncoder):
+    cost_follows_length = True  # embed() trims each batch to its longest real sequence
+    pad_id = PAD_ID
+
     def __init__(self, config, signature: dict, regularization):
         super().__init__()
         self.backbone = load_minilm(config.pretrained, where="inputs.encoder.pretrained")

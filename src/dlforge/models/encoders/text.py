@@ -60,6 +60,8 @@ class TextCNN(_TokenEncoder):
 class TextRNN(_TokenEncoder):
     """A (bi-directional) LSTM/GRU over packed sequences, so padding costs no compute."""
 
+    cost_follows_length = True
+
     def __init__(self, config, signature: dict, regularization):
         super().__init__(config, signature)
         self.rnn = RNNBackbone(config, config.dim)
