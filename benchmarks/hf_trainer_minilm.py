@@ -7,10 +7,10 @@ the token ids dlforge produced (same tokenizer, same truncation) and dynamic pad
 its own DataCollatorWithPadding would give. Time is training only (HF: trainer.train(); dlforge:
 Trainer.fit(), which includes its end-of-epoch checkpoint, ~260 MB here; HF saves nothing).
 
-Four runs, one process, one after the other: each side with its default batching (dlforge: `sampling:
-auto`, which groups rows by token length for minilm; HF: random) and each side with the other batching
-(dlforge `sampling: random`; HF `train_sampling_strategy="group_by_length"`), so the ratio at equal
-batching is measured too. Both sides use fused AdamW (HF's default `adamw_torch_fused`; dlforge's
+Five runs, one process, one after the other: each side with its default batching (dlforge: `sampling:
+auto`, which groups rows by token length for minilm; HF: random); dlforge `sampling: random` against HF
+fed exactly the same batches in the same order (a sequential sampler over dlforge's permutation: equal
+work, so the ratio is the trainers' own overhead); and HF's `train_sampling_strategy="group_by_length"`. Both sides use fused AdamW (HF's default `adamw_torch_fused`; dlforge's
 optimizer registry picks fused where torch has it); HF also clips gradients at 1.0 (its default).
 
     PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/hf_trainer_minilm.py --rows 1600 --epochs 1
@@ -120,6 +120,14 @@ def dlforge_run(r, prepared, train_split) -> tuple[float, float]:
     return seconds, accuracy
 
 
+def dlforge_order(lengths: torch.Tensor, epochs: int, seed: int, grouped: bool) -> torch.Tensor:
+    """The training rows in the order dlforge's trainer visits them, all epochs one after another."""
+    from dlforge.data.batches import InMemoryBatches
+
+    batches = InMemoryBatches(len(lengths), 32, seed=seed + 1, lengths=lengths if grouped else None)
+    return torch.cat([batches.permutation() for _ in range(epochs)])
+
+
 def padded_tokens(batches) -> int:
     """Tokens a trimmed batch runs over (batch rows x longest row), summed: the compute each batching costs."""
     return sum(len(b) * int(b.max()) for b in batches)
@@ -152,17 +160,21 @@ def main() -> None:
         "hf (random, its default)": lambda: hf_run(hf_data, hf_test, args.epochs, args.lr),
         "dlforge (sampling random)": lambda: dlforge_run(recipe(args.rows, args.epochs, args.lr, "random"), prepared,
                                                          fresh_split()),
+        # One pass over the rows in dlforge's random order: the same batches as the run above (constant rate).
+        "hf (dlforge's random batches)": lambda: hf_run((hf_data[0][same], hf_data[1][same]), hf_test, 1, args.lr,
+                                                        "sequential"),
         "hf (group_by_length)": lambda: hf_run(hf_data, hf_test, args.epochs, args.lr, "group_by_length"),
     }
+    lengths = (hf_data[0] != 0).sum(1)
+    same = dlforge_order(lengths, args.epochs, seed=0, grouped=False)
     order = list(runs)
     if args.hf_first:
-        order = [order[1], order[0], order[3], order[2]]
+        order = [order[1], order[0], order[3], order[2], order[4]]
     results = {}
     for name in order:
         seconds, accuracy = runs[name]()
         results[name] = {"seconds": round(seconds, 1), "test_accuracy": round(accuracy, 4)}
         print(name, results[name], flush=True)
-    lengths = (hf_data[0] != 0).sum(1)
     from dlforge.data.batches import InMemoryBatches
 
     grouped = InMemoryBatches(len(lengths), 32, seed=1, lengths=lengths)
@@ -172,6 +184,8 @@ def main() -> None:
                       "threads": args.threads, "order": order, "runs": results,
                       "ratio_defaults": round(ours["seconds"] / theirs["seconds"], 3),
                       "ratio_random": round(results["dlforge (sampling random)"]["seconds"] / theirs["seconds"], 3),
+                      "ratio_same_batches": round(results["dlforge (sampling random)"]["seconds"]
+                                                  / results["hf (dlforge's random batches)"]["seconds"], 3),
                       "ratio_by_length": round(ours["seconds"] / results["hf (group_by_length)"]["seconds"], 3),
                       "padded_tokens_per_epoch": {
                           "random": padded_tokens([lengths[i] for i in plain.slices(plain.permutation())]),
