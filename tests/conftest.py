@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,17 @@ def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "digits"
     dlforge.train(digits_recipe(epochs=3), out=out, progress=False)
     return out
+
+
+class InterruptAt:
+    """Sends this process a real SIGINT in the middle of an epoch."""
+
+    def __init__(self, step: int, epoch: int):
+        self.step, self.epoch, self.current = step, epoch, None
+
+    def on_epoch_start(self, trainer, epoch):
+        self.current = epoch
+
+    def on_step_end(self, trainer, step):
+        if self.current == self.epoch and step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

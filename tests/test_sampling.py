@@ -1,8 +1,5 @@
 """training.sampling: by-length batches (who gets them, what they look like, exact resume) and the fused optimizers."""
 
-import os
-import signal
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +10,7 @@ import dlforge
 from dlforge import TrainingInterrupted
 from dlforge.data.batches import InMemoryBatches
 from dlforge.errors import RecipeError
-from conftest import digits_recipe
+from conftest import InterruptAt, digits_recipe
 
 
 def test_by_length_batches_hold_similar_lengths_and_cover_every_row_once():
@@ -92,23 +89,11 @@ def test_by_length_without_text_input_is_a_recipe_error():
         dlforge.load_recipe(digits_recipe(sampling="by_length"))
 
 
-class _InterruptAt:
-    def __init__(self, step: int, epoch: int):
-        self.step, self.epoch, self.current = step, epoch, None
-
-    def on_epoch_start(self, trainer, epoch):
-        self.current = epoch
-
-    def on_step_end(self, trainer, step):
-        if self.current == self.epoch and step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_by_length_training_resumes_bit_exactly(varied_text_csv, tmp_path):
     recipe = _text_recipe(varied_text_csv, "lstm", epochs=3)
     full = dlforge.train(recipe, out=tmp_path / "full", progress=False)
     with pytest.raises(TrainingInterrupted):
-        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[_InterruptAt(step=4, epoch=1)])
+        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[InterruptAt(step=4, epoch=1)])
     resumed = dlforge.train(resume=tmp_path / "cut", progress=False)
     a, b = load_file(str(full.run_dir / "model.safetensors")), load_file(str(resumed.run_dir / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,8 +1,6 @@
 """Training: every optimizer and schedule, regularisation, early stopping, determinism, exact resume."""
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from safetensors.torch import load_file
 
 import dlforge
 from dlforge import ArtifactError, TrainingInterrupted
-from conftest import digits_recipe, tabular_recipe
+from conftest import InterruptAt, digits_recipe, tabular_recipe
 
 
 def weights(run_dir):
@@ -126,20 +124,6 @@ def test_training_is_deterministic(tmp_path):
     a = dlforge.train(digits_recipe(epochs=2, regularization={"dropout": 0.3}), out=tmp_path / "a", progress=False)
     b = dlforge.train(digits_recipe(epochs=2, regularization={"dropout": 0.3}), out=tmp_path / "b", progress=False)
     assert_same_weights(a.run_dir, b.run_dir)
-
-
-class InterruptAt:
-    """Sends this process a real SIGINT in the middle of an epoch."""
-
-    def __init__(self, step: int, epoch: int):
-        self.step, self.epoch, self.current = step, epoch, None
-
-    def on_epoch_start(self, trainer, epoch):
-        self.current = epoch
-
-    def on_step_end(self, trainer, step):
-        if self.current == self.epoch and step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.parametrize("extra", [{}, {"regularization": {"dropout": 0.2}, "schedule": {"name": "onecycle"},
