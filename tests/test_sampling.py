@@ -107,3 +107,8 @@ def test_optimizers_use_fused_kernels_on_cpu(name):
     recipe = dlforge.load_recipe(digits_recipe(optimizer={"name": name, "lr": 0.01}))
     optimizer = build_optimizer(torch.nn.Linear(4, 2), recipe.training.optimizer)
     assert optimizer.defaults.get("fused") is True
+
+
+@pytest.mark.parametrize("encoder,expected", [("lstm", "by token length of text"), ("cnn", "random")])
+def test_recipe_check_says_how_batches_are_made(varied_text_csv, encoder, expected):
+    assert dlforge.plan(_text_recipe(varied_text_csv, encoder))["batches"].startswith(expected)

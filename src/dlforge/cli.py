@@ -254,6 +254,7 @@ def recipe_check(
         typer.echo("optimizer.lr: auto — the learning-rate range test runs before training")
     typer.echo(f"parameters: {info['parameters']:,}")
     typer.echo(f"steps: {info['steps_per_epoch']} per epoch, {info['total_steps']} at most")
+    typer.echo(f"batches: {info['batches']}")
 
 
 @recipe_app.command("schema")

@@ -26,6 +26,7 @@ from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.train import Trainer
 from dlforge.train.checkpoint import has_checkpoint, load_checkpoint
 from dlforge.train.feature_cache import apply_feature_cache, cacheable, release_feature_cache
+from dlforge.train.sampling import describe as describe_batching, length_inputs
 from dlforge.train.lr_find import LRFindResult, plot_range_test, range_test
 from dlforge.train.unfreeze import GradualUnfreeze
 
@@ -248,4 +249,7 @@ def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = T
                  "steps_per_epoch": steps, "total_steps": steps * recipe.training.epochs,
                  "policies": prepared.report["policies"], "model": str(model),
                  "backbones": cacheable(recipe, model)})
+    batched_by = length_inputs(recipe, model, prepared.signature(),
+                               has_tokens=lambda name: info["backbones"].get(name) != "cached")
+    info["batches"] = describe_batching(batched_by, model)
     return info

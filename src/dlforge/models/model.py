@@ -54,9 +54,7 @@ class DlforgeModel(nn.Module):
 
     def length_sensitive_inputs(self) -> dict[str, int]:
         """{input name: padding id} of the token inputs whose encoder cost follows the real length."""
-        # An encoder fed cached embeddings (the frozen-feature path) no longer sees tokens.
-        return {name: enc.pad_id for name, enc in self.encoders.items()
-                if enc.cost_follows_length and not getattr(enc, "cached_input", False)}
+        return {name: enc.pad_id for name, enc in self.encoders.items() if enc.cost_follows_length}
 
     def loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         total = None

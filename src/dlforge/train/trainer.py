@@ -22,6 +22,7 @@ from dlforge.evaluate.metrics import compute_metrics, flatten
 from dlforge.train.callbacks import EarlyStopping, Progress
 from dlforge.train.checkpoint import save_checkpoint
 from dlforge.train.optim import build_optimizer, build_schedule
+from dlforge.train.sampling import length_inputs
 
 
 @dataclass
@@ -110,16 +111,11 @@ class Trainer:
 
     def _row_lengths(self) -> torch.Tensor | None:
         """Real tokens per training row when batches are grouped by length (training.sampling), else None."""
-        sampling = self.config.sampling
-        sensitive = getattr(self.model, "length_sensitive_inputs", dict)()
-        if sampling == "random" or (sampling == "auto" and not sensitive):
+        inputs = length_inputs(self.recipe, self.model, self.signature,
+                               has_tokens=lambda name: not self.train.x[name].is_floating_point())
+        if not inputs:
             return None
-        if not sensitive:  # by_length asked for explicitly: every input that is still token ids counts
-            sensitive = {f.name: self.signature["inputs"][f.name].get("pad_id", 0) for f in self.recipe.inputs
-                         if f.type == "text" and not self.train.x[f.name].is_floating_point()}
-        if not sensitive:
-            return None
-        return sum((self.train.x[name] != pad).sum(1) for name, pad in sensitive.items())
+        return sum((self.train.x[name] != pad).sum(1) for name, pad in inputs.items())
 
     def _autocast(self):
         if self.config.precision == "fp32":
