@@ -40,7 +40,7 @@ def text_recipe(batch: int, steps: int) -> dict:
                         "encoder": {"name": "minilm", "freeze": "none"}}],
             "outputs": [{"name": "label", "type": "binary"}],
             "training": {"epochs": 1, "batch_size": batch, "optimizer": {"name": "adamw", "lr": 5e-5},
-                         "sampling": "random"}}}  # random batches like the plain loop: equal work
+                         "sampling": "random"}}  # random batches like the plain loop: equal work
 
 
 def run_dlforge(recipe, prepared, split: Encoded) -> float:
