@@ -1,5 +1,6 @@
 """Training: every optimizer and schedule, regularisation, early stopping, determinism, exact resume."""
 
+import importlib
 import json
 
 import pytest
@@ -197,6 +198,20 @@ def test_label_smoothing_and_balanced_class_weights(tmp_path):
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     run = dlforge.train(digits_recipe(epochs=2, precision="bf16"), out=tmp_path / "r", progress=False)
     assert run.metrics["test"]["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_kernels_is_flagged(monkeypatch, tmp_path, capsys, native):
+    # By module object: the attribute `dlforge.train` is the train() function, which hides the package path.
+    monkeypatch.setattr(importlib.import_module("dlforge.train.precision"), "native_bf16", lambda: native)
+    notices = dlforge.plan(digits_recipe(precision="bf16"))["notices"]
+    assert bool(notices) == (not native)
+    assert dlforge.plan(digits_recipe(precision="fp32"))["notices"] == []
+    dlforge.train(digits_recipe(epochs=1, precision="bf16"), out=tmp_path / "r", progress=True)
+    warned = "warning: training.precision: bf16 is emulated" in capsys.readouterr().err
+    assert warned == (not native)
+    if not native:
+        assert "set training.precision: fp32" in notices[0]
 
 
 def test_fp16_without_gpu_is_a_clear_error(tmp_path):

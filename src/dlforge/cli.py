@@ -255,6 +255,8 @@ def recipe_check(
     typer.echo(f"parameters: {info['parameters']:,}")
     typer.echo(f"steps: {info['steps_per_epoch']} per epoch, {info['total_steps']} at most")
     typer.echo(f"batches: {info['batches']}")
+    for notice in info.get("notices", []):
+        typer.echo(f"warning: {notice}")
 
 
 @recipe_app.command("schema")

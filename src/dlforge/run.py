@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from dlforge.models import build_model, count_parameters
 from dlforge.recipe_io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.train import Trainer
+from dlforge.train.trainer import pick_device
 from dlforge.train.checkpoint import has_checkpoint, load_checkpoint
 from dlforge.train.feature_cache import apply_feature_cache, cacheable, release_feature_cache
+from dlforge.train.precision import precision_notice
 from dlforge.train.sampling import describe as describe_batching, length_inputs
 from dlforge.train.lr_find import LRFindResult, plot_range_test, range_test
 from dlforge.train.unfreeze import GradualUnfreeze
@@ -80,6 +83,9 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     prepared = prepare(recipe, base_dir=base_dir)
     if progress:
         _print_data_summary(prepared.report)
+        notice = precision_notice(config.precision, pick_device())
+        if notice:
+            print(f"warning: {notice}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     found = None
     if recipe.training.optimizer.lr == "auto":  # resolved before recipe.yaml is written, so a resume reuses it
@@ -122,7 +128,6 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
 
 def _print_data_summary(report: dict) -> None:
     """Say what the data became, including every value a policy changed: nothing is altered silently."""
-    import sys
 
     rows = ", ".join(f"{part} {n}" for part, n in report["rows"].items())
     print(f"data: {report['source']}: {rows}" + (" (official test split)" if report["official_split"] else ""),
@@ -252,4 +257,5 @@ def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = T
     batched_by = length_inputs(recipe, model, prepared.signature(),
                                has_tokens=lambda name: info["backbones"].get(name) != "cached")
     info["batches"] = describe_batching(batched_by, model)
+    info["notices"] = [n for n in [precision_notice(recipe.training.precision, pick_device())] if n]
     return info
