@@ -21,9 +21,9 @@ import torch
 from dlforge.data import prepare
 from dlforge.data.prepare import Encoded
 from dlforge.models import build_model
-from dlforge.recipe_io import load_recipe
-from dlforge.train import Trainer
-from dlforge.train.feature_cache import apply_feature_cache
+from dlforge.recipe.io import load_recipe
+from dlforge.training import Trainer
+from dlforge.training.feature_cache import apply_feature_cache
 
 
 def recipe(backbone: str, epochs: int):

@@ -32,8 +32,8 @@ from torch import nn
 
 from dlforge.data import prepare
 from dlforge.models import build_model
-from dlforge.recipe_io import load_recipe
-from dlforge.train import Trainer
+from dlforge.recipe.io import load_recipe
+from dlforge.training import Trainer
 
 
 def recipe(rows: int, epochs: int, lr: float, sampling: str = "auto"):

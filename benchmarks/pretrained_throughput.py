@@ -22,8 +22,8 @@ import torch
 from dlforge.data import prepare
 from dlforge.data.prepare import Encoded
 from dlforge.models import build_model
-from dlforge.recipe_io import load_recipe
-from dlforge.train import Trainer
+from dlforge.recipe.io import load_recipe
+from dlforge.training import Trainer
 
 
 def image_recipe(batch: int, steps: int) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 
 import dlforge
 from dlforge.data.prepare import read_table
-from dlforge.recipe_io import load_recipe
+from dlforge.recipe.io import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"text_lstm": "recipes/text_lstm.yaml", "text_transformer": "recipes/text_transformer.yaml",

@@ -19,8 +19,8 @@ import torch
 
 from dlforge.data.prepare import prepare
 from dlforge.models import build_model
-from dlforge.recipe_io import load_recipe
-from dlforge.train import Trainer
+from dlforge.recipe.io import load_recipe
+from dlforge.training import Trainer
 
 ENCODERS = {
     "transformer": {"name": "transformer", "dim": 64, "heads": 4, "layers": 2, "ff_dim": 128, "dropout": 0.1},

@@ -66,8 +66,8 @@ class TestAccuracyEachEpoch:
 
 def worker(name: str, target: float, threads: int | None) -> None:
     from dlforge.data import prepare
-    from dlforge.recipe_io import load_recipe
-    import dlforge.run as run
+    from dlforge.recipe.io import load_recipe
+    import dlforge.workflows.train as run
 
     overrides = VARIANTS[name] + ([f"training.threads={threads}"] if threads else [])
     recipe = load_recipe(str(RECIPE), overrides)

@@ -78,8 +78,8 @@ def _recipe(kind: str) -> dict:
 def run_dlforge(kind: str) -> tuple[float, float]:
     from dlforge.data import prepare
     from dlforge.models import build_model
-    from dlforge.recipe_io import load_recipe
-    from dlforge.train import Trainer
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training import Trainer
 
     recipe = load_recipe(_recipe(kind))
     prepared = prepare(recipe)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import dlforge
 from dlforge import ArtifactError, DataError, PredictError
-from dlforge.artifact import FORMAT_VERSION
+from dlforge.artifact.format import FORMAT_VERSION
 from conftest import tabular_recipe
 
 

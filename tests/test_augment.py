@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import dlforge
 from conftest import digits_recipe
 from dlforge.data.augment import BatchAugmenter, ImageAugment, TokenDropout
-from dlforge.errors import TrainingInterrupted
+from dlforge.core.errors import TrainingInterrupted
 from dlforge.recipe import ImageAugmentation
 
 
@@ -90,7 +90,7 @@ def test_token_dropout_spares_padding_and_specials():
 
 def test_no_augmentation_declared_means_no_augmenter():
     from dlforge.data.augment import build_augmenter
-    from dlforge.recipe_io import load_recipe
+    from dlforge.recipe.io import load_recipe
 
     assert build_augmenter(load_recipe(digits_recipe()), {}) is None
 

@@ -93,7 +93,7 @@ def test_recipe_schema_is_json():
 def test_docs_reference_is_generated_from_the_schema():
     from pathlib import Path
 
-    from dlforge.recipe_docs import render_markdown
+    from dlforge.recipe.reference import render_markdown
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
     assert docs.read_text() == render_markdown(), "regenerate with: make docs"

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from dlforge.cli import main
-from dlforge.cv import cross_validate, fold_ids
-from dlforge.errors import DataError
+from dlforge.workflows.cv import cross_validate, fold_ids
+from dlforge.core.errors import DataError
 from conftest import tabular_recipe
 
 

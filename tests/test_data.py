@@ -173,7 +173,7 @@ def test_image_interpolation_changes_pixels(tmp_path):
     from PIL import Image
 
     from dlforge.data.features.image import ImageFeature
-    from dlforge.data.image_files import decode_file
+    from dlforge.data.images.files import decode_file
     from dlforge.recipe import ImageInput
 
     grid = (16 * np.arange(8)[:, None] + np.arange(8)).astype(np.uint8)  # pixel value 16 * row + column

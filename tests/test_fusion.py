@@ -68,8 +68,8 @@ def test_attention_combiner_maps_cover_inputs():
 
 
 def test_attention_heads_must_divide_dim(multimodal_csv):
-    from dlforge.errors import RecipeError
-    from dlforge.recipe_io import load_recipe
+    from dlforge.core.errors import RecipeError
+    from dlforge.recipe.io import load_recipe
 
     with pytest.raises(RecipeError, match="combiner.heads"):
         load_recipe(_recipe(multimodal_csv, {"name": "attention", "dim": 10, "heads": 4}))

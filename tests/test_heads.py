@@ -8,7 +8,7 @@ import pytest
 
 import dlforge
 from dlforge.data.features.multilabel import detect_separator, split_labels
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 
 @pytest.fixture

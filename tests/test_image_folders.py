@@ -10,7 +10,7 @@ from PIL import Image
 
 import dlforge
 from dlforge.cli import main
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 from conftest import needs_data
 
 
@@ -102,8 +102,8 @@ def test_streaming_decodes_like_in_memory_with_crop_and_interpolation(tmp_path):
     from dataclasses import replace
 
     from dlforge.data.prepare import prepare
-    from dlforge.data.streaming import cache_key
-    from dlforge.recipe_io import load_recipe
+    from dlforge.data.images.streaming import cache_key
+    from dlforge.recipe.io import load_recipe
 
     folder = _make_folder(tmp_path / "imgs")
     recipe = _recipe(folder)
@@ -122,7 +122,7 @@ def test_streaming_decodes_like_in_memory_with_crop_and_interpolation(tmp_path):
 
 def test_auto_streams_over_memory_budget(tmp_path):
     from dlforge.data.prepare import prepare
-    from dlforge.recipe_io import load_recipe
+    from dlforge.recipe.io import load_recipe
 
     folder = _make_folder(tmp_path / "imgs")
     recipe = _recipe(folder, memory_budget_mb=1)
@@ -154,7 +154,7 @@ def test_different_sizes_need_a_size(tmp_path):
 
 @needs_data("tuxpaint_photos")
 def test_builtin_tuxpaint_photos_is_an_image_folder():
-    from dlforge.data.sources import load_table
+    from dlforge.data.readers import load_table
 
     table = load_table("builtin:tuxpaint_photos")
     assert table.n_rows == 187 and (table.split == "test").sum() == 46
@@ -177,7 +177,7 @@ class _InterruptAt:
 
 
 def test_streaming_resume_is_exact(tmp_path):
-    from dlforge.errors import TrainingInterrupted
+    from dlforge.core.errors import TrainingInterrupted
 
     folder = _make_folder(tmp_path / "imgs")
     recipe = _recipe(folder, in_memory=False, workers=0, cache_dir=str(tmp_path / "cache"))

@@ -11,8 +11,8 @@ from PIL import Image
 import dlforge
 from dlforge.cli import main
 from dlforge.data.table import Table
-from dlforge.errors import DataError
-from dlforge.infer import infer_recipe, init
+from dlforge.core.errors import DataError
+from dlforge.workflows.init import infer_recipe, init
 from conftest import DATA, needs_data
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 import dlforge
 from conftest import digits_recipe
 from dlforge.cli import main
-from dlforge.train.lr_find import suggest
+from dlforge.training.lr_find import suggest
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
@@ -129,7 +129,7 @@ def test_unfreeze_at_epoch_trains_backbone_only_from_that_epoch(tmp_path, monkey
 
     run = dlforge.train(recipe, out=tmp_path / "u", progress=False, callbacks=[Watch()])
     assert run.metrics["backbones"]["file"]["path"] == "backbone every step"
-    from dlforge.pretrained import mobilenet_v2_weights
+    from dlforge.core.assets import mobilenet_v2_weights
 
     original = torch.load(mobilenet_v2_weights(), weights_only=True)["features.0.0.weight"]
     assert torch.equal(snapshots[0][0], original) and not snapshots[0][1]  # epoch 1: frozen

@@ -9,7 +9,7 @@ import torch
 from dlforge.data import prepare
 from dlforge.data.features.text import TextFeature
 from dlforge.models import build_model
-from dlforge.recipe_io import load_recipe
+from dlforge.recipe.io import load_recipe
 
 
 def _recipe(csv, **encoder):
@@ -63,7 +63,7 @@ def test_mean_pooling_ignores_padding(minilm_model):
 
 def test_minilm_freeze_until_layer_and_lr_groups(minilm_model):
     from dlforge.recipe import Adam
-    from dlforge.train.optim import build_optimizer
+    from dlforge.training.optim import build_optimizer
 
     encoder = minilm_model.encoders["text"]
     assert not any(p.requires_grad for p in encoder.blocks["layer.3"].parameters())
@@ -73,7 +73,7 @@ def test_minilm_freeze_until_layer_and_lr_groups(minilm_model):
 
 
 def test_minilm_recipe_rejects_unknown_block(texts_csv):
-    from dlforge.errors import RecipeError
+    from dlforge.core.errors import RecipeError
 
     with pytest.raises(RecipeError) as info:
         _recipe(texts_csv, freeze="until:layer.9")

@@ -9,10 +9,10 @@ import torch
 from conftest import DATA, needs_data
 from dlforge.data import prepare
 from dlforge.data.features.image import ImageFeature
-from dlforge.errors import ModelError
+from dlforge.core.errors import ModelError
 from dlforge.models import build_model
-from dlforge.recipe_io import load_recipe
-from dlforge.train.optim import build_optimizer
+from dlforge.recipe.io import load_recipe
+from dlforge.training.optim import build_optimizer
 
 
 def _samples_recipe(backbone: str, **encoder) -> dict:
@@ -31,7 +31,7 @@ def _imagenet_logits(backbone: str):
     with torch.no_grad():
         embedding = encoder.embed(x)
         if backbone == "mobilenet_v2":
-            from dlforge.pretrained import mobilenet_v2_weights
+            from dlforge.core.assets import mobilenet_v2_weights
 
             state = torch.load(mobilenet_v2_weights(), weights_only=True)
             logits = embedding @ state["classifier.1.weight"].T + state["classifier.1.bias"]
@@ -126,7 +126,7 @@ def test_discriminative_lr_groups_include_backbone_to_unfreeze_later():
 
 
 def test_unknown_freeze_block_lists_the_blocks():
-    from dlforge.errors import RecipeError
+    from dlforge.core.errors import RecipeError
 
     with pytest.raises(RecipeError) as info:
         _image_model("until:block14")

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from dlforge.data import prepare
-from dlforge.errors import DataError
-from dlforge.recipe_io import load_recipe
+from dlforge.core.errors import DataError
+from dlforge.recipe.io import load_recipe
 
 
 def _folder(tmp_path, *, corrupt: bool):

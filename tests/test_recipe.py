@@ -7,7 +7,7 @@ import yaml
 
 from dlforge import RecipeError, load_recipe
 from dlforge.recipe import METRICS_BY_OUTPUT_TYPE, Recipe
-from dlforge.recipe_io import dump_recipe
+from dlforge.recipe.io import dump_recipe
 from conftest import digits_recipe
 
 BAD = """\
@@ -139,7 +139,7 @@ def test_schema_documents_every_field():
 def test_metric_names_match_evaluation():
     import torch
 
-    from dlforge.evaluate.metrics import metric_sets
+    from dlforge.evaluation.metrics import metric_sets
 
     sigs = {"category": {"size": 3, "labels": ["a", "b", "c"]}, "binary": {"size": 1, "labels": ["n", "y"]},
             "number": {"size": 1}, "multilabel": {"size": 3, "labels": ["a", "b", "c"], "thresholds": [0.5] * 3}}

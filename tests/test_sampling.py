@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import dlforge
 from dlforge import TrainingInterrupted
 from dlforge.data.batches import InMemoryBatches
-from dlforge.errors import RecipeError
+from dlforge.core.errors import RecipeError
 from conftest import InterruptAt, digits_recipe
 
 
@@ -102,7 +102,7 @@ def test_by_length_training_resumes_bit_exactly(varied_text_csv, tmp_path):
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad"])
 def test_optimizers_use_fused_kernels_on_cpu(name):
-    from dlforge.train.optim import build_optimizer
+    from dlforge.training.optim import build_optimizer
 
     recipe = dlforge.load_recipe(digits_recipe(optimizer={"name": name, "lr": 0.01}))
     optimizer = build_optimizer(torch.nn.Linear(4, 2), recipe.training.optimizer)

@@ -7,7 +7,7 @@ import torch
 
 import dlforge
 from dlforge.data.features.sequence import lengths_of, parse_series
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 from conftest import needs_data
 
 
@@ -113,7 +113,7 @@ def test_truncation_is_counted(series_npz, tmp_path):
 
 @needs_data("ucr_uea")
 def test_builtin_ucr_names_and_labels():
-    from dlforge.data.sources import load_table
+    from dlforge.data.readers import load_table
 
     table = load_table("builtin:ucr_uea/BasicMotions")
     assert table.columns["series"].shape == (80, 6, 100)

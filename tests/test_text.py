@@ -9,7 +9,7 @@ import torch
 
 import dlforge
 from dlforge.cli import main
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 POS = ["great", "wonderful", "loved", "superb", "brilliant"]
 NEG = ["awful", "boring", "hated", "terrible", "dull"]

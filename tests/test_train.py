@@ -203,7 +203,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_kernels_is_flagged(monkeypatch, tmp_path, capsys, native):
     # By module object: the attribute `dlforge.train` is the train() function, which hides the package path.
-    monkeypatch.setattr(importlib.import_module("dlforge.train.precision"), "native_bf16", lambda: native)
+    monkeypatch.setattr(importlib.import_module("dlforge.training.precision"), "native_bf16", lambda: native)
     notices = dlforge.plan(digits_recipe(precision="bf16"))["notices"]
     assert bool(notices) == (not native)
     assert dlforge.plan(digits_recipe(precision="fp32"))["notices"] == []

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import dlforge
-from dlforge.errors import TrainingInterrupted
+from dlforge.core.errors import TrainingInterrupted
 from conftest import digits_recipe
 
 
@@ -64,8 +64,8 @@ def test_fast_options_train_and_resume_bit_identical(tmp_path, options):
 def test_bf16_actually_autocasts_the_forward(tmp_path):
     from dlforge.data import prepare
     from dlforge.models import build_model
-    from dlforge.recipe_io import load_recipe
-    from dlforge.train import Trainer
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training import Trainer
 
     recipe = load_recipe(_small(epochs=1, precision="bf16"))
     prepared = prepare(recipe)

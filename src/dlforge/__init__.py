@@ -5,24 +5,40 @@ The public API, and nothing else:
     run = dlforge.train("recipes/mnist_cnn.yaml", out="runs/cnn")
     predictor = dlforge.load("runs/cnn")
     predictor.predict(["digit.png"])
+
+Names are imported on first use, so `import dlforge` (and `dlforge --help`) does not import torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from dlforge.artifact import Predictor, load  # noqa: E402
-from dlforge.errors import (ArtifactError, DataError, DlforgeError, PredictError, RecipeError,  # noqa: E402
-                            TrainingInterrupted)
-from dlforge.recipe import Recipe  # noqa: E402
-from dlforge.recipe_io import load_recipe  # noqa: E402
-from dlforge.run import RunResult, evaluate, lr_find, plan, train  # noqa: E402
+import importlib
 
-__all__ = ["ArtifactError", "Client", "DataError", "DlforgeError", "PredictError", "Predictor", "Recipe", "RecipeError",
-           "RunResult", "TrainingInterrupted", "evaluate", "load", "load_recipe", "lr_find", "plan", "train"]
+from dlforge._version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ArtifactError": "dlforge.core.errors", "DataError": "dlforge.core.errors", "DlforgeError": "dlforge.core.errors",
+    "PredictError": "dlforge.core.errors", "RecipeError": "dlforge.core.errors",
+    "TrainingInterrupted": "dlforge.core.errors",
+    "Recipe": "dlforge.recipe", "load_recipe": "dlforge.recipe.io",
+    "Predictor": "dlforge.artifact.predictor", "load": "dlforge.artifact.predictor",
+    "RunResult": "dlforge.workflows.train", "train": "dlforge.workflows.train",
+    "evaluate": "dlforge.workflows.evaluate", "plan": "dlforge.workflows.plan", "lr_find": "dlforge.workflows.lr_find",
+    "cross_validate": "dlforge.workflows.cv", "init": "dlforge.workflows.init",
+    "Client": "dlforge.serve.client",  # needs httpx (the `serve` extra)
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name):
-    if name == "Client":  # lazy: the client needs httpx (the `serve` extra), the core does not
-        from dlforge.serve.client import Client
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dlforge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return Client
-    raise AttributeError(f"module 'dlforge' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlforge.errors import DlforgeError
+from dlforge.core.errors import DlforgeError
 from dlforge.serve.runtime import Records, ModelRuntime
 from .conftest import app_client, png_bytes
 

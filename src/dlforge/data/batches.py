@@ -68,7 +68,7 @@ class InMemoryBatches:
 def epoch_batches(split, slices, *, workers: int = 0):
     """(x, y) of each batch of one epoch: index slices of in-memory tensors, or the streaming path
     (DataLoader workers + decoded-image cache) when the split has lazily decoded image columns."""
-    from dlforge.data.streaming import has_lazy, streaming_epoch
+    from dlforge.data.images.streaming import has_lazy, streaming_epoch
 
     if has_lazy(split):
         yield from streaming_epoch(split.x, split.y, slices, workers=workers)

@@ -8,10 +8,10 @@ from typing import Callable
 
 import numpy as np
 
-from dlforge.data.sources import read_csv, read_npz, read_split_folder
+from dlforge.data.readers import read_csv, read_npz, read_split_folder
 from dlforge.data.table import Table
-from dlforge.errors import DataError
-from dlforge.registry import Registry
+from dlforge.core.errors import DataError
+from dlforge.core.registry import Registry
 
 datasets: Registry[Callable[[], Table]] = Registry("built-in dataset")
 
@@ -83,7 +83,7 @@ datasets.register("spam_assassin")(_folder("spam_assassin"))
 @datasets.register("tuxpaint_photos")
 def tuxpaint_photos() -> Table:
     """187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree."""
-    from dlforge.data.image_folder import read_image_folder
+    from dlforge.data.images.folder import read_image_folder
 
     table = read_image_folder(_require("tuxpaint_photos/train", "tuxpaint_photos").parent)
     table.origin = "builtin:tuxpaint_photos"
@@ -96,7 +96,7 @@ def ucr_uea(name: str) -> Table:
     path = folder / f"{name}.npz"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
-        from dlforge.errors import did_you_mean
+        from dlforge.core.errors import did_you_mean
 
         raise DataError(f"built-in dataset 'ucr_uea/{name}' needs {path}, which does not exist{did_you_mean(name, known)}",
                         where="data.source", hint=f"sets found: {', '.join(known) or 'none'} (DLFORGE_DATA={data_root()})")
@@ -109,7 +109,7 @@ def load_builtin(name: str) -> Table:
     if name.startswith("ucr_uea/"):
         return ucr_uea(name.split("/", 1)[1])
     if "/" in name:  # a file inside a built-in folder, e.g. builtin:tuxpaint_photos/labels.csv
-        from dlforge.data.sources import load_table
+        from dlforge.data.readers import load_table
 
         table = load_table(str(_require(name, name.split("/")[0])))
         table.origin = f"builtin:{name}"

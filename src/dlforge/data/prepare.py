@@ -10,10 +10,10 @@ import torch
 
 from dlforge.data.features import Feature, TargetFeature, input_features, output_features
 from dlforge.data.features.base import as_strings
-from dlforge.data.sources import load_table
+from dlforge.data.readers import load_table
 from dlforge.data.split import check_classes_in_train, split_rows
 from dlforge.data.table import Table
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 
 @dataclass
@@ -53,7 +53,7 @@ def signature(inputs: dict[str, Feature], outputs: dict[str, TargetFeature]) -> 
 def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFeature] | None,
            *, lazy: dict | None = None, cache_dir: str | None = None) -> Encoded:
     """Every column through its fitted feature; image columns planned for streaming stay lazy (paths)."""
-    from dlforge.data.streaming import LazyImages
+    from dlforge.data.images.streaming import LazyImages
 
     lazy = lazy or {}
     x = {name: (LazyImages(table.columns[name], lazy[name], feat.scale, cache_dir) if name in lazy
@@ -63,7 +63,7 @@ def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFe
     return Encoded(x, y)
 
 
-def _stratify_labels(recipe, table: Table) -> np.ndarray | None:
+def stratify_labels(recipe, table: Table) -> np.ndarray | None:
     first = recipe.outputs[0]
     if not recipe.data.split.stratify or first.type not in ("category", "binary"):
         return None
@@ -102,7 +102,7 @@ def _stack_columns(table: Table, feature, field_path: str) -> Table:
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
-    from dlforge.data.image_files import prepare_image_files
+    from dlforge.data.images.files import prepare_image_files
 
     table = table if table is not None else read_table(recipe, base_dir)
     # Image files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
@@ -112,7 +112,7 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
     for name, feat in {**inputs, **outputs}.items():
         if name not in streamed:
             feat.check(table.column(name, field_path=feat.field_path))
-    labels = _stratify_labels(recipe, table)
+    labels = stratify_labels(recipe, table)
     cfg = recipe.data.split
     rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed)
     if len(rows["train"]) == 0:

@@ -15,7 +15,7 @@ PRETRAINED_TEXT = {"minilm"}
 def pretrained_tokenizer(backbone: str, *, where: str):
     from tokenizers import Tokenizer
 
-    from dlforge.pretrained import minilm_dir
+    from dlforge.core.assets import minilm_dir
 
     tokenizer = Tokenizer.from_file(str(minilm_dir(where) / "tokenizer.json"))
     # The shipped tokenizer.json pads and truncates to 128 by itself; dlforge does both, and counts the cuts.

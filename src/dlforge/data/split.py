@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 
 def _stratified_take(rows: np.ndarray, labels: np.ndarray | None, fraction: float, rng) -> tuple[np.ndarray, np.ndarray]:

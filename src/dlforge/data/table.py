@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlforge.errors import DataError, did_you_mean
+from dlforge.core.errors import DataError, did_you_mean
 
 
 @dataclass

@@ -14,7 +14,7 @@ from torch import nn
 
 from dlforge.models.encoders.sequence_layers import EncoderLayer
 from dlforge.models.layers import dense_stack
-from dlforge.registry import Registry
+from dlforge.core.registry import Registry
 
 combiners: Registry[type[nn.Module]] = Registry("combiner")
 

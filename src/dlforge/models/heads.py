@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlforge.registry import Registry
+from dlforge.core.registry import Registry
 
 heads: Registry[type["Head"]] = Registry("output head")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlforge.errors import ModelError
+from dlforge.core.errors import ModelError
 from dlforge.models.encoders import encoders
 from dlforge.models.encoders.tabular import TABULAR_TYPES
 from dlforge.models.heads import heads

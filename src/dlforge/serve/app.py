@@ -28,8 +28,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlforge import __version__
-from dlforge.artifact import read_model_json
-from dlforge.errors import DlforgeError
+from dlforge.artifact.format import read_model_json
+from dlforge.core.errors import DlforgeError
 from dlforge.serve.batcher import Batcher, QueueFull, ShuttingDown
 from dlforge.serve.config import ServeConfig
 from dlforge.serve.metrics import Metrics, MetricsMiddleware
@@ -89,7 +89,7 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
     keys = load_api_keys(config.api_key_file) if config.api_key_file else []
 
     def load_model() -> ModelRuntime:
-        from dlforge.artifact import Predictor
+        from dlforge.artifact.predictor import Predictor
 
         runtime = ModelRuntime(predictor or Predictor(run_dir), threads=config.torch_threads())
         runtime.warm_up()

@@ -14,7 +14,7 @@ import random
 import time
 from pathlib import Path
 
-from dlforge.errors import DlforgeError
+from dlforge.core.errors import DlforgeError
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 

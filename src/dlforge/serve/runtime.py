@@ -18,7 +18,7 @@ import torch
 
 from dlforge.data.prepare import encode
 from dlforge.data.table import Table
-from dlforge.errors import DlforgeError, PredictError
+from dlforge.core.errors import DlforgeError, PredictError
 
 DEFAULT_TOP_K = 5
 

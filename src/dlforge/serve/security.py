@@ -13,7 +13,7 @@ import stat
 import warnings
 from pathlib import Path
 
-from dlforge.errors import DlforgeError
+from dlforge.core.errors import DlforgeError
 
 # Routes an orchestrator must reach without credentials (Kubernetes probes), and the web page's static
 # files: the same bytes for every model, holding no model data; the page asks for the key itself.

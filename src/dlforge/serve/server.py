@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from dlforge.artifact import read_model_json
+from dlforge.artifact.format import read_model_json
 from dlforge.serve.config import ServeConfig
 from dlforge.serve.security import check_binding, load_api_keys
 

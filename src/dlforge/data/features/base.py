@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlforge.registry import Registry
+from dlforge.core.registry import Registry
 
 
 class Feature:
@@ -48,7 +48,7 @@ class TargetFeature(Feature):
     """An output column: also maps model outputs back to the user's labels/values."""
 
     def check(self, values: np.ndarray) -> None:
-        from dlforge.errors import DataError
+        from dlforge.core.errors import DataError
 
         missing = np.array([s is None for s in as_strings(values)], dtype=bool)
         if missing.any():

@@ -7,7 +7,7 @@ import torch
 
 from dlforge.data.features.base import (Feature, TargetFeature, as_strings, input_features, output_features,
                                         rows_preview)
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 TRUE_WORDS = ("1", "true", "yes", "y", "t", "pos", "positive")
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from dlforge.data.features.base import Feature, input_features
-from dlforge.data.images import convert_channels, decode_image, resize, to_nchw
-from dlforge.errors import DataError
+from dlforge.data.images.decode import convert_channels, decode_image, resize, to_nchw
+from dlforge.core.errors import DataError
 
 # The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -43,7 +43,7 @@ class ImageFeature(Feature):
         """Files decode as in training (same fit: stretch/crop/pad); arrays and unknown channel counts as before."""
         if channels is None or isinstance(item, np.ndarray):
             return decode_image(item, channels=channels, size=size, where=where, interpolation=self._interpolation())
-        from dlforge.data.image_files import decode_file
+        from dlforge.data.images.files import decode_file
 
         try:
             prep = self.config.preprocessing

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dlforge.data.features.base import TargetFeature, output_features, rows_preview
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 SEPARATORS = ["|", ";", ","]
 FORMATS = "'a|b', 'a;b', 'a,b', a JSON list '[\"a\", \"b\"]', or one label per cell; an empty cell is the empty set"

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dlforge.data.features.base import Feature, TargetFeature, input_features, output_features, rows_preview
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 
 def to_float(values: np.ndarray, *, name: str, where: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dlforge.data.features.base import Feature, input_features, rows_preview
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 _SPLIT = re.compile(r"[\s,;]+")
 

@@ -15,7 +15,7 @@ import torch
 
 from dlforge.data.features.base import Feature, input_features, rows_preview
 from dlforge.data.pretrained_text import PRETRAINED_TEXT, encode_pretrained, pretrained_tokenizer
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL = [PAD, UNK, CLS]  # ids 0, 1, 2: trainers add special tokens first, in this order

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlforge.registry import Registry
+from dlforge.core.registry import Registry
 
 
 class Encoder(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlforge.errors import ModelError
+from dlforge.core.errors import ModelError
 from dlforge.models.encoders.base import Encoder, encoders
 from dlforge.models.layers import dense_stack
 

@@ -8,10 +8,10 @@ import io
 import torch
 from torch import nn
 
-from dlforge.errors import ModelError
+from dlforge.core.errors import ModelError
 from dlforge.models.encoders.backbone import BackboneEncoder, pool
 from dlforge.models.encoders.base import encoders
-from dlforge.pretrained import efficientnet_lite0_weights, require
+from dlforge.core.assets import efficientnet_lite0_weights, require
 
 
 class _Stem(nn.Module):

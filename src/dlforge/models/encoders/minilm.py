@@ -14,7 +14,7 @@ import torch
 
 from dlforge.models.encoders.backbone import BackboneEncoder
 from dlforge.models.encoders.base import encoders
-from dlforge.pretrained import minilm_dir, require
+from dlforge.core.assets import minilm_dir, require
 
 PAD_ID = 0  # BERT's [PAD]
 

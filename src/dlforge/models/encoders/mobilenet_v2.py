@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from dlforge.errors import ModelError
+from dlforge.core.errors import ModelError
 from dlforge.models.backbones.mobilenet_v2 import MobileNetV2
 from dlforge.models.encoders.backbone import BackboneEncoder, pool
 from dlforge.models.encoders.base import encoders
-from dlforge.pretrained import mobilenet_v2_weights
+from dlforge.core.assets import mobilenet_v2_weights
 
 
 @encoders.register("mobilenet_v2")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 # Decompression-bomb guard: refuse images with more pixels than this (Pillow warns at 89M).
 MAX_PIXELS = 40_000_000

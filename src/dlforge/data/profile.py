@@ -1,13 +1,12 @@
-"""`dlforge init`: a starter recipe inferred from the data, one YAML comment per decision.
+"""Column typing for `dlforge init`: what each column of a table looks like to a model.
 
 Each column is typed from its values (number, category, binary, text, image path, sequence),
-dropped when it cannot help (an identifier, a constant, an empty column, a copy of the target), or
-refused with the reason and what to write when no type fits. The result trains as written.
+dropped when it cannot help (an identifier, a constant, an empty column), or refused with the
+reason and what to write when no type fits.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlforge.data.image_folder import IMAGE_SUFFIXES
-from dlforge.data.table import Table
-from dlforge.errors import DataError, did_you_mean
+from dlforge.core.errors import DataError
+from dlforge.data.images.folder import IMAGE_SUFFIXES
 
 _NUMBERS = re.compile(r"^\s*\[?\s*-?[\d.eE+-]+(\s*[,;\s]\s*-?[\d.eE+-]+){2,}\s*\]?\s*$")
 SAMPLE = 2000  # rows inspected per column: typing stays fast on large tables
@@ -123,7 +121,7 @@ def type_target(name: str, values: np.ndarray) -> tuple[dict, str]:
     return {"name": name, "type": "category"}, f"category: {len(counts)} classes"
 
 
-def _leak(values: np.ndarray, target: np.ndarray, target_name: str) -> str | None:
+def leak(values: np.ndarray, target: np.ndarray, target_name: str) -> str | None:
     """Why the column gives the answer away: a relabelling of the target, or a few values that each fix the class."""
     frame = pd.DataFrame({"c": pd.Series(values).astype(str), "t": pd.Series(target).astype(str)})
     if frame["c"].nunique() > 20 or frame.groupby("c")["t"].nunique().max() != 1:
@@ -132,86 +130,3 @@ def _leak(values: np.ndarray, target: np.ndarray, target_name: str) -> str | Non
         return f"leaks the target: a relabelling of '{target_name}'"
     return (f"leaks the target: each of its {frame['c'].nunique()} values fixes '{target_name}' exactly "
             "(a label-derived field?); add it back if it is known at prediction time")
-
-
-def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...] = ()) -> str:
-    """The recipe YAML text for `table`, predicting `target`."""
-    if target not in table.columns:
-        raise DataError(f"target column '{target}' is not in the data{did_you_mean(target, list(table.columns))}",
-                        where="--target", hint=f"columns: {', '.join(table.columns)}")
-    output, output_why = type_target(target, table.columns[target])
-    inputs, dropped = [], []
-    for name, values in table.columns.items():
-        if name == target:
-            continue
-        if name in drop:
-            dropped.append(Choice(name, "drop", "--drop"))
-            continue
-        choice = type_column(name, values, root=table.root, n_rows=table.n_rows)
-        if choice.kind in ("binary", "category", "number") and output["type"] in ("binary", "category"):
-            leak = _leak(values, table.columns[target], target)
-            choice = Choice(name, "drop", leak) if leak else choice
-        (dropped if choice.kind == "drop" else inputs).append(choice)
-    if not inputs:
-        raise DataError("no usable input column: every other column was dropped", where=table.origin,
-                        hint="; ".join(f"{c.name}: {c.why}" for c in dropped)[:300])
-    return _render(source, target, output, output_why, inputs, dropped, table)
-
-
-def _input_entry(choice: Choice, table: Table) -> dict:
-    entry = {"name": choice.name, "type": choice.kind, **(choice.extra or {})}
-    if choice.kind == "text":
-        entry["encoder"] = {"name": "embed", "dim": 64}
-        entry["preprocessing"] = {"max_length": 256}
-    elif choice.kind == "image" and table.columns[choice.name].dtype == object:
-        entry["preprocessing"] = {"size": [64, 64], "fit": "pad"}
-        entry["encoder"] = {"name": "cnn", "channels": [16, 32], "padding": "same", "global_pool": True, "dense": [64]}
-    elif choice.kind == "image":
-        entry["encoder"] = {"name": "cnn", "channels": [16, 32], "padding": "same", "dense": [64]}
-    elif choice.kind == "sequence":
-        entry["encoder"] = {"name": "cnn", "channels": [32, 64, 32]}
-    return entry
-
-
-def _flow(data: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, default_flow_style=True, width=1000, sort_keys=False).strip()
-
-
-def _render(source, target, output, output_why, inputs, dropped, table: Table) -> str:
-    name = re.sub(r"[^a-z0-9]+", "-", Path(source.removeprefix("builtin:")).name.split(".")[0].lower()).strip("-")
-    official = table.split is not None and (table.split == "test").any()
-    lines = [f"# Written by `dlforge init {source} --target {target}`: one comment per column decision; edit freely.",
-             f"name: {name or 'experiment'}",
-             "data:",
-             f"  source: {json.dumps(source)}",
-             f"  split: {{val: 0.1, test: {'official' if official else 0.2}, seed: 0}}"
-             + ("  # the data's own test rows" if official else ""),
-             "inputs:"]
-    for choice in inputs:
-        lines.append(f"  - {_flow(_input_entry(choice, table))}  # {choice.kind}: {choice.why}")
-    if dropped:
-        lines.append("# dropped columns:")
-        lines += [f"#   {c.name}: {c.why}" for c in dropped]
-    lines += ["outputs:", f"  - {_flow(output)}  # {output_why}",
-              "combiner: {name: concat, layers: [64, 32]}",
-              "training:",
-              "  epochs: 10",
-              "  batch_size: 64",
-              "  optimizer: {name: adam, lr: 0.001}",
-              f"  early_stopping: {{metric: val.loss, patience: 3}}",
-              "  seed: 0", ""]
-    return "\n".join(lines)
-
-
-def init(data: str | Path, target: str, *, out: str | Path | None = None, drop: tuple[str, ...] = ()) -> str:
-    """Infer a recipe for `data` (a path or builtin:NAME) predicting `target`; write it to `out` when given."""
-    from dlforge.data.sources import load_table
-    from dlforge.io_utils import write_text
-
-    source = str(data)
-    text = infer_recipe(load_table(source), source, target, drop=tuple(drop))
-    if out is not None:
-        write_text(Path(out), text)
-    return text

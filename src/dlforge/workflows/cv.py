@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlforge.errors import DataError
-from dlforge.evaluate.metrics import flatten
-from dlforge.io_utils import write_json, write_text
+from dlforge.core.errors import DataError
+from dlforge.evaluation.metrics import flatten
+from dlforge.core.files import write_json, write_text
 
 
 @dataclass
@@ -57,47 +58,19 @@ def fold_ids(n_rows: int, labels: np.ndarray | None, folds: int, seed: int) -> n
 def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None,
                    overrides: list[str] | None = None, progress: bool = False) -> CVResult:
     """Train the recipe once per fold and score each held-out fold; writes folds.csv and cv.json to `out`."""
-    from dlforge.data.prepare import _stratify_labels, prepare, read_table
-    from dlforge.models import build_model
-    from dlforge.recipe_io import load_recipe, recipe_base_dir
-    from dlforge.run import _attach_loss_weights, _seed_everything
-    from dlforge.train import Trainer
+    from dlforge.data.prepare import read_table, stratify_labels
+    from dlforge.recipe.io import load_recipe, recipe_base_dir
 
     if folds < 2:
         raise DataError(f"cross-validation needs at least 2 folds; got {folds}", where="--folds")
-    recipe = load_recipe(recipe, overrides)
+    recipe = load_recipe(recipe, overrides).model_copy(deep=True)  # the caller's Recipe is never changed
     recipe.data.split.test = "official"  # the fold marks the held-out rows as the official test split
     table = read_table(recipe, recipe_base_dir(recipe))
-    labels = _stratify_labels(recipe, table)
+    labels = stratify_labels(recipe, table)
     ids = fold_ids(table.n_rows, labels, folds, recipe.data.split.seed)
     out_dir = Path(out) if out is not None else None
-    rows: list[dict] = []
-    for k in range(folds):
-        started = time.perf_counter()
-        fold_table = table.take(np.arange(table.n_rows))
-        fold_table.split = np.where(ids == k, "test", "train").astype(object)
-        prepared = prepare(recipe, table=fold_table)
-        _seed_everything(recipe.training.seed)
-        signature = prepared.signature()
-        model = build_model(recipe, signature)
-        _attach_loss_weights(model, prepared)
-        scales = {n: f.scale_ for n, f in prepared.outputs.items() if signature["outputs"][n]["type"] == "number"}
-        run_dir = (out_dir / f"fold_{k}") if out_dir is not None else Path(_tmpdir()) / f"fold_{k}"
-        # Same training path as `dlforge train`: frozen-backbone cache, gradual unfreezing, batch augmentation.
-        from dlforge.data.augment import build_augmenter
-        from dlforge.train.feature_cache import apply_feature_cache
-        from dlforge.train.unfreeze import GradualUnfreeze
-
-        apply_feature_cache(recipe, model, prepared.splits)
-        unfreeze = GradualUnfreeze(model)
-        trainer = Trainer(recipe, model, prepared.splits["train"], prepared.splits.get("val"), signature,
-                          run_dir=run_dir, progress=progress, scales=scales, callbacks=[unfreeze] if unfreeze else [],
-                          augment=build_augmenter(recipe, prepared.inputs))
-        result = trainer.fit()
-        scores = flatten(trainer.evaluate(prepared.splits["test"]), "test")
-        rows.append({"fold": k, "train_rows": prepared.report["rows"]["train"],
-                     "test_rows": prepared.report["rows"]["test"], "epochs_run": result.epochs_run,
-                     "seconds": round(time.perf_counter() - started, 2), **scores})
+    with tempfile.TemporaryDirectory(prefix="dlforge-cv-") as scratch:  # fold checkpoints when there is no `out`
+        rows = [_fold(recipe, table, ids, k, out_dir or Path(scratch), progress) for k in range(folds)]
     metrics = [key for key in rows[0] if key.startswith("test.")]
     summary = {m.removeprefix("test."): {"mean": float(np.mean([r[m] for r in rows])),
                                          "std": float(np.std([r[m] for r in rows], ddof=1))} for m in metrics}
@@ -108,10 +81,21 @@ def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None
     return CVResult(rows, summary, out_dir)
 
 
-def _tmpdir() -> str:
-    import tempfile
+def _fold(recipe, table, ids: np.ndarray, k: int, root: Path, progress: bool) -> dict:
+    """Train on every fold but `k`, score fold `k`: one row of folds.csv."""
+    from dlforge.data.prepare import prepare
+    from dlforge.training.setup import build_training
 
-    return tempfile.mkdtemp(prefix="dlforge-cv-")
+    started = time.perf_counter()
+    fold_table = table.take(np.arange(table.n_rows))
+    fold_table.split = np.where(ids == k, "test", "train").astype(object)
+    prepared = prepare(recipe, table=fold_table)
+    # Same training path as `dlforge train`: frozen-backbone cache, gradual unfreezing, batch augmentation.
+    trainer = build_training(recipe, prepared, run_dir=root / f"fold_{k}", progress=progress).trainer
+    result = trainer.fit()
+    scores = flatten(trainer.evaluate(prepared.splits["test"]), "test")
+    return {"fold": k, "train_rows": prepared.report["rows"]["train"], "test_rows": prepared.report["rows"]["test"],
+            "epochs_run": result.epochs_run, "seconds": round(time.perf_counter() - started, 2), **scores}
 
 
 def _csv(rows: list[dict]) -> str:

@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from dlforge.registry import Registry
+from dlforge.core.registry import Registry
 
 metric_sets: Registry = Registry("metric set")
 

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlforge.errors import ModelError
+from dlforge.core.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -1,72 +1,17 @@
-"""The run directory as an artifact: save a trained model, load it back as a Predictor. Never unpickles.
-
-model.json holds the format version, the resolved recipe, the input/output signature and every
-feature's fitted state; model.safetensors holds the weights.
-"""
+"""A trained run loaded back for prediction: features restored from model.json, weights from safetensors."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import torch
 
-from dlforge import __version__
 from dlforge.data.batches import eval_batches
-from dlforge.data.prepare import build_features, encode, signature
-from dlforge.errors import ArtifactError, RecipeError
-from dlforge.io_utils import write_json
+from dlforge.artifact.format import MODEL_JSON, WEIGHTS, read_model_json
+from dlforge.data.prepare import build_features, encode
+from dlforge.core.errors import ArtifactError, RecipeError
 from dlforge.models import build_model
-from dlforge.predict_input import to_table
-
-FORMAT_VERSION = 1
-MODEL_JSON = "model.json"
-WEIGHTS = "model.safetensors"
-
-
-def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module) -> None:
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / (WEIGHTS + ".tmp")
-    save_file(weights, str(tmp), metadata={"format": "pt"})
-    tmp.replace(run_dir / WEIGHTS)
-    write_json(run_dir / MODEL_JSON, {
-        "format_version": FORMAT_VERSION,
-        "dlforge_version": __version__,
-        "torch_version": torch.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "name": recipe.name,
-        "recipe": recipe.model_dump(mode="json"),
-        "signature": signature(inputs, outputs),
-        "features": {"inputs": {n: f.state() for n, f in inputs.items()},
-                     "outputs": {n: f.state() for n, f in outputs.items()}},
-    })
-
-
-def read_model_json(run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ArtifactError("no such run directory", where=str(run_dir), hint="train one with `dlforge train RECIPE`")
-    missing = [f for f in (MODEL_JSON, WEIGHTS) if not (run_dir / f).is_file()]
-    if missing:
-        hint = ("training did not finish; resume with `dlforge train --resume " + str(run_dir) + "`"
-                if (run_dir / "checkpoint").is_dir() else "train again, or point to a complete run directory")
-        raise ArtifactError(f"run directory is missing {', '.join(missing)}", where=str(run_dir), hint=hint)
-    try:
-        meta = json.loads((run_dir / MODEL_JSON).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"model.json is not valid JSON (line {exc.lineno})", where=str(run_dir / MODEL_JSON)) from None
-    version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise ArtifactError("model.json has no format_version", where=str(run_dir / MODEL_JSON))
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"run directory has format version {version}; this dlforge ({__version__}) reads up to {FORMAT_VERSION}",
-            where=str(run_dir), hint="upgrade dlforge: pip install -U dlforge")
-    return meta
+from dlforge.artifact.inputs import to_table
 
 
 class Predictor:
@@ -75,7 +20,7 @@ class Predictor:
     def __init__(self, run_dir: str | Path):
         from safetensors.torch import load_file
 
-        from dlforge.recipe_io import validate
+        from dlforge.recipe.io import validate
 
         self.run_dir = Path(run_dir)
         self.meta = read_model_json(self.run_dir)
@@ -88,8 +33,8 @@ class Predictor:
         for group, features in (("inputs", self.inputs), ("outputs", self.outputs)):
             for name, feature in features.items():
                 feature.load_state(self.meta["features"][group][name])
-        torch.manual_seed(0)
-        self.model = build_model(self.recipe, self.signature)
+        with torch.random.fork_rng(devices=[]):  # initial weights are overwritten; the caller's RNG is untouched
+            self.model = build_model(self.recipe, self.signature)
         try:
             self.model.load_state_dict(load_file(str(self.run_dir / WEIGHTS)), strict=True)
         except (RuntimeError, OSError) as exc:
@@ -155,7 +100,7 @@ class Predictor:
 
     def evaluate(self, table) -> dict:
         """Metrics on a labelled Table (targets encoded with the training vocabulary; unseen labels are errors)."""
-        from dlforge.evaluate.metrics import compute_metrics
+        from dlforge.evaluation.metrics import compute_metrics
 
         encoded = encode(table, self.inputs, self.outputs)
         logits = self.logits(encoded.x)
@@ -168,4 +113,4 @@ def load(run_dir: str | Path) -> Predictor:
     return Predictor(run_dir)
 
 
-__all__ = ["FORMAT_VERSION", "Predictor", "load", "save_model", "read_model_json"]
+__all__ = ["Predictor", "load"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dlforge.errors import ArtifactError
+from dlforge.core.errors import ArtifactError
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
-from dlforge.errors import DlforgeError, TrainingInterrupted
-from dlforge.evaluate.metrics import compute_metrics, flatten
-from dlforge.train.callbacks import EarlyStopping, Progress
-from dlforge.train.checkpoint import save_checkpoint
-from dlforge.train.optim import build_optimizer, build_schedule
-from dlforge.train.sampling import length_inputs
+from dlforge.core.errors import DlforgeError, TrainingInterrupted
+from dlforge.evaluation.metrics import compute_metrics, flatten
+from dlforge.training.callbacks import EarlyStopping, Progress
+from dlforge.training.checkpoint import save_checkpoint
+from dlforge.training.optim import build_optimizer, build_schedule
+from dlforge.training.sampling import length_inputs
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Callable
 
 import numpy as np
 
-from dlforge.errors import DataError
-from dlforge.registry import Registry
+from dlforge.core.errors import DataError
+from dlforge.core.registry import Registry
 
 readers: Registry[Callable[[Path], "Table"]] = Registry("data format")
 
@@ -101,7 +101,7 @@ def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None, 
         raise DataError(f"no such file or folder: {source}", where=field,
                         hint="give a path relative to the current directory or the recipe, or builtin:NAME")
     if path.is_dir():
-        from dlforge.data.image_folder import is_image_folder, read_image_folder
+        from dlforge.data.images.folder import is_image_folder, read_image_folder
 
         return read_image_folder(path) if is_image_folder(path) else read_split_folder(path)
     kind = _format_of(path) if fmt == "auto" else fmt

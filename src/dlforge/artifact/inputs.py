@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dlforge.data.table import Table
-from dlforge.errors import PredictError
+from dlforge.core.errors import PredictError
 
 
 def _describe(inputs: dict) -> str:

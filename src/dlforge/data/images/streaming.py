@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlforge.data.image_files import ImagePlan, decode_file
-from dlforge.errors import DataError
+from dlforge.data.images.files import ImagePlan, decode_file
+from dlforge.core.errors import DataError
 
 
 def cache_key(paths: np.ndarray, plan: ImagePlan) -> str:

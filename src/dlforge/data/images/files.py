@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dlforge.data.images import pil_resample
+from dlforge.data.images.decode import pil_resample
 from dlforge.data.table import Table
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 GREY_MODES = {"L", "1", "I;16", "I", "F", "LA"}
 

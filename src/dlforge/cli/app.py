@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from dlforge.errors import DlforgeError, TrainingInterrupted
+from dlforge.core.errors import DlforgeError, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dlforge: a recipe in, a trained, evaluated and servable model out.")
@@ -47,7 +47,7 @@ def train(
     if target is not None:
         import yaml
 
-        from dlforge.infer import init
+        from dlforge.workflows.init import init
 
         if recipe is None:
             raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
@@ -92,7 +92,7 @@ def predict(
     import pandas as pd
 
     import dlforge
-    from dlforge.data.sources import load_table
+    from dlforge.data.readers import load_table
 
     predictor = dlforge.load(run)
     if bool(files) == bool(data):
@@ -108,7 +108,7 @@ def predict(
         inputs = {n: table.column(n, field_path=f"the model's input '{n}'") for n in predictor.inputs}
         for name, sig in predictor.signature["inputs"].items():
             if sig["type"] == "image" and inputs[name].dtype == object:  # paths are relative to the CSV's folder
-                from dlforge.data.image_files import resolve_paths
+                from dlforge.data.images.files import resolve_paths
 
                 inputs[name] = resolve_paths(inputs[name], table.root)
         frame = pd.DataFrame({n: v for n, v in table.columns.items() if np.asarray(v).ndim == 1})
@@ -173,7 +173,7 @@ def init(
     drop: List[str] = typer.Option([], "--drop", help="Leave this column out (repeatable)."),
 ):
     """Write a starter recipe inferred from the data, with one comment per column decision."""
-    from dlforge.infer import init as infer_init
+    from dlforge.workflows.init import init as infer_init
 
     text = infer_init(data, target, out=out, drop=tuple(drop))
     if out is None:
@@ -190,8 +190,8 @@ def cv(
     set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.epochs=3."),
 ):
     """k-fold cross-validation: mean ± std of each metric over the held-out folds, per-fold CSV."""
-    from dlforge.cv import cross_validate
-    from dlforge.recipe_io import load_recipe
+    from dlforge.workflows.cv import cross_validate
+    from dlforge.recipe.io import load_recipe
 
     out = out or Path("runs") / f"{load_recipe(recipe, set_).name}-cv"
     result = cross_validate(recipe, folds=folds, out=out, overrides=set_)
@@ -265,7 +265,7 @@ def recipe_schema(markdown: bool = typer.Option(False, "--markdown", help="The f
     from dlforge.recipe import Recipe
 
     if markdown:
-        from dlforge.recipe_docs import render_markdown
+        from dlforge.recipe.reference import render_markdown
 
         typer.echo(render_markdown(), nl=False)
     else:

@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from dlforge.errors import RecipeError, did_you_mean
+from dlforge.core.errors import RecipeError, did_you_mean
 from dlforge.recipe import Recipe
 
-BUILTIN_RECIPES = Path(__file__).parent / "recipes"
+BUILTIN_RECIPES = Path(__file__).parent.parent / "recipes"
 DEFAULT_RECIPE = BUILTIN_RECIPES / "digits.yaml"
 
 

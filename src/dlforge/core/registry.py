@@ -6,7 +6,7 @@ import fnmatch
 import warnings
 from typing import Callable, Generic, TypeVar
 
-from dlforge.errors import DlforgeError, did_you_mean
+from dlforge.core.errors import DlforgeError, did_you_mean
 
 T = TypeVar("T")
 

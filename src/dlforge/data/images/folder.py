@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dlforge.data.table import Table
-from dlforge.errors import DataError
+from dlforge.core.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")

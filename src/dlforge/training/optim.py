@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from dlforge.registry import Registry
+from dlforge.core.registry import Registry
 
 optimizers: Registry[Callable] = Registry("optimizer")
 schedules: Registry[Callable] = Registry("schedule")

@@ -1,5 +1,5 @@
 """Training: the loop, optimizers and schedules, callbacks, checkpoints."""
 
-from dlforge.train.trainer import Trainer, TrainResult
+from dlforge.training.trainer import Trainer, TrainResult
 
 __all__ = ["Trainer", "TrainResult"]

@@ -1,0 +1,36 @@
+"""`dlforge recipe check`: what training would do, without training."""
+
+from __future__ import annotations
+
+import torch
+
+from dlforge.data import prepare
+from dlforge.models import build_model, count_parameters
+from dlforge.recipe.io import load_recipe, recipe_base_dir
+from dlforge.training.feature_cache import cacheable
+from dlforge.training.precision import precision_notice
+from dlforge.training.sampling import describe as describe_batching, length_inputs
+from dlforge.training.trainer import pick_device
+
+
+def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = True) -> dict:
+    """What training would do, without training: the resolved recipe, features, parameters and steps."""
+    recipe = load_recipe(recipe, overrides)
+    info: dict = {"recipe": recipe.model_dump(mode="json")}
+    if not with_data:
+        return info
+    prepared = prepare(recipe, base_dir=recipe_base_dir(recipe))
+    torch.manual_seed(recipe.training.seed)
+    model = build_model(recipe, prepared.signature())
+    n_train = len(prepared.splits["train"])
+    batch = n_train if recipe.training.batch_size == "full" else min(recipe.training.batch_size, n_train)
+    steps = -(-n_train // batch)
+    info.update({"rows": prepared.report["rows"], "signature": prepared.signature(), "parameters": count_parameters(model),
+                 "steps_per_epoch": steps, "total_steps": steps * recipe.training.epochs,
+                 "policies": prepared.report["policies"], "model": str(model),
+                 "backbones": cacheable(recipe, model)})
+    batched_by = length_inputs(recipe, model, prepared.signature(),
+                               has_tokens=lambda name: info["backbones"].get(name) != "cached")
+    info["batches"] = describe_batching(batched_by, model)
+    info["notices"] = [n for n in [precision_notice(recipe.training.precision, pick_device())] if n]
+    return info
