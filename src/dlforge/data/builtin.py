@@ -1,19 +1,27 @@
-"""Built-in dataset names (`builtin:mnist`), resolved under $DLFORGE_DATA; `digits` needs no files."""
+"""Built-in dataset names (`builtin:mnist`): where each one lives under $DLFORGE_DATA; `digits` ships inside dlforge.
+
+A built-in name resolves to a location (a file or folder that `data.readers` reads like any user path) or, for
+`digits`, to a Table. This module never reads a file format itself, so it imports nothing from `data.readers`:
+`readers.load_table` asks it where a name lives, and the dependency runs one way.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from dlforge.data.readers import read_csv, read_npz, read_split_folder
-from dlforge.data.table import Table
-from dlforge.core.errors import DataError
+from dlforge.core.errors import DataError, did_you_mean
 from dlforge.core.registry import Registry
+from dlforge.data.table import Table
 
-datasets: Registry[Callable[[], Table]] = Registry("built-in dataset")
+datasets: Registry[Callable[[], Path | Table]] = Registry("built-in dataset")
+
+# scikit-learn's `load_digits()` (images 0..16 and targets as uint8, identical values), saved once with
+# np.savez_compressed: 45 KB here instead of scikit-learn + scipy (~194 MB) in every core install.
+DIGITS_NPZ = Path(__file__).with_name("digits.npz")
 
 
 def data_root() -> Path:
@@ -27,95 +35,59 @@ def _require(relative: str, name: str) -> Path:
             f"built-in dataset '{name}' needs {path}, which does not exist",
             where=f"builtin:{name}",
             hint=f"put the file at {path}, or point DLFORGE_DATA at the folder that holds {relative.split('/')[0]}/ "
-            "(e.g. export DLFORGE_DATA=../shared/data)",
+            "(e.g. export DLFORGE_DATA=$PWD/../shared/data)",
         )
     return path
 
 
 @datasets.register("digits")
 def digits() -> Table:
-    """scikit-learn's 1,797 8x8 handwritten digits (values 0-16), shipped inside scikit-learn."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    """scikit-learn's 1,797 8x8 handwritten digits (values 0-16), from the npz shipped inside dlforge."""
+    with np.load(DIGITS_NPZ, allow_pickle=False) as archive:
+        images, target = archive["images"], archive["target"]
     # Rescale 0..16 to 0..255 so image preprocessing treats it like any 8-bit image.
-    images = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)
-    return Table({"image": images, "label": bunch.target.astype(np.int64)}, "builtin:digits")
+    images = (images.astype(np.float64) * (255.0 / 16.0)).round().astype(np.uint8)
+    return Table({"image": images, "label": target.astype(np.int64)}, "builtin:digits")
 
 
-def _npz(name: str) -> Callable[[], Table]:
-    def load() -> Table:
-        table = read_npz(_require(f"{name}/{name}.npz", name))
-        table.origin = f"builtin:{name}"
-        return table
+def _at(name: str, relative: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        return _require(relative, name)
 
-    return load
+    return locate
 
 
-def _csv_with_split(name: str, filename: str) -> Callable[[], Table]:
-    def load() -> Table:
-        table = read_csv(_require(f"{name}/{filename}", name))
-        table.origin = f"builtin:{name}"
-        return table
-
-    return load
-
-
-def _folder(name: str) -> Callable[[], Table]:
-    def load() -> Table:
-        table = read_split_folder(_require(name, name))
-        table.origin = f"builtin:{name}"
-        return table
-
-    return load
+datasets.register("mnist")(_at("mnist", "mnist/mnist.npz"))
+datasets.register("fashion_mnist")(_at("fashion_mnist", "fashion_mnist/fashion_mnist.npz"))
+datasets.register("adult")(_at("adult", "adult"))
+datasets.register("german_credit")(_at("german_credit", "german_credit/german_credit.csv"))
+datasets.register("compas")(_at("compas", "compas/compas.csv.gz"))
+datasets.register("lending_club")(_at("lending_club", "lending_club/lending_club.csv"))
+datasets.register("rt_snippets")(_at("rt_snippets", "rt_snippets"))
+datasets.register("spam_assassin")(_at("spam_assassin", "spam_assassin"))
+# 187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree.
+datasets.register("tuxpaint_photos")(_at("tuxpaint_photos", "tuxpaint_photos"))
 
 
-datasets.register("mnist")(_npz("mnist"))
-datasets.register("fashion_mnist")(_npz("fashion_mnist"))
-datasets.register("adult")(_folder("adult"))
-datasets.register("german_credit")(_csv_with_split("german_credit", "german_credit.csv"))
-datasets.register("compas")(_csv_with_split("compas", "compas.csv.gz"))
-datasets.register("lending_club")(_csv_with_split("lending_club", "lending_club.csv"))
-datasets.register("rt_snippets")(_folder("rt_snippets"))
-datasets.register("spam_assassin")(_folder("spam_assassin"))
-
-
-@datasets.register("tuxpaint_photos")
-def tuxpaint_photos() -> Table:
-    """187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree."""
-    from dlforge.data.images.folder import read_image_folder
-
-    table = read_image_folder(_require("tuxpaint_photos/train", "tuxpaint_photos").parent)
-    table.origin = "builtin:tuxpaint_photos"
-    return table
-
-
-def ucr_uea(name: str) -> Table:
-    """`ucr_uea/GunPoint`: one archive set from $DLFORGE_DATA/ucr_uea/<name>.npz (official train/test split)."""
+def ucr_uea(name: str) -> Path:
+    """`ucr_uea/GunPoint`: one archive set at $DLFORGE_DATA/ucr_uea/<name>.npz (official train/test split)."""
     folder = data_root() / "ucr_uea"
     path = folder / f"{name}.npz"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
-        from dlforge.core.errors import did_you_mean
-
         raise DataError(f"built-in dataset 'ucr_uea/{name}' needs {path}, which does not exist{did_you_mean(name, known)}",
                         where="data.source", hint=f"sets found: {', '.join(known) or 'none'} (DLFORGE_DATA={data_root()})")
-    table = read_npz(path)
-    table.origin = f"builtin:ucr_uea/{name}"
-    return table
+    return path
 
 
-def load_builtin(name: str) -> Table:
+def locate_builtin(name: str) -> Path | Table:
+    """Where `builtin:<name>` lives (a path to read as any user path), or the Table itself for `digits`."""
     if name.startswith("ucr_uea/"):
         return ucr_uea(name.split("/", 1)[1])
     if "/" in name:  # a file inside a built-in folder, e.g. builtin:tuxpaint_photos/labels.csv
-        from dlforge.data.readers import load_table
-
-        table = load_table(str(_require(name, name.split("/")[0])))
-        table.origin = f"builtin:{name}"
-        return table
+        return _require(name, name.split("/")[0])
     try:
-        loader = datasets.get(name)
+        locate = datasets.get(name)
     except Exception as exc:
         raise DataError(str(exc), where="data.source") from None
-    return loader()
+    return locate()

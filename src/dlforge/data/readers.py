@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from dlforge.core.errors import DataError
 from dlforge.core.registry import Registry
+from dlforge.data.builtin import locate_builtin
+from dlforge.data.table import Table
 
-readers: Registry[Callable[[Path], "Table"]] = Registry("data format")
-
-from dlforge.data.table import Table  # noqa: E402  (registry first: builtin.py imports it)
+readers: Registry[Callable[[Path], Table]] = Registry("data format")
 
 
 @readers.register("csv")
@@ -32,8 +32,14 @@ def read_csv(path: Path) -> Table:
 
 @readers.register("parquet")
 def read_parquet(path: Path) -> Table:
+    """Parquet through pandas + pyarrow. pyarrow is the `parquet` extra (170 MB that CSV and npz users never need)."""
     import pandas as pd
 
+    try:
+        import pyarrow  # noqa: F401  (pandas' own error for a missing engine does not name the extra)
+    except ImportError:
+        raise DataError("reading Parquet needs pyarrow, which is not installed", where=str(path),
+                        hint="pip install 'dlforge[parquet]' (or pip install pyarrow), or save the data as CSV") from None
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for a bad file
@@ -91,9 +97,10 @@ def _format_of(path: Path) -> str:
 def load_table(source: str, *, fmt: str = "auto", base_dir: Path | None = None, field: str = "data.source") -> Table:
     """The Table behind a recipe's data.source."""
     if source.startswith("builtin:"):
-        from dlforge.data.builtin import load_builtin
-
-        return load_builtin(source.removeprefix("builtin:"))
+        found = locate_builtin(source.removeprefix("builtin:"))
+        table = found if isinstance(found, Table) else load_table(str(found), field=field)
+        table.origin = source
+        return table
     path = Path(source).expanduser()
     if not path.exists() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
@@ -124,8 +131,6 @@ def read_split_folder(folder: Path) -> Table:
     if "train" not in found:
         raise DataError("a data folder needs a train.csv (or .csv.gz/.parquet) file", where=str(folder))
     tables = {part: readers.get(_format_of(p))(p) for part, p in found.items()}
-    import pandas as pd
-
     names = list(tables["train"].columns)
     columns = {}
     for name in names:
@@ -134,5 +139,4 @@ def read_split_folder(folder: Path) -> Table:
             raise DataError(f"column '{name}' is in train but not in {missing}", where=str(folder))
         columns[name] = np.concatenate([t.columns[name] for t in tables.values()])
     split = np.concatenate([np.full(t.n_rows, part) for part, t in tables.items()])
-    del pd
     return Table(columns, str(folder), split, root=str(folder.resolve()))
