@@ -103,7 +103,7 @@ def hf_run(train, test, epochs: int, lr: float, sampling: str = "random") -> tup
     correct = 0
     with torch.no_grad():
         for s in range(0, len(ids), 256):
-            batch = collate([{"input_ids": r[r != 0], "labels": l} for r, l in zip(ids[s:s + 256], labels[s:s + 256])])
+            batch = collate([{"input_ids": r[r != 0], "labels": y} for r, y in zip(ids[s:s + 256], labels[s:s + 256])])
             correct += int(((model(batch["input_ids"], batch["attention_mask"])["logits"] > 0).float() == batch["labels"]).sum())
     return seconds, correct / len(ids)
 

@@ -99,8 +99,8 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.target, args.threads)
         return
-    print("| variant | overrides | test acc per epoch @ training wall s | wall s to >= %.1f%% | CPU s to >= %.1f%% "
-          "| final acc | CPU s (whole run) | peak RSS MB |" % (100 * args.target, 100 * args.target))
+    print(f"| variant | overrides | test acc per epoch @ training wall s | wall s to >= {100 * args.target:.1f}% "
+          f"| CPU s to >= {100 * args.target:.1f}% | final acc | CPU s (whole run) | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.variants:
         extra = ["--threads", str(args.threads)] if args.threads else []

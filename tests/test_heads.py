@@ -1,6 +1,5 @@
 """Multi-label targets (formats, thresholds, micro/macro F1) and several outputs with loss weights."""
 
-import json
 
 import numpy as np
 import pandas as pd

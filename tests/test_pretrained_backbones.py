@@ -100,7 +100,7 @@ def test_freeze_all_keeps_backbone_fixed_and_batchnorm_in_eval():
     bns = [m for m in encoder.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(bn.training for bn in bns)
     before = bns[0].running_mean.clone()
-    model(({"img": torch.randn(4, 3, 32, 32)}))
+    model({"img": torch.randn(4, 3, 32, 32)})
     assert torch.equal(before, bns[0].running_mean)  # running statistics untouched while frozen
 
 

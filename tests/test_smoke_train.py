@@ -5,7 +5,6 @@ import json
 import pandas as pd
 
 import dlforge
-from conftest import digits_recipe
 
 
 def test_run_directory_has_every_artifact(digits_run):
@@ -20,7 +19,6 @@ def test_run_directory_has_every_artifact(digits_run):
 
 
 def test_predictor_round_trip_matches_training_metrics(digits_run):
-    predictor = dlforge.load(digits_run)
     metrics = dlforge.evaluate(digits_run)
     stored = json.loads((digits_run / "metrics.json").read_text())["test"]
     assert abs(metrics["accuracy"] - stored["accuracy"]) < 1e-9

@@ -125,7 +125,7 @@ def test_batches_form_under_concurrent_load(digits_run, digits_predictor):
                                       range(32)))
         assert all(r.status_code == 200 for r in responses)
         text = client.get("/metrics").text
-        count = float(next(l for l in text.splitlines() if l.startswith("dlforge_batch_size_count")).split()[-1])
+        count = float(next(line for line in text.splitlines() if line.startswith("dlforge_batch_size_count")).split()[-1])
         assert count < 32  # fewer forward passes than requests: requests shared batches (+3 warm-up excluded)
 
 

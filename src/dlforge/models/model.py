@@ -30,8 +30,6 @@ class DlforgeModel(nn.Module):
             try:
                 builder = encoders.get(key if key in encoders else config.name)
                 self.encoders[feature.name] = builder(config, in_sig[feature.name], reg)
-            except ModelError:
-                raise
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ModelError(f"cannot build encoder '{config.name}' for input '{feature.name}': {exc}") from exc
         if self.tabular_names:

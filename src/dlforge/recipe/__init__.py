@@ -1,22 +1,30 @@
 """The recipe schema: every field with its type, default, constraint and description.
 
 This module is the single source of truth for what a recipe may say; `docs/recipe.md` is
-generated from it (`dlforge recipe schema`). It imports no other part of dlforge, so that any
-layer can read a recipe. Loading YAML with line numbers lives in `recipe_io.py`.
+generated from it (`dlforge recipe schema`). It imports nothing of dlforge but `core`, so that any
+layer can read a recipe. Loading YAML with line numbers lives in `recipe/io.py`.
 """
 
 
-from typing import Annotated, Callable, Literal, Union  # noqa: F401
+from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+from pydantic import Field, PrivateAttr, model_validator
 
-from dlforge.recipe._base import Strict, _field  # noqa: F401
-from dlforge.recipe.data import *  # noqa: F401,F403
-from dlforge.recipe.encoders import *  # noqa: F401,F403
-from dlforge.recipe.encoders import BACKBONE_BLOCKS, BACKBONE_IMAGE_PREPROCESSING, _BackboneOptions  # noqa: F401
-from dlforge.recipe.inputs import *  # noqa: F401,F403
-from dlforge.recipe.outputs import *  # noqa: F401,F403
-from dlforge.recipe.training import *  # noqa: F401,F403
+from dlforge.core.errors import did_you_mean
+from dlforge.recipe._base import Strict, _field
+from dlforge.recipe.data import DataConfig
+from dlforge.recipe.encoders import BACKBONE_BLOCKS, Combiner, ConcatCombiner
+from dlforge.recipe.inputs import InputFeature
+from dlforge.recipe.outputs import METRICS_BY_OUTPUT_TYPE, OutputFeature
+from dlforge.recipe.training import TrainingConfig
+
+# The package is the schema's public surface: `from dlforge.recipe import ImageInput, Adam, ...` works for every
+# section class, wherever it is defined.
+from dlforge.recipe.data import *  # noqa: F403
+from dlforge.recipe.encoders import *  # noqa: F403
+from dlforge.recipe.inputs import *  # noqa: F403
+from dlforge.recipe.outputs import *  # noqa: F403
+from dlforge.recipe.training import *  # noqa: F403
 
 # ---------------------------------------------------------------- recipe
 CrossCheck = Callable[["Recipe"], list[str]]
@@ -64,11 +72,7 @@ def _metric_problem(field: str, metric: str, recipe: Recipe) -> list[str]:
     logged = recipe.logged_metrics()
     if metric in logged:
         return []
-    import difflib
-
-    close = difflib.get_close_matches(metric, logged, n=1)
-    guess = f" — did you mean '{close[0]}'?" if close else ""
-    return [f"{field}: '{metric}' is not a logged metric{guess} (logged: {', '.join(logged)})"]
+    return [f"{field}: '{metric}' is not a logged metric{did_you_mean(metric, logged)} (logged: {', '.join(logged)})"]
 
 
 @cross_check
@@ -120,10 +124,7 @@ def freeze_block_exists(recipe: Recipe) -> list[str]:
         encoder = getattr(feature, "encoder", None)
         blocks = BACKBONE_BLOCKS.get(getattr(encoder, "name", ""))
         if blocks and encoder.freeze.startswith("until:") and encoder.freeze[6:] not in blocks:
-            import difflib
-
-            close = difflib.get_close_matches(encoder.freeze[6:], blocks, n=1)
-            guess = f" — did you mean 'until:{close[0]}'?" if close else ""
+            guess = did_you_mean(encoder.freeze, [f"until:{b}" for b in blocks])
             problems.append(f"inputs.{i}.encoder.freeze: {encoder.name} has no block '{encoder.freeze[6:]}'{guess} "
                             f"(blocks: {', '.join(blocks)})")
     return problems

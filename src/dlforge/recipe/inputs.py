@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, Literal, Union  # noqa: F401
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
+from pydantic import BaseModel, Field, model_validator
 
-from dlforge.recipe._base import Strict, _field  # noqa: F401
-from dlforge.recipe.encoders import *  # noqa: F401,F403
-from dlforge.recipe.encoders import BACKBONE_IMAGE_PREPROCESSING, MiniLMEncoder  # noqa: F401
+from dlforge.recipe._base import Strict, _field
+from dlforge.recipe.encoders import BACKBONE_IMAGE_PREPROCESSING, CNNEncoder, ImageEncoder, MiniLMEncoder
 
 
 class NumberPreprocessing(Strict):

@@ -310,7 +310,7 @@ def _check_image(value, field: str, max_pixels: int, metrics: Metrics) -> None:
     try:
         pixels = image_pixels(value)
     except Exception:  # Pillow raises many types for garbage; none of them is the client's business
-        raise _invalid([{"field": field, "message": "not a readable image (send PNG, JPEG, GIF, BMP, TIFF or WebP)"}])
+        raise _invalid([{"field": field, "message": "not a readable image (send PNG, JPEG, GIF, BMP, TIFF or WebP)"}]) from None
     if pixels > max_pixels:
         metrics.rejected.labels("image_too_large").inc()
         raise ApiError(413, f"{field}: the image has {pixels:,} pixels; this server accepts at most {max_pixels:,} "

@@ -151,7 +151,7 @@ class Batcher:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 rows = self._take(batch, rows)
             self.on_depth(len(self._queue))

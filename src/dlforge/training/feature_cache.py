@@ -79,7 +79,7 @@ def apply_feature_cache(recipe, model, splits: dict, *, device: torch.device | N
         encoder = model.encoders[name]
         model_key = backbone_digest(encoder)
         hits, seconds = 0, 0.0
-        for part, split in splits.items():
+        for split in splits.values():
             key = hashlib.sha256(f"{model_key}|{_digest(split.x[name])}".encode()).hexdigest()[:32]
             path = cache_root() / f"{key}.safetensors"
             if path.is_file():

@@ -80,7 +80,7 @@ class ImageCache:
             except Exception as exc:  # the header check passed, so this is a truncated or corrupt body
                 raise DataError(f"image {self.paths[r]} does not decode: {type(exc).__name__}: {str(exc)[:120]}",
                                 where=f"input '{self.plan.name}' (streaming)",
-                                hint="fix or remove the file; the streaming path checks headers only before training")
+                                hint="fix or remove the file; the streaming path checks headers only before training") from exc
             self._images[r] = hwc.transpose(2, 0, 1)
             self._done[r] = 1
         return np.ascontiguousarray(self._images[rows])
