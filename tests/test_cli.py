@@ -1,7 +1,14 @@
-"""The CLI: exit code 2 with one clear message for bad input, never a traceback; the README tour's commands."""
+"""The CLI: exit code 2 with one clear message for bad input, never a traceback; `--help` without torch.
 
+Commands run in-process (`dlforge.cli.main([...])`, output through capsys): the same code path as the console
+script without a Python start and a torch import per call. A subprocess is kept only where the process is the
+point: Ctrl-C (a real SIGINT to a real process) and what `dlforge --help` imports.
+"""
+
+import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -10,13 +17,34 @@ import yaml
 from PIL import Image
 
 from conftest import digits_recipe, tabular_recipe
+from dlforge.cli import main
 
 
-def cli(*args, cwd=None):
-    result = subprocess.run([sys.executable, "-m", "dlforge.cli", *map(str, args)], capture_output=True, text=True,
-                            cwd=cwd, timeout=300)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`cli("train", recipe, ...)`: runs `dlforge train recipe ...` in this process; returns code and output."""
+
+    def run(*args, cwd=None) -> Result:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()  # drop what earlier steps of the test printed
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return Result(code, out, err)
+
+    return run
 
 
 def write_recipe(tmp_path, recipe, name="r.yaml"):
@@ -25,7 +53,7 @@ def write_recipe(tmp_path, recipe, name="r.yaml"):
     return path
 
 
-def test_train_evaluate_predict_round_trip(tmp_path, digits_run):
+def test_train_evaluate_predict_round_trip(cli, tmp_path, digits_run):
     trained = cli("train", write_recipe(tmp_path, digits_recipe(epochs=1)), "--out", tmp_path / "run", "-q",
                   "--set", "training.epochs=2")
     assert trained.returncode == 0, trained.stderr
@@ -41,7 +69,7 @@ def test_train_evaluate_predict_round_trip(tmp_path, digits_run):
     assert list(frame.columns[:2]) == ["file", "predicted_label"] and "p_label_9" in frame.columns
 
 
-def test_predict_table_to_csv(tmp_path, tiny_csv):
+def test_predict_table_to_csv(cli, tmp_path, tiny_csv):
     assert cli("train", write_recipe(tmp_path, tabular_recipe(tiny_csv)), "--out", tmp_path / "run", "-q").returncode == 0
     result = cli("predict", tmp_path / "run", "--data", tiny_csv, "--output", tmp_path / "preds.csv")
     assert result.returncode == 0, result.stderr
@@ -56,36 +84,58 @@ def test_predict_table_to_csv(tmp_path, tiny_csv):
     (["predict", "nowhere", "x.png"], "no such run directory"),
     (["recipe", "check", "--set", "training.optimizer.name=adma", "--no-data"], "did you mean 'adam'"),
 ])
-def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
+def test_bad_input_exits_2_with_one_clear_message(cli, tmp_path, args, message):
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stderr.startswith("error: ")
 
 
-def test_data_errors_exit_2(tmp_path, tiny_csv):
+@pytest.mark.parametrize("args", [["train", "--bogus"], ["predict"], []])
+def test_usage_errors_exit_2(cli, args):
+    """Unknown options and missing arguments (click's errors, vendored as typer._click in typer >= 0.22)."""
+    result = cli(*args)
+    assert result.returncode == 2
+    assert "Usage" in result.stdout + result.stderr
+
+
+def test_help_and_schema_do_not_import_torch(tmp_path):
+    """`dlforge --help` and `recipe schema` answer in well under a second because they never import torch (~3 s)."""
+    code = ("import contextlib, io, sys\n"
+            "from dlforge.cli import main\n"
+            "for args in (['--help'], ['recipe', 'schema'], ['train', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            main(args)\n"
+            "        except SystemExit as exc:\n"
+            "            assert exc.code in (0, None), (args, exc.code)\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_data_errors_exit_2(cli, tmp_path, tiny_csv):
     recipe = tabular_recipe(tiny_csv, inputs=[{"name": "colour", "type": "category"}])
     result = cli("train", write_recipe(tmp_path, recipe), "--out", tmp_path / "run")
     assert result.returncode == 2 and "did you mean 'color'" in result.stderr
 
 
-def test_predict_wrong_input_exits_2(tmp_path, digits_run):
+def test_predict_wrong_input_exits_2(cli, tmp_path, digits_run):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     result = cli("predict", digits_run, bad)
     assert result.returncode == 2 and "cannot decode image" in result.stderr
 
 
-def test_recipe_check_prints_plan_without_training(tmp_path):
+def test_recipe_check_prints_plan_without_training(cli, tmp_path):
     result = cli("recipe", "check", write_recipe(tmp_path, digits_recipe()))
     assert result.returncode == 0, result.stderr
     assert "parameters:" in result.stdout and "steps: 21 per epoch, 42 at most" in result.stdout
     assert not (tmp_path / "runs").exists()
 
 
-def test_recipe_schema_is_json():
-    import json
-
+def test_recipe_schema_is_json(cli):
     result = cli("recipe", "schema")
     assert json.loads(result.stdout)["title"] == "Recipe"
 
@@ -99,7 +149,7 @@ def test_docs_reference_is_generated_from_the_schema():
     assert docs.read_text() == render_markdown(), "regenerate with: make docs"
 
 
-def test_predict_csv_of_image_paths_relative_to_the_csv(tmp_path, digits_run):
+def test_predict_csv_of_image_paths_relative_to_the_csv(cli, tmp_path, digits_run):
     fixtures = __import__("pathlib").Path(__file__).parent / "fixtures"
     result = cli("predict", digits_run, "--data", fixtures / "digits_rows.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -285,17 +285,22 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _echo_err("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click's own usage errors
-        import click
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except _click_exceptions().ClickException as exc:  # usage errors: unknown option, missing argument
+        exc.show()
+        sys.exit(2)
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+
+def _click_exceptions():
+    """click's exception module: typer < 0.22 depends on click; later typers vendor it as `typer._click`."""
+    try:
+        from click import exceptions
+    except ImportError:
+        from typer._click import exceptions
+    return exceptions
 
 
 if __name__ == "__main__":
