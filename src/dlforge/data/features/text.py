@@ -12,10 +12,12 @@ import json
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from dlforge.data.features.base import Feature, input_features, rows_preview
 from dlforge.data.pretrained_text import PRETRAINED_TEXT, encode_pretrained, pretrained_tokenizer
 from dlforge.core.errors import DataError
+from dlforge.data.features.wire import InputKind, Text, input_kinds
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL = [PAD, UNK, CLS]  # ids 0, 1, 2: trainers add special tokens first, in this order
@@ -141,4 +143,16 @@ class TextFeature(Feature):
         return [CLS] + self.tokenizer_.encode(text, add_special_tokens=False).tokens[: self.max_length_ - 1]
 
 
-__all__ = ["TextFeature", "as_texts", "rows_preview"]
+@input_kinds.register("text")
+class TextKind(InputKind):
+    def api_field(self, name, sig):
+        return Text, Field(..., alias=name, description="Text.", examples=["some text"])
+
+    def form_value(self, value):
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+    def init_entry(self, values):
+        return {"encoder": {"name": "embed", "dim": 64}, "preprocessing": {"max_length": 256}}
+
+
+__all__ = ["TextFeature", "TextKind", "as_texts", "rows_preview"]
