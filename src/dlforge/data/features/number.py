@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 from pydantic import Field
 
-from dlforge.data.features.base import Feature, TargetFeature, input_features, output_features, rows_preview
+from dlforge.data.features.base import (Feature, TargetFeature, input_features, missing_mask, output_features,
+                                        rows_preview)
 from dlforge.data.features.wire import MAX_NUMBER, InputKind, input_kinds
 from dlforge.core.errors import DataError
 
@@ -21,7 +22,7 @@ def to_float(values: np.ndarray, *, name: str, where: str) -> np.ndarray:
         import pandas as pd
 
         parsed = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.isnan(parsed) & ~pd.isna(pd.Series(values)).to_numpy()
+        bad = np.isnan(parsed) & ~missing_mask(values)
         sample = values[np.flatnonzero(bad)[:3]].tolist()
         raise DataError(
             f"column '{name}' has non-numeric values {sample} (rows {rows_preview(bad)})",

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import torch
 
-from dlforge.data.features.base import Feature, input_features, rows_preview
+from dlforge.data.features.base import Feature, input_features, is_missing, rows_preview
 from dlforge.core.errors import DataError
 from dlforge.data.features.wire import InputKind, input_kinds
 
@@ -35,7 +35,7 @@ def parse_series(values: np.ndarray, *, name: str, where: str) -> np.ndarray:
         if isinstance(v, np.ndarray):
             rows.append(np.asarray(v, dtype=np.float64).reshape(-1))
             continue
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+        if is_missing(v):
             rows.append(np.zeros(0))
             continue
         text = str(v).strip().strip("[]()")
