@@ -182,11 +182,12 @@ def test_a_sequence_run_serves_after_warm_up(tmp_path):
 
     rng = np.random.default_rng(0)
     up = rng.random(40) < 0.5
-    series = [" ".join(f"{v:.2f}" for v in (np.linspace(0, 1, 12) if u else np.linspace(1, 0, 12)) + rng.normal(0, .1, 12))
-              for u in up]
+    ramps = [(np.linspace(0, 1, 12) if u else np.linspace(1, 0, 12)) + rng.normal(0, 0.1, 12) for u in up]
+    series = [" ".join(f"{v:.2f}" for v in ramp) for ramp in ramps]
     pd.DataFrame({"s": series, "y": np.where(up, "up", "down")}).to_csv(tmp_path / "s.csv", index=False)
     recipe = {"name": "seq", "data": {"source": str(tmp_path / "s.csv"), "split": {"val": 0.2, "test": 0.0}},
-              "inputs": [{"name": "s", "type": "sequence", "encoder": {"name": "cnn", "channels": [4], "kernel_sizes": [3]}}],
+              "inputs": [{"name": "s", "type": "sequence",
+                          "encoder": {"name": "cnn", "channels": [4], "kernel_sizes": [3]}}],
               "outputs": [{"name": "y", "type": "category"}], "training": {"epochs": 1, "batch_size": 8}}
     dlforge.train(recipe, out=tmp_path / "run", progress=False)
     runtime = ModelRuntime(dlforge.load(tmp_path / "run"))
@@ -202,7 +203,8 @@ def test_plain_tokenizer_matches_tokenizers(kind):
     from dlforge.data.features.text import new_tokenizer, new_trainer
 
     texts = ["The café is naïve, isn't it? Yes!!", "ÉCOLE élève \u4e2d\u6587 123.45 e-mail@x.org",
-             "tabs\tand\nnew lines", "[CLS] inside [UNK]", "zero\u200bwidth \x00 nul", "unseen zzqq ŁÓDŹ", "", "straße ½"]
+             "tabs\tand\nnew lines", "[CLS] inside [UNK]", "zero\u200bwidth \x00 nul", "unseen zzqq ŁÓDŹ", "",
+             "straße ½"]
     corpus = [f"word{i % 37} the cafe naive yes ecole eleve lines" for i in range(200)] + texts
     for lowercase in (True, False):
         tok = new_tokenizer(kind, lowercase)
@@ -218,7 +220,8 @@ def test_text_run_loads_and_serves_without_tokenizers(tmp_path, monkeypatch):
 
     words = ["great film", "awful plot", "loved it", "boring and dull", "superb acting", "terrible ending"]
     texts = [words[i % 6] + " the end" for i in range(48)]
-    pd.DataFrame({"t": texts, "y": ["pos" if i % 2 == 0 else "neg" for i in range(48)]}).to_csv(tmp_path / "t.csv", index=False)
+    labels = ["pos" if i % 2 == 0 else "neg" for i in range(48)]
+    pd.DataFrame({"t": texts, "y": labels}).to_csv(tmp_path / "t.csv", index=False)
     recipe = {"name": "text", "data": {"source": str(tmp_path / "t.csv"), "split": {"val": 0.2, "test": 0.0}},
               "inputs": [{"name": "t", "type": "text", "encoder": {"name": "embed", "dim": 8},
                           "preprocessing": {"vocab_size": 100, "min_frequency": 1, "max_length": 8}}],

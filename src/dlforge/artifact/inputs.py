@@ -10,7 +10,6 @@ kinds' `request_column` directly.
 
 from __future__ import annotations
 
-import numpy as np
 
 from dlforge.core.errors import PredictError
 from dlforge.data.features import kind_of

@@ -76,7 +76,7 @@ class Predictor:
         """Class probabilities (n, classes) per row, columns in `labels(output)` order."""
         logits = self.logits(self.encode_inputs(data))
         probs = {name: self.model.heads[name].probabilities(value).numpy() for name, value in logits.items()
-                 if self.signature["outputs"][name]["type"] != "number"}
+                 if self._has_classes(name)}
         if not probs:
             raise ArtifactError("predict_proba needs a category or binary output; this model predicts numbers")
         return probs if len(probs) > 1 else next(iter(probs.values()))
@@ -87,7 +87,7 @@ class Predictor:
         decoded = {}
         for name, value in logits.items():
             entry = {"predictions": self.outputs[name].decode(value)}
-            if self.signature["outputs"][name]["type"] != "number":
+            if self._has_classes(name):
                 entry["probabilities"] = self.model.heads[name].probabilities(value)
                 entry["labels"] = self.labels(name)
             decoded[name] = entry
@@ -96,6 +96,10 @@ class Predictor:
     def predict_details(self, data) -> dict[str, dict]:
         """`decode_logits` of `data`: labels, probabilities and label order from a single forward pass."""
         return self.decode_logits(self.logits(self.encode_inputs(data)))
+
+    def _has_classes(self, output: str) -> bool:
+        """Category, binary and multilabel outputs have label names (and probabilities); number outputs do not."""
+        return self.outputs[output].label_names() is not None
 
     def labels(self, output: str | None = None) -> list[str] | None:
         return self.outputs[output or self.output_names[0]].label_names()
@@ -108,7 +112,7 @@ class Predictor:
         table = from_table(table, self.signature["inputs"], self.signature["outputs"])
         encoded = encode(table, self.inputs, self.outputs)
         logits = self.logits(encoded.x)
-        scales = {n: f.scale_ for n, f in self.outputs.items() if self.signature["outputs"][n]["type"] == "number"}
+        scales = {n: f.scale_ for n, f in self.outputs.items() if not self._has_classes(n)}
         return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
 
 

@@ -59,7 +59,8 @@ class ModelRuntime:
         names = list(self.signature["inputs"])
         merged = {n: [v for job in jobs for v in job.columns[n]] for n in names}
         # Each input's kind turns the validated JSON values into the column its feature transforms.
-        table = Table({n: self.kinds[n].request_column(merged[n], self.signature["inputs"][n]) for n in names}, "request")
+        inputs = self.signature["inputs"]
+        table = Table({n: self.kinds[n].request_column(merged[n], inputs[n]) for n in names}, "request")
         return encode(table, self.predictor.inputs, None).x
 
     # -- a batch ---------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def _render(source, target, output, output_why, inputs, dropped, table: Table) -
               "  epochs: 10",
               "  batch_size: 64",
               "  optimizer: {name: adam, lr: 0.001}",
-              f"  early_stopping: {{metric: val.loss, patience: 3}}",
+              "  early_stopping: {metric: val.loss, patience: 3}",
               "  seed: 0", ""]
     return "\n".join(lines)
 

@@ -208,7 +208,8 @@ class ImageKind(InputKind):
         pixel = {"type": "number", "minimum": 0, "maximum": 255}
         schema = {
             "description": f"An image: the file's bytes base64-encoded (PNG, JPEG, ...; resized to {height}x{width}), "
-                           f"or pixel values 0-255 as a {height}x{width} (grey) or {height}x{width}x3 (RGB) nested list.",
+                           f"or pixel values 0-255 as a {height}x{width} (grey) or {height}x{width}x3 (RGB) "
+                           "nested list.",
             "anyOf": [
                 {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/*", "minLength": 1},
                 {"type": "array", "minItems": height, "maxItems": height, "description": "grey pixels, row by row",

@@ -90,8 +90,11 @@ class PlainTokenizer:
         self.prefix = model.get("continuing_subword_prefix") or ""
         self.max_chars = model.get("max_input_chars_per_word", 100)
         self.fuse_unk = bool(model.get("fuse_unk"))
-        self.ranks = {tuple(m.split(" ") if isinstance(m, str) else m): i for i, m in enumerate(model.get("merges", []))}
-        self.normalizer = {k: normalizer.get(k) for k in ("clean_text", "handle_chinese_chars", "strip_accents", "lowercase")}
+        # Merges are "a b" strings in older tokenizer.json files and [a, b] pairs in newer ones.
+        merges = [tuple(m.split(" ") if isinstance(m, str) else m) for m in model.get("merges", [])]
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.normalizer = {k: normalizer.get(k)
+                           for k in ("clean_text", "handle_chinese_chars", "strip_accents", "lowercase")}
         self.added = {t["content"]: t["id"] for t in state.get("added_tokens", [])}
         self._split = re.compile("(" + "|".join(map(re.escape, sorted(self.added, key=len, reverse=True))) + ")") \
             if self.added else None
@@ -136,9 +139,9 @@ class PlainTokenizer:
             elif self.unk is not None and not (self.fuse_unk and symbols and symbols[-1] == self.unk):
                 symbols.append(self.unk)
         while len(symbols) > 1:  # merge the pair of lowest rank, as long as one is in the merges
-            ranked = [(self.ranks.get((a, b), len(self.ranks)), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
-            rank, i = min(ranked)
-            if rank == len(self.ranks):
+            never = len(self.ranks)
+            rank, i = min((self.ranks.get(pair, never), i) for i, pair in enumerate(zip(symbols, symbols[1:])))
+            if rank == never:
                 break
             symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
         return symbols

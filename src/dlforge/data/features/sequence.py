@@ -157,7 +157,8 @@ class SequenceKind(InputKind):
             array = np.asarray(value, dtype=np.float32)
         except (ValueError, TypeError):  # ragged lists or strings of numbers: parsed (and padded) by the feature
             return np.array(list(value), dtype=object)
-        one_series = array.ndim == 1 or (array.ndim == 2 and sig.get("channels", 1) > 1 and array.shape[0] == sig["channels"])
+        channels = sig.get("channels", 1)
+        one_series = array.ndim == 1 or (array.ndim == 2 and channels > 1 and array.shape[0] == channels)
         return array[None] if one_series else array
 
     def sample(self, sig):

@@ -8,8 +8,8 @@ feature file, by registering an `InputKind` under the type's name, so a new inpu
 is one file with no edit to serve, predict or init. An input type without a kind (a model newer than
 this dlforge) gets the base class: values pass through and the feature validates them.
 
-Kinds are stateless (`kind_of` makes one per call; that costs nothing): every method takes the input's signature. pydantic is used for the API field
-(the data layer may); FastAPI is not (it sits above, in serve/).
+Kinds are stateless (`kind_of` makes one per call; that costs nothing): every method takes the input's
+signature. pydantic is used for the API field (the data layer may); FastAPI is not (it sits above, in serve/).
 """
 
 from __future__ import annotations
