@@ -4,9 +4,11 @@ Training a subword vocabulary needs the Hugging Face `tokenizers` package; apply
 does not. The state that TextFeature saves (the tokenizer's own JSON) fully defines the pipeline
 dlforge trains: BertNormalizer, BertPreTokenizer, then WordPiece or BPE with [PAD]/[UNK]/[CLS].
 This file applies exactly that pipeline, so a run can be loaded and served with only the `serve`
-extra. It is used only when `tokenizers` is missing (the Rust one is about 10-50x faster on big
-batches); tests/test_text.py checks that both give the same ids. Any other pipeline in a state
-(a hand-made tokenizer.json) is refused with the install line.
+extra. It is used only when `tokenizers` is missing: measured here (2 busy cores), 2000 texts of 31
+words took 1.3-1.8 s against tokenizers' 0.6-0.9 s, and a short request 0.15 ms, so serving does
+not notice. tests/test_runtime_seam.py checks that both give the same ids (BPE and WordPiece, cased
+and lowercased, accents, CJK, control characters). Any other pipeline in a state (a hand-made
+tokenizer.json) is refused with the install line.
 """
 
 from __future__ import annotations
