@@ -3,7 +3,9 @@
 Each model input becomes one typed, documented field of a `Record` (numbers are floats, categories
 strings with example values, binary inputs an enum of their two values, images base64 or a pixel
 array), so the OpenAPI schema tells a client exactly what to send and validation names the field
-that is wrong. Unknown keys are errors, never dropped.
+that is wrong. Unknown keys are errors, never dropped. The field of each input type, and its
+multipart form part, come from the type's kind (data/features/<type>.py), so a new input type
+needs no edit here.
 """
 
 from __future__ import annotations
