@@ -215,6 +215,16 @@ def test_plain_tokenizer_matches_tokenizers(kind):
             assert plain.encode(text).ids == tok.encode(text, add_special_tokens=False).ids, text
 
 
+def test_plain_tokenizer_refuses_other_pipelines_with_the_install_line():
+    from dlforge.core.errors import ArtifactError
+    from dlforge.data.features.plain_tokenizer import PlainTokenizer
+
+    state = {"model": {"type": "Unigram", "vocab": []}, "normalizer": {"type": "NFKC"}, "pre_tokenizer": None}
+    with pytest.raises(ArtifactError) as err:
+        PlainTokenizer(state)
+    assert err.value.hint == "pip install 'dlforge[text]'"
+
+
 def test_text_run_loads_and_serves_without_tokenizers(tmp_path, monkeypatch):
     from dlforge.serve.runtime import ModelRuntime, Records
 
