@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 
 import dlforge
@@ -19,6 +20,20 @@ def test_run_directory_has_every_artifact(digits_run):
 
 
 def test_predictor_round_trip_matches_training_metrics(digits_run):
+    from dlforge.data.prepare import read_table, stratify_labels
+    from dlforge.data.split import split_rows
+
+    predictor = dlforge.load(digits_run)
     metrics = dlforge.evaluate(digits_run)
     stored = json.loads((digits_run / "metrics.json").read_text())["test"]
     assert abs(metrics["accuracy"] - stored["accuracy"]) < 1e-9
+    # The loaded predictor's own labels on the test split give the accuracy training recorded.
+    recipe, table = predictor.recipe, read_table(predictor.recipe)
+    split = recipe.data.split
+    rows = split_rows(table.n_rows, official=table.split, labels=stratify_labels(recipe, table), val=split.val,
+                      test=split.test, seed=split.seed)["test"]
+    test = table.take(rows)
+    predicted = np.asarray(predictor.predict(test.columns["image"])).astype(str)
+    assert len(predicted) == len(rows) > 0
+    correct = int((predicted == test.columns["label"].astype(str)).sum())
+    assert correct == round(stored["accuracy"] * len(rows))  # stored as float32: compare counts, not ratios

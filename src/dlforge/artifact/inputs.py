@@ -1,16 +1,19 @@
-"""Turning what a caller hands a Predictor (records, dicts, DataFrames, arrays, image paths) into a Table.
+"""The one way into a model: what a caller hands over (records, dicts, DataFrames, arrays, image paths, or a
+table read from a CSV/Parquet file) becomes a Table with exactly the model's input columns.
 
-Anything that does not fit the model's input signature is refused with the expected form.
+`Predictor.predict`, `Predictor.evaluate`, `dlforge predict --data`, `dlforge.evaluate(run, data=...)` all
+come through here, so they agree on every detail: image paths in a file are relative to that file's
+folder, wrong shapes are refused with the expected form. Per-type coercion belongs to the input's
+kind (data/features/<type>.py); the server, whose values pydantic has already validated, uses the
+kinds' `request_column` directly.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
-
-from dlforge.data.table import Table
 from dlforge.core.errors import PredictError
+from dlforge.data.features import kind_of
+from dlforge.data.table import Table
 
 
 def _describe(inputs: dict) -> str:
@@ -18,54 +21,13 @@ def _describe(inputs: dict) -> str:
                      for n, s in inputs.items())
 
 
-def _image_array(value: np.ndarray, sig: dict, name: str) -> np.ndarray:
-    """Numeric image data as (N, H, W[, C]); a single image gets a batch axis. Sizes must match the model."""
-    channels, height, width = sig["shape"]
-    if value.dtype == object or value.dtype.kind in "US":
-        return value
-    if value.ndim == 2 or (value.ndim == 3 and value.shape[-1] in (1, 3, 4) and value.shape[:2] == (height, width)):
-        value = value[None]
-    if value.ndim not in (3, 4) or tuple(value.shape[1:3]) != (height, width):
-        raise PredictError(
-            f"input '{name}' expects images of {height}x{width} pixels as (N, {height}, {width}[, C]) arrays; "
-            f"got an array of shape {tuple(value.shape)}",
-            hint="resize the arrays, or pass image file paths (those are resized for you)")
-    return value
-
-
-def _column(value, sig: dict, name: str) -> np.ndarray:
-    if sig["type"] == "image":
-        if isinstance(value, (str, Path, bytes)):
-            return np.array([value], dtype=object)
-        if isinstance(value, (list, tuple, np.ndarray)) and len(value) and isinstance(value[0], (str, Path, bytes)):
-            return np.array(list(value), dtype=object)
-        try:
-            array = np.asarray(value)
-        except ValueError:
-            raise PredictError(f"input '{name}': images of different sizes cannot form one array",
-                               hint="pass a list of file paths, or same-size arrays") from None
-        if array.dtype.kind not in "biuf":
-            raise PredictError(f"input '{name}' expects image arrays or file paths; got {array.dtype} values")
-        return _image_array(array, sig, name)
-    if sig["type"] == "sequence":
-        if isinstance(value, str):
-            return np.array([value], dtype=object)
-        try:
-            array = np.asarray(value, dtype=np.float32)
-        except (ValueError, TypeError):  # ragged lists or strings of numbers: parsed (and padded) by the feature
-            return np.array(list(value), dtype=object)
-        return array[None] if array.ndim == 1 or (array.ndim == 2 and sig.get("channels", 1) > 1
-                                                  and array.shape[0] == sig["channels"]) else array
-    if np.isscalar(value) or value is None:
-        return np.array([value], dtype=object)
-    array = np.asarray(value, dtype=object if not isinstance(value, np.ndarray) else None)
-    if array.ndim != 1:
-        raise PredictError(f"input '{name}' ({sig['type']}) expects one value per row; got shape {array.shape}")
-    return array
-
-
 def to_table(data, inputs: dict[str, dict]) -> Table:
-    """A Table with exactly the model's input columns."""
+    """A Table with exactly the model's input columns (a Table is taken as read from its file: see `from_table`)."""
+    if isinstance(data, Table):
+        table = from_table(data, inputs)
+        if not table.n_rows:
+            raise PredictError("nothing to predict: the input has no rows", where=table.origin)
+        return table
     names = list(inputs)
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
         data = {str(c): data[c].to_numpy() for c in data.columns}
@@ -83,10 +45,23 @@ def to_table(data, inputs: dict[str, dict]) -> Table:
     if missing:
         raise PredictError(f"input(s) {missing} are missing; got {sorted(map(str, data))}",
                            hint=f"the model expects: {_describe(inputs)}")
-    columns = {n: _column(data[n], inputs[n], n) for n in names}
+    columns = {n: kind_of(inputs[n]).python_column(data[n], inputs[n], n) for n in names}
     lengths = {n: len(c) for n, c in columns.items()}
     if len(set(lengths.values())) > 1:
         raise PredictError(f"inputs have different numbers of rows: {lengths}")
     if not lengths or not next(iter(lengths.values())):
         raise PredictError("nothing to predict: the input has no rows")
     return Table(columns, "predict input")
+
+
+def from_table(table: Table, inputs: dict[str, dict], outputs: dict[str, dict] | None = None) -> Table:
+    """The model's input columns (and `outputs`, for evaluation) of a table read from a file, each through its
+    kind's `table_column` (image paths become absolute against the file's folder). Absent columns are named."""
+    columns = {n: kind_of(sig).table_column(table.column(n, field_path=f"the model's input '{n}'"), table.root)
+               for n, sig in inputs.items()}
+    for name in outputs or {}:
+        columns[name] = table.column(name, field_path=f"the model's output '{name}'")
+    return Table(columns, table.origin, table.split, list(table.notes), table.root)
+
+
+__all__ = ["from_table", "to_table"]

@@ -6,18 +6,23 @@ from pathlib import Path
 
 import torch
 
-from dlforge.data.batches import eval_batches
 from dlforge.artifact.format import MODEL_JSON, WEIGHTS, read_model_json
-from dlforge.data.prepare import build_features, encode
+from dlforge.artifact.inputs import from_table, to_table
+from dlforge.artifact.runtimes import Runtime, build_runtime
 from dlforge.core.errors import ArtifactError, RecipeError
+from dlforge.data.prepare import build_features, encode
+from dlforge.data.table import Table
 from dlforge.models import build_model
-from dlforge.artifact.inputs import to_table
 
 
 class Predictor:
-    """A trained model with its preprocessing: `predict` and `predict_proba` on dicts, DataFrames, arrays, image paths."""
+    """A trained model with its preprocessing: `predict` and `predict_proba` on dicts, DataFrames, arrays, image paths.
 
-    def __init__(self, run_dir: str | Path):
+    The forward pass goes through `runtime` (artifact/runtimes.py; "torch" today). The torch module is
+    built either way: its heads turn logits into probabilities and losses, whatever ran the pass.
+    """
+
+    def __init__(self, run_dir: str | Path, *, runtime: str = "torch"):
         from safetensors.torch import load_file
 
         from dlforge.recipe.io import validate
@@ -42,6 +47,8 @@ class Predictor:
                                 where=str(self.run_dir / WEIGHTS)) from None
         self.model.eval()
         self.batch_size = self.recipe.training.eval_batch_size
+        self.runtime: Runtime = build_runtime(runtime, model=self.model, run_dir=self.run_dir,
+                                              batch_size=self.batch_size)
 
     @property
     def name(self) -> str:
@@ -55,14 +62,9 @@ class Predictor:
         table = to_table(data, self.signature["inputs"])
         return encode(table, self.inputs, None).x
 
-    @torch.no_grad()
     def logits(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = len(next(iter(x.values())))
-        chunks: dict[str, list] = {}
-        for rows in eval_batches(n, self.batch_size):
-            for name, value in self.model({k: v[rows] for k, v in x.items()}).items():
-                chunks.setdefault(name, []).append(value.float())
-        return {name: torch.cat(parts) for name, parts in chunks.items()}
+        """float32 logits per output for encoded inputs, from the runtime (chunked by the eval batch size)."""
+        return self.runtime.run(x)
 
     def predict(self, data):
         """Labels (or values) per row; a dict by output name when the model has several outputs."""
@@ -74,7 +76,7 @@ class Predictor:
         """Class probabilities (n, classes) per row, columns in `labels(output)` order."""
         logits = self.logits(self.encode_inputs(data))
         probs = {name: self.model.heads[name].probabilities(value).numpy() for name, value in logits.items()
-                 if self.signature["outputs"][name]["type"] != "number"}
+                 if self._has_classes(name)}
         if not probs:
             raise ArtifactError("predict_proba needs a category or binary output; this model predicts numbers")
         return probs if len(probs) > 1 else next(iter(probs.values()))
@@ -85,7 +87,7 @@ class Predictor:
         decoded = {}
         for name, value in logits.items():
             entry = {"predictions": self.outputs[name].decode(value)}
-            if self.signature["outputs"][name]["type"] != "number":
+            if self._has_classes(name):
                 entry["probabilities"] = self.model.heads[name].probabilities(value)
                 entry["labels"] = self.labels(name)
             decoded[name] = entry
@@ -95,22 +97,28 @@ class Predictor:
         """`decode_logits` of `data`: labels, probabilities and label order from a single forward pass."""
         return self.decode_logits(self.logits(self.encode_inputs(data)))
 
+    def _has_classes(self, output: str) -> bool:
+        """Category, binary and multilabel outputs have label names (and probabilities); number outputs do not."""
+        return self.outputs[output].label_names() is not None
+
     def labels(self, output: str | None = None) -> list[str] | None:
         return self.outputs[output or self.output_names[0]].label_names()
 
-    def evaluate(self, table) -> dict:
-        """Metrics on a labelled Table (targets encoded with the training vocabulary; unseen labels are errors)."""
+    def evaluate(self, table: Table) -> dict:
+        """Metrics on a labelled Table (targets encoded with the training vocabulary; unseen labels are errors).
+        Inputs go through the same path as `predict` (`from_table`: image paths relative to the file's folder)."""
         from dlforge.evaluation.metrics import compute_metrics
 
+        table = from_table(table, self.signature["inputs"], self.signature["outputs"])
         encoded = encode(table, self.inputs, self.outputs)
         logits = self.logits(encoded.x)
-        scales = {n: f.scale_ for n, f in self.outputs.items() if self.signature["outputs"][n]["type"] == "number"}
+        scales = {n: f.scale_ for n, f in self.outputs.items() if not self._has_classes(n)}
         return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
 
 
-def load(run_dir: str | Path) -> Predictor:
+def load(run_dir: str | Path, *, runtime: str = "torch") -> Predictor:
     """Load a run directory for prediction (`dlforge.load('runs/cnn').predict(...)`)."""
-    return Predictor(run_dir)
+    return Predictor(run_dir, runtime=runtime)
 
 
 __all__ = ["Predictor", "load"]

@@ -98,20 +98,16 @@ def predict(
     if bool(files) == bool(data):
         raise DlforgeError("give image files or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
     if files:
-        image_inputs = [n for n, s in predictor.signature["inputs"].items() if s["type"] == "image"]
-        if len(predictor.signature["inputs"]) != 1 or not image_inputs:
+        from dlforge.data.features import kind_of
+
+        file_inputs = [n for n, s in predictor.signature["inputs"].items() if kind_of(s).file_input]
+        if len(predictor.signature["inputs"]) != 1 or not file_inputs:
             raise DlforgeError("file arguments work for models with one image input; use --data for this model")
-        inputs = {image_inputs[0]: [str(f) for f in files]}
+        inputs = {file_inputs[0]: [str(f) for f in files]}
         frame = pd.DataFrame({"file": [str(f) for f in files]})
     else:
-        table = load_table(str(data), field="--data")
-        inputs = {n: table.column(n, field_path=f"the model's input '{n}'") for n in predictor.inputs}
-        for name, sig in predictor.signature["inputs"].items():
-            if sig["type"] == "image" and inputs[name].dtype == object:  # paths are relative to the CSV's folder
-                from dlforge.data.images.files import resolve_paths
-
-                inputs[name] = resolve_paths(inputs[name], table.root)
-        frame = pd.DataFrame({n: v for n, v in table.columns.items() if np.asarray(v).ndim == 1})
+        inputs = load_table(str(data), field="--data")  # a Table: image paths are relative to its folder
+        frame = pd.DataFrame({n: v for n, v in inputs.columns.items() if np.asarray(v).ndim == 1})
     predictions = predictor.predict(inputs)
     for name, values in (predictions.items() if isinstance(predictions, dict) else [(predictor.output_names[0], predictions)]):
         frame[f"predicted_{name}"] = values

@@ -188,17 +188,34 @@ class BatchAugmenter:
         self.generator.set_state(state["generator"])
 
 
+# Fields that change no pixel by themselves: `fill` only says what shifted-in pixels look like.
+INERT = frozenset({"fill"})
+# Image fields applied to the whole batch (pairs of rows) by BatchAugmenter, not per input.
+BATCH_LEVEL = frozenset({"mixup", "cutmix"})
+
+
+def _changed(aug, exclude: frozenset) -> bool:
+    return aug.model_dump(exclude=set(exclude)) != type(aug)().model_dump(exclude=set(exclude))
+
+
+def augmentation_on(feature) -> bool:
+    """The one answer to "is this recipe input augmented": any augmentation field away from its default
+    (per input, or mixed into other rows). The frozen-feature cache needs False: augmented inputs change
+    every epoch, so their embeddings cannot be computed once."""
+    aug = getattr(feature, "augmentation", None)  # number, category, ... inputs have no augmentation section
+    return aug is not None and _changed(aug, INERT)
+
+
 def build_augmenter(recipe, inputs: dict) -> BatchAugmenter | None:
     """The recipe's augmenter, or None when no input declares augmentation. `inputs`: fitted features by name."""
     per_input, mixed, mixup, cutmix = {}, [], 0.0, 0.0
     for feature in recipe.inputs:
-        aug = getattr(feature, "augmentation", None)
-        if aug is None:
+        if not augmentation_on(feature):
             continue
+        aug = feature.augmentation
         if feature.type == "image":
             fitted = inputs[feature.name]
-            batch_level = {"mixup", "cutmix", "fill"}  # handled by BatchAugmenter, not per input
-            if aug.model_dump(exclude=batch_level) != type(aug)().model_dump(exclude=batch_level):
+            if _changed(aug, INERT | BATCH_LEVEL):
                 per_input[feature.name] = ImageAugment(
                     aug, scale=feature.preprocessing.scale, mean=fitted.mean_, std=fitted.std_)
             if aug.mixup or aug.cutmix:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dlforge.core.errors import DataError
+from dlforge.data.features.base import is_missing, missing_mask
 from dlforge.data.images.folder import IMAGE_SUFFIXES
 
 _NUMBERS = re.compile(r"^\s*\[?\s*-?[\d.eE+-]+(\s*[,;\s]\s*-?[\d.eE+-]+){2,}\s*\]?\s*$")
@@ -30,14 +31,14 @@ class Choice:
 
 
 def _non_missing(values: np.ndarray) -> list:
-    return [v for v in values.tolist() if not (v is None or (isinstance(v, float) and np.isnan(v)))]
+    return [v for v in values.tolist() if not is_missing(v)]
 
 
 def _numeric(values: np.ndarray) -> np.ndarray | None:
     if values.dtype.kind in "biuf":
         return values.astype(np.float64)
     parsed = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-    present = ~pd.isna(pd.Series(values)).to_numpy()
+    present = ~missing_mask(values)
     return parsed if present.any() and np.isfinite(parsed[present]).all() else None
 
 

@@ -133,7 +133,7 @@ def freeze_block_exists(recipe: Recipe) -> list[str]:
 @cross_check
 def mixing_needs_class_outputs(recipe: Recipe) -> list[str]:
     mixing = [i for i, f in enumerate(recipe.inputs)
-              if getattr(f, "augmentation", None) is not None and (f.augmentation.mixup or f.augmentation.cutmix)]
+              if f.type == "image" and f.augmentation is not None and (f.augmentation.mixup or f.augmentation.cutmix)]
     if mixing and any(o.type == "number" for o in recipe.outputs):
         return [f"inputs.{mixing[0]}.augmentation: mixup/cutmix mix the losses of class targets; a number output has no "
                 "such mix — set mixup: 0 and cutmix: 0"]

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dlforge import __version__
 from dlforge.artifact.format import read_model_json
 from dlforge.core.errors import DlforgeError
+from dlforge.data.features import kind_of
 from dlforge.serve.batcher import Batcher, QueueFull, ShuttingDown
 from dlforge.serve.config import ServeConfig
 from dlforge.serve.metrics import Metrics, MetricsMiddleware
@@ -80,6 +81,7 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
     version = weights_version(run_dir)
     _, request_model = build_request_models(signature, max_records=config.max_records)
     input_names = list(signature["inputs"])
+    file_inputs = {name for name, sig in signature["inputs"].items() if kind_of(sig).file_input}
     first_output = next(iter(signature["outputs"]))
     metrics = Metrics()
     state = State()
@@ -203,7 +205,7 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
             raise ApiError(415, f"send application/json or multipart/form-data; got '{ctype or 'no content type'}'")
         records = [[getattr(r, f"input_{i}") for i in range(len(input_names))] for r in parsed.records]
         for i, name in enumerate(input_names):
-            if signature["inputs"][name]["type"] == "image":
+            if name in file_inputs:  # uploads and base64 images: the pixel limit, from the header alone
                 for row, record in enumerate(records):
                     _check_image(record[i], f"records.{row}.{name}", config.max_pixels, metrics)
         return records, parsed.top_k
@@ -336,17 +338,12 @@ async def _parse_form(request: Request, request_model, signature: dict):
             continue
         if key in record:
             problems.append({"field": f"records.0.{key}", "message": "given more than once"})
-        kind = inputs.get(key, {}).get("type")
-        if kind == "number" and isinstance(value, str):
+        if key in inputs:  # a form part is text (or file bytes): its kind reads the JSON value it stands for
             try:
-                value = float(value) if value.strip() else None
-            except ValueError:
-                problems.append({"field": f"records.0.{key}", "message": "Input should be a valid number"})
+                value = kind_of(inputs[key]).form_value(value)
+            except ValueError as exc:
+                problems.append({"field": f"records.0.{key}", "message": str(exc)})
                 continue
-        elif kind in ("category", "binary", "text") and isinstance(value, bytes):
-            value = value.decode("utf-8", errors="replace")
-        elif kind in ("category", "binary") and value == "":
-            value = None
         record[key] = value
     if problems:
         raise _invalid(problems)

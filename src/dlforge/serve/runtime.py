@@ -1,5 +1,7 @@
 """The model behind the server: validated records in, one vectorised forward pass per batch, JSON rows out.
 
+The forward pass is the Predictor's runtime (artifact/runtimes.py), as for `predict` and `evaluate`.
+
 A batch merges the columns of every request, encodes them with the model's fitted features in one go
 (vectorised per column, not per row), runs one forward pass and splits the rows back per request. If
 the merged batch fails to encode (one request's image cannot be decoded, say), each request is
@@ -13,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from dlforge.core.errors import DlforgeError, PredictError
+from dlforge.data.features import kind_of
 from dlforge.data.prepare import encode
 from dlforge.data.table import Table
-from dlforge.core.errors import DlforgeError, PredictError
 
 DEFAULT_TOP_K = 5
 
@@ -50,23 +52,15 @@ class ModelRuntime:
         self.name = predictor.name
         self.version = weights_version(predictor.run_dir)
         self.output_names = list(self.signature["outputs"])
+        self.kinds = {name: kind_of(sig) for name, sig in self.signature["inputs"].items()}
 
     # -- inputs --------------------------------------------------------------------------------------
-    def _column(self, name: str, values: list) -> np.ndarray:
-        kind = self.signature["inputs"][name]["type"]
-        if kind == "number":
-            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        if kind == "image" and all(isinstance(v, np.ndarray) for v in values):
-            return np.stack(values)  # (N, H, W, C) uint8, already the model's size
-        column = np.empty(len(values), dtype=object)  # strings, or image bytes (decoded by the feature) and arrays
-        for i, value in enumerate(values):  # item by item: numpy would try to broadcast a list of arrays
-            column[i] = value
-        return column
-
     def encode(self, jobs: Sequence[Records]) -> dict[str, torch.Tensor]:
         names = list(self.signature["inputs"])
         merged = {n: [v for job in jobs for v in job.columns[n]] for n in names}
-        table = Table({n: self._column(n, merged[n]) for n in names}, "request")
+        # Each input's kind turns the validated JSON values into the column its feature transforms.
+        inputs = self.signature["inputs"]
+        table = Table({n: self.kinds[n].request_column(merged[n], inputs[n]) for n in names}, "request")
         return encode(table, self.predictor.inputs, None).x
 
     # -- a batch ---------------------------------------------------------------------------------------
@@ -132,18 +126,7 @@ class ModelRuntime:
     # -- warm-up -----------------------------------------------------------------------------------------
     def sample_job(self) -> Records:
         """One plausible row built from the signature (for warm-up, and the web page's defaults)."""
-        columns = {}
-        for name, sig in self.signature["inputs"].items():
-            kind = sig["type"]
-            if kind == "number":
-                columns[name] = [0.0]
-            elif kind == "image":
-                channels, height, width = sig["shape"]
-                columns[name] = [np.zeros((height, width, channels), dtype=np.uint8)]
-            elif kind in ("category", "binary"):
-                columns[name] = [(sig.get("values") or [None])[0]]
-            else:
-                columns[name] = ["warm up"]
+        columns = {name: [self.kinds[name].sample(sig)] for name, sig in self.signature["inputs"].items()}
         return Records(columns, 1)
 
     def warm_up(self, rounds: int = 3) -> None:

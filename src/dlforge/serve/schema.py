@@ -3,25 +3,18 @@
 Each model input becomes one typed, documented field of a `Record` (numbers are floats, categories
 strings with example values, binary inputs an enum of their two values, images base64 or a pixel
 array), so the OpenAPI schema tells a client exactly what to send and validation names the field
-that is wrong. Unknown keys are errors, never dropped.
+that is wrong. Unknown keys are errors, never dropped. The field of each input type, and its
+multipart form part, come from the type's kind (data/features/<type>.py), so a new input type
+needs no edit here.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Optional
 
-import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-# Text and category values longer than this are refused (422): no real category is this long, and
-# it bounds the work a single field can cause.
-MAX_STRING = 10_000
-# Numbers beyond this overflow float32 arithmetic in the model (its limit is 3.4e38) after scaling.
-MAX_NUMBER = 1e30
-DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+from dlforge.data.features.wire import MAX_NUMBER, MAX_STRING, kind_of  # noqa: F401  (MAX_*: the limits clients see)
 
 
 class ApiModel(BaseModel):
@@ -68,91 +61,9 @@ class Status(ApiModel):
 
 
 # ---------------------------------------------------------------- request fields per input type
-def _decode_base64(text: str) -> bytes:
-    text = DATA_URL.sub("", text.strip(), count=1)
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not valid base64 (send the image file's bytes base64-encoded, or a data: URL)") from None
-    if not data:
-        raise ValueError("the image is empty")
-    return data
-
-
-def _image_validator(shape: list[int]):
-    channels, height, width = shape
-
-    def parse(value: Any) -> Union[bytes, np.ndarray]:
-        if isinstance(value, (bytes, bytearray)):  # a multipart file upload
-            if not value:
-                raise ValueError("the uploaded file is empty")
-            return bytes(value)
-        if isinstance(value, str):
-            return _decode_base64(value)
-        if isinstance(value, list):
-            try:
-                array = np.asarray(value, dtype=np.float32)
-            except (ValueError, TypeError):
-                raise ValueError("a pixel array must be a rectangular nested list of numbers") from None
-            if array.ndim == 2:
-                array = array[:, :, None]
-            if array.ndim != 3 or array.shape[:2] != (height, width) or array.shape[2] not in (1, 3):
-                raise ValueError(f"a pixel array must be {height}x{width} (grey) or {height}x{width}x3 (RGB); "
-                                 f"got shape {list(np.shape(value))}")
-            if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-                raise ValueError("pixel values must be numbers from 0 to 255")
-            if array.shape[2] != channels:  # grey <-> RGB, as the training pipeline converts files
-                array = (np.repeat(array, 3, axis=2) if channels == 3
-                         else (array @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None])
-            return array.round().astype(np.uint8)
-        raise ValueError("an image is a base64 string (or data: URL) or a nested list of pixel values")
-
-    pixel = {"type": "number", "minimum": 0, "maximum": 255}
-    schema = {
-        "description": f"An image: the file's bytes base64-encoded (PNG, JPEG, ...; resized to {height}x{width}), "
-                       f"or pixel values 0-255 as a {height}x{width} (grey) or {height}x{width}x3 (RGB) nested list.",
-        "anyOf": [
-            {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/*", "minLength": 1},
-            {"type": "array", "minItems": height, "maxItems": height, "description": "grey pixels, row by row",
-             "items": {"type": "array", "minItems": width, "maxItems": width, "items": pixel}},
-            {"type": "array", "minItems": height, "maxItems": height, "description": "RGB pixels, row by row",
-             "items": {"type": "array", "minItems": width, "maxItems": width,
-                       "items": {"type": "array", "minItems": 3, "maxItems": 3, "items": pixel}}},
-        ],
-    }
-    return Annotated[Any, BeforeValidator(parse), WithJsonSchema(schema)]
-
-
-Text = Annotated[str, Field(strict=True, max_length=MAX_STRING)]
-
-
 def field_type(name: str, sig: dict):
-    """The (annotation, FieldInfo) of one model input; `alias` keeps names such as 'hours-per-week'."""
-    kind = sig.get("type")
-    if kind == "number":
-        annotation = Optional[Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]]
-        info = Field(..., alias=name, description="A number; null means missing (filled as in training).",
-                     examples=[0.0])
-    elif kind == "category":
-        values = [str(v) for v in sig.get("values", [])]
-        annotation = Optional[Union[Text, Annotated[int, Field(strict=True)]]]
-        info = Field(..., alias=name, examples=values[:5] or None,
-                     description="A category; values never seen in training (or null) count as unknown. "
-                                 + (f"Known values include: {', '.join(values[:20])}." if values else ""))
-    elif kind == "binary":
-        values = [v for v in sig.get("values", []) if v is not None]
-        annotation = Optional[Literal[tuple(values)]] if values else Optional[Text]
-        info = Field(..., alias=name, description=f"One of {values}; null counts as '{values[0] if values else ''}'.")
-    elif kind == "image":
-        annotation = _image_validator(sig["shape"])
-        info = Field(..., alias=name)
-    elif kind == "text":
-        annotation = Text
-        info = Field(..., alias=name, description="Text.", examples=["some text"])
-    else:  # an input type this server predates: pass it through and let the model's features validate it
-        annotation = Any
-        info = Field(..., alias=name, description=f"A '{kind}' input.")
-    return annotation, info
+    """The (annotation, FieldInfo) of one model input, from its type's kind (data/features/<type>.py)."""
+    return kind_of(sig).api_field(name, sig)
 
 
 def max_classes(signature: dict) -> int:
@@ -181,19 +92,8 @@ def build_request_models(signature: dict, *, max_records: int) -> tuple[type[Bas
 
 def multipart_schema(signature: dict) -> dict:
     """The OpenAPI schema of the multipart/form-data form: one part per input, images as file uploads."""
-    props, required = {}, []
-    for name, sig in signature["inputs"].items():
-        kind = sig.get("type")
-        if kind == "image":
-            props[name] = {"type": "string", "format": "binary", "description": "The image file."}
-        elif kind == "number":
-            props[name] = {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER,
-                           "description": "A number (empty: missing)."}
-        elif kind == "binary":
-            props[name] = {"type": "string", "enum": [v for v in sig.get("values", []) if v is not None]}
-        else:
-            props[name] = {"type": "string", "maxLength": MAX_STRING}
-        required.append(name)
+    props = {name: kind_of(sig).form_part(sig) for name, sig in signature["inputs"].items()}
+    required = list(props)
     props["top_k"] = {"type": "integer", "minimum": 1, "maximum": max_classes(signature)}
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 

@@ -17,16 +17,13 @@ from pathlib import Path
 
 import torch
 
+from dlforge.data.augment import augmentation_on
+
 CHUNK = 64  # images per backbone forward pass while embedding: bounds activation memory
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("DLFORGE_CACHE", Path.home() / ".cache" / "dlforge")) / "features"
-
-
-def _augmented(feature) -> bool:
-    aug = getattr(feature, "augmentation", None)
-    return aug is not None and aug.model_dump(exclude={"fill"}) != type(aug)().model_dump(exclude={"fill"})
 
 
 def cacheable(recipe, model) -> dict[str, str]:
@@ -38,7 +35,7 @@ def cacheable(recipe, model) -> dict[str, str]:
             continue
         if not encoder.fully_frozen:
             out[feature.name] = "backbone trains (freeze is not 'all' or unfreeze_at_epoch is set): it runs every step"
-        elif _augmented(feature):
+        elif augmentation_on(feature):
             out[feature.name] = "augmentation is on: the frozen backbone runs on every augmented batch"
         else:
             out[feature.name] = "cached"

@@ -32,9 +32,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
     else:
         from dlforge.data.readers import load_table
 
+        # Columns are checked (and image paths resolved against the file's folder) by Predictor.evaluate,
+        # through the same path as `predict --data`.
         table = load_table(str(data), field="--data")
-        for name in [*predictor.inputs, *predictor.outputs]:
-            table.column(name, field_path=f"the model's input/output '{name}'")
     if table.n_rows == 0:
         raise ArtifactError("no rows to evaluate on", where=str(data or run_dir))
     return predictor.evaluate(table)

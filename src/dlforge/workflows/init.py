@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError, did_you_mean
+from dlforge.data.features import kind_of
 from dlforge.data.profile import Choice, leak, type_column, type_target
 
 
@@ -41,18 +42,9 @@ def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...
 
 
 def _input_entry(choice: Choice, table: Table) -> dict:
-    entry = {"name": choice.name, "type": choice.kind, **(choice.extra or {})}
-    if choice.kind == "text":
-        entry["encoder"] = {"name": "embed", "dim": 64}
-        entry["preprocessing"] = {"max_length": 256}
-    elif choice.kind == "image" and table.columns[choice.name].dtype == object:
-        entry["preprocessing"] = {"size": [64, 64], "fit": "pad"}
-        entry["encoder"] = {"name": "cnn", "channels": [16, 32], "padding": "same", "global_pool": True, "dense": [64]}
-    elif choice.kind == "image":
-        entry["encoder"] = {"name": "cnn", "channels": [16, 32], "padding": "same", "dense": [64]}
-    elif choice.kind == "sequence":
-        entry["encoder"] = {"name": "cnn", "channels": [32, 64, 32]}
-    return entry
+    """`{name, type}`, what the typing chose (`extra`), and the type's starter encoder/preprocessing (its kind)."""
+    return {"name": choice.name, "type": choice.kind, **(choice.extra or {}),
+            **kind_of(choice.kind).init_entry(table.columns[choice.name])}
 
 
 def _flow(data: dict) -> str:

@@ -66,11 +66,25 @@ input_features: Registry[type[Feature]] = Registry("input type")
 output_features: Registry[type[TargetFeature]] = Registry("output type")
 
 
+def is_missing(value) -> bool:
+    """The one answer to "is this cell missing": None or a float NaN (what pandas reads for an empty CSV cell)."""
+    return value is None or (isinstance(value, (float, np.floating)) and value != value)
+
+
+def missing_mask(values: np.ndarray) -> np.ndarray:
+    """`is_missing` per element, as a bool array; a numeric array is missing exactly where it is NaN."""
+    if values.dtype.kind in "fc":
+        return np.isnan(values)
+    if values.dtype.kind != "O":
+        return np.zeros(len(values), dtype=bool)
+    return np.fromiter((is_missing(v) for v in values.tolist()), dtype=bool, count=len(values))
+
+
 def as_strings(values: np.ndarray) -> np.ndarray:
     """Values as strings for vocabularies, with NaN/None as None (integers stay '3', not '3.0')."""
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values.tolist()):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+        if is_missing(v):
             out[i] = None
         elif isinstance(v, float) and v.is_integer():
             out[i] = str(int(v))

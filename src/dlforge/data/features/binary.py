@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import numpy as np
 import torch
+from pydantic import Field
 
 from dlforge.data.features.base import (Feature, TargetFeature, as_strings, input_features, output_features,
                                         rows_preview)
 from dlforge.core.errors import DataError
+from dlforge.data.features.category import form_text
+from dlforge.data.features.wire import InputKind, Text, input_kinds
 
 TRUE_WORDS = ("1", "true", "yes", "y", "t", "pos", "positive")
 
@@ -62,6 +67,26 @@ class BinaryFeature(_BinaryCodec, Feature):
 
     def signature(self):
         return {"type": "binary", "dtype": "str", "width": 1, "values": [self.negative_, self.positive_]}
+
+
+@input_kinds.register("binary")
+class BinaryKind(InputKind):
+    """One of the two values seen in training; null counts as the negative one."""
+
+    def api_field(self, name, sig):
+        values = [v for v in sig.get("values", []) if v is not None]
+        annotation = Optional[Literal[tuple(values)]] if values else Optional[Text]
+        return annotation, Field(..., alias=name,
+                                 description=f"One of {values}; null counts as '{values[0] if values else ''}'.")
+
+    def form_part(self, sig):
+        return {"type": "string", "enum": [v for v in sig.get("values", []) if v is not None]}
+
+    def form_value(self, value):
+        return form_text(value)
+
+    def sample(self, sig):
+        return (sig.get("values") or [None])[0]
 
 
 @output_features.register("binary")

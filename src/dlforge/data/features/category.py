@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from dlforge.data.features.base import (Feature, TargetFeature, as_strings, input_features, output_features,
                                         rows_preview)
 from dlforge.core.errors import DataError
+from dlforge.data.features.wire import InputKind, Text, input_kinds
 
 UNKNOWN = "<unknown>"
 
@@ -45,6 +48,31 @@ class CategoryFeature(Feature):
         dim = self.config.embedding_dim or min(32, (len(self.vocabulary_) + 1) // 2)
         return {"type": "category", "dtype": "str", "cardinality": len(self.vocabulary_), "embedding_dim": dim,
                 "values": self.vocabulary_[1:50]}
+
+
+def form_text(value):
+    """A form part of a text-valued input: file bytes as UTF-8 text (bad bytes replaced), an empty field as null."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return None if value == "" else value
+
+
+@input_kinds.register("category")
+class CategoryKind(InputKind):
+    """A string (or an integer code) from the vocabulary; unseen values and null count as unknown."""
+
+    def api_field(self, name, sig):
+        values = [str(v) for v in sig.get("values", [])]
+        annotation = Optional[Union[Text, Annotated[int, Field(strict=True)]]]
+        return annotation, Field(..., alias=name, examples=values[:5] or None,
+                                 description="A category; values never seen in training (or null) count as unknown. "
+                                             + (f"Known values include: {', '.join(values[:20])}." if values else ""))
+
+    def form_value(self, value):
+        return form_text(value)
+
+    def sample(self, sig):
+        return (sig.get("values") or [None])[0]
 
 
 @output_features.register("category")

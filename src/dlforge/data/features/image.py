@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Union
+
 import numpy as np
 import torch
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from dlforge.data.features.base import Feature, input_features
 from dlforge.data.images.decode import convert_channels, decode_image, resize, to_nchw
-from dlforge.core.errors import DataError
+from dlforge.core.errors import DataError, PredictError
+from dlforge.data.features.wire import InputKind, input_kinds
 
 # The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -17,6 +24,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 CHUNK = 8192
 # Images decoded to fit channels/size/mean/std when a column streams (files are never all decoded at once).
 STREAM_SAMPLE = 512
+DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
 
 @input_features.register("image")
@@ -130,3 +138,126 @@ class ImageFeature(Feature):
 
     def signature(self):
         return {"type": "image", "dtype": "image", "shape": [self.channels_, *self.size_]}
+
+
+# ---------------------------------------------------------------- at the edges: API, Python callers, init
+def decode_base64(text: str) -> bytes:
+    """An image sent as base64 (or a data: URL) as the file's bytes."""
+    text = DATA_URL.sub("", text.strip(), count=1)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64 (send the image file's bytes base64-encoded, or a data: URL)") from None
+    if not data:
+        raise ValueError("the image is empty")
+    return data
+
+
+def pixel_array(value: list, channels: int, height: int, width: int) -> np.ndarray:
+    """A nested list of pixels 0-255 as uint8 (H, W, channels), grey <-> RGB converted as files are in training."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ValueError("a pixel array must be a rectangular nested list of numbers") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[:2] != (height, width) or array.shape[2] not in (1, 3):
+        raise ValueError(f"a pixel array must be {height}x{width} (grey) or {height}x{width}x3 (RGB); "
+                         f"got shape {list(np.shape(value))}")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise ValueError("pixel values must be numbers from 0 to 255")
+    if array.shape[2] != channels:
+        array = (np.repeat(array, 3, axis=2) if channels == 3
+                 else (array @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None])
+    return array.round().astype(np.uint8)
+
+
+def _numeric_images(value: np.ndarray, sig: dict, name: str) -> np.ndarray:
+    """Numeric image data as (N, H, W[, C]); a single image gets a batch axis. Sizes must match the model."""
+    channels, height, width = sig["shape"]
+    if value.ndim == 2 or (value.ndim == 3 and value.shape[-1] in (1, 3, 4) and value.shape[:2] == (height, width)):
+        value = value[None]
+    if value.ndim not in (3, 4) or tuple(value.shape[1:3]) != (height, width):
+        raise PredictError(
+            f"input '{name}' expects images of {height}x{width} pixels as (N, {height}, {width}[, C]) arrays; "
+            f"got an array of shape {tuple(value.shape)}",
+            hint="resize the arrays, or pass image file paths (those are resized for you)")
+    return value
+
+
+@input_kinds.register("image")
+class ImageKind(InputKind):
+    """A file (path, upload, base64) resized for the model, or pixels already at the model's size."""
+
+    file_input = True
+
+    def api_field(self, name, sig):
+        channels, height, width = sig["shape"]
+
+        def parse(value: Any) -> Union[bytes, np.ndarray]:
+            if isinstance(value, (bytes, bytearray)):  # a multipart file upload
+                if not value:
+                    raise ValueError("the uploaded file is empty")
+                return bytes(value)
+            if isinstance(value, str):
+                return decode_base64(value)
+            if isinstance(value, list):
+                return pixel_array(value, channels, height, width)
+            raise ValueError("an image is a base64 string (or data: URL) or a nested list of pixel values")
+
+        pixel = {"type": "number", "minimum": 0, "maximum": 255}
+        schema = {
+            "description": f"An image: the file's bytes base64-encoded (PNG, JPEG, ...; resized to {height}x{width}), "
+                           f"or pixel values 0-255 as a {height}x{width} (grey) or {height}x{width}x3 (RGB) "
+                           "nested list.",
+            "anyOf": [
+                {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/*", "minLength": 1},
+                {"type": "array", "minItems": height, "maxItems": height, "description": "grey pixels, row by row",
+                 "items": {"type": "array", "minItems": width, "maxItems": width, "items": pixel}},
+                {"type": "array", "minItems": height, "maxItems": height, "description": "RGB pixels, row by row",
+                 "items": {"type": "array", "minItems": width, "maxItems": width,
+                           "items": {"type": "array", "minItems": 3, "maxItems": 3, "items": pixel}}},
+            ],
+        }
+        return Annotated[Any, BeforeValidator(parse), WithJsonSchema(schema)], Field(..., alias=name)
+
+    def form_part(self, sig):
+        return {"type": "string", "format": "binary", "description": "The image file."}
+
+    def request_column(self, values, sig):
+        if all(isinstance(v, np.ndarray) for v in values):
+            return np.stack(values)  # (N, H, W, C) uint8, already the model's size
+        return super().request_column(values, sig)  # bytes (decoded by the feature) and arrays
+
+    def python_column(self, value, sig, name):
+        from pathlib import Path
+
+        if isinstance(value, (str, Path, bytes)):
+            return np.array([value], dtype=object)
+        if isinstance(value, (list, tuple, np.ndarray)) and len(value) and isinstance(value[0], (str, Path, bytes)):
+            return np.array(list(value), dtype=object)
+        try:
+            array = np.asarray(value)
+        except ValueError:
+            raise PredictError(f"input '{name}': images of different sizes cannot form one array",
+                               hint="pass a list of file paths, or same-size arrays") from None
+        if array.dtype.kind not in "biuf":
+            raise PredictError(f"input '{name}' expects image arrays or file paths; got {array.dtype} values")
+        return _numeric_images(array, sig, name)
+
+    def table_column(self, values, root):
+        from dlforge.data.images.files import is_file_column, resolve_paths
+
+        # Paths in a CSV are relative to the CSV's folder, as the user reads them (and as training resolved them).
+        return resolve_paths(values, root) if is_file_column(values) else values
+
+    def sample(self, sig):
+        channels, height, width = sig["shape"]
+        return np.zeros((height, width, channels), dtype=np.uint8)
+
+    def init_entry(self, values):
+        if values.dtype == object:  # file paths: sizes differ, so resize (pad keeps the aspect) and pool globally
+            return {"preprocessing": {"size": [64, 64], "fit": "pad"},
+                    "encoder": {"name": "cnn", "channels": [16, 32], "padding": "same", "global_pool": True,
+                                "dense": [64]}}
+        return {"encoder": {"name": "cnn", "channels": [16, 32], "padding": "same", "dense": [64]}}

@@ -13,21 +13,17 @@ import json
 import numpy as np
 import torch
 
-from dlforge.data.features.base import TargetFeature, output_features, rows_preview
+from dlforge.data.features.base import TargetFeature, is_missing, output_features, rows_preview
 from dlforge.core.errors import DataError
 
 SEPARATORS = ["|", ";", ","]
 FORMATS = "'a|b', 'a;b', 'a,b', a JSON list '[\"a\", \"b\"]', or one label per cell; an empty cell is the empty set"
 
 
-def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
-
-
 def detect_separator(values: np.ndarray, *, where: str) -> str:
     """'json', one of SEPARATORS, or 'single' (one label per cell)."""
-    cells = [str(v).strip() for v in values.tolist() if not _is_missing(v) and str(v).strip()]
-    if any(isinstance(v, (int, float)) and not _is_missing(v) for v in values.tolist()) or values.dtype.kind in "iufb":
+    cells = [str(v).strip() for v in values.tolist() if not is_missing(v) and str(v).strip()]
+    if any(isinstance(v, (int, float)) and not is_missing(v) for v in values.tolist()) or values.dtype.kind in "iufb":
         raise DataError("a multi-label target holds numbers, not label sets", where=where,
                         hint=f"write each row's labels as {FORMATS}; a 0/1 column is a binary output")
     if cells and all(c.startswith("[") for c in cells):
@@ -47,7 +43,7 @@ def detect_separator(values: np.ndarray, *, where: str) -> str:
 def split_labels(values: np.ndarray, separator: str, *, where: str) -> list[list[str]]:
     sets = []
     for i, v in enumerate(values.tolist()):
-        if _is_missing(v) or not str(v).strip():
+        if is_missing(v) or not str(v).strip():
             sets.append([])
         elif separator == "json":
             try:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dlforge.data.features.base import Feature, TargetFeature, input_features, output_features, rows_preview
+from typing import Annotated, Optional
+
+from pydantic import Field
+
+from dlforge.data.features.base import (Feature, TargetFeature, input_features, missing_mask, output_features,
+                                        rows_preview)
+from dlforge.data.features.wire import MAX_NUMBER, InputKind, input_kinds
 from dlforge.core.errors import DataError
 
 
@@ -16,7 +22,7 @@ def to_float(values: np.ndarray, *, name: str, where: str) -> np.ndarray:
         import pandas as pd
 
         parsed = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.isnan(parsed) & ~pd.isna(pd.Series(values)).to_numpy()
+        bad = np.isnan(parsed) & ~missing_mask(values)
         sample = values[np.flatnonzero(bad)[:3]].tolist()
         raise DataError(
             f"column '{name}' has non-numeric values {sample} (rows {rows_preview(bad)})",
@@ -77,6 +83,33 @@ class NumberFeature(Feature):
 
     def signature(self):
         return {"type": "number", "dtype": "float", "width": 2 if self.indicator_ else 1}
+
+
+@input_kinds.register("number")
+class NumberKind(InputKind):
+    """A float or null (missing: filled as in training); a form field is parsed from its text."""
+
+    def api_field(self, name, sig):
+        annotation = Optional[Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]]
+        return annotation, Field(..., alias=name, description="A number; null means missing (filled as in training).",
+                                 examples=[0.0])
+
+    def form_part(self, sig):
+        return {"type": "number", "minimum": -MAX_NUMBER, "maximum": MAX_NUMBER, "description": "A number (empty: missing)."}
+
+    def form_value(self, value):
+        if not isinstance(value, str):
+            return value
+        try:
+            return float(value) if value.strip() else None
+        except ValueError:
+            raise ValueError("Input should be a valid number") from None
+
+    def request_column(self, values, sig):
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def sample(self, sig):
+        return 0.0
 
 
 @output_features.register("number")

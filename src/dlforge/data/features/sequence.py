@@ -13,8 +13,9 @@ import re
 import numpy as np
 import torch
 
-from dlforge.data.features.base import Feature, input_features, rows_preview
+from dlforge.data.features.base import Feature, input_features, is_missing, rows_preview
 from dlforge.core.errors import DataError
+from dlforge.data.features.wire import InputKind, input_kinds
 
 _SPLIT = re.compile(r"[\s,;]+")
 
@@ -34,7 +35,7 @@ def parse_series(values: np.ndarray, *, name: str, where: str) -> np.ndarray:
         if isinstance(v, np.ndarray):
             rows.append(np.asarray(v, dtype=np.float64).reshape(-1))
             continue
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+        if is_missing(v):
             rows.append(np.zeros(0))
             continue
         text = str(v).strip().strip("[]()")
@@ -142,4 +143,26 @@ class _quiet_nan:
         self._ctx.__exit__(*exc)
 
 
-__all__ = ["SequenceFeature", "parse_series", "rows_preview"]
+__all__ = ["SequenceFeature", "SequenceKind", "parse_series", "rows_preview"]
+
+
+@input_kinds.register("sequence")
+class SequenceKind(InputKind):
+    """A series: numbers separated by spaces or commas (a string), or a list of numbers (one channel)."""
+
+    def python_column(self, value, sig, name):
+        if isinstance(value, str):
+            return np.array([value], dtype=object)
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (ValueError, TypeError):  # ragged lists or strings of numbers: parsed (and padded) by the feature
+            return np.array(list(value), dtype=object)
+        channels = sig.get("channels", 1)
+        one_series = array.ndim == 1 or (array.ndim == 2 and channels > 1 and array.shape[0] == channels)
+        return array[None] if one_series else array
+
+    def sample(self, sig):
+        return " ".join(["0"] * max(1, int(sig.get("length") or 1)))
+
+    def init_entry(self, values):
+        return {"encoder": {"name": "cnn", "channels": [32, 64, 32]}}

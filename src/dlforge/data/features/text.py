@@ -3,7 +3,8 @@
 Every text becomes `[CLS] tokens…` padded with [PAD] (id 0) to the longest text of the split, at most
 `max_length`. Texts cut at `max_length` are counted (`truncated`), as are empty or missing ones
 (`empty`: they keep only [CLS], so the model still sees a row). The tokenizer's own JSON is the state,
-so the artifact needs no pickle and no vocabulary file beside model.json.
+so the artifact needs no pickle and no vocabulary file beside model.json. Training needs `tokenizers`;
+loading does not (plain_tokenizer.py applies the saved pipeline when it is missing).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import json
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from dlforge.data.features.base import Feature, input_features, rows_preview
+from dlforge.data.features.base import Feature, input_features, is_missing, rows_preview
 from dlforge.data.pretrained_text import PRETRAINED_TEXT, encode_pretrained, pretrained_tokenizer
 from dlforge.core.errors import DataError
+from dlforge.data.features.plain_tokenizer import PlainTokenizer
+from dlforge.data.features.wire import InputKind, Text, input_kinds
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL = [PAD, UNK, CLS]  # ids 0, 1, 2: trainers add special tokens first, in this order
@@ -25,7 +29,7 @@ def as_texts(values: np.ndarray, *, name: str, where: str) -> tuple[list[str], n
     """Values as str, with None/NaN as ''; bytes must be UTF-8 (a clear error names the row otherwise)."""
     texts, empty = [], np.zeros(len(values), dtype=bool)
     for i, v in enumerate(values.tolist()):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+        if is_missing(v):
             v = ""
         elif isinstance(v, (bytes, bytearray)):
             try:
@@ -120,8 +124,10 @@ class TextFeature(Feature):
                 "backbone": getattr(self, "backbone_", None)}
 
     def load_state(self, state):
-        from tokenizers import Tokenizer
-
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:  # serving with only the `serve` extra: the saved pipeline runs in plain Python
+            Tokenizer = PlainTokenizer
         self.tokenizer_ = Tokenizer.from_str(json.dumps(state["tokenizer"]))
         self.max_length_ = state["max_length"]
         self.backbone_ = state.get("backbone")
@@ -141,4 +147,16 @@ class TextFeature(Feature):
         return [CLS] + self.tokenizer_.encode(text, add_special_tokens=False).tokens[: self.max_length_ - 1]
 
 
-__all__ = ["TextFeature", "as_texts", "rows_preview"]
+@input_kinds.register("text")
+class TextKind(InputKind):
+    def api_field(self, name, sig):
+        return Text, Field(..., alias=name, description="Text.", examples=["some text"])
+
+    def form_value(self, value):
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+    def init_entry(self, values):
+        return {"encoder": {"name": "embed", "dim": 64}, "preprocessing": {"max_length": 256}}
+
+
+__all__ = ["TextFeature", "TextKind", "as_texts", "rows_preview"]

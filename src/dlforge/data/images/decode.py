@@ -1,8 +1,13 @@
-"""Decoding image files with Pillow, and turning uint8 image arrays into float (N, C, H, W) tensors."""
+"""Decoding image files with Pillow, and turning uint8 image arrays into float (N, C, H, W) tensors.
+
+`open_image` is the one way a file or bytes are opened (by `decode_image` here, and by the image-file
+column's header check and decoder in files.py), so the decompression-bomb guard cannot be skipped.
+"""
 
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +43,32 @@ def pil_resample(name: str, where: str | None = None):
     return getattr(Image.Resampling, _interpolation(name, where)[0])
 
 
+class TooManyPixels(ValueError):
+    """An image whose header announces more than MAX_PIXELS pixels (refused before any pixel is decoded)."""
+
+
+@contextmanager
+def open_image(item):
+    """Pillow's image for a path or bytes, refused (TooManyPixels) when its header has more than MAX_PIXELS pixels.
+    Pillow reads only the header here; pixels are decoded on first use."""
+    from PIL import Image
+
+    source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else Path(str(item))
+    with Image.open(source) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise TooManyPixels(f"image of {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}")
+        yield img
+
+
 def decode_image(item, *, channels: int | None, size: tuple[int, int] | None, where: str,
                  interpolation: str = "bilinear") -> np.ndarray:
     """One image (path, bytes or array) as uint8 (H, W, C), converted to `channels` and resized to `size`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if isinstance(item, np.ndarray):
         return item
     try:
-        source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else Path(str(item))
-        with Image.open(source) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise DataError(f"image of {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}",
-                                where=where)
+        with open_image(item) as img:
             mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
             img = img.convert(mode)
             if size is not None and (img.height, img.width) != tuple(size):
@@ -58,6 +76,8 @@ def decode_image(item, *, channels: int | None, size: tuple[int, int] | None, wh
             array = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file not found: {item}", where=where) from None
+    except TooManyPixels as exc:
+        raise DataError(str(exc), where=where, hint="shrink the image, or remove it") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot decode image {str(item)[:200]}: {exc}", where=where,
                         hint="check the file, or remove it") from None

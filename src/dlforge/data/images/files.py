@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlforge.data.images.decode import pil_resample
+from dlforge.data.features.base import is_missing
+from dlforge.data.images.decode import TooManyPixels, open_image, pil_resample
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
 
@@ -46,7 +47,7 @@ def resolve_paths(values: np.ndarray, root: str | None) -> np.ndarray:
     base = Path(root) if root else Path.cwd()
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values.tolist()):
-        if isinstance(v, (bytes, bytearray)) or v is None or (isinstance(v, float) and np.isnan(v)):
+        if isinstance(v, (bytes, bytearray)) or is_missing(v):
             out[i] = v
         else:
             path = Path(str(v).strip()).expanduser()
@@ -81,13 +82,11 @@ def fit_image(img, size: tuple[int, int] | None, fit: str, shorter: int | None =
 
 def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, shorter: int | None = None,
                 interpolation: str = "bilinear") -> np.ndarray:
-    """One image file (or bytes) as uint8 (H, W, C). Raises OSError/ValueError when it does not decode."""
-    import io
-
+    """One image file (or bytes) as uint8 (H, W, C). Raises OSError/ValueError when it does not decode, and
+    TooManyPixels (a ValueError) past the pixel limit."""
     from PIL import Image
 
-    source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else str(item)
-    with Image.open(source) as img:
+    with open_image(item) as img:
         # RGBA/P/CMYK/16-bit all become 8-bit L or RGB; alpha is dropped (composited onto nothing).
         if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
             # Transparent pixels read as white (a cut-out on paper), not as whatever RGB they hide (often black).
@@ -100,18 +99,15 @@ def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, 
 
 def _header(item) -> tuple[str, int, int] | str:
     """(mode, width, height) of a file, or the reason it cannot be opened."""
-    import io
-
-    from PIL import Image
-
-    if item is None or (isinstance(item, float) and np.isnan(item)):
+    if is_missing(item):
         return "missing path"
     try:
-        source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else str(item)
-        with Image.open(source) as img:
+        with open_image(item) as img:
             return img.mode, img.width, img.height
     except FileNotFoundError:
         return "file not found"
+    except TooManyPixels as exc:
+        return str(exc)
     except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
         return f"cannot decode ({type(exc).__name__}: {str(exc)[:120]})"
 
