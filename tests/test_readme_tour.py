@@ -89,7 +89,7 @@ def test_readme_tour_runs_as_written(tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MPLBACKEND", "Agg")
     result = subprocess.run(["bash", "-c", "\n".join(lines)], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=1200)
+                            timeout=1400)
     ran = re.findall(r"^\+\+\+ (\d+) \(at \d+ s\): (.*)$", result.stderr, flags=re.M)
     assert result.returncode == 0, (f"README tour command failed: {ran[-1][1] if ran else '?'}\n"
                                     f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
