@@ -67,7 +67,7 @@ def test_the_tour_section_has_the_commands_we_expect():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # about 2 minutes on an idle 2-core machine; several times that under load
+@pytest.mark.timeout(1500)  # 13 CLI runs, each importing torch: minutes on 2 idle cores; under load (~9) it timed out
 @needs_data("mnist", "adult", "german_credit")
 def test_readme_tour_runs_as_written(tmp_path):
     repo = tmp_path / "dlforge"
