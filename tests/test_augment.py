@@ -111,6 +111,7 @@ class _InterruptAt:
             signal.raise_signal(signal.SIGINT)  # the trainer finishes the step, checkpoints, and stops
 
 
+@pytest.mark.slow
 def test_augmented_training_resumes_bit_exactly(tmp_path):
     whole = _aug_digits(tmp_path, "whole")
     with pytest.raises(TrainingInterrupted):

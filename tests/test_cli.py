@@ -157,6 +157,7 @@ def test_predict_csv_of_image_paths_relative_to_the_csv(cli, tmp_path, digits_ru
     assert lines[0] == "image,predicted_label" and len(lines) == 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_exits_130_and_resumes(tmp_path):
     import signal
     import time

@@ -45,6 +45,7 @@ def _recipe(csv, combiner: dict) -> dict:
 @pytest.mark.parametrize("combiner", [{"name": "concat", "layers": [16]},
                                       {"name": "attention", "dim": 16, "heads": 2, "ff_dim": 32, "dropout": 0.0,
                                        "layers": [16]}], ids=["concat", "attention"])
+@pytest.mark.slow
 def test_four_input_types_in_one_model(multimodal_csv, tmp_path, combiner):
     result = dlforge.train(_recipe(multimodal_csv, combiner), out=tmp_path / "run", progress=False)
     assert result.metrics["test"]["accuracy"] >= 0.85

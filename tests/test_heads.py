@@ -78,6 +78,7 @@ def test_multilabel_cli_exit_2_on_unknown_format(tmp_path, capsys):
     assert info.value.code == 2 and "separators" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_several_outputs_with_loss_weights(tags_csv, tmp_path):
     outputs = [{"name": "kind", "type": "category", "loss_weight": 2.0},
                {"name": "amount", "type": "number", "loss_weight": 0.5},

@@ -86,6 +86,7 @@ CSVS = [("adult", "income"), ("compas/compas.csv.gz", "two_year_recid"), ("germa
         ("tuxpaint_photos/labels.csv", "label")]
 
 
+@pytest.mark.slow
 @needs_data("adult", "compas", "german_credit", "lending_club", "rt_snippets", "spam_assassin", "tuxpaint_photos")
 @pytest.mark.parametrize("source,target", CSVS, ids=[c[0].split("/")[0] for c in CSVS])
 def test_init_recipes_train_on_every_shared_csv(source, target, tmp_path):

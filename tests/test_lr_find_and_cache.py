@@ -40,6 +40,7 @@ def test_cli_lr_find_prints_suggestion(tmp_path, capsys):
     assert "suggested lr:" in out and (tmp_path / "p.png").is_file()
 
 
+@pytest.mark.slow
 def test_lr_auto_runs_range_test_before_training_and_records_rate(tmp_path):
     recipe = digits_recipe(epochs=1)
     recipe["training"]["optimizer"]["lr"] = "auto"

@@ -41,6 +41,7 @@ def _imagenet_logits(backbone: str):
     return logits, labels, x
 
 
+@pytest.mark.slow
 @needs_data("imagenet_samples")
 @pytest.mark.parametrize("backbone,min_top1,min_top5", [("mobilenet_v2", 17, 20), ("efficientnet_lite0", 18, 19)])
 def test_backbone_labels_imagenet_photos(backbone, min_top1, min_top5):

@@ -89,6 +89,7 @@ def test_by_length_without_text_input_is_a_recipe_error():
         dlforge.load_recipe(digits_recipe(sampling="by_length"))
 
 
+@pytest.mark.slow
 def test_by_length_training_resumes_bit_exactly(varied_text_csv, tmp_path):
     recipe = _text_recipe(varied_text_csv, "lstm", epochs=3)
     full = dlforge.train(recipe, out=tmp_path / "full", progress=False)

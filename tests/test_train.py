@@ -110,6 +110,7 @@ def test_gradient_clipping_bounds_the_norm(tmp_path):
     assert max(norms) <= 0.01 + 1e-6
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_restores_best(tmp_path):
     run = dlforge.train(digits_recipe(epochs=30, optimizer={"name": "adam", "lr": 0.05},
                                       early_stopping={"metric": "val.accuracy", "patience": 2}),

@@ -291,11 +291,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _click_exceptions():
-    """click's exception module: typer < 0.22 depends on click; later typers vendor it as `typer._click`."""
+    """The click exceptions typer raises: its vendored copy (`typer._click`, typer >= 0.22), else click itself.
+
+    The vendored copy comes first: click may still be installed for another package (uvicorn needs it), and
+    its classes are not the ones a new typer raises."""
     try:
-        from click import exceptions
-    except ImportError:
         from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
     return exceptions
 
 
