@@ -124,6 +124,24 @@ def test_a_strategy_is_set_up_exactly_once_and_owns_the_device(tmp_path):
     assert isinstance(by_name.trainer.strategy, CountingStrategy) and by_name.trainer.strategy.setup_calls == 1
 
 
+def test_the_frozen_feature_cache_embeds_on_the_strategys_device(tmp_path, monkeypatch):
+    import importlib
+
+    class Called(Exception):
+        pass
+
+    def record(recipe, model, splits, *, device):
+        raise Called(device)
+
+    monkeypatch.setattr(importlib.import_module("dlforge.training.setup"), "apply_feature_cache", record)
+    strategy = CountingStrategy()
+    strategy.device = torch.device("meta")  # a device no default would pick: it can only come from the strategy
+    recipe = load_recipe(_small())
+    with pytest.raises(Called) as info:
+        build_training(recipe, prepare(recipe), run_dir=tmp_path, strategy=strategy)
+    assert info.value.args == (torch.device("meta"),)
+
+
 def test_a_loss_hook_shifts_the_logged_loss_by_exactly_its_term(tmp_path):
     plain = _build(_small(epochs=2), tmp_path / "a")
     shifted = _build(_small(epochs=2), tmp_path / "b",
