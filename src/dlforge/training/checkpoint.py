@@ -13,12 +13,6 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
