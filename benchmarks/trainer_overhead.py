@@ -14,12 +14,17 @@ so a load burst hits all ways alike, and the *median* of each way is reported. O
 (data loading and model building are not).
 
     PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/trainer_overhead.py --repeats 3
+
+`--baseline-src OTHER/src` adds a fourth way, z: way a's code path run from another checkout's `src`
+(e.g. the previous commit), interleaved with the others, and prints the ratio a / z: the check that a
+change to the trainer left plain single-process training exactly as fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -33,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-WAYS = {"a": "dlforge", "b": "seed loop (DataLoader)", "c": "hand-tuned loop"}
+WAYS = {"a": "dlforge", "b": "seed loop (DataLoader)", "c": "hand-tuned loop", "z": "dlforge (baseline src)"}
 BATCH = 64
 
 
@@ -164,7 +169,9 @@ def worker(kind: str, way: str, threads: int, same_allocator: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
+    parser.add_argument("--ways", nargs="+", default=["a", "b", "c"], choices=list(WAYS))
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="another checkout's src/: adds way z (dlforge from there) and prints the ratio a / z")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--raw-allocator", action="store_true",
@@ -174,6 +181,8 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.threads, not args.raw_allocator)
         return
+    if args.baseline_src is not None and "z" not in args.ways:
+        args.ways.append("z")
     results: dict[tuple[str, str], list[dict]] = {}
     rng = random.Random(0)
     for repeat in range(args.repeats):
@@ -182,8 +191,11 @@ def main() -> None:
             rng.shuffle(order)
             for way in order:
                 flags = ["--threads", str(args.threads)] + (["--raw-allocator"] if args.raw_allocator else [])
-                out = subprocess.run([sys.executable, __file__, "--worker", kind, way, *flags],
-                                     check=True, capture_output=True, text=True).stdout
+                env = dict(os.environ)
+                if way == "z":  # the same runner, importing dlforge from the baseline checkout
+                    env["PYTHONPATH"] = str(args.baseline_src.resolve())
+                out = subprocess.run([sys.executable, __file__, "--worker", kind, "a" if way == "z" else way, *flags],
+                                     check=True, capture_output=True, text=True, env=env).stdout
                 row = json.loads(out.strip().splitlines()[-1])
                 results.setdefault((kind, way), []).append(row)
                 print(f"round {repeat + 1}  {kind}  {WAYS[way]:<24} wall {row['seconds']:7.2f} s  "
@@ -204,6 +216,11 @@ def main() -> None:
             print(f"| {kind} | {WAYS[way]} | {wall:.2f} | {statistics.median(r['seconds'] for r in rows):.2f} | "
                   f"{cpu:.2f} | {wall / base_wall:.3f} | {cpu / base_cpu:.3f} | "
                   f"{max(r['peak_rss_mb'] for r in rows):.0f} |")
+        if (kind, "z") in results and (kind, "a") in results:
+            a, z = results[(kind, "a")], results[(kind, "z")]
+            print(f"{kind}: dlforge / baseline = {min(r['seconds'] for r in a) / min(r['seconds'] for r in z):.3f} "
+                  f"(best wall), {statistics.median(r['cpu_seconds'] for r in a) / statistics.median(r['cpu_seconds'] for r in z):.3f} "
+                  "(median CPU)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 
 import pytest
 import torch
@@ -108,7 +107,7 @@ class _InterruptAt:
     def on_step_end(self, trainer, step):
         if step == self.step and not self.fired:
             self.fired = True
-            signal.raise_signal(signal.SIGINT)  # the trainer finishes the step, checkpoints, and stops
+            trainer.stop.set()  # as Ctrl-C under `dlforge train`: the trainer finishes the step, checkpoints, and stops
 
 
 @pytest.mark.slow

@@ -162,18 +162,15 @@ def test_builtin_tuxpaint_photos_is_an_image_folder():
 
 
 class _InterruptAt:
-    """Sends SIGINT to this process after `steps` training steps, as Ctrl-C would."""
+    """Requests a stop after `steps` training steps, as the CLI's Ctrl-C handler does."""
 
     def __init__(self, steps: int):
         self.steps, self.seen = steps, 0
 
     def on_step_end(self, trainer, step):
-        import os
-        import signal
-
         self.seen += 1
         if self.seen == self.steps:
-            os.kill(os.getpid(), signal.SIGINT)
+            trainer.stop.set()
 
 
 def test_streaming_resume_is_exact(tmp_path):

@@ -56,8 +56,24 @@ def test_each_schedule_moves_the_rate_as_declared(tmp_path, schedule):
         assert lrs[-1] < peak / 100 and max(lrs) <= peak
     elif schedule["name"] == "constant":
         assert lrs == pytest.approx([peak] * 3)
-    elif schedule["name"] == "plateau":
-        assert lrs[-1] <= peak
+    elif schedule["name"] == "plateau":  # patience 0: halved after every epoch whose val.loss is no new best
+        best, expected = float("inf"), [peak]
+        for row in run.history[:-1]:
+            improved = row["val.loss"] < best * (1 - 1e-4)  # ReduceLROnPlateau's default relative threshold
+            best = min(best, row["val.loss"])
+            expected.append(expected[-1] * (1 if improved else 0.5))
+        assert lrs == pytest.approx(expected)
+
+
+def test_plateau_schedule_cuts_the_rate_by_its_factor_after_patience(tmp_path):
+    # At lr 1e-6 no validation prediction changes, so val.accuracy (watched as higher-is-better) stays flat: a
+    # plateau from the second epoch. (Not 1e-8: ReduceLROnPlateau ignores cuts smaller than its eps, 1e-8.)
+    recipe = digits_recipe(epochs=5, optimizer={"name": "sgd", "lr": 1e-6, "momentum": 0.0},
+                           schedule={"name": "plateau", "metric": "val.accuracy", "patience": 1, "factor": 0.5})
+    run = dlforge.train(recipe, out=tmp_path / "r", progress=False)
+    assert len({row["val.accuracy"] for row in run.history}) == 1
+    # Epoch 1 sets the best; after more than `patience` (1) epochs without improvement, the rate halves.
+    assert [row["lr"] for row in run.history] == pytest.approx([1e-6, 1e-6, 1e-6, 5e-7, 5e-7], rel=1e-9)
 
 
 def test_full_batch_gradient_descent_takes_one_step_per_epoch(tmp_path):
@@ -189,11 +205,32 @@ def test_regression_output_reports_errors_in_user_units(tiny_csv, tmp_path):
     assert predictions[0] == pytest.approx(3.0, abs=0.6)
 
 
-def test_label_smoothing_and_balanced_class_weights(tmp_path):
+def test_label_smoothing_and_balanced_class_weights_reach_the_loss(tmp_path):
+    import torch.nn.functional as F
+
+    from dlforge.data import prepare
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training.setup import build_training
+
     recipe = digits_recipe(epochs=1)
     recipe["outputs"][0].update({"label_smoothing": 0.1, "class_weights": "balanced"})
-    run = dlforge.train(recipe, out=tmp_path / "r", progress=False)
-    assert run.metrics["test"]["accuracy"] > 0.5
+    recipe = load_recipe(recipe)
+    prepared = prepare(recipe)
+    built = build_training(recipe, prepared, run_dir=tmp_path)
+    counts = torch.bincount(prepared.splits["train"].y["label"], minlength=10).float()
+    weight = counts.sum() / (10 * counts)  # balanced: n / (classes * n_c), as scikit-learn's compute_class_weight
+    assert torch.allclose(built.model.heads["label"].class_weight, weight)
+
+    assert built.trainer.fit().history[0]["train.loss"] > 0
+    val = prepared.splits["val"]
+    logits = built.trainer.predict_logits(val)  # trained: confident logits, where smoothing costs the most
+    target = val.y["label"]
+    loss = float(built.model.loss(logits, {"label": target}))
+    by_hand = F.cross_entropy(logits["label"], target, weight=weight, label_smoothing=0.1)
+    assert loss == pytest.approx(float(by_hand), rel=1e-6)
+    # Each option changes the value: neither is dropped on the way to the loss.
+    assert abs(loss - float(F.cross_entropy(logits["label"], target, label_smoothing=0.1))) > 1e-6
+    assert abs(loss - float(F.cross_entropy(logits["label"], target, weight=weight))) > 1e-2
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):

@@ -3,8 +3,6 @@ they train, resume bit-identically after an interrupt mid-epoch, and predict the
 
 from __future__ import annotations
 
-import os
-import signal
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from conftest import digits_recipe
 
 
 class _InterruptAt:
-    """Sends this process SIGINT after the given global step, as Ctrl-C would."""
+    """Requests a stop after the given global step, as the CLI's Ctrl-C handler does."""
 
     def __init__(self, step: int):
         self.step, self.seen = step, 0
@@ -24,7 +22,7 @@ class _InterruptAt:
     def on_step_end(self, trainer, step):
         self.seen += 1
         if self.seen == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            trainer.stop.set()
 
 
 def _small(**training) -> dict:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -28,6 +31,30 @@ def _metrics_line(metrics: dict) -> str:
         if isinstance(value, dict) and name not in ("per_class",):
             parts += [f"{name}.{k} {value[k]:.4f}" for k in keys if isinstance(value.get(k), (int, float))]
     return "  ".join(parts)
+
+
+@contextlib.contextmanager
+def _signals_request(stop):
+    """Ctrl-C / SIGTERM set `stop` (training checkpoints after the current step); a second one stops now.
+
+    Only the command owns the process's signals: the library never installs a handler. The previous
+    handlers come back when training ends.
+    """
+
+    def handle(signum, frame):
+        if stop.is_set():  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+        yield
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
@@ -57,7 +84,12 @@ def train(
     if resume is not None and (recipe is not None or set_):
         raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
                            hint=f"run `dlforge train --resume {resume}` alone")
-    result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite, progress=not quiet)
+    from dlforge.training.stop import StopRequest
+
+    stop = StopRequest()
+    with _signals_request(stop):
+        result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite,
+                               progress=not quiet, stop=stop)
     test = result.metrics.get("test") or result.metrics.get("val") or {}
     split = "test" if "test" in result.metrics else "val"
     typer.echo(f"{split}: {_metrics_line(test)}")

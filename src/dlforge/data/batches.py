@@ -1,4 +1,9 @@
-"""The in-memory fast path: every batch is an index slice of a seeded permutation of preloaded tensors."""
+"""The in-memory fast path: every batch is an index slice of a seeded permutation of preloaded tensors.
+
+The permutation lives on the CPU (its generator's state is checkpointed, and the streaming path reads it
+with numpy); `gather` moves each batch's index to the device of the tensors it selects from, once per
+device, so data placed on a GPU by the strategy is indexed there.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,16 @@ import torch
 
 
 def gather(tensors: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {name: t.index_select(0, index) for name, t in tensors.items()}
+    """Rows `index` of every tensor. A CPU index into CUDA tensors fails in `index_select`, so it is copied to
+    each tensors' device first (one small copy per batch and device; none when they share the index's device)."""
+    on_device = {index.device: index}
+    out = {}
+    for name, t in tensors.items():
+        moved = on_device.get(t.device)
+        if moved is None:
+            moved = on_device[t.device] = index.to(t.device, non_blocking=True)
+        out[name] = t.index_select(0, moved)
+    return out
 
 
 class InMemoryBatches:

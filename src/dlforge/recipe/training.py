@@ -7,6 +7,13 @@ from typing import Annotated, Callable, Literal, Union  # noqa: F401
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator  # noqa: F401
 
 from dlforge.recipe._base import Strict, _field  # noqa: F401
+from dlforge.recipe.outputs import HIGHER_IS_BETTER
+
+
+def higher_is_better(metric: str) -> bool:
+    """The one answer to "does a larger value of this logged metric mean better" (early stopping, plateau
+    schedules, model selection): by its last part, so `val.accuracy` and `val.kind.f1` are, `val.loss` is not."""
+    return metric.rsplit(".", 1)[-1] in HIGHER_IS_BETTER
 
 
 LearningRate = Union[Annotated[float, Field(gt=0)], Literal["auto"]]
@@ -109,6 +116,21 @@ class EarlyStopping(Strict):
     restore_best: bool = _field(True, "End with the weights of the best epoch.")
 
 
+class CallbackSpec(BaseModel):
+    """A callback chosen by name with its options, e.g. `{name: my_logger, every: 10}`.
+
+    The options are the callback's keyword arguments; they are checked against its signature when training is
+    built (the registry of callbacks lives in the training layer, which the recipe does not import).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(..., min_length=1, description="Registered callback name (dlforge.training.callbacks).")
+
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
+
+
 class TrainingConfig(Strict):
     epochs: int = _field(10, "Maximum number of passes over the training split.", ge=1)
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["full"]] = _field(
@@ -123,7 +145,16 @@ class TrainingConfig(Strict):
     channels_last: bool = _field(False, "Channels-last memory format for image models (faster on some CPUs).")
     compile: bool = _field(False, "torch.compile the model (slow start, may run faster).")
     seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.")
-    checkpoint_every_steps: int | None = _field(None, "Also checkpoint every N steps (always at each epoch end).", ge=1)
+    accumulate: int = _field(
+        1, "Gradient accumulation: sum the gradients of this many batches, then take one optimizer step, so "
+        "batch_size 32 with accumulate 2 updates like batch_size 64 in half the activation memory. Each batch's "
+        "loss is weighted by its share of the rows of its group; the epoch's last group may be shorter. Schedule "
+        "lengths (warm-up, cosine, onecycle, step) count optimizer steps.", ge=1)
+    callbacks: list[Union[str, CallbackSpec]] = _field(
+        [], "Extra training callbacks by registered name: `[name, {name: ..., <option>: ...}]`. A callback gets "
+        "on_fit_start, on_epoch_start, on_step_end, on_epoch_end (returns a stop vote; any stop wins), on_fit_end "
+        "and on_run_end (the run directory is complete). Unknown names and options are recipe errors.")
+    checkpoint_every_steps: int | None = _field(None, "Also checkpoint every N batches (always at each epoch end).", ge=1)
     sampling: Literal["auto", "random", "by_length"] = _field(
         "auto", "How rows are grouped into batches. random: a fresh shuffle each epoch. by_length: shuffle, then "
         "put rows of similar token length together (sorted within windows of 50 batches, batches in random order), "

@@ -63,11 +63,14 @@ def embed_all(encoder, x, *, device: torch.device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty(0, encoder.embed_dim)
 
 
-def apply_feature_cache(recipe, model, splits: dict, *, device: torch.device | None = None) -> dict:
-    """Replace cacheable backbone inputs of every split by their embeddings; returns a report for metrics/plan."""
+def apply_feature_cache(recipe, model, splits: dict, *, device: torch.device) -> dict:
+    """Replace cacheable backbone inputs of every split by their embeddings; returns a report for metrics/plan.
+
+    `device` is the strategy's (build_training passes it): embedding on the CPU while training runs on a GPU
+    would spend the one expensive pass on the slow device. Embeddings are stored and returned on the CPU.
+    """
     from safetensors.torch import load_file, save_file
 
-    device = device or torch.device("cpu")
     report: dict = {}
     for name, why in cacheable(recipe, model).items():
         if why != "cached" or not all(isinstance(s.x[name], torch.Tensor) for s in splits.values()):

@@ -4,7 +4,7 @@ hundred steps of real training, watch the smoothed loss, and suggest the rate wh
 It trains a throw-away copy of the model through the trainer's own step (same augmentation, mixing,
 precision, clipping), so what it measures is what training will do. `optimizer.lr: auto` runs it
 before training and uses the suggestion; `dlforge lr-find RECIPE` prints it and saves the plot
-(`run.lr_find` builds the throw-away model and trainer; this file is the test itself).
+(`workflows/lr_find.py` builds the throw-away model and trainer; this file is the test itself).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def range_test(trainer, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: 
             for group, mult in zip(trainer.optimizer.param_groups, multipliers):
                 group["lr"] = lr * mult
             trainer.schedule.per_step = False  # the range test owns the rate; no schedule in between
-            raw.append(trainer._step(x, y))
+            raw.append(trainer.step(x, y))
             lrs.append(lr)
             step += 1
             if step % 10 == 0 or step == steps:  # one host sync per 10 steps to check for divergence

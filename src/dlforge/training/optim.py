@@ -1,4 +1,8 @@
-"""Optimizers and learning-rate schedules by name. Schedules step per batch (plateau per epoch)."""
+"""Optimizers and learning-rate schedules by name. Schedules step per optimizer step (plateau per epoch).
+
+With gradient accumulation an optimizer step is `training.accumulate` batches, so `steps_per_epoch` below
+counts optimizer steps, and warm-up, cosine and onecycle lengths are those of the updates actually taken.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Callable
 import torch
 
 from dlforge.core.registry import Registry
+from dlforge.recipe import higher_is_better
 
 optimizers: Registry[Callable] = Registry("optimizer")
 schedules: Registry[Callable] = Registry("schedule")
@@ -143,7 +148,7 @@ def onecycle(optimizer, c, steps_per_epoch: int, epochs: int) -> Schedule:
 
 @schedules.register("plateau")
 def plateau(optimizer, c, steps_per_epoch: int, epochs: int) -> Schedule:
-    mode = "max" if any(c.metric.endswith(m) for m in ("accuracy", "f1", "auc", "precision", "recall", "r2")) else "min"
+    mode = "max" if higher_is_better(c.metric) else "min"
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=c.factor, patience=c.patience,
                                                            min_lr=c.min_lr)
     return Schedule(scheduler, per_step=False, metric=c.metric)

@@ -4,6 +4,10 @@
 compression fine-tunes, distillation) build their model and trainer here, so that what one of them
 trains is exactly what the others train: the same seed, loss weights, target scales, frozen-feature
 cache, gradual unfreezing and batch augmentation.
+
+The plugins pass through here to the trainer: a strategy (device and wrapping; `SingleDevice` by
+default), model transforms, loss hooks, callbacks (the recipe's `training.callbacks` by name, then
+the caller's) and a stop request.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import torch
 from dlforge.data.augment import build_augmenter
 from dlforge.data.prepare import Encoded, Prepared
 from dlforge.models import build_model
-from dlforge.training.callbacks.unfreeze import GradualUnfreeze
+from dlforge.training.callbacks import GradualUnfreeze, build_callbacks
 from dlforge.training.feature_cache import apply_feature_cache
-from dlforge.training.trainer import Trainer
+from dlforge.training.strategy import Strategy, build_strategy
+from dlforge.training.trainer import LossHook, ModelTransform, Trainer
 
 
 @dataclass
@@ -55,19 +60,26 @@ def output_scales(prepared: Prepared) -> dict[str, float]:
 
 
 def build_training(recipe, prepared: Prepared, *, run_dir: Path, splits: dict[str, Encoded] | None = None,
-                   callbacks=(), progress: bool = False) -> Training:
+                   callbacks=(), progress: bool = False, strategy: Strategy | str | None = None,
+                   model_transforms: tuple[ModelTransform, ...] = (), loss_hooks: tuple[LossHook, ...] = (),
+                   stop=None) -> Training:
     """A seeded model and its trainer for `recipe` on `prepared` data (or on `splits` of it, e.g. train only)."""
     splits = prepared.splits if splits is None else splits
+    recipe_callbacks = build_callbacks(recipe)  # unknown names fail before any model is built
+    strategy = build_strategy(strategy, recipe.training)
     seed_everything(recipe.training.seed)
     signature = prepared.signature()
     model = build_model(recipe, signature)
     attach_loss_weights(model, prepared)
-    cache_report = apply_feature_cache(recipe, model, splits)  # frozen backbone: embed once
+    # Frozen backbone: embed once, on the device training will use.
+    cache_report = apply_feature_cache(recipe, model, splits, device=strategy.device)
     unfreeze = GradualUnfreeze(model)
     trainer = Trainer(recipe, model, splits["train"], splits.get("val"), signature, run_dir=run_dir,
-                      callbacks=[*callbacks, *([unfreeze] if unfreeze else [])], progress=progress,
-                      scales=output_scales(prepared), augment=build_augmenter(recipe, prepared.inputs))
-    return Training(model, trainer, cache_report)
+                      callbacks=[*recipe_callbacks, *callbacks, *([unfreeze] if unfreeze else [])], progress=progress,
+                      scales=output_scales(prepared), augment=build_augmenter(recipe, prepared.inputs),
+                      strategy=strategy, model_transforms=model_transforms, loss_hooks=loss_hooks, stop=stop)
+    # The trainer's model: a model transform may have returned a new module.
+    return Training(trainer.model, trainer, cache_report)
 
 
 __all__ = ["Training", "attach_loss_weights", "build_training", "output_scales", "seed_everything"]

@@ -1,28 +1,39 @@
-"""The training loop: in-memory batches, mixed precision, clipping, schedules, early stopping, exact resume.
+"""The training loop: in-memory batches, mixed precision, clipping, accumulation, schedules, exact resume.
 
-It reads top to bottom: for each epoch, for each batch: forward, loss, backward, step; then
-validate, log, checkpoint, and stop if any callback says so. Ctrl-C/SIGTERM finish the current
-step, write a checkpoint and raise TrainingInterrupted.
+It reads top to bottom: for each epoch, for each batch: forward, loss, backward, (every `accumulate`
+batches) step; then validate, log, checkpoint, and stop if any callback votes so. Everything around the
+loop is a plugin, so a new capability never adds an `if` here:
+  - the strategy (training/strategy.py) owns the device and wraps model, optimizer and batches once;
+  - model transforms (model -> model) run before the optimizer is built (QAT, pruning masks);
+  - loss hooks ((trainer, logits, targets, loss) -> loss) add terms (distillation, QAT penalties);
+  - callbacks (training/callbacks/) observe and vote to stop.
+A stop request (training/stop.py; the CLI sets it on Ctrl-C/SIGTERM) is honoured after the current step:
+the trainer checkpoints and raises TrainingInterrupted. The trainer installs no signal handler.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.core.errors import DlforgeError, TrainingInterrupted
+from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
-from dlforge.training.callbacks import EarlyStopping, Progress
+from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
 from dlforge.training.checkpoint import save_checkpoint
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
+from dlforge.training.stop import StopRequest
+from dlforge.training.strategy import Strategy, build_strategy
+
+ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
+LossHook = Callable[..., torch.Tensor]  # (trainer, logits, targets, loss) -> loss
 
 
 @dataclass
@@ -34,58 +45,42 @@ class TrainResult:
     best_epoch: int | None = None
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it after each step so a step is never cut in half."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.raised:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        self.raised = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Trainer:
     def __init__(self, recipe, model: torch.nn.Module, train, val, signature: dict, *, run_dir: Path,
-                 callbacks=(), progress: bool = True, scales: dict[str, float] | None = None, augment=None):
+                 callbacks=(), progress: bool = True, scales: dict[str, float] | None = None, augment=None,
+                 strategy: Strategy | str | None = None, model_transforms: tuple[ModelTransform, ...] = (),
+                 loss_hooks: tuple[LossHook, ...] = (), stop=None):
         self.recipe = recipe
         self.config = recipe.training
-        self.device = pick_device()
+        self.strategy = build_strategy(strategy, self.config)
+        self.device = self.strategy.device
         if self.config.precision == "fp16" and self.device.type != "cuda":
             raise DlforgeError("precision fp16 needs a CUDA GPU; none is available", where="training.precision",
                                hint="use bf16 (CPU autocast) or fp32")
-        self.model = model.to(self.device)
+        for transform in model_transforms:  # before the optimizer exists, so it holds the transformed parameters
+            model = transform(model)
+        self.model = self.strategy.place_model(model)
         self.signature = signature
         self.scales = scales or {}
         self.run_dir = Path(run_dir)
-        self.train = self._to_device(train)
-        self.val = self._to_device(val) if val is not None and len(val) else None
+        self.train = self.strategy.place_split(train)
+        self.val = self.strategy.place_split(val) if val is not None and len(val) else None
         n_train = len(train)
         batch_size = n_train if self.config.batch_size == "full" else self.config.batch_size
-        self.batches = InMemoryBatches(n_train, batch_size, seed=self.config.seed + 1, lengths=self._row_lengths())
-        self.optimizer = build_optimizer(self.model, self.config.optimizer)
-        self.schedule = build_schedule(self.optimizer, self.config.schedule, len(self.batches), self.config.epochs)
+        batches = InMemoryBatches(n_train, batch_size, seed=self.config.seed + 1, lengths=self._row_lengths())
+        optimizer = build_optimizer(self.model, self.config.optimizer)
+        self.model, self.optimizer, self.batches = self.strategy.setup(self.model, optimizer, batches)
+        self.accumulate = self.config.accumulate
+        # Schedules count optimizer steps: with accumulation, one per `accumulate` batches (and the epoch's last).
+        self.updates_per_epoch = math.ceil(len(self.batches) / self.accumulate)
+        self.schedule = build_schedule(self.optimizer, self.config.schedule, self.updates_per_epoch, self.config.epochs)
         self.early_stopping = EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
         self.progress = Progress(total_epochs=self.config.epochs, steps_per_epoch=len(self.batches), enabled=progress)
         self.callbacks = [self.progress, *callbacks] + ([self.early_stopping] if self.early_stopping else [])
-        # Per-step hooks looked up once: a getattr per callback per step is measurable on small models.
-        self._step_hooks = [cb.on_step_end for cb in self.callbacks if getattr(cb, "on_step_end", None) is not None]
+        # Hooks resolved once: a getattr per callback per step is measurable on small models.
+        self._hooks = resolve_hooks(self.callbacks)
+        self.loss_hooks = tuple(loss_hooks)
+        self.stop = stop if stop is not None else StopRequest()
         self.penalized = [p for p in self.model.parameters() if p.ndim > 1 and p.requires_grad]
         self.step_model = torch.compile(self.model) if self.config.compile else self.model
         self.scaler = torch.amp.GradScaler("cuda") if self.config.precision == "fp16" else None
@@ -96,19 +91,6 @@ class Trainer:
         self._losses: list[torch.Tensor] = []
 
     # ------------------------------------------------------------ setup helpers
-    def _to_device(self, split):
-        channels_last = self.config.channels_last
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
-        def move(t: torch.Tensor) -> torch.Tensor:
-            t = t.to(self.device)
-            return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 else t
-
-        split.x = {k: move(v) for k, v in split.x.items()}
-        split.y = {k: move(v) for k, v in split.y.items()}
-        return split
-
     def _row_lengths(self) -> torch.Tensor | None:
         """Real tokens per training row when batches are grouped by length (training.sampling), else None."""
         inputs = length_inputs(self.recipe, self.model, self.signature,
@@ -136,7 +118,14 @@ class Trainer:
         return float(torch.stack(self._losses).mean()) if self._losses else float("nan")
 
     # ------------------------------------------------------------ one step / one evaluation
-    def _step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+    def step(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], *, weight: float = 1.0,
+             zero: bool = True, update: bool = True) -> torch.Tensor:
+        """Forward, loss, backward of one batch; `update` steps the optimizer and schedule.
+
+        Under accumulation the fit loop passes `zero` on a group's first batch, `update` on its last, and
+        `weight` = the batch's share of the group's rows, so the summed gradient is that of one big batch.
+        Returns (and logs) the unweighted loss, as without accumulation.
+        """
         mix = None
         if self.augment is not None:
             x, mix = self.augment(x)
@@ -147,25 +136,40 @@ class Trainer:
                 perm, lam = mix
                 partner = {k: v.index_select(0, perm.to(v.device)) for k, v in y.items()}
                 loss = lam * loss + (1 - lam) * self.model.loss(logits, partner)
+            for hook in self.loss_hooks:
+                loss = hook(self, logits, y, loss)
         penalty = self._penalty()
         if penalty is not None:
             loss = loss + penalty
-        self.optimizer.zero_grad(set_to_none=True)
+        if zero:
+            self.optimizer.zero_grad(set_to_none=True)
+        scaled = loss if weight == 1.0 else loss * weight
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.scale(scaled).backward()
         else:
-            loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.schedule.after_step()
+            scaled.backward()
+        if update:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.schedule.after_step()
         self._losses.append(loss.detach())  # stays on the device: no host sync per step
         return loss.detach()
+
+    def _micro(self, step: int) -> dict:
+        """`step`'s place in its accumulation group: weight (its share of the group's rows), zero, update."""
+        n, size, total = self.batches.n_rows, self.batches.batch_size, len(self.batches)
+        first = step - step % self.accumulate
+        last = min(first + self.accumulate, total) - 1
+        rows = min((step + 1) * size, n) - step * size
+        group_rows = min((last + 1) * size, n) - first * size
+        return {"weight": rows / group_rows, "zero": step == first, "update": step == last}
 
     @torch.no_grad()
     def predict_logits(self, split) -> dict[str, torch.Tensor]:
@@ -191,58 +195,63 @@ class Trainer:
             start_epoch, start_step, permutation = self._restore(resume, result)
         seconds_before = result.train_seconds
         started = time.perf_counter()
-        with _StopFlag() as stop:
-            for epoch in range(start_epoch, self.config.epochs):
-                if permutation is None:
-                    permutation = self.batches.permutation()
-                    self._losses = []
-                self.model.train()
-                self._call("on_epoch_start", epoch)
-                batches = epoch_batches(self.train, self.batches.slices(permutation, start_step),
-                                        workers=self.recipe.data.workers)
-                for step, (x, y) in enumerate(batches, start=start_step):
-                    self._step(x, y)
-                    for hook in self._step_hooks:
-                        hook(self, step)
-                    every = self.config.checkpoint_every_steps
-                    if stop.raised or (every and (self._global_step(epoch, step) + 1) % every == 0):
-                        result.train_seconds = seconds_before + time.perf_counter() - started
-                        self._save(epoch, step + 1, permutation, result)
-                    if stop.raised:
-                        self.progress.close()
-                        raise TrainingInterrupted(str(self.run_dir))
-                start_step, permutation = 0, None
-                metrics = {"epoch": epoch + 1, "train.loss": self.running_loss()}
-                if self.val is not None:
-                    metrics.update(flatten(self.evaluate(self.val), "val"))
-                metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                self.schedule.after_epoch(metrics)
-                result.history.append(metrics)
-                result.epochs_run = epoch + 1
-                should_stop = any([self._decide(cb, epoch, metrics) for cb in self.callbacks])
-                result.train_seconds = seconds_before + time.perf_counter() - started
-                self._save(epoch + 1, 0, None, result)
-                if should_stop:
-                    result.stopped_early = epoch + 1 < self.config.epochs
-                    break
-        self.progress.close()
+        step_hooks = self._hooks["on_step_end"]
+        every = self.config.checkpoint_every_steps
+        accumulating = self.accumulate > 1
+        self._call("on_fit_start")
+        for epoch in range(start_epoch, self.config.epochs):
+            if permutation is None:
+                permutation = self.batches.permutation()
+                self._losses = []
+            self.model.train()
+            self._call("on_epoch_start", epoch)
+            batches = epoch_batches(self.train, self.batches.slices(permutation, start_step),
+                                    workers=self.recipe.data.workers)
+            for step, (x, y) in enumerate(batches, start=start_step):
+                if accumulating:
+                    self.step(x, y, **self._micro(step))
+                else:
+                    self.step(x, y)
+                for hook in step_hooks:
+                    hook(self, step)
+                stopping = self.stop.is_set()
+                if stopping or (every and (self._global_step(epoch, step) + 1) % every == 0):
+                    result.train_seconds = seconds_before + time.perf_counter() - started
+                    self._save(epoch, step + 1, permutation, result)
+                if stopping:
+                    self.progress.close()
+                    raise TrainingInterrupted(str(self.run_dir))
+            start_step, permutation = 0, None
+            metrics = {"epoch": epoch + 1, "train.loss": self.running_loss()}
+            if self.val is not None:
+                metrics.update(flatten(self.evaluate(self.val), "val"))
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.schedule.after_epoch(metrics)
+            result.history.append(metrics)
+            result.epochs_run = epoch + 1
+            # Every callback votes (a list, not a generator: no short-circuit), and any stop wins.
+            should_stop = any([bool(vote(self, epoch, metrics)) for vote in self._hooks["on_epoch_end"]])
+            result.train_seconds = seconds_before + time.perf_counter() - started
+            self._save(epoch + 1, 0, None, result)
+            if should_stop:
+                result.stopped_early = epoch + 1 < self.config.epochs
+                break
         if self.early_stopping is not None and self.early_stopping.best_state is not None:
             self.model.load_state_dict(self.early_stopping.best_state)
             result.best_epoch = self.early_stopping.best_epoch + 1
+        self._call("on_fit_end", result)
         return result
+
+    def end_run(self, run_dir: Path) -> None:
+        """Tell the callbacks the run directory is complete (`dlforge.train` calls it last)."""
+        self._call("on_run_end", Path(run_dir))
 
     def _global_step(self, epoch: int, step: int) -> int:
         return epoch * len(self.batches) + step
 
     def _call(self, hook: str, *args) -> None:
-        for cb in self.callbacks:
-            fn = getattr(cb, hook, None)
-            if fn is not None:
-                fn(self, *args)
-
-    def _decide(self, callback, epoch: int, metrics: dict) -> bool:
-        fn = getattr(callback, "on_epoch_end", None)
-        return bool(fn(self, epoch, metrics)) if fn is not None else False
+        for fn in self._hooks[hook]:
+            fn(self, *args)
 
     # ------------------------------------------------------------ checkpoint state
     def _save(self, epoch: int, step: int, permutation, result: TrainResult) -> None:
@@ -254,6 +263,9 @@ class Trainer:
             "history": result.history, "train_seconds": result.train_seconds,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
+        if step % self.accumulate:  # inside an accumulation group: its gradients so far are part of the state
+            state["grads"] = {name: p.grad.detach().cpu() for name, p in self.model.named_parameters()
+                              if p.grad is not None}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.augment is not None:
@@ -267,6 +279,10 @@ class Trainer:
         self.batches.generator.set_state(state["batch_rng"])
         torch.set_rng_state(state["torch_rng"])
         self._losses = list(state["losses"].to(self.device).unbind())
+        if state.get("grads"):
+            for name, p in self.model.named_parameters():
+                if name in state["grads"]:
+                    p.grad = state["grads"][name].to(p.device)
         if self.early_stopping is not None and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
         if self.augment is not None and "augment" in state:

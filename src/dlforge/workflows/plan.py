@@ -10,7 +10,7 @@ from dlforge.recipe.io import load_recipe, recipe_base_dir
 from dlforge.training.feature_cache import cacheable
 from dlforge.training.precision import precision_notice
 from dlforge.training.sampling import describe as describe_batching, length_inputs
-from dlforge.training.trainer import pick_device
+from dlforge.training.strategy import default_device
 
 
 def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = True) -> dict:
@@ -32,5 +32,5 @@ def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = T
     batched_by = length_inputs(recipe, model, prepared.signature(),
                                has_tokens=lambda name: info["backbones"].get(name) != "cached")
     info["batches"] = describe_batching(batched_by, model)
-    info["notices"] = [n for n in [precision_notice(recipe.training.precision, pick_device())] if n]
+    info["notices"] = [n for n in [precision_notice(recipe.training.precision, default_device())] if n]
     return info

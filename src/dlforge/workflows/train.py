@@ -17,11 +17,12 @@ from dlforge.data import prepare
 from dlforge.models import count_parameters
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
+from dlforge.training.callbacks import check_callbacks
 from dlforge.training.checkpoint import has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training
-from dlforge.training.trainer import pick_device
+from dlforge.training.strategy import default_device
 from dlforge.workflows.evaluate import load_checkpoint_meta
 from dlforge.workflows.lr_find import range_test_for
 
@@ -52,8 +53,13 @@ def _choose_run_dir(recipe, out: str | Path | None, overwrite: bool) -> Path:
 
 
 def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | None = None,
-          resume: str | Path | None = None, overwrite: bool = False, callbacks=(), progress: bool = True) -> RunResult:
-    """Train a recipe (path, dict, Recipe or None for the default) and write its run directory."""
+          resume: str | Path | None = None, overwrite: bool = False, callbacks=(), progress: bool = True,
+          stop=None) -> RunResult:
+    """Train a recipe (path, dict, Recipe or None for the default) and write its run directory.
+
+    `stop` (a `dlforge.training.stop.StopRequest`, or any object with `is_set()`) ends training after the
+    current step with a checkpoint and TrainingInterrupted; nothing here touches the caller's signal handlers.
+    """
     if resume is not None:
         run_dir = Path(resume)
         if not has_checkpoint(run_dir):
@@ -64,13 +70,14 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         recipe = load_recipe(recipe, overrides)
         run_dir = _choose_run_dir(recipe, out, overwrite)
         base_dir = recipe_base_dir(recipe)
+    check_callbacks(recipe)  # a misspelt callback fails before the data is read
     config = recipe.training
     if config.threads:
         torch.set_num_threads(config.threads)
     prepared = prepare(recipe, base_dir=base_dir)
     if progress:
         _print_data_summary(prepared.report)
-        notice = precision_notice(config.precision, pick_device())
+        notice = precision_notice(config.precision, default_device())
         if notice:
             print(f"warning: {notice}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +88,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
         write_json(run_dir / "checkpoint" / "meta.json", {"base_dir": str(base_dir)})
-    built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress)
+    built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
     model, trainer, cache_report = built.model, built.trainer, built.cache_report
     signature = prepared.signature()
     state = load_checkpoint(run_dir) if resume is not None else None
@@ -103,6 +110,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     plots = plot_curves(result.history, run_dir / "plots")
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
+    trainer.end_run(run_dir)  # the run directory is complete: callbacks may read, copy or log it
     return RunResult(run_dir, metrics, result.history)
 
 

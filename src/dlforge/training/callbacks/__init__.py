@@ -1,103 +1,115 @@
-"""Training callbacks. They return decisions (stop or not) that the trainer combines: any stop wins.
+"""Training callbacks: the hooks the trainer calls, their no-op base, and the registry the recipe selects from.
 
-No base class is needed: the trainer calls `on_step_end(trainer, step)` and `on_epoch_end(trainer,
-epoch, metrics)` on objects that define them (Lightning Fabric's style).
+Hooks, in the order the trainer calls them (every hook gets the trainer first):
+    on_fit_start(trainer)                      before the first step (also on resume)
+    on_epoch_start(trainer, epoch)             epoch counts from 0
+    on_step_end(trainer, step)                 after each batch's step; `step` counts batches within the epoch
+    on_epoch_end(trainer, epoch, metrics)      returns a stop vote; every callback votes and any stop wins,
+                                               so no callback can undo another's decision (STYLE.md, Keras #37587)
+    on_fit_end(trainer, result)                after the last epoch (not on an interrupt)
+    on_run_end(trainer, run_dir)               `dlforge.train` calls it once the run directory is complete
+A callback needs no base class (any object with some of these methods will do, as in Lightning Fabric);
+subclassing `Callback` documents the hooks and lets the trainer skip the ones left as defaults. Hooks are
+resolved once when the trainer is built, never looked up per step.
+
+`training.callbacks: [name, {name: ..., <option>: ...}]` builds registered callbacks by name: a new one is
+one file with `@callbacks.register("name")` on a class whose options are keyword-only.
 """
 
 from __future__ import annotations
 
-import math
-import sys
-import time
+import inspect
+from typing import Callable
 
-from dlforge.recipe import HIGHER_IS_BETTER
+from dlforge.core.errors import RecipeError, did_you_mean
+from dlforge.core.registry import Registry
 
+HOOKS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_fit_end", "on_run_end")
 
-class EarlyStopping:
-    """Stops when `metric` has not improved for `patience` epochs; keeps the best weights."""
-
-    def __init__(self, config):
-        self.config = config
-        leaf = config.metric.rsplit(".", 1)[-1]
-        self.mode = config.mode if config.mode != "auto" else ("max" if leaf in HIGHER_IS_BETTER else "min")
-        self.best = -math.inf if self.mode == "max" else math.inf
-        self.best_epoch = -1
-        self.bad_epochs = 0
-        self.best_state = None
-
-    def improved(self, value: float) -> bool:
-        if self.mode == "max":
-            return value > self.best + self.config.min_delta
-        return value < self.best - self.config.min_delta
-
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> bool:
-        value = metrics[self.config.metric]
-        if self.improved(value):
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            if self.config.restore_best:
-                self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-            return False
-        self.bad_epochs += 1
-        return self.bad_epochs >= self.config.patience
-
-    def state_dict(self):
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "best_state": self.best_state}
-
-    def load_state_dict(self, state):
-        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
-        self.best_state = state["best_state"]
+callbacks: Registry[type] = Registry("callback")
 
 
-def format_metrics(metrics: dict[str, float], keys=None) -> str:
-    keys = keys or [k for k in metrics if k.startswith(("train.loss", "val."))]
-    return "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+def _default(hook: Callable) -> Callable:
+    hook.default_hook = True  # the trainer skips hooks left as this no-op (Keras marks them @utils.default)
+    return hook
 
 
-class Progress:
-    """A rich progress bar with live loss and ETA on a terminal; one plain line per epoch otherwise."""
+class Callback:
+    """No-op hooks; override the ones you need. See the module docstring for when each is called."""
 
-    # Read the running loss every this many steps: `.item()` is a host sync, so not every step.
-    REFRESH_STEPS = 25
+    @_default
+    def on_fit_start(self, trainer) -> None:
+        pass
 
-    def __init__(self, *, total_epochs: int, steps_per_epoch: int, enabled: bool = True):
-        self.total_epochs = total_epochs
-        self.steps_per_epoch = steps_per_epoch
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self._progress = None
-        self._task = None
-        self._epoch_start = time.perf_counter()
-
+    @_default
     def on_epoch_start(self, trainer, epoch: int) -> None:
-        self._epoch_start = time.perf_counter()
-        if not self.tty:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+        pass
 
-        self._progress = RichProgress(TextColumn(f"epoch {epoch + 1}/{self.total_epochs}"), BarColumn(),
-                                      MofNCompleteColumn(), TextColumn("{task.fields[loss]}"), TimeRemainingColumn(),
-                                      transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=self.steps_per_epoch, loss="")
+    @_default
+    def on_step_end(self, trainer, step: int) -> None:
+        pass
 
-    def on_step_end(self, trainer, step: int) -> bool:
-        if self._progress is not None and (step + 1) % self.REFRESH_STEPS == 0:
-            self._progress.update(self._task, completed=step + 1, loss=f"loss {trainer.running_loss():.4f}")
-        return False
-
+    @_default
     def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> bool:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-        if self.enabled:
-            seconds = time.perf_counter() - self._epoch_start
-            print(f"epoch {epoch + 1}/{self.total_epochs}  {format_metrics(metrics)}  lr {metrics.get('lr', 0):.2e}"
-                  f"  {seconds:.1f}s", file=sys.stderr, flush=True)
         return False
 
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+    @_default
+    def on_fit_end(self, trainer, result) -> None:
+        pass
 
+    @_default
+    def on_run_end(self, trainer, run_dir) -> None:
+        pass
+
+
+def resolve_hooks(objects) -> dict[str, list[Callable]]:
+    """{hook name: the bound methods that really implement it}, in callback order; computed once per trainer."""
+    hooks: dict[str, list[Callable]] = {name: [] for name in HOOKS}
+    for obj in objects:
+        for name in HOOKS:
+            fn = getattr(obj, name, None)
+            if fn is not None and not getattr(fn, "default_hook", False):
+                hooks[name].append(fn)
+    return hooks
+
+
+def _entries(recipe) -> list[tuple[str, str, dict]]:
+    """(field path, name, options) of each `training.callbacks` entry."""
+    out = []
+    for i, entry in enumerate(recipe.training.callbacks):
+        name, options = (entry, {}) if isinstance(entry, str) else (entry.name, entry.options())
+        out.append((f"training.callbacks.{i}", name, options))
+    return out
+
+
+def check_callbacks(recipe) -> None:
+    """Every `training.callbacks` entry names a registered callback and only options it takes: all problems at once."""
+    problems = []
+    for path, name, options in _entries(recipe):
+        if name not in callbacks:
+            problems.append(f"{path}: unknown callback '{name}'{did_you_mean(name, callbacks.names())} "
+                            f"(registered: {', '.join(callbacks.names()) or 'none'})")
+            continue
+        signature = inspect.signature(callbacks.get(name))
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            takes = ", ".join(p for p in signature.parameters) or "no options"
+            problems.append(f"{path}: callback '{name}' {exc} (it takes: {takes})")
+    if problems:
+        raise RecipeError(problems, hint="register a callback with @dlforge.training.callbacks.callbacks.register(name)")
+
+
+def build_callbacks(recipe) -> list:
+    """The recipe's `training.callbacks`, built by name with their options, in the order written."""
+    check_callbacks(recipe)
+    return [callbacks.get(name)(**options) for _, name, options in _entries(recipe)]
+
+
+# The built-in callbacks register themselves on import (after the base and registry they use exist).
+from dlforge.training.callbacks.early_stopping import EarlyStopping, StopOnNaN  # noqa: E402
+from dlforge.training.callbacks.progress import Progress, format_metrics  # noqa: E402
+from dlforge.training.callbacks.unfreeze import GradualUnfreeze  # noqa: E402
+
+__all__ = ["HOOKS", "Callback", "EarlyStopping", "GradualUnfreeze", "Progress", "StopOnNaN", "build_callbacks",
+           "callbacks", "check_callbacks", "format_metrics", "resolve_hooks"]

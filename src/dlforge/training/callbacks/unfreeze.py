@@ -6,8 +6,10 @@ uninterrupted one did (the optimizer already holds the backbone's parameters, se
 
 from __future__ import annotations
 
+from dlforge.training.callbacks import Callback
 
-class GradualUnfreeze:
+
+class GradualUnfreeze(Callback):
     def __init__(self, model):
         self.encoders = [m for m in model.modules() if getattr(m, "unfreeze_at_epoch", None) is not None]
         self.done: set[int] = set()

@@ -1,0 +1,83 @@
+"""The strategy seam: where the model, optimizer and batches live and how they are wrapped (Lightning Fabric's
+`setup` idea, ours).
+
+A strategy owns the device (the trainer never picks one), places the data splits and the model on it, and
+wraps `setup(model, optimizer, batches) -> (model, optimizer, batches)` once, after the optimizer is built
+and before the first step. That call is the single place the scale-out and privacy work plugs in, each as a
+new strategy registered here, never as an `if` in the loop:
+  - DDP / FSDP: wrap the model, shard the batches by rank (`InMemoryBatches` is an index permutation, so a
+    rank takes every world_size-th batch);
+  - Opacus DP-SGD: `make_private(module, optimizer, data_loader)` returns exactly these three, and Poisson
+    sampling replaces the batches.
+`SingleDevice` (the default) returns all three unchanged: plain training pays nothing for the seam.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from dlforge.core.registry import Registry
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What the trainer needs from a strategy; `setup` gives back what it got, wrapped and in the same order."""
+
+    device: torch.device
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def place_split(self, split): ...
+
+    def setup(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> tuple: ...
+
+
+strategies: Registry[type] = Registry("strategy")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@strategies.register("single_device")
+class SingleDevice:
+    """One process, one device: cuda when available, else cpu (or the device given).
+
+    `channels_last` (training.channels_last) stores 4-D image tensors and the model's convolution weights
+    channels-last, which some CPU and GPU kernels run faster; the layout is a placement decision, so it is here.
+    """
+
+    def __init__(self, device: torch.device | str | None = None, *, channels_last: bool = False):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.channels_last = channels_last
+
+    def _move(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device)
+        if self.channels_last and tensor.ndim == 4:
+            return tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def place_split(self, split):
+        """Every tensor of an encoded split on the device (lazily decoded image columns move themselves per batch)."""
+        split.x = {k: self._move(v) for k, v in split.x.items()}
+        split.y = {k: self._move(v) for k, v in split.y.items()}
+        return split
+
+    def setup(self, model, optimizer, batches):
+        return model, optimizer, batches
+
+
+def build_strategy(strategy: Strategy | str | None, config) -> Strategy:
+    """The recipe's strategy: an instance as given, a registered name, or None for `SingleDevice`."""
+    if strategy is None or isinstance(strategy, str):
+        return strategies.get(strategy or "single_device")(channels_last=config.channels_last)
+    return strategy
+
+
+__all__ = ["SingleDevice", "Strategy", "build_strategy", "default_device", "strategies"]
