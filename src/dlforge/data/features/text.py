@@ -120,9 +120,10 @@ class TextFeature(Feature):
                 "backbone": getattr(self, "backbone_", None)}
 
     def load_state(self, state):
-        from tokenizers import Tokenizer
+        from dlforge.core.assets import TOKENIZERS, require_package
 
-        self.tokenizer_ = Tokenizer.from_str(json.dumps(state["tokenizer"]))
+        tokenizers = require_package(TOKENIZERS, what=f"the text input '{self.name}'", where=self.field_path)
+        self.tokenizer_ = tokenizers.Tokenizer.from_str(json.dumps(state["tokenizer"]))
         self.max_length_ = state["max_length"]
         self.backbone_ = state.get("backbone")
         return self
