@@ -149,6 +149,8 @@ def test_image_backbone_loads_without_its_weight_wheel(tmp_path, monkeypatch, ba
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
     run_dir, files = _image_run(tmp_path, backbone)
     expected = dlforge.load(run_dir).predict_proba(files)
+    trained = json.loads((run_dir / "metrics.json").read_text())["test"]["loss"]
+    assert dlforge.evaluate(run_dir)["loss"] == pytest.approx(trained, rel=1e-5)  # the loaded network is the trained one
     block_weight_wheels(monkeypatch)
     assert np.allclose(dlforge.load(run_dir).predict_proba(files), expected, atol=1e-6)
     assert run_format.required_extras(run_dir) == extras
@@ -167,6 +169,8 @@ def test_minilm_loads_from_model_json_without_the_wheel(tmp_path, monkeypatch):
     assert meta["architectures"]["text"]["hidden_size"] == 384  # the HF config, kept at train time
     assert "_name_or_path" not in meta["architectures"]["text"]  # no path from the training machine
     expected = dlforge.load(run_dir).predict_proba(texts)
+    trained = json.loads((run_dir / "metrics.json").read_text())["test"]["loss"]
+    assert dlforge.evaluate(run_dir)["loss"] == pytest.approx(trained, rel=1e-5)  # the loaded network is the trained one
     block_weight_wheels(monkeypatch)
     assert np.allclose(dlforge.load(run_dir).predict_proba(texts), expected, atol=1e-5)
     assert run_format.required_extras(run_dir) == ["serve", "text", "pretrained"]

@@ -16,6 +16,7 @@ from dlforge.artifact.format import check_split, read_run_json
 from dlforge.artifact.predictor import load
 from dlforge.core.errors import ArtifactError
 from dlforge.data import read_table
+from dlforge.data.images.files import is_file_column, resolve_paths
 from dlforge.data.prepare import stratify_labels
 from dlforge.data.split import split_rows
 from dlforge.data.table import Table
@@ -42,6 +43,11 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
         rows = derive_split(predictor.recipe, table)
         check_split(record, rows, n_rows=table.n_rows, run_dir=Path(run_dir))
         table = table.take(rows["test"] if len(rows["test"]) else rows["val"])
+        for name, sig in predictor.signature["inputs"].items():
+            # Image paths are relative to the data's folder, as training read them (idempotent on absolute paths;
+            # the shared "table -> model inputs" path of the runtime seam may take this over).
+            if sig["type"] == "image" and is_file_column(table.columns[name]):
+                table.columns[name] = resolve_paths(table.columns[name], table.root)
     else:
         from dlforge.data.readers import load_table
 
