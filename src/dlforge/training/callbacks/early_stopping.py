@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from dlforge.recipe import higher_is_better
-from dlforge.training.callbacks import Callback, callbacks
+from dlforge.training.callbacks.base import Callback, callbacks
 
 
 class EarlyStopping(Callback):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from dlforge.training.callbacks import Callback
+from dlforge.training.callbacks.base import Callback
 
 
 def format_metrics(metrics: dict[str, float], keys=None) -> str:

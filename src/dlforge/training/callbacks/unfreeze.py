@@ -6,7 +6,7 @@ uninterrupted one did (the optimizer already holds the backbone's parameters, se
 
 from __future__ import annotations
 
-from dlforge.training.callbacks import Callback
+from dlforge.training.callbacks.base import Callback
 
 
 class GradualUnfreeze(Callback):
