@@ -248,3 +248,12 @@ def test_gpu_smoke_one_epoch_on_cuda(tmp_path):
     assert result.epochs_run == 1 and torch.isfinite(torch.tensor(result.history[0]["train.loss"]))
     run = dlforge.train(_small(epochs=1), out=tmp_path / "run", progress=False)
     assert run.metrics["test"]["accuracy"] > 0.3
+
+
+def test_backbone_protocol_names_what_training_needs():
+    """Training finds pretrained backbones through the Backbone Protocol, not attribute probing."""
+    from dlforge.models.encoders.backbone import BackboneEncoder
+    from dlforge.models.encoders.base import Backbone, Encoder
+
+    assert not isinstance(Encoder(), Backbone)
+    assert all(hasattr(BackboneEncoder, name) for name in ("fully_frozen", "backbone_parameters", "unfreeze", "embed"))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from dlforge.data.augment import augmentation_on
+from dlforge.models.encoders.base import Backbone
 
 CHUNK = 64  # images per backbone forward pass while embedding: bounds activation memory
 
@@ -31,7 +32,7 @@ def cacheable(recipe, model) -> dict[str, str]:
     out = {}
     for feature in recipe.inputs:
         encoder = model.encoders[feature.name] if feature.name in model.encoders else None
-        if encoder is None or not hasattr(encoder, "fully_frozen"):
+        if not isinstance(encoder, Backbone):
             continue
         if not encoder.fully_frozen:
             out[feature.name] = "backbone trains (freeze is not 'all' or unfreeze_at_epoch is set): it runs every step"
@@ -103,5 +104,5 @@ def apply_feature_cache(recipe, model, splits: dict, *, device: torch.device) ->
 def release_feature_cache(model) -> None:
     """Back to raw inputs (for saving/serving): the cached flag is a training-time shortcut only."""
     for module in model.modules():
-        if hasattr(module, "cached_input"):
+        if isinstance(module, Backbone):
             module.cached_input = False

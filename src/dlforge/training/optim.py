@@ -13,6 +13,7 @@ import torch
 
 from dlforge.core.registry import Registry
 from dlforge.recipe import higher_is_better
+from dlforge.models.encoders.base import Backbone
 
 optimizers: Registry[Callable] = Registry("optimizer")
 schedules: Registry[Callable] = Registry("schedule")
@@ -65,7 +66,7 @@ def parameter_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     """
     groups, seen = [], set()
     for module in model.modules():
-        if hasattr(module, "backbone_parameters"):
+        if isinstance(module, Backbone):
             params = module.backbone_parameters()
             seen.update(id(p) for p in module.backbone.parameters())
             if params:

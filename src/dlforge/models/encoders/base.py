@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
+import torch
 from torch import nn
 
 from dlforge.core.registry import Registry
@@ -25,6 +28,30 @@ class Encoder(nn.Module):
         config file), kept in model.json so that loading a run reads nothing else. The constructor takes it back
         as `architecture=`. None (the default): nothing to keep."""
         return None
+
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What training needs from an encoder around a pretrained backbone (models/encoders/backbone.py implements it):
+    its parameters at their own learning-rate multiplier, freezing and gradual unfreezing, and the frozen-feature
+    fast path (`embed` once, then `cached_input` makes forward skip the backbone). Training code asks
+    `isinstance(module, Backbone)` instead of probing attributes one by one."""
+
+    backbone: nn.Module
+    embed_dim: int
+    lr_mult: float
+    unfreeze_at_epoch: int | None
+    cached_input: bool
+
+    @property
+    def fully_frozen(self) -> bool: ...
+
+    def backbone_parameters(self) -> list[nn.Parameter]: ...
+
+    def unfreeze(self) -> None: ...
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 encoders: Registry[type[Encoder]] = Registry("encoder")

@@ -7,11 +7,12 @@ uninterrupted one did (the optimizer already holds the backbone's parameters, se
 from __future__ import annotations
 
 from dlforge.training.callbacks.base import Callback
+from dlforge.models.encoders.base import Backbone
 
 
 class GradualUnfreeze(Callback):
     def __init__(self, model):
-        self.encoders = [m for m in model.modules() if getattr(m, "unfreeze_at_epoch", None) is not None]
+        self.encoders = [m for m in model.modules() if isinstance(m, Backbone) and m.unfreeze_at_epoch is not None]
         self.done: set[int] = set()
 
     def __bool__(self) -> bool:
