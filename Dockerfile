@@ -30,7 +30,7 @@ RUN pip install -c constraints.txt ".[${EXTRAS}]"
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dlforge
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 ARG RUN_DIR=runs/model
 # Only what prediction and evaluation read; checkpoint/ (training state) and plots stay out of the image.
 # run.jso[n]: a pattern, so that a run from before run.json (which still loads) builds too.

@@ -11,7 +11,6 @@ TORCH := torch==2.13.0
 LOCK ?=
 PIN := -c constraints.txt $(if $(LOCK),-c $(LOCK))
 export DLFORGE_DATA ?= $(abspath ../shared/data)
-export MPLBACKEND := Agg
 
 .PHONY: demo test test-fast lint lock install install-dev install-pretrained docs bench bench-serve clean
 

@@ -23,8 +23,8 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
 
 
 def test_lr_find_sweeps_saves_plot_and_suggests(tmp_path):
-    result = dlforge.lr_find(digits_recipe(), plot=tmp_path / "lr.png", steps=60)
-    assert (tmp_path / "lr.png").stat().st_size > 1000
+    result = dlforge.lr_find(digits_recipe(), plot=tmp_path / "lr.svg", steps=60)
+    assert (tmp_path / "lr.svg").stat().st_size > 1000
     assert result.lrs[0] == pytest.approx(1e-7) and len(result.lrs) == len(result.losses) <= 60
     assert all(b > a for a, b in zip(result.lrs, result.lrs[1:]))  # exponentially rising
     assert 1e-5 < result.suggestion < 1.0  # a small CNN on digits with Adam: somewhere sensible
@@ -35,9 +35,9 @@ def test_cli_lr_find_prints_suggestion(tmp_path, capsys):
     import yaml
 
     recipe.write_text(yaml.safe_dump(digits_recipe()))
-    main(["lr-find", str(recipe), "--steps", "30", "--plot", str(tmp_path / "p.png")])
+    main(["lr-find", str(recipe), "--steps", "30", "--plot", str(tmp_path / "p.svg")])
     out = capsys.readouterr().out
-    assert "suggested lr:" in out and (tmp_path / "p.png").is_file()
+    assert "suggested lr:" in out and (tmp_path / "p.svg").is_file()
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_lr_auto_runs_range_test_before_training_and_records_rate(tmp_path):
     found = run.metrics["lr_find"]["suggestion"]
     saved = (tmp_path / "run" / "recipe.yaml").read_text()
     assert f"lr: {found}" in saved  # the resolved rate is what a resume would use
-    assert (tmp_path / "run" / "plots" / "lr_find.png").is_file()
+    assert (tmp_path / "run" / "plots" / "lr_find.svg").is_file()
 
 
 def _tiny_images(tmp_path, n=12):

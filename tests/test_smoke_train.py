@@ -10,7 +10,7 @@ import dlforge
 
 def test_run_directory_has_every_artifact(digits_run):
     for name in ("recipe.yaml", "model.json", "model.safetensors", "metrics.json", "history.csv", "report.html",
-                 "checkpoint/state.pt", "plots/loss.png", "plots/confusion.png"):
+                 "checkpoint/state.pt", "plots/loss.svg", "plots/confusion.svg"):
         assert (digits_run / name).is_file(), name
     metrics = json.loads((digits_run / "metrics.json").read_text())
     assert set(metrics) >= {"val", "test", "train_seconds", "epochs_run"}

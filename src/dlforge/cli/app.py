@@ -232,7 +232,7 @@ def cv(
 def lr_find(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default."),
     set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.batch_size=32."),
-    plot: Path = typer.Option(Path("lr_find.png"), "--plot", help="Where to save the loss-vs-rate plot."),
+    plot: Path = typer.Option(Path("lr_find.svg"), "--plot", help="Where to save the loss-vs-rate plot (SVG)."),
     start_lr: float = typer.Option(1e-7, "--start-lr", min=1e-12, help="First rate of the sweep."),
     end_lr: float = typer.Option(10.0, "--end-lr", help="Last rate of the sweep."),
     steps: int = typer.Option(200, "--steps", min=10, max=10000, help="Training steps of the sweep."),

@@ -1,4 +1,4 @@
-"""report.html: one self-contained page per run (metrics, data summary, plots, the resolved recipe)."""
+"""report.html: one self-contained page per run (metrics, data summary, inline SVG charts, the resolved recipe)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dlforge.core.files import write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}svg{max-width:100%;height:auto}figure{margin:1em 0}figcaption{color:#666;font-size:85%}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:90%}"""
 
 
@@ -24,9 +24,16 @@ def _table(rows: dict[str, dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _svg_body(path: Path) -> str:
+    text = Path(path).read_text(encoding="utf-8")
+    return text[text.index("<svg"):]  # our own files (report/svg.py): no XML prolog to strip, but be safe
+
+
 def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, plots: list[Path]) -> Path:
     splits = {k: v for k, v in metrics.items() if k in ("val", "test") and isinstance(v, dict)}
-    images = "".join(f'<img src="{html.escape(str(p.relative_to(run_dir)))}" alt="{html.escape(p.stem)}">' for p in plots)
+    # Inlined, so report.html is one self-contained file (the SVGs stay in plots/ for other uses).
+    images = "".join(f"<figure>{_svg_body(p)}<figcaption>{html.escape(str(p.relative_to(run_dir)))}</figcaption></figure>"
+                     for p in plots)
     rows = ", ".join(f"{part} {n:,}" for part, n in (metrics.get("data", {}).get("rows") or {}).items())
     facts = (f"<p>epochs run: {metrics.get('epochs_run')} · training time: {metrics.get('train_seconds', 0):.1f} s · "
              f"parameters: {metrics.get('parameters', 0):,} · rows: {html.escape(rows)}</p>")

@@ -1,65 +1,80 @@
-"""PNG plots of a run: loss curves, metric curves, confusion matrix (matplotlib, no display needed)."""
+"""The charts of a run, as SVG files in `plots/`: loss curves, metric curves, confusion matrices, the LR range test.
+
+Each function takes plain numbers and a path and returns the path written (atomically); `report.html` inlines them.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from dlforge.core.errors import DlforgeError
+from dlforge.core.files import write_text
+from dlforge.report.svg import heatmap, line_chart
 
-def _pyplot():
-    """matplotlib, imported on first use: it costs about a second, and prediction never needs it."""
-    import matplotlib
+# Metrics measured in the target's own units (dollars, seconds...): drawn on an axis of their own, never beside
+# accuracy or r² (a flat line on a dollar axis tells nothing).
+UNIT_METRICS = ("mae", "mse", "rmse", "mape", "msle", "rmsle")
+LR_RANGE_DIVERGED = 4.0  # the y axis of the LR plot stops at this multiple of the minimum loss (training/lr_find)
 
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
 
-    return plt
+def check_plot_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".svg":
+        raise DlforgeError(f"plots are written as SVG; got the file name {path.name!r}", where=str(path),
+                           hint=f"use a name ending in .svg, e.g. {path.with_suffix('.svg').name}")
+    return path
+
+
+def _save(path: Path, svg: str) -> Path:
+    path = check_plot_path(path)
+    write_text(path, svg)
+    return path
+
+
+def _in_units(key: str) -> bool:
+    return key.rsplit(".", 1)[-1].split("_")[0] in UNIT_METRICS
 
 
 def plot_curves(history: list[dict], folder: Path) -> list[Path]:
+    """loss.svg (train and validation loss), metrics.svg (unit-free validation metrics) and errors.svg
+    (validation errors in the target's units), each only when there is something to draw."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
-    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    groups = (("loss", [k for k in keys if k.endswith("loss")], "loss.svg"),
+              ("validation metrics", [k for k in keys if k.startswith("val.") and not k.endswith("loss")
+                                      and not _in_units(k)], "metrics.svg"),
+              ("validation error (target units)", [k for k in keys if k.startswith("val.") and _in_units(k)],
+               "errors.svg"))
     written = []
-    loss_keys = [k for k in history[0] if k.endswith("loss")]
-    metric_keys = [k for k in history[0] if k.startswith("val.") and not k.endswith("loss")]
-    for title, keys, filename in (("loss", loss_keys, "loss.png"), ("validation metrics", metric_keys, "metrics.png")):
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            ax.plot(epochs, [row.get(key) for row in history], marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / filename, dpi=100)
-        plt.close(fig)
-        written.append(folder / filename)
+    for title, group, filename in groups:
+        if group:
+            series = {k: (epochs, [_number(row.get(k)) for row in history]) for k in group}
+            written.append(_save(folder / filename, line_chart(series, title=title, xlabel="epoch")))
     return written
 
 
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "confusion matrix (test)") -> Path:
-    plt = _pyplot()
-    size = max(4.0, 0.5 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    peak = max(max(row) for row in matrix) or 1
-    if len(labels) <= 20:
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black",
-                        fontsize=8)
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(path, heatmap(matrix, [str(label) for label in labels], title=title))
+
+
+def plot_range_test(result, path: Path) -> Path:
+    """The LR range test's smoothed loss against the rate (log axis), the suggestion marked; sets `result.plot`."""
+    finite = [v for v in result.losses if math.isfinite(v)]
+    ylim = (min(finite) * 0.95, min(max(finite), LR_RANGE_DIVERGED * min(finite)) * 1.05) if finite else None
+    svg = line_chart({"smoothed training loss": (result.lrs, result.losses)}, title="learning-rate range test",
+                     xlabel="learning rate", ylabel="smoothed training loss", log_x=True, marker=False,
+                     vline=(result.suggestion, f"suggestion {result.suggestion:.2e}"), ylim=ylim)
+    result.plot = _save(path, svg)
+    return result.plot

@@ -85,29 +85,3 @@ def range_test(trainer, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: 
     finite = np.isfinite(losses)
     suggestion, min_lr = suggest(np.array(lrs)[finite], np.array(losses)[finite])
     return LRFindResult(lrs, losses, suggestion, min_lr, stopped)
-
-
-def plot_range_test(result: LRFindResult, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(result.lrs, result.losses)
-    ax.set_xscale("log")
-    ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggestion {result.suggestion:.2e}")
-    finite = [v for v in result.losses if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(min(finite) * 0.95, min(max(finite), DIVERGED * min(finite)) * 1.05)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("smoothed training loss")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    result.plot = path
-    return path

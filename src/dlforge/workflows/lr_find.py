@@ -14,7 +14,8 @@ import torch
 from dlforge.data import prepare
 from dlforge.data.prepare import Encoded
 from dlforge.recipe.io import load_recipe, recipe_base_dir
-from dlforge.training.lr_find import LRFindResult, plot_range_test, range_test
+from dlforge.report.plots import check_plot_path, plot_range_test
+from dlforge.training.lr_find import LRFindResult, range_test
 from dlforge.training.setup import build_training
 
 
@@ -34,9 +35,11 @@ def range_test_for(recipe, prepared, *, plot: Path | None, start_lr: float = 1e-
     return result
 
 
-def lr_find(recipe=None, *, overrides: list[str] | None = None, plot: str | Path | None = "lr_find.png",
+def lr_find(recipe=None, *, overrides: list[str] | None = None, plot: str | Path | None = "lr_find.svg",
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200) -> LRFindResult:
     """Learning-rate range test for a recipe: returns the smoothed curve and a suggested rate, and saves the plot."""
+    if plot:
+        check_plot_path(plot)  # before minutes of sweeping, not after
     recipe = load_recipe(recipe, overrides)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)

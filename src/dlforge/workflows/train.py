@@ -86,7 +86,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     run_dir.mkdir(parents=True, exist_ok=True)
     found = None
     if recipe.training.optimizer.lr == "auto":  # resolved before recipe.yaml is written, so a resume reuses it
-        found = range_test_for(recipe, prepared, plot=run_dir / "plots" / "lr_find.png")
+        found = range_test_for(recipe, prepared, plot=run_dir / "plots" / "lr_find.svg")
         recipe.training.optimizer.lr = found.suggestion
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
@@ -148,5 +148,5 @@ def _confusion_plots(metrics: dict, signature: dict, run_dir: Path) -> list[Path
         if "confusion_matrix" in values:
             suffix = "" if len(outputs) == 1 else f"_{name}"
             plots.append(plot_confusion(values["confusion_matrix"], [str(x) for x in sig["labels"]],
-                                        run_dir / "plots" / f"confusion{suffix}.png"))
+                                        run_dir / "plots" / f"confusion{suffix}.svg"))
     return plots
