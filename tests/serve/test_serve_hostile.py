@@ -101,15 +101,19 @@ def test_slow_heads_bodies_and_idle_connections_are_closed_in_time(digits_run, d
         for sock in slow_body:
             sock.sendall(head(length=1000) + b'{"records": [')
         dribble = connect(url)                                               # slowloris: a byte at a time
+        kept = connect(url)                                                  # one request, then blank lines
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         # The server still answers while all of these hang.
         assert httpx.post(url + "/v1/predict", json={"records": [{"image": IMAGE}]}).status_code == 200
-        try:
-            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 8:
-                dribble.sendall(bytes([byte]))
-                time.sleep(0.1)  # 3 s of dribbling in all: each byte arrives in time, the head does not
-        except OSError:
-            pass  # cut off (the point)
+        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 8:  # 3 s in all: each byte in time, the head not
+            for sock, data in ((dribble, bytes([byte])), (kept, b"\r\n")):
+                try:
+                    sock.sendall(data)
+                except OSError:
+                    pass  # cut off (the point)
+            time.sleep(0.1)
         closed_dribble, dribbled = read_until_closed(dribble, 1.0)
+        closed_kept, kept_data = read_until_closed(kept, 1.0)
 
         results = {name: [read_until_closed(s, 3.0) for s in socks]
                    for name, socks in (("idle", idle), ("head", slow_head), ("body", slow_body))}
@@ -120,7 +124,8 @@ def test_slow_heads_bodies_and_idle_connections_are_closed_in_time(digits_run, d
         assert all(data.startswith(b"HTTP/1.1 408") for _, data in results["head"])
         assert all(data.startswith(b"HTTP/1.1 408") and b"--body-timeout" in data for _, data in results["body"])
         assert closed_dribble and dribbled.startswith(b"HTTP/1.1 408")
-        assert elapsed < 8, f"{3 * count + 1} hostile connections took {elapsed:.1f} s to close"
+        assert closed_kept and kept_data.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in kept_data
+        assert elapsed < 8, f"{3 * count + 2} hostile connections took {elapsed:.1f} s to close"
 
         # A kept-alive connection that goes idle after its answer is closed after --keep-alive.
         sock = connect(url)
@@ -128,7 +133,7 @@ def test_slow_heads_bodies_and_idle_connections_are_closed_in_time(digits_run, d
         closed, data = read_until_closed(sock, 3.0)
         assert closed and data.startswith(b"HTTP/1.1 200")
 
-        assert metric(url, "dlforge_rejected_total", reason="header_timeout") == count + 1
+        assert metric(url, "dlforge_rejected_total", reason="header_timeout") == count + 2
         assert metric(url, "dlforge_rejected_total", reason="body_timeout") == count
         assert metric(url, "dlforge_rejected_total", reason="idle_connection") == count
         assert metric(url, "dlforge_requests_total", route="/v1/predict", status="408") == count

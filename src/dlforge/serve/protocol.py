@@ -97,16 +97,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
+        self._arm_head_timer()
 
     def connection_lost(self, exc) -> None:
         self._cancel("_head_timer")
         self._cancel("_body_timer")
         super().connection_lost(exc)
 
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
+
     def _head_timeout(self) -> None:
         self._head_timer = None
         if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # still answering the previous request: the next head's deadline starts after
             return
         if self._head_received == 0:  # opened and never used: close without a word
             self._report("idle_connection")
@@ -136,6 +142,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             self._head_received += len(data)
+            if self._head_timer is None:  # the next request on a kept-alive connection (even bare CRLFs)
+                self._arm_head_timer()
         super().data_received(data)
         if self._in_head and self._head_received > self.limits.max_header_bytes:
             self._refuse_now(431, b"Request Header Fields Too Large", self._too_large(), "header_too_large")
@@ -143,8 +151,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_size = 0
-        if self._head_timer is None:  # the next request on a kept-alive connection
-            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
