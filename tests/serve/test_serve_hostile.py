@@ -70,8 +70,28 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_disconnect_mid_body_is_a_quiet_499(digits_run, digits_predictor, caplog):
-    caplog.set_level(logging.DEBUG)
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log():
+    """Every record of uvicorn's and dlforge's loggers (uvicorn's own logging config may stop them at 'uvicorn')."""
+    collect = Collect()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "")]
+    for logger in loggers:
+        logger.addHandler(collect)
+    yield collect.records
+    for logger in loggers:
+        logger.removeHandler(collect)
+
+
+def test_disconnect_mid_body_is_a_quiet_499(digits_run, digits_predictor, server_log):
     with live_server(digits_run, digits_predictor) as url:
         for _ in range(3):
             sock = connect(url)
@@ -84,7 +104,7 @@ def test_disconnect_mid_body_is_a_quiet_499(digits_run, digits_predictor, caplog
             time.sleep(0.05)
         assert metric(url, "dlforge_requests_total", route="/v1/predict", status="500") == 0
         assert httpx.post(url + "/v1/predict", json={"records": [{"image": IMAGE}]}).status_code == 200
-    loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    loud = [r for r in server_log if r.levelno >= logging.WARNING or r.exc_info]
     assert not loud, [r.getMessage() for r in loud]
 
 
