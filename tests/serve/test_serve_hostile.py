@@ -125,13 +125,13 @@ def test_slow_heads_bodies_and_idle_connections_are_closed_in_time(digits_run, d
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         # The server still answers while all of these hang.
         assert httpx.post(url + "/v1/predict", json={"records": [{"image": IMAGE}]}).status_code == 200
-        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 8:  # 3 s in all: each byte in time, the head not
+        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 8:  # 1.9 s: each byte in time, the head not
             for sock, data in ((dribble, bytes([byte])), (kept, b"\r\n")):
                 try:
                     sock.sendall(data)
                 except OSError:
                     pass  # cut off (the point)
-            time.sleep(0.1)
+            time.sleep(0.06)
         closed_dribble, dribbled = read_until_closed(dribble, 1.0)
         closed_kept, kept_data = read_until_closed(kept, 1.0)
 
@@ -235,3 +235,32 @@ def test_connection_limits_are_flags_of_dlforge_serve():
     assert (config.limit_concurrency, config.timeout_keep_alive, config.h11_max_incomplete_event_size) == (9, 4, 8192)
     assert json.loads(json.dumps(config.dlforge_limits.__dict__)) == {
         "header_timeout_s": 2, "body_timeout_s": 3, "max_header_bytes": 8192}
+
+
+def test_compressed_bodies_are_inflated_within_the_body_limit(digits_run, digits_predictor):
+    import gzip
+
+    with app_client(digits_run, digits_predictor, max_body_mb=0.01) as client:  # 10,485 bytes
+        body = json.dumps({"records": [{"image": IMAGE}]}).encode()
+        for encoding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+            ok = client.post("/v1/predict", content=data, headers={"content-type": "application/json",
+                                                                   "content-encoding": encoding})
+            assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+        # A decompression bomb: 10 kB on the wire (under the limit), ~10 MB once inflated; refused after
+        # 10,486 bytes of output.
+        bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+        wire = bomb.compress(b'{"records": [') + b"".join(bomb.compress(b" " * (1 << 20)) for _ in range(16))
+        wire += bomb.flush()
+        assert len(wire) > 10_000
+        started = time.monotonic()
+        refused = client.post("/v1/predict", content=wire[:10_000], headers={
+            "content-type": "application/json", "content-encoding": "gzip"})
+        assert refused.status_code == 413 and "10,485 bytes" in refused.json()["detail"]
+        assert time.monotonic() - started < 5
+        bad = client.post("/v1/predict", content=b"not gzip at all", headers={
+            "content-type": "application/json", "content-encoding": "gzip"})
+        assert bad.status_code == 400 and "not valid gzip" in bad.json()["detail"]
+        unknown = client.post("/v1/predict", content=body, headers={
+            "content-type": "application/json", "content-encoding": "br"})
+        assert unknown.status_code == 415 and "'br'" in unknown.json()["detail"]
+        assert 'dlforge_rejected_total{reason="body_too_large"} 1.0' in client.get("/metrics").text

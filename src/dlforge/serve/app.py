@@ -40,8 +40,8 @@ from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS
 from dlforge.serve.runtime import DEFAULT_TOP_K, ModelRuntime, Records, weights_version
 from dlforge.serve.schema import (ErrorResponse, Failed, PredictResponse, Status, build_request_models, multipart_schema,
                                   validation_problems)
-from dlforge.serve.security import (ApiKeyAuth, BodyTooLarge, ContentLengthLimit, SecurityHeaders, body_too_large,
-                                    image_pixels, load_api_keys, read_body)
+from dlforge.serve.security import (ApiKeyAuth, BadEncoding, BodyTooLarge, ContentLengthLimit, SecurityHeaders,
+                                    body_too_large, image_pixels, load_api_keys, read_body)
 
 log = logging.getLogger("dlforge.serve")
 STATIC = resources.files("dlforge.serve") / "static"
@@ -232,6 +232,8 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
         except BodyTooLarge:
             metrics.rejected.labels("body_too_large").inc()
             raise ApiError(413, body_too_large(config.max_body_bytes)) from None
+        except BadEncoding as exc:
+            raise ApiError(exc.status, exc.detail) from None
         if ctype == "application/json":
             try:
                 parsed = request_model.model_validate_json(body)
@@ -250,8 +252,9 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
 
     @app.post("/v1/predict", response_model=PredictResponse, tags=["model"],
               summary="Predict one or more records (JSON), or one record as a form (multipart, image files).",
-              responses={**_errors(401, "no key"), **_errors(413, "body or image too large"),
-                         **_errors(415, "unsupported content type"), **_errors(422, "invalid input"),
+              responses={**_errors(400, "invalid gzip or deflate body"), **_errors(401, "no key"),
+                         **_errors(413, "body or image too large"),
+                         **_errors(415, "unsupported content type or encoding"), **_errors(422, "invalid input"),
                          **_errors(503, "loading, overloaded (queue full) or shutting down; see Retry-After"),
                          **_errors(504, "not answered within the server's timeout")},
               openapi_extra={"requestBody": {"required": True, "content": {
