@@ -44,7 +44,8 @@ def test_health_fails_and_on_fatal_is_called_when_the_model_cannot_load(damaged_
         assert health.status_code == 503 and health.json()["status"] == "failed"
         assert "cannot be loaded" in health.json()["detail"] and "\n" not in health.json()["detail"]
         assert client.get("/readyz").json()["status"] == "failed"
-    assert isinstance(errors[0], DlforgeError) and errors[0].where == str(damaged_run)
+    # where: the run directory, or a file in it when the loader names one (ArtifactError)
+    assert isinstance(errors[0], DlforgeError) and str(damaged_run) in errors[0].where
 
 
 def test_serve_stops_and_raises_the_load_error(damaged_run, monkeypatch):
@@ -57,7 +58,7 @@ def test_serve_stops_and_raises_the_load_error(damaged_run, monkeypatch):
     started = time.monotonic()
     with pytest.raises(ServeError, match="the model cannot be loaded") as caught:
         serve(ServeConfig(run_dir=str(damaged_run), port=free_port(), threads=1))
-    assert caught.value.where == str(damaged_run) and time.monotonic() - started < 30
+    assert str(damaged_run) in caught.value.where and time.monotonic() - started < 30
 
 
 @pytest.mark.slow
@@ -71,3 +72,16 @@ def test_dlforge_serve_exits_2_with_one_message(damaged_run, workers):
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the model cannot be loaded" in errors[0] and str(damaged_run) in errors[0]
+
+
+def test_a_dlforge_load_error_keeps_its_where_and_hint(tmp_path):
+    from dlforge.core.errors import ArtifactError
+    from dlforge.serve.app import load_error
+
+    error = load_error(ArtifactError("weights are truncated", where=str(tmp_path / "model.safetensors"),
+                                     hint="copy the run again"), tmp_path)
+    assert error.render() == (f"{tmp_path / 'model.safetensors'}: the model cannot be loaded: weights are truncated"
+                              "\n  hint: copy the run again")
+    assert load_error(ArtifactError("no weights"), tmp_path).where == str(tmp_path)
+    plain = load_error(RuntimeError("bad header\nmore detail"), tmp_path)
+    assert plain.where == str(tmp_path) and plain.message == "the model cannot be loaded: RuntimeError: bad header"

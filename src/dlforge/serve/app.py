@@ -78,9 +78,10 @@ class State:
 
 
 def load_error(exc: BaseException, run_dir: Path) -> DlforgeError:
-    """Any exception from loading as a DlforgeError that names the run directory (no traceback needed)."""
-    if isinstance(exc, DlforgeError):
-        return exc
+    """Any exception from loading as a DlforgeError that says so and names where (no traceback needed)."""
+    if isinstance(exc, DlforgeError):  # e.g. ArtifactError: its own where and hint are the most precise
+        return DlforgeError(f"the model cannot be loaded: {exc.message}", where=exc.where or str(run_dir),
+                            hint=exc.hint)
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return DlforgeError(f"the model cannot be loaded: {type(exc).__name__}: {first_line}", where=str(run_dir),
                         hint="the run directory is damaged or incomplete (model.safetensors, model.json); "
