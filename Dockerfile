@@ -34,7 +34,10 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 ARG RUN_DIR=runs/model
 # Only what prediction and evaluation read; checkpoint/ (training state) and plots stay out of the image.
 # run.jso[n]: a pattern, so that a run from before run.json (which still loads) builds too.
-COPY --chown=root:root ${RUN_DIR}/model.json ${RUN_DIR}/model.safetensors ${RUN_DIR}/run.jso[n] ${RUN_DIR}/metrics.json \
+# Owned by root and read-only for everyone: the server (user dlforge) reads them and cannot change them.
+# --chmod, because COPY keeps the source modes, and a run written 0600 (or under umask 077) would be
+# unreadable by the image's user (tests/serve/test_docker_image.py lays this out and loads it as uid 10001).
+COPY --chown=root:root --chmod=0644 ${RUN_DIR}/model.json ${RUN_DIR}/model.safetensors ${RUN_DIR}/run.jso[n] ${RUN_DIR}/metrics.json \
      ${RUN_DIR}/recipe.yaml /srv/model/
 USER dlforge
 WORKDIR /home/dlforge

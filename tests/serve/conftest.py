@@ -102,10 +102,13 @@ def live_server(run_dir, predictor=None, **settings):
     import uvicorn
 
     from dlforge.serve import ServeConfig, create_app
+    from dlforge.serve.server import uvicorn_config
 
     port = free_port()
-    app = create_app(ServeConfig(run_dir=str(run_dir), threads=1, port=port, **settings), predictor=predictor)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    config = ServeConfig(run_dir=str(run_dir), threads=1, port=port, **settings)
+    app = create_app(config, predictor=predictor)
+    # The server `dlforge serve` runs (its HTTP protocol and connection limits), logging through pytest's capture.
+    server = uvicorn.Server(uvicorn_config(config, app, log_level="warning", lifespan="on", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -136,8 +136,10 @@ def test_shutdown_drains_in_flight_requests(digits_run, digits_predictor, monkey
     from .conftest import live_server
 
     original = runtime_module.ModelRuntime.run
+    in_batch = threading.Event()
 
     def slow_run(self, jobs):
+        in_batch.set()
         time.sleep(0.5)
         return original(self, jobs)
 
@@ -147,6 +149,8 @@ def test_shutdown_drains_in_flight_requests(digits_run, digits_predictor, monkey
         request = threading.Thread(target=lambda: results.append(
             httpx.post(url + "/v1/predict", json={"records": [{"image": IMAGE}]}, timeout=10)))
         request.start()
-        time.sleep(0.2)  # the request is in its batch when the shutdown below begins
+        # The shutdown below begins once the request is in its batch (a signal, not a guess at timing:
+        # a fixed 0.2 s wait flaked under load, the server stopping before the request connected).
+        assert in_batch.wait(10), "the request never reached the model"
     request.join(10)
     assert results and results[0].status_code == 200

@@ -173,6 +173,13 @@ def serve(
     max_pixels: int = typer.Option(16_000_000, "--max-pixels", help="Larger images get 413."),
     max_records: int = typer.Option(1024, "--max-records", help="Records per request at most."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout",
+                                         help="Seconds for a request's line and headers to arrive; else 408."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds for a request's body to arrive; else 408."),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", help="Seconds before an idle kept-alive connection is closed."),
+    max_header_kb: float = typer.Option(16.0, "--max-header-kb", help="Larger request heads get 431."),
+    limit_concurrency: int = typer.Option(512, "--limit-concurrency",
+                                          help="Connections or requests per worker at once; more get 503."),
 ):
     """Serve a run directory over HTTP: REST API with dynamic batching, web page, Prometheus metrics."""
     from pydantic import ValidationError
@@ -185,7 +192,9 @@ def serve(
                              max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
                              api_key_file=str(api_key_file) if api_key_file else None, insecure=insecure,
                              cors_origins=cors_origin, max_body_mb=max_body_mb, max_pixels=max_pixels,
-                             max_records=max_records, access_log=access_log)
+                             max_records=max_records, access_log=access_log, header_timeout_s=header_timeout,
+                             body_timeout_s=body_timeout, keep_alive_s=keep_alive, max_header_kb=max_header_kb,
+                             limit_concurrency=limit_concurrency)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise DlforgeError(f"{first['msg']} (got {first.get('input')!r})",

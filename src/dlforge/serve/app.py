@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import math
+import re
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from dlforge import __version__
 from dlforge.artifact.format import read_model_json
@@ -34,11 +36,12 @@ from dlforge.data.features import kind_of
 from dlforge.serve.batcher import Batcher, QueueFull, ShuttingDown
 from dlforge.serve.config import ServeConfig
 from dlforge.serve.metrics import Metrics, MetricsMiddleware
+from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS
 from dlforge.serve.runtime import DEFAULT_TOP_K, ModelRuntime, Records, weights_version
-from dlforge.serve.schema import (ErrorResponse, PredictResponse, Status, build_request_models, multipart_schema,
+from dlforge.serve.schema import (ErrorResponse, Failed, PredictResponse, Status, build_request_models, multipart_schema,
                                   validation_problems)
-from dlforge.serve.security import (ApiKeyAuth, BodyTooLarge, ContentLengthLimit, SecurityHeaders, body_too_large,
-                                    image_pixels, load_api_keys, read_body)
+from dlforge.serve.security import (ApiKeyAuth, BadEncoding, BodyTooLarge, ContentLengthLimit, SecurityHeaders,
+                                    body_too_large, image_pixels, load_api_keys, read_body)
 
 log = logging.getLogger("dlforge.serve")
 STATIC = resources.files("dlforge.serve") / "static"
@@ -71,10 +74,27 @@ class State:
     def __init__(self):
         self.status = "loading"  # loading → ready → draining; or failed
         self.runtime: ModelRuntime | None = None
+        self.error: str | None = None  # why loading failed, in one line
 
 
-def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
-    """The app for `config.run_dir`; `predictor` (already loaded) skips loading, as in tests."""
+def load_error(exc: BaseException, run_dir: Path) -> DlforgeError:
+    """Any exception from loading as a DlforgeError that says so and names where (no traceback needed)."""
+    if isinstance(exc, DlforgeError):  # e.g. ArtifactError: its own where and hint are the most precise
+        return DlforgeError(f"the model cannot be loaded: {exc.message}", where=exc.where or str(run_dir),
+                            hint=exc.hint)
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return DlforgeError(f"the model cannot be loaded: {type(exc).__name__}: {first_line}", where=str(run_dir),
+                        hint="the run directory is damaged or incomplete (model.safetensors, model.json); "
+                             "copy it again or retrain")
+
+
+def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI:
+    """The app for `config.run_dir`; `predictor` (already loaded) skips loading, as in tests.
+
+    If the model cannot be loaded, /healthz and /readyz answer 503 "failed" and `on_fatal(error)` is
+    called (`dlforge serve` then stops the server and exits with the error); without `on_fatal` the
+    error is logged in one line.
+    """
     run_dir = Path(config.run_dir)
     meta = read_model_json(run_dir)
     signature = meta["signature"]
@@ -115,12 +135,19 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
                 gc.freeze()
                 state.status = "ready"
                 log.info("model %s (version %s) ready", meta["name"], version)
-            except Exception:
-                state.status = "failed"
-                log.exception("loading the model from %s failed", run_dir)
+            except Exception as exc:  # any failure to load is fatal: a server without a model must not look alive
+                error = load_error(exc, run_dir)
+                state.status, state.error = "failed", error.render().splitlines()[0]
+                if not isinstance(exc, DlforgeError):
+                    log.debug("loading the model from %s failed", run_dir, exc_info=exc)
+                if on_fatal is not None:
+                    on_fatal(error)
+                else:
+                    log.error("%s", state.error)
 
         loading = asyncio.create_task(load())
-        yield
+        # The lifespan state reaches the HTTP protocol (protocol.py), which reports refused connections here.
+        yield {CONNECTION_EVENTS: lambda reason: metrics.rejected.labels(reason).inc()}
         state.status = "draining"
         await batcher.close(config.drain_s)
         loading.cancel()
@@ -148,14 +175,26 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
         return JSONResponse({"detail": f"{problems[0]['field']}: {problems[0]['message']}" if problems
                              else "invalid request", "errors": problems}, status_code=422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request, exc):
+        # The client left before sending its whole body (or the server cut a too-slow body off): nobody
+        # reads this answer, it only labels the request in the metrics (499 as nginx says; 408 for a timeout).
+        if request.scope.get(BODY_TIMEOUT_SCOPE_KEY):
+            return Response(status_code=408)
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
+
     @app.exception_handler(Exception)
     async def _unexpected(request, exc):
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal server error (details are in the server log)"}, status_code=500)
 
     # -- probes, metrics, model info ----------------------------------------------------------------
-    @app.get("/healthz", response_model=Status, tags=["probes"], summary="Liveness: the process answers.")
+    @app.get("/healthz", response_model=Status, tags=["probes"], responses={503: {"model": Failed}},
+             summary="Liveness: the process answers and its model did not fail to load.")
     async def healthz():
+        if state.status == "failed":  # the model cannot load: restart (or stop) this process
+            return JSONResponse({"status": "failed", "detail": state.error}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=Status, tags=["probes"], responses={503: {"model": Status}},
@@ -194,6 +233,8 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
         except BodyTooLarge:
             metrics.rejected.labels("body_too_large").inc()
             raise ApiError(413, body_too_large(config.max_body_bytes)) from None
+        except BadEncoding as exc:
+            raise ApiError(exc.status, exc.detail) from None
         if ctype == "application/json":
             try:
                 parsed = request_model.model_validate_json(body)
@@ -212,8 +253,9 @@ def create_app(config: ServeConfig, *, predictor=None) -> FastAPI:
 
     @app.post("/v1/predict", response_model=PredictResponse, tags=["model"],
               summary="Predict one or more records (JSON), or one record as a form (multipart, image files).",
-              responses={**_errors(401, "no key"), **_errors(413, "body or image too large"),
-                         **_errors(415, "unsupported content type"), **_errors(422, "invalid input"),
+              responses={**_errors(400, "invalid gzip or deflate body"), **_errors(401, "no key"),
+                         **_errors(413, "body or image too large"),
+                         **_errors(415, "unsupported content type or encoding"), **_errors(422, "invalid input"),
                          **_errors(503, "loading, overloaded (queue full) or shutting down; see Retry-After"),
                          **_errors(504, "not answered within the server's timeout")},
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -309,8 +351,16 @@ def _check_image(value, field: str, max_pixels: int, metrics: Metrics) -> None:
     """413 for too many pixels, 422 for bytes that are no image; reads the header only."""
     if not isinstance(value, bytes):
         return
+    from PIL import Image
+
     try:
         pixels = image_pixels(value)
+    except Image.DecompressionBombError as exc:  # Pillow refuses sizes over twice its own limit at open
+        metrics.rejected.labels("image_too_large").inc()
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow opens"
+        raise ApiError(413, f"{field}: the image has {size}; this server accepts at most {max_pixels:,} "
+                            "(option --max-pixels)") from None
     except Exception:  # Pillow raises many types for garbage; none of them is the client's business
         raise _invalid([{"field": field, "message": "not a readable image (send PNG, JPEG, GIF, BMP, TIFF or WebP)"}]) from None
     if pixels > max_pixels:

@@ -31,10 +31,23 @@ class ServeConfig(BaseModel):
     cors_origins: list[str] = Field([], description="Origins allowed to call the API from a browser; empty: CORS off.")
     access_log: bool = Field(False, description="Log every request (uvicorn's access log).")
     drain_s: float = Field(30.0, ge=0, le=3600, description="On shutdown, how long in-flight requests may take to finish.")
+    # Connection limits against slow or hostile clients (protocol.py); each refusal is counted in the metrics.
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="A request's line and headers must arrive "
+                                    "within this many seconds of the connection (or of its first byte); else 408.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request's body must arrive within this many "
+                                  "seconds of its headers; else 408.")
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, description="An idle kept-alive connection is closed after this.")
+    max_header_kb: float = Field(16.0, gt=0, le=1024, description="Request line and headers above this get 431.")
+    limit_concurrency: int = Field(512, ge=1, le=100_000, description="Open connections or running requests per "
+                                   "worker at most; more requests get 503 + Retry-After (the probes are exempt).")
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_header_bytes(self) -> int:
+        return int(self.max_header_kb * 1024)
 
     def torch_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)

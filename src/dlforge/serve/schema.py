@@ -60,6 +60,11 @@ class Status(ApiModel):
     status: str
 
 
+class Failed(ApiModel):
+    status: str
+    detail: str
+
+
 # ---------------------------------------------------------------- request fields per input type
 def field_type(name: str, sig: dict):
     """The (annotation, FieldInfo) of one model input, from its type's kind (data/features/<type>.py)."""

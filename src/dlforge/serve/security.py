@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import warnings
+import zlib
 from pathlib import Path
 
 from dlforge.core.errors import DlforgeError
@@ -125,14 +126,44 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BadEncoding(Exception):
+    """The body's Content-Encoding is not supported (415), or the compressed bytes are invalid (400)."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# zlib's wbits: gzip framing, zlib framing (what HTTP calls deflate).
+ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
 async def read_body(request, max_bytes: int) -> bytes:
-    """The whole body, stopping with BodyTooLarge as soon as it passes `max_bytes` (chunked uploads too)."""
-    chunks, size = [], 0
+    """The whole body, stopping with BodyTooLarge as soon as it passes `max_bytes` (chunked uploads too).
+
+    A gzip or deflate body (Content-Encoding) is inflated as it arrives, and the limit holds for the
+    inflated size: a decompression bomb stops at `max_bytes` + 1 bytes of output, never further.
+    """
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", *ENCODINGS):
+        raise BadEncoding(415, f"Content-Encoding '{encoding}' is not supported; send the body as is, gzip or deflate")
+    inflater = zlib.decompressobj(ENCODINGS[encoding]) if encoding in ENCODINGS else None
+    chunks, size, received = [], 0, 0
     async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_bytes:
+            raise BodyTooLarge()
+        if inflater is not None and chunk:
+            try:
+                chunk = inflater.decompress(chunk, max_bytes - size + 1)  # at most one byte past the limit
+            except zlib.error:
+                raise BadEncoding(400, f"the body is not valid {encoding} data") from None
         size += len(chunk)
         if size > max_bytes:
             raise BodyTooLarge()
         chunks.append(chunk)
+    if inflater is not None and not inflater.eof:
+        raise BadEncoding(400, f"the {encoding} body is incomplete")
     body = b"".join(chunks)
     request._body = body  # starlette's cache: request.form() parses these bytes instead of the spent stream
     return body
