@@ -57,6 +57,7 @@ def test_load_recipe_never_changes_the_callers_dict():
     assert repr(data) == snapshot
 
 
+@pytest.mark.slow
 def test_lr_auto_leaves_the_callers_recipe_alone(tmp_path):
     recipe = load_recipe(digits_recipe(epochs=1))
     recipe.training.optimizer.lr = "auto"

@@ -53,6 +53,7 @@ def write_recipe(tmp_path, recipe, name="r.yaml"):
     return path
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_round_trip(cli, tmp_path, digits_run):
     trained = cli("train", write_recipe(tmp_path, digits_recipe(epochs=1)), "--out", tmp_path / "run", "-q",
                   "--set", "training.epochs=2")

@@ -27,6 +27,7 @@ def test_too_few_rows_per_class_for_folds():
     assert "--folds 3" in err.value.hint
 
 
+@pytest.mark.slow
 def test_cv_writes_fold_csv_and_summary(tiny_csv, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tabular_recipe(tiny_csv)))

@@ -30,6 +30,7 @@ def _recipe(csv, outputs, **training):
             "training": {"epochs": 30, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.01}, **training}}
 
 
+@pytest.mark.slow
 def test_multilabel_learns_and_reports_micro_macro_f1(tags_csv, tmp_path):
     out = [{"name": "tags", "type": "multilabel", "thresholds": {"windy": 0.4}}]
     result = dlforge.train(_recipe(tags_csv, out, early_stopping={"metric": "val.macro_f1", "patience": 30}),

@@ -86,6 +86,7 @@ def test_bad_file_cli_exit_code_2(tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_streaming_matches_in_memory_and_caches(tmp_path):
     folder = _make_folder(tmp_path / "imgs")
     memory = dlforge.train(_recipe(folder), out=tmp_path / "mem", progress=False)

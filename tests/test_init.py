@@ -45,6 +45,7 @@ def test_types_and_comments(mixed_csv):
     assert "#   target_copy: leaks the target" in text
 
 
+@pytest.mark.slow
 def test_inferred_recipe_trains_as_written(mixed_csv, tmp_path):
     out = tmp_path / "recipe.yaml"
     assert main_ok(["init", str(mixed_csv), "--target", "target", "-o", str(out)])

@@ -22,6 +22,7 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
     assert 1e-3 <= steepest < 1e-1
 
 
+@pytest.mark.slow
 def test_lr_find_sweeps_saves_plot_and_suggests(tmp_path):
     result = dlforge.lr_find(digits_recipe(), plot=tmp_path / "lr.svg", steps=60)
     assert (tmp_path / "lr.svg").stat().st_size > 1000
@@ -71,6 +72,7 @@ def _backbone_recipe(csv, **input_extra):
             "training": {"epochs": 3, "batch_size": 4, "optimizer": {"name": "adam", "lr": 0.01}}}
 
 
+@pytest.mark.slow
 def test_frozen_backbone_embeddings_are_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
     csv = _tiny_images(tmp_path)
@@ -86,6 +88,7 @@ def test_frozen_backbone_embeddings_are_cached_and_reused(tmp_path, monkeypatch)
     assert list(predictor.predict([str(tmp_path / "1.png")])) == ["red"]
 
 
+@pytest.mark.slow
 def test_embedding_cache_misses_when_the_resize_filter_changes(tmp_path, monkeypatch):
     # The key hashes the decoded input tensors, so any preprocessing that changes pixels changes it.
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
@@ -98,6 +101,7 @@ def test_embedding_cache_misses_when_the_resize_filter_changes(tmp_path, monkeyp
     assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 4  # train and val, twice
 
 
+@pytest.mark.slow
 def test_augmentation_or_fine_tuning_bypasses_the_cache_and_plan_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
     csv = _tiny_images(tmp_path)
@@ -113,6 +117,7 @@ def test_augmentation_or_fine_tuning_bypasses_the_cache_and_plan_says_so(tmp_pat
     assert "runs every step" in dlforge.plan(tuned)["backbones"]["file"]
 
 
+@pytest.mark.slow
 def test_unfreeze_at_epoch_trains_backbone_only_from_that_epoch(tmp_path, monkeypatch):
     import torch
 

@@ -97,6 +97,7 @@ def test_big_data_keeps_only_hashes_and_counts(tiny_csv, tmp_path, monkeypatch):
         dlforge.evaluate(run.run_dir)
 
 
+@pytest.mark.slow
 def test_resume_still_reads_its_checkpoint(tmp_path):
     from conftest import digits_recipe
 
@@ -142,6 +143,7 @@ def _text_run(tmp_path, encoder: dict):
     return dlforge.train(recipe, out=tmp_path / "run", progress=False).run_dir, texts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,extras,code", [
     ("mobilenet_v2", ["serve"], None),
     ("efficientnet_lite0", ["serve", "pretrained"], "efficientnet-lite-pytorch")])

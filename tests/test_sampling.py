@@ -73,6 +73,7 @@ class _Capture:
     ("lstm", "random", False),  # asked for
     ("cnn", "by_length", True),  # asked for
 ])
+@pytest.mark.slow
 def test_auto_groups_by_length_only_where_the_encoder_gains(varied_text_csv, tmp_path, encoder, sampling, grouped):
     capture = _Capture()
     dlforge.train(_text_recipe(varied_text_csv, encoder, sampling, epochs=1), out=tmp_path / "run", progress=False,

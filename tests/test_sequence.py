@@ -42,6 +42,7 @@ ENCODERS = [{"name": "cnn", "channels": [8, 8], "kernel_sizes": [5, 3]},
             {"name": "transformer", "dim": 16, "heads": 2, "layers": 1, "ff_dim": 32, "dropout": 0.0}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ENCODERS, ids=lambda e: e["name"] + ("-res" if e.get("residual") else ""))
 def test_each_sequence_encoder_learns(series_npz, tmp_path, encoder):
     result = dlforge.train(_recipe(series_npz, encoder), out=tmp_path / "run", progress=False)
@@ -72,6 +73,7 @@ def test_padding_is_masked(series_npz):
         assert torch.allclose(enc(short), enc(changed), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_wide_columns_become_one_series(tmp_path):
     rng = np.random.default_rng(0)
     y = np.arange(80) % 2
@@ -105,6 +107,7 @@ def test_non_numeric_wide_column_is_an_error(tmp_path):
         dlforge.train(recipe, out=tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_truncation_is_counted(series_npz, tmp_path):
     result = dlforge.train(_recipe(series_npz, {"name": "gru", "dim": 4, "hidden": 4}, max_length=20) |
                            {"training": {"epochs": 1}}, out=tmp_path / "run", progress=False)

@@ -47,6 +47,7 @@ ENCODERS = [{"name": "embed", "dim": 16}, {"name": "embed", "dim": 16, "pooling"
             {"name": "transformer", "dim": 16, "heads": 2, "layers": 1, "ff_dim": 32, "pooling": "mean"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ENCODERS, ids=lambda e: f"{e['name']}-{e.get('pooling', '')}")
 def test_each_encoder_learns_keywords(text_csv, tmp_path, encoder):
     result = dlforge.train(_recipe(text_csv, encoder), out=tmp_path / "run", progress=False)

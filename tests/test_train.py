@@ -30,6 +30,7 @@ def assert_same_weights(a, b):
     {"name": "adagrad", "lr": 0.05},
     {"name": "rmsprop", "lr": 0.001},
 ])
+@pytest.mark.slow
 def test_each_optimizer_learns(tmp_path, optimizer):
     run = dlforge.train(digits_recipe(epochs=3, optimizer=optimizer), out=tmp_path / "r", progress=False)
     history = run.history
@@ -44,6 +45,7 @@ def test_each_optimizer_learns(tmp_path, optimizer):
     {"name": "onecycle"},
     {"name": "plateau", "metric": "val.loss", "patience": 0, "factor": 0.5},
 ])
+@pytest.mark.slow
 def test_each_schedule_moves_the_rate_as_declared(tmp_path, schedule):
     run = dlforge.train(digits_recipe(epochs=3, schedule=schedule), out=tmp_path / "r", progress=False)
     lrs = [row["lr"] for row in run.history]
@@ -65,6 +67,7 @@ def test_each_schedule_moves_the_rate_as_declared(tmp_path, schedule):
         assert lrs == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_plateau_schedule_cuts_the_rate_by_its_factor_after_patience(tmp_path):
     # At lr 1e-6 no validation prediction changes, so val.accuracy (watched as higher-is-better) stays flat: a
     # plateau from the second epoch. (Not 1e-8: ReduceLROnPlateau ignores cuts smaller than its eps, 1e-8.)
@@ -76,6 +79,7 @@ def test_plateau_schedule_cuts_the_rate_by_its_factor_after_patience(tmp_path):
     assert [row["lr"] for row in run.history] == pytest.approx([1e-6, 1e-6, 1e-6, 5e-7, 5e-7], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_full_batch_gradient_descent_takes_one_step_per_epoch(tmp_path):
     seen = []
 
@@ -88,6 +92,7 @@ def test_full_batch_gradient_descent_takes_one_step_per_epoch(tmp_path):
     assert seen == [0, 0, 0]
 
 
+@pytest.mark.slow
 def test_l1_penalty_shrinks_weights(tmp_path):
     plain = dlforge.train(digits_recipe(epochs=2), out=tmp_path / "a", progress=False)
     l1 = dlforge.train(digits_recipe(epochs=2, regularization={"l1": 1e-3}), out=tmp_path / "b", progress=False)
@@ -95,6 +100,7 @@ def test_l1_penalty_shrinks_weights(tmp_path):
     assert norm(l1) < 0.7 * norm(plain)
 
 
+@pytest.mark.slow
 def test_l2_penalty_shrinks_weights(tmp_path):
     plain = dlforge.train(digits_recipe(epochs=2), out=tmp_path / "a", progress=False)
     l2 = dlforge.train(digits_recipe(epochs=2, regularization={"l2": 1e-2}), out=tmp_path / "b", progress=False)
@@ -138,12 +144,14 @@ def test_early_stopping_stops_and_restores_best(tmp_path):
     assert run.metrics["val"]["accuracy"] == pytest.approx(history[best]["val.accuracy"])
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(tmp_path):
     a = dlforge.train(digits_recipe(epochs=2, regularization={"dropout": 0.3}), out=tmp_path / "a", progress=False)
     b = dlforge.train(digits_recipe(epochs=2, regularization={"dropout": 0.3}), out=tmp_path / "b", progress=False)
     assert_same_weights(a.run_dir, b.run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [{}, {"regularization": {"dropout": 0.2}, "schedule": {"name": "onecycle"},
                                         "early_stopping": {"metric": "val.loss", "patience": 5}}])
 def test_resume_after_mid_epoch_interrupt_is_bit_identical(tmp_path, extra):
@@ -159,6 +167,7 @@ def test_resume_after_mid_epoch_interrupt_is_bit_identical(tmp_path, extra):
     assert [r["val.loss"] for r in resumed.history] == [r["val.loss"] for r in full.history]
 
 
+@pytest.mark.slow
 def test_checkpoint_every_n_steps(tmp_path):
     steps = []
 
@@ -179,6 +188,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         dlforge.train(resume=tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_existing_out_directory_is_not_overwritten_silently(tmp_path):
     dlforge.train(digits_recipe(epochs=1), out=tmp_path / "r", progress=False)
     with pytest.raises(dlforge.DlforgeError, match="already exists"):
@@ -186,6 +196,7 @@ def test_existing_out_directory_is_not_overwritten_silently(tmp_path):
     dlforge.train(digits_recipe(epochs=1), out=tmp_path / "r", progress=False, overwrite=True)
 
 
+@pytest.mark.slow
 def test_tabular_binary_with_class_weights_and_metrics(tiny_csv, tmp_path):
     recipe = tabular_recipe(tiny_csv, outputs=[{"name": "target", "type": "binary", "pos_weight": "balanced"}])
     recipe["training"]["epochs"] = 15
@@ -196,6 +207,7 @@ def test_tabular_binary_with_class_weights_and_metrics(tiny_csv, tmp_path):
     assert json.loads((run.run_dir / "metrics.json").read_text())["data"]["policies"]["x2"]
 
 
+@pytest.mark.slow
 def test_regression_output_reports_errors_in_user_units(tiny_csv, tmp_path):
     recipe = tabular_recipe(tiny_csv, outputs=[{"name": "amount", "type": "number", "loss": "huber"}])
     recipe["training"]["epochs"] = 30
@@ -233,11 +245,13 @@ def test_label_smoothing_and_balanced_class_weights_reach_the_loss(tmp_path):
     assert abs(loss - float(F.cross_entropy(logits["label"], target, weight=weight))) > 1e-2
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     run = dlforge.train(digits_recipe(epochs=2, precision="bf16"), out=tmp_path / "r", progress=False)
     assert run.metrics["test"]["accuracy"] > 0.6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_kernels_is_flagged(monkeypatch, tmp_path, capsys, native):
     # By module object: the attribute `dlforge.train` is the train() function, which hides the package path.

@@ -41,6 +41,7 @@ def _weights(run_dir) -> dict[str, torch.Tensor]:
     {"precision": "bf16", "channels_last": True},
     {"schedule": {"name": "constant"}},
 ], ids=["bf16", "bf16-channels_last", "constant-schedule"])
+@pytest.mark.slow
 def test_fast_options_train_and_resume_bit_identical(tmp_path, options):
     recipe = _small(epochs=2, **options)
     full = dlforge.train(recipe, out=tmp_path / "full", progress=False)

@@ -114,6 +114,7 @@ def test_callbacks_field_type_default_and_shape():
         load_recipe(_small(callbacks=[{"stop_at": 2}]))  # an entry without a name
 
 
+@pytest.mark.slow
 def test_a_strategy_is_set_up_exactly_once_and_owns_the_device(tmp_path):
     strategy = CountingStrategy()
     built = _build(_small(epochs=2), tmp_path, strategy=strategy)
@@ -142,6 +143,7 @@ def test_the_frozen_feature_cache_embeds_on_the_strategys_device(tmp_path, monke
     assert info.value.args == (torch.device("meta"),)
 
 
+@pytest.mark.slow
 def test_a_loss_hook_shifts_the_logged_loss_by_exactly_its_term(tmp_path):
     plain = _build(_small(epochs=2), tmp_path / "a")
     shifted = _build(_small(epochs=2), tmp_path / "b",
@@ -171,6 +173,7 @@ def test_a_model_transform_runs_before_the_optimizer_is_built(tmp_path):
     assert any(not torch.equal(b, p) for b, p in zip(before, built.model.parameters()))
 
 
+@pytest.mark.slow
 def test_accumulating_two_batches_of_32_updates_like_one_batch_of_64(tiny_csv, tmp_path):
     def recipe(**training):
         r = tabular_recipe(tiny_csv)  # an MLP: no batch-norm, no dropout
@@ -190,6 +193,7 @@ def test_accumulating_two_batches_of_32_updates_like_one_batch_of_64(tiny_csv, t
     assert [r["lr"] for r in a.history] == pytest.approx([r["lr"] for r in b.history])
 
 
+@pytest.mark.slow
 def test_accumulated_training_resumes_bit_identically_inside_a_group(tmp_path):
     recipe = _small(epochs=2, batch_size=32, accumulate=3)  # 12 batches an epoch, 4 updates
     full = dlforge.train(recipe, out=tmp_path / "full", progress=False)
