@@ -16,7 +16,7 @@ class SplitConfig(Strict):
         "Test fraction, or 'official' to use the source's own test split. 'auto': official "
         "when the source has one, else 0.2.",
     )
-    seed: int = _field(0, "Seed of the split; the same seed gives the same rows.")
+    seed: int = _field(0, "Seed of the split; the same seed gives the same rows.", ge=0, le=2**63 - 1)
     stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target).")
 
 

@@ -317,18 +317,24 @@ def _render(err: dict, data: dict, lines: dict[tuple, int]) -> list[str]:
     if kind == "missing":
         return [f"{where}: required field is missing"]
     if kind == "value_error":
-        # Cross-field problems start with their field path; add the YAML line when we know it.
+        # Problems found by a section's validator start with their field path within that section (the recipe's
+        # cross checks: the whole path); add the section's path and the YAML line when we know it.
         problems = [p.strip() for p in str(ctx.get("error", err["msg"])).split("\n") if p.strip()]
-        return [_with_line(p, lines) for p in problems]
-    shown = "" if isinstance(given, (dict, list)) else f"; got {given!r}"
+        return [_with_line(p, lines, path) for p in problems]
+    shown = "" if isinstance(given, (dict, list)) else f"; got {_short(given)}"
     return [f"{where}: {err['msg'][0].lower() + err['msg'][1:]}{shown}"]
 
 
-def _with_line(problem: str, lines: dict[tuple, int]) -> str:
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
+def _with_line(problem: str, lines: dict[tuple, int], section: tuple = ()) -> str:
     head, sep, rest = problem.partition(": ")
     if not sep or " " in head:
-        return problem
-    path = tuple(int(p) if p.isdigit() else p for p in head.split("."))
+        return f"{_location(section, lines)}: {problem}" if section else problem
+    path = section + tuple(int(p) if p.isdigit() else p for p in head.split("."))
     return f"{_location(path, lines)}: {rest}"
 
 
