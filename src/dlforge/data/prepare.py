@@ -10,7 +10,7 @@ import torch
 
 from dlforge.data.features import Feature, TargetFeature, input_features, output_features
 from dlforge.data.features.base import as_strings
-from dlforge.data.readers import load_table
+from dlforge.data.readers import ReadOptions, load_table
 from dlforge.data.split import check_classes_in_train, split_rows
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
@@ -71,7 +71,8 @@ def stratify_labels(recipe, table: Table) -> np.ndarray | None:
 
 
 def read_table(recipe, base_dir: Path | None = None) -> Table:
-    table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir)
+    table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir,
+                       options=ReadOptions.of(recipe.data))
     for i, f in enumerate(recipe.inputs):
         if f.type == "sequence" and f.columns:
             table = _stack_columns(table, f, f"inputs.{i}")
@@ -98,7 +99,7 @@ def _stack_columns(table: Table, feature, field_path: str) -> Table:
              for c in feature.columns]
     columns = {k: v for k, v in table.columns.items() if k not in feature.columns}
     columns[feature.name] = np.stack(steps, axis=1)[:, None, :].astype(np.float32)
-    return Table(columns, table.origin, table.split, list(table.notes), table.root)
+    return Table(columns, table.origin, table.split, list(table.notes), table.root, table.split_column)
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:

@@ -29,6 +29,12 @@ class DataConfig(Strict):
         min_length=1,
     )
     format: Literal["auto", "csv", "parquet", "npz"] = _field("auto", "File format; 'auto' reads the extension.")
+    na_values: list[str] = _field(
+        [], "Strings that mean 'missing' in a CSV (and in Parquet text columns), besides empty cells, e.g. ['?', "
+        "'n/a']. By default only empty cells are missing: 'NA', 'None', 'null' are values, as written.")
+    keep_default_na: bool = _field(
+        False, "Also treat pandas' default markers as missing: '', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', "
+        "'-NaN', '-nan', '1.#IND', '1.#QNAN', '<NA>', 'N/A', 'NA', 'NULL', 'NaN', 'None', 'n/a', 'nan', 'null'.")
     split: SplitConfig = _field(SplitConfig(), "How rows are split into train/val/test.")
     max_rows: int | None = _field(
         None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1

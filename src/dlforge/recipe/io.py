@@ -134,6 +134,10 @@ def load_yaml(text: str, *, origin: str):
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
         raise RecipeError(f"{origin}{line}: not valid YAML ({problem})") from None
+    except (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError) as exc:
+        # PyYAML's constructors of tagged values (`!!timestamp official`, `!!int x`) raise these, not YAMLError.
+        raise RecipeError(f"{origin}: a tagged value does not parse ({type(exc).__name__}: {str(exc)[:100]})",
+                          hint="remove the !!tag; a recipe needs no tags") from None
     except RecursionError:  # a limit above should come first; this keeps any other deep path from a traceback
         raise RecipeError(f"{origin}: nested too deeply", hint="a recipe is a few levels of sections and lists") from None
     finally:
