@@ -1,6 +1,7 @@
 """A recipe is untrusted text: size, encoding, depth and alias limits hold before any work, duplicate keys are
 errors, and every bad file ends in one RecipeError (exit 2), never a traceback, a hang or gigabytes of memory."""
 
+import re
 import time
 
 import pytest
@@ -92,3 +93,42 @@ def test_oversized_and_special_recipe_files_are_refused(tmp_path):
 def test_set_values_obey_the_same_limits():
     with pytest.raises(RecipeError, match="aliases are expanded"):
         load_recipe(digits_recipe(), ["name=" + "{" + laughs(7).replace("\n", ", ") + "}"])
+
+
+# ---------------------------------------------------------------- `recipe check` refuses what training would
+@pytest.mark.parametrize("override, message", [
+    ("training.epochs=true", "training.epochs: true/false is not a valid value here"),
+    ("training.optimizer.lr=false", "training.optimizer.lr: true/false is not a valid value here"),
+    ("inputs.0.encoder.channels=[8, true]", "inputs.0.encoder.channels: true/false is not a valid value here"),
+    ("training.seed=36893488147419103232", "training.seed: input should be less than or equal to"),
+    ("data.split.seed=-1", "data.split.seed: input should be greater than or equal to 0"),
+    ("training.threads=2147483648", "training.threads: input should be less than or equal to 1024"),
+    ("inputs.0.preprocessing.size=[100000, 100000]", "inputs.0.preprocessing.size.0: input should be less than"),
+    ("name=" + "x" * 300, "name: string should have at most 100 characters"),
+    ("name=../../elsewhere", "name: '../../elsewhere' is not a folder name"),
+    ("inputs.0.augmentation={random_resized_crop: {scale: [1.0, 0.5]}}",
+     "inputs.0.augmentation.random_resized_crop.scale: [1.0, 0.5] is inverted"),
+    ("training.precision=fp16", "training.precision: precision fp16 needs a CUDA GPU"),
+    ("outputs.0.class_weights={'1': 2.0, nope: 3.0}",
+     "outputs.0.class_weights: class_weights names label(s) ['nope'] that are not in the training data"),
+])
+def test_recipe_check_refuses_what_training_would(capsys, override, message):
+    import torch
+
+    from dlforge.cli import main
+
+    if "fp16" in override and torch.cuda.is_available():
+        pytest.skip("fp16 is valid on a GPU")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recipe", "check", "--set", override, "--set", "training.epochs=1"]
+             if "epochs" not in override else ["recipe", "check", "--set", override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert message in re.sub(r" \(line \d+\)", "", err)  # the YAML line of the field is named too
+
+
+def test_a_good_recipe_still_passes_with_numbers_written_as_floats():
+    recipe = load_recipe(digits_recipe(optimizer={"name": "adam", "lr": 1}, grad_clip=1))  # ints for floats: fine
+    assert recipe.training.optimizer.lr == 1.0 and recipe.training.grad_clip == 1.0
+    assert load_recipe(digits_recipe(compile=False)).training.compile is False

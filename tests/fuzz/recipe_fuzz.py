@@ -86,7 +86,7 @@ def scratch() -> Path:
         with contextlib.suppress(OSError):
             with open(_SCRATCH / "sparse.csv", "wb") as handle:
                 handle.truncate(20 * 2**30)  # 20 GB of holes: no disk used, endless to parse
-        (_SCRATCH / "latin1.csv").write_bytes("image,label\nx,1\n".encode() + "caf\xe9,2\n".encode("latin-1") * 3)
+        (_SCRATCH / "latin1.csv").write_bytes(b"image,label\nx,1\n" + "caf\xe9,2\n".encode("latin-1") * 3)
         (_SCRATCH / "dupes.csv").write_text("image,label,label\n1,a,b\n2,b,a\n3,a,a\n")
         (_SCRATCH / "empty.csv").write_text("")
         (_SCRATCH / "header.csv").write_text("image,label\n")

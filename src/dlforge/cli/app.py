@@ -268,6 +268,8 @@ def recipe_check(
         return
     typer.echo("\n# plan")
     typer.echo(f"rows: {info['rows']}")
+    for line in info["data"][1:]:  # the first line repeats the rows
+        typer.echo(line)
     for name, sig in info["signature"]["inputs"].items():
         typer.echo(f"input  {name}: {json.dumps(sig)[:160]}")
     for name, sig in info["signature"]["outputs"].items():

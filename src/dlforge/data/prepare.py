@@ -38,6 +38,23 @@ class Prepared:
         return signature(self.inputs, self.outputs)
 
 
+def describe(report: dict) -> list[str]:
+    """What the data became, in lines for the terminal: rows per split, every value a policy changed, every note
+    of the reader (a split column), every skipped file. Training and `recipe check` print the same lines, so
+    nothing that metrics.json records about the data is left unsaid."""
+    rows = ", ".join(f"{part} {n}" for part, n in report["rows"].items())
+    lines = [f"data: {report['source']}: {rows}" + (" (official test split)" if report["official_split"] else "")]
+    for column, counts in report["policies"].items():
+        lines += [f"  {column}: {n} value(s) {policy.replace('_', ' ')}" for policy, n in counts.items()]
+    lines += [f"note: {note}" for note in report.get("notes", [])]
+    for column, images in report.get("images", {}).items():
+        if images.get("skipped_bad_files"):
+            examples = ", ".join(images.get("skipped_examples", []))
+            lines.append(f"warning: {column}: skipped {images['skipped_bad_files']} image file(s) that do not decode "
+                         f"(on_bad_file: skip){', e.g. ' + examples if examples else ''}")
+    return lines
+
+
 def build_features(recipe) -> tuple[dict[str, Feature], dict[str, TargetFeature]]:
     """Unfitted features for every input and output of the recipe."""
     inputs = {f.name: input_features.get(f.type)(f, field_path=f"inputs.{i}") for i, f in enumerate(recipe.inputs)}

@@ -15,7 +15,6 @@ larger than the memory that would hold it, and for CSV text rather than binary d
 from __future__ import annotations
 
 import codecs
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from dlforge.core.errors import DataError
 from dlforge.core.registry import Registry
 from dlforge.data.builtin import locate_builtin
+from dlforge.data.limits import check_fits
 from dlforge.data.table import Table
 
 # pandas' default missing-value strings (pandas.read_csv `na_values`), for `data.keep_default_na: true`.
@@ -51,23 +51,13 @@ class ReadOptions:
 readers: Registry[Callable[..., Table]] = Registry("data format")
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_file(path: Path, field: str) -> None:
     """A data file must be a regular file that fits in memory; anything else is refused before it is opened."""
     if not path.is_file():
         raise DataError(f"'{path}' is not a regular file (a FIFO, a device or a socket never ends or blocks)",
                         where=field, hint="give a CSV, Parquet or npz file, or a folder of them")
-    size, memory = path.stat().st_size, _physical_memory()
-    if memory and size > memory:
-        raise DataError(f"'{path.name}' is {size / 2**30:.1f} GB, more than this machine's memory "
-                        f"({memory / 2**30:.1f} GB), and would not fit once read", where=field,
-                        hint="use a sample of the rows, or a smaller file")
+    check_fits(path.stat().st_size, what=f"reading '{path.name}'", where=field,
+               hint="use a sample of the rows, or a smaller file")
 
 
 def _first_bad_utf8(path: Path) -> tuple[int, int, bytes]:

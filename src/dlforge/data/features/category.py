@@ -86,10 +86,22 @@ class CategoryTarget(TargetFeature):
         # Integer-like labels sort numerically so that class 10 comes after 9.
         labels = sorted(set(strings), key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s))
         if len(labels) < 2:
-            raise DataError(f"target '{self.name}' has a single class {labels} in training; a classifier needs two or more",
-                            where=self.field_path, hint="check the target column, or use more data")
+            raise DataError(f"target '{self.name}' has a single class {labels} in its {len(strings)} training row(s); "
+                            "a classifier needs two or more", where=self.field_path,
+                            hint="check the target column, or use more data" if len(strings) >= 10 else
+                            f"{len(strings)} training row(s) is too few to learn from: use more data")
         self.labels_ = labels
+        self._check_class_weights()
         return self
+
+    def _check_class_weights(self) -> None:
+        """A {label: weight} map naming a label the data does not have is a recipe mistake: caught when the
+        target is fitted (so `recipe check` finds it), not when training builds its loss."""
+        setting = self.config.class_weights
+        unknown = sorted(set(setting) - set(self.labels_)) if isinstance(setting, dict) else []
+        if unknown:
+            raise DataError(f"class_weights names label(s) {unknown[:5]} that are not in the training data",
+                            where=f"{self.field_path}.class_weights", hint=f"labels: {', '.join(self.labels_[:20])}")
 
     def transform(self, values):
         strings = as_strings(values)
