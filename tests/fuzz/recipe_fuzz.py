@@ -16,10 +16,12 @@ quick one.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import math
 import os
+import shutil
 import signal
 import string
 import sys
@@ -80,6 +82,7 @@ def scratch() -> Path:
     global _SCRATCH
     if _SCRATCH is None:
         _SCRATCH = Path(tempfile.mkdtemp(prefix="dlforge-fuzz-"))
+        atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
         fifo = _SCRATCH / "fifo.csv"
         with contextlib.suppress(OSError, AttributeError):
             os.mkfifo(fifo)
@@ -346,7 +349,7 @@ def fuzz(n_cases: int, *, seed: int | None = None, verbose: bool = False) -> Tal
     from hypothesis import HealthCheck, given, settings
 
     tally = Tally()
-    folder = Path(tempfile.mkdtemp(prefix="dlforge-fuzz-case-"))
+    folder = Path(tempfile.mkdtemp(prefix="dlforge-fuzz-case-"))  # broken cases are kept here for a rerun
 
     @settings(max_examples=n_cases, deadline=None, database=None, derandomize=seed is not None,
               suppress_health_check=list(HealthCheck), phases=["generate"])
