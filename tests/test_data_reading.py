@@ -112,3 +112,32 @@ def test_npz_of_objects_is_a_data_error(tmp_path):
     np.savez(path, a=np.array([{"x": 1}], dtype=object))
     with pytest.raises(DataError, match="cannot read npz"):
         load_table(str(path))
+
+
+def test_recipe_check_prints_the_split_column_note(tmp_path, capsys):
+    from dlforge.cli import main
+
+    csv = write(tmp_path, "x,y,split\n" + "".join(f"{i},{'ab'[i % 2]},{'train' if i < 16 else 'test'}\n"
+                                                for i in range(20)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\ndata: {{source: {csv}}}\ninputs: [{{name: x, type: number}}]\n"
+                      "outputs: [{name: y, type: category}]\n")
+    main(["recipe", "check", str(recipe)])
+    assert "note: column 'split' is read as the data's own split (train 16, test 4)" in capsys.readouterr().out
+
+
+def test_predict_reads_cells_as_training_did(tmp_path):
+    import dlforge
+
+    rows = "".join(f"{'?' if i % 5 == 0 else i},{'ab'[i % 2]}\n" for i in range(40))
+    csv = write(tmp_path, "x,y\n" + rows)
+    recipe = {"name": "t", "data": {"source": str(csv), "na_values": ["?"]},
+              "inputs": [{"name": "x", "type": "number"}], "outputs": [{"name": "y", "type": "category"}],
+              "training": {"epochs": 1}}
+    dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    predictor = dlforge.load(tmp_path / "run")
+    from dlforge.cli import main
+
+    main(["predict", str(tmp_path / "run"), "--data", str(csv), "--output", str(tmp_path / "p.csv")])
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 41
+    assert predictor.recipe.data.na_values == ["?"]
