@@ -35,6 +35,8 @@ def test_label_values_are_never_merged(tmp_path, labels):
     csv = write(tmp_path, "x,y\n" + rows)
     prepared = prepare(recipe_for(csv, [{"name": "x", "type": "number"}], {"name": "y", "type": "category"}))
     assert sorted(prepared.outputs["y"].labels_) == sorted(labels)
+    # ... and the two that look alike are reported, so the user can merge them in the file if they are one class
+    assert prepared.report["policies"]["y"] == {"labels_kept_apart_that_differ_only_in_case_spaces_or_number_format": 2}
 
 
 def test_only_empty_cells_are_missing_by_default(tmp_path):

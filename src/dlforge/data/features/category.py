@@ -17,6 +17,14 @@ from dlforge.data.features.wire import InputKind, Text, input_kinds
 UNKNOWN = "<unknown>"
 
 
+def _fold(label: str) -> str:
+    text = " ".join(label.split()).lower()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
 def encode(strings: np.ndarray, index: dict[str, int], default: int) -> np.ndarray:
     return np.fromiter((index.get(s, default) for s in strings), dtype=np.int64, count=len(strings))
 
@@ -92,6 +100,10 @@ class CategoryTarget(TargetFeature):
                             f"{len(strings)} training row(s) is too few to learn from: use more data")
         self.labels_ = labels
         self._check_class_weights()
+        # Kept apart as written, but said: ' pos'/'pos', 'True'/'true', '1'/'1.0' are likely one class typed twice.
+        folded = Counter(_fold(s) for s in labels)
+        self.count("labels_kept_apart_that_differ_only_in_case_spaces_or_number_format",
+                   sum(n for n in folded.values() if n > 1))
         return self
 
     def _check_class_weights(self) -> None:
