@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import io
 import math
 import os
@@ -43,6 +44,11 @@ WEIRD = [True, False, None, "", " ", "x" * 300, "é∂ƒ", [], {}, [1, 2], [[[]]
          1e308, -1e308, float("inf"), float("-inf"), float("nan"), 2**31, 2**63, 2**64 + 1, 10**100, -(2**63),
          1e-308, 5e-324, "auto", "full", "none", "builtin:nope", "../../etc/passwd", "\x00", "1e400", "0x10",
          "NaN", [100000, 100000], [0.9, 0.1], {"name": "cnn"}, "2147483648", 2147483648]
+
+
+def _weird(draw):
+    """A value from WEIRD, copied: a later mutation may write into it, and the pool must stay the same."""
+    return copy.deepcopy(draw(st.sampled_from(WEIRD)))
 
 
 class Hang(Exception):
@@ -71,6 +77,7 @@ class Tally:
     hangs: list = field(default_factory=list)
     slowest: tuple = (0.0, "")
     with_data: int = 0
+    aborted: str | None = None
 
 
 # ---------------------------------------------------------------- hostile files, made once per process
@@ -141,7 +148,7 @@ def _typo(word: str, draw) -> str:
 
 def _extreme(value, draw):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return draw(st.sampled_from(WEIRD))
+        return _weird(draw)
     choice = draw(st.sampled_from(["neg", "zero", "huge", "tiny", "big_int", "float", "int_edge", "nan"]))
     return {"neg": -value if value else -1, "zero": 0, "huge": value * 1e300 if value else 1e300, "tiny": 1e-320,
             "big_int": 2**draw(st.sampled_from([31, 32, 53, 63, 64, 100])), "float": float(value) + 0.5,
@@ -161,12 +168,12 @@ def mutate_data(recipe: dict, draw) -> tuple[dict, str]:
     elif op == "typo" and isinstance(last, str):
         parent[_typo(last, draw)] = parent.pop(last)
     elif op == "wrong_type" and path:
-        parent[last] = draw(st.sampled_from(WEIRD))
+        parent[last] = _weird(draw)
     elif op == "extreme" and path:
         parent[last] = _extreme(parent[last], draw)
     elif op == "add_key" and isinstance(_get(recipe, path), dict):
         _get(recipe, path)[draw(st.sampled_from(["extra", "seed", "name", "type", "<<", "1", "null"]))] = \
-            draw(st.sampled_from(WEIRD))
+            _weird(draw)
     elif op == "source":
         recipe.setdefault("data", {})
         if isinstance(recipe["data"], dict):
@@ -176,8 +183,8 @@ def mutate_data(recipe: dict, draw) -> tuple[dict, str]:
     elif op == "class_weights":
         outputs = recipe.get("outputs")
         if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
-            outputs[0]["class_weights"] = draw(st.sampled_from([{"nope": 2.0}, {"0": 2.0, "1": 0.5}, {"0": -1},
-                                                                 "balanced", {}, {"0": True}]))
+            outputs[0]["class_weights"] = copy.deepcopy(draw(st.sampled_from([{"nope": 2.0}, {"0": 2.0, "1": 0.5}, {"0": -1},
+                                                                 "balanced", {}, {"0": True}])))
     elif op == "precision":
         recipe.setdefault("training", {})
         if isinstance(recipe["training"], dict):
@@ -365,14 +372,18 @@ def fuzz(n_cases: int, *, seed: int | None = None, verbose: bool = False) -> Tal
                 print(f"BROKEN {origin} {ops} (kept as {keep}, data: {with_data})\n{outcome.error}\n",
                       file=sys.__stderr__, flush=True)
 
-    one()
+    try:
+        one()
+    except Exception as exc:  # hypothesis itself stopped (a flaky strategy): say so beside what was run
+        tally.aborted = f"{type(exc).__name__}: {str(exc)[:300]}"
     return tally
 
 
 def summary(tally: Tally, seconds: float) -> str:
     return (f"{tally.cases} cases ({tally.with_data} reading data): {tally.refused} refused with exit 2, "
             f"{tally.accepted} accepted, {len(tally.tracebacks)} tracebacks, {len(tally.hangs)} hangs; "
-            f"{seconds:.0f} s wall; slowest case {tally.slowest[0]:.1f} s ({tally.slowest[1]})")
+            f"{seconds:.0f} s wall; slowest case {tally.slowest[0]:.1f} s ({tally.slowest[1]})"
+            + (f"; ABORTED: {tally.aborted}" if tally.aborted else ""))
 
 
 if __name__ == "__main__":
@@ -391,4 +402,4 @@ if __name__ == "__main__":
         pass
     for origin, ops, error in result.tracebacks[:20] + result.hangs[:20]:
         print(f"\n--- {origin} {ops}\n{error}")
-    sys.exit(1 if result.tracebacks or result.hangs else 0)
+    sys.exit(1 if result.tracebacks or result.hangs or result.aborted else 0)
