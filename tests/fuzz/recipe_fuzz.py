@@ -351,11 +351,13 @@ def record(tally: Tally, origin: str, ops: list, with_data: bool, outcome: Outco
         tally.refused += 1
 
 
-def fuzz(n_cases: int, *, seed: int | None = None, verbose: bool = False) -> Tally:
-    """Run `n_cases` hypothesis-generated cases; every broken promise is recorded, none stops the run."""
+def fuzz(n_cases: int, *, seed: int | None = None, verbose: bool = False, every: int = 0) -> Tally:
+    """Run `n_cases` hypothesis-generated cases; every broken promise is recorded, none stops the run.
+    `every` > 0 prints the running summary after every that many cases (a long run's result so far)."""
     from hypothesis import HealthCheck, given, settings
 
     tally = Tally()
+    started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="dlforge-fuzz-case-"))  # broken cases are kept here for a rerun
 
     @settings(max_examples=n_cases, deadline=None, database=None, derandomize=seed is not None,
@@ -365,6 +367,8 @@ def fuzz(n_cases: int, *, seed: int | None = None, verbose: bool = False) -> Tal
         origin, raw, with_data, ops = case
         outcome = run_case(raw, with_data, folder)
         record(tally, origin, ops, with_data, outcome)
+        if every and tally.cases % every == 0:
+            print("so far: " + summary(tally, time.perf_counter() - started), flush=True)
         if outcome.broken:
             keep = folder / f"broken-{tally.cases:05d}.yaml"
             keep.write_bytes(raw)
@@ -394,7 +398,7 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=None, help="derandomize (the same cases every run)")
     args = parser.parse_args()
     started = time.perf_counter()
-    result = fuzz(args.cases, seed=args.seed, verbose=True)
+    result = fuzz(args.cases, seed=args.seed, verbose=True, every=250)
     print(summary(result, time.perf_counter() - started))
     try:
         print("load average:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
