@@ -12,7 +12,7 @@ LOCK ?=
 PIN := -c constraints.txt $(if $(LOCK),-c $(LOCK))
 export DLFORGE_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-fast lint lock install install-dev install-pretrained docs bench bench-serve clean
+.PHONY: demo test test-fast lint lock install install-dev install-pretrained docs bench bench-serve fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ test: lint
 # Everything not marked @pytest.mark.slow: under a minute on 2 cores.
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
+
+# The long profile of the recipe fuzzer (tests/fuzz/recipe_fuzz.py; `make test` runs a quick one of 100 cases):
+# 10,000 mutated shipped recipes through `recipe check`, reporting tracebacks and hangs. FUZZ_CASES=N to change.
+FUZZ_CASES ?= 10000
+fuzz: $(VENV)/.dev
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) tests/fuzz/recipe_fuzz.py --cases $(FUZZ_CASES)
 
 # ci.lock: the resolved versions of the dev install, which CI installs with `-c ci.lock`.
 # Refresh after changing dependencies: `make clean lock`, review the diff, commit it.

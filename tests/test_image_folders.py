@@ -184,3 +184,17 @@ def test_streaming_resume_is_exact(tmp_path):
         dlforge.train(recipe, out=tmp_path / "resumed", progress=False, callbacks=[_InterruptAt(4)])  # mid-epoch 2
     resumed = dlforge.train(resume=tmp_path / "resumed", progress=False)
     assert [h["train.loss"] for h in resumed.history] == [h["train.loss"] for h in straight.history]
+
+
+def test_skipped_bad_files_are_printed_not_only_recorded(tmp_path, capsys):
+    import yaml
+
+    folder = _make_folder(tmp_path / "imgs", bad=True)
+    recipe = _recipe(folder)
+    recipe["inputs"][0]["preprocessing"]["on_bad_file"] = "skip"
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    main(["recipe", "check", str(path)])
+    out = capsys.readouterr().out
+    assert "warning: image: skipped 1 image file(s) that do not decode (on_bad_file: skip), e.g. " in out
+    assert "broken.jpg" in out

@@ -68,7 +68,8 @@ def main_ok(argv) -> bool:
 
 
 def test_untypable_column_says_why_and_what_to_write():
-    table = Table({"blob": np.array([{"a": 1}, {"b": 2}], dtype=object), "y": np.array(["a", "b"], dtype=object)}, "t")
+    table = Table({"blob": np.array([{"a": 1}, {"b": 2}] * 5, dtype=object),
+                   "y": np.array(["a", "b"] * 5, dtype=object)}, "t")
     with pytest.raises(DataError, match="cannot type") as err:
         infer_recipe(table, "t.csv", "y")
     assert "--drop blob" in err.value.hint and "type: text" in err.value.hint
@@ -105,3 +106,17 @@ def test_init_recipes_train_on_every_shared_csv(source, target, tmp_path):
 def test_init_refuses_a_target_with_one_row_per_class():
     with pytest.raises(DataError, match="most have a single row"):
         init(str(DATA / "imagenet_samples" / "labels.csv"), "label_name")
+
+
+def test_a_table_of_one_or_two_rows_says_too_few_rows_not_single_class(tmp_path):
+    for rows in ("1,a\n", "1,a\n2,b\n"):
+        path = tmp_path / "few.csv"
+        path.write_text("x,y\n" + rows)
+        with pytest.raises(DataError, match=r"the data has \d row\(s\) with a value of 'y'; at least 10 are needed"):
+            init(str(path), "y")
+
+
+def test_codes_with_leading_zeros_are_typed_as_categories(tmp_path):
+    path = tmp_path / "zips.csv"
+    path.write_text("zip,y\n" + "".join(f"{z},{'ab'[i % 2]}\n" for i, z in enumerate(["02134", "2134", "10001"] * 8)))
+    assert "{name: zip, type: category}" in init(str(path), "y")

@@ -124,7 +124,7 @@ def predict(
     import pandas as pd
 
     import dlforge
-    from dlforge.data.readers import load_table
+    from dlforge.data.readers import ReadOptions, load_table
 
     predictor = dlforge.load(run)
     if bool(files) == bool(data):
@@ -138,7 +138,8 @@ def predict(
         inputs = {file_inputs[0]: [str(f) for f in files]}
         frame = pd.DataFrame({"file": [str(f) for f in files]})
     else:
-        inputs = load_table(str(data), field="--data")  # a Table: image paths are relative to its folder
+        # A Table (image paths are relative to its folder), its cells read as training read them (data.na_values).
+        inputs = load_table(str(data), field="--data", options=ReadOptions.of(predictor.recipe.data))
         frame = pd.DataFrame({n: v for n, v in inputs.columns.items() if np.asarray(v).ndim == 1})
     predictions = predictor.predict(inputs)
     for name, values in (predictions.items() if isinstance(predictions, dict) else [(predictor.output_names[0], predictions)]):
@@ -277,6 +278,8 @@ def recipe_check(
         return
     typer.echo("\n# plan")
     typer.echo(f"rows: {info['rows']}")
+    for line in info["data"][1:]:  # the first line repeats the rows
+        typer.echo(line)
     for name, sig in info["signature"]["inputs"].items():
         typer.echo(f"input  {name}: {json.dumps(sig)[:160]}")
     for name, sig in info["signature"]["outputs"].items():

@@ -10,7 +10,7 @@ import torch
 
 from dlforge.data.features import Feature, TargetFeature, input_features, output_features
 from dlforge.data.features.base import as_strings
-from dlforge.data.readers import load_table
+from dlforge.data.readers import ReadOptions, load_table
 from dlforge.data.split import check_classes_in_train, split_rows
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
@@ -36,6 +36,23 @@ class Prepared:
 
     def signature(self) -> dict:
         return signature(self.inputs, self.outputs)
+
+
+def describe(report: dict) -> list[str]:
+    """What the data became, in lines for the terminal: rows per split, every value a policy changed, every note
+    of the reader (a split column), every skipped file. Training and `recipe check` print the same lines, so
+    nothing that metrics.json records about the data is left unsaid."""
+    rows = ", ".join(f"{part} {n}" for part, n in report["rows"].items())
+    lines = [f"data: {report['source']}: {rows}" + (" (official test split)" if report["official_split"] else "")]
+    for column, counts in report["policies"].items():
+        lines += [f"  {column}: {n} value(s) {policy.replace('_', ' ')}" for policy, n in counts.items()]
+    lines += [f"note: {note}" for note in report.get("notes", [])]
+    for column, images in report.get("images", {}).items():
+        if images.get("skipped_bad_files"):
+            examples = ", ".join(images.get("skipped_examples", []))
+            lines.append(f"warning: {column}: skipped {images['skipped_bad_files']} image file(s) that do not decode "
+                         f"(on_bad_file: skip){', e.g. ' + examples if examples else ''}")
+    return lines
 
 
 def build_features(recipe) -> tuple[dict[str, Feature], dict[str, TargetFeature]]:
@@ -71,7 +88,8 @@ def stratify_labels(recipe, table: Table) -> np.ndarray | None:
 
 
 def read_table(recipe, base_dir: Path | None = None) -> Table:
-    table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir)
+    table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir,
+                       options=ReadOptions.of(recipe.data))
     for i, f in enumerate(recipe.inputs):
         if f.type == "sequence" and f.columns:
             table = _stack_columns(table, f, f"inputs.{i}")
@@ -98,7 +116,7 @@ def _stack_columns(table: Table, feature, field_path: str) -> Table:
              for c in feature.columns]
     columns = {k: v for k, v in table.columns.items() if k not in feature.columns}
     columns[feature.name] = np.stack(steps, axis=1)[:, None, :].astype(np.float32)
-    return Table(columns, table.origin, table.split, list(table.notes), table.root)
+    return Table(columns, table.origin, table.split, list(table.notes), table.root, table.split_column)
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:

@@ -34,9 +34,14 @@ def _non_missing(values: np.ndarray) -> list:
     return [v for v in values.tolist() if not is_missing(v)]
 
 
+_CODE = re.compile(r"^\s*[+-]?0\d")  # 02134: a code (zip, account, ID), whose leading zeros a number would lose
+
+
 def _numeric(values: np.ndarray) -> np.ndarray | None:
     if values.dtype.kind in "biuf":
         return values.astype(np.float64)
+    if any(isinstance(v, str) and _CODE.match(v) for v in values[:SAMPLE].tolist()):
+        return None
     parsed = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
     present = ~missing_mask(values)
     return parsed if present.any() and np.isfinite(parsed[present]).all() else None
@@ -100,10 +105,17 @@ def type_column(name: str, values: np.ndarray, *, root: str | None, n_rows: int)
     return Choice(name, "category", f"{distinct} values")
 
 
+MIN_ROWS = 10  # fewer rows cannot be split into train, validation and test with every class in train
+
+
 def type_target(name: str, values: np.ndarray) -> tuple[dict, str]:
     present = _non_missing(values)
     if not present:
         raise DataError(f"target '{name}' has no values", where="--target")
+    if len(present) < MIN_ROWS:
+        raise DataError(f"the data has {len(present)} row(s) with a value of '{name}'; at least {MIN_ROWS} are needed "
+                        "to hold out validation and test rows and still train on every class", where="--target",
+                        hint="use more data")
     counts = pd.Series([str(v) for v in present]).value_counts()
     if len(counts) == 1:
         raise DataError(f"target '{name}' has a single class ({counts.index[0]!r}); nothing to learn",

@@ -8,7 +8,7 @@ layer can read a recipe. Loading YAML with line numbers lives in `recipe/io.py`.
 
 from collections.abc import Callable
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from dlforge.core.errors import did_you_mean
 from dlforge.recipe._base import Strict, _field
@@ -40,7 +40,8 @@ def cross_check(func: CrossCheck) -> CrossCheck:
 class Recipe(Strict):
     """A whole experiment: data, inputs, outputs, model and training."""
 
-    name: str = _field("experiment", "Run name; the default output directory is runs/<name>.", min_length=1)
+    name: str = _field("experiment", "Run name; the default output directory is runs/<name>. One folder name: at "
+                       "most 100 characters, no '/' or '\\\\'.", min_length=1, max_length=100)
     data: DataConfig = Field(..., description="Where the rows come from and how they are split.")
     inputs: list[InputFeature] = Field(..., min_length=1, description="Model inputs, one per data column.")
     outputs: list[OutputFeature] = Field(..., min_length=1, description="Targets, one per data column.")
@@ -48,6 +49,17 @@ class Recipe(Strict):
     training: TrainingConfig = _field(TrainingConfig(), "Optimisation: epochs, batch, optimizer, schedule, regularisation.")
     # Directory of the recipe file: relative data paths are also looked up there.
     _base_dir: str = PrivateAttr(".")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str) -> str:
+        # The name becomes a directory (runs/<name>): file systems take 255 bytes, and a separator would nest it.
+        if any(c in name for c in "/\\") or name in (".", "..") or not name.isprintable() or name != name.strip():
+            raise ValueError(f"{name[:40]!r} is not a folder name: no '/', '\\', control characters, leading or "
+                             "trailing spaces, '.' or '..'; e.g. my-experiment")
+        if len(name.encode("utf-8")) > 200:
+            raise ValueError(f"{len(name.encode('utf-8'))} bytes in UTF-8; a run name is at most 200 (a folder name)")
+        return name
 
     def logged_metrics(self) -> list[str]:
         """Every metric name training logs, e.g. 'val.accuracy' (or 'val.<output>.accuracy' with several outputs)."""

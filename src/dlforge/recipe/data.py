@@ -16,7 +16,7 @@ class SplitConfig(Strict):
         "Test fraction, or 'official' to use the source's own test split. 'auto': official "
         "when the source has one, else 0.2.",
     )
-    seed: int = _field(0, "Seed of the split; the same seed gives the same rows.")
+    seed: int = _field(0, "Seed of the split; the same seed gives the same rows.", ge=0, le=2**63 - 1)
     stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target).")
 
 
@@ -29,6 +29,12 @@ class DataConfig(Strict):
         min_length=1,
     )
     format: Literal["auto", "csv", "parquet", "npz"] = _field("auto", "File format; 'auto' reads the extension.")
+    na_values: list[str] = _field(
+        [], "Strings that mean 'missing' in a CSV (and in Parquet text columns), besides empty cells, e.g. ['?', "
+        "'n/a']. By default only empty cells are missing: 'NA', 'None', 'null' are values, as written.")
+    keep_default_na: bool = _field(
+        False, "Also treat pandas' default markers as missing: '', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', "
+        "'-NaN', '-nan', '1.#IND', '1.#QNAN', '<NA>', 'N/A', 'NA', 'NULL', 'NaN', 'None', 'n/a', 'nan', 'null'.")
     split: SplitConfig = _field(SplitConfig(), "How rows are split into train/val/test.")
     max_rows: int | None = _field(
         None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1

@@ -10,6 +10,10 @@ from dlforge.recipe._base import Strict, _field
 from dlforge.recipe.encoders import BACKBONE_IMAGE_PREPROCESSING, CNNEncoder, ImageEncoder, MiniLMEncoder
 
 
+# An image side past this is a mistake (a 100000 x 100000 resize asks for 120 GB per image, in float32).
+MAX_IMAGE_SIDE = 8192
+
+
 class NumberPreprocessing(Strict):
     normalization: Literal["standard", "minmax", "none"] = _field("standard", "Fitted on the training split only.")
     missing: Literal["error", "mean", "median", "zero"] = _field(
@@ -49,9 +53,10 @@ class ImagePreprocessing(Strict):
     )
     resize_shorter: int | None = _field(
         None, "With fit: crop, first scale the shorter side to this many pixels, then centre-crop `size` (the "
-        "ImageNet protocol; pretrained backbones: 256 → 224). Smaller images are enlarged.", ge=4)
+        "ImageNet protocol; pretrained backbones: 256 → 224). Smaller images are enlarged.", ge=4, le=MAX_IMAGE_SIDE)
     channels: Literal[1, 3] | None = _field(None, "Convert to this many channels; null keeps the data's.")
-    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] | None = _field(None, "Resize to (height, width); null keeps the data's.")
+    size: tuple[Annotated[int, Field(ge=4, le=MAX_IMAGE_SIDE)], Annotated[int, Field(ge=4, le=MAX_IMAGE_SIDE)]] | None = _field(
+        None, "Resize to (height, width); null keeps the data's.")
     fit: Literal["stretch", "crop", "pad"] = _field(
         "stretch", "How image files reach `size`: stretch (ignore aspect), crop (scale the short side, centre-crop), "
         "pad (scale the long side, pad with white).")
@@ -64,10 +69,20 @@ class ImagePreprocessing(Strict):
 
 
 class RandomResizedCrop(Strict):
+    """torchvision's RandomResizedCrop ranges; each is (low, high)."""
+
     scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = _field(
         (0.08, 1.0), "Range of the crop's area as a fraction of the image (Inception-style).")
     ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = _field(
         (0.75, 4 / 3), "Range of the crop's aspect ratio (width / height).")
+
+    @model_validator(mode="after")
+    def _ranges_ascend(self) -> "RandomResizedCrop":
+        wrong = [f"{name}: {list(pair)} is inverted; write [low, high], e.g. {sorted(pair)}"
+                 for name, pair in (("scale", self.scale), ("ratio", self.ratio)) if pair[0] > pair[1]]
+        if wrong:
+            raise ValueError("\n".join(wrong))
+        return self
 
 
 class ImageAugmentation(Strict):

@@ -144,7 +144,7 @@ class TrainingConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = _field("fp32", "bf16 autocast works on CPU; fp16 needs a GPU.")
     channels_last: bool = _field(False, "Channels-last memory format for image models (faster on some CPUs).")
     compile: bool = _field(False, "torch.compile the model (slow start, may run faster).")
-    seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.")
+    seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.", ge=0, le=2**63 - 1)
     accumulate: int = _field(
         1, "Gradient accumulation: sum the gradients of this many batches, then take one optimizer step, so "
         "batch_size 32 with accumulate 2 updates like batch_size 64 in half the activation memory. Each batch's "
@@ -162,6 +162,6 @@ class TrainingConfig(Strict):
         "auto: by_length when a text encoder's cost follows the real length (minilm trims padding, lstm/gru pack "
         "it), else random.")
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
-    threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1)
+    threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1, le=1024)
 
 

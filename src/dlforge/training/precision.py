@@ -19,6 +19,15 @@ def native_bf16() -> bool:
         return True
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot run (the trainer, and `recipe check` before any training)."""
+    if precision == "fp16" and device.type != "cuda":
+        from dlforge.core.errors import DlforgeError
+
+        raise DlforgeError("precision fp16 needs a CUDA GPU; none is available", where="training.precision",
+                           hint="use bf16 (CPU autocast) or fp32")
+
+
 def precision_notice(precision: str, device: torch.device) -> str | None:
     if precision != "bf16" or device.type != "cpu" or native_bf16():
         return None

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from dlforge.core.errors import DlforgeError, TrainingInterrupted
+from dlforge.core.errors import TrainingInterrupted
 from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
@@ -30,6 +30,7 @@ from dlforge.training.checkpoint import save_checkpoint
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
+from dlforge.training.precision import check_precision
 from dlforge.training.strategy import Strategy, build_strategy
 
 ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
@@ -54,9 +55,7 @@ class Trainer:
         self.config = recipe.training
         self.strategy = build_strategy(strategy, self.config)
         self.device = self.strategy.device
-        if self.config.precision == "fp16" and self.device.type != "cuda":
-            raise DlforgeError("precision fp16 needs a CUDA GPU; none is available", where="training.precision",
-                               hint="use bf16 (CPU autocast) or fp32")
+        check_precision(self.config.precision, self.device)
         for transform in model_transforms:  # before the optimizer exists, so it holds the transformed parameters
             model = transform(model)
         self.model = self.strategy.place_model(model)

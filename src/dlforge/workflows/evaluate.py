@@ -49,11 +49,11 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
             if sig["type"] == "image" and is_file_column(table.columns[name]):
                 table.columns[name] = resolve_paths(table.columns[name], table.root)
     else:
-        from dlforge.data.readers import load_table
+        from dlforge.data.readers import ReadOptions, load_table
 
         # Columns are checked (and image paths resolved against the file's folder) by Predictor.evaluate,
-        # through the same path as `predict --data`.
-        table = load_table(str(data), field="--data")
+        # through the same path as `predict --data`; cells are read as training read them (data.na_values).
+        table = load_table(str(data), field="--data", options=ReadOptions.of(predictor.recipe.data))
     if table.n_rows == 0:
         raise ArtifactError("no rows to evaluate on", where=str(data or run_dir))
     return predictor.evaluate(table)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from dlforge.data import prepare
+from dlforge.data.prepare import describe as describe_data
 from dlforge.models import build_model, count_parameters
 from dlforge.recipe.io import load_recipe, recipe_base_dir
 from dlforge.training.feature_cache import cacheable
-from dlforge.training.precision import precision_notice
+from dlforge.training.precision import check_precision, precision_notice
 from dlforge.training.sampling import describe as describe_batching, length_inputs
 from dlforge.training.strategy import default_device
 
@@ -16,6 +17,7 @@ from dlforge.training.strategy import default_device
 def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = True) -> dict:
     """What training would do, without training: the resolved recipe, features, parameters and steps."""
     recipe = load_recipe(recipe, overrides)
+    check_precision(recipe.training.precision, default_device())  # what the trainer would refuse, refused now
     info: dict = {"recipe": recipe.model_dump(mode="json")}
     if not with_data:
         return info
@@ -25,7 +27,7 @@ def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = T
     n_train = len(prepared.splits["train"])
     batch = n_train if recipe.training.batch_size == "full" else min(recipe.training.batch_size, n_train)
     steps = -(-n_train // batch)
-    info.update({"rows": prepared.report["rows"], "signature": prepared.signature(), "parameters": count_parameters(model),
+    info.update({"rows": prepared.report["rows"], "data": describe_data(prepared.report), "signature": prepared.signature(), "parameters": count_parameters(model),
                  "steps_per_epoch": steps, "total_steps": steps * recipe.training.epochs,
                  "policies": prepared.report["policies"], "model": str(model),
                  "backbones": cacheable(recipe, model)})

@@ -14,6 +14,7 @@ from dlforge.artifact.format import save_model, save_run_json, split_record
 from dlforge.core.errors import DlforgeError
 from dlforge.core.files import write_json, write_text
 from dlforge.data import prepare, read_table
+from dlforge.data.prepare import describe as describe_data
 from dlforge.models import count_parameters
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
@@ -121,12 +122,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
 def _print_data_summary(report: dict) -> None:
     """Say what the data became, including every value a policy changed: nothing is altered silently."""
 
-    rows = ", ".join(f"{part} {n}" for part, n in report["rows"].items())
-    print(f"data: {report['source']}: {rows}" + (" (official test split)" if report["official_split"] else ""),
-          file=sys.stderr)
-    for column, counts in report["policies"].items():
-        for policy, n in counts.items():
-            print(f"  {column}: {n} value(s) {policy.replace('_', ' ')}", file=sys.stderr)
+    for line in describe_data(report):
+        print(line, file=sys.stderr)
 
 
 def _history_csv(history: list[dict]) -> str:

@@ -81,7 +81,11 @@ def missing_mask(values: np.ndarray) -> np.ndarray:
 
 
 def as_strings(values: np.ndarray) -> np.ndarray:
-    """Values as strings for vocabularies, with NaN/None as None (integers stay '3', not '3.0')."""
+    """Values as strings for vocabularies, with NaN/None as None (an integer-valued float is '3', not '3.0').
+
+    Strings are kept exactly as written: ' pos' and 'pos' are two values, as '1' and '1.0' are (a CSV is read
+    as text, data/readers.py). Merging them would hide a data problem; two labels that differ only in spaces
+    show up as two classes in the report instead."""
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values.tolist()):
         if is_missing(v):
@@ -89,7 +93,7 @@ def as_strings(values: np.ndarray) -> np.ndarray:
         elif isinstance(v, float) and v.is_integer():
             out[i] = str(int(v))
         else:
-            out[i] = str(v).strip()
+            out[i] = v if isinstance(v, str) else str(v)
     return out
 
 

@@ -94,7 +94,8 @@ class BinaryTarget(_BinaryCodec, TargetFeature):
     def fit(self, values):
         self._fit_values(values)
         if self.negative_ is None:
-            raise DataError(f"target '{self.name}' has a single class '{self.positive_}' in training",
+            raise DataError(f"target '{self.name}' has a single class '{self.positive_}' in its {len(values)} "
+                            "training row(s)",
                             where=self.field_path, hint="a binary target needs both values in the training split")
         return self
 

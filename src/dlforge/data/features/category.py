@@ -17,6 +17,14 @@ from dlforge.data.features.wire import InputKind, Text, input_kinds
 UNKNOWN = "<unknown>"
 
 
+def _fold(label: str) -> str:
+    text = " ".join(label.split()).lower()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
 def encode(strings: np.ndarray, index: dict[str, int], default: int) -> np.ndarray:
     return np.fromiter((index.get(s, default) for s in strings), dtype=np.int64, count=len(strings))
 
@@ -86,10 +94,26 @@ class CategoryTarget(TargetFeature):
         # Integer-like labels sort numerically so that class 10 comes after 9.
         labels = sorted(set(strings), key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s))
         if len(labels) < 2:
-            raise DataError(f"target '{self.name}' has a single class {labels} in training; a classifier needs two or more",
-                            where=self.field_path, hint="check the target column, or use more data")
+            raise DataError(f"target '{self.name}' has a single class {labels} in its {len(strings)} training row(s); "
+                            "a classifier needs two or more", where=self.field_path,
+                            hint="check the target column, or use more data" if len(strings) >= 10 else
+                            f"{len(strings)} training row(s) is too few to learn from: use more data")
         self.labels_ = labels
+        self._check_class_weights()
+        # Kept apart as written, but said: ' pos'/'pos', 'True'/'true', '1'/'1.0' are likely one class typed twice.
+        folded = Counter(_fold(s) for s in labels)
+        self.count("labels_kept_apart_that_differ_only_in_case_spaces_or_number_format",
+                   sum(n for n in folded.values() if n > 1))
         return self
+
+    def _check_class_weights(self) -> None:
+        """A {label: weight} map naming a label the data does not have is a recipe mistake: caught when the
+        target is fitted (so `recipe check` finds it), not when training builds its loss."""
+        setting = self.config.class_weights
+        unknown = sorted(set(setting) - set(self.labels_)) if isinstance(setting, dict) else []
+        if unknown:
+            raise DataError(f"class_weights names label(s) {unknown[:5]} that are not in the training data",
+                            where=f"{self.field_path}.class_weights", hint=f"labels: {', '.join(self.labels_[:20])}")
 
     def transform(self, values):
         strings = as_strings(values)

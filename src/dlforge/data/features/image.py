@@ -15,6 +15,7 @@ from dlforge.data.features.base import Feature, input_features
 from dlforge.data.images.decode import convert_channels, decode_image, resize, to_nchw
 from dlforge.core.errors import DataError, PredictError
 from dlforge.data.features.wire import InputKind, input_kinds
+from dlforge.data.limits import check_fits
 
 # The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -66,6 +67,15 @@ class ImageFeature(Feature):
     def _raw(self, values) -> torch.Tensor:
         x = to_nchw(self._as_array(values))
         return x
+
+    def check(self, values):
+        """Refuse a size whose decoded float32 split could never fit, before any chunk is resized."""
+        prep = self.config.preprocessing
+        if prep.size is not None and values.dtype != object:  # file paths: the streaming plan bounds memory
+            channels = prep.channels or (values.shape[-1] if values.ndim == 4 else 1)
+            check_fits(len(values) * channels * prep.size[0] * prep.size[1] * 4.0,
+                       what=f"resizing {len(values)} images to {prep.size[0]}x{prep.size[1]}",
+                       where=f"{self.field_path}.preprocessing.size", hint="choose a smaller size")
 
     def fit(self, values):
         prep = self.config.preprocessing

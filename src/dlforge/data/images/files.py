@@ -21,6 +21,7 @@ from dlforge.data.features.base import is_missing
 from dlforge.data.images.decode import TooManyPixels, open_image, pil_resample
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
+from dlforge.data.limits import check_fits
 
 GREY_MODES = {"L", "1", "I;16", "I", "F", "LA"}
 
@@ -192,9 +193,13 @@ def prepare_image_files(recipe, table: Table) -> tuple[Table, dict[str, ImagePla
         report["path"] = "streaming" if stream else "in_memory"
         report["decoded_float_mb"] = round(float_mb, 1)
         if not stream:
+            check_fits(float_mb * 2**20, what=f"decoding {table.n_rows} image files into memory",
+                       where=f"{field_path}.preprocessing.size",
+                       hint="set data.in_memory: auto or false (streaming), or choose a smaller size")
             array, failed = _decode_all(values, plan, data.workers, field_path, prep.on_bad_file == "skip")
             if failed:
                 report["skipped_bad_files"] = report.get("skipped_bad_files", 0) + len(failed)
+                report["skipped_examples"] = (report.get("skipped_examples", []) + [str(values[i]) for i in failed])[:3]
                 table = table.take(np.setdiff1d(np.arange(table.n_rows), failed))
             table.columns[feature.name] = array
         plans[feature.name] = plan
