@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlforge.core.files import atomic_path
+
 SMOOTHING = 0.98  # EMA factor of the loss, with bias correction (as fastai)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
 
@@ -105,9 +107,8 @@ def plot_range_test(result: LRFindResult, path: Path) -> Path:
     ax.set_ylabel("smoothed training loss")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     result.plot = path
     return path
