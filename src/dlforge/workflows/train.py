@@ -177,7 +177,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     # The post-training phase: its inputs (final weights, history, seconds) are in the finished checkpoint, so
     # a resume redoes it exactly. A stop request is honoured between its writes.
     def checkpoint_stop() -> None:
-        if stop is not None and stop.is_set():
+        if trainer.stop.is_set():
             raise TrainingInterrupted(str(run_dir))
 
     checkpoint_stop()
