@@ -75,9 +75,10 @@ def _clear_run_dir(run_dir: Path) -> None:
 
     The directory is first renamed aside (atomic), so a kill at any moment leaves either the whole old run
     or none of it under the name, never its checkpoint beside a new recipe.yaml. Only a dlforge run
-    directory (recipe.yaml and checkpoint/meta.json or model.json) is removed: `--out ~ --overwrite` is refused.
+    directory (checkpoint/meta.json, the first file a run writes, or recipe.yaml and model.json) is removed:
+    `--out ~ --overwrite` is refused.
     """
-    if not (run_dir / "recipe.yaml").is_file() or not ((run_dir / META).is_file() or (run_dir / "model.json").is_file()):
+    if not ((run_dir / META).is_file() or ((run_dir / "recipe.yaml").is_file() and (run_dir / "model.json").is_file())):
         raise DlforgeError(f"{run_dir} is not a dlforge run directory; --overwrite replaces run directories only",
                            where="--out", hint="choose a new or empty --out directory")
     for stale in run_dir.parent.glob(f".{run_dir.name}.*{OLD_SUFFIX}"):  # left by a kill during an earlier removal
@@ -110,7 +111,7 @@ def _nothing_to_resume(run_dir: Path, meta: dict, progress: bool) -> RunResult |
         return RunResult(run_dir, metrics, history)
     if not run_dir.is_dir():
         raise ArtifactError("no such run directory", where=str(run_dir), hint="train one with `dlforge train RECIPE`")
-    if not (run_dir / "recipe.yaml").is_file():
+    if not (run_dir / "recipe.yaml").is_file() and not (run_dir / META).is_file():
         raise ArtifactError("no checkpoint to resume from: this is not a dlforge run directory (no recipe.yaml)",
                             where=str(run_dir), hint=f"start a new run with `dlforge train RECIPE --out {run_dir}`")
     if not has_checkpoint(run_dir):
@@ -165,9 +166,9 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         found = range_test_for(recipe, prepared, plot=run_dir / "plots" / "lr_find.png")
         recipe.training.optimizer.lr = found.suggestion
         meta["lr_find"] = found.as_dict()
-    if resume is None:
-        write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    if resume is None:  # meta.json first: it marks the directory as a run that --overwrite may replace
         write_json(run_dir / META, meta)
+        write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
     model, trainer, cache_report = built.model, built.trainer, built.cache_report
     signature = prepared.signature()
