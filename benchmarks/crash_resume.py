@@ -35,17 +35,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# Run inside the subprocess: a kill just before the k-th os.replace (CRASH_AT_REPLACE=k; 0 = none), and the
-# count of renames written to CRASH_COUNT_FILE at exit (so the reference run says how many there are).
+# Run inside the subprocess: a kill just before the k-th os.replace (CRASH_AT_REPLACE=k; 0 = none) or the
+# first one onto a file named CRASH_AT_NAME, and the count of renames written to CRASH_COUNT_FILE at exit
+# (so the reference run says how many there are).
 LAUNCHER = """
 import atexit, os, signal, sys
 k = int(os.environ.get("CRASH_AT_REPLACE", "0"))
+name = os.environ.get("CRASH_AT_NAME")
 sig = getattr(signal, "SIG" + os.environ.get("CRASH_SIGNAL", "KILL"))
 count = [0]
 real = os.replace
 def replace(src, dst):
+    global name
     count[0] += 1
-    if count[0] == k:
+    if count[0] == k or (name and os.path.basename(dst) == name):
+        name = None
         os.kill(os.getpid(), sig)
     return real(src, dst)
 os.replace = replace
@@ -87,10 +91,11 @@ def make_recipe(folder: Path, csv: Path) -> Path:
     return path
 
 
-def dlforge(args: list[str], *, kill_at: int = 0, delay: float | None = None, signal_name: str = "KILL",
-            count_file: Path | None = None, timeout: float = 600) -> tuple[int, str]:
-    env = dict(os.environ, CRASH_AT_REPLACE=str(kill_at), CRASH_SIGNAL=signal_name, OMP_NUM_THREADS="1",
-               MPLBACKEND="Agg")
+def dlforge(args: list[str], *, kill_at: int = 0, kill_at_name: str = "", delay: float | None = None,
+            signal_name: str = "KILL", count_file: Path | None = None, timeout: float = 600) -> tuple[int, str]:
+    """`dlforge ARGS --quiet` in a subprocess, killed as planned; (exit code, output)."""
+    env = dict(os.environ, CRASH_AT_REPLACE=str(kill_at), CRASH_AT_NAME=kill_at_name, CRASH_SIGNAL=signal_name,
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     if count_file is not None:
         env["CRASH_COUNT_FILE"] = str(count_file)
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args, "--quiet"], env=env,

@@ -41,8 +41,9 @@ from dlforge.training.strategy import Strategy, build_strategy
 
 ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
 LossHook = Callable[..., torch.Tensor]  # (trainer, logits, targets, loss) -> loss
-# Losses are checked for NaN/inf this often (one host sync each; a checkpoint and the epoch's end check too):
-# at 25 us a sync on a 1 ms CPU step, under 0.1% of the time, and a diverged run stops within 50 steps.
+# Losses are checked for NaN/inf this often (one host sync each; a checkpoint and the epoch's end check too).
+# Measured: a check of 50 losses costs 147 us on a loaded 2-core EPYC (3 us a step; an MLP step is ~1 ms), and
+# training with and without it took the same CPU time within noise; a diverged run stops within 50 steps.
 FINITE_CHECK_STEPS = 50
 
 
