@@ -161,13 +161,14 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         if notice:
             print(f"warning: {notice}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    found = None
+    if resume is None:  # meta.json first: it marks the directory as a run that --overwrite may replace
+        write_json(run_dir / META, meta)
     if recipe.training.optimizer.lr == "auto":  # resolved before recipe.yaml is written, so a resume reuses it
         found = range_test_for(recipe, prepared, plot=run_dir / "plots" / "lr_find.png")
         recipe.training.optimizer.lr = found.suggestion
-        meta["lr_find"] = found.as_dict()
-    if resume is None:  # meta.json first: it marks the directory as a run that --overwrite may replace
+        meta["lr_find"] = found.as_dict()  # kept for the metrics of a resumed post-training phase
         write_json(run_dir / META, meta)
+    if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
     model, trainer, cache_report = built.model, built.trainer, built.cache_report
