@@ -50,6 +50,8 @@ class RunResult:
 
 META = Path(CHECKPOINT_DIR) / "meta.json"  # base_dir, recipe path, lr_find result, and "complete" once done
 OLD_SUFFIX = ".dlforge-old"  # a run moved aside by --overwrite, deleted right after
+# What a complete run holds; if one is missing, a resume redoes the post-training phase that writes them.
+RUN_FILES = ("model.safetensors", "model.json", "run.json", "metrics.json", "history.csv", "report.html")
 
 
 def _choose_run_dir(recipe, out: str | Path | None, overwrite: bool) -> Path:
@@ -100,7 +102,8 @@ def _read_meta(run_dir: Path) -> dict:
 def _nothing_to_resume(run_dir: Path, meta: dict, progress: bool) -> RunResult | None:
     """A complete run: say so and return its result untouched. A run stopped before its first checkpoint: a clear
     error saying how to start over (its hint once sent the user back to --resume, in a loop). Otherwise None."""
-    if (meta.get("complete") or not (run_dir / CHECKPOINT_DIR).exists()) and (run_dir / "metrics.json").is_file():
+    whole = all((run_dir / name).is_file() for name in RUN_FILES)
+    if whole and (meta.get("complete") or not (run_dir / CHECKPOINT_DIR).exists()):
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         if progress:
             print(f"nothing to resume: {run_dir} is complete ({metrics.get('epochs_run')} epoch(s)); "
