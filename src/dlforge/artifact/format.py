@@ -7,6 +7,15 @@
   fractions, each split's row indices or, for big data, their sha256 and counts), and `variants` (the
   compressed models that will list themselves there). With these three, nothing in checkpoint/ (the
   training state, which the Dockerfile leaves out) is needed to predict or to evaluate.
+
+What load checks (each a clear ArtifactError, never a KeyError or a torch traceback): model.json against
+`ModelJson` (pydantic: top-level keys and types, a format version in 1..FORMAT_VERSION, features and signature
+naming the same inputs and outputs; per-feature state stays a free dict, each feature type reads its own);
+model.json's content digest (`content_sha256`: a hand-edited label list or a flipped bit in it is found); the
+weights' size and sha256 against model.json's `weights` record (a truncated, replaced or bit-flipped
+model.safetensors is found before it is parsed); and, in the Predictor, the signature the restored features
+give against the stored one and the weights' shapes against the model built from it (label count = head size).
+Runs saved before the digests existed have no `weights`/`content_sha256` and load without those two checks.
 """
 
 from __future__ import annotations
@@ -15,13 +24,15 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from dlforge._version import __version__
 from dlforge.core.errors import ArtifactError
-from dlforge.core.files import write_json
+from dlforge.core.files import dumps_json, write_bytes, write_json
 from dlforge.data.prepare import signature
 
 FORMAT_VERSION = 1
@@ -36,15 +47,77 @@ INLINE_ROWS = 50_000
 TYPE_EXTRAS = {"text": "text"}
 
 
+# The parts of model.json that change what the model predicts; `content_sha256` covers them.
+BOUND_KEYS = ("recipe", "signature", "features", "architectures", "weights")
+# A safetensors header (JSON: names, dtypes, shapes, offsets) is a few KB per hundred tensors; larger is damage.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+class _Groups(BaseModel):
+    """{"inputs": {name: {...}}, "outputs": {name: {...}}}: each entry's keys belong to its feature type."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+class WeightsRecord(BaseModel):
+    """model.json's record of model.safetensors: a damaged or replaced file is found before it is parsed."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: StrictStr
+    bytes: StrictInt = Field(ge=0)
+    sha256: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ModelJson(BaseModel):
+    """The top level of model.json (format version 1). Unknown keys are kept (a newer dlforge of the same
+    format may add some); per-feature state is a free dict, read by its feature type's `load_state`."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: StrictInt = Field(ge=1, le=FORMAT_VERSION)
+    dlforge_version: StrictStr
+    torch_version: StrictStr | None = None
+    created: StrictStr | None = None
+    name: StrictStr
+    recipe: dict[str, Any]
+    signature: _Groups
+    features: _Groups
+    architectures: dict[str, Any] | None = None
+    weights: WeightsRecord | None = None  # absent in runs saved before it existed
+    content_sha256: StrictStr | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _same_names(self):
+        for group in ("inputs", "outputs"):
+            stated, stored = set(getattr(self.signature, group)), set(getattr(self.features, group))
+            if stated != stored:
+                raise ValueError(f"signature.{group} names {sorted(stated)} but features.{group} names {sorted(stored)}")
+        return self
+
+
+def content_digest(meta: dict) -> str:
+    """sha256 of model.json's BOUND_KEYS as canonical JSON (sorted keys; the same after a JSON round trip)."""
+    bound = {key: meta.get(key) for key in BOUND_KEYS}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module) -> None:
-    from safetensors.torch import save_file
+    """Write model.safetensors, then model.json recording its size and sha256 and sealed by `content_sha256`.
+
+    Weights holding NaN/inf are refused: a model that can only answer NaN is never saved.
+    """
+    from safetensors.torch import save
 
     run_dir = Path(run_dir)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / (WEIGHTS + ".tmp")
-    save_file(weights, str(tmp), metadata={"format": "pt"})
-    tmp.replace(run_dir / WEIGHTS)
-    write_json(run_dir / MODEL_JSON, {
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"refusing to save a model whose weights hold NaN/inf ({', '.join(bad[:3])})",
+                            where=str(run_dir / WEIGHTS), hint="training diverged; lower the learning rate and train again")
+    data = save(weights, metadata={"format": "pt"})
+    write_bytes(run_dir / WEIGHTS, data)
+    meta = {
         "format_version": FORMAT_VERSION,
         "dlforge_version": __version__,
         "torch_version": torch.__version__,
@@ -55,7 +128,11 @@ def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.
         "features": {"inputs": {n: f.state() for n, f in inputs.items()},
                      "outputs": {n: f.state() for n, f in outputs.items()}},
         "architectures": model.architectures(),
-    })
+        "weights": {"file": WEIGHTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+    }
+    meta = json.loads(dumps_json(meta))  # as it will read back (lists, not tuples): the digest must match on load
+    meta["content_sha256"] = content_digest(meta)
+    write_json(run_dir / MODEL_JSON, meta)
 
 
 def rows_sha256(rows) -> str:
@@ -148,19 +225,68 @@ def read_model_json(run_dir: Path) -> dict:
         hint = ("training did not finish; resume with `dlforge train --resume " + str(run_dir) + "`"
                 if (run_dir / "checkpoint").is_dir() else "train again, or point to a complete run directory")
         raise ArtifactError(f"run directory is missing {', '.join(missing)}", where=str(run_dir), hint=hint)
+    path = run_dir / MODEL_JSON
+    damaged = f"restore model.json from a copy, or train again (`dlforge train RECIPE --out {run_dir} --overwrite`)"
     try:
-        meta = json.loads((run_dir / MODEL_JSON).read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"model.json is not valid JSON (line {exc.lineno})", where=str(run_dir / MODEL_JSON)) from None
+        raise ArtifactError(f"model.json is not valid JSON (line {exc.lineno})", where=str(path), hint=damaged) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ArtifactError(f"model.json cannot be read ({exc.__class__.__name__})", where=str(path), hint=damaged) from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"model.json holds a JSON {type(meta).__name__}, not an object", where=str(path), hint=damaged)
     version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise ArtifactError("model.json has no format_version", where=str(run_dir / MODEL_JSON))
-    if version > FORMAT_VERSION:
+    if type(version) is int and version > FORMAT_VERSION:
         raise ArtifactError(
             f"run directory has format version {version}; this dlforge ({__version__}) reads up to {FORMAT_VERSION}",
             where=str(run_dir), hint="upgrade dlforge: pip install -U dlforge")
+    try:
+        ModelJson.model_validate(meta)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'model.json'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise ArtifactError(f"model.json is damaged ({exc.error_count()} problem(s)): {problems}", where=str(path),
+                            hint=damaged) from None
+    stored = meta.get("content_sha256")
+    if stored is not None and stored != content_digest(meta):
+        raise ArtifactError("model.json was changed after it was saved (its recipe, signature, features or weights "
+                            "record no longer match its content_sha256)", where=str(path), hint=damaged)
     return meta
 
 
-__all__ = ["FORMAT_VERSION", "MODEL_JSON", "RUN_JSON", "WEIGHTS", "check_split", "read_model_json", "read_run_json",
-           "required_extras", "rows_sha256", "save_model", "save_run_json", "split_record"]
+def load_weights(run_dir: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """model.safetensors as a state dict, checked against model.json's size and sha256 when it records them.
+
+    Any damage (empty, truncated, random bytes, a huge header, a flipped bit) is an ArtifactError.
+    """
+    from safetensors.torch import load
+
+    path = Path(run_dir) / WEIGHTS
+    hint = f"the weights file is damaged; restore it from a copy, or train again (`dlforge train RECIPE --out {run_dir} --overwrite`)"
+    record = meta.get("weights")
+    try:
+        size = path.stat().st_size
+        if record is not None and size != record["bytes"]:
+            raise ArtifactError(f"model.safetensors has {size} bytes; model.json recorded {record['bytes']} (the file "
+                                "is truncated or was replaced)", where=str(path), hint=hint)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"model.safetensors cannot be read ({exc.__class__.__name__}: {exc.strerror})",
+                            where=str(path), hint=hint) from None
+    if record is not None and hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise ArtifactError("model.safetensors does not match the sha256 model.json recorded (the file is damaged or "
+                            "was replaced)", where=str(path), hint=hint)
+    header = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < header <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ArtifactError(f"model.safetensors is not a safetensors file ({len(data)} bytes, header length {header})",
+                            where=str(path), hint=hint)
+    try:
+        return load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError (and others) for damaged content
+        raise ArtifactError(f"model.safetensors cannot be parsed ({exc.__class__.__name__}: {str(exc)[:200]})",
+                            where=str(path), hint=hint) from None
+
+
+__all__ = ["FORMAT_VERSION", "MODEL_JSON", "RUN_JSON", "WEIGHTS", "ModelJson", "WeightsRecord", "check_split",
+           "content_digest", "load_weights", "read_model_json", "read_run_json", "required_extras", "rows_sha256",
+           "save_model", "save_run_json", "split_record"]

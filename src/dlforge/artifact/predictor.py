@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from dlforge.artifact.format import MODEL_JSON, WEIGHTS, read_model_json
+from dlforge.artifact.format import MODEL_JSON, WEIGHTS, load_weights, read_model_json
 from dlforge.artifact.inputs import from_table, to_table
 from dlforge.artifact.runtimes import Runtime, build_runtime
 from dlforge.core.errors import ArtifactError, RecipeError
-from dlforge.data.prepare import build_features, encode
+from dlforge.core.files import dumps_json
+from dlforge.data.prepare import build_features, encode, signature
 from dlforge.data.table import Table
 from dlforge.models import build_model
 
@@ -23,8 +25,6 @@ class Predictor:
     """
 
     def __init__(self, run_dir: str | Path, *, runtime: str = "torch"):
-        from safetensors.torch import load_file
-
         from dlforge.recipe.io import validate
 
         self.run_dir = Path(run_dir)
@@ -35,22 +35,44 @@ class Predictor:
             raise ArtifactError(f"the stored recipe is invalid: {exc.message}", where=str(self.run_dir / MODEL_JSON)) from None
         self.signature = self.meta["signature"]
         self.inputs, self.outputs = build_features(self.recipe)
-        for group, features in (("inputs", self.inputs), ("outputs", self.outputs)):
-            for name, feature in features.items():
-                feature.load_state(self.meta["features"][group][name])
+        self._restore_features()
         with torch.random.fork_rng(devices=[]):  # initial weights are overwritten; the caller's RNG is untouched
             # No pretrained weights either (no wheel is read): model.safetensors replaces them.
             self.model = build_model(self.recipe, self.signature, pretrained_weights=False,
                                      architectures=self.meta.get("architectures"))
+        weights = load_weights(self.run_dir, self.meta)
         try:
-            self.model.load_state_dict(load_file(str(self.run_dir / WEIGHTS)), strict=True)
-        except (RuntimeError, OSError) as exc:
+            self.model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:  # e.g. a label list that disagrees with the head's size
             raise ArtifactError(f"weights do not match the architecture in model.json: {str(exc)[:300]}",
                                 where=str(self.run_dir / WEIGHTS)) from None
         self.model.eval()
         self.batch_size = self.recipe.training.eval_batch_size
         self.runtime: Runtime = build_runtime(runtime, model=self.model, run_dir=self.run_dir,
                                               batch_size=self.batch_size)
+
+    def _restore_features(self) -> None:
+        """Each feature's state from model.json, then the signature they give checked against the stored one
+        (a label list shorter than the head, or a vocabulary cut short, is caught here, by name)."""
+        where = str(self.run_dir / MODEL_JSON)
+        for group, features in (("inputs", self.inputs), ("outputs", self.outputs)):
+            stored = self.meta["features"][group]
+            if set(stored) != set(features):
+                raise ArtifactError(f"model.json's features.{group} name {sorted(stored)}, its recipe {sorted(features)}",
+                                    where=where)
+            for name, feature in features.items():
+                try:
+                    feature.load_state(stored[name])
+                except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                    raise ArtifactError(f"the state of {group[:-1]} '{name}' in model.json is damaged "
+                                        f"({exc.__class__.__name__}: {str(exc)[:200]})", where=where) from None
+        restored = json.loads(dumps_json(signature(self.inputs, self.outputs)))
+        for group in ("inputs", "outputs"):
+            for name, sig in restored[group].items():
+                if sig != self.signature[group].get(name):
+                    raise ArtifactError(f"model.json's state of {group[:-1]} '{name}' gives the signature {sig}, but the "
+                                        f"stored signature is {self.signature[group].get(name)}", where=where,
+                                        hint="model.json is damaged; restore it from a copy, or train again")
 
     @property
     def name(self) -> str:

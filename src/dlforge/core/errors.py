@@ -66,6 +66,10 @@ class TrainingInterrupted(DlforgeError):
         )
 
 
+class TrainingDiverged(DlforgeError):
+    """The training loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
+
+
 def did_you_mean(value: str, choices) -> str:
     """' — did you mean 'adam'?' for the closest choice, or '' when nothing is close."""
     import difflib

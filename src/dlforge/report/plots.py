@@ -11,11 +11,11 @@ from pathlib import Path
 from dlforge.core.errors import DlforgeError
 from dlforge.core.files import write_text
 from dlforge.report.svg import heatmap, line_chart
+from dlforge.training.lr_find import DIVERGED
 
 # Metrics measured in the target's own units (dollars, seconds...): drawn on an axis of their own, never beside
 # accuracy or r² (a flat line on a dollar axis tells nothing).
 UNIT_METRICS = ("mae", "mse", "rmse", "mape", "msle", "rmsle")
-LR_RANGE_DIVERGED = 4.0  # the y axis of the LR plot stops at this multiple of the minimum loss (training/lr_find)
 
 
 def check_plot_path(path: str | Path) -> Path:
@@ -72,7 +72,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title
 def plot_range_test(result, path: Path) -> Path:
     """The LR range test's smoothed loss against the rate (log axis), the suggestion marked; sets `result.plot`."""
     finite = [v for v in result.losses if math.isfinite(v)]
-    ylim = (min(finite) * 0.95, min(max(finite), LR_RANGE_DIVERGED * min(finite)) * 1.05) if finite else None
+    ylim = (min(finite) * 0.95, min(max(finite), DIVERGED * min(finite)) * 1.05) if finite else None
     svg = line_chart({"smoothed training loss": (result.lrs, result.losses)}, title="learning-rate range test",
                      xlabel="learning rate", ylabel="smoothed training loss", log_x=True, marker=False,
                      vline=(result.suggestion, f"suggestion {result.suggestion:.2e}"), ylim=ylim)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dlforge.core.files import atomic_path
 from dlforge.data.augment import augmentation_on
 from dlforge.models.encoders.base import Backbone
 
@@ -90,10 +91,8 @@ def apply_feature_cache(recipe, model, splits: dict, *, device: torch.device) ->
                 started = time.perf_counter()
                 embedding = embed_all(encoder.to(device), split.x[name], device=device)
                 seconds += time.perf_counter() - started
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-                save_file({"embedding": embedding.contiguous()}, str(tmp))
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    save_file({"embedding": embedding.contiguous()}, str(tmp))
                 split.x[name] = embedding
         encoder.cached_input = True
         report[name] = {"path": "cached embeddings", "cache_hits": hits, "splits": len(splits),

@@ -9,6 +9,13 @@ loop is a plugin, so a new capability never adds an `if` here:
   - callbacks (training/callbacks/) observe and vote to stop.
 A stop request (training/stop.py; the CLI sets it on Ctrl-C/SIGTERM) is honoured after the current step:
 the trainer checkpoints and raises TrainingInterrupted. The trainer installs no signal handler.
+
+A checkpoint never holds a diverged model: before each one, and every FINITE_CHECK_STEPS steps, the losses
+logged since the last check (and, at a checkpoint, the weights) are checked for NaN/inf in one host sync;
+the first bad step stops training with TrainingDiverged (the step, the batch's rows, the likely cause), and
+the last good checkpoint stays on disk. A checkpoint written after the last epoch (or an early stop) is
+marked finished, so resuming it trains nothing: the run's metrics and weights stay exactly those of the
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from typing import Callable
 
 import torch
 
-from dlforge.core.errors import TrainingInterrupted
+from dlforge.core.errors import ArtifactError, TrainingDiverged, TrainingInterrupted
 from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
-from dlforge.training.checkpoint import save_checkpoint
+from dlforge.training.checkpoint import recipe_digest, save_checkpoint
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
@@ -35,6 +42,10 @@ from dlforge.training.strategy import Strategy, build_strategy
 
 ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
 LossHook = Callable[..., torch.Tensor]  # (trainer, logits, targets, loss) -> loss
+# Losses are checked for NaN/inf this often (one host sync each; a checkpoint and the epoch's end check too).
+# Measured: a check of 50 losses costs 147 us on a loaded 2-core EPYC (3 us a step; an MLP step is ~1 ms), and
+# training with and without it took the same CPU time within noise; a diverged run stops within 50 steps.
+FINITE_CHECK_STEPS = 50
 
 
 @dataclass
@@ -88,6 +99,8 @@ class Trainer:
         # Per-step losses of the current epoch, kept on the device: appending costs nothing, while an
         # in-place add is a kernel launch per step (~4 us, 0.5% of an MLP step); summed when read.
         self._losses: list[torch.Tensor] = []
+        self._checked = 0  # how many of `_losses` were checked finite
+        self._recipe_sha256 = recipe_digest(recipe)
 
     # ------------------------------------------------------------ setup helpers
     def _row_lengths(self) -> torch.Tensor | None:
@@ -192,16 +205,18 @@ class Trainer:
         start_epoch, start_step, permutation = 0, 0, None
         if resume is not None:
             start_epoch, start_step, permutation = self._restore(resume, result)
+        # A finished run (last epoch done, or stopped early) resumes into its post-training phase only.
+        end_epoch = start_epoch if resume is not None and resume.get("finished") else self.config.epochs
         seconds_before = result.train_seconds
         started = time.perf_counter()
         step_hooks = self._hooks["on_step_end"]
         every = self.config.checkpoint_every_steps
         accumulating = self.accumulate > 1
         self._call("on_fit_start")
-        for epoch in range(start_epoch, self.config.epochs):
+        for epoch in range(start_epoch, end_epoch):
             if permutation is None:
                 permutation = self.batches.permutation()
-                self._losses = []
+                self._losses, self._checked = [], 0
             self.model.train()
             self._call("on_epoch_start", epoch)
             batches = epoch_batches(self.train, self.batches.slices(permutation, start_step),
@@ -217,9 +232,12 @@ class Trainer:
                 if stopping or (every and (self._global_step(epoch, step) + 1) % every == 0):
                     result.train_seconds = seconds_before + time.perf_counter() - started
                     self._save(epoch, step + 1, permutation, result)
+                elif (step + 1) % FINITE_CHECK_STEPS == 0:
+                    self._check_finite(epoch, permutation)
                 if stopping:
                     self.progress.close()
                     raise TrainingInterrupted(str(self.run_dir))
+            self._check_finite(epoch, permutation)  # before validation: a diverged model is not scored
             start_step, permutation = 0, None
             metrics = {"epoch": epoch + 1, "train.loss": self.running_loss()}
             if self.val is not None:
@@ -231,9 +249,9 @@ class Trainer:
             # Every callback votes (a list, not a generator: no short-circuit), and any stop wins.
             should_stop = any([bool(vote(self, epoch, metrics)) for vote in self._hooks["on_epoch_end"]])
             result.train_seconds = seconds_before + time.perf_counter() - started
-            self._save(epoch + 1, 0, None, result)
+            result.stopped_early = should_stop and epoch + 1 < self.config.epochs
+            self._save(epoch + 1, 0, None, result, finished=should_stop or epoch + 1 == self.config.epochs)
             if should_stop:
-                result.stopped_early = epoch + 1 < self.config.epochs
                 break
         if self.early_stopping is not None and self.early_stopping.best_state is not None:
             self.model.load_state_dict(self.early_stopping.best_state)
@@ -252,9 +270,76 @@ class Trainer:
         for fn in self._hooks[hook]:
             fn(self, *args)
 
+    # ------------------------------------------------------------ divergence
+    def _check_finite(self, epoch: int, permutation, *, weights: bool = False) -> None:
+        """Raise TrainingDiverged if a loss logged since the last check (or, with `weights`, a weight) is NaN/inf.
+
+        One host sync for all of them; called every FINITE_CHECK_STEPS steps, at the epoch's end and before
+        every checkpoint, never per step.
+        """
+        new = self._losses[self._checked:]
+        flags = [torch.isfinite(torch.stack(new))] if new else []
+        if weights:
+            flags += [torch.isfinite(p).all().reshape(1) for p in self.model.parameters()]
+        if not flags:
+            return
+        flags = torch.cat([f.to(self.device) for f in flags])
+        if bool(flags.all()):
+            self._checked = len(self._losses)
+            return
+        bad_losses = (~flags[:len(new)]).nonzero()
+        step = self._checked + int(bad_losses[0]) if len(bad_losses) else len(self._losses) - 1
+        value = float(self._losses[step]) if len(bad_losses) else None
+        raise self._diverged(epoch, step, permutation, value)
+
+    def _diverged(self, epoch: int, step: int, permutation, value: float | None) -> TrainingDiverged:
+        """The error for a first non-finite loss (or weights) at `step`: which batch, and the likely cause."""
+        size = self.batches.batch_size
+        rows = permutation[step * size:(step + 1) * size] if permutation is not None else torch.zeros(0, dtype=torch.long)
+        what = f"the training loss is {value}" if value is not None else "the weights hold NaN/inf"
+        cause, where, fix = self._likely_cause(rows)
+        shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        return TrainingDiverged(
+            f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (global step "
+            f"{self._global_step(epoch, step) + 1}; a batch of {len(rows)} training-split rows: {shown}); "
+            f"likely cause: {cause}", where=where,
+            hint=f"{fix}; the last good checkpoint is kept in {self.run_dir / 'checkpoint'}, nothing was saved after "
+                 "it; train again with --overwrite")
+
+    def _likely_cause(self, rows: torch.Tensor) -> tuple[str, str, str]:
+        """(cause, recipe field, fix): non-finite data in the batch, then extreme settings, then the learning rate."""
+        for group, tensors in (("input", self.train.x), ("target", self.train.y)):
+            for name, t in tensors.items():
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and len(rows):
+                    bad = ~torch.isfinite(t[rows.to(t.device)].reshape(len(rows), -1)).all(1)
+                    if bool(bad.any()):
+                        which = ", ".join(str(int(r)) for r in rows[bad.cpu()][:5])
+                        return (f"{group} '{name}' holds NaN/inf in training-split row(s) {which}", name,
+                                f"clean or drop those rows of '{name}'")
+        optimizer, reg = self.config.optimizer, self.config.regularization
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not math.isfinite(lr):
+            return f"the learning rate is {lr}", "training.optimizer.lr", "set a finite training.optimizer.lr"
+        for field_name in ("l1", "l2"):
+            value = getattr(reg, field_name, 0.0) or 0.0
+            if not math.isfinite(value) or value > 1e6:  # a penalty weight this large overflows the loss
+                return (f"training.regularization.{field_name} is {value}: the penalty overflows",
+                        f"training.regularization.{field_name}", f"use a small training.regularization.{field_name} "
+                        "(1e-5 to 1e-2 is usual)")
+        decay = getattr(optimizer, "weight_decay", 0.0) or 0.0
+        if not math.isfinite(decay) or decay > 1e6:
+            return (f"training.optimizer.weight_decay is {decay}", "training.optimizer.weight_decay",
+                    "use a small training.optimizer.weight_decay")
+        low = "; or train in fp32" if self.config.precision != "fp32" else ""
+        return (f"the weights diverged: the learning rate ({lr:.3g}) is likely too high for this model",
+                "training.optimizer.lr", f"lower training.optimizer.lr, or set training.grad_clip (e.g. 1.0){low}")
+
     # ------------------------------------------------------------ checkpoint state
-    def _save(self, epoch: int, step: int, permutation, result: TrainResult) -> None:
+    def _save(self, epoch: int, step: int, permutation, result: TrainResult, *, finished: bool = False) -> None:
+        # A checkpoint must be a good one: the losses since the last check and the weights are all finite.
+        self._check_finite(epoch - (1 if step == 0 else 0), permutation, weights=True)
         state = {
+            "recipe_sha256": self._recipe_sha256, "finished": finished, "stopped_early": result.stopped_early,
             "epoch": epoch, "step": step, "permutation": permutation,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "batch_rng": self.batches.generator.get_state(),
@@ -272,12 +357,18 @@ class Trainer:
         save_checkpoint(self.run_dir, state)
 
     def _restore(self, state: dict, result: TrainResult):
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # a checkpoint from before recipe binding, of another architecture
+            raise ArtifactError(f"the checkpoint does not fit this recipe's model: {str(exc)[:300]}",
+                                where=str(self.run_dir / "checkpoint"),
+                                hint=f"start the run over: `dlforge train RECIPE --out {self.run_dir} --overwrite`") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.batches.generator.set_state(state["batch_rng"])
         torch.set_rng_state(state["torch_rng"])
         self._losses = list(state["losses"].to(self.device).unbind())
+        self._checked = len(self._losses)  # a checkpoint is written only after its losses were checked
         if state.get("grads"):
             for name, p in self.model.named_parameters():
                 if name in state["grads"]:
@@ -291,5 +382,6 @@ class Trainer:
         result.history = list(state["history"])
         result.epochs_run = len(result.history)
         result.train_seconds = state["train_seconds"]
+        result.stopped_early = bool(state.get("stopped_early", False))
         permutation = state["permutation"]
         return state["epoch"], state["step"], permutation

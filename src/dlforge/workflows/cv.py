@@ -84,7 +84,7 @@ def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None
     if out_dir is not None:
         write_text(out_dir / "folds.csv", _csv(rows))
         write_json(out_dir / "cv.json", {"folds": folds, "rows": table.n_rows, "summary": summary,
-                                          "stratified": labels is not None})
+                                          "stratified": labels is not None}, nonfinite="null")
     return CVResult(rows, summary, out_dir)
 
 

@@ -1,9 +1,19 @@
-"""`dlforge train`: recipe → data → model → train → evaluate → run directory, top to bottom."""
+"""`dlforge train`: recipe → data → model → train → evaluate → run directory, top to bottom.
+
+Crash safety: every file is written atomically (core/files.py); `--overwrite` moves the old run out of the
+way before anything new is written; `--resume` removes temp files a kill left behind, refuses a checkpoint
+written by another recipe, does nothing for a complete run, and redoes only the post-training phase
+(evaluation, model, report) of a run whose training had finished. A stop request (Ctrl-C, SIGTERM) during
+that phase ends it between two writes with TrainingInterrupted; the resume finishes it.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +21,15 @@ from pathlib import Path
 import torch
 
 from dlforge.artifact.format import save_model, save_run_json, split_record
-from dlforge.core.errors import DlforgeError
-from dlforge.core.files import write_json, write_text
+from dlforge.core.errors import ArtifactError, DlforgeError, TrainingInterrupted
+from dlforge.core.files import clean_temp_files, write_json, write_text
 from dlforge.data import prepare, read_table
 from dlforge.data.prepare import describe as describe_data
 from dlforge.models import count_parameters
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.training.callbacks import check_callbacks
-from dlforge.training.checkpoint import has_checkpoint, load_checkpoint
+from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training
@@ -39,18 +49,80 @@ class RunResult:
         return self.run_dir / "report.html"
 
 
+META = Path(CHECKPOINT_DIR) / "meta.json"  # base_dir, recipe path, lr_find result, and "complete" once done
+OLD_SUFFIX = ".dlforge-old"  # a run moved aside by --overwrite, deleted right after
+# What a complete run holds; if one is missing, a resume redoes the post-training phase that writes them.
+RUN_FILES = ("model.safetensors", "model.json", "run.json", "metrics.json", "history.csv", "report.html")
+
+
 def _choose_run_dir(recipe, out: str | Path | None, overwrite: bool) -> Path:
     if out is not None:
         run_dir = Path(out)
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise DlforgeError(f"{run_dir} already exists and is not empty", where="--out",
-                               hint=f"pass --overwrite, choose another --out, or continue it with --resume {run_dir}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise DlforgeError(f"{run_dir} already exists and is not empty", where="--out",
+                                   hint=f"pass --overwrite, choose another --out, or continue it with --resume {run_dir}")
+            _clear_run_dir(run_dir)
         return run_dir
     base = Path("runs") / recipe.name
     run_dir, n = base, 1
     while run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         run_dir, n = base.with_name(f"{base.name}_{n}"), n + 1
+    if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        _clear_run_dir(run_dir)
     return run_dir
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove an old run before a new one is written into its place (--overwrite).
+
+    The directory is first renamed aside (atomic), so a kill at any moment leaves either the whole old run
+    or none of it under the name, never its checkpoint beside a new recipe.yaml. Only a dlforge run
+    directory (checkpoint/meta.json, the first file a run writes, or recipe.yaml and model.json) is removed:
+    `--out ~ --overwrite` is refused.
+    """
+    if not ((run_dir / META).is_file() or ((run_dir / "recipe.yaml").is_file() and (run_dir / "model.json").is_file())):
+        raise DlforgeError(f"{run_dir} is not a dlforge run directory; --overwrite replaces run directories only",
+                           where="--out", hint="choose a new or empty --out directory")
+    for stale in run_dir.parent.glob(f".{run_dir.name}.*{OLD_SUFFIX}"):  # left by a kill during an earlier removal
+        shutil.rmtree(stale, ignore_errors=True)
+    aside = run_dir.with_name(f".{run_dir.name}.{os.getpid()}{OLD_SUFFIX}")
+    os.replace(run_dir, aside)
+    shutil.rmtree(aside)
+
+
+def _read_meta(run_dir: Path) -> dict:
+    path = Path(run_dir) / META
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"checkpoint/meta.json cannot be read ({exc.__class__.__name__})", where=str(path),
+                            hint=f"start the run over: `dlforge train RECIPE --out {run_dir} --overwrite`") from None
+
+
+def _nothing_to_resume(run_dir: Path, meta: dict, progress: bool) -> RunResult | None:
+    """A complete run: say so and return its result untouched. A run stopped before its first checkpoint: a clear
+    error saying how to start over (its hint once sent the user back to --resume, in a loop). Otherwise None."""
+    whole = all((run_dir / name).is_file() for name in RUN_FILES)
+    if whole and (meta.get("complete") or not (run_dir / CHECKPOINT_DIR).exists()):
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        if progress:
+            print(f"nothing to resume: {run_dir} is complete ({metrics.get('epochs_run')} epoch(s)); "
+                  "its model and metrics are unchanged", file=sys.stderr)
+        history_path = run_dir / "history.csv"
+        history = list(csv.DictReader(io.StringIO(history_path.read_text(encoding="utf-8")))) \
+            if history_path.is_file() else []
+        return RunResult(run_dir, metrics, history)
+    if not run_dir.is_dir():
+        raise ArtifactError("no such run directory", where=str(run_dir), hint="train one with `dlforge train RECIPE`")
+    if not (run_dir / "recipe.yaml").is_file() and not (run_dir / META).is_file():
+        raise ArtifactError("no checkpoint to resume from: this is not a dlforge run directory (no recipe.yaml)",
+                            where=str(run_dir), hint=f"start a new run with `dlforge train RECIPE --out {run_dir}`")
+    if not has_checkpoint(run_dir):
+        recipe = meta.get("recipe_path") or "RECIPE"
+        raise ArtifactError("nothing to resume: the run was stopped before its first checkpoint", where=str(run_dir),
+                            hint=f"start it over: `dlforge train {recipe} --out {run_dir} --overwrite`")
+    return None
 
 
 def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | None = None,
@@ -61,16 +133,24 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     `stop` (a `dlforge.training.stop.StopRequest`, or any object with `is_set()`) ends training after the
     current step with a checkpoint and TrainingInterrupted; nothing here touches the caller's signal handlers.
     """
+    recipe_path = str(recipe) if isinstance(recipe, (str, Path)) else None
     if resume is not None:
         run_dir = Path(resume)
-        if not has_checkpoint(run_dir):
-            load_checkpoint(run_dir)  # raises the clear "no checkpoint" error
+        meta = _read_meta(run_dir)
+        finished = _nothing_to_resume(run_dir, meta, progress)
+        if finished is not None:
+            return finished
+        removed = clean_temp_files(run_dir)
+        if removed and progress:
+            print(f"removed {len(removed)} temp file(s) left by an interrupted write "
+                  f"({sum(size for _, size in removed) / 1e6:.1f} MB)", file=sys.stderr)
         recipe = load_recipe(run_dir / "recipe.yaml")
-        base_dir = Path(load_checkpoint_meta(run_dir).get("base_dir", "."))
+        base_dir = Path(meta.get("base_dir", load_checkpoint_meta(run_dir).get("base_dir", ".")))
     else:
         recipe = load_recipe(recipe, overrides)
         run_dir = _choose_run_dir(recipe, out, overwrite)
         base_dir = recipe_base_dir(recipe)
+        meta = {"base_dir": str(base_dir), **({"recipe_path": recipe_path} if recipe_path else {})}
     check_callbacks(recipe)  # a misspelt callback fails before the data is read
     config = recipe.training
     if config.threads:
@@ -85,19 +165,28 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         if notice:
             print(f"warning: {notice}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    found = None
+    if resume is None:  # meta.json first: it marks the directory as a run that --overwrite may replace
+        write_json(run_dir / META, meta)
     if recipe.training.optimizer.lr == "auto":  # resolved before recipe.yaml is written, so a resume reuses it
         found = range_test_for(recipe, prepared, plot=run_dir / "plots" / "lr_find.svg")
         recipe.training.optimizer.lr = found.suggestion
+        meta["lr_find"] = found.as_dict()  # kept for the metrics of a resumed post-training phase
+        write_json(run_dir / META, meta)
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-        write_json(run_dir / "checkpoint" / "meta.json", {"base_dir": str(base_dir)})
     built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
     model, trainer, cache_report = built.model, built.trainer, built.cache_report
     signature = prepared.signature()
-    state = load_checkpoint(run_dir) if resume is not None else None
+    state = load_checkpoint(run_dir, recipe=recipe) if resume is not None else None
     result = trainer.fit(state)
 
+    # The post-training phase: its inputs (final weights, history, seconds) are in the finished checkpoint, so
+    # a resume redoes it exactly. A stop request is honoured between its writes.
+    def checkpoint_stop() -> None:
+        if trainer.stop.is_set():
+            raise TrainingInterrupted(str(run_dir))
+
+    checkpoint_stop()
     metrics = {part: trainer.evaluate(prepared.splits[part], detail=True) for part in ("val", "test")
                if part in prepared.splits}
     metrics.update({"train_seconds": round(result.train_seconds, 3), "epochs_run": result.epochs_run,
@@ -105,17 +194,21 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
                     "parameters": count_parameters(model), "data": prepared.report})
     if cache_report:
         metrics["backbones"] = cache_report
-    if found is not None:
-        metrics["lr_find"] = found.as_dict()
+    if "lr_find" in meta:
+        metrics["lr_find"] = meta["lr_find"]
     release_feature_cache(model)
+    checkpoint_stop()
     save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu())
     save_run_json(run_dir, source=recipe.data.source, base_dir=base_dir, split=split)
-    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics, nonfinite="null")  # an undefined metric (AUC of one class) is null
     write_text(run_dir / "history.csv", _history_csv(result.history))
+    checkpoint_stop()
     plots = plot_curves(result.history, run_dir / "plots")
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
+    checkpoint_stop()
     trainer.end_run(run_dir)  # the run directory is complete: callbacks may read, copy or log it
+    write_json(run_dir / META, {**meta, "complete": True})  # last: a resume from here on does nothing
     return RunResult(run_dir, metrics, result.history)
 
 

@@ -1,4 +1,10 @@
-"""Number columns: NaN policy, optional missing indicator, standardisation fitted on train."""
+"""Number columns: NaN policy, optional missing indicator, standardisation fitted on train.
+
+Non-finite values never reach a model: `inf`/`-inf` count as missing (the column's `missing` policy fills
+them, or refuses them under `missing: error`) and are reported apart ("filled infinite"); a column whose
+statistics overflow float64 (values near 1e308 made `"scale": inf`, so the column was 0 in every row), or a
+value that leaves float32's range once scaled, is refused with its rows.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ from dlforge.data.features.base import (Feature, TargetFeature, input_features, 
                                         rows_preview)
 from dlforge.data.features.wire import MAX_NUMBER, InputKind, input_kinds
 from dlforge.core.errors import DataError
+
+
+# Values this far from the training range overflow float32 once scaled (float32's largest is 3.4e38).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def to_float(values: np.ndarray, *, name: str, where: str) -> np.ndarray:
@@ -31,45 +41,86 @@ def to_float(values: np.ndarray, *, name: str, where: str) -> np.ndarray:
         ) from None
 
 
+def finite_or_refuse(stats: dict[str, float], x: np.ndarray, *, name: str, where: str, rows: str = "data rows") -> None:
+    """Refuse a column whose learned statistics are not finite (float64 overflowed), naming its largest values."""
+    bad = [k for k, v in stats.items() if not np.isfinite(v)]
+    if not bad:
+        return
+    magnitude = np.abs(np.where(np.isfinite(x), x, 0.0))
+    huge = magnitude > np.sqrt(np.finfo(np.float64).max / max(len(x), 1))  # where squares (and sums) overflow
+    if not huge.any():
+        huge = magnitude == magnitude.max()
+    sample = x[np.flatnonzero(huge)[:3]].tolist()
+    raise DataError(f"column '{name}' has values too large to normalise: its {', '.join(bad)} overflow(s) float64 "
+                    f"(values {sample} in {rows} {rows_preview(huge)})", where=where,
+                    hint="rescale the column (e.g. a log or a unit change), or remove those rows")
+
+
 @input_features.register("number")
 class NumberFeature(Feature):
     def fit(self, values):
         x = to_float(values, name=self.name, where=self.field_path)
         prep = self.config.preprocessing
-        nan = np.isnan(x)
-        self._check_missing(nan)
+        nan = ~np.isfinite(x)  # NaN and +-inf alike: both are missing
+        self._check_missing(x)
         finite = x[~nan]
         if len(finite) == 0:
             raise DataError(f"column '{self.name}' has no values in the training split", where=self.field_path)
-        self.fill_ = {"mean": float(finite.mean()), "median": float(np.median(finite)), "zero": 0.0, "error": 0.0}[prep.missing]
+        self.fill_, self.shift_, self.scale_ = self._statistics(finite)
         self.indicator_ = bool(prep.missing_indicator and nan.any())
-        if prep.normalization == "standard":
-            self.shift_, self.scale_ = float(finite.mean()), float(finite.std()) or 1.0
-        elif prep.normalization == "minmax":
-            self.shift_, self.scale_ = float(finite.min()), float(np.ptp(finite)) or 1.0
-        else:
-            self.shift_, self.scale_ = 0.0, 1.0
+        finite_or_refuse({"fill value": self.fill_, "mean": self.shift_, "scale": self.scale_}, x,
+                         name=self.name, where=self.field_path, rows="training-split rows")
         return self
 
-    def check(self, values):
-        self._check_missing(np.isnan(to_float(values, name=self.name, where=self.field_path)))
+    def _statistics(self, finite: np.ndarray) -> tuple[float, float, float]:
+        """(fill, shift, scale) of the finite values; inf/NaN where float64 overflows (refused by the caller)."""
+        prep = self.config.preprocessing
+        if len(finite) == 0:
+            return 0.0, 0.0, 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            fill = {"mean": float(finite.mean()), "median": float(np.median(finite)), "zero": 0.0,
+                    "error": 0.0}[prep.missing]
+            if prep.normalization == "standard":
+                return fill, float(finite.mean()), float(finite.std()) or 1.0
+            if prep.normalization == "minmax":
+                return fill, float(finite.min()), float(np.ptp(finite)) or 1.0
+        return fill, 0.0, 1.0
 
-    def _check_missing(self, nan: np.ndarray) -> None:
+    def check(self, values):
+        x = to_float(values, name=self.name, where=self.field_path)
+        self._check_missing(x)
+        # On the whole column, before the split, so the error names rows of the user's file.
+        fill, shift, scale = self._statistics(x[np.isfinite(x)])
+        finite_or_refuse({"fill value": fill, "mean": shift, "scale": scale}, x, name=self.name, where=self.field_path)
+
+    def _check_missing(self, x: np.ndarray) -> None:
+        nan = ~np.isfinite(x)
         if nan.any() and self.config.preprocessing.missing == "error":
+            infinite = np.isinf(x)
+            what = f"{int(nan.sum())} missing value(s)" + (f" ({int(infinite.sum())} infinite)" if infinite.any() else "")
             raise DataError(
-                f"column '{self.name}' has {int(nan.sum())} missing value(s) (data rows {rows_preview(nan)}) "
-                "and preprocessing.missing is 'error'",
+                f"column '{self.name}' has {what} (data rows {rows_preview(nan)}) and preprocessing.missing is 'error'",
                 where=f"{self.field_path}.preprocessing.missing",
                 hint="set it to mean, median or zero, or remove those rows",
             )
 
     def transform(self, values):
         x = to_float(values, name=self.name, where=self.field_path)
-        nan = np.isnan(x)
-        self._check_missing(nan)
-        self.count("filled_missing", nan.sum())
+        nan = ~np.isfinite(x)
+        self._check_missing(x)
+        infinite = np.isinf(x)
+        self.count("filled_missing", (nan & ~infinite).sum())
+        self.count("filled_infinite", infinite.sum())
         filled = np.where(nan, self.fill_, x)
-        scaled = ((filled - self.shift_) / self.scale_).astype(np.float32)
+        with np.errstate(over="ignore"):
+            scaled64 = (filled - self.shift_) / self.scale_
+        out_of_range = ~(np.abs(scaled64) <= FLOAT32_MAX)
+        if out_of_range.any():
+            sample = x[np.flatnonzero(out_of_range)[:3]].tolist()
+            raise DataError(f"column '{self.name}' has values {sample} (data rows {rows_preview(out_of_range)}) too far "
+                            f"from its training range (mean {self.shift_:.4g}, scale {self.scale_:.4g}) to be represented",
+                            where=self.field_path, hint="check those values (a unit or a sentinel such as 1e308?)")
+        scaled = scaled64.astype(np.float32)
         columns = [scaled, nan.astype(np.float32)] if self.indicator_ else [scaled]
         return torch.from_numpy(np.stack(columns, axis=1))  # (n, 1 or 2)
 
@@ -116,10 +167,12 @@ class NumberKind(InputKind):
 class NumberTarget(TargetFeature):
     def fit(self, values):
         y = to_float(values, name=self.name, where=self.field_path)
-        finite = y[~np.isnan(y)]
+        finite = y[np.isfinite(y)]  # infinite targets are refused by transform, with their rows
         normalize = self.config.normalize and len(finite) > 1
-        self.shift_ = float(finite.mean()) if normalize else 0.0
-        self.scale_ = (float(finite.std()) or 1.0) if normalize else 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.shift_ = float(finite.mean()) if normalize else 0.0
+            self.scale_ = (float(finite.std()) or 1.0) if normalize else 1.0
+        finite_or_refuse({"mean": self.shift_, "scale": self.scale_}, y, name=self.name, where=self.field_path)
         return self
 
     def transform(self, values):
@@ -127,7 +180,14 @@ class NumberTarget(TargetFeature):
         if np.isnan(y).any():
             raise DataError(f"target '{self.name}' has missing values (rows {rows_preview(np.isnan(y))})",
                             where=self.field_path, hint="drop rows without a target")
-        return torch.from_numpy(((y - self.shift_) / self.scale_).astype(np.float32))
+        with np.errstate(over="ignore"):
+            scaled = (y - self.shift_) / self.scale_
+        bad = ~(np.abs(scaled) <= FLOAT32_MAX)
+        if bad.any():  # a target of inf (or one that overflows float32) would make every loss inf
+            raise DataError(f"target '{self.name}' has values {y[np.flatnonzero(bad)[:3]].tolist()} that are infinite "
+                            f"or out of range (rows {rows_preview(bad)})", where=self.field_path,
+                            hint="drop or correct those rows")
+        return torch.from_numpy(scaled.astype(np.float32))
 
     def decode(self, predictions):
         return predictions.squeeze(-1).double().numpy() * self.scale_ + self.shift_
