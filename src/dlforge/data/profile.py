@@ -140,7 +140,8 @@ def describe_column(values: np.ndarray, kind: str, n_rows: int) -> str:
     if values.ndim != 1 or n_rows == 0:
         return ""
     missing = int(missing_mask(values).sum())
-    seen = [f"{missing / n_rows:.0%} missing" if missing else "none missing"]
+    share = missing / n_rows
+    seen = [("<1%" if share < 0.01 else f"{share:.0%}") + " missing" if missing else "none missing"]
     if kind == "number":
         numbers = _numeric(values)
         finite = numbers[np.isfinite(numbers)] if numbers is not None else np.array([])
@@ -151,7 +152,9 @@ def describe_column(values: np.ndarray, kind: str, n_rows: int) -> str:
     elif kind in ("category", "binary"):
         counts = pd.Series([str(v) for v in _non_missing(values)]).value_counts()
         if len(counts):
-            seen.append(f"{len(counts)} distinct, most common {counts.index[0][:20]!r} {counts.iloc[0] / counts.sum():.0%}")
+            top = counts.iloc[0] / counts.sum()
+            seen.append(f"{len(counts)} distinct, most common {counts.index[0][:20]!r} "
+                        + ("<1%" if top < 0.01 else f"{top:.0%}"))
     return "; ".join(seen)
 
 

@@ -44,12 +44,12 @@ def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...
             choice = Choice(name, "drop", reason) if reason else choice
         (dropped if choice.kind == "drop" else inputs).append(choice)
     inputs = _as_sequences(inputs, table)
-    if pretrained is None:
-        pretrained = pretrained_text_installed()
-    for choice in inputs:
-        if choice.kind == "text":
-            entry, why = text_encoder_choice(table.columns[choice.name], pretrained=pretrained)
-            choice.extra, choice.why = {**(choice.extra or {}), **entry}, f"{choice.why}; {why}"
+    texts = [c for c in inputs if c.kind == "text"]
+    allowed, not_why = pretrained_text_fits(table, [c.name for c in texts], pretrained)
+    for choice in texts:
+        entry, why = text_encoder_choice(table.columns[choice.name], pretrained=allowed)
+        why = f"{why} ({not_why})" if not_why else why
+        choice.extra, choice.why = {**(choice.extra or {}), **entry}, f"{choice.why}; {why}"
     if not inputs:
         raise DataError("no usable input column: every other column was dropped", where=table.origin,
                         hint="; ".join(f"{c.name}: {c.why}" for c in dropped)[:300])
@@ -79,6 +79,31 @@ def pretrained_text_installed() -> bool:
     return all(importlib.util.find_spec(p.module) is not None for p in (*spec.code, *spec.weights))
 
 
+# Fine-tuning MiniLM on CPU: about 1,000 word pieces a second (rt_snippets, 2 epochs of 9,181 texts in 503 s on
+# 2 cores, benchmarks/README.md). Above this many pieces per epoch (15 minutes) init picks the n-gram encoder.
+MINILM_CPU_PIECES_PER_EPOCH = 900_000
+
+
+def pretrained_text_fits(table: Table, names: list[str], pretrained: bool | None) -> tuple[bool, str]:
+    """Whether the text columns get the pretrained encoder, and if not, why not (one phrase)."""
+    import numpy as np
+
+    if not names or pretrained is False:
+        return False, "--no-pretrained" if names and pretrained is False else ""
+    if not pretrained_text_installed():
+        return False, ""
+    import torch
+
+    pieces = sum(table.n_rows * min(256.0, 1.4 * float(np.mean([len(str(v).split()) for v in
+                                                                  table.columns[n][:2000].tolist()] or [1])) + 2)
+                 for n in names)
+    if pretrained is None and not torch.cuda.is_available() and pieces > MINILM_CPU_PIECES_PER_EPOCH:
+        minutes = pieces / (MINILM_CPU_PIECES_PER_EPOCH / 15)
+        return False, (f"minilm is installed, but fine-tuning it on {table.n_rows} texts would take about "
+                       f"{minutes:.0f} min per epoch on this CPU (no GPU); write encoder: {{name: minilm}} to use it")
+    return True, ""
+
+
 def text_encoder_choice(values, *, pretrained: bool) -> tuple[dict, str]:
     """The encoder for a free-text column, and why: fine-tuned MiniLM when installed (it knows English before it
     sees the data), else a bag of uni- and bigrams (fastText), the from-scratch encoder that holds up on small data.
@@ -95,8 +120,9 @@ def text_encoder_choice(values, *, pretrained: bool) -> tuple[dict, str]:
     length = int(min(512, max(32, 1.4 * np.percentile(words, 95) + 1)))
     return ({"preprocessing": {"vocab_size": 20000, "max_length": length},
              "encoder": {"name": "ngram", "dim": 64, "ngrams": 2, "dropout": 0.2}},
-            "encoder ngram (bag of words and word pairs, fastText-style): strong on small data from scratch; "
-            "the pretrained minilm is better when installed: pip install 'dlforge[pretrained]'")
+            "encoder ngram (bag of words and word pairs, fastText-style): strong on small data from scratch"
+            + ("" if pretrained_text_installed() else "; the pretrained minilm does better: pip install "
+               "'dlforge[pretrained]'"))
 
 
 def _as_sequences(inputs: list[Choice], table: Table) -> list[Choice]:
@@ -238,11 +264,11 @@ def summarize_inferred(text: str) -> list[str]:
 def holdout_note(*, source: str, test_source: str | None, official: bool, val: float, test, seed: int,
                  stratify_by: str | None, rows: dict[str, int] | None = None) -> str:
     """One sentence: which rows test the model and why (printed by `train`, a comment in `init`'s recipe)."""
-    n = f"{rows['test']} rows" if rows and "test" in rows else "rows"
+    n = f"{rows['test']} rows" if rows and "test" in rows else "the rows"
     if test_source:
         return f"test: {n} from {test_source} (--test); every row of {source} trains, less {val:.0%} for validation"
     if official:
-        return f"test: the data's own test rows ({n})"
+        return f"test: the data's own test split ({n})" if rows else "test: the data's own test split"
     fraction = 0.2 if test == "auto" else float(test)
     if fraction == 0:
         return "test: none (data.split.test=0): scores are on the validation rows, which also pick the best epoch"

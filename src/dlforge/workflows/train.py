@@ -89,11 +89,11 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     prepared = prepare(recipe, table=table)
     if progress:
         _print_data_summary(prepared.report)
-        split = recipe.data.split
-        by = recipe.outputs[0].name if split.stratify and recipe.outputs[0].type in ("category", "binary") else None
-        print("  " + holdout_note(source=recipe.data.source, test_source=recipe.data.test_source, val=split.val,
+        cfg = recipe.data.split
+        by = recipe.outputs[0].name if cfg.stratify and recipe.outputs[0].type in ("category", "binary") else None
+        print("  " + holdout_note(source=recipe.data.source, test_source=recipe.data.test_source, val=cfg.val,
                                   official=prepared.report["official_split"] and not recipe.data.test_source,
-                                  test=split.test, seed=split.seed, stratify_by=by, rows=prepared.report["rows"]),
+                                  test=cfg.test, seed=cfg.seed, stratify_by=by, rows=prepared.report["rows"]),
               file=sys.stderr)
         notice = precision_notice(config.precision, default_device())
         if notice:
