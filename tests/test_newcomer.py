@@ -43,6 +43,8 @@ def shop(tmp_path) -> Path:
 
 
 def test_forgotten_target_says_so_and_lists_the_columns(shop, capsys):
+    code, _, err = _cli(["recipe", "check", str(shop)], capsys)
+    assert code == 2 and "this is data, not a recipe" in err and f"dlforge train {shop} --target" in err
     for argv in (["train", str(shop)], ["init", str(shop)]):
         code, _, err = _cli(argv, capsys)
         assert code == 2, argv
@@ -173,9 +175,12 @@ def test_init_comments_say_what_each_column_looked_like(shop):
 def test_ordered_same_scale_columns_become_one_sequence_input():
     rng = np.random.default_rng(0)
     n = 60
-    columns = {f"x{i}": rng.normal(size=n) for i in range(12)}
-    columns |= {"t_1": rng.normal(size=n), "t_2": rng.normal(size=n),  # too short a run: stays numbers
-                **{f"m{i}": rng.normal(size=n) * (1000 if i == 3 else 1) for i in range(10)},  # one off scale
+    level = rng.normal(size=(n, 1))  # one signal: neighbouring readings move together
+    wave = level + 0.5 * rng.normal(size=(n, 12)).cumsum(1) / 3
+    columns = {f"x{i}": wave[:, i] for i in range(12)}
+    columns |= {"t_1": wave[:, 0] + 1, "t_2": wave[:, 1] + 1,  # too short a run: stays numbers
+                **{f"m{i}": (level[:, 0] + rng.normal(size=n)) * (1000 if i == 3 else 1) for i in range(10)},  # off scale
+                **{f"pc{i}": rng.normal(size=n) for i in range(10)},  # same scale, unrelated (principal components)
                 "y": rng.choice(["a", "b"], n)}
     from dlforge.data.table import Table
 
@@ -186,7 +191,7 @@ def test_ordered_same_scale_columns_become_one_sequence_input():
     assert sequences[0]["encoder"]["name"] == "cnn"
     assert "read as one signal by a 1-D CNN" in next(x for x in text.splitlines() if "name: x," in x)
     numbers = {i["name"] for i in recipe["inputs"] if i["type"] == "number"}
-    assert {"t_1", "t_2", "m0", "m3"} <= numbers
+    assert {"t_1", "t_2", "m0", "m3", "pc0", "pc9"} <= numbers
 
 
 def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path):

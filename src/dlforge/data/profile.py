@@ -203,8 +203,9 @@ _INDEXED = re.compile(r"^(.*?)(\d+)$")
 
 def ordered_runs(table_columns: dict[str, np.ndarray], candidates: list[str], *, min_length: int = 8) -> list[list[str]]:
     """Runs of number columns that read as one signal: the same name stem with an increasing index (`x0 … x39`,
-    `t_001 …`), at least `min_length` of them, and the same scale (every column's spread within 10x of the run's
-    median spread). Returned in index order."""
+    `t_001 …`), at least `min_length` of them, the same scale (every column's spread within 10x of the run's
+    median spread), and neighbours that move together (median correlation of adjacent columns >= 0.2: readings of
+    one signal do; principal components `V1 … V28` or unrelated indexed fields do not). Returned in index order."""
     groups: dict[str, list[tuple[int, str]]] = {}
     for name in candidates:
         match = _INDEXED.match(name)
@@ -222,6 +223,20 @@ def ordered_runs(table_columns: dict[str, np.ndarray], candidates: list[str], *,
             finite = numbers[np.isfinite(numbers)] if numbers is not None else np.array([])
             spreads.append(float(np.subtract(*np.percentile(finite, [90, 10]))) if len(finite) else 0.0)
         middle = float(np.median(spreads))
-        if middle > 0 and all(middle / 10 <= s <= middle * 10 for s in spreads):
+        if middle > 0 and all(middle / 10 <= s <= middle * 10 for s in spreads) and _neighbours_agree(
+                [table_columns[name] for _, name in members]):
             runs.append([name for _, name in members])
     return runs
+
+
+def _neighbours_agree(columns: list[np.ndarray], *, threshold: float = 0.2) -> bool:
+    matrix = np.stack([_numeric(c)[:SAMPLE] for c in columns], axis=1)
+    matrix = matrix[np.isfinite(matrix).all(1)]
+    if len(matrix) < 3:
+        return False
+    centred = matrix - matrix.mean(0)
+    scale = np.sqrt((centred**2).sum(0))
+    if not (scale > 0).all():
+        return False
+    adjacent = (centred[:, :-1] * centred[:, 1:]).sum(0) / (scale[:-1] * scale[1:])
+    return float(np.median(adjacent)) >= threshold

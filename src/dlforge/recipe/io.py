@@ -20,6 +20,7 @@ from dlforge.recipe import Recipe
 
 BUILTIN_RECIPES = Path(__file__).parent.parent / "recipes"
 DEFAULT_RECIPE = BUILTIN_RECIPES / "digits.yaml"
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq", ".npz")  # a data file given where a recipe belongs
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -232,6 +233,10 @@ def load_recipe(source: str | Path | dict | Recipe | None = None, overrides: lis
     path = Path(source) if source is not None else DEFAULT_RECIPE
     if not path.exists() and (BUILTIN_RECIPES / path.name).exists() and path.parent == Path("."):
         path = BUILTIN_RECIPES / path.name
+    if path.name.lower().endswith(DATA_SUFFIXES) or path.is_dir():
+        raise RecipeError(f"{path}: this is data, not a recipe; say which column to predict",
+                          hint=f"dlforge train {path} --target COLUMN, or write a recipe with dlforge init {path} "
+                               "--target COLUMN -o recipe.yaml")
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file", hint="give a YAML path; `dlforge train` alone uses the built-in default")
     data, lines = parse_yaml(path.read_text(encoding="utf-8"), origin=str(path))

@@ -17,7 +17,7 @@ from dlforge.core.files import write_json, write_text
 from dlforge.data import prepare, read_table
 from dlforge.evaluation.metrics import load_backend as load_metric_backend
 from dlforge.models import count_parameters
-from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
+from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.report.regression import plot_metric, plot_predicted_vs_actual, plot_residuals
 from dlforge.training.callbacks import check_callbacks
@@ -138,9 +138,6 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
     trainer.end_run(run_dir)  # the run directory is complete: callbacks may read, copy or log it
     return RunResult(run_dir, metrics, result.history)
-
-
-DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq", ".npz")
 
 
 def refuse_data_file(recipe) -> None:
