@@ -48,14 +48,14 @@ def test_types_and_comments(mixed_csv):
 @pytest.mark.slow
 def test_inferred_recipe_trains_as_written(mixed_csv, tmp_path):
     out = tmp_path / "recipe.yaml"
-    assert main_ok(["init", str(mixed_csv), "--target", "target", "-o", str(out)])
+    assert main_ok(["init", str(mixed_csv), "--target", "target", "-o", str(out), "--no-pretrained"])
     result = dlforge.train(out, out=tmp_path / "run", overrides=["training.epochs=2"], progress=False)
     assert set(dlforge.load(result.run_dir).signature["inputs"]) == {"amount", "color", "flag", "note", "photo", "signal"}
 
 
 def test_train_with_target_is_init_plus_train(mixed_csv, tmp_path):
     assert main_ok(["train", str(mixed_csv), "--target", "target", "--out", str(tmp_path / "run"), "-q",
-                    "--set", "training.epochs=1"])
+                    "--set", "training.epochs=1", "--no-pretrained"])
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 

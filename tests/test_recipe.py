@@ -72,7 +72,8 @@ def test_set_overrides_are_typed(tmp_path):
     assert recipe.training.optimizer.lr == pytest.approx(1e-4)
     assert recipe.training.batch_size == "full"
     assert recipe.inputs[0].encoder.channels == [4, 8]
-    assert recipe.training.early_stopping.metric == "val.f1"
+    # digits' label is a category: the old, unlabelled name of its macro F1 reads as the new one (issue #12).
+    assert recipe.training.early_stopping.metric == "val.macro_f1"
 
 
 def test_bad_set_syntax_is_explained(tmp_path):

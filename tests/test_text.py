@@ -40,6 +40,7 @@ def _recipe(csv, encoder: dict, **prep) -> dict:
 
 
 ENCODERS = [{"name": "embed", "dim": 16}, {"name": "embed", "dim": 16, "pooling": "max"},
+            {"name": "ngram", "dim": 16, "buckets": 1000, "dropout": 0.0},
             {"name": "cnn", "dim": 16, "filters": 8, "kernel_sizes": [2, 3]},
             {"name": "lstm", "dim": 16, "hidden": 16}, {"name": "gru", "dim": 16, "hidden": 8, "bidirectional": False,
                                                         "pooling": "mean"},
@@ -141,3 +142,36 @@ def test_all_empty_text_is_an_error(tmp_path):
     pd.DataFrame({"text": [""] * 20, "label": ["a", "b"] * 10}).to_csv(path, index=False)
     with pytest.raises(DataError, match="empty in every training row"):
         dlforge.train(_recipe(path, {"name": "embed"}), out=tmp_path / "run", progress=False)
+
+
+def test_ngram_encoder_reads_word_order_through_bigrams(tmp_path):
+    """Label = the order of two words ('alpha beta' vs 'beta alpha'): a bag of words cannot tell, bigrams can."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(240):
+        first, second = ("alpha", "beta") if i % 2 else ("beta", "alpha")
+        filler = list(rng.choice(["the", "film", "was", "plot"], size=2))
+        rows.append({"text": " ".join([*filler, first, second]), "label": "ab" if i % 2 else "ba"})
+    csv = tmp_path / "order.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    scores = {}
+    for n in (1, 2):
+        recipe = _recipe(csv, {"name": "ngram", "dim": 16, "ngrams": n, "buckets": 500, "dropout": 0.0})
+        recipe["training"]["epochs"] = 15
+        scores[n] = dlforge.train(recipe, out=tmp_path / f"run{n}", progress=False).metrics["test"]["accuracy"]
+    assert scores[1] <= 0.7 and scores[2] >= 0.95, scores
+
+
+def test_ngram_hashes_stay_in_the_table_and_skip_padding():
+    import torch
+
+    from dlforge.models.encoders.text_ngram import TextNgram
+    from dlforge.recipe import TextNgramEncoder
+
+    enc = TextNgram(TextNgramEncoder(dim=4, ngrams=3, buckets=50), {"vocab_size": 30, "pad_id": 0}, None)
+    ids = torch.tensor([[2, 5, 7, 0, 0], [2, 29, 0, 0, 0]])
+    grams, valid = enc.grams(ids)
+    assert grams.shape == (2, 5 + 4 + 3) and int(grams.max()) < 30 + 50 and int(grams.min()) >= 0
+    assert valid.sum(1).tolist() == [3 + 2 + 1, 2 + 1 + 0]  # unigrams, bigrams, trigrams without padding
+    padded = enc.eval()(torch.tensor([[2, 5, 7, 0, 0, 0, 0]]))
+    assert torch.allclose(padded, enc(ids[:1]), atol=1e-6)  # extra padding changes nothing

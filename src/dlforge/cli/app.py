@@ -67,20 +67,28 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
     target: Optional[str] = typer.Option(None, "--target", help="Treat the argument as DATA: infer a recipe "
                                          "predicting this column (as `dlforge init`), then train it."),
+    test: Optional[str] = typer.Option(None, "--test", help="Test on this separate labelled file; all of the data "
+                                       "trains (sets data.test_source)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="With --target: print the whole inferred recipe."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="With --target, free text: the "
+                                    "pretrained MiniLM when installed (default), or the from-scratch n-gram encoder."),
 ):
     """Train a recipe and write its run directory (model, metrics, report)."""
     import dlforge
 
+    inferred = None
     if target is not None:
         import yaml
 
-        from dlforge.workflows.init import init
+        from dlforge.workflows.init import init, summarize_inferred
 
         if recipe is None:
             raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
-        text = init(str(recipe), target)
-        typer.echo(text, err=True)
-        recipe = yaml.safe_load(text)
+        inferred = init(str(recipe), target, test=test, pretrained=None if pretrained else False)
+        typer.echo(inferred if verbose else "\n".join(summarize_inferred(inferred)), err=True)
+        recipe = yaml.safe_load(inferred)
+    elif test is not None:
+        set_ = [*set_, f"data.test_source={test}"]
     if resume is not None and (recipe is not None or set_):
         raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
                            hint=f"run `dlforge train --resume {resume}` alone")
@@ -93,7 +101,13 @@ def train(
     test = result.metrics.get("test") or result.metrics.get("val") or {}
     split = "test" if "test" in result.metrics else "val"
     typer.echo(f"{split}: {_metrics_line(test)}")
-    typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s")
+    typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s "
+               f"(+{result.metrics.get('prepare_seconds', 0):.1f} s reading and preparing the data)")
+    if inferred is not None:
+        from dlforge.core.files import write_text
+
+        write_text(result.run_dir / "inferred_recipe.yaml", inferred)
+        typer.echo(f"inferred recipe (with its reasons): {result.run_dir / 'inferred_recipe.yaml'}")
     typer.echo(f"run directory: {result.run_dir}")
     typer.echo(f"report: {result.report}")
 
@@ -206,14 +220,19 @@ def serve(
 @app.command()
 def init(
     data: str = typer.Argument(..., help="A CSV/Parquet/npz file, an image folder, or builtin:NAME."),
-    target: str = typer.Option(..., "--target", help="The column to predict."),
+    target: Optional[str] = typer.Option(None, "--target", help="The column to predict (required; without it the "
+                                         "error lists the columns)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the recipe here (default: print it)."),
     drop: List[str] = typer.Option([], "--drop", help="Leave this column out (repeatable)."),
+    test: Optional[str] = typer.Option(None, "--test", help="A separate labelled file to test on (data.test_source); "
+                                       "all of DATA then trains."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Free text: use the pretrained MiniLM "
+                                    "when installed (default), or always the from-scratch n-gram encoder."),
 ):
     """Write a starter recipe inferred from the data, with one comment per column decision."""
     from dlforge.workflows.init import init as infer_init
 
-    text = infer_init(data, target, out=out, drop=tuple(drop))
+    text = infer_init(data, target, out=out, drop=tuple(drop), test=test, pretrained=None if pretrained else False)
     if out is None:
         typer.echo(text, nl=False)
     else:

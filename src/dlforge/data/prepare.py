@@ -90,6 +90,10 @@ def stratify_labels(recipe, table: Table) -> np.ndarray | None:
 def read_table(recipe, base_dir: Path | None = None) -> Table:
     table = load_table(recipe.data.source, fmt=recipe.data.format, base_dir=base_dir,
                        options=ReadOptions.of(recipe.data))
+    if recipe.data.test_source:
+        table = with_test_rows(table, load_table(recipe.data.test_source, base_dir=base_dir, field="data.test_source",
+                                                 options=ReadOptions.of(recipe.data)),
+                               needed=[f.name for f in (*recipe.inputs, *recipe.outputs)])
     for i, f in enumerate(recipe.inputs):
         if f.type == "sequence" and f.columns:
             table = _stack_columns(table, f, f"inputs.{i}")
@@ -103,6 +107,28 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
         keep = np.sort(rng.choice(table.n_rows, recipe.data.max_rows, replace=False))
         table = table.take(keep)
     return table
+
+
+def with_test_rows(table: Table, test: Table, *, needed: list[str]) -> Table:
+    """`table`'s rows (to train and validate on) followed by `test`'s rows marked as the official test split.
+
+    Columns missing from the test file that the recipe does not use are left out; a used one is an error.
+    """
+    if table.split is not None and (table.split == "test").any():
+        raise DataError(f"{table.origin} has its own test split, and data.test_source gives another",
+                        where="data.test_source", hint="drop --test / data.test_source, or train on a file without "
+                        "a test split (a 'split' column or a test.csv in the folder)")
+    absent = [c for c in table.columns if c not in test.columns and c in needed]
+    if absent:
+        raise DataError(f"the test file lacks column(s) {absent[:5]} that the recipe uses", where="data.test_source",
+                        hint=f"the test file needs the same columns as the training data; it has: "
+                             f"{', '.join(list(test.columns)[:20])}")
+    names = [c for c in table.columns if c in test.columns]
+    columns = {c: np.concatenate([table.columns[c], test.columns[c]]) for c in names}
+    own = table.split if table.split is not None else np.full(table.n_rows, "train", dtype=object)
+    split = np.concatenate([own.astype(object), np.full(test.n_rows, "test", dtype=object)])
+    return Table(columns, table.origin, split, list(table.notes) + [f"test rows: {test.n_rows} from {test.origin}"],
+                 table.root)
 
 
 def _stack_columns(table: Table, feature, field_path: str) -> Table:

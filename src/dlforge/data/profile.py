@@ -143,3 +143,112 @@ def leak(values: np.ndarray, target: np.ndarray, target_name: str) -> str | None
         return f"leaks the target: a relabelling of '{target_name}'"
     return (f"leaks the target: each of its {frame['c'].nunique()} values fixes '{target_name}' exactly "
             "(a label-derived field?); add it back if it is known at prediction time")
+
+
+# ---------------------------------------------------------------- what init saw (for its comments; issue #12)
+def describe_column(values: np.ndarray, kind: str, n_rows: int) -> str:
+    """What a column looks like, in a few words: the share missing, and for numbers the skew, for categories the
+    cardinality and the share of the most common value. Shown beside the encoding init chose."""
+    if values.ndim != 1 or n_rows == 0:
+        return ""
+    missing = int(missing_mask(values).sum())
+    share = missing / n_rows
+    seen = [("<1%" if share < 0.01 else f"{share:.0%}") + " missing" if missing else "none missing"]
+    if kind == "number":
+        numbers = _numeric(values)
+        finite = numbers[np.isfinite(numbers)] if numbers is not None else np.array([])
+        if len(finite) > 2 and finite.std() > 0:
+            skew = float(pd.Series(finite).skew())
+            tail = " (long right tail)" if skew > 2 else " (long left tail)" if skew < -2 else ""
+            seen.append(f"skew {skew:.1f}{tail}, range {finite.min():.3g} to {finite.max():.3g}")
+    elif kind in ("category", "binary"):
+        counts = pd.Series([str(v) for v in _non_missing(values)]).value_counts()
+        if len(counts):
+            top = counts.iloc[0] / counts.sum()
+            seen.append(f"{len(counts)} distinct, most common {counts.index[0][:20]!r} "
+                        + ("<1%" if top < 0.01 else f"{top:.0%}"))
+    return "; ".join(seen)
+
+
+def describe_target(values: np.ndarray, kind: str) -> str:
+    """Class balance of a class target (the rarest class's share and how much rarer it is), or the skew of a number."""
+    present = _non_missing(values)
+    if not present:
+        return ""
+    if kind in ("binary", "category"):
+        counts = pd.Series([str(v) for v in present]).value_counts()
+        ratio = counts.iloc[0] / counts.iloc[-1]
+        note = ": imbalanced, consider class weights" if ratio >= 3 else ""
+        return f"rarest class {counts.index[-1][:20]!r} {counts.iloc[-1] / len(present):.0%} ({ratio:.1f}x rarer " \
+               f"than {counts.index[0][:20]!r}){note}"
+    if kind == "number":
+        numbers = _numeric(values)
+        finite = numbers[np.isfinite(numbers)] if numbers is not None else np.array([])
+        if len(finite) > 2:
+            return f"skew {float(pd.Series(finite).skew()):.1f}, range {finite.min():.3g} to {finite.max():.3g}"
+    return ""
+
+
+# Pandas' default strings for a missing cell (pandas._libs.parsers.STR_NA_VALUES, pandas 2.x): "None" and "NA" among
+# them are real values in many tables. Listed so `init` can say which of them a file holds and how often.
+DEFAULT_NA_STRINGS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                      "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+
+
+def missing_strings(path: str | Path, *, limit_rows: int = 200_000) -> dict[str, int]:
+    """{string: cells} for each of pandas' default missing-value strings found in a CSV (read as exact strings,
+    the first `limit_rows` rows), most frequent first; {} for other formats or an unreadable file."""
+    path = Path(path)
+    if not path.is_file() or not path.name.lower().endswith((".csv", ".csv.gz", ".tsv")):
+        return {}
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], nrows=limit_rows, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+        return {}
+    counts = pd.Series(frame.to_numpy().ravel()).value_counts()
+    found = {s: int(counts[s]) for s in DEFAULT_NA_STRINGS if s in counts.index}
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
+
+
+_INDEXED = re.compile(r"^(.*?)(\d+)$")
+
+
+def ordered_runs(table_columns: dict[str, np.ndarray], candidates: list[str], *, min_length: int = 8) -> list[list[str]]:
+    """Runs of number columns that read as one signal: the same name stem with an increasing index (`x0 … x39`,
+    `t_001 …`), at least `min_length` of them, the same scale (every column's spread within 10x of the run's
+    median spread), and neighbours that move together (median correlation of adjacent columns >= 0.2: readings of
+    one signal do; principal components `V1 … V28` or unrelated indexed fields do not). Returned in index order."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in candidates:
+        match = _INDEXED.match(name)
+        if match:
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), name))
+    runs = []
+    for members in groups.values():
+        members.sort()
+        indices = [i for i, _ in members]
+        if len(members) < min_length or len(set(np.diff(indices))) != 1:  # evenly spaced indices, no gaps
+            continue
+        spreads = []
+        for _, name in members:
+            numbers = _numeric(table_columns[name])
+            finite = numbers[np.isfinite(numbers)] if numbers is not None else np.array([])
+            spreads.append(float(np.subtract(*np.percentile(finite, [90, 10]))) if len(finite) else 0.0)
+        middle = float(np.median(spreads))
+        if middle > 0 and all(middle / 10 <= s <= middle * 10 for s in spreads) and _neighbours_agree(
+                [table_columns[name] for _, name in members]):
+            runs.append([name for _, name in members])
+    return runs
+
+
+def _neighbours_agree(columns: list[np.ndarray], *, threshold: float = 0.2) -> bool:
+    matrix = np.stack([_numeric(c)[:SAMPLE] for c in columns], axis=1)
+    matrix = matrix[np.isfinite(matrix).all(1)]
+    if len(matrix) < 3:
+        return False
+    centred = matrix - matrix.mean(0)
+    scale = np.sqrt((centred**2).sum(0))
+    if not (scale > 0).all():
+        return False
+    adjacent = (centred[:, :-1] * centred[:, 1:]).sum(0) / (scale[:-1] * scale[1:])
+    return float(np.median(adjacent)) >= threshold

@@ -15,7 +15,7 @@ from dlforge.recipe._base import Strict, _field
 from dlforge.recipe.data import DataConfig
 from dlforge.recipe.encoders import BACKBONE_BLOCKS, Combiner, ConcatCombiner
 from dlforge.recipe.inputs import InputFeature
-from dlforge.recipe.outputs import METRICS_BY_OUTPUT_TYPE, OutputFeature
+from dlforge.recipe.outputs import METRICS_BY_OUTPUT_TYPE, RENAMED_METRICS, OutputFeature
 from dlforge.recipe.training import TrainingConfig
 
 # The package is the schema's public surface: `from dlforge.recipe import ImageInput, Adam, ...` works for every
@@ -72,8 +72,28 @@ class Recipe(Strict):
                 names.append(f"val.{prefix}{metric}")
         return names
 
+    def renamed_metric(self, metric: str) -> str:
+        """`metric` under its current name: `val.f1` of a category output is `val.macro_f1` (the old, unlabelled
+        name of the same macro average); any other name comes back unchanged."""
+        parts = metric.split(".")
+        if len(parts) < 2:
+            return metric
+        output = self.outputs[0] if len(parts) == 2 and len(self.outputs) == 1 else \
+            next((o for o in self.outputs if len(parts) == 3 and o.name == parts[1]), None)
+        new = RENAMED_METRICS.get(output.type, {}).get(parts[-1]) if output is not None else None
+        return ".".join([*parts[:-1], new]) if new else metric
+
     @model_validator(mode="after")
-    def _run_cross_checks(self) -> "Recipe":
+    def _resolve_and_cross_check(self) -> "Recipe":
+        # Resolved here, so the saved recipe says what happens: class proportions exist only for class targets,
+        # and old metric names read as the new ones.
+        if self.data.split.stratify and self.outputs[0].type not in ("category", "binary"):
+            self.data.split = self.data.split.model_copy(update={"stratify": False})
+        es, sched = self.training.early_stopping, self.training.schedule
+        if es is not None and self.renamed_metric(es.metric) != es.metric:
+            es.metric = self.renamed_metric(es.metric)
+        if sched.name == "plateau" and self.renamed_metric(sched.metric) != sched.metric:
+            sched.metric = self.renamed_metric(sched.metric)
         problems = [p for check in CROSS_CHECKS for p in check(self)]
         if problems:
             raise ValueError("\n".join(problems))
@@ -104,6 +124,15 @@ def feature_names_are_unique(recipe: Recipe) -> list[str]:
     names = [f.name for f in recipe.inputs] + [f.name for f in recipe.outputs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     return [f"inputs/outputs: column '{n}' is used more than once; each column is one input or one output" for n in dupes]
+
+
+@cross_check
+def test_source_owns_the_test_split(recipe: Recipe) -> list[str]:
+    split = recipe.data.split
+    if recipe.data.test_source and split.test not in ("auto", "official"):
+        return [f"data.split.test: {split.test} holds out rows for testing, but data.test_source already gives the "
+                "test rows; remove data.split.test (or set it to auto), or drop test_source"]
+    return []
 
 
 @cross_check

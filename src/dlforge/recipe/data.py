@@ -17,7 +17,8 @@ class SplitConfig(Strict):
         "when the source has one, else 0.2.",
     )
     seed: int = _field(0, "Seed of the split; the same seed gives the same rows.", ge=0, le=2**63 - 1)
-    stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target).")
+    stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target; always false "
+                                  "for other targets, where it has no meaning).")
 
 
 class DataConfig(Strict):
@@ -28,6 +29,9 @@ class DataConfig(Strict):
         "directory, then from the recipe's directory.",
         min_length=1,
     )
+    test_source: str | None = _field(
+        None, "A separate file of labelled rows to test on (same columns as `source`): all of `source` then trains "
+        "(less the validation share), and data.split.test must stay 'auto'. CLI: `--test FILE`.", min_length=1)
     format: Literal["auto", "csv", "parquet", "npz"] = _field("auto", "File format; 'auto' reads the extension.")
     na_values: list[str] = _field(
         [], "Strings that mean 'missing' in a CSV (and in Parquet text columns), besides empty cells, e.g. ['?', "

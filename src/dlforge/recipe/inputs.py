@@ -148,6 +148,15 @@ class TextEmbedEncoder(Strict):
     pooling: Literal["mean", "max"] = _field("mean", "How the token embeddings of a text become one vector (padding ignored).")
 
 
+class TextNgramEncoder(Strict):
+    name: Literal["ngram"] = "ngram"
+    dim: int = _field(64, "Embedding width of every token and n-gram.", ge=1)
+    ngrams: int = _field(2, "Longest n-gram: 1 is a bag of words, 2 adds hashed bigrams (fastText's default), 3 trigrams.",
+                         ge=1, le=4)
+    buckets: int = _field(200_000, "Rows of the hashed n-gram table (collisions share a row).", ge=1, le=10_000_000)
+    dropout: float = _field(0.2, "Dropout on the pooled vector.", ge=0, lt=1)
+
+
 class TextCNNEncoder(Strict):
     name: Literal["cnn"] = "cnn"
     dim: int = _field(64, "Token embedding width.", ge=1)
@@ -175,7 +184,7 @@ class TransformerEncoderConfig(Strict):
     pooling: Literal["cls", "mean"] = _field("cls", "The [CLS] position's vector, or the mean over non-padding positions.")
 
 
-TextEncoder = Annotated[Union[TextEmbedEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig, MiniLMEncoder],
+TextEncoder = Annotated[Union[TextEmbedEncoder, TextNgramEncoder, TextCNNEncoder, TextRNNEncoder, TransformerEncoderConfig, MiniLMEncoder],
                         Field(discriminator="name")]
 
 
@@ -187,7 +196,7 @@ class TextInput(Strict):
     name: str = _field(..., "Column of text in the data.", min_length=1)
     type: Literal["text"] = "text"
     preprocessing: TextPreprocessing = _field(TextPreprocessing(), "Tokenizer options (fitted on the training split).")
-    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, cnn, lstm, gru, transformer, "
+    encoder: TextEncoder = _field(TextRNNEncoder(), "How the tokens become a vector: embed, ngram (bag of n-grams), cnn, lstm, gru, transformer, "
                                   "or the pretrained minilm (its own WordPiece vocabulary; max_length counts [CLS]/[SEP]).")
     augmentation: TextAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
 

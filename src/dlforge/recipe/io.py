@@ -27,6 +27,7 @@ from dlforge.recipe import Recipe
 
 BUILTIN_RECIPES = Path(__file__).parent.parent / "recipes"
 DEFAULT_RECIPE = BUILTIN_RECIPES / "digits.yaml"
+DATA_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq", ".npz")  # a data file given where a recipe belongs
 
 # Limits of the reader. A shipped recipe is under 3 KB, 6 levels deep and about 100 nodes.
 MAX_RECIPE_BYTES = 1_000_000
@@ -373,6 +374,10 @@ def load_recipe(source: str | Path | dict | Recipe | None = None, overrides: lis
     path = Path(source) if source is not None else DEFAULT_RECIPE
     if not path.exists() and (BUILTIN_RECIPES / path.name).exists() and path.parent == Path("."):
         path = BUILTIN_RECIPES / path.name
+    if path.name.lower().endswith(DATA_SUFFIXES) or path.is_dir():
+        raise RecipeError(f"{path}: this is data, not a recipe; say which column to predict",
+                          hint=f"dlforge train {path} --target COLUMN, or write a recipe with dlforge init {path} "
+                               "--target COLUMN -o recipe.yaml")
     data, lines = parse_yaml(read_recipe_text(path), origin=str(path))
     data = apply_overrides(data, overrides or [])
     recipe = validate(data, lines)

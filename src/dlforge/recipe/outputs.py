@@ -53,12 +53,18 @@ OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, Mult
 
 # Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
 METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
-    "category": ("loss", "accuracy", "precision", "recall", "f1"),
+    # Averages are named: macro (classes count equally), weighted (by support); micro is accuracy for one label per row.
+    "category": ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"),
     "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
     "number": ("loss", "mae", "rmse", "r2"),
     "multilabel": ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"),
 }
 HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2", "micro_f1", "macro_f1",
-                    "subset_accuracy"}
+                    "subset_accuracy", "macro_precision", "macro_recall", "weighted_f1"}
+# Names a category output logged before the averages were named (runs on disk, recipes' early_stopping metric):
+# a recipe that says `val.f1` for a category output is read as `val.macro_f1` (the same number), with a notice.
+RENAMED_METRICS: dict[str, dict[str, str]] = {
+    "category": {"f1": "macro_f1", "precision": "macro_precision", "recall": "macro_recall"},
+}
 
 

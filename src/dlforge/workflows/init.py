@@ -14,11 +14,19 @@ from pathlib import Path
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError, did_you_mean
 from dlforge.data.features import kind_of
-from dlforge.data.profile import Choice, leak, type_column, type_target
+from dlforge.data.profile import (Choice, describe_column, describe_target, leak, missing_strings, ordered_runs,
+                                   type_column, type_target)
 
 
-def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...] = ()) -> str:
-    """The recipe YAML text for `table`, predicting `target`."""
+def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...] = (), test: str | None = None,
+                 pretrained: bool | None = None) -> str:
+    """The recipe YAML text for `table`, predicting `target`.
+
+    `test`: a separate labelled file to test on (all of `table` trains). `pretrained`: whether free text may use a
+    pretrained encoder (None: when its packages are installed).
+    """
+    if target is None:
+        raise missing_target(source, list(table.columns))
     if target not in table.columns:
         raise DataError(f"target column '{target}' is not in the data{did_you_mean(target, list(table.columns))}",
                         where="--target", hint=f"columns: {', '.join(table.columns)}")
@@ -35,16 +43,117 @@ def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...
             reason = leak(values, table.columns[target], target)
             choice = Choice(name, "drop", reason) if reason else choice
         (dropped if choice.kind == "drop" else inputs).append(choice)
+    inputs = _as_sequences(inputs, table)
+    texts = [c for c in inputs if c.kind == "text"]
+    allowed, not_why = pretrained_text_fits(table, [c.name for c in texts], pretrained)
+    for choice in texts:
+        entry, why = text_encoder_choice(table.columns[choice.name], pretrained=allowed)
+        why = f"{why} ({not_why})" if not_why else why
+        choice.extra, choice.why = {**(choice.extra or {}), **entry}, f"{choice.why}; {why}"
     if not inputs:
         raise DataError("no usable input column: every other column was dropped", where=table.origin,
                         hint="; ".join(f"{c.name}: {c.why}" for c in dropped)[:300])
-    return _render(source, target, output, output_why, inputs, dropped, table)
+    balance = describe_target(table.columns[target], output["type"])
+    return _render(source, target, output, output_why + (f"; {balance}" if balance else ""), inputs, dropped, table,
+                   test=test)
+
+
+def missing_target(source: str, columns: list[str]) -> DataError:
+    """The error for a table given without the column to predict: it lists the columns and shows the command."""
+    shown = ", ".join(columns[:30]) + (", ..." if len(columns) > 30 else "")
+    example = columns[-1] if columns else "COLUMN"
+    return DataError(f"{source} is data, not a recipe, and --target (the column to predict) is missing; "
+                     f"its columns: {shown}", where="--target",
+                     hint=f"dlforge train {source} --target {example}   (or write a recipe first: "
+                          f"dlforge init {source} --target {example} -o recipe.yaml)")
+
+
+def pretrained_text_installed() -> bool:
+    """Whether the pretrained text encoder (MiniLM) can train here: its code and weight packages are installed
+    (found without importing them: transformers alone takes seconds to import)."""
+    import importlib.util
+
+    from dlforge.core.assets import BACKBONES
+
+    spec = BACKBONES["minilm"]
+    return all(importlib.util.find_spec(p.module) is not None for p in (*spec.code, *spec.weights))
+
+
+# Fine-tuning MiniLM on CPU: about 1,000 word pieces a second (rt_snippets, 2 epochs of 9,181 texts in 503 s on
+# 2 cores, benchmarks/README.md). Above this many pieces per epoch (15 minutes) init picks the n-gram encoder.
+MINILM_CPU_PIECES_PER_EPOCH = 900_000
+
+
+def pretrained_text_fits(table: Table, names: list[str], pretrained: bool | None) -> tuple[bool, str]:
+    """Whether the text columns get the pretrained encoder, and if not, why not (one phrase)."""
+    import numpy as np
+
+    if not names or pretrained is False:
+        return False, "--no-pretrained" if names and pretrained is False else ""
+    if not pretrained_text_installed():
+        return False, ""
+    import torch
+
+    pieces = sum(table.n_rows * min(256.0, 1.4 * float(np.mean([len(str(v).split()) for v in
+                                                                  table.columns[n][:2000].tolist()] or [1])) + 2)
+                 for n in names)
+    if pretrained is None and not torch.cuda.is_available() and pieces > MINILM_CPU_PIECES_PER_EPOCH:
+        minutes = pieces / (MINILM_CPU_PIECES_PER_EPOCH / 15)
+        return False, (f"minilm is installed, but fine-tuning it on {table.n_rows} texts would take about "
+                       f"{minutes:.0f} min per epoch on this CPU (no GPU); write encoder: {{name: minilm}} to use it")
+    return True, ""
+
+
+def text_encoder_choice(values, *, pretrained: bool) -> tuple[dict, str]:
+    """The encoder for a free-text column, and why: fine-tuned MiniLM when installed (it knows English before it
+    sees the data), else a bag of uni- and bigrams (fastText), the from-scratch encoder that holds up on small data.
+    Figures: benchmarks/README.md ("no-recipe text")."""
+    import numpy as np
+
+    words = np.array([len(str(v).split()) for v in values[:2000].tolist() if isinstance(v, str)] or [1])
+    if pretrained:
+        length = int(min(256, max(32, 2 ** np.ceil(np.log2(1.4 * np.percentile(words, 90) + 2)))))
+        return ({"preprocessing": {"max_length": length},
+                 "encoder": {"name": "minilm", "freeze": "none", "backbone_lr_mult": 0.1, "pooling": "mean"}},
+                f"encoder minilm: pretrained and installed, fine-tuned at a tenth of the head's rate with by-length "
+                f"batches, {length} word pieces (90% of texts fit)")
+    length = int(min(512, max(32, 1.4 * np.percentile(words, 95) + 1)))
+    return ({"preprocessing": {"vocab_size": 20000, "max_length": length},
+             "encoder": {"name": "ngram", "dim": 64, "ngrams": 2, "dropout": 0.2}},
+            "encoder ngram (bag of words and word pairs, fastText-style): strong on small data from scratch"
+            + ("" if pretrained_text_installed() else "; the pretrained minilm does better: pip install "
+               "'dlforge[pretrained]'"))
+
+
+def _as_sequences(inputs: list[Choice], table: Table) -> list[Choice]:
+    """Runs of ordered, same-scale number columns (`x0 … x39`) become one sequence input read by a 1-D CNN."""
+    numbers = [c.name for c in inputs if c.kind == "number"]
+    runs = ordered_runs(table.columns, numbers)
+    if not runs:
+        return inputs
+    taken = {name for run in runs for name in run}
+    out = [c for c in inputs if c.name not in taken]
+    for run in runs:
+        stem = re.sub(r"[_\-. ]+$", "", re.match(r"^(.*?)\d+$", run[0]).group(1)) or "series"
+        name = stem if stem not in table.columns else f"{stem}_series"
+        out.append(Choice(name, "sequence", f"{len(run)} ordered number columns {run[0]} … {run[-1]} on one scale read "
+                          "as one signal by a 1-D CNN (as separate numbers, their order is lost)",
+                          {"columns": run, "encoder": {"name": "cnn", "channels": [32, 64, 32]}}))
+    return out
 
 
 def _input_entry(choice: Choice, table: Table) -> dict:
     """`{name, type}`, what the typing chose (`extra`), and the type's starter encoder/preprocessing (its kind)."""
+    if choice.kind in ("text", "sequence") and choice.extra and "encoder" in choice.extra:
+        return {"name": choice.name, "type": choice.kind, **choice.extra}
     return {"name": choice.name, "type": choice.kind, **(choice.extra or {}),
             **kind_of(choice.kind).init_entry(table.columns[choice.name])}
+
+
+def _seen(choice: Choice, table: Table) -> str:
+    values = table.columns.get(choice.name)
+    seen = describe_column(values, choice.kind, table.n_rows) if values is not None else ""
+    return f"; saw {seen}" if seen else ""
 
 
 def _flow(data: dict) -> str:
@@ -53,39 +162,132 @@ def _flow(data: dict) -> str:
     return yaml.safe_dump(data, default_flow_style=True, width=1000, sort_keys=False).strip()
 
 
-def _render(source, target, output, output_why, inputs, dropped, table: Table) -> str:
+def _render(source, target, output, output_why, inputs, dropped, table: Table, *, test: str | None = None) -> str:
     name = re.sub(r"[^a-z0-9]+", "-", Path(source.removeprefix("builtin:")).name.split(".")[0].lower()).strip("-")
     official = table.split is not None and (table.split == "test").any()
-    lines = [f"# Written by `dlforge init {source} --target {target}`: one comment per column decision; edit freely.",
+    stratify = output["type"] in ("binary", "category")
+    if test and official:
+        raise DataError(f"{source} has its own test split, and --test gives another", where="--test",
+                        hint="drop --test, or give a file without a test split")
+    note = holdout_note(source=source, test_source=test, official=official, val=0.1, test=0.2, seed=0,
+                        stratify_by=target if stratify else None)
+    lines = [f"# Written by `dlforge init {source} --target {target}"
+             + (f" --test {test}" if test else "") + "`: one comment per column decision; edit freely.",
              f"name: {name or 'experiment'}",
              "data:",
-             f"  source: {json.dumps(source)}",
-             f"  split: {{val: 0.1, test: {'official' if official else 0.2}, seed: 0}}"
-             + ("  # the data's own test rows" if official else ""),
-             "inputs:"]
+             f"  source: {json.dumps(source)}"]
+    if test:
+        lines.append(f"  test_source: {json.dumps(test)}")
+    lines.append(f"  split: {{val: 0.1, test: {'auto' if test else 'official' if official else 0.2}, seed: 0"
+                 + ("" if stratify else ", stratify: false") + f"}}  # {note}")
+    lines += _missing_lines(source)
+    lines.append("inputs:")
     for choice in inputs:
-        lines.append(f"  - {_flow(_input_entry(choice, table))}  # {choice.kind}: {choice.why}")
+        lines.append(f"  - {_flow(_input_entry(choice, table))}  # {choice.kind}: {choice.why}{_seen(choice, table)}")
     if dropped:
         lines.append("# dropped columns:")
         lines += [f"#   {c.name}: {c.why}" for c in dropped]
     lines += ["outputs:", f"  - {_flow(output)}  # {output_why}",
               "combiner: {name: concat, layers: [64, 32]}",
-              "training:",
+              "training:"]
+    lines += _text_training(inputs) or [
               "  epochs: 10",
               "  batch_size: 64",
               "  optimizer: {name: adam, lr: 0.001}",
-              "  early_stopping: {metric: val.loss, patience: 3}",
-              "  seed: 0", ""]
+              "  early_stopping: {metric: val.loss, patience: 3}"]
+    lines += ["  seed: 0", ""]
     return "\n".join(lines)
 
 
-def init(data: str | Path, target: str, *, out: str | Path | None = None, drop: tuple[str, ...] = ()) -> str:
+def _missing_lines(source: str) -> list[str]:
+    """Comments on the strings that could mean a missing cell, and how many of each the file holds."""
+    from dlforge.recipe import DataConfig
+
+    found = missing_strings(source) if not source.startswith("builtin:") else {}
+    empty = found.pop("", 0)
+    lines = [f"# missing: {empty} empty cell(s)"] if empty else []
+    if found:
+        listing = ", ".join(f"{s!r} x{n}" for s, n in list(found.items())[:8])
+        if "na_values" in DataConfig.model_fields:  # the reader reads only empty cells as missing by default
+            lines.append(f"# kept as values (pandas would read them as missing): {listing}; to treat them as "
+                         f"missing, add e.g. `na_values: {json.dumps(list(found)[:3])}` under data:")
+        else:
+            lines.append(f"# read as missing (pandas' default strings): {listing}")
+    return lines
+
+
+def _text_training(inputs: list[Choice]) -> list[str] | None:
+    """Training settings for a recipe with free text (None: the tabular defaults): fine-tuning a pretrained encoder
+    wants few epochs at a small, decaying rate (as recipes/text_minilm.yaml); the n-gram bag a larger rate."""
+    encoders = {(c.extra or {}).get("encoder", {}).get("name") for c in inputs if c.kind == "text"}
+    if "minilm" in encoders:
+        return ["  epochs: 3  # fine-tuning: a few passes; early stopping keeps the best",
+                "  batch_size: 32",
+                "  optimizer: {name: adamw, lr: 0.0003, weight_decay: 0.01}",
+                "  schedule: {name: cosine, warmup_epochs: 0.1}",
+                "  early_stopping: {metric: val.loss, patience: 1}",
+                "  sampling: auto  # by-length batches: rows of similar length together, little padding"]
+    if "ngram" in encoders:
+        return ["  epochs: 30",
+                "  batch_size: 32",
+                "  optimizer: {name: adamw, lr: 0.003, weight_decay: 0.0}",
+                "  early_stopping: {metric: val.loss, patience: 3}"]
+    return None
+
+
+def summarize_inferred(text: str) -> list[str]:
+    """A few lines about an inferred recipe (for `train DATA --target`): the target, the inputs by type and
+    encoder, what was dropped, the held-out rows. `-v` prints the whole recipe instead."""
+    import yaml
+
+    data = yaml.safe_load(text)
+    out = data["outputs"][0]
+    kinds: dict[str, list[str]] = {}
+    for entry in data["inputs"]:
+        encoder = entry.get("encoder", {}).get("name")
+        kinds.setdefault(entry["type"] + (f" ({encoder})" if encoder else ""), []).append(entry["name"])
+    comment = {line.split("#", 1)[0].strip(): line.split("# ", 1)[-1] for line in text.splitlines() if "  # " in line}
+    dropped = [line[4:] for line in text.splitlines() if line.startswith("#   ")]
+    split = next((line.split("# ", 1)[1] for line in text.splitlines() if line.startswith("  split:")), "")
+    lines = [f"inferred recipe: predict '{out['name']}' as {out['type']}"
+             + (f" ({comment.get('- ' + _flow(out), '').split(': ', 1)[-1]})" if _flow(out) else ""),
+             "  inputs: " + "; ".join(f"{len(names)} {kind}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                                      for kind, names in kinds.items())]
+    if dropped:
+        lines.append(f"  dropped: {'; '.join(d[:60] for d in dropped[:6])}{' ...' if len(dropped) > 6 else ''}")
+    if split:
+        lines.append(f"  {split}")
+    lines.append("  (the whole recipe with a reason per column: -v, or inferred_recipe.yaml in the run directory)")
+    return lines
+
+
+def holdout_note(*, source: str, test_source: str | None, official: bool, val: float, test, seed: int,
+                 stratify_by: str | None, rows: dict[str, int] | None = None) -> str:
+    """One sentence: which rows test the model and why (printed by `train`, a comment in `init`'s recipe)."""
+    n = f"{rows['test']} rows" if rows and "test" in rows else "the rows"
+    if test_source:
+        return f"test: {n} from {test_source} (--test); every row of {source} trains, less {val:.0%} for validation"
+    if official:
+        return f"test: the data's own test split ({n})" if rows else "test: the data's own test split"
+    fraction = 0.2 if test == "auto" else float(test)
+    if fraction == 0:
+        return "test: none (data.split.test=0): scores are on the validation rows, which also pick the best epoch"
+    how = f"stratified by '{stratify_by}', " if stratify_by else ""
+    return (f"test: {n} held out ({fraction:.0%} of the data, {how}seed {seed}) because the data has no test "
+            "split of its own and a model is judged on rows it never trained on; to train on every row, pass "
+            "--test FILE (a separate labelled file) or --set data.split.test=0 (no test score)")
+
+
+def init(data: str | Path, target: str | None, *, out: str | Path | None = None, drop: tuple[str, ...] = (),
+         test: str | None = None, pretrained: bool | None = None) -> str:
     """Infer a recipe for `data` (a path or builtin:NAME) predicting `target`; write it to `out` when given."""
     from dlforge.data.readers import load_table
     from dlforge.core.files import write_text
 
     source = str(data)
-    text = infer_recipe(load_table(source), source, target, drop=tuple(drop))
+    if test is not None:
+        load_table(test, field="--test")  # a missing or unreadable test file fails now, not after training
+    text = infer_recipe(load_table(source), source, target, drop=tuple(drop), test=test, pretrained=pretrained)
     if out is not None:
         write_text(Path(out), text)
     return text

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,11 @@ from dlforge.core.errors import ArtifactError, DlforgeError, TrainingInterrupted
 from dlforge.core.files import clean_temp_files, write_json, write_text
 from dlforge.data import prepare, read_table
 from dlforge.data.prepare import describe as describe_data
+from dlforge.evaluation.metrics import load_backend as load_metric_backend
 from dlforge.models import count_parameters
-from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
+from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_confusion, plot_curves, write_report
+from dlforge.report.regression import plot_metric, plot_predicted_vs_actual, plot_residuals
 from dlforge.training.callbacks import check_callbacks
 from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
@@ -35,6 +38,7 @@ from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training
 from dlforge.training.strategy import default_device
 from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
+from dlforge.workflows.init import holdout_note, missing_target
 from dlforge.workflows.lr_find import range_test_for
 
 
@@ -130,10 +134,14 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
           stop=None) -> RunResult:
     """Train a recipe (path, dict, Recipe or None for the default) and write its run directory.
 
+    metrics.json's `train_seconds` is the training loop only (epochs, validation, checkpoints);
+    `prepare_seconds` is what came before it (reading, splitting, encoding, building, one-time imports).
+
     `stop` (a `dlforge.training.stop.StopRequest`, or any object with `is_set()`) ends training after the
     current step with a checkpoint and TrainingInterrupted; nothing here touches the caller's signal handlers.
     """
     recipe_path = str(recipe) if isinstance(recipe, (str, Path)) else None
+    started = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume)
         meta = _read_meta(run_dir)
@@ -147,6 +155,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         recipe = load_recipe(run_dir / "recipe.yaml")
         base_dir = Path(meta.get("base_dir", load_checkpoint_meta(run_dir).get("base_dir", ".")))
     else:
+        refuse_data_file(recipe)
         recipe = load_recipe(recipe, overrides)
         run_dir = _choose_run_dir(recipe, out, overwrite)
         base_dir = recipe_base_dir(recipe)
@@ -161,6 +170,12 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     prepared = prepare(recipe, table=table)
     if progress:
         _print_data_summary(prepared.report)
+        cfg = recipe.data.split
+        by = recipe.outputs[0].name if cfg.stratify and recipe.outputs[0].type in ("category", "binary") else None
+        print("  " + holdout_note(source=recipe.data.source, test_source=recipe.data.test_source, val=cfg.val,
+                                  official=prepared.report["official_split"] and not recipe.data.test_source,
+                                  test=cfg.test, seed=cfg.seed, stratify_by=by, rows=prepared.report["rows"]),
+              file=sys.stderr)
         notice = precision_notice(config.precision, default_device())
         if notice:
             print(f"warning: {notice}", file=sys.stderr)
@@ -178,6 +193,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     model, trainer, cache_report = built.model, built.trainer, built.cache_report
     signature = prepared.signature()
     state = load_checkpoint(run_dir, recipe=recipe) if resume is not None else None
+    load_metric_backend()  # a one-time import of seconds: counted in prepare_seconds, not in the first epoch
+    prepare_seconds = time.perf_counter() - started
     result = trainer.fit(state)
 
     # The post-training phase: its inputs (final weights, history, seconds) are in the finished checkpoint, so
@@ -189,7 +206,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     checkpoint_stop()
     metrics = {part: trainer.evaluate(prepared.splits[part], detail=True) for part in ("val", "test")
                if part in prepared.splits}
-    metrics.update({"train_seconds": round(result.train_seconds, 3), "epochs_run": result.epochs_run,
+    metrics.update({"train_seconds": round(result.train_seconds, 3), "prepare_seconds": round(prepare_seconds, 3),
+                    "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                     "parameters": count_parameters(model), "data": prepared.report})
     if cache_report:
@@ -203,13 +221,54 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     write_json(run_dir / "metrics.json", metrics, nonfinite="null")  # an undefined metric (AUC of one class) is null
     write_text(run_dir / "history.csv", _history_csv(result.history))
     checkpoint_stop()
-    plots = plot_curves(result.history, run_dir / "plots")
+    unitless = [k for k in (result.history[0] if result.history else {}) if k.rsplit(".", 1)[-1] == "r2"]
+    plots = plot_curves([{k: v for k, v in row.items() if k not in unitless} for row in result.history],
+                        run_dir / "plots")
+    plots += [p for key in unitless if (p := plot_metric(result.history, key, run_dir / "plots" / f"{key}.svg"))]
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
+    plots += _regression_plots(trainer, prepared, run_dir)
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
     checkpoint_stop()
     trainer.end_run(run_dir)  # the run directory is complete: callbacks may read, copy or log it
     write_json(run_dir / META, {**meta, "complete": True})  # last: a resume from here on does nothing
     return RunResult(run_dir, metrics, result.history)
+
+
+def refuse_data_file(recipe) -> None:
+    """A data file (or folder) given where a recipe belongs: say --target is missing and list its columns."""
+    if not isinstance(recipe, (str, Path)):
+        return
+    path = Path(recipe)
+    if not (path.is_dir() or path.name.lower().endswith(DATA_SUFFIXES) or str(recipe).startswith("builtin:")):
+        return
+    from dlforge.data.readers import load_table
+
+    try:
+        columns = list(load_table(str(recipe), field="DATA").columns)
+    except DlforgeError:
+        columns = []
+    raise missing_target(str(recipe), columns)
+
+
+def _regression_plots(trainer, prepared, run_dir: Path) -> list[Path]:
+    """Predicted vs actual and residuals (in the target's units) for every number output, on test (else val)."""
+    part = "test" if "test" in prepared.splits else "val"
+    numbers = [n for n, f in prepared.outputs.items() if f.signature()["type"] == "number"]
+    if not numbers or part not in prepared.splits:
+        return []
+    split = prepared.splits[part]
+    logits = trainer.predict_logits(split)
+    plots = []
+    for name in numbers:
+        feature = prepared.outputs[name]
+        actual = feature.decode(split.y[name].detach().cpu().unsqueeze(-1))
+        predicted = feature.decode(logits[name].detach().cpu())
+        suffix = "" if len(prepared.outputs) == 1 else f"_{name}"
+        plots.append(plot_predicted_vs_actual(actual, predicted, run_dir / "plots" / f"predicted_vs_actual{suffix}.svg",
+                                              target=name, split=part))
+        plots.append(plot_residuals(actual, predicted, run_dir / "plots" / f"residuals{suffix}.svg",
+                                    target=name, split=part))
+    return plots
 
 
 def _print_data_summary(report: dict) -> None:
