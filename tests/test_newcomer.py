@@ -141,7 +141,7 @@ def test_regression_run_plots_and_resolved_recipe(prices, tmp_path, monkeypatch)
     assert scatter.startswith("<svg") and scatter.count("<circle") == result.metrics["data"]["rows"]["test"]
     assert (plots / "residuals.svg").read_text().count("<circle") == result.metrics["data"]["rows"]["test"]
     assert "val.r2" in (plots / "val.r2.svg").read_text()  # r² on its own axis
-    assert "val.r2" not in (plots / "metrics.png").read_bytes().decode("latin1")  # not beside the errors
+    assert "val.r2" not in (plots / "errors.svg").read_text()  # not beside the errors in dollars
     assert "predicted_vs_actual.svg" in (tmp_path / "run" / "report.html").read_text()
     assert yaml.safe_load(dump_recipe(load_recipe(recipe)))["data"]["split"]["stratify"] is False
     assert "stratify: false" in init(str(prices), "price")
