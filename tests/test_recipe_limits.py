@@ -132,3 +132,16 @@ def test_a_good_recipe_still_passes_with_numbers_written_as_floats():
     recipe = load_recipe(digits_recipe(optimizer={"name": "adam", "lr": 1}, grad_clip=1))  # ints for floats: fine
     assert recipe.training.optimizer.lr == 1.0 and recipe.training.grad_clip == 1.0
     assert load_recipe(digits_recipe(compile=False)).training.compile is False
+
+
+@pytest.mark.parametrize("encoder, preprocessing", [({"name": ["mobilenet_v2"]}, None),
+                                                    ({"name": "mobilenet_v2"}, [224, 224]),
+                                                    ({"name": "mobilenet_v2"}, "big")])
+def test_wrong_types_under_a_backbone_are_recipe_errors(encoder, preprocessing):
+    """Found by the long fuzz profile: `encoder: {name: [..]}` was a TypeError in a before-validator."""
+    recipe = digits_recipe()
+    recipe["inputs"][0]["encoder"] = encoder
+    if preprocessing is not None:
+        recipe["inputs"][0]["preprocessing"] = preprocessing
+    with pytest.raises(RecipeError, match=r"inputs\.0\.(encoder|preprocessing)"):
+        load_recipe(recipe)

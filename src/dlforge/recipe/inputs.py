@@ -123,9 +123,11 @@ class ImageInput(Strict):
             return data
         encoder = data.get("encoder")
         name = encoder.get("name") if isinstance(encoder, dict) else getattr(encoder, "name", None)
-        defaults = BACKBONE_IMAGE_PREPROCESSING.get(name)
-        if defaults:
-            prep = data.get("preprocessing") or {}
+        # A before-validator sees the raw YAML: a name or preprocessing of the wrong type is left for the field
+        # validation to report (a list as a dict key, or dict() of a list, would be a TypeError here).
+        defaults = BACKBONE_IMAGE_PREPROCESSING.get(name) if isinstance(name, str) else None
+        prep = data.get("preprocessing") or {}
+        if defaults and isinstance(prep, (dict, BaseModel)):
             prep = prep.model_dump(exclude_unset=True) if isinstance(prep, BaseModel) else dict(prep)
             data = {**data, "preprocessing": {**defaults, **prep}}
         return data
