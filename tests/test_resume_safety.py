@@ -127,3 +127,15 @@ def test_resume_of_a_directory_that_is_not_a_run_says_so(tmp_path):
     with pytest.raises(ArtifactError, match="no checkpoint to resume from: this is not a dlforge run directory"):
         dlforge.train(resume=tmp_path / "empty", progress=False)
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_a_kill_during_the_very_first_write_is_not_a_dead_end(tiny_csv, tmp_path):
+    """Found by benchmarks/crash_resume.py: only the temp file of checkpoint/meta.json was left, and both
+    --resume ("not a run directory") and --overwrite ("not a run directory") refused."""
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / ".meta.json.x1y2.dlforge-tmp").write_text("{")
+    with pytest.raises(ArtifactError, match="nothing to resume: the run was stopped before its first checkpoint"):
+        dlforge.train(resume=out, progress=False)
+    run = dlforge.train(tabular_recipe(tiny_csv, training={"epochs": 1}), out=out, overwrite=True, progress=False)
+    assert (run.run_dir / "model.json").is_file() and not list(out.rglob("*.dlforge-tmp"))

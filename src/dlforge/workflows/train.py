@@ -23,7 +23,7 @@ import torch
 
 from dlforge.artifact.format import save_model, save_run_json, split_record
 from dlforge.core.errors import ArtifactError, DlforgeError, TrainingInterrupted
-from dlforge.core.files import clean_temp_files, write_json, write_text
+from dlforge.core.files import clean_temp_files, is_temp_file, write_json, write_text
 from dlforge.data import prepare, read_table
 from dlforge.data.prepare import describe as describe_data
 from dlforge.evaluation.metrics import load_backend as load_metric_backend
@@ -59,9 +59,17 @@ OLD_SUFFIX = ".dlforge-old"  # a run moved aside by --overwrite, deleted right a
 RUN_FILES = ("model.safetensors", "model.json", "run.json", "metrics.json", "history.csv", "report.html")
 
 
+def _only_temp_files(run_dir: Path) -> bool:
+    """True for a directory holding nothing but temp files of interrupted writes (a kill during the first one)."""
+    paths = list(run_dir.rglob("*")) if run_dir.is_dir() else []
+    return bool(paths) and all(p.is_dir() or is_temp_file(p) for p in paths)
+
+
 def _choose_run_dir(recipe, out: str | Path | None, overwrite: bool) -> Path:
     if out is not None:
         run_dir = Path(out)
+        if _only_temp_files(run_dir):  # what a kill during the run's very first write leaves: as good as empty
+            shutil.rmtree(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
             if not overwrite:
                 raise DlforgeError(f"{run_dir} already exists and is not empty", where="--out",
@@ -119,7 +127,7 @@ def _nothing_to_resume(run_dir: Path, meta: dict, progress: bool) -> RunResult |
         return RunResult(run_dir, metrics, history)
     if not run_dir.is_dir():
         raise ArtifactError("no such run directory", where=str(run_dir), hint="train one with `dlforge train RECIPE`")
-    if not (run_dir / "recipe.yaml").is_file() and not (run_dir / META).is_file():
+    if not (run_dir / "recipe.yaml").is_file() and not (run_dir / META).is_file() and not _only_temp_files(run_dir):
         raise ArtifactError("no checkpoint to resume from: this is not a dlforge run directory (no recipe.yaml)",
                             where=str(run_dir), hint=f"start a new run with `dlforge train RECIPE --out {run_dir}`")
     if not has_checkpoint(run_dir):
