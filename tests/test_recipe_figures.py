@@ -53,13 +53,16 @@ def test_sweep_resumes_and_skips_what_is_done(tmp_path, monkeypatch):
         return _row(bench, entry.name, seed, 0.97, overrides=overrides)
 
     monkeypatch.setattr(bench, "train_one", fake_train)
-    monkeypatch.setattr(bench, "machine", lambda: {})
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu": "Test CPU", "capability": "AVX2"})
     bench.sweep(["digits"], [0, 1, 2], [], None, results)
     assert trained == [("digits", 1, ()), ("digits", 2, ())]  # seed 0 was in the file
     bench.sweep(["digits"], [0, 1, 2], [], None, results)  # nothing left to do
     bench.sweep(["digits"], [0], ["training.epochs=1"], None, results)  # a variant is another key
     assert trained == [("digits", 1, ()), ("digits", 2, ()), ("digits", 0, ("training.epochs=1",))]
-    assert [r["seed"] for r in bench.read_results(results)] == [0, 1, 2, 0]
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu": "Test CPU", "capability": "AVX512"})
+    bench.sweep(["digits"], [0], [], None, results)  # other kernels: another run
+    assert trained[-1] == ("digits", 0, ())
+    assert [r["seed"] for r in bench.read_results(results)] == [0, 1, 2, 0, 0]
 
 
 def test_floor_is_checked_on_the_minimum_and_the_readme_block_is_replaced(tmp_path):
