@@ -400,7 +400,8 @@ def write_tables(rows: list[dict], report: Path = REPORT, readme: Path = README)
             s = summary(entry, runs)
             table.append(f"| `{Path(entry.path).name}` | {entry.what} | {result_text(entry, s)} "
                          f"({runs_text(s)}) | {floor_text(entry, s)} | "
-                         f"{statistics.fmean(s['train_s']):.1f} s training |")
+                         f"{statistics.fmean(s['train_s']):.1f} s training, {statistics.fmean(s['cpu_s']):.0f} s CPU a run "
+                         f"(load {min(s['load']):.0f}-{max(s['load']):.0f}) |")
         else:
             table.append(f"| `{Path(entry.path).name}` † | {entry.what} | {entry.older or 'not measured'} | "
                          f"{entry.reference} | {entry.older_time} |")
