@@ -244,13 +244,12 @@ def train_one(entry: Entry, seed: int, overrides: list[str], threads: int | None
 
 
 def sweep(names: list[str], seeds: list[int], overrides: list[str], threads: int | None, results: Path) -> None:
-    done = {key(r) for r in read_results(results) if "error" not in r}
     info = machine()
     for name in names:
         entry = BY_NAME[name]
         for seed in seeds:
             k = (entry.name, recipe_hash(entry), seed, tuple(overrides), info.get("cpu"), info.get("capability"))
-            if k in done:
+            if k in {key(r) for r in read_results(results) if "error" not in r}:  # re-read: sweeps may share a file
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed} {' '.join(overrides)} (load {load_average()})",
                   file=sys.stderr, flush=True)
