@@ -304,6 +304,10 @@ def machine_text(r: dict) -> str:
     return f"{r['cpu']} ({r['capability']}{', bf16' if r.get('bf16') else ''}, torch {r['torch']})"
 
 
+def seeds_suffix(s: dict) -> str:
+    return "" if len(s["machines"]) == 1 else f" × {len(s['machines'])} kernel levels ({s['runs']} runs)"
+
+
 def runs_text(s: dict) -> str:
     n = len(s["seeds"])
     machines = len(s["machines"])
@@ -339,7 +343,7 @@ def floor_text(entry: Entry, s: dict | None) -> str:
     if s is None or s["holds"] is None:
         return entry.reference
     mark = "holds on the minimum" if s["holds"] else "**missed** on the minimum"
-    return f"{entry.reference} ({mark})"
+    return f"{entry.reference}; {mark}"
 
 
 def write_tables(rows: list[dict], report: Path = REPORT, readme: Path = README) -> None:
@@ -356,7 +360,7 @@ def write_tables(rows: list[dict], report: Path = REPORT, readme: Path = README)
              "runs (the machine is shared, so wall time is noisy; CPU seconds are less so).", "",
              "| recipe | seeds | test result | floor / reference | time | threads |", "|---|---|---|---|---|---|"]
     for entry, s in measured:
-        lines.append(f"| `{entry.name}` | {fmt_seeds(s['seeds'])} | {result_text(entry, s)} | {floor_text(entry, s)} | "
+        lines.append(f"| `{entry.name}` | {fmt_seeds(s['seeds'])}{seeds_suffix(s)} | {result_text(entry, s)} | {floor_text(entry, s)} | "
                      f"{time_text(s)} | {', '.join(map(str, s['threads']))} |")
     lines += ["", "## Machines", "", "Each recipe's runs by machine (CPU model, torch's kernel level, bf16 support, torch).", ""]
     for entry, s in measured:
