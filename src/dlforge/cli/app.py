@@ -67,6 +67,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
     target: Optional[str] = typer.Option(None, "--target", help="Treat the argument as DATA: infer a recipe "
                                          "predicting this column (as `dlforge init`), then train it."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the scikit-learn baseline of tabular runs "
+                                     "(same as --set training.baseline=false)."),
 ):
     """Train a recipe and write its run directory (model, metrics, report)."""
     import dlforge
@@ -78,12 +80,14 @@ def train(
 
         if recipe is None:
             raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
-        text = init(str(recipe), target)
+        text = init(str(recipe), target, baseline=False)  # training fits the baseline once, beside the model
         typer.echo(text, err=True)
         recipe = yaml.safe_load(text)
     if resume is not None and (recipe is not None or set_):
         raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
                            hint=f"run `dlforge train --resume {resume}` alone")
+    if no_baseline:
+        set_ = [*set_, "training.baseline=false"]
     from dlforge.training.stop import StopRequest
 
     stop = StopRequest()
@@ -93,6 +97,11 @@ def train(
     test = result.metrics.get("test") or result.metrics.get("val") or {}
     split = "test" if "test" in result.metrics else "val"
     typer.echo(f"{split}: {_metrics_line(test)}")
+    baseline = result.metrics.get("baseline") or {}
+    if baseline and "skipped" not in baseline:
+        from dlforge.evaluation.baseline import compare_line
+
+        typer.echo(compare_line(test, baseline))
     typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s")
     typer.echo(f"run directory: {result.run_dir}")
     typer.echo(f"report: {result.report}")
@@ -199,11 +208,13 @@ def init(
     target: str = typer.Option(..., "--target", help="The column to predict."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the recipe here (default: print it)."),
     drop: List[str] = typer.Option([], "--drop", help="Leave this column out (repeatable)."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the quick scikit-learn baseline of a "
+                                     "tabular recipe (written as comments at the end)."),
 ):
     """Write a starter recipe inferred from the data, with one comment per column decision."""
     from dlforge.workflows.init import init as infer_init
 
-    text = infer_init(data, target, out=out, drop=tuple(drop))
+    text = infer_init(data, target, out=out, drop=tuple(drop), baseline=not no_baseline)
     if out is None:
         typer.echo(text, nl=False)
     else:

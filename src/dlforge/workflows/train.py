@@ -14,14 +14,16 @@ from dlforge.artifact.format import save_model, save_run_json, split_record
 from dlforge.core.errors import DlforgeError
 from dlforge.core.files import write_json, write_text
 from dlforge.data import prepare, read_table
+from dlforge.evaluation.baseline import baseline_for
 from dlforge.models import count_parameters
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
+from dlforge.recipe.training import higher_is_better
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.training.callbacks import check_callbacks
 from dlforge.training.checkpoint import has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
-from dlforge.training.setup import build_training
+from dlforge.training.setup import build_training, output_scales
 from dlforge.training.strategy import default_device
 from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
 from dlforge.workflows.lr_find import range_test_for
@@ -102,6 +104,15 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     metrics.update({"train_seconds": round(result.train_seconds, 3), "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                     "parameters": count_parameters(model), "data": prepared.report})
+    warning = best_epoch_warning(result, config)
+    if warning:
+        metrics["warnings"] = [warning]
+        if progress:
+            print(f"warning: {warning}", file=sys.stderr)
+    baseline = baseline_for(config.baseline, prepared.splits, signature, seed=config.seed,
+                            units=output_scales(prepared), say=lambda text: print(text, file=sys.stderr))
+    if baseline is not None:
+        metrics["baseline"] = baseline
     if cache_report:
         metrics["backbones"] = cache_report
     if found is not None:
@@ -116,6 +127,25 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
     trainer.end_run(run_dir)  # the run directory is complete: callbacks may read, copy or log it
     return RunResult(run_dir, metrics, result.history)
+
+
+def best_epoch_warning(result, config) -> str | None:
+    """Why more epochs would likely help: every epoch ran and the best validation loss came at the last one."""
+    if result.epochs_run < config.epochs or result.epochs_run < 2:
+        return None
+    metric = config.early_stopping.metric if config.early_stopping else "val.loss"
+    best = result.best_epoch
+    if best is None:
+        values = [row.get(metric) for row in result.history]
+        if any(v is None for v in values):
+            return None
+        higher = config.early_stopping is not None and config.early_stopping.mode == "max" or (
+            (config.early_stopping is None or config.early_stopping.mode == "auto") and higher_is_better(metric))
+        best = 1 + max(range(len(values)), key=lambda i: values[i] if higher else -values[i])
+    if best != result.epochs_run:
+        return None
+    return (f"the best epoch ({metric}) was the last one ({best} of {config.epochs}): training stopped while still "
+            f"improving; raise training.epochs (e.g. --set training.epochs={2 * config.epochs})")
 
 
 def _print_data_summary(report: dict) -> None:
