@@ -3,6 +3,7 @@ number scalings and embeddings, a log target undone everywhere, the TabM-mini en
 the best-epoch warning, and the baseline block in metrics.json, the summary and the report."""
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,15 @@ from dlforge.recipe import NumberInput, NumberOutput
 from dlforge.recipe.io import load_recipe
 from dlforge.workflows.init import init
 from conftest import tabular_recipe
+
+
+def main_ok(argv) -> bool:
+    """The CLI in-process: True when it exits 0 (or returns without exiting)."""
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code in (0, None)
+    return True
 
 
 def _number(values, **config) -> NumberFeature:
@@ -204,14 +214,14 @@ def test_init_ends_with_the_baseline_as_comments(skewed_csv, capsys):
     assert "# baseline (scikit-learn, same split, scored on the test rows" in text
     assert "#   hist_gradient_boosting: accuracy" in text and "#   logistic_regression: accuracy" in text
     assert yaml.safe_load(text) == yaml.safe_load(init(str(skewed_csv), "label", baseline=False))
-    assert main(["init", str(skewed_csv), "--target", "label", "--no-baseline"]) == 0
+    assert main_ok(["init", str(skewed_csv), "--target", "label", "--no-baseline"])
     assert "baseline" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- the baseline beside a run
 def test_run_reports_the_baseline_in_metrics_summary_and_report(tiny_csv, tmp_path, capsys):
-    assert main(["train", str(tiny_csv), "--target", "target", "--out", str(tmp_path / "run"), "-q",
-                 "--set", "training.epochs=2"]) == 0
+    assert main_ok(["train", str(tiny_csv), "--target", "target", "--out", str(tmp_path / "run"), "-q",
+                 "--set", "training.epochs=2"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     block = metrics["baseline"]
     assert block["split"] == "test"
@@ -223,8 +233,8 @@ def test_run_reports_the_baseline_in_metrics_summary_and_report(tiny_csv, tmp_pa
 
 
 def test_no_baseline_flag_and_non_tabular_runs_have_none(tiny_csv, tmp_path):
-    assert main(["train", str(tiny_csv), "--target", "target", "--out", str(tmp_path / "a"), "-q", "--no-baseline",
-                 "--set", "training.epochs=1"]) == 0
+    assert main_ok(["train", str(tiny_csv), "--target", "target", "--out", str(tmp_path / "a"), "-q", "--no-baseline",
+                 "--set", "training.epochs=1"])
     assert "baseline" not in json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert not baseline_module.applies({"inputs": {"image": {"type": "image"}}, "outputs": {"y": {"type": "category"}}})
 
@@ -237,11 +247,12 @@ def test_regression_baseline_is_scored_in_user_units(tiny_csv, tmp_path):
 
 
 def test_without_scikit_learn_the_baseline_is_skipped_with_one_pip_line(tiny_csv, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(baseline_module, "sklearn_missing", lambda: "baseline skipped: " + baseline_module.PIP_LINE)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now raises ImportError
     monkeypatch.setattr(baseline_module, "_NOTICED", set())
     for run in ("a", "b"):
         result = dlforge.train(tabular_recipe(tiny_csv), out=tmp_path / run, progress=False)
-        assert result.metrics["baseline"] == {"skipped": 'baseline skipped: pip install "dlforge[tabular]"'}
+        assert result.metrics["baseline"]["skipped"].endswith("for the baseline run: pip install 'dlforge[tabular]'")
+        assert (tmp_path / run / "model.safetensors").is_file()  # the run itself is whole
     assert capsys.readouterr().err.count("dlforge[tabular]") == 1
 
 
@@ -255,3 +266,9 @@ def test_warning_when_the_best_epoch_is_the_last(tiny_csv, tmp_path, capsys):
     assert "the best epoch (val.loss) was the last one (2 of 2)" in result.metrics["warnings"][0]
     assert "training.epochs=4" in capsys.readouterr().err
     assert "warning:" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_init_learns_a_positive_skewed_target_in_log_space(skewed_csv):
+    output = yaml.safe_load(init(str(skewed_csv), "income", baseline=False))["outputs"][0]
+    assert output == {"name": "income", "type": "number", "transform": "log"}
+    assert "transform" not in yaml.safe_load(init(str(skewed_csv), "age", baseline=False))["outputs"][0]

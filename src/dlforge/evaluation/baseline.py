@@ -6,7 +6,7 @@ encoded exactly as the network sees them (same split, same vocabularies, same ta
 scored on the run's test split (or validation split) with the run's own metric functions, so the
 numbers stand side by side. It costs seconds on tables of tens of thousands of rows.
 
-scikit-learn is an extra (`pip install "dlforge[tabular]"`): without it the baseline is skipped with
+scikit-learn is an extra (`pip install 'dlforge[tabular]'`): without it the baseline is skipped with
 one notice saying how to get it, never an error.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from dlforge.evaluation.metrics import metric_sets
 
-PIP_LINE = 'pip install "dlforge[tabular]"'
+PIP_LINE = "pip install 'dlforge[tabular]'"
 TABLE_TYPES = ("number", "binary", "category")
 MAX_NATIVE_CATEGORIES = 250  # HistGradientBoosting's native categories need codes below max_bins (255)
 MAX_ONE_HOT = 100  # the linear model one-hot encodes a category's most frequent codes; the rest share a column
@@ -92,11 +92,20 @@ def _logits(model, matrix: np.ndarray, kind: str) -> torch.Tensor:
     return torch.from_numpy(np.log(proba)).float()
 
 
-def fit_baseline(splits: dict, signature: dict, *, seed: int = 0, units=None) -> dict:
+def fit_baseline(splits: dict, signature: dict, *, seed: int = 0, units=None, threads: int | None = None) -> dict:
     """{"split": scored split, model name: {metrics..., "fit_seconds": s}} for a table-only run.
 
     `splits` are the run's encoded splits (`Prepared.splits`); `units` maps encoded number targets back to the
-    user's units (as training reports them). Assumes `applies(signature)` and scikit-learn installed."""
+    user's units (as training reports them); `threads` caps scikit-learn's OpenMP/BLAS threads as
+    `training.threads` caps torch's (on a busy machine, idle-spinning threads make a fit many times slower).
+    Assumes `applies(signature)` and scikit-learn installed."""
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    with threadpool_limits(limits=threads):
+        return _fit(splits, signature, seed=seed, units=units)
+
+
+def _fit(splits: dict, signature: dict, *, seed: int, units) -> dict:
     (target, out_sig), = signature["outputs"].items()
     kind = out_sig["type"]
     part = "test" if "test" in splits else "val"
@@ -128,7 +137,8 @@ def fit_baseline(splits: dict, signature: dict, *, seed: int = 0, units=None) ->
 _NOTICED: set[str] = set()
 
 
-def baseline_for(setting, splits: dict, signature: dict, *, seed: int = 0, units=None, say=None) -> dict | None:
+def baseline_for(setting, splits: dict, signature: dict, *, seed: int = 0, units=None, threads: int | None = None,
+                 say=None) -> dict | None:
     """The `baseline` block of metrics.json for a run, or None when it does not apply or is off.
 
     `setting` is `training.baseline` (auto/true/false). Without scikit-learn the block records why it was
@@ -143,7 +153,7 @@ def baseline_for(setting, splits: dict, signature: dict, *, seed: int = 0, units
             _NOTICED.add(notice)
             say(notice)
         return {"skipped": notice}
-    return fit_baseline(splits, signature, seed=seed, units=units)
+    return fit_baseline(splits, signature, seed=seed, units=units, threads=threads)
 
 
 def compare_line(model_metrics: dict, baseline: dict) -> str:

@@ -167,6 +167,6 @@ class TrainingConfig(Strict):
         "auto", "Also fit quick scikit-learn baselines (HistGradientBoosting; logistic or ridge regression) on the "
         "same split and report them beside the model's metrics (metrics.json `baseline`, the summary, the report): "
         "does deep learning pay here? auto: on when every input and the one output are number/category/binary "
-        "columns. Needs the tabular extra (pip install \"dlforge[tabular]\"); without it, one notice.")
+        "columns. Needs the tabular extra (pip install 'dlforge[tabular]'); without it, one notice.")
 
 

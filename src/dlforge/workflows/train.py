@@ -110,7 +110,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         if progress:
             print(f"warning: {warning}", file=sys.stderr)
     baseline = baseline_for(config.baseline, prepared.splits, signature, seed=config.seed,
-                            units=output_scales(prepared), say=lambda text: print(text, file=sys.stderr))
+                            units=output_scales(prepared), threads=config.threads,
+                            say=lambda text: print(text, file=sys.stderr))
     if baseline is not None:
         metrics["baseline"] = baseline
     if cache_report:
