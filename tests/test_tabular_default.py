@@ -96,7 +96,7 @@ def _embedded(csv, name="periodic", **training):
         if entry["type"] == "number":
             entry["preprocessing"] = {"normalization": "quantile"}
             entry["embedding"] = {"name": name, "bins": 4, "frequencies": 4, "dim": 4}
-    recipe["training"].update(training)
+    recipe["training"].update({"baseline": False, **training})
     return recipe
 
 
@@ -151,11 +151,12 @@ def test_ensemble_trains_members_apart_and_predicts_their_mean(tiny_csv, tmp_pat
     model = dlforge.load(result.run_dir).model
     assert model.combiner.adapter.shape[0] == 4
     batch = {name: t[:5] for name, t in prepare(load_recipe(recipe)).splits["test"].x.items()}
-    model.train()
-    members = model(batch)["target"]
+    with torch.no_grad():
+        model.train()
+        members = model(batch)["target"]
+        model.eval()
+        combined = model(batch)["target"]
     assert members.shape == (5, 4, 1)
-    model.eval()
-    combined = model(batch)["target"]
     assert combined.shape == (5, 1)
     assert torch.sigmoid(combined).squeeze(1) == pytest.approx(torch.sigmoid(members).mean(1).squeeze(1), abs=1e-5)
 
