@@ -247,6 +247,13 @@ def test_regression_baseline_is_scored_in_user_units(tiny_csv, tmp_path):
     assert ridge["r2"] > 0.95 and ridge["rmse"] < 0.5  # amount = 3·x1 + x2 + noise 0.1: linear, in its own units
 
 
+def test_baseline_without_rows_to_score_says_so(tiny_csv):
+    prepared = prepare(load_recipe(tabular_recipe(tiny_csv, data={"source": str(tiny_csv),
+                                                                  "split": {"val": 0.0, "test": 0.0}})))
+    assert baseline_module.fit_baseline(prepared.splits, prepared.signature()) == {
+        "skipped": "no test or validation rows to score the baseline on (data.split.val and test are 0)"}
+
+
 def test_without_scikit_learn_the_baseline_is_skipped_with_one_pip_line(tiny_csv, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now raises ImportError
     monkeypatch.setattr(baseline_module, "_NOTICED", set())

@@ -110,6 +110,8 @@ def fit_baseline(splits: dict, signature: dict, *, seed: int = 0, units=None, th
 def _fit(splits: dict, signature: dict, *, seed: int, units, timed: bool) -> dict:
     (target, out_sig), = signature["outputs"].items()
     kind = out_sig["type"]
+    if "test" not in splits and "val" not in splits:
+        return {"skipped": "no test or validation rows to score the baseline on (data.split.val and test are 0)"}
     part = "test" if "test" in splits else "val"
     train, scored = splits["train"], splits[part]
     x_train, categorical, cardinality = _design(train.x, signature)

@@ -181,6 +181,8 @@ def baseline_comment(text: str, table: Table) -> str:
         return ""
     result = fit_baseline(prepared.splits, prepared.signature(), seed=recipe.training.seed,
                           units=output_scales(prepared), threads=recipe.training.threads)
+    if "skipped" in result:
+        return f"# {result['skipped']}\n"
     keys = ("accuracy", "roc_auc", "rmse", "r2", "mae")
     lines = [f"# baseline (scikit-learn, same split, scored on the {result['split']} rows; `--no-baseline` skips it):"]
     for model, values in result.items():
