@@ -72,6 +72,8 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="With --target: print the whole inferred recipe."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="With --target, free text: the "
                                     "pretrained MiniLM when installed (default), or the from-scratch n-gram encoder."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the scikit-learn baseline of tabular runs "
+                                     "(same as --set training.baseline=false)."),
 ):
     """Train a recipe and write its run directory (model, metrics, report)."""
     import dlforge
@@ -84,7 +86,8 @@ def train(
 
         if recipe is None:
             raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
-        inferred = init(str(recipe), target, test=test, pretrained=None if pretrained else False)
+        inferred = init(str(recipe), target, test=test, pretrained=None if pretrained else False,
+                        baseline=False)  # training fits the baseline once, beside the model
         typer.echo(inferred if verbose else "\n".join(summarize_inferred(inferred)), err=True)
         recipe = yaml.safe_load(inferred)
     elif test is not None:
@@ -92,15 +95,22 @@ def train(
     if resume is not None and (recipe is not None or set_):
         raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
                            hint=f"run `dlforge train --resume {resume}` alone")
+    if no_baseline:
+        set_ = [*set_, "training.baseline=false"]
     from dlforge.training.stop import StopRequest
 
     stop = StopRequest()
     with _signals_request(stop):
         result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite,
                                progress=not quiet, stop=stop)
-    test = result.metrics.get("test") or result.metrics.get("val") or {}
+    scores = result.metrics.get("test") or result.metrics.get("val") or {}
     split = "test" if "test" in result.metrics else "val"
-    typer.echo(f"{split}: {_metrics_line(test)}")
+    typer.echo(f"{split}: {_metrics_line(scores)}")
+    baseline = result.metrics.get("baseline") or {}
+    if baseline and "skipped" not in baseline:
+        from dlforge.evaluation.baseline import compare_line
+
+        typer.echo(compare_line(scores, baseline))
     typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s "
                f"(+{result.metrics.get('prepare_seconds', 0):.1f} s reading and preparing the data)")
     if inferred is not None:
@@ -228,11 +238,14 @@ def init(
                                        "all of DATA then trains."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Free text: use the pretrained MiniLM "
                                     "when installed (default), or always the from-scratch n-gram encoder."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the quick scikit-learn baseline of a "
+                                     "tabular recipe (written as comments at the end)."),
 ):
     """Write a starter recipe inferred from the data, with one comment per column decision."""
     from dlforge.workflows.init import init as infer_init
 
-    text = infer_init(data, target, out=out, drop=tuple(drop), test=test, pretrained=None if pretrained else False)
+    text = infer_init(data, target, out=out, drop=tuple(drop), test=test, pretrained=None if pretrained else False,
+                      baseline=not no_baseline)
     if out is None:
         typer.echo(text, nl=False)
     else:

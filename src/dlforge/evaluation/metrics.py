@@ -7,6 +7,7 @@ can be validated against them before any data is read.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 
@@ -71,10 +72,13 @@ def binary_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, 
 
 @metric_sets.register("number")
 def number_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False,
-                   scale: float = 1.0) -> dict:
+                   scale: float | Callable[[torch.Tensor], torch.Tensor] = 1.0) -> dict:
+    """`scale`: the target's std, or a function mapping encoded values to the user's units (a log target)."""
     _, R = _torchmetrics()
-    pred = logits.float().squeeze(-1) * scale
-    true = target.float() * scale
+    if callable(scale):
+        pred, true = scale(logits.float().squeeze(-1)).float(), scale(target.float()).float()
+    else:
+        pred, true = logits.float().squeeze(-1) * scale, target.float() * scale
     return {"mae": float(R.mean_absolute_error(pred, true)),
             "rmse": float(R.mean_squared_error(pred, true).sqrt()),
             "r2": float(R.r2_score(pred, true)) if len(true) > 1 else float("nan")}
@@ -107,10 +111,11 @@ def load_backend() -> None:
 
 
 def compute_metrics(model, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], signature: dict,
-                    *, detail: bool = False, scales: dict[str, float] | None = None) -> dict:
+                    *, detail: bool = False, scales: dict[str, float | Callable] | None = None) -> dict:
     """{"loss": ..., "accuracy": ...} for one output, or {"loss": ..., "<output>": {...}} flattened with several.
 
-    Number outputs are scored in the user's units: `scales` maps their names to the target std.
+    Number outputs are scored in the user's units: `scales` maps their names to the target std, or to a function
+    from encoded values to the user's units (`NumberTarget.to_units`, which also undoes a log transform).
     """
     with torch.no_grad():
         out: dict = {"loss": float(model.loss(logits, targets))}

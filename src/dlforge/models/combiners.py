@@ -21,14 +21,23 @@ combiners: Registry[type[nn.Module]] = Registry("combiner")
 
 @combiners.register("concat")
 class ConcatCombiner(nn.Module):
+    """With `ensemble` K > 1 (TabM-mini), the output is (B, K, output_dim): one feature vector per member."""
+
     def __init__(self, config, in_dims: list[int], regularization):
         super().__init__()
         self.dense, self.output_dim = dense_stack(sum(in_dims), config.layers, activation=config.activation,
                                                   batch_norm=config.batch_norm, dropout=regularization.dropout,
                                                   dropconnect=regularization.dropconnect)
+        members = getattr(config, "ensemble", 1)
+        # TabM-mini's only per-member weights: a multiplicative adapter on the input, initialised to random signs.
+        self.adapter = (nn.Parameter(torch.randint(0, 2, (members, sum(in_dims))).float() * 2 - 1)
+                        if members > 1 else None)
 
-    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B, d_i) -> (B, output_dim)
-        return self.dense(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B, d_i) -> (B[, K], output_dim)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.adapter is not None:
+            x = x.unsqueeze(1) * self.adapter  # (B, K, d): Linear layers act on the last dimension
+        return self.dense(x)
 
 
 @combiners.register("attention")

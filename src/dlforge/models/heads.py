@@ -27,6 +27,10 @@ class Head(nn.Module):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
 
+    def combine(self, members: torch.Tensor) -> torch.Tensor:
+        """An ensemble's logits (B, K, size) as one prediction's logits (B, size): the mean (numbers)."""
+        return members.mean(1)
+
 
 @heads.register("category")
 class CategoryHead(Head):
@@ -37,6 +41,10 @@ class CategoryHead(Head):
     def probabilities(self, logits):
         return torch.softmax(logits.float(), dim=-1)
 
+    def combine(self, members):
+        """The log of the members' mean probabilities (TabM averages probabilities, not logits)."""
+        return torch.log(torch.softmax(members.float(), dim=-1).mean(1).clamp(min=1e-12))
+
 
 @heads.register("binary")
 class BinaryHead(Head):
@@ -46,6 +54,11 @@ class BinaryHead(Head):
     def probabilities(self, logits):
         positive = torch.sigmoid(logits.float())
         return torch.cat([1 - positive, positive], dim=-1)
+
+    def combine(self, members):
+        """The logit of the members' mean positive probability."""
+        p = torch.sigmoid(members.float()).mean(1).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p) - torch.log1p(-p)
 
 
 @heads.register("number")
@@ -65,3 +78,7 @@ class MultiLabelHead(Head):
 
     def probabilities(self, logits):
         return torch.sigmoid(logits.float())
+
+    def combine(self, members):
+        p = torch.sigmoid(members.float()).mean(1).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p) - torch.log1p(-p)

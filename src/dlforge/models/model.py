@@ -54,6 +54,8 @@ class DlforgeModel(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         features = self.encode(inputs)
+        if features.ndim == 3 and not self.training:  # an ensemble (B, K, d): one prediction per row at inference
+            return {name: head.combine(head(features)) for name, head in self.heads.items()}
         return {name: head(features) for name, head in self.heads.items()}
 
     def architectures(self) -> dict[str, dict]:
@@ -67,7 +69,12 @@ class DlforgeModel(nn.Module):
     def loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         total = None
         for name, head in self.heads.items():
-            term = head.loss(logits[name], targets[name])
+            out, target = logits[name], targets[name]
+            if out.ndim == 3:
+                # Ensemble members in training (B, K, size): each member is scored on every row (mean of K losses).
+                members = out.shape[1]
+                out, target = out.flatten(0, 1), target.repeat_interleave(members, dim=0)
+            term = head.loss(out, target)
             if head.config.loss_weight != 1.0:  # skip a multiply (and its backward) per step in the usual case
                 term = term * head.config.loss_weight
             total = term if total is None else total + term

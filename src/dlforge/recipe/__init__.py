@@ -187,3 +187,12 @@ def by_length_needs_text(recipe: Recipe) -> list[str]:
         return ["training.sampling: by_length groups rows by their token count, and no input is text; "
                 "use sampling: random (or auto)"]
     return []
+
+
+@cross_check
+def ensemble_without_batch_norm(recipe: Recipe) -> list[str]:
+    comb = recipe.combiner
+    if comb.name == "concat" and comb.ensemble > 1 and comb.batch_norm:
+        return ["combiner.batch_norm: an ensemble (combiner.ensemble > 1) shares its layers across members, and batch "
+                "norm would mix their statistics; set batch_norm: false or ensemble: 1"]
+    return []

@@ -92,6 +92,11 @@ class ConcatCombiner(Strict):
     layers: list[Annotated[int, Field(ge=1)]] = _field([], "Dense layers after concatenating the encoded inputs.")
     activation: Literal["relu", "gelu", "tanh", "silu"] = _field("relu", "Activation of those layers.")
     batch_norm: bool = _field(False, "Batch normalisation after each layer.")
+    ensemble: int = _field(
+        1, "Members of a TabM-mini ensemble (Gorishniy et al. 2024, 'TabM'): the dense layers and heads are shared, "
+        "each member scales the concatenated input by its own learned vector (initialised to random signs), all "
+        "members train in one batched pass (each on its own loss), and predictions average the members' "
+        "probabilities. Costs about `ensemble` times the dense layers' compute; 1 is a plain MLP.", ge=1, le=64)
 
 
 class AttentionCombiner(Strict):

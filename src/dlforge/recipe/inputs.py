@@ -15,17 +15,37 @@ MAX_IMAGE_SIDE = 8192
 
 
 class NumberPreprocessing(Strict):
-    normalization: Literal["standard", "minmax", "none"] = _field("standard", "Fitted on the training split only.")
+    normalization: Literal["standard", "minmax", "robust", "quantile", "none"] = _field(
+        "standard", "Fitted on the training split only. standard: (x-mean)/std; minmax: to [0, 1]; robust: "
+        "(x-median)/(IQR/1.349), then softly clipped to about ±3 (x/sqrt(1+(x/3)²), as RealMLP), for skewed "
+        "columns with outliers; quantile: rank-based map to a standard normal (sklearn's QuantileTransformer, "
+        "1,000 quantiles), for heavily skewed columns; none: raw.")
     missing: Literal["error", "mean", "median", "zero"] = _field(
         "mean", "What to do with NaN: fail naming the rows, or fill with the training statistic."
     )
     missing_indicator: bool = _field(True, "Add a 0/1 feature marking filled values (only when any were filled in training).")
 
 
+class NumberEmbedding(Strict):
+    """How one number becomes a vector (Gorishniy et al. 2022, "On Embeddings for Numerical Features")."""
+
+    name: Literal["piecewise_linear", "periodic"] = _field(
+        "piecewise_linear", "piecewise_linear: the value's position in each of `bins` quantile bins (fitted on "
+        "train) → Linear → ReLU (PLE); periodic: sin/cos of `frequencies` learned frequencies → Linear → ReLU (PLR).")
+    bins: int = _field(16, "piecewise_linear: quantile bins (fewer when the column has fewer distinct values).",
+                       ge=2, le=256)
+    frequencies: int = _field(16, "periodic: learned frequencies per column.", ge=1, le=256)
+    sigma: float = _field(0.1, "periodic: initial frequencies ~ N(0, sigma).", gt=0)
+    dim: int = _field(16, "Width of each column's embedding.", ge=1, le=512)
+
+
 class NumberInput(Strict):
     name: str = _field(..., "Column name in the data.", min_length=1)
     type: Literal["number"] = "number"
     preprocessing: NumberPreprocessing = _field(NumberPreprocessing(), "Scaling and missing-value policy.")
+    embedding: NumberEmbedding | None = _field(
+        None, "Embed the scaled value (piecewise_linear or periodic) instead of passing it as one number; "
+        "null passes it through.")
 
 
 class CategoryPreprocessing(Strict):

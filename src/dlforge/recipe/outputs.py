@@ -35,6 +35,9 @@ class NumberOutput(Strict):
     type: Literal["number"] = "number"
     loss: Literal["mse", "mae", "huber"] = _field("mse", "Regression loss.")
     normalize: bool = _field(True, "Standardise the target on the training split (predictions are mapped back).")
+    transform: Literal["none", "log"] = _field(
+        "none", "log: train on log(1 + y) (a positive, right-skewed target such as a price or a count); predictions, "
+        "metrics and served values are mapped back to the user's units. Needs y >= 0.")
     loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
 
 

@@ -163,5 +163,10 @@ class TrainingConfig(Strict):
         "it), else random.")
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
     threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1, le=1024)
+    baseline: Union[Literal["auto"], bool] = _field(
+        "auto", "Also fit quick scikit-learn baselines (HistGradientBoosting; logistic or ridge regression) on the "
+        "same split and report them beside the model's metrics (metrics.json `baseline`, the summary, the report): "
+        "does deep learning pay here? auto: on when every input and the one output are number/category/binary "
+        "columns. Needs the tabular extra (pip install 'dlforge[tabular]'); without it, one notice.")
 
 

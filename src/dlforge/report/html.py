@@ -29,6 +29,24 @@ def _svg_body(path: Path) -> str:
     return text[text.index("<svg"):]  # our own files (report/svg.py): no XML prolog to strip, but be safe
 
 
+def _warnings(metrics: dict) -> str:
+    return "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in metrics.get("warnings", []))
+
+
+def _baseline(metrics: dict) -> str:
+    """The scikit-learn baselines beside the model, on the same split (or why they were skipped)."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return ""
+    if "skipped" in baseline:
+        return f"<h2>Baseline</h2><p>{html.escape(str(baseline['skipped']))}</p>"
+    part = baseline.get("split", "test")
+    rows = {f"this model ({part})": metrics.get(part, {})}
+    rows.update({f"{model} ({part})": values for model, values in baseline.items() if isinstance(values, dict)})
+    return ("<h2>Baseline</h2><p>Quick scikit-learn models fitted on the same training rows, scored on the same "
+            f"{html.escape(part)} rows: does deep learning pay here?</p>{_table(rows)}")
+
+
 def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, plots: list[Path]) -> Path:
     splits = {k: v for k, v in metrics.items() if k in ("val", "test") and isinstance(v, dict)}
     # Inlined, so report.html is one self-contained file (the SVGs stay in plots/ for other uses).
@@ -38,7 +56,8 @@ def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, p
     facts = (f"<p>epochs run: {metrics.get('epochs_run')} · training time: {metrics.get('train_seconds', 0):.1f} s · "
              f"parameters: {metrics.get('parameters', 0):,} · rows: {html.escape(rows)}</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge · {html.escape(name)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>{facts}<h2>Metrics</h2>{_table(splits)}"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>{facts}{_warnings(metrics)}"
+            f"<h2>Metrics</h2>{_table(splits)}{_baseline(metrics)}"
             f"<h2>Plots</h2>{images}<h2>Recipe (resolved)</h2><pre>{html.escape(recipe_yaml)}</pre></body></html>")
     path = Path(run_dir) / "report.html"
     write_text(path, page)

@@ -53,10 +53,11 @@ def attach_loss_weights(model, prepared: Prepared) -> None:
         model.heads[name].class_weight = weight
 
 
-def output_scales(prepared: Prepared) -> dict[str, float]:
-    """The standard deviation each number output was scaled by (metrics are reported in the user's units)."""
+def output_scales(prepared: Prepared) -> dict:
+    """How each number output maps back to the user's units (its std and shift, and a log transform undone):
+    metrics are reported in those units."""
     signature = prepared.signature()["outputs"]
-    return {n: f.scale_ for n, f in prepared.outputs.items() if signature[n]["type"] == "number"}
+    return {n: f.to_units for n, f in prepared.outputs.items() if signature[n]["type"] == "number"}
 
 
 def build_training(recipe, prepared: Prepared, *, run_dir: Path, splits: dict[str, Encoded] | None = None,

@@ -26,16 +26,18 @@ from dlforge.core.errors import ArtifactError, DlforgeError, TrainingInterrupted
 from dlforge.core.files import clean_temp_files, is_temp_file, write_json, write_text
 from dlforge.data import prepare, read_table
 from dlforge.data.prepare import describe as describe_data
+from dlforge.evaluation.baseline import baseline_for
 from dlforge.evaluation.metrics import load_backend as load_metric_backend
 from dlforge.models import count_parameters
 from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_base_dir
+from dlforge.recipe.training import higher_is_better
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.report.regression import plot_metric, plot_predicted_vs_actual, plot_residuals
 from dlforge.training.callbacks import check_callbacks
 from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
-from dlforge.training.setup import build_training
+from dlforge.training.setup import build_training, output_scales
 from dlforge.training.strategy import default_device
 from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
 from dlforge.workflows.init import holdout_note, missing_target
@@ -218,6 +220,16 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
                     "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                     "parameters": count_parameters(model), "data": prepared.report})
+    warning = best_epoch_warning(result, config)
+    if warning:
+        metrics["warnings"] = [warning]
+        if progress:
+            print(f"warning: {warning}", file=sys.stderr)
+    baseline = baseline_for(config.baseline, prepared.splits, signature, seed=config.seed,
+                            units=output_scales(prepared), threads=config.threads,
+                            say=lambda text: print(text, file=sys.stderr))
+    if baseline is not None:
+        metrics["baseline"] = baseline
     if cache_report:
         metrics["backbones"] = cache_report
     if "lr_find" in meta:
@@ -277,6 +289,25 @@ def _regression_plots(trainer, prepared, run_dir: Path) -> list[Path]:
         plots.append(plot_residuals(actual, predicted, run_dir / "plots" / f"residuals{suffix}.svg",
                                     target=name, split=part))
     return plots
+
+
+def best_epoch_warning(result, config) -> str | None:
+    """Why more epochs would likely help: every epoch ran and the best validation loss came at the last one."""
+    if result.epochs_run < config.epochs or result.epochs_run < 2:
+        return None
+    metric = config.early_stopping.metric if config.early_stopping else "val.loss"
+    best = result.best_epoch
+    if best is None:
+        values = [row.get(metric) for row in result.history]
+        if any(v is None for v in values):
+            return None
+        higher = config.early_stopping is not None and config.early_stopping.mode == "max" or (
+            (config.early_stopping is None or config.early_stopping.mode == "auto") and higher_is_better(metric))
+        best = 1 + max(range(len(values)), key=lambda i: values[i] if higher else -values[i])
+    if best != result.epochs_run:
+        return None
+    return (f"the best epoch ({metric}) was the last one ({best} of {config.epochs}): training stopped while still "
+            f"improving; raise training.epochs (e.g. --set training.epochs={2 * config.epochs})")
 
 
 def _print_data_summary(report: dict) -> None:
