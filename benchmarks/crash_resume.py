@@ -11,7 +11,7 @@ One uninterrupted reference run first; then each trial trains the same recipe in
 A third of the resumes are killed again the same way. Then `dlforge train --resume` until it exits 0; if it
 refuses because the run was killed before its first checkpoint, the trial starts over with `--overwrite`,
 as the message says. The result must equal the reference: model.safetensors byte for byte, model.json
-(less `created`), metrics.json (less `train_seconds` and `prepare_seconds`, which count wall time) and history.csv; and no temp
+(less `created`), metrics.json (less every `*_seconds`, which count wall time) and history.csv; and no temp
 file may be left. Each trial prints one line; the last line is the summary for docs/reliability.md.
 
 `--signal TERM` sends SIGTERM instead (the CLI then stops between two steps or two writes with exit 130,
@@ -111,12 +111,18 @@ def dlforge(args: list[str], *, kill_at: int = 0, kill_at_name: str = "", delay:
     return proc.returncode, out
 
 
+def without_timings(value):
+    """metrics without wall-clock readings (every key ending in `_seconds`: train, prepare, a baseline's fit):
+    they measure the process that wrote them, not the result."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith("_seconds")}
+    return value
+
+
 def fingerprint(run_dir: Path) -> dict:
     model_json = json.loads((run_dir / "model.json").read_text())
     model_json.pop("created")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.pop("train_seconds")
-    metrics.pop("prepare_seconds", None)  # wall clock of the process that wrote it, like train_seconds
+    metrics = without_timings(json.loads((run_dir / "metrics.json").read_text()))
     return {"weights": hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest(),
             "model.json": model_json, "metrics.json": metrics,
             "history.csv": (run_dir / "history.csv").read_text()}

@@ -5,6 +5,8 @@ And a damaged checkpoint on resume is a clear ArtifactError (exit 2 from the CLI
 
 from __future__ import annotations
 
+import json
+
 import random
 import tempfile
 
@@ -91,6 +93,8 @@ def test_damaged_checkpoint_on_resume_is_an_artifact_error(finished_run, tmp_pat
     from dlforge.cli import main
 
     run_dir = shutil.copytree(finished_run, tmp_path / "run")
+    meta_path = run_dir / "checkpoint" / "meta.json"  # as if killed in the post-training phase: resume reads state.pt
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items() if k != "complete"}))
     state = run_dir / "checkpoint" / "state.pt"
     if damage == "truncated":
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])

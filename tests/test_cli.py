@@ -80,7 +80,7 @@ def test_predict_table_to_csv(cli, tmp_path, tiny_csv):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "missing.yaml"], "no such recipe file"),
-    (["train", "--resume", "nowhere"], "no checkpoint to resume from"),
+    (["train", "--resume", "nowhere"], "no such run directory"),
     (["evaluate", "nowhere"], "no such run directory"),
     (["predict", "nowhere", "x.png"], "no such run directory"),
     (["recipe", "check", "--set", "training.optimizer.name=adma", "--no-data"], "did you mean 'adam'"),

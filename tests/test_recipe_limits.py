@@ -1,6 +1,7 @@
 """A recipe is untrusted text: size, encoding, depth and alias limits hold before any work, duplicate keys are
 errors, and every bad file ends in one RecipeError (exit 2), never a traceback, a hang or gigabytes of memory."""
 
+import os
 import re
 import time
 
@@ -86,8 +87,12 @@ def test_oversized_and_special_recipe_files_are_refused(tmp_path):
     big.write_text("name: x\n" + "# padding\n" * 200_000)
     with pytest.raises(RecipeError, match="a recipe is at most"):
         load_recipe(big)
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
     with pytest.raises(RecipeError, match="not a regular file"):
-        load_recipe(tmp_path)
+        load_recipe(fifo)
+    with pytest.raises(RecipeError, match="this is data, not a recipe"):
+        load_recipe(tmp_path)  # a folder: an image-folder dataset given where the recipe belongs
 
 
 def test_set_values_obey_the_same_limits():
