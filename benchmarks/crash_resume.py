@@ -36,19 +36,22 @@ import numpy as np
 import pandas as pd
 
 # Run inside the subprocess: a kill just before the k-th os.replace (CRASH_AT_REPLACE=k; 0 = none) or the
-# first one onto a file named CRASH_AT_NAME, and the count of renames written to CRASH_COUNT_FILE at exit
+# n-th one onto a file named CRASH_AT_NAME ("NAME#n"), and the count of renames written to CRASH_COUNT_FILE at exit
 # (so the reference run says how many there are).
 LAUNCHER = """
 import atexit, os, signal, sys
 k = int(os.environ.get("CRASH_AT_REPLACE", "0"))
-name = os.environ.get("CRASH_AT_NAME")
+name, _, nth = (os.environ.get("CRASH_AT_NAME") or "").partition("#")  # "state.pt#2": the 2nd rename onto it
+nth = [int(nth or 1)]
 sig = getattr(signal, "SIG" + os.environ.get("CRASH_SIGNAL", "KILL"))
 count = [0]
 real = os.replace
 def replace(src, dst):
     global name
     count[0] += 1
-    if count[0] == k or (name and os.path.basename(dst) == name):
+    if name and os.path.basename(dst) == name:
+        nth[0] -= 1
+    if count[0] == k or (name and nth[0] == 0):
         name = None
         os.kill(os.getpid(), sig)
     return real(src, dst)

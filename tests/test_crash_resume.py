@@ -30,7 +30,7 @@ def crash(tmp_path_factory):
 
 @pytest.mark.slow  # three `dlforge train` subprocesses (torch import each)
 @pytest.mark.parametrize("signal_name,at,code", [
-    ("KILL", "state.pt", -9),            # inside the first mid-epoch checkpoint write
+    ("KILL", "state.pt#2", -9),          # inside the second checkpoint write (at the first: nothing to resume)
     ("KILL", "model.safetensors", -9),   # inside the final weights write (a 71.6 MB temp file was once left)
     ("TERM", "metrics.json", 130),       # a SIGTERM in the post-training phase: a message, not rc -15
 ])

@@ -128,7 +128,8 @@ def _nothing_to_resume(run_dir: Path, meta: dict, progress: bool) -> RunResult |
             if history_path.is_file() else []
         return RunResult(run_dir, metrics, history)
     if not run_dir.is_dir():
-        raise ArtifactError("no such run directory", where=str(run_dir), hint="train one with `dlforge train RECIPE`")
+        raise ArtifactError("no checkpoint to resume from: no such run directory", where=str(run_dir),
+                            hint="train one with `dlforge train RECIPE`")
     if not (run_dir / "recipe.yaml").is_file() and not (run_dir / META).is_file() and not _only_temp_files(run_dir):
         raise ArtifactError("no checkpoint to resume from: this is not a dlforge run directory (no recipe.yaml)",
                             where=str(run_dir), hint=f"start a new run with `dlforge train RECIPE --out {run_dir}`")
