@@ -90,6 +90,7 @@ def test_damaged_checkpoint_on_resume_is_an_artifact_error(finished_run, tmp_pat
     from dlforge.cli import main
 
     run_dir = shutil.copytree(finished_run, tmp_path / "run")
+    (run_dir / "metrics.json").unlink()  # unfinished: a complete run resumes to nothing, without reading its checkpoint
     state = run_dir / "checkpoint" / "state.pt"
     if damage == "truncated":
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
