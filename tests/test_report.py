@@ -12,7 +12,7 @@ import pytest
 
 from dlforge.core.errors import DlforgeError
 from dlforge.report import plot_confusion, plot_curves, plot_range_test, write_report
-from dlforge.report.svg import heatmap, line_chart
+from dlforge.report.svg import heatmap, line_chart, scatter_chart
 from dlforge.training.lr_find import LRFindResult
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -46,6 +46,16 @@ def test_log_axis_places_decades_evenly():
     assert points[1][0] - points[0][0] == pytest.approx(points[2][0] - points[1][0])
 
 
+def test_scatter_draws_a_dot_per_finite_pair_and_its_reference_line():
+    svg = scatter_chart([1.0, 2.0, 3.0, float("nan")], [1.1, 1.9, 3.2, 5.0], title="pva", reference="diagonal")
+    root = ET.fromstring(svg)
+    dots = [(float(c.get("cx")), float(c.get("cy"))) for c in root.iter(f"{SVG}circle")]
+    assert len(dots) == 3 and dots[0][0] < dots[1][0] < dots[2][0] and dots[0][1] > dots[2][1]
+    diagonal = next(line for line in root.iter(f"{SVG}line") if line.get("stroke-dasharray"))
+    slope = (float(diagonal.get("y2")) - float(diagonal.get("y1"))) / (float(diagonal.get("x2")) - float(diagonal.get("x1")))
+    assert slope < 0  # y = x rises on screen (SVG y points down)
+
+
 def test_heatmap_has_a_cell_and_a_count_per_entry():
     svg = heatmap([[5, 1], [0, 7]], ["cat", "dog"], title="cm")
     root = ET.fromstring(svg)
@@ -59,11 +69,13 @@ def test_heatmap_has_a_cell_and_a_count_per_entry():
 def test_curves_keep_unit_metrics_off_the_unit_free_axis(tmp_path):
     history = [{"epoch": e, "train.loss": 1 / e, "val.loss": 1.2 / e, "val.r2": 0.1 * e, "val.rmse": 5000.0 / e}
                for e in range(1, 4)]
+    history = [{**row, "val.accuracy": 0.5} for row in history]
     written = plot_curves(history, tmp_path)
-    assert [p.name for p in written] == ["loss.svg", "metrics.svg", "errors.svg"]
+    assert [p.name for p in written] == ["loss.svg", "metrics.svg", "errors.svg", "val.r2.svg"]
     metrics, errors = (tmp_path / "metrics.svg").read_text(), (tmp_path / "errors.svg").read_text()
-    assert "val.r2" in metrics and "val.rmse" not in metrics
+    assert "val.accuracy" in metrics and "val.rmse" not in metrics and "val.r2" not in metrics
     assert "val.rmse" in errors and "val.r2" not in errors
+    assert "val.r2" in (tmp_path / "val.r2.svg").read_text()  # unbounded below: an axis of its own
 
 
 def test_plots_must_be_svg_files(tmp_path):

@@ -26,7 +26,8 @@ def check_plot_path(path: str | Path) -> Path:
     return path
 
 
-def _save(path: Path, svg: str) -> Path:
+def save_svg(path: Path, svg: str) -> Path:
+    """Write a chart (atomically); the path must end in .svg."""
     path = check_plot_path(path)
     write_text(path, svg)
     return path
@@ -36,25 +37,30 @@ def _in_units(key: str) -> bool:
     return key.rsplit(".", 1)[-1].split("_")[0] in UNIT_METRICS
 
 
+def _own_axis(key: str) -> bool:
+    """r² is unit-free but unbounded below (hugely negative in early epochs): beside accuracy it flattens it."""
+    return key.rsplit(".", 1)[-1] == "r2"
+
+
 def plot_curves(history: list[dict], folder: Path) -> list[Path]:
-    """loss.svg (train and validation loss), metrics.svg (unit-free validation metrics) and errors.svg
-    (validation errors in the target's units), each only when there is something to draw."""
+    """loss.svg (train and validation loss), metrics.svg (unit-free validation metrics), errors.svg (validation
+    errors in the target's units) and one chart per r² (`val.r2.svg`), each only when there is something to draw."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
     epochs = [row["epoch"] for row in history]
     keys = list(dict.fromkeys(k for row in history for k in row))
-    groups = (("loss", [k for k in keys if k.endswith("loss")], "loss.svg"),
-              ("validation metrics", [k for k in keys if k.startswith("val.") and not k.endswith("loss")
-                                      and not _in_units(k)], "metrics.svg"),
-              ("validation error (target units)", [k for k in keys if k.startswith("val.") and _in_units(k)],
-               "errors.svg"))
+    validation = [k for k in keys if k.startswith("val.") and not k.endswith("loss")]
+    groups = [("loss", [k for k in keys if k.endswith("loss")], "loss.svg"),
+              ("validation metrics", [k for k in validation if not _in_units(k) and not _own_axis(k)], "metrics.svg"),
+              ("validation error (target units)", [k for k in validation if _in_units(k)], "errors.svg")]
+    groups += [(k, [k], f"{k}.svg") for k in validation if _own_axis(k)]
     written = []
     for title, group, filename in groups:
         if group:
             series = {k: (epochs, [_number(row.get(k)) for row in history]) for k in group}
-            written.append(_save(folder / filename, line_chart(series, title=title, xlabel="epoch")))
+            written.append(save_svg(folder / filename, line_chart(series, title=title, xlabel="epoch")))
     return written
 
 
@@ -66,7 +72,7 @@ def _number(value) -> float | None:
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "confusion matrix (test)") -> Path:
-    return _save(path, heatmap(matrix, [str(label) for label in labels], title=title))
+    return save_svg(path, heatmap(matrix, [str(label) for label in labels], title=title))
 
 
 def plot_range_test(result, path: Path) -> Path:
@@ -76,5 +82,5 @@ def plot_range_test(result, path: Path) -> Path:
     svg = line_chart({"smoothed training loss": (result.lrs, result.losses)}, title="learning-rate range test",
                      xlabel="learning rate", ylabel="smoothed training loss", log_x=True, marker=False,
                      vline=(result.suggestion, f"suggestion {result.suggestion:.2e}"), ylim=ylim)
-    result.plot = _save(path, svg)
+    result.plot = save_svg(path, svg)
     return result.plot

@@ -1,4 +1,4 @@
-"""Small SVG charts (lines, heatmaps) for run reports: text in, text out, no plotting library.
+"""Small SVG charts (lines, scatter plots, heatmaps) for run reports: text in, text out, no plotting library.
 
 The report needs three kinds of chart (curves per epoch, a confusion matrix, the LR range test). matplotlib
 drew them as PNGs for ~65 MB of install and about a second of import; these are a few kilobytes of
@@ -46,20 +46,12 @@ def _svg(body: str, title: str, width: int = WIDTH, height: int = HEIGHT) -> str
             f"{body}</svg>\n")
 
 
-def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float | None]]], *, title: str, xlabel: str = "",
-               ylabel: str = "", log_x: bool = False, marker: bool = True, vline: tuple[float, str] | None = None,
-               ylim: tuple[float, float] | None = None) -> str:
-    """One chart of named (x, y) series; None and non-finite y values leave a gap. `vline` = (x, label)."""
-    points = {name: [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)
-                     and (not log_x or x > 0)] for name, (xs, ys) in series.items()}
-    xs_all = [x for pts in points.values() for x, _ in pts] + ([vline[0]] if vline else [])
-    ys_all = [y for pts in points.values() for _, y in pts]
-    if not xs_all or not ys_all:
-        return _svg(f"<text x='{WIDTH / 2}' y='{HEIGHT / 2}' text-anchor='middle' {FONT}>no finite values</text>",
-                    title)
+def _axes(xs: list[float], ys: list[float], *, xlabel: str, ylabel: str, log_x: bool = False,
+          ylim: tuple[float, float] | None = None):
+    """Scales and axes for these values: (px, py, parts), px/py mapping data to pixels (y clipped to the axis)."""
     fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)
-    x0, x1 = min(map(fx, xs_all)), max(map(fx, xs_all))
-    y0, y1 = ylim if ylim else (min(ys_all), max(ys_all))
+    x0, x1 = min(map(fx, xs)), max(map(fx, xs))
+    y0, y1 = ylim if ylim else (min(ys), max(ys))
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
     if y1 == y0:
@@ -85,28 +77,79 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
     if ylabel:
         parts.append(f"<text transform='translate(14 {TOP + plot_h / 2}) rotate(-90)' text-anchor='middle' {FONT}>"
                      f"{html.escape(ylabel)}</text>")
+    return px, py, parts
+
+
+def _legend(entries: list[tuple[str, str]]) -> list[str]:
+    """(label, colour) rows in the top-right corner, on a translucent box so curves under it stay readable."""
+    if not entries:
+        return []
+    right = WIDTH - RIGHT
+    parts = [f"<rect x='{right - 156}' y='{TOP + 2}' width='152' height='{16 * len(entries) + 4}' "
+             f"fill='white' fill-opacity='0.85' stroke='#ccc'/>"]
+    for i, (name, colour) in enumerate(entries):
+        y = TOP + 14 + 16 * i
+        parts.append(f"<line x1='{right - 150}' x2='{right - 130}' y1='{y - 4}' y2='{y - 4}' stroke='{colour}' "
+                     f"stroke-width='2'/><text x='{right - 124}' y='{y}' {FONT}>{html.escape(name)}</text>")
+    return parts
+
+
+def _empty(title: str) -> str:
+    return _svg(f"<text x='{WIDTH / 2}' y='{HEIGHT / 2}' text-anchor='middle' {FONT}>no finite values</text>", title)
+
+
+def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float | None]]], *, title: str, xlabel: str = "",
+               ylabel: str = "", log_x: bool = False, marker: bool = True, vline: tuple[float, str] | None = None,
+               ylim: tuple[float, float] | None = None) -> str:
+    """One chart of named (x, y) series; None and non-finite y values leave a gap. `vline` = (x, label)."""
+    points = {name: [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)
+                     and (not log_x or x > 0)] for name, (xs, ys) in series.items()}
+    xs_all = [x for pts in points.values() for x, _ in pts] + ([vline[0]] if vline else [])
+    ys_all = [y for pts in points.values() for _, y in pts]
+    if not xs_all or not ys_all:
+        return _empty(title)
+    px, py, parts = _axes(xs_all, ys_all, xlabel=xlabel, ylabel=ylabel, log_x=log_x, ylim=ylim)
     if vline:
         x = px(vline[0])
-        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{TOP}' y2='{TOP + plot_h}' stroke='#d62728' "
+        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{TOP}' y2='{HEIGHT - BOTTOM}' stroke='#d62728' "
                      f"stroke-dasharray='5 4'/>")
-    legend = [*points, *([vline[1]] if vline else [])]
+    legend = []
     for i, (name, pts) in enumerate(points.items()):
         colour = COLOURS[i % len(COLOURS)]
+        legend.append((name, colour))
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         parts.append(f"<polyline points='{path}' fill='none' stroke='{colour}' stroke-width='1.8'>"
                      f"<title>{html.escape(name)}</title></polyline>")
         if marker and len(pts) <= 60:
             parts.extend(f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='3' fill='{colour}'>"
                          f"<title>{html.escape(name)}: {_fmt(y)}</title></circle>" for x, y in pts)
-    if legend:  # a translucent box, so the legend stays readable where a curve runs under it
-        parts.append(f"<rect x='{LEFT + plot_w - 156}' y='{TOP + 2}' width='152' height='{16 * len(legend) + 4}' "
-                     f"fill='white' fill-opacity='0.85' stroke='#ccc'/>")
-    for i, name in enumerate(legend):
-        colour = "#d62728" if vline and i == len(legend) - 1 else COLOURS[i % len(COLOURS)]
-        y = TOP + 14 + 16 * i
-        parts.append(f"<line x1='{LEFT + plot_w - 150}' x2='{LEFT + plot_w - 130}' y1='{y - 4}' y2='{y - 4}' "
-                     f"stroke='{colour}' stroke-width='2'/><text x='{LEFT + plot_w - 124}' y='{y}' {FONT}>"
-                     f"{html.escape(name)}</text>")
+    if vline:
+        legend.append((vline[1], "#d62728"))
+    return _svg("".join(parts + _legend(legend)), title)
+
+
+def scatter_chart(xs: Sequence[float], ys: Sequence[float], *, title: str, xlabel: str = "", ylabel: str = "",
+                  reference: str | None = None) -> str:
+    """One dot per (x, y) pair (non-finite pairs left out). `reference`: 'diagonal' draws y = x on equal axes (a
+    perfect prediction), 'zero' the line y = 0 (no residual)."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    if not pairs:
+        return _empty(title)
+    px_all, py_all = [x for x, _ in pairs], [y for _, y in pairs]
+    if reference == "diagonal":  # equal ranges on both axes, so the diagonal is the 45-degree line
+        px_all = py_all = px_all + py_all
+    elif reference == "zero":
+        py_all = py_all + [0.0]
+    px, py, parts = _axes(px_all, py_all, xlabel=xlabel, ylabel=ylabel,
+                          ylim=(min(py_all), max(py_all)) if reference == "diagonal" else None)
+    if reference == "diagonal":
+        low, high = min(px_all), max(px_all)
+        parts.append(f"<line x1='{px(low):.1f}' y1='{py(low):.1f}' x2='{px(high):.1f}' y2='{py(high):.1f}' "
+                     f"stroke='#d62728' stroke-dasharray='4 3'/>")
+    elif reference == "zero":
+        parts.append(f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{py(0.0):.1f}' y2='{py(0.0):.1f}' stroke='#d62728'/>")
+    parts.extend(f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='2' fill='{COLOURS[0]}' fill-opacity='0.5'/>"
+                 for x, y in pairs)
     return _svg("".join(parts), title)
 
 

@@ -32,7 +32,7 @@ from dlforge.models import count_parameters
 from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_base_dir
 from dlforge.recipe.training import higher_is_better
 from dlforge.report import plot_confusion, plot_curves, write_report
-from dlforge.report.regression import plot_metric, plot_predicted_vs_actual, plot_residuals
+from dlforge.report.regression import plot_predicted_vs_actual, plot_residuals
 from dlforge.training.callbacks import check_callbacks
 from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
@@ -242,10 +242,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     write_json(run_dir / "metrics.json", metrics, nonfinite="null")  # an undefined metric (AUC of one class) is null
     write_text(run_dir / "history.csv", _history_csv(result.history))
     checkpoint_stop()
-    unitless = [k for k in (result.history[0] if result.history else {}) if k.rsplit(".", 1)[-1] == "r2"]
-    plots = plot_curves([{k: v for k, v in row.items() if k not in unitless} for row in result.history],
-                        run_dir / "plots")
-    plots += [p for key in unitless if (p := plot_metric(result.history, key, run_dir / "plots" / f"{key}.svg"))]
+    plots = plot_curves(result.history, run_dir / "plots")
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
     plots += _regression_plots(trainer, prepared, run_dir)
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
