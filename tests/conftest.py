@@ -96,3 +96,14 @@ class InterruptAt:
     def on_step_end(self, trainer, step):
         if self.current == self.epoch and step == self.step:
             trainer.stop.set()
+
+
+def main_ok(argv) -> bool:
+    """The CLI in-process: True when it exits 0 (or returns without exiting)."""
+    from dlforge.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code in (0, None)
+    return True

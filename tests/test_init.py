@@ -13,7 +13,7 @@ from dlforge.cli import main
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
 from dlforge.workflows.init import infer_recipe, init
-from conftest import DATA, needs_data
+from conftest import main_ok, DATA, needs_data
 
 
 @pytest.fixture
@@ -59,12 +59,6 @@ def test_train_with_target_is_init_plus_train(mixed_csv, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def main_ok(argv) -> bool:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return exc.code in (0, None)
-    return True
 
 
 def test_untypable_column_says_why_and_what_to_write():

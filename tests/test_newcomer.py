@@ -94,8 +94,14 @@ def test_category_metrics_name_their_average_and_old_names_still_read():
 
 
 def test_shipped_recipes_still_validate():
-    for path in sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml")):
-        load_recipe(path)
+    paths = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+    assert len(paths) >= 17
+    for path in paths:
+        recipe = load_recipe(path)
+        stopping = recipe.training.early_stopping
+        if stopping is not None:  # an old metric name in a shipped recipe resolves to a name training logs
+            assert stopping.metric.rsplit(".", 1)[-1] not in {"f1", "precision", "recall"} or \
+                recipe.outputs[0].type == "binary", (path.name, stopping.metric)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import torch
 import yaml
 
 import dlforge
-from dlforge.cli import main
 from dlforge.core.errors import DataError
 from dlforge.data import prepare
 from dlforge.data.features.number import NumberFeature, NumberTarget, quantile_normal, skewness
@@ -21,16 +20,9 @@ from dlforge.models.number_embeddings import PeriodicEmbedding, PiecewiseLinearE
 from dlforge.recipe import NumberInput, NumberOutput
 from dlforge.recipe.io import load_recipe
 from dlforge.workflows.init import init
-from conftest import tabular_recipe
+from conftest import main_ok, tabular_recipe
 
 
-def main_ok(argv) -> bool:
-    """The CLI in-process: True when it exits 0 (or returns without exiting)."""
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return exc.code in (0, None)
-    return True
 
 
 def _number(values, **config) -> NumberFeature:
