@@ -1,0 +1,5 @@
+"""`dlforge report` (regenerate report.html) and `dlforge runs` (tracked runs, compared)."""
+
+import typer
+
+commands = typer.Typer()

@@ -1,0 +1,5 @@
+"""`dlforge privacy plan`: the noise, steps and epsilon curve of a DP recipe before training."""
+
+import typer
+
+commands = typer.Typer()

@@ -1,0 +1,33 @@
+"""The compression passes `dlforge compress` searches over, behind one registry.
+
+A pass takes a candidate (a complete run directory and the runtime that runs it) and returns the
+candidates it derives from it, each a complete run directory under `work_dir`: `onnx` exports fp32,
+`int8_dynamic`/`int8_static` quantize an ONNX candidate, `prune` shrinks a torch candidate, `distill`
+trains a student. Chaining passes gives the combinations (prune -> onnx -> int8_static). The search
+(`compress/search.py`) decides which passes to run on which candidates; a pass only transforms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dlforge.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to measure: a complete run directory and the runtime that runs it ("torch" | "onnx")."""
+
+    name: str  # e.g. "fp32", "int8_static", "pruned_0.50", "pruned_0.50+int8_static"
+    run_dir: Path
+    runtime: str
+    notes: dict = field(default_factory=dict)  # what the pass did (calibration, fallback layers, ratios, ...)
+
+
+# pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]
+CompressionPass = Callable[..., list[Candidate]]
+passes: Registry[CompressionPass] = Registry("compression pass")
+
+__all__ = ["Candidate", "CompressionPass", "passes"]
