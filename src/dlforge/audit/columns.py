@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dlforge.data.features.base import as_strings, missing_mask
+from dlforge.data.features.base import as_strings
 from dlforge.data.images.folder import IMAGE_SUFFIXES
 
 LEAK_SCORE = 0.98  # balanced accuracy / R² from one column alone, out of fold
@@ -24,6 +24,12 @@ NUMBER_BINS = 64  # quantile bins a number column is cut into for the lookup mod
 LEAK_FOLDS = 3
 ID_DISTINCT = 0.95  # share of distinct values above which a short-valued column reads as an identifier
 _WORDS = re.compile(r"\s+")
+
+
+def missing_mask(values: np.ndarray) -> np.ndarray:
+    """Missing cells (None, NaN) of a 1-D column as a bool array: `features.base.missing_mask` vectorised by pandas
+    (13 s -> 0.1 s for adult's 14 columns on a loaded machine: it tests one Python object at a time)."""
+    return np.asarray(pd.isna(values), dtype=bool) if values.ndim == 1 else np.zeros(len(values), dtype=bool)
 
 
 def column_kind(values: np.ndarray, root: str | None = None) -> str:
@@ -40,7 +46,7 @@ def column_kind(values: np.ndarray, root: str | None = None) -> str:
     sample = present[:2000]
     if not all(isinstance(v, str) for v in sample.tolist()):
         return "other"
-    if pd.to_numeric(pd.Series(present), errors="coerce").notna().all():
+    if pd.to_numeric(pd.Series(sample), errors="coerce").notna().all():  # read_columns checks every cell
         return "number"
     if all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sample[:20].tolist()):
         base = Path(root) if root else Path.cwd()
@@ -49,6 +55,19 @@ def column_kind(values: np.ndarray, root: str | None = None) -> str:
             return "image"
     words = float(np.mean([len(s.split()) for s in sample.tolist()]))
     return "text" if words >= 4 and len(set(sample.tolist())) > 0.3 * len(sample) else "category"
+
+
+def read_columns(columns: dict[str, np.ndarray], root: str | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(columns, kinds): each column's kind, and number columns parsed to float64 once (CSV cells are strings)."""
+    kinds = {n: column_kind(v, root) for n, v in columns.items()}
+    out = dict(columns)
+    for name in [n for n, k in kinds.items() if k == "number"]:
+        numbers = as_numbers(columns[name])
+        if np.isnan(numbers).sum() > missing_mask(columns[name]).sum():  # a cell past the sample is not a number
+            kinds[name] = "category"
+        else:
+            out[name] = numbers
+    return out, kinds
 
 
 def as_numbers(values: np.ndarray) -> np.ndarray:
@@ -124,8 +143,8 @@ def lookup_scores(column_codes: np.ndarray, target_codes: np.ndarray, n_classes:
     predicted = np.empty(len(target_codes), dtype=np.int64)
     for k in range(LEAK_FOLDS):
         train, test = folds != k, folds == k
-        counts = np.zeros((width, n_classes))
-        np.add.at(counts, (column_codes[train], target_codes[train]), 1)
+        counts = np.bincount(column_codes[train] * n_classes + target_codes[train],
+                             minlength=width * n_classes).reshape(width, n_classes)
         prior = np.bincount(target_codes[train], minlength=n_classes)
         table = np.where(counts.sum(1, keepdims=True) > 0, counts, prior)
         predicted[test] = table[column_codes[test]].argmax(1)

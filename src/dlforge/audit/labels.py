@@ -8,7 +8,11 @@ estimates for that pair of classes, is a likely error. The model follows the dat
   regression;
 - images: ImageNet MobileNetV2 features when its weights are installed and the images are files (a few hundred
   photos a second on 2 cores), else 16x16 grey pixels; logistic regression on them.
-Cost on 2 cores: adult (48,842 rows, 14 columns) about 10 s for the 4 folds.
+Cost on 2 cores: adult (48,842 rows, 14 columns) about 15 s for the 4 folds.
+
+Threads: scikit-learn's OpenMP threads spin while they wait for each other, so on a machine already busier than
+its cores one HistGradientBoosting fit on adult took 61 s with 2 threads and 3.6 s with 1 (load 18 on 2 cores,
+measured here). The quick models run on the cores left idle by the load average, at least one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pandas as pd
 
 from dlforge.audit.columns import as_numbers
 from dlforge.core.errors import DlforgeError
-from dlforge.data.features.base import missing_mask
+from dlforge.audit.columns import missing_mask
 
 FOLDS = 4
 IMAGE_FEATURE_LIMIT = 20_000  # above this many image files, pixels instead of MobileNetV2 features (time)
@@ -68,6 +72,7 @@ def _mobilenet_features(paths: np.ndarray, root: str | None) -> np.ndarray:
     net = MobileNetV2()
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     net.eval()
+    torch.set_num_threads(idle_cores())
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     resolved = resolve_paths(paths, root)
@@ -124,8 +129,27 @@ def build_features(columns: dict[str, np.ndarray], kinds: dict[str, str], root: 
     return Features(frame, "hist_gradient_boosting", f"{len(numbers)} number and {len(categories)} category columns")
 
 
+def idle_cores() -> int:
+    """Cores not already busy by the 1-minute load average (at least 1)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(cores, cores - int(round(load))))
+
+
 def out_of_fold_probabilities(features: Features, labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """(n, K) probabilities for class codes 0..K-1, each row's from the model trained without its fold."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=idle_cores()):
+        return _out_of_fold(features, labels, seed)
+
+
+def _out_of_fold(features: Features, labels: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
     n_classes = int(labels.max()) + 1

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dlforge.audit import duplicates as dup
-from dlforge.data.features.base import missing_mask
+from dlforge.audit.columns import missing_mask
 
 
 def _edited_copies(data, rows: np.ndarray, folder: Path) -> dict[str, np.ndarray]:

@@ -21,7 +21,8 @@ from dlforge.audit import duplicates as dup
 from dlforge.audit.labels import build_features, label_issues, out_of_fold_probabilities, require_sklearn
 from dlforge.audit.outliers import outliers
 from dlforge.core.errors import DataError, did_you_mean
-from dlforge.data.features.base import as_strings, missing_mask
+from dlforge.audit.columns import missing_mask
+from dlforge.data.features.base import as_strings
 from dlforge.data.table import Table
 
 REGRESSION_DISTINCT = 20  # a number target with more distinct values than this is a regression target
@@ -112,8 +113,7 @@ def load_audit_data(data, *, target: str | None = None) -> AuditData:
     split = np.empty(table.n_rows, dtype=object)
     for part, r in rows.items():
         split[r] = part
-    inputs = {n: table.columns[n] for n in names}
-    kinds = {n: col.column_kind(v, table.root) for n, v in inputs.items()}
+    inputs, kinds = col.read_columns({n: table.columns[n] for n in names}, table.root)
     return AuditData(table, inputs, kinds, target, values, split, split_source, task, table.origin)
 
 
@@ -134,8 +134,8 @@ def duplicate_findings(data: AuditData, prints: dup.Fingerprints) -> tuple[dict,
     near = dup.duplicate_groups(near_group)
     cross = dup.cross_split(near_group, data.split)
     result = {"exact": dup.summarise(exact, labels), "near": dup.summarise(near, labels),
-              "near_method": ("perceptual hashes (average + difference, <= "
-                              f"{dup.HASH_BITS} of 64 bits apart)" if prints.hashes is not None
+              "near_method": ("perceptual hashes (average + difference hash, at most "
+                              f"{dup.HASH_BITS} of 128 bits apart)" if prints.hashes is not None
                               else "text lower-cased without punctuation or extra spaces, numbers to 6 digits"),
               "cross_split": {"rows": cross["rows"], "by_splits": cross["by_splits"],
                               "leaked_rows": cross["leaked_rows"][:200]}}
