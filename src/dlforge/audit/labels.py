@@ -90,11 +90,21 @@ def _mobilenet_features(paths: np.ndarray, root: str | None) -> np.ndarray:
     return np.concatenate(out)
 
 
+def robust_scale(matrix: np.ndarray) -> np.ndarray:
+    """(x - median) / IQR per column, clipped to [-5, 5], missing as 0: one outlier (1e6) would otherwise squash a
+    z-scored column to zero everywhere else and hide it from a linear model."""
+    median = np.nanmedian(matrix, axis=0)
+    spread = np.nanpercentile(matrix, 75, axis=0) - np.nanpercentile(matrix, 25, axis=0)
+    spread = np.where(spread > 0, spread, np.nanstd(matrix, axis=0) + 1e-9)
+    return np.clip(np.nan_to_num((matrix - median) / spread), -5, 5)
+
+
 def build_features(columns: dict[str, np.ndarray], kinds: dict[str, str], root: str | None = None) -> Features | None:
     """The quick model's inputs from the input columns, or None when no column is usable."""
     images = [n for n, k in kinds.items() if k == "image"]
     if images:
         x, what = image_features(columns[images[0]], root)
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
         return Features(x, "logistic_regression", f"{what} of '{images[0]}'")
     texts = [n for n, k in kinds.items() if k == "text"]
     categories = [n for n, k in kinds.items() if k == "category" and columns[n].ndim == 1]
@@ -113,9 +123,7 @@ def build_features(columns: dict[str, np.ndarray], kinds: dict[str, str], root: 
             frame = pd.DataFrame({n: [str(v) for v in columns[n].tolist()] for n in categories})
             blocks.append(OneHotEncoder(handle_unknown="ignore", min_frequency=5).fit_transform(frame))
         if numbers:
-            matrix = np.column_stack([as_numbers(columns[n]) for n in numbers])
-            matrix = (matrix - np.nanmean(matrix, 0)) / (np.nanstd(matrix, 0) + 1e-9)
-            blocks.append(sparse.csr_matrix(np.nan_to_num(matrix)))
+            blocks.append(sparse.csr_matrix(robust_scale(np.column_stack([as_numbers(columns[n]) for n in numbers]))))
         return Features(sparse.hstack(blocks).tocsr(), "logistic_regression",
                         f"TF-IDF of {', '.join(texts)}" + (" + other columns" if categories or numbers else ""))
     if not categories and not numbers:
@@ -172,10 +180,8 @@ def _model(name: str, seed: int):
         return HistGradientBoostingClassifier(max_iter=100, early_stopping=False, categorical_features="from_dtype",
                                               random_state=seed)
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(with_mean=False), LogisticRegression(max_iter=300, C=0.5))
+    return LogisticRegression(max_iter=500, C=1.0)
 
 
 def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,12 +22,13 @@ from dlforge.audit import duplicates as dup
 from dlforge.audit.columns import missing_mask
 
 
-def _edited_copies(data, rows: np.ndarray, folder: Path) -> dict[str, np.ndarray]:
-    """The input cells of `rows`, edited as a copy made by hand or by a pipeline would be."""
+def _edited_copies(data, rows: np.ndarray, folder: Path, compared: list[str]) -> dict[str, np.ndarray]:
+    """The cells of `rows` in the `compared` columns, edited as a copy made by hand or by a pipeline would be."""
     from dlforge.audit.columns import as_numbers
 
     out = {}
-    for name, values in data.inputs.items():
+    for name in compared:
+        values = data.inputs[name]
         kind, cells = data.kinds[name], values[rows]
         if kind == "image" and values.ndim == 1:
             out[name] = np.array([_reencode(str(p), data.table.root, folder / f"copy_{i}.jpg")
@@ -59,14 +60,15 @@ def _reencode(path: str, root: str | None, target: Path) -> str:
     return str(target)
 
 
-def planted_duplicates(data, prints: dup.Fingerprints, k: int, rng) -> dict:
+def planted_duplicates(data, prints: dup.Fingerprints, compared: list[str], k: int, rng) -> dict:
+    """Copies of k training rows in the other split; `compared`: the columns the fingerprints cover."""
     train = np.flatnonzero(data.split == "train")
     other = "test" if (data.split == "test").any() else "val"
     rows = rng.choice(train, size=min(k, len(train)), replace=False)
     clean_group = dup.groups(prints.near, dup.image_pairs(prints.hashes) if prints.hashes is not None else [])
     clean = set(dup.cross_split(clean_group, data.split)["leaked_rows"])
     with tempfile.TemporaryDirectory(prefix="dlforge-audit-") as folder:
-        copies = _edited_copies(data, rows, Path(folder))
+        copies = _edited_copies(data, rows, Path(folder), compared)
         new = dup.fingerprints(copies, data.kinds, data.table.root)
     near = np.concatenate([prints.near, new.near])
     hashes = np.concatenate([prints.hashes, new.hashes]) if prints.hashes is not None else None
@@ -112,7 +114,7 @@ def _total(runs: list[dict], seeds: list[int]) -> dict:
     return total
 
 
-def measure(data, prints: dup.Fingerprints, *, features, checked: np.ndarray, clean_flagged: np.ndarray,
+def measure(data, prints: dup.Fingerprints, *, compared: list[str], features, checked: np.ndarray, clean_flagged: np.ndarray,
             target_codes: np.ndarray, present: np.ndarray, seeds: int, flip_fraction: float,
             duplicate_rows: int | None, seed: int) -> dict:
     """Recall and precision of the duplicate and label-error checks on planted problems, over `seeds` copies."""
@@ -121,7 +123,7 @@ def measure(data, prints: dup.Fingerprints, *, features, checked: np.ndarray, cl
     k = duplicate_rows or max(5, min(500, n_train // 100))
     result = {"how": "problems planted in a copy of the data; precision counts only findings new in the copy"}
     if n_train and ((data.split == "test").any() or (data.split == "val").any()):
-        runs = [planted_duplicates(data, prints, k, np.random.default_rng(s)) for s in seed_list]
+        runs = [planted_duplicates(data, prints, compared, k, np.random.default_rng(s)) for s in seed_list]
         result["cross_split_duplicates"] = _total(runs, seed_list)
     if features is not None and len(checked) and data.task == "classification":
         # codes of the checked rows, renumbered 0..K-1 as the label check saw them

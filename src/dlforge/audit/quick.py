@@ -27,7 +27,9 @@ def quick_checks(table: Table, *, inputs: list[str], target: str, target_type: s
     found: dict = {"cross_split_duplicates": 0, "leaky_columns": [], "single_row_classes": []}
     lines = []
     if columns and len({p for p in split.tolist() if p is not None}) > 1:
-        prints = dup.fingerprints(columns, kinds, table.root, perceptual=False, exact=False)
+        ids = {c["column"] for c in col.id_like_columns(columns, kinds)}  # a copy under a new ID is still a twin
+        compared = {n: v for n, v in columns.items() if n not in ids} or columns
+        prints = dup.fingerprints(compared, kinds, table.root, perceptual=False, exact=False)
         cross = dup.cross_split(dup.groups(prints.near), split)
         found["cross_split_duplicates"] = cross["rows"]
         if cross["rows"]:

@@ -126,7 +126,7 @@ def _targets(data: AuditData) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return present, codes.astype(np.int64), [str(n) for n in names]
 
 
-def duplicate_findings(data: AuditData, prints: dup.Fingerprints) -> tuple[dict, np.ndarray]:
+def duplicate_findings(data: AuditData, prints: dup.Fingerprints, compared_columns: list[str]) -> tuple[dict, np.ndarray]:
     labels = as_strings(data.target)
     exact = dup.duplicate_groups(dup.groups(prints.exact))
     pairs = dup.image_pairs(prints.hashes) if prints.hashes is not None else []
@@ -137,6 +137,7 @@ def duplicate_findings(data: AuditData, prints: dup.Fingerprints) -> tuple[dict,
               "near_method": ("perceptual hashes (average + difference hash, at most "
                               f"{dup.HASH_BITS} of 128 bits apart)" if prints.hashes is not None
                               else "text lower-cased without punctuation or extra spaces, numbers to 6 digits"),
+              "compared_columns": compared_columns,
               "cross_split": {"rows": cross["rows"], "by_splits": cross["by_splits"],
                               "leaked_rows": cross["leaked_rows"][:200]}}
     if prints.hashes is not None and len(prints.hashes) > dup.PAIRWISE_LIMIT:
@@ -203,8 +204,11 @@ def audit(data, *, target: str | None = None, out: str | Path | None = None, pla
     findings["leaky_columns"] = col.leaky_columns({n: v[present] for n, v in data.inputs.items() if v.ndim == 1},
                                                   data.kinds, target_codes, data.task, seed=seed)
     lap("columns")
-    prints = dup.fingerprints(data.inputs, data.kinds, data.table.root)
-    findings["duplicates"], _ = duplicate_findings(data, prints)
+    # an identifier makes every row unique: a row copied under a new ID is still a duplicate
+    ids = {c["column"] for c in findings["id_like_columns"]}
+    compared = {n: v for n, v in data.inputs.items() if n not in ids} or data.inputs
+    prints = dup.fingerprints(compared, data.kinds, data.table.root)
+    findings["duplicates"], _ = duplicate_findings(data, prints, list(compared))
     lap("duplicates")
     findings["outliers"] = outliers(data.inputs, data.kinds, seed=seed)
     lap("outliers")
@@ -222,7 +226,7 @@ def audit(data, *, target: str | None = None, out: str | Path | None = None, pla
     if plant:
         from dlforge.audit.planted import measure
 
-        findings["planted"] = measure(data, prints, features=features, checked=checked, clean_flagged=flagged,
+        findings["planted"] = measure(data, prints, compared=list(compared), features=features, checked=checked, clean_flagged=flagged,
                                       target_codes=target_codes, present=present, seeds=plant_seeds,
                                       flip_fraction=flip_fraction, duplicate_rows=duplicate_rows, seed=seed)
         lap("planted problems")
