@@ -79,7 +79,7 @@ def _file_digest(path: str, root: str | None) -> str:
         return f"unreadable:{path}"
 
 
-def _gray(item, root: str | None, size: tuple[int, int]) -> np.ndarray:
+def grey_thumbnail(item, root: str | None, size: tuple[int, int]) -> np.ndarray:
     """One image (path or array) as a (h, w) float grey thumbnail of `size` (w, h)."""
     from PIL import Image
 
@@ -110,8 +110,8 @@ def perceptual_hashes(images: np.ndarray, root: str | None = None) -> np.ndarray
     """(n, 2) uint64: average hash (8x8 grey vs its mean) and difference hash (9x8 grey, each pixel vs its right
     neighbour) per image. An image that does not decode gets a hash of its own (random), so it twins with none."""
     n = len(images)
-    small = np.stack([_gray(images[i], root, (8, 8)) for i in range(n)]) if n else np.zeros((0, 8, 8))
-    wide = np.stack([_gray(images[i], root, (9, 8)) for i in range(n)]) if n else np.zeros((0, 8, 9))
+    small = np.stack([grey_thumbnail(images[i], root, (8, 8)) for i in range(n)]) if n else np.zeros((0, 8, 8))
+    wide = np.stack([grey_thumbnail(images[i], root, (9, 8)) for i in range(n)]) if n else np.zeros((0, 8, 9))
     average = _pack((small > small.mean(axis=(1, 2), keepdims=True)).reshape(n, 64))
     difference = _pack((wide[:, :, 1:] > wide[:, :, :-1]).reshape(n, 64))
     broken = np.isnan(small).any(axis=(1, 2))
@@ -228,7 +228,7 @@ def cross_split(group: np.ndarray, split: np.ndarray) -> dict:
     mask = frame["g"].isin(shared).to_numpy()
     leaked: dict[str, int] = {}
     rows = []
-    for g, members in frame[mask].groupby("g"):
+    for _, members in frame[mask].groupby("g"):
         parts = set(members["s"])
         for row, part in zip(members.index, members["s"]):
             if part != "train" and ("train" in parts or part == "test"):

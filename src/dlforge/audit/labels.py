@@ -50,14 +50,14 @@ def require_sklearn():
 def image_features(images: np.ndarray, root: str | None) -> tuple[np.ndarray, str]:
     """(n, d) features per image: MobileNetV2 pooled features for image files when the weights are installed, else
     16x16 grey pixels scaled to 0..1."""
-    from dlforge.audit.duplicates import _gray
+    from dlforge.audit.duplicates import grey_thumbnail
 
     if images.ndim == 1 and len(images) <= IMAGE_FEATURE_LIMIT:
         try:
             return _mobilenet_features(images, root), "ImageNet MobileNetV2 features (1280)"
         except DlforgeError:
             pass
-    pixels = np.stack([_gray(images[i], root, (16, 16)) for i in range(len(images))]) / 255.0
+    pixels = np.stack([grey_thumbnail(images[i], root, (16, 16)) for i in range(len(images))]) / 255.0
     return np.nan_to_num(pixels.reshape(len(images), -1)), "16x16 grey pixels"
 
 
