@@ -82,9 +82,9 @@ def train_overhead(repeats: int = 3) -> dict:
         out["read_prepare_wall_s"].append(wall)
         out["read_prepare_cpu_s"].append(cpu)
         rows = derive_split(recipe, table)
-        checks, wall, cpu, _ = timed(lambda: quick_checks(
-            table, inputs=[f.name for f in recipe.inputs], target=recipe.outputs[0].name,
-            target_type=recipe.outputs[0].type, splits=rows))
+        checks, wall, cpu, _ = timed(lambda t=table, r=rows: quick_checks(
+            t, inputs=[f.name for f in recipe.inputs], target=recipe.outputs[0].name,
+            target_type=recipe.outputs[0].type, splits=r))
         out["checks_wall_s"].append(wall)
         out["checks_cpu_s"].append(cpu)
     out["lines"] = checks["lines"]

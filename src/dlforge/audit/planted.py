@@ -65,14 +65,17 @@ def planted_duplicates(data, prints: dup.Fingerprints, compared: list[str], k: i
     train = np.flatnonzero(data.split == "train")
     other = "test" if (data.split == "test").any() else "val"
     rows = rng.choice(train, size=min(k, len(train)), replace=False)
-    clean_group = dup.groups(prints.near, dup.image_pairs(prints.hashes) if prints.hashes is not None else [])
+    clean_group = dup.groups(prints.near, dup.image_pairs(prints.hashes, prints.thumbs)
+                             if prints.hashes is not None else [])
     clean = set(dup.cross_split(clean_group, data.split)["leaked_rows"])
     with tempfile.TemporaryDirectory(prefix="dlforge-audit-") as folder:
         copies = _edited_copies(data, rows, Path(folder), compared)
         new = dup.fingerprints(copies, data.kinds, data.table.root)
     near = np.concatenate([prints.near, new.near])
-    hashes = np.concatenate([prints.hashes, new.hashes]) if prints.hashes is not None else None
-    group = dup.groups(near, dup.image_pairs(hashes) if hashes is not None else [])
+    pairs = []
+    if prints.hashes is not None:
+        pairs = dup.image_pairs(np.concatenate([prints.hashes, new.hashes]), np.concatenate([prints.thumbs, new.thumbs]))
+    group = dup.groups(near, pairs)
     split = np.concatenate([data.split, np.full(len(rows), other, dtype=object)])
     flagged = set(dup.cross_split(group, split)["leaked_rows"])
     planted = set(range(len(data.split), len(split)))

@@ -129,13 +129,14 @@ def _targets(data: AuditData) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def duplicate_findings(data: AuditData, prints: dup.Fingerprints, compared_columns: list[str]) -> tuple[dict, np.ndarray]:
     labels = as_strings(data.target)
     exact = dup.duplicate_groups(dup.groups(prints.exact))
-    pairs = dup.image_pairs(prints.hashes) if prints.hashes is not None else []
+    pairs = dup.image_pairs(prints.hashes, prints.thumbs) if prints.hashes is not None else []
     near_group = dup.groups(prints.near, pairs)
     near = dup.duplicate_groups(near_group)
     cross = dup.cross_split(near_group, data.split)
     result = {"exact": dup.summarise(exact, labels), "near": dup.summarise(near, labels),
               "near_method": ("perceptual hashes (average + difference hash, at most "
-                              f"{dup.HASH_BITS} of 128 bits apart)" if prints.hashes is not None
+                              f"{dup.HASH_BITS} of 128 bits apart) and 16x16 grey thumbnails (mean difference at "
+                              f"most {dup.THUMB_DIFF:g} of 255)" if prints.hashes is not None
                               else "text lower-cased without punctuation or extra spaces, numbers to 6 digits"),
               "compared_columns": compared_columns,
               "cross_split": {"rows": cross["rows"], "by_splits": cross["by_splits"],
