@@ -232,3 +232,19 @@ def test_train_prints_the_cheap_checks(tmp_path, capsys):
     assert "have a twin in another split" in err
     assert result.metrics["audit"]["cross_split_duplicates"] > 0
     assert [c["column"] for c in result.metrics["audit"]["leaky_columns"]] == ["leak"]
+
+
+def test_a_recipe_is_audited_on_its_inputs_and_split(tiny_csv):
+    import dlforge
+
+    recipe = tabular_recipe(tiny_csv, inputs=[{"name": "x1", "type": "number"}, {"name": "color", "type": "category"}])
+    found = dlforge.audit(recipe, plant=False).findings
+    assert found["target"] == "target" and set(found["columns"]) == {"x1", "color", "target"}
+    assert found["split_source"] == "the recipe's data.split"
+    from dlforge.data import read_table
+    from dlforge.recipe.io import load_recipe
+    from dlforge.workflows.evaluate import derive_split
+
+    loaded = load_recipe(recipe)
+    rows = derive_split(loaded, read_table(loaded))  # the split `train` and `evaluate` use
+    assert found["splits"] == {part: len(r) for part, r in rows.items()} == {"train": 144, "val": 26, "test": 30}
