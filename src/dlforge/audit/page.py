@@ -82,8 +82,9 @@ def render(f: dict) -> str:
         body = (f"<p>{e(labels['model'])}; out-of-fold accuracy {labels['out_of_fold_accuracy']:.3f}. "
                 f"{labels['count']:,} likely error(s) in {labels['rows_checked']:,} rows ({labels['share']:.1%}), "
                 "least confident first:</p>"
-                + _rows(["row", "given", "suggested", "model's confidence in the given label"],
-                        [[x["row"], x["given"], x["suggested"], x["confidence_in_given"]] for x in labels["examples"]]))
+                + _rows(["row", "given", "suggested", "model's confidence in the given label", "file"],
+                        [[x["row"], x["given"], x["suggested"], x["confidence_in_given"], x.get("file", "")]
+                         for x in labels["examples"]]))
     out.append(_section("Likely label errors (confident learning)", body, "labels"))
 
     planted = f.get("planted")

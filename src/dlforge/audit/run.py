@@ -165,6 +165,9 @@ def find_label_errors(data: AuditData, features, present: np.ndarray, codes: np.
     accuracy = float((probabilities.argmax(1) == labels).mean())
     examples = [{"row": int(rows[i]), "given": kept[labels[i]], "suggested": kept[int(probabilities[i].argmax())],
                  "confidence_in_given": round(float(c), 4)} for i, c in zip(flagged[:50], confidence[:50])]
+    files = [v for n, v in data.inputs.items() if data.kinds[n] == "image" and v.ndim == 1]
+    for example in examples if files else []:  # an image is reviewed by its file, not its row number
+        example["file"] = str(files[0][example["row"]])
     return {"model": f"{features.model} on {features.description}, {FOLDS}-fold out-of-fold probabilities",
             "out_of_fold_accuracy": round(accuracy, 4), "rows_checked": int(len(rows)), "count": int(len(flagged)),
             "share": round(len(flagged) / max(len(rows), 1), 4), "examples": examples}, rows, flagged
