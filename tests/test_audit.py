@@ -248,3 +248,18 @@ def test_a_recipe_is_audited_on_its_inputs_and_split(tiny_csv):
     loaded = load_recipe(recipe)
     rows = derive_split(loaded, read_table(loaded))  # the split `train` and `evaluate` use
     assert found["splits"] == {part: len(r) for part, r in rows.items()} == {"train": 144, "val": 26, "test": 30}
+
+
+def test_cheap_checks_compare_image_files_by_content(tmp_path):
+    import shutil
+
+    from dlforge.audit.quick import quick_checks
+    from dlforge.data.readers import load_table
+
+    _write_images(tmp_path / "photos", np.random.default_rng(1))
+    shutil.copy(tmp_path / "photos/train/b/b3.png", tmp_path / "photos/test/b/renamed.png")
+    table = load_table(str(tmp_path / "photos"))
+    splits = {part: np.flatnonzero(table.split == part) for part in ("train", "test")}
+    found = quick_checks(table, inputs=["image"], target="label", target_type="category", splits=splits)
+    renamed = int(np.flatnonzero([p.endswith("renamed.png") for p in table.columns["image"]])[0])
+    assert found["cross_split_duplicates"] == 1 and renamed in found["leaked_rows"]

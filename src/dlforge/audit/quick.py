@@ -16,7 +16,8 @@ from dlforge.data.table import Table
 
 def quick_checks(table: Table, *, inputs: list[str], target: str, target_type: str,
                  splits: dict[str, np.ndarray]) -> dict:
-    """{"lines": [...], "cross_split_duplicates", "leaky_columns", "single_row_classes"} for a recipe's table.
+    """{"lines": [...], "cross_split_duplicates", "leaked_rows" (the first 100), "leaky_columns",
+    "single_row_classes"} for a recipe's table.
 
     `splits`: row indices per split (as `data.split.split_rows` makes them); `target_type`: the recipe's output type.
     """
@@ -24,14 +25,14 @@ def quick_checks(table: Table, *, inputs: list[str], target: str, target_type: s
     split = np.empty(table.n_rows, dtype=object)
     for part, rows in splits.items():
         split[rows] = part
-    found: dict = {"cross_split_duplicates": 0, "leaky_columns": [], "single_row_classes": []}
+    found: dict = {"cross_split_duplicates": 0, "leaked_rows": [], "leaky_columns": [], "single_row_classes": []}
     lines = []
     if columns and len({p for p in split.tolist() if p is not None}) > 1:
         ids = {c["column"] for c in col.id_like_columns(columns, kinds)}  # a copy under a new ID is still a twin
         compared = {n: v for n, v in columns.items() if n not in ids} or columns
         prints = dup.fingerprints(compared, kinds, table.root, perceptual=False, exact=False)
         cross = dup.cross_split(dup.groups(prints.near), split)
-        found["cross_split_duplicates"] = cross["rows"]
+        found["cross_split_duplicates"], found["leaked_rows"] = cross["rows"], cross["leaked_rows"][:100]
         if cross["rows"]:
             by = ", ".join(f"{k} {v}" for k, v in cross["by_splits"].items())
             lines.append(f"{cross['rows']} val/test row(s) have a twin in another split ({by}), e.g. rows "
