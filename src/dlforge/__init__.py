@@ -25,6 +25,7 @@ _EXPORTS = {
     "RunResult": "dlforge.workflows.train", "train": "dlforge.workflows.train",
     "evaluate": "dlforge.workflows.evaluate", "plan": "dlforge.workflows.plan", "lr_find": "dlforge.workflows.lr_find",
     "cross_validate": "dlforge.workflows.cv", "init": "dlforge.workflows.init",
+    "audit": "dlforge.audit",  # the package is callable too (see dlforge/audit/__init__.py)
     "Client": "dlforge.serve.client",  # needs httpx (the `serve` extra)
 }
 

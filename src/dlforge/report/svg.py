@@ -184,3 +184,27 @@ def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], *, title: 
                  f"<text transform='translate(14 {top + size / 2}) rotate(-90)' text-anchor='middle' {FONT}>"
                  f"{html.escape(ylabel)}</text>")
     return _svg("".join(parts), title, width, height)
+
+
+def bar_chart(values: dict[str, float], *, title: str, xlabel: str = "", limit: int = 30) -> str:
+    """Horizontal bars, one per label in the given order (the first `limit`), the value written beside each."""
+    items = [(str(k), float(v)) for k, v in list(values.items())[:limit] if math.isfinite(float(v))]
+    if not items:
+        return _empty(title)
+    label_w = min(220, 16 + 7 * max(len(k) for k, _ in items))
+    bar_h, width = 18, WIDTH
+    height = TOP + bar_h * len(items) + BOTTOM
+    peak = max(v for _, v in items) or 1.0
+    plot_w = width - label_w - RIGHT - 60
+    parts = []
+    for i, (name, value) in enumerate(items):
+        y = TOP + i * bar_h
+        w = max(0.0, value / peak * plot_w)
+        text = f"{value:,.0f}" if value == int(value) else _fmt(value)  # counts in full: 24,720, not 2e+04
+        parts.append(f"<text x='{label_w - 6}' y='{y + 13}' text-anchor='end' {FONT}>{html.escape(name[:30])}</text>"
+                     f"<rect x='{label_w}' y='{y + 2}' width='{w:.1f}' height='{bar_h - 4}' fill='{COLOURS[0]}'>"
+                     f"<title>{html.escape(name)}: {text}</title></rect>"
+                     f"<text x='{label_w + w + 4:.1f}' y='{y + 13}' {FONT}>{text}</text>")
+    parts.append(f"<text x='{label_w + plot_w / 2}' y='{height - 12}' text-anchor='middle' {FONT}>"
+                 f"{html.escape(xlabel)}</text>")
+    return _svg("".join(parts), title, width, height)

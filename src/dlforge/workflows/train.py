@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from dlforge.artifact.format import save_model, save_run_json, split_record
+from dlforge.audit.quick import quick_checks
 from dlforge.core.errors import ArtifactError, DlforgeError, TrainingInterrupted
 from dlforge.core.files import clean_temp_files, is_temp_file, write_json, write_text
 from dlforge.data import prepare, read_table
@@ -177,10 +178,15 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         torch.set_num_threads(config.threads)
     table = read_table(recipe, base_dir)
     # The split as `evaluate` re-derives it from the data, for run.json (taken before prepare() changes the table).
-    split = split_record(derive_split(recipe, table), n_rows=table.n_rows, split_config=recipe.data.split)
+    rows = derive_split(recipe, table)
+    split = split_record(rows, n_rows=table.n_rows, split_config=recipe.data.split)
+    checks = quick_checks(table, inputs=[f.name for f in recipe.inputs], target=recipe.outputs[0].name,
+                          target_type=recipe.outputs[0].type, splits=rows)
     prepared = prepare(recipe, table=table)
     if progress:
         _print_data_summary(prepared.report)
+        for line in checks["lines"] or ["no duplicates across splits, no leaky column, no single-row class"]:
+            print(f"audit: {line}", file=sys.stderr)
         cfg = recipe.data.split
         by = recipe.outputs[0].name if cfg.stratify and recipe.outputs[0].type in ("category", "binary") else None
         print("  " + holdout_note(source=recipe.data.source, test_source=recipe.data.test_source, val=cfg.val,
@@ -220,7 +226,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     metrics.update({"train_seconds": round(result.train_seconds, 3), "prepare_seconds": round(prepare_seconds, 3),
                     "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                    "parameters": count_parameters(model), "data": prepared.report})
+                    "parameters": count_parameters(model), "data": prepared.report, "audit": checks})
     warning = best_epoch_warning(result, config)
     if warning:
         metrics["warnings"] = [warning]
