@@ -14,8 +14,10 @@ continues the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -90,7 +92,11 @@ class MlflowTracking(Callback):
         if self.disabled:
             return
         try:
-            action(*args)
+            with _quiet_mlflow():
+                action(*args)
+        except ImportError:
+            self.disabled = True
+            _warn("MLflow tracking is off for this run: mlflow is not installed; pip install 'dlforge[track]'")
         except Exception as exc:  # noqa: BLE001 - any store failure (locked, unwritable, corrupt) must not stop training
             self.disabled = True
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -179,16 +185,32 @@ class MlflowTracking(Callback):
         self.client.set_terminated(self.run_id, status="FINISHED")
 
 
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """MLflow logs its own INFO lines (schema migrations) and whole SQL tracebacks on a locked store; the one
+    warning above says what matters, so its loggers are silenced while we call it."""
+    names = ["mlflow", "alembic", *(n for n in list(logging.root.manager.loggerDict)
+                                   if n.startswith(("mlflow.", "alembic.")))]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _prepare_sqlite_folder(uri: str) -> None:
     """SQLite creates the file but not its folder: make the folder (an unwritable one fails here, clearly)."""
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///"):].split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _artifact_location(uri: str) -> str | None:
     """Artifacts of a SQLite store go beside it (runs/mlartifacts), not into ./mlruns of whatever the cwd is."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///"):].split("?")[0]).parent / "mlartifacts").resolve().as_uri()
     return None
 
 
