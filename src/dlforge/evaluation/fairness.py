@@ -72,11 +72,12 @@ def _finite(value) -> float | None:
 
 
 def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, groups: np.ndarray, *,
-                  binary: bool, bins: int = 15) -> dict:
+                  binary: bool, bins: int = 15, min_rows: int = 0) -> dict:
     """Per-group metrics and disparities for one grouping.
 
     y_true/y_pred: class indices (binary: 0/1); probs: (n, classes). Returns {"groups": {label: {...}},
-    "overall": {...}, "disparities": {...}} (disparities for binary outputs only).
+    "overall": {...}, "disparities": {...}} (disparities for binary outputs only, over the groups of at least
+    `min_rows` rows; the others are named in "small_groups").
     """
     fm, _ = _fairlearn()
     from sklearn.metrics import accuracy_score
@@ -99,19 +100,27 @@ def group_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, gro
     overall["ece"] = round(ece(p, t, bins), 6)
     out = {"groups": by_group, "overall": overall}
     if binary:
-        kw = {"sensitive_features": groups}
+        small = sorted(label for label, row in by_group.items() if row["count"] < min_rows)
+        keep = ~np.isin(groups, small)
+        out["small_groups"] = small
+        if len(set(groups[keep].tolist())) < 2:
+            out["disparities"] = {"skipped": f"fewer than two groups of at least {min_rows} rows"}
+            return out
+        t, p, kw = y_true[keep], y_pred[keep], {"sensitive_features": groups[keep]}
         out["disparities"] = {
-            "demographic_parity_difference": _finite(fm.demographic_parity_difference(y_true, y_pred, **kw)),
-            "demographic_parity_ratio": _finite(fm.demographic_parity_ratio(y_true, y_pred, **kw)),
-            "equalized_odds_difference": _finite(fm.equalized_odds_difference(y_true, y_pred, **kw)),
-            "equalized_odds_ratio": _finite(fm.equalized_odds_ratio(y_true, y_pred, **kw)),
+            "demographic_parity_difference": _finite(fm.demographic_parity_difference(t, p, **kw)),
+            "demographic_parity_ratio": _finite(fm.demographic_parity_ratio(t, p, **kw)),
+            "equalized_odds_difference": _finite(fm.equalized_odds_difference(t, p, **kw)),
+            "equalized_odds_ratio": _finite(fm.equalized_odds_ratio(t, p, **kw)),
         }
     return out
 
 
-def fairness_report(y_true, y_pred, probs, columns: dict[str, np.ndarray], *, binary: bool, bins: int = 15) -> dict:
+def fairness_report(y_true, y_pred, probs, columns: dict[str, np.ndarray], *, binary: bool, bins: int = 15,
+                    min_rows: int = 0) -> dict:
     """{grouping: group_metrics(...)} for each sensitive column and their combination."""
-    return {name: group_metrics(np.asarray(y_true), np.asarray(y_pred), probs, labels, binary=binary, bins=bins)
+    return {name: group_metrics(np.asarray(y_true), np.asarray(y_pred), probs, labels, binary=binary, bins=bins,
+                                min_rows=min_rows)
             for name, labels in groupings(columns).items()}
 
 

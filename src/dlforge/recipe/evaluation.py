@@ -38,6 +38,9 @@ class EvaluationConfig(Strict):
     calibrate: Literal["temperature"] | None = _field(
         None, "`temperature`: temperature scaling (Guo et al. 2017) fitted on the validation split; predict_proba "
         "and serve return the scaled probabilities.")
+    min_group_rows: int = _field(
+        30, "Groups with fewer scored rows are listed but left out of the disparities (a group of 4 rows would decide "
+        "a max - min difference by noise); 0 keeps every group.", ge=0)
     ece_bins: int = _field(15, "Equal-width probability bins of the expected calibration error and the reliability "
                                "diagram.", ge=2, le=100)
     mistakes: int = _field(10, "How many of the worst test mistakes (highest loss) the report lists.", ge=0, le=100)

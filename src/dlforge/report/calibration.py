@@ -16,10 +16,10 @@ def _points(bins: dict) -> tuple[list[float], list[float | None]]:
 def plot_reliability(before: dict, after: dict | None, path: Path, *, split: str = "test") -> Path:
     """`before`/`after`: `evaluation.calibration.reliability` results. A perfectly calibrated model lies on the
     diagonal; points below it are over-confident bins. The legend carries each curve's ECE in percent."""
-    series = {"perfect calibration": ([0.0, 1.0], [0.0, 1.0])}
-    series[f"model (ECE {100 * before['ece']:.2f}%)"] = _points(before)
+    series = {"perfect": ([0.0, 1.0], [0.0, 1.0])}
+    series[f"model, ECE {100 * before['ece']:.2f}%"] = _points(before)
     if after is not None:
-        series[f"temperature-scaled (ECE {100 * after['ece']:.2f}%)"] = _points(after)
+        series[f"scaled, ECE {100 * after['ece']:.2f}%"] = _points(after)
     svg = line_chart(series, title=f"reliability diagram ({split})", xlabel="confidence (mean per bin)",
                      ylabel="accuracy", ylim=(0.0, 1.0))
     return save_svg(path, svg)

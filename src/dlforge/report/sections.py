@@ -183,7 +183,12 @@ def _fairness_rows(report: dict, after: dict | None) -> str:
             rows.append([label, *[row.get(k) for k in keys],
                          *([later.get(k) for k in keys if k not in ("count", "ece")] if after else [])])
         body += f"<h3>by {e(grouping)}</h3>" + table(header, rows)
-        if "disparities" in block:
+        if block.get("small_groups"):
+            body += note(f"left out of the disparities (fewer rows than evaluation.min_group_rows): "
+                         f"{', '.join(block['small_groups'])}")
+        if "skipped" in (block.get("disparities") or {}):
+            body += note(f"disparities: {block['disparities']['skipped']}")
+        elif "disparities" in block:
             later = ((after or {}).get(grouping) or {}).get("disparities", {})
             body += table(["disparity", "before", *(["after mitigation"] if after else [])],
                           [[k.replace("_", " "), v, *([later.get(k)] if after else [])]

@@ -98,7 +98,8 @@ def _fairness(out, recipe, trainer, prepared, table, rows, name, kind, sig, scal
     y_true = target.long().numpy()
     y_pred = _decisions(kind, sig, probs)
     section = {"split": part, "sensitive": list(config.sensitive),
-               "before": fairness_report(y_true, y_pred, probs.numpy(), columns, binary=binary, bins=config.ece_bins)}
+               "before": fairness_report(y_true, y_pred, probs.numpy(), columns, binary=binary, bins=config.ece_bins,
+                                             min_rows=config.min_group_rows)}
     mitigate = config.mitigate
     if mitigate is not None:
         if "val" not in prepared.splits:
@@ -116,7 +117,7 @@ def _fairness(out, recipe, trainer, prepared, table, rows, name, kind, sig, scal
             after = threshold_predictions(probs[:, 1].numpy(), group_keys(split.x, vocabularies, by), record,
                                           fallback=sig.get("threshold", 0.5))
             section["after"] = fairness_report(y_true, after, probs.numpy(), columns, binary=binary,
-                                               bins=config.ece_bins)
+                                               bins=config.ece_bins, min_rows=config.min_group_rows)
             section["mitigation"] = {k: v for k, v in record.items() if k != "groups"}
             section["thresholds"] = groups
             out.postprocess["thresholds"] = record
