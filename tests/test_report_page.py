@@ -42,7 +42,7 @@ def data_csv(folder: Path) -> Path:
     return path
 
 
-def recipe(csv: Path, epochs: int = 3) -> dict:
+def recipe(csv: Path, epochs: int = 12) -> dict:
     return {"name": "page", "data": {"source": str(csv), "split": {"val": 0.2, "test": 0.3, "seed": 0}},
             "inputs": [{"name": "x", "type": "number"}, {"name": "z", "type": "number"},
                        {"name": "group", "type": "category"}],
