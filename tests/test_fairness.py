@@ -223,3 +223,16 @@ def test_fairness_and_calibration_need_a_class_output(fair_csv):
     recipe["outputs"] = [{"name": "y", "type": "category"}]
     with pytest.raises(RecipeError, match="group thresholds need a binary first output"):
         validate(recipe)
+
+
+def test_category_outputs_get_accuracy_and_ece_per_group_without_disparities():
+    rng = np.random.default_rng(3)
+    groups = rng.choice(["u", "v", "w"], size=300)
+    probs = rng.dirichlet([1, 1, 1], size=300)
+    y_true = rng.integers(0, 3, size=300)
+    y_pred = probs.argmax(1)
+    got = group_metrics(y_true, y_pred, probs, groups, binary=False)
+    assert set(got["groups"]) == {"u", "v", "w"} and "disparities" not in got
+    m = groups == "v"
+    assert got["groups"]["v"]["accuracy"] == pytest.approx((y_true[m] == y_pred[m]).mean(), abs=1e-6)
+    assert set(got["groups"]["v"]) == {"count", "accuracy", "ece"}

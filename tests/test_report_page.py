@@ -107,6 +107,7 @@ def test_complete_run_report_in_chromium(browser, tmp_path):
     assert "integrated_gradients" in text["mistakes"] and "confidence" in text["mistakes"]
     assert "nothing: the run directory is complete" in text["missing"]
     assert "not applicable" in text["regression"]
+    assert "yes (positive)" in text["per-class"] and "recall" in text["per-class"]
     shot = os.environ.get("DLFORGE_REPORT_SCREENSHOT")
     if shot:
         page.screenshot(path=shot, full_page=True)

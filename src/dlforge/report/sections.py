@@ -144,6 +144,8 @@ def per_class_section(metrics: dict | None) -> str:
     values = metrics.get(part) or {}
     blocks = {"": values} if "per_class" in values or "per_label" in values else \
         {name: v for name, v in values.items() if isinstance(v, dict) and ("per_class" in v or "per_label" in v)}
+    if not blocks and "confusion_matrix" in values and "positive_label" in values:
+        blocks = {"": {"per_class": _binary_per_class(values["confusion_matrix"], str(values["positive_label"]))}}
     body = ""
     for name, block in blocks.items():
         per = block.get("per_class") or block.get("per_label") or {}
@@ -153,6 +155,20 @@ def per_class_section(metrics: dict | None) -> str:
     return section("per-class", "Per-class metrics",
                    body or note("not applicable: no category, binary-as-classes or multilabel output with per-class "
                                 "figures"))
+
+
+def _binary_per_class(matrix: list[list[int]], positive: str) -> dict:
+    """Precision, recall, F1 and support of each class of a binary output, from its 2x2 confusion matrix."""
+    out = {}
+    for k, label in enumerate(("negative", f"{positive} (positive)")):
+        tp = matrix[k][k]
+        predicted = matrix[0][k] + matrix[1][k]
+        support = sum(matrix[k])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[label] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return out
 
 
 def calibration_section(metrics: dict | None, figures: str) -> str:
