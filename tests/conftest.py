@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DLFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 os.environ.setdefault("DLFORGE_DATA", str(DATA))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# MLflow tracking (on by default when the `track` extra is installed) is off in tests: a new SQLite store costs
+# seconds of schema migrations. tests/test_tracking.py turns it on where it is the point.
+os.environ.setdefault("DLFORGE_TRACKING", "off")
 
 
 def needs_data(*names: str):

@@ -47,8 +47,10 @@ INLINE_ROWS = 50_000
 TYPE_EXTRAS = {"text": "text"}
 
 
-# The parts of model.json that change what the model predicts; `content_sha256` covers them.
+# The parts of model.json that change what the model predicts; `content_sha256` covers them. `postprocess`
+# (temperature, group thresholds) is covered when present, so runs saved before it keep their digest.
 BOUND_KEYS = ("recipe", "signature", "features", "architectures", "weights")
+OPTIONAL_BOUND_KEYS = ("postprocess",)
 # A safetensors header (JSON: names, dtypes, shapes, offsets) is a few KB per hundred tensors; larger is damage.
 MAX_HEADER_BYTES = 100 * 2**20
 
@@ -85,6 +87,7 @@ class ModelJson(BaseModel):
     features: _Groups
     architectures: dict[str, Any] | None = None
     weights: WeightsRecord | None = None  # absent in runs saved before it existed
+    postprocess: dict[str, Any] | None = None  # temperature and group thresholds (evaluation/postprocess.py)
     content_sha256: StrictStr | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
@@ -99,13 +102,16 @@ class ModelJson(BaseModel):
 def content_digest(meta: dict) -> str:
     """sha256 of model.json's BOUND_KEYS as canonical JSON (sorted keys; the same after a JSON round trip)."""
     bound = {key: meta.get(key) for key in BOUND_KEYS}
+    bound.update({key: meta[key] for key in OPTIONAL_BOUND_KEYS if key in meta})
     return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module) -> None:
+def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module, *,
+               postprocess: dict | None = None) -> None:
     """Write model.safetensors, then model.json recording its size and sha256 and sealed by `content_sha256`.
 
-    Weights holding NaN/inf are refused: a model that can only answer NaN is never saved.
+    Weights holding NaN/inf are refused: a model that can only answer NaN is never saved. `postprocess` (JSON:
+    a fitted temperature, group thresholds; see evaluation/postprocess.py) is stored when given.
     """
     from safetensors.torch import save
 
@@ -130,6 +136,8 @@ def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.
         "architectures": model.architectures(),
         "weights": {"file": WEIGHTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
     }
+    if postprocess:
+        meta["postprocess"] = postprocess
     meta = json.loads(dumps_json(meta))  # as it will read back (lists, not tuples): the digest must match on load
     meta["content_sha256"] = content_digest(meta)
     write_json(run_dir / MODEL_JSON, meta)

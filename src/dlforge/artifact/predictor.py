@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dlforge.artifact.format import MODEL_JSON, WEIGHTS, load_weights, read_model_json
@@ -14,6 +15,7 @@ from dlforge.core.errors import ArtifactError, RecipeError
 from dlforge.core.files import dumps_json
 from dlforge.data.prepare import build_features, encode, signature
 from dlforge.data.table import Table
+from dlforge.evaluation.postprocess import apply_temperature, group_keys, threshold_predictions
 from dlforge.models import build_model
 
 
@@ -22,6 +24,9 @@ class Predictor:
 
     The forward pass goes through `runtime` (artifact/runtimes.py; "torch" today). The torch module is
     built either way: its heads turn logits into probabilities and losses, whatever ran the pass.
+
+    model.json's `postprocess` record is applied here for every caller: a fitted temperature divides the logits
+    (so probabilities are calibrated), and group thresholds (fairness mitigation) decide the binary labels.
     """
 
     def __init__(self, run_dir: str | Path, *, runtime: str = "torch"):
@@ -50,6 +55,7 @@ class Predictor:
         self.batch_size = self.recipe.training.eval_batch_size
         self.runtime: Runtime = build_runtime(runtime, model=self.model, run_dir=self.run_dir,
                                               batch_size=self.batch_size)
+        self.postprocess: dict = self.meta.get("postprocess") or {}
 
     def _restore_features(self) -> None:
         """Each feature's state from model.json, then the signature they give checked against the stored one
@@ -87,13 +93,28 @@ class Predictor:
         return encode(table, self.inputs, None).x
 
     def logits(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """float32 logits per output for encoded inputs, from the runtime (chunked by the eval batch size)."""
-        return self.runtime.run(x)
+        """float32 logits per output for encoded inputs, from the runtime (chunked by the eval batch size), divided
+        by the fitted temperature where the run has one."""
+        return apply_temperature(self.runtime.run(x), self.postprocess)
+
+    def _decode(self, name: str, value: torch.Tensor, x: dict[str, torch.Tensor] | None):
+        """Labels of one output: the group thresholds' decision where the run has them (and `x` gives the groups)."""
+        record = self.postprocess.get("thresholds")
+        if record is None or record["output"] != name or x is None:
+            return self.outputs[name].decode(value)
+        feature = self.outputs[name]
+        vocabularies = {column: self.inputs[column].state()["vocabulary"] for column in record["by"]}
+        scores = torch.sigmoid(value.float().reshape(-1)).numpy()
+        positive = threshold_predictions(scores, group_keys(x, vocabularies, record["by"]), record,
+                                         fallback=feature.config.threshold)
+        negative, positive_label = feature.label_names()
+        return np.where(positive == 1, positive_label, negative).astype(object)
 
     def predict(self, data):
         """Labels (or values) per row; a dict by output name when the model has several outputs."""
-        logits = self.logits(self.encode_inputs(data))
-        decoded = {name: self.outputs[name].decode(value) for name, value in logits.items()}
+        x = self.encode_inputs(data)
+        logits = self.logits(x)
+        decoded = {name: self._decode(name, value, x) for name, value in logits.items()}
         return decoded if len(decoded) > 1 else next(iter(decoded.values()))
 
     def predict_proba(self, data):
@@ -105,12 +126,13 @@ class Predictor:
             raise ArtifactError("predict_proba needs a category or binary output; this model predicts numbers")
         return probs if len(probs) > 1 else next(iter(probs.values()))
 
-    def decode_logits(self, logits: dict[str, torch.Tensor]) -> dict[str, dict]:
+    def decode_logits(self, logits: dict[str, torch.Tensor], x: dict[str, torch.Tensor] | None = None) -> dict[str, dict]:
         """Everything a caller may want from one forward pass, per output: `predictions` (labels or values)
-        and, for category/binary outputs, `probabilities` (n, classes) as a tensor with `labels` in column order."""
+        and, for category/binary outputs, `probabilities` (n, classes) as a tensor with `labels` in column order.
+        `x` (the encoded inputs) gives each row's group where the run applies group thresholds."""
         decoded = {}
         for name, value in logits.items():
-            entry = {"predictions": self.outputs[name].decode(value)}
+            entry = {"predictions": self._decode(name, value, x)}
             if self._has_classes(name):
                 entry["probabilities"] = self.model.heads[name].probabilities(value)
                 entry["labels"] = self.labels(name)
@@ -119,7 +141,8 @@ class Predictor:
 
     def predict_details(self, data) -> dict[str, dict]:
         """`decode_logits` of `data`: labels, probabilities and label order from a single forward pass."""
-        return self.decode_logits(self.logits(self.encode_inputs(data)))
+        x = self.encode_inputs(data)
+        return self.decode_logits(self.logits(x), x)
 
     def _has_classes(self, output: str) -> bool:
         """Category, binary and multilabel outputs have label names (and probabilities); number outputs do not."""

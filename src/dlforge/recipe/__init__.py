@@ -14,6 +14,7 @@ from dlforge.core.errors import did_you_mean
 from dlforge.recipe._base import Strict, _field
 from dlforge.recipe.data import DataConfig
 from dlforge.recipe.encoders import BACKBONE_BLOCKS, Combiner, ConcatCombiner
+from dlforge.recipe.evaluation import EvaluationConfig
 from dlforge.recipe.inputs import InputFeature
 from dlforge.recipe.outputs import METRICS_BY_OUTPUT_TYPE, RENAMED_METRICS, OutputFeature
 from dlforge.recipe.training import TrainingConfig
@@ -22,6 +23,7 @@ from dlforge.recipe.training import TrainingConfig
 # section class, wherever it is defined.
 from dlforge.recipe.data import *  # noqa: F403
 from dlforge.recipe.encoders import *  # noqa: F403
+from dlforge.recipe.evaluation import *  # noqa: F403
 from dlforge.recipe.inputs import *  # noqa: F403
 from dlforge.recipe.outputs import *  # noqa: F403
 from dlforge.recipe.training import *  # noqa: F403
@@ -38,7 +40,7 @@ def cross_check(func: CrossCheck) -> CrossCheck:
 
 
 class Recipe(Strict):
-    """A whole experiment: data, inputs, outputs, model and training."""
+    """A whole experiment: data, inputs, outputs, model, training and evaluation."""
 
     name: str = _field("experiment", "Run name; the default output directory is runs/<name>. One folder name: at "
                        "most 100 characters, no '/' or '\\\\'.", min_length=1, max_length=100)
@@ -47,6 +49,7 @@ class Recipe(Strict):
     outputs: list[OutputFeature] = Field(..., min_length=1, description="Targets, one per data column.")
     combiner: Combiner = _field(ConcatCombiner(), "How encoded inputs are fused before the heads.")
     training: TrainingConfig = _field(TrainingConfig(), "Optimisation: epochs, batch, optimizer, schedule, regularisation.")
+    evaluation: EvaluationConfig = _field(EvaluationConfig(), "After training: fairness by group, mitigation, calibration.")
     # Directory of the recipe file: relative data paths are also looked up there.
     _base_dir: str = PrivateAttr(".")
 
@@ -196,3 +199,38 @@ def ensemble_without_batch_norm(recipe: Recipe) -> list[str]:
         return ["combiner.batch_norm: an ensemble (combiner.ensemble > 1) shares its layers across members, and batch "
                 "norm would mix their statistics; set batch_norm: false or ensemble: 1"]
     return []
+
+
+@cross_check
+def evaluation_needs_class_output(recipe: Recipe) -> list[str]:
+    """Fairness and calibration score class probabilities; mitigation by thresholds needs one binary output."""
+    ev, first = recipe.evaluation, recipe.outputs[0]
+    problems = []
+    asks = [name for name, on in (("sensitive", ev.sensitive), ("calibrate", ev.calibrate)) if on]
+    if asks and first.type not in ("category", "binary"):
+        problems.append(f"evaluation.{asks[0]}: needs a binary or category first output; '{first.name}' is "
+                        f"{first.type}; remove evaluation.{asks[0]}")
+    if ev.mitigate is not None:
+        if first.type != "binary":
+            problems.append(f"evaluation.mitigate: group thresholds need a binary first output; '{first.name}' is "
+                            f"{first.type}; remove evaluation.mitigate")
+        if not ev.sensitive:
+            problems.append("evaluation.mitigate: needs evaluation.sensitive (the groups to equalise), "
+                            "e.g. sensitive: [sex]")
+        inputs = {f.name: f.type for f in recipe.inputs}
+        for column in ev.mitigate.by:
+            if column not in ev.sensitive:
+                problems.append(f"evaluation.mitigate.by: '{column}' is not in evaluation.sensitive "
+                                f"({', '.join(ev.sensitive) or 'empty'})")
+        for column in ev.mitigate.by or ev.sensitive:
+            if inputs.get(column) != "category":
+                what = f"a {inputs[column]} input" if column in inputs else "not a model input"
+                problems.append(f"evaluation.mitigate: '{column}' is {what}; group thresholds are applied at predict "
+                                f"time, so each group column must be a category input: add "
+                                f"{{name: {column}, type: category}} to inputs, or set mitigate.by")
+    dupes = sorted({c for c in ev.sensitive if ev.sensitive.count(c) > 1})
+    problems += [f"evaluation.sensitive: '{c}' is listed twice" for c in dupes]
+    outputs = {f.name for f in recipe.outputs}
+    problems += [f"evaluation.sensitive: '{c}' is an output; a sensitive column describes the rows, not the target"
+                 for c in ev.sensitive if c in outputs]
+    return problems

@@ -83,7 +83,7 @@ class ModelRuntime:
         logits = self.predictor.logits(x)
         # Extreme inputs can overflow to inf/NaN; those rows get an error, never a NaN "probability".
         finite = torch.stack([torch.isfinite(v.reshape(len(v), -1)).all(1) for v in logits.values()]).all(0).tolist()
-        decoded = self.predictor.decode_logits(logits)
+        decoded = self.predictor.decode_logits(logits, x)  # x: each row's group, for group thresholds
         k_wanted = max(job.top_k or DEFAULT_TOP_K for job in jobs)
         per_output = {name: self._rows(entry, k_wanted) for name, entry in decoded.items()}
         results, start = [], 0

@@ -28,18 +28,20 @@ from dlforge.core.files import clean_temp_files, is_temp_file, write_json, write
 from dlforge.data import prepare, read_table
 from dlforge.data.prepare import describe as describe_data
 from dlforge.evaluation.baseline import baseline_for
+from dlforge.evaluation.fairness import check_sensitive_columns
 from dlforge.evaluation.metrics import load_backend as load_metric_backend
 from dlforge.models import count_parameters
 from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_base_dir
 from dlforge.recipe.training import higher_is_better
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.report.regression import plot_predicted_vs_actual, plot_residuals
-from dlforge.training.callbacks import check_callbacks
+from dlforge.training.callbacks import check_callbacks, default_tracking
 from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training, output_scales
 from dlforge.training.strategy import default_device
+from dlforge.workflows.assess import assess
 from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
 from dlforge.workflows.init import holdout_note, missing_target
 from dlforge.workflows.lr_find import range_test_for
@@ -177,6 +179,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     if config.threads:
         torch.set_num_threads(config.threads)
     table = read_table(recipe, base_dir)
+    check_sensitive_columns(recipe, table.columns)  # evaluation.sensitive: a typo fails before training
     # The split as `evaluate` re-derives it from the data, for run.json (taken before prepare() changes the table).
     rows = derive_split(recipe, table)
     split = split_record(rows, n_rows=table.n_rows, split_config=recipe.data.split)
@@ -206,6 +209,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         write_json(run_dir / META, meta)
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    callbacks = (*callbacks, *default_tracking(recipe, run_dir))  # MLflow, when the `track` extra is installed
     built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
     model, trainer, cache_report = built.model, built.trainer, built.cache_report
     signature = prepared.signature()
@@ -241,9 +245,12 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         metrics["backbones"] = cache_report
     if "lr_find" in meta:
         metrics["lr_find"] = meta["lr_find"]
+    # Calibration, fairness, mitigation and the worst mistakes (evaluation.*): metrics, model.json's postprocess.
+    assessed = assess(recipe, trainer, prepared, table, rows, run_dir)
+    metrics.update(assessed.metrics)
     release_feature_cache(model)
     checkpoint_stop()
-    save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu())
+    save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu(), postprocess=assessed.postprocess)
     save_run_json(run_dir, source=recipe.data.source, base_dir=base_dir, split=split)
     write_json(run_dir / "metrics.json", metrics, nonfinite="null")  # an undefined metric (AUC of one class) is null
     write_text(run_dir / "history.csv", _history_csv(result.history))
@@ -251,6 +258,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     plots = plot_curves(result.history, run_dir / "plots")
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
     plots += _regression_plots(trainer, prepared, run_dir)
+    plots += assessed.plots
     write_report(run_dir, name=recipe.name, metrics=metrics, recipe_yaml=dump_recipe(recipe), plots=plots)
     checkpoint_stop()
     trainer.end_run(run_dir)  # the run directory is complete: callbacks may read, copy or log it
