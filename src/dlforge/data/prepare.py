@@ -146,11 +146,13 @@ def _stack_columns(table: Table, feature, field_path: str) -> Table:
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
+    from dlforge.data.features.audio import prepare_audio_files
     from dlforge.data.images.files import prepare_image_files
 
     table = table if table is not None else read_table(recipe, base_dir)
-    # Image files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
+    # Image and audio files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
     table, image_plans, image_report = prepare_image_files(recipe, table)
+    table, audio_report = prepare_audio_files(recipe, table)
     streamed = {n: p for n, p in image_plans.items() if p.stream}
     inputs, outputs = build_features(recipe)
     for name, feat in {**inputs, **outputs}.items():
@@ -179,6 +181,8 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
     }
     if image_report:
         report["images"] = image_report
+    if audio_report:
+        report["audio"] = audio_report
     if table.notes:
         report["notes"] = list(table.notes)
     return Prepared(inputs, outputs, splits, report)

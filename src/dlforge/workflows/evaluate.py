@@ -46,7 +46,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
         for name, sig in predictor.signature["inputs"].items():
             # Image paths are relative to the data's folder, as training read them (idempotent on absolute paths;
             # the shared "table -> model inputs" path of the runtime seam may take this over).
-            if sig["type"] == "image" and is_file_column(table.columns[name]):
+            if sig["type"] in ("image", "audio") and is_file_column(table.columns[name]):
                 table.columns[name] = resolve_paths(table.columns[name], table.root)
     else:
         from dlforge.data.readers import ReadOptions, load_table
