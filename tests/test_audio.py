@@ -4,7 +4,6 @@ prediction from files and the served upload limits."""
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
