@@ -221,3 +221,33 @@ def test_cli_predicts_a_wav_file(tones_run, sound_folder, capsys):
     clip = sorted((sound_folder / "test" / "high").glob("*.wav"))[0]
     main_ok(["predict", str(out), str(clip)])
     assert "high" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- grouped split (a recording's takes stay together)
+def test_grouped_split_keeps_each_group_in_one_split():
+    from dlforge.data.split import split_rows
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 5).astype(str)  # 40 groups of 5 rows
+    labels = np.where(np.arange(200) < 100, "a", "b").astype(object)
+    rows = split_rows(200, official=None, labels=labels, val=0.2, test=0.25, seed=int(rng.integers(100)),
+                      groups=groups)
+    seen = {part: set(groups[r]) for part, r in rows.items()}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+    assert len(seen["test"]) == 10 and sum(len(r) for r in rows.values()) == 200
+    assert set(labels[rows["test"]]) == {"a", "b"}  # stratified by each group's class
+
+
+def test_group_column_with_empty_cells_is_refused(tmp_path):
+    import pandas as pd
+
+    from dlforge.data.prepare import read_table
+    from dlforge.recipe import Recipe
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": range(10), "g": ["a", "b", "", "c", "d", "e", "f", "g", "h", "i"], "y": [0, 1] * 5}).to_csv(path, index=False)
+    recipe = Recipe.model_validate({"data": {"source": str(path), "split": {"group": "g"}},
+                                    "inputs": [{"name": "x", "type": "number"}],
+                                    "outputs": [{"name": "y", "type": "category"}]})
+    with pytest.raises(DataError, match="group column 'g' has empty cells"):
+        read_table(recipe)
