@@ -251,3 +251,14 @@ def test_group_column_with_empty_cells_is_refused(tmp_path):
                                     "outputs": [{"name": "y", "type": "category"}]})
     with pytest.raises(DataError, match="group column 'g' has empty cells"):
         read_table(recipe)
+
+
+def test_short_clips_pad_with_silence_or_repeat_and_long_ones_crop_at_the_centre():
+    from dlforge.data.audio import fit_length
+
+    clip = np.arange(1, 4, dtype=np.float32)  # 1, 2, 3
+    silence, lengths = fit_length([clip, np.arange(10, dtype=np.float32)], 7)
+    assert silence[0].tolist() == [1, 2, 3, 0, 0, 0, 0] and lengths.tolist() == [3, 7]
+    assert silence[1].tolist() == [1, 2, 3, 4, 5, 6, 7]  # 10 samples cropped to the middle 7
+    repeat, _ = fit_length([clip], 7, pad="repeat")
+    assert repeat[0].tolist() == [1, 2, 3, 1, 2, 3, 1]

@@ -132,16 +132,21 @@ def mfcc(log_mels: torch.Tensor, n_mfcc: int) -> torch.Tensor:
     return torch.einsum("nmt,mk->nkt", log_mels, dct_matrix(log_mels.shape[1], n_mfcc))
 
 
-def fit_length(waves: list[np.ndarray], samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips cropped (centre) or right-padded with silence to `samples`; also each clip's real length, capped."""
+def fit_length(waves: list[np.ndarray], samples: int, pad: str = "silence") -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips cropped (centre) or padded to `samples`: with silence on the right, or (`pad="repeat"`) by playing
+    the clip again until the duration is filled, so a short event is not diluted by silence when the encoder
+    averages over time. Also returns each clip's real length, capped."""
     out = torch.zeros(len(waves), samples)
     lengths = torch.empty(len(waves), dtype=torch.long)
     for i, w in enumerate(waves):
         if len(w) > samples:
             start = (len(w) - samples) // 2
             w = w[start:start + samples]
-        out[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        w = np.ascontiguousarray(w, dtype=np.float32)
         lengths[i] = len(w)
+        if pad == "repeat" and 0 < len(w) < samples:
+            w = np.tile(w, -(-samples // len(w)))[:samples]
+        out[i, : len(w)] = torch.from_numpy(w)
     return out, lengths
 
 

@@ -259,6 +259,9 @@ class AudioPreprocessing(Strict):
                               ge=1000, le=192_000)
     duration: float = _field(3.0, "Seconds per clip: longer clips are centre-cropped (counted), shorter ones padded with "
                                   "silence.", gt=0, le=600)
+    pad: Literal["silence", "repeat"] = _field(
+        "silence", "How a shorter clip reaches `duration`: silence after it, or the clip played again until it fills "
+        "the duration (a short event then is not diluted by silence when the encoder averages over time).")
     max_seconds: float = _field(600.0, "A file longer than this is refused (training: an error naming it; serving: 413).",
                                 gt=0, le=3600)
     features: Literal["log_mel", "mfcc"] = _field(

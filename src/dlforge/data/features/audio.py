@@ -94,7 +94,7 @@ def prepare_audio_files(recipe, table: Table) -> tuple[Table, dict]:
         if table.n_rows == 0:
             raise DataError(f"no audio file in '{feature.name}' could be decoded", where=field_path)
         samples = clip_samples(prep)
-        waves, lengths = fit_length(loaded, samples)
+        waves, lengths = fit_length(loaded, samples, prep.pad)
         durations = np.array([len(c) for c in loaded]) / prep.sample_rate
         report["cropped_longer_than_duration"] = int((durations > prep.duration).sum())
         report["padded_shorter_than_duration"] = int((durations < prep.duration).sum())
@@ -118,7 +118,7 @@ class AudioFeature(Feature):
             if array.ndim != 2:
                 raise DataError(f"audio '{self.name}' arrays must be (n, samples); got shape {array.shape}",
                                 where=self.field_path)
-            return fit_length(list(array), clip_samples(prep))[0]
+            return fit_length(list(array), clip_samples(prep), prep.pad)[0]
         clips = []
         for i, item in enumerate(values.tolist()):
             if isinstance(item, np.ndarray):
@@ -129,7 +129,7 @@ class AudioFeature(Feature):
             except (ValueError, FileNotFoundError) as exc:
                 raise DataError(f"audio in '{self.name}' row {i} cannot be used: {exc}", where=self.field_path,
                                 hint="send a WAV, FLAC or OGG file with at least one sample") from None
-        return fit_length(clips, clip_samples(prep))[0]
+        return fit_length(clips, clip_samples(prep), prep.pad)[0]
 
     def _spectral(self, waves: torch.Tensor) -> torch.Tensor:
         """(n, samples) to (n, bands, frames), unscaled."""
@@ -164,7 +164,7 @@ class AudioFeature(Feature):
     def state(self):
         prep = self.config.preprocessing  # the front end's protocol, so model.json alone says how clips are prepared
         return {"bands": self.bands_, "frames": self.frames_, "mean": self.mean_, "std": self.std_,
-                "sample_rate": prep.sample_rate, "duration": prep.duration, "features": prep.features}
+                "sample_rate": prep.sample_rate, "duration": prep.duration, "pad": prep.pad, "features": prep.features}
 
     def load_state(self, state):
         self.bands_, self.frames_ = state["bands"], state["frames"]
