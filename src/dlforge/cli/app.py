@@ -142,12 +142,12 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run directory."),
-    files: List[Path] = typer.Argument(None, help="Image files (for a model with one image input)."),
+    files: List[Path] = typer.Argument(None, help="Image or sound files (for a model with one image or audio input)."),
     data: Optional[Path] = typer.Option(None, "--data", help="A CSV/Parquet file with the model's input columns."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write predictions as CSV here instead of printing."),
     proba: bool = typer.Option(False, "--proba", help="Add one probability column per class."),
 ):
-    """Predict from image files or a table of inputs."""
+    """Predict from image or sound files, or a table of inputs."""
     import numpy as np
     import pandas as pd
 
@@ -156,13 +156,13 @@ def predict(
 
     predictor = dlforge.load(run)
     if bool(files) == bool(data):
-        raise DlforgeError("give image files or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
+        raise DlforgeError("give image or sound files, or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
     if files:
         from dlforge.data.features import kind_of
 
         file_inputs = [n for n, s in predictor.signature["inputs"].items() if kind_of(s).file_input]
         if len(predictor.signature["inputs"]) != 1 or not file_inputs:
-            raise DlforgeError("file arguments work for models with one image input; use --data for this model")
+            raise DlforgeError("file arguments work for models with one image or audio input; use --data for this model")
         inputs = {file_inputs[0]: [str(f) for f in files]}
         frame = pd.DataFrame({"file": [str(f) for f in files]})
     else:

@@ -138,6 +138,34 @@ class TokenDropout:
         return ids.masked_fill(drop, self.unk_id)
 
 
+class SpecAugment:
+    """Park et al. 2019 on standardised (B, 1, bands, frames) features: zero (the band mean) random bands and
+    frame spans per clip, and optionally roll each clip in time. One vectorised pass per batch, no Python per clip."""
+
+    def __init__(self, config):
+        spec = config.spec_augment
+        self.masks = [] if spec is None else [(2, spec.freq_masks, spec.freq_width), (3, spec.time_masks, spec.time_width)]
+        self.shift = config.time_shift
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        if self.shift:
+            frames = x.shape[3]
+            offsets = (torch.rand(n, generator=g) * 2 - 1) * self.shift * frames
+            index = (torch.arange(frames)[None, :] - offsets.round().long()[:, None]) % frames  # (B, frames)
+            x = torch.gather(x, 3, index.to(x.device)[:, None, None, :].expand_as(x))
+        keep = torch.ones(n, x.shape[2], x.shape[3], dtype=torch.bool)
+        for axis, count, width in self.masks:
+            size = x.shape[axis]
+            positions = torch.arange(size)
+            for _ in range(count):
+                widths = (torch.rand(n, generator=g) * (min(width, size) + 1)).long()
+                starts = (torch.rand(n, generator=g) * (size - widths + 1)).long()
+                hit = (positions[None, :] >= starts[:, None]) & (positions[None, :] < (starts + widths)[:, None])
+                keep &= ~(hit[:, :, None] if axis == 2 else hit[:, None, :])
+        return x * keep[:, None].to(x.device, x.dtype) if self.masks else x
+
+
 class BatchAugmenter:
     """All inputs' augmentations, plus batch mixing; `__call__(x) -> (x, mix)` with mix None or (perm, lam)."""
 
@@ -221,6 +249,8 @@ def build_augmenter(recipe, inputs: dict) -> BatchAugmenter | None:
             if aug.mixup or aug.cutmix:
                 mixed.append(feature.name)
                 mixup, cutmix = max(mixup, aug.mixup), max(cutmix, aug.cutmix)
+        elif feature.type == "audio":
+            per_input[feature.name] = SpecAugment(aug)
         elif feature.type == "text" and getattr(aug, "token_dropout", 0):
             per_input[feature.name] = TokenDropout(aug.token_dropout, **inputs[feature.name].dropout_ids())
     augmenter = BatchAugmenter(per_input, mixup=mixup, cutmix=cutmix, mixed=mixed, seed=recipe.training.seed + 2)

@@ -65,6 +65,10 @@ datasets.register("compas")(_at("compas", "compas/compas.csv.gz"))
 datasets.register("lending_club")(_at("lending_club", "lending_club/lending_club.csv"))
 datasets.register("rt_snippets")(_at("rt_snippets", "rt_snippets"))
 datasets.register("spam_assassin")(_at("spam_assassin", "spam_assassin"))
+# Spoken digits (FSDD) as MFCC sequences, UCR/UEA layout: (n, 13, 92) NaN right-padded, official 80/20 split.
+datasets.register("fsdd_mfcc")(_at("fsdd_mfcc", "fsdd_mfcc/fsdd_mfcc.npz"))
+# 776 sound clips (16 kHz WAV) in 16 classes as train/<class>/*.wav + test/<class>/*.wav, with labels.csv.
+datasets.register("sfx_0ad")(_at("sfx_0ad", "sfx_0ad"))
 # 187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree.
 datasets.register("tuxpaint_photos")(_at("tuxpaint_photos", "tuxpaint_photos"))
 

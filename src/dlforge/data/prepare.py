@@ -80,6 +80,12 @@ def encode(table: Table, inputs: dict[str, Feature], outputs: dict[str, TargetFe
     return Encoded(x, y)
 
 
+def split_groups(recipe, table: Table) -> np.ndarray | None:
+    """The `data.split.group` column (None when the recipe has none): rows that must share a split."""
+    name = recipe.data.split.group
+    return None if name is None else as_strings(table.column(name, field_path="data.split.group"))
+
+
 def stratify_labels(recipe, table: Table) -> np.ndarray | None:
     first = recipe.outputs[0]
     if not recipe.data.split.stratify or first.type not in ("category", "binary"):
@@ -102,6 +108,11 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
         table.column(f.name, field_path=f"inputs.{i}.name")
     for i, f in enumerate(recipe.outputs):
         table.column(f.name, field_path=f"outputs.{i}.name")
+    if recipe.data.split.group is not None:
+        groups = split_groups(recipe, table)
+        if any(g is None for g in groups.tolist()):
+            raise DataError(f"the group column '{recipe.data.split.group}' has empty cells", where="data.split.group",
+                            hint="fill them (each row needs a group), or drop data.split.group")
     if recipe.data.max_rows and recipe.data.max_rows < table.n_rows:
         rng = np.random.default_rng(recipe.data.split.seed)
         keep = np.sort(rng.choice(table.n_rows, recipe.data.max_rows, replace=False))
@@ -146,11 +157,13 @@ def _stack_columns(table: Table, feature, field_path: str) -> Table:
 
 
 def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
+    from dlforge.data.features.audio import prepare_audio_files
     from dlforge.data.images.files import prepare_image_files
 
     table = table if table is not None else read_table(recipe, base_dir)
-    # Image files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
+    # Image and audio files are checked (and, in memory, decoded) before the split, so skipped files drop whole rows.
     table, image_plans, image_report = prepare_image_files(recipe, table)
+    table, audio_report = prepare_audio_files(recipe, table)
     streamed = {n: p for n, p in image_plans.items() if p.stream}
     inputs, outputs = build_features(recipe)
     for name, feat in {**inputs, **outputs}.items():
@@ -158,7 +171,8 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
             feat.check(table.column(name, field_path=feat.field_path))
     labels = stratify_labels(recipe, table)
     cfg = recipe.data.split
-    rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed)
+    rows = split_rows(table.n_rows, official=table.split, labels=labels, val=cfg.val, test=cfg.test, seed=cfg.seed,
+                      groups=split_groups(recipe, table))
     if len(rows["train"]) == 0:
         raise DataError("the training split is empty", where="data.split", hint="use more rows or smaller val/test fractions")
     if labels is not None:
@@ -179,6 +193,8 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
     }
     if image_report:
         report["images"] = image_report
+    if audio_report:
+        report["audio"] = audio_report
     if table.notes:
         report["notes"] = list(table.notes)
     return Prepared(inputs, outputs, splits, report)

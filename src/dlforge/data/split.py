@@ -26,10 +26,30 @@ def _stratified_take(rows: np.ndarray, labels: np.ndarray | None, fraction: floa
     return np.setdiff1d(rows, taken, assume_unique=True), taken
 
 
+def _grouped_take(rows: np.ndarray, labels: np.ndarray | None, groups: np.ndarray, fraction: float,
+                  rng) -> tuple[np.ndarray, np.ndarray]:
+    """As `_stratified_take`, but whole groups move: `fraction` of the groups (per majority class) is taken."""
+    if fraction <= 0 or len(rows) == 0:
+        return rows, rows[:0]
+    names, codes = np.unique(groups[rows].astype(str), return_inverse=True)
+    unit_labels = None
+    if labels is not None:  # each group's most common class, so rare classes still reach every split
+        unit_labels = np.empty(len(names), dtype=object)
+        for g in range(len(names)):
+            values, counts = np.unique(labels[rows][codes == g].astype(str), return_counts=True)
+            unit_labels[g] = values[np.argmax(counts)]
+    _, taken_units = _stratified_take(np.arange(len(names)), unit_labels, fraction, rng)
+    taken = np.isin(codes, taken_units)
+    return rows[~taken], rows[taken]
+
+
 def split_rows(n_rows: int, *, official: np.ndarray | None, labels: np.ndarray | None,
-               val: float, test, seed: int) -> dict[str, np.ndarray]:
-    """Row indices of each split. `labels` (hashable per row) enables stratification."""
+               val: float, test, seed: int, groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Row indices of each split. `labels` (hashable per row) enables stratification; `groups` keeps each group's
+    rows in one split (the official test split is taken as it is)."""
     rng = np.random.default_rng(seed)
+    take = _stratified_take if groups is None else (
+        lambda rows, lab, fraction, rng: _grouped_take(rows, lab, groups, fraction, rng))
     all_rows = np.arange(n_rows)
     use_official = official is not None and test in ("auto", "official") and (official == "test").any()
     if test == "official" and not use_official:
@@ -43,9 +63,9 @@ def split_rows(n_rows: int, *, official: np.ndarray | None, labels: np.ndarray |
             return {"train": all_rows[official == "train"], "val": official_val, "test": test_rows}
     else:
         fraction = 0.2 if test == "auto" else float(test)
-        pool, test_rows = _stratified_take(all_rows, labels, fraction, rng)
+        pool, test_rows = take(all_rows, labels, fraction, rng)
     # The val fraction is of the rows left for training, as Keras' validation_split.
-    train_rows, val_rows = _stratified_take(pool, labels, val, rng)
+    train_rows, val_rows = take(pool, labels, val, rng)
     return {"train": train_rows, "val": val_rows, "test": test_rows}
 
 

@@ -19,6 +19,10 @@ class SplitConfig(Strict):
     seed: int = _field(0, "Seed of the split; the same seed gives the same rows.", ge=0, le=2**63 - 1)
     stratify: bool = _field(True, "Keep class proportions equal across splits (category/binary target; always false "
                                   "for other targets, where it has no meaning).")
+    group: str | None = _field(
+        None, "A column whose values keep their rows together: all rows of a group (a speaker, a patient, a "
+        "recording) land in one split, so val/test measure unseen groups. Fractions then count groups, "
+        "stratified by each group's most common class.", min_length=1)
 
 
 class DataConfig(Strict):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, Field, model_validator
 
 from dlforge.recipe._base import Strict, _field
-from dlforge.recipe.encoders import BACKBONE_IMAGE_PREPROCESSING, CNNEncoder, ImageEncoder, MiniLMEncoder
+from dlforge.recipe.encoders import BACKBONE_IMAGE_PREPROCESSING, CNNEncoder, ImageEncoder, MiniLMEncoder, ResNetEncoder
 
 
 # An image side past this is a mistake (a 100000 x 100000 resize asks for 120 GB per image, in float32).
@@ -254,7 +254,61 @@ class SequenceInput(Strict):
     encoder: SequenceEncoder = _field(SequenceCNNEncoder(), "cnn (1-D FCN/ResNet), lstm, gru or transformer.")
 
 
-InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput],
+class AudioPreprocessing(Strict):
+    sample_rate: int = _field(16000, "Clips are resampled to this rate (band-limited sinc interpolation) and mixed to mono.",
+                              ge=1000, le=192_000)
+    duration: float = _field(3.0, "Seconds per clip: longer clips are centre-cropped (counted), shorter ones padded with "
+                                  "silence.", gt=0, le=600)
+    pad: Literal["silence", "repeat"] = _field(
+        "silence", "How a shorter clip reaches `duration`: silence after it, or the clip played again until it fills "
+        "the duration (a short event then is not diluted by silence when the encoder averages over time).")
+    max_seconds: float = _field(600.0, "A file longer than this is refused (training: an error naming it; serving: 413).",
+                                gt=0, le=3600)
+    features: Literal["log_mel", "mfcc"] = _field(
+        "log_mel", "log_mel: log power through a mel filterbank (bands x frames); mfcc: its first `n_mfcc` DCT "
+        "coefficients (cepstra). Both are standardised per band on the training split.")
+    n_mels: int = _field(64, "Mel bands.", ge=8, le=512)
+    n_mfcc: int = _field(20, "mfcc: coefficients kept.", ge=2, le=128)
+    window_ms: float = _field(25.0, "Analysis window (Hann) in milliseconds.", gt=1, le=500)
+    hop_ms: float = _field(10.0, "Step between frames in milliseconds.", gt=0.5, le=500)
+    on_error: Literal["error", "skip"] = _field(
+        "error", "A file that does not decode (corrupt, empty, 0 samples): fail naming it, or drop its row (counted).")
+
+
+class SpecAugment(Strict):
+    """Park et al. 2019: mask random bands and time spans of each training clip's features (tensor ops per batch)."""
+
+    freq_masks: int = _field(2, "Frequency masks per clip.", ge=0, le=10)
+    freq_width: int = _field(8, "Largest masked band count (uniform 0..width).", ge=0)
+    time_masks: int = _field(2, "Time masks per clip.", ge=0, le=20)
+    time_width: int = _field(20, "Largest masked frame count (uniform 0..width).", ge=0)
+
+
+class AudioAugmentation(Strict):
+    spec_augment: SpecAugment | None = _field(None, "Time and frequency masking of training batches; null off.")
+    time_shift: float = _field(0.0, "Roll each training clip's frames by up to this fraction of the clip; 0 off.", ge=0, lt=1)
+
+
+class AudioConv1DEncoder(SequenceCNNEncoder):
+    name: Literal["cnn1d"] = "cnn1d"  # the bands are the channels: a 1-D FCN over frames
+
+
+AudioEncoder = Annotated[Union[CNNEncoder, ResNetEncoder, AudioConv1DEncoder, SequenceRNNEncoder, TransformerEncoderConfig],
+                         Field(discriminator="name")]
+
+
+class AudioInput(Strict):
+    name: str = _field(..., "Column of sound files (paths relative to the table, or a folder of <class>/*.wav), or "
+                            "waveform arrays already at `preprocessing.sample_rate`.", min_length=1)
+    type: Literal["audio"] = "audio"
+    preprocessing: AudioPreprocessing = _field(AudioPreprocessing(), "Rate, duration and the spectral front end.")
+    encoder: AudioEncoder = _field(
+        CNNEncoder(channels=[32, 64, 128], padding="same", batch_norm=True, global_pool=True, dense=[]),
+        "cnn or resnet: 2-D over the bands x frames image; cnn1d, gru, lstm or transformer: over frames, bands as channels.")
+    augmentation: AudioAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
+
+
+InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput, AudioInput],
                          Field(discriminator="type")]
 
 

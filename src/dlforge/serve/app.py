@@ -246,9 +246,13 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
             raise ApiError(415, f"send application/json or multipart/form-data; got '{ctype or 'no content type'}'")
         records = [[getattr(r, f"input_{i}") for i in range(len(input_names))] for r in parsed.records]
         for i, name in enumerate(input_names):
-            if name in file_inputs:  # uploads and base64 images: the pixel limit, from the header alone
+            if name in file_inputs:  # uploads and base64 files: the pixel or duration limit, from the header alone
+                sig = signature["inputs"][name]
                 for row, record in enumerate(records):
-                    _check_image(record[i], f"records.{row}.{name}", config.max_pixels, metrics)
+                    if sig["type"] == "image":
+                        _check_image(record[i], f"records.{row}.{name}", config.max_pixels, metrics)
+                    else:
+                        _check_upload(kind_of(sig), sig, record[i], f"records.{row}.{name}", metrics)
         return records, parsed.top_k
 
     @app.post("/v1/predict", response_model=PredictResponse, tags=["model"],
@@ -367,6 +371,20 @@ def _check_image(value, field: str, max_pixels: int, metrics: Metrics) -> None:
         metrics.rejected.labels("image_too_large").inc()
         raise ApiError(413, f"{field}: the image has {pixels:,} pixels; this server accepts at most {max_pixels:,} "
                             "(option --max-pixels)")
+
+
+def _check_upload(kind, sig: dict, value, field: str, metrics: Metrics) -> None:
+    """A file input's own header check (e.g. a clip's duration): 413 past its limit, 422 when unreadable."""
+    check = getattr(kind, "check_upload", None)
+    if check is None:
+        return
+    try:
+        check(value, sig)
+    except ValueError as exc:
+        if getattr(exc, "status", None) == 413:
+            metrics.rejected.labels(f"{sig['type']}_too_large").inc()
+            raise ApiError(413, f"{field}: {exc}") from None
+        raise _invalid([{"field": field, "message": str(exc)}]) from None
 
 
 async def _parse_form(request: Request, request_model, signature: dict):

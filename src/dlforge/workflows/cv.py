@@ -65,7 +65,7 @@ def fold_ids(n_rows: int, labels: np.ndarray | None, folds: int, seed: int) -> n
 def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None,
                    overrides: list[str] | None = None, progress: bool = False) -> CVResult:
     """Train the recipe once per fold and score each held-out fold; writes folds.csv and cv.json to `out`."""
-    from dlforge.data.prepare import read_table, stratify_labels
+    from dlforge.data.prepare import read_table, split_groups, stratify_labels
     from dlforge.recipe.io import load_recipe, recipe_base_dir
 
     if folds < 2:
@@ -74,7 +74,15 @@ def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None
     recipe.data.split.test = "official"  # the fold marks the held-out rows as the official test split
     table = read_table(recipe, recipe_base_dir(recipe))
     labels = stratify_labels(recipe, table)
-    ids = fold_ids(table.n_rows, labels, folds, recipe.data.split.seed)
+    groups = split_groups(recipe, table)
+    if groups is None:
+        ids = fold_ids(table.n_rows, labels, folds, recipe.data.split.seed)
+    else:  # whole groups are dealt to folds, stratified by each group's most common class
+        names, codes = np.unique(groups.astype(str), return_inverse=True)
+        majority = None if labels is None else np.array(
+            [max(set(labels[codes == g].tolist()), key=labels[codes == g].tolist().count) for g in range(len(names))],
+            dtype=object)
+        ids = fold_ids(len(names), majority, folds, recipe.data.split.seed)[codes]
     out_dir = Path(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="dlforge-cv-") as scratch:  # fold checkpoints when there is no `out`
         rows = [_fold(recipe, table, ids, k, out_dir or Path(scratch), progress) for k in range(folds)]

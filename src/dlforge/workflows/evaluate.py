@@ -17,7 +17,7 @@ from dlforge.artifact.predictor import load
 from dlforge.core.errors import ArtifactError
 from dlforge.data import read_table
 from dlforge.data.images.files import is_file_column, resolve_paths
-from dlforge.data.prepare import stratify_labels
+from dlforge.data.prepare import split_groups, stratify_labels
 from dlforge.data.split import split_rows
 from dlforge.data.table import Table
 
@@ -31,7 +31,7 @@ def derive_split(recipe, table: Table) -> dict[str, np.ndarray]:
     """Row indices of each split of `table` as the recipe's `data.split` makes them (seeded: the same every time)."""
     cfg = recipe.data.split
     return split_rows(table.n_rows, official=table.split, labels=stratify_labels(recipe, table), val=cfg.val,
-                      test=cfg.test, seed=cfg.seed)
+                      test=cfg.test, seed=cfg.seed, groups=split_groups(recipe, table))
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
@@ -46,7 +46,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
         for name, sig in predictor.signature["inputs"].items():
             # Image paths are relative to the data's folder, as training read them (idempotent on absolute paths;
             # the shared "table -> model inputs" path of the runtime seam may take this over).
-            if sig["type"] == "image" and is_file_column(table.columns[name]):
+            if sig["type"] in ("image", "audio") and is_file_column(table.columns[name]):
                 table.columns[name] = resolve_paths(table.columns[name], table.root)
     else:
         from dlforge.data.readers import ReadOptions, load_table
