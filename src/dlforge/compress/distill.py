@@ -61,16 +61,17 @@ def student_recipe(teacher_recipe, student: str, overrides: list[str] | None = N
     return load_recipe(data, overrides)
 
 
-def check_compatible(teacher_signature: dict, student_prepared, *, student: str) -> None:
-    """The student must read the teacher's inputs and predict its outputs (same names, types, labels)."""
-    student_signature = student_prepared.signature()
+def check_compatible(teacher_signature: dict, recipe, student_prepared=None) -> None:
+    """The student must read the teacher's inputs and predict its outputs: same names and types (from its recipe,
+    before any data is read) and, once prepared, the same labels in the same order."""
     problems = []
     for group in ("inputs", "outputs"):
         want = {n: s["type"] for n, s in teacher_signature[group].items()}
-        got = {n: s["type"] for n, s in student_signature[group].items()}
+        got = {f.name: f.type for f in getattr(recipe, group)}
         if want != got:
             problems.append(f"its {group} are {got}, the teacher's {want}")
-    if not problems:
+    if not problems and student_prepared is not None:
+        student_signature = student_prepared.signature()
         for name, sig in teacher_signature["outputs"].items():
             if [str(v) for v in sig.get("labels") or []] != [str(v) for v in student_signature["outputs"][name]
                                                              .get("labels") or []]:
@@ -151,8 +152,9 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                            "row, which augmentation would change", where="--student",
                            hint="turn the student's augmentation off (its inputs' augmentation sections)")
     started = time.perf_counter()
+    check_compatible(data.predictor.signature, recipe)
     prepared = prepare(recipe, table=data.table)
-    check_compatible(data.predictor.signature, prepared, student=student)
+    check_compatible(data.predictor.signature, recipe, prepared)
     train = prepared.splits["train"]
     logits, hit = teacher_logits(data, expected_rows=len(train), say=say)
     say(f"teacher logits: {'read from the cache' if hit else 'computed and cached'}")
