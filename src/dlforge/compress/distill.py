@@ -54,7 +54,9 @@ def student_recipe(teacher_recipe, student: str, overrides: list[str] | None = N
         if len(encoded) != 1:
             raise DlforgeError(f"--student {student!r} names an encoder, but the teacher has {len(encoded)} encoded "
                                "inputs", where="--student", hint="give a student recipe YAML instead")
-        encoded[0]["encoder"] = {"name": student}
+        # `text:cnn` (the registry's key) and `cnn` (the recipe's name under a text input) both name it.
+        prefix = f"{encoded[0]['type']}:"
+        encoded[0]["encoder"] = {"name": student[len(prefix):] if student.startswith(prefix) else student}
         data["training"]["optimizer"] = {"name": data["training"]["optimizer"]["name"]}
         data["name"] = f"{data['name']}-student-{student.replace(':', '-')}"
     data["data"] = teacher_recipe.model_dump(mode="json")["data"]
