@@ -61,6 +61,22 @@ def test_structured_pruning_shrinks_layers_and_the_variant_reloads(run, capsys):
     assert main_ok(["evaluate", str(variant)])
 
 
+def test_a_pruned_variant_serves(run):
+    import dlforge
+    from serve.conftest import app_client
+
+    variant = run / "variants" / "pruned_0.50"
+    if not variant.is_dir():
+        pytest.skip("needs the structured pruning test's variant")
+    images = np.random.default_rng(0).integers(0, 17, size=(2, 8, 8)).astype(np.float32)
+    with app_client(variant) as client:
+        response = client.post("/v1/predict", json={"records": [{"image": image.tolist()} for image in images]})
+    assert response.status_code == 200, response.text
+    expected = dlforge.load(variant).predict(images)
+    assert [p["label"] for p in response.json()["predictions"]] == [str(v) for v in expected]
+
+
+@pytest.mark.slow  # two prune steps and two fine-tunes: about 8 s on an idle 2-core machine
 def test_iterative_schedule_fine_tunes_after_each_step(run):
     from dlforge.compress.prune import prune_run
 
