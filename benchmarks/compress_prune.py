@@ -120,7 +120,8 @@ def bench_prune(runs: list[str], finetune: int) -> None:
         print(json.dumps(row), flush=True)
 
 
-def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, temperature: float, alpha: float) -> None:
+def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, temperature: float,
+                  alphas: list[float]) -> None:
     from dlforge.compress.distill import distill
     from dlforge.compress.variant import RunData
 
@@ -128,7 +129,7 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
     data = RunData.load(teacher)
     teacher_p = _load(teacher)
     for seed in seeds:
-        for a in (0.0, alpha):
+        for a in alphas:
             started = time.perf_counter()
             d = distill(teacher, student, temperature=temperature, alpha=a, data=data, name=f"bench_{student}_{seed}_{a}",
                         overrides=[f"training.epochs={epochs}", f"training.seed={seed}", "training.threads=1"],
@@ -138,7 +139,7 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
                    "metric": d["metric"], "student_score": d["student_score"], "teacher_score": d["teacher_score"],
                    "params": d["parameters"], "teacher_logits_cached": d["teacher_logits_cached"],
                    "load": os.getloadavg()}
-            if a == alpha and seed == seeds[0]:
+            if a == alphas[-1] and seed == seeds[0]:
                 student_p = _load(d["variant"])
                 t_one, _ = _one_row(teacher_p, data)
                 s_one, _ = _one_row(student_p, data)
@@ -170,14 +171,14 @@ def main() -> None:
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     d.add_argument("--epochs", type=int, default=4)
     d.add_argument("--temperature", type=float, default=4.0)
-    d.add_argument("--alpha", type=float, default=0.7)
+    d.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.7], help="0 is the student without the teacher")
     c = sub.add_parser("compress")
     c.add_argument("run")
     args, rest = parser.parse_known_args()
     if args.what == "prune":
         bench_prune(args.runs, args.finetune)
     elif args.what == "distill":
-        bench_distill(args.teacher, args.student, args.seeds, args.epochs, args.temperature, args.alpha)
+        bench_distill(args.teacher, args.student, args.seeds, args.epochs, args.temperature, args.alphas)
     else:
         bench_compress(args.run, rest)
 

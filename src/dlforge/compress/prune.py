@@ -58,11 +58,32 @@ def check_ratio(value: float, *, option: str) -> float:
 
 def _kept_layers(model: nn.Module) -> list[nn.Module]:
     """Layers whose outputs are never pruned: every head's layers (the classes stay), recurrent layers and
-    embeddings (their weights are fused or looked up by id, and pruning them buys little on a CPU)."""
+    embeddings (their weights are fused or looked up by id, and pruning them buys little on a CPU), attention, and
+    every layer of a pretrained backbone (its attention heads and stored config assume their widths; what follows
+    the backbone is pruned)."""
+    from dlforge.models.encoders.base import Backbone
+
     kept = [m for m in model.heads.modules() if isinstance(m, PRUNABLE)]
     kept += [m for m in model.modules() if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN, nn.Embedding,
                                                            nn.MultiheadAttention))]
+    for encoder in model.encoders.values():
+        if isinstance(encoder, Backbone):
+            kept += [m for m in encoder.backbone.modules() if isinstance(m, (*PRUNABLE, nn.Embedding))]
     return kept
+
+
+def _check_forward(model: nn.Module, example: dict[str, torch.Tensor], sizes: dict[str, tuple]) -> None:
+    """The pruned model still runs and gives the same output sizes; else a clear error, never a broken variant."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+        got = {k: tuple(v.shape[1:]) for k, v in out.items()}
+    except Exception as exc:  # a layer whose code assumes its old width (a reshape, an attention head size)
+        raise DlforgeError(f"structured pruning broke this model's forward pass ({exc.__class__.__name__}: "
+                           f"{str(exc)[:200]})", hint="use --unstructured, or distill a smaller student") from None
+    if got != sizes:
+        raise DlforgeError(f"structured pruning changed the model's output sizes ({sizes} -> {got})",
+                           hint="use --unstructured, or distill a smaller student")
 
 
 def prune_structured(model: nn.Module, data: RunData, *, ratio: float, steps: int = 1, finetune_epochs: int = 1,
@@ -71,12 +92,19 @@ def prune_structured(model: nn.Module, data: RunData, *, ratio: float, steps: in
     tp = _torch_pruning()
     model = copy.deepcopy(model).cpu().eval()
     example = _example_inputs(data)
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-        iterative_steps=steps, ignored_layers=_kept_layers(model), forward_fn=lambda m, x: m(x),
-        output_transform=lambda out: sum(v.float().sum() for v in out.values()))
+    with torch.no_grad():
+        sizes = {k: tuple(v.shape[1:]) for k, v in model(example).items()}
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+            iterative_steps=steps, ignored_layers=_kept_layers(model), forward_fn=lambda m, x: m(x),
+            output_transform=lambda out: sum(v.float().sum() for v in out.values()))
+    except Exception as exc:  # the dependency graph could not be traced (an operator Torch-Pruning does not know)
+        raise DlforgeError(f"Torch-Pruning cannot trace this model ({exc.__class__.__name__}: {str(exc)[:200]})",
+                           hint="use --unstructured, or distill a smaller student") from None
     for step in range(steps):
         pruner.step()
+        _check_forward(model, example, sizes)
         say(f"  step {step + 1}/{steps}: {count_parameters(model):,} parameters; fine-tuning {finetune_epochs} epoch(s)")
         model = finetune(model, data, epochs=finetune_epochs, lr_scale=lr_scale, progress=progress)
         # The fine-tune returns the trained module (the same object unless a strategy wrapped it); keep pruning it.
@@ -187,6 +215,9 @@ def prune_run(run_dir: str | Path, *, channels: float | None = None, unstructure
     details = {"mode": mode, "ratio": ratio, "steps": steps, "finetune_epochs": finetune_epochs,
                "finetune_lr_scale": lr_scale, "seconds": round(seconds, 2), "before": before, "after": after,
                "latency_threads": torch.get_num_threads()}
+    if mode == "structured" and after["parameters"] == before["parameters"]:
+        details["note"] = ("nothing was pruned: this model has no conv/dense layer outside its heads, recurrent layers, "
+                           "embeddings and pretrained backbone; try --unstructured or distill a smaller student")
     if mode == "unstructured":
         details["note"] = ("unstructured pruning zeroes weights but keeps every shape: dense kernels do the same "
                            "work, so latency and the safetensors size do not drop (the gzip size does)")
