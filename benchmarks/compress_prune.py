@@ -151,11 +151,16 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
 
 
 def bench_compress(run: str, options: list[str]) -> None:
+    """Wall time and CPU time (user + system, of the child: what the command costs without the machine's load)."""
+    import resource
+
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "dlforge.cli", "compress", run, *options], capture_output=True,
                           text=True)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"what": "compress", "run": run, "options": options, "exit": done.returncode,
-                      "wall_s": round(time.perf_counter() - started, 1), "load": os.getloadavg(),
+                      "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                      "load": os.getloadavg(),
                       "stdout": done.stdout[-2000:], "stderr": done.stderr[-4000:]}), flush=True)
 
 
