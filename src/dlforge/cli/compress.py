@@ -106,6 +106,8 @@ def compress(
     prune_trials: int = typer.Option(3, "--prune-trials", help="Pruning ratios tried (bisected); 0: no pruning."),
     finetune: int = typer.Option(1, "--finetune", help="Fine-tune epochs after pruning."),
     threads: int = typer.Option(1, "--threads", help="torch threads for every measurement (stated in the report)."),
+    measure_seconds: float = typer.Option(0.5, "--measure-seconds", help="Timing window per candidate and batch "
+                                          "size (longer: steadier figures on a loaded machine)."),
     objective: str = typer.Option("latency", "--objective", help="Among candidates meeting the budgets: latency|size."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Run every stage (no early exit)."),
     keep_all: bool = typer.Option(False, "--keep-all", help="Keep every candidate's directory (RUN/compress/work/)."),
@@ -115,7 +117,8 @@ def compress(
     from dlforge.compress.search import compress as search
 
     result = search(run, Budgets(max_accuracy_drop, max_latency_ms, max_size_mb), student=student,
-                    prune_trials=prune_trials, finetune=finetune, threads=threads, objective=objective,
+                    prune_trials=prune_trials, finetune=finetune, threads=threads, seconds=measure_seconds,
+                    objective=objective,
                     exhaustive=exhaustive, keep_all=keep_all, say=_say)
     best = result.best
     typer.echo(f"{len(result.entries)} candidate(s) in {result.seconds:.1f} s; best meeting every budget: "

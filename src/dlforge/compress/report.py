@@ -75,7 +75,7 @@ def write_search_report(out: Path, result, *, budgets, objective: str, closest, 
               "## How each figure is measured", "",
               "- metric: the main metric of the first output on the run's test split (validation when it has none);",
               "- latency: single-row forward passes through the candidate's runtime after 10 warm-up passes, timed "
-              "for at least half a second (20 passes at least); p50 and p95 of those times;",
+              "for the measuring window (--measure-seconds, 0.5 s by default; 20 passes at least); p50 and p95;",
               "- throughput: back-to-back batches of 64 test rows after warm-up, rows per second;",
               "- size: the bytes of the file the runtime loads (model.safetensors, or the .onnx file(s));",
               "- inputs are encoded once, outside the timed loop: the figures are the forward pass only.",

@@ -190,6 +190,8 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
     """
     if objective not in ("latency", "size"):
         raise DlforgeError(f"--objective is latency or size; got {objective!r}", where="--objective")
+    if not 0 < seconds <= 60:
+        raise DlforgeError(f"--measure-seconds must be in (0, 60]; got {seconds}", where="--measure-seconds")
     if not 0 <= prune_trials <= 10:
         raise DlforgeError(f"--prune-trials must be 0..10; got {prune_trials}", where="--prune-trials")
     for option, value in (("--max-accuracy-drop", budgets.max_accuracy_drop), ("--max-latency-ms",
