@@ -246,7 +246,7 @@ def test_search_bisects_the_prune_ratio_against_the_accuracy_budget(run):
 
     def prune(source, *, work_dir, ratio, **options):
         asked.append(ratio)
-        return _copy_pass(f"pruned_{ratio}", lossy=ratio > 0.6)(source, work_dir=work_dir, ratio=ratio)
+        return _copy_pass(f"pruned_{ratio}", lossy=ratio > 0.6, small=True)(source, work_dir=work_dir, ratio=ratio)
 
     from dlforge.compress.search import BudgetNotMet
 
@@ -255,7 +255,10 @@ def test_search_bisects_the_prune_ratio_against_the_accuracy_budget(run):
                  prune_trials=3, seconds=0.02)
     assert asked == [0.5, 0.7, 0.6]  # within, over, within: halfway up, then halfway down
     assert "p50 latency" in caught.value.message and "over by" in caught.value.message
-    assert (run / "compress" / "pareto").is_dir() and (run / "compress" / "report.md").is_file()
+    # The pruned copies within budget are smaller than the run itself: at least one is on the Pareto front, kept runnable.
+    kept = {p.name for p in (run / "compress" / "pareto").iterdir()}
+    assert kept & {"fp32_pruned_0.5", "fp32_pruned_0.6"} and (run / "compress" / "report.md").is_file()
+    assert all((run / "compress" / "pareto" / name / "model.json").is_file() for name in kept)
 
 
 def test_a_budget_nobody_meets_exits_2_naming_the_closest_candidate(run, capsys):
