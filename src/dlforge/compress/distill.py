@@ -18,6 +18,8 @@ refused for now (the teacher would have to run on every augmented batch).
 from __future__ import annotations
 
 import hashlib
+import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -163,8 +165,6 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     splits = dict(prepared.splits)
     splits["train"] = Encoded(train.x, {**train.y, **{TEACHER + n: v for n, v in logits.items()}})
     hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="dlforge-distill-") as work:
         built = build_training(recipe, prepared, splits=splits, run_dir=Path(work), progress=progress,
                                loss_hooks=(hook,))
@@ -180,8 +180,6 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     path = variant_dir(data.run_dir, name, Path(out) if out else None)
     write_variant(data, path, model, kind="distill", details=details, recipe=recipe, inputs=prepared.inputs,
                   outputs=prepared.outputs, register=register)
-    import json
-
     metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     part = next(iter(metrics))
     teacher_scores = data.predictor.evaluate(data.test_table())

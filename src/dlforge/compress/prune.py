@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import json
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch import nn
 from dlforge.compress.passes import Candidate, passes
 from dlforge.compress.variant import FINETUNE_LR_SCALE, RunData, finetune, variant_dir, write_variant
 from dlforge.core.errors import DlforgeError
+from dlforge.core.files import write_json
 from dlforge.models import build_model, count_parameters
 from dlforge.models.resize import RESIZED_KEY, layer_shapes, resized_record
 
@@ -227,11 +229,7 @@ def prune_run(run_dir: str | Path, *, channels: float | None = None, unstructure
     source_bytes = (Path(run_dir) / "model.safetensors").stat().st_size
     details["file_bytes"] = {"before": source_bytes, "after": len(weights),
                              "after_gzip": len(gzip.compress(weights, compresslevel=6))}
-    from dlforge.core.files import write_json
-
     write_json(path / "compress.json", {"pass": "prune", "source": str(Path(run_dir).resolve()), **details})
-    import json
-
     details["metrics"] = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     details["variant"] = str(path)
     return details
