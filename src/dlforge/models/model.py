@@ -10,6 +10,7 @@ from dlforge.models.encoders import encoders
 from dlforge.models.encoders.tabular import TABULAR_TYPES
 from dlforge.models.heads import heads
 from dlforge.models.combiners import combiners
+from dlforge.models.resize import RESIZED_KEY, apply_resized
 
 
 class DlforgeModel(nn.Module):
@@ -45,6 +46,10 @@ class DlforgeModel(nn.Module):
         width = self.combiner.output_dim
         self.heads = nn.ModuleDict({
             out.name: heads.get(out.type)(out, signature["outputs"][out.name], width) for out in recipe.outputs})
+        # Layers a structured pruning shrank (models/resize.py): built as the recipe says, then given their sizes.
+        self.resized: dict | None = architectures.get(RESIZED_KEY)
+        if self.resized:
+            apply_resized(self, self.resized)
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
@@ -59,8 +64,12 @@ class DlforgeModel(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
     def architectures(self) -> dict[str, dict]:
-        """{input name: what its encoder needs stored to be rebuilt without its wheel} (for model.json)."""
-        return {name: arch for name, enc in self.encoders.items() if (arch := enc.stored_architecture()) is not None}
+        """{input name: what its encoder needs stored to be rebuilt without its wheel} (for model.json), and the
+        widths of pruned layers under `__resized__`."""
+        stored = {name: arch for name, enc in self.encoders.items() if (arch := enc.stored_architecture()) is not None}
+        if self.resized:
+            stored[RESIZED_KEY] = self.resized
+        return stored
 
     def length_sensitive_inputs(self) -> dict[str, int]:
         """{input name: padding id} of the token inputs whose encoder cost follows the real length."""

@@ -1,4 +1,4 @@
-"""Small SVG charts (lines, scatter plots, heatmaps) for run reports: text in, text out, no plotting library.
+"""Small SVG charts (lines, scatter plots, bubbles, heatmaps) for run reports: text in, text out, no plotting library.
 
 The report needs three kinds of chart (curves per epoch, a confusion matrix, the LR range test). matplotlib
 drew them as PNGs for ~65 MB of install and about a second of import; these are a few kilobytes of
@@ -150,6 +150,34 @@ def scatter_chart(xs: Sequence[float], ys: Sequence[float], *, title: str, xlabe
         parts.append(f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{py(0.0):.1f}' y2='{py(0.0):.1f}' stroke='#d62728'/>")
     parts.extend(f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='2' fill='{COLOURS[0]}' fill-opacity='0.5'/>"
                  for x, y in pairs)
+    return _svg("".join(parts), title)
+
+
+def bubble_chart(points: Sequence[tuple[float, float, float, str, bool]], *, title: str, xlabel: str = "",
+                 ylabel: str = "", log_x: bool = False, vline: float | None = None, hline: float | None = None) -> str:
+    """One labelled bubble per (x, y, size, label, highlighted) point, its area proportional to `size`; highlighted
+    points (e.g. a Pareto set) are filled, the others hollow. `vline`/`hline`: dashed limits (budgets)."""
+    pts = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1]) and (not log_x or p[0] > 0)]
+    if not pts:
+        return _empty(title)
+    xs = [p[0] for p in pts] + ([vline] if vline is not None and (not log_x or vline > 0) else [])
+    ys = [p[1] for p in pts] + ([hline] if hline is not None else [])
+    px, py, parts = _axes(xs, ys, xlabel=xlabel, ylabel=ylabel, log_x=log_x)
+    if vline is not None and (not log_x or vline > 0):
+        parts.append(f"<line x1='{px(vline):.1f}' x2='{px(vline):.1f}' y1='{TOP}' y2='{HEIGHT - BOTTOM}' "
+                     f"stroke='#d62728' stroke-dasharray='5 4'/>")
+    if hline is not None:
+        parts.append(f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{py(hline):.1f}' y2='{py(hline):.1f}' "
+                     f"stroke='#d62728' stroke-dasharray='5 4'/>")
+    largest = max((p[2] for p in pts), default=1.0) or 1.0
+    for i, (x, y, size, label, highlighted) in enumerate(pts):
+        radius = 4 + 14 * math.sqrt(max(size, 0.0) / largest)  # area proportional to size
+        colour = COLOURS[i % len(COLOURS)]
+        fill = f"fill='{colour}' fill-opacity='0.45'" if highlighted else "fill='none'"
+        parts.append(f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='{radius:.1f}' {fill} stroke='{colour}'>"
+                     f"<title>{html.escape(label)}: {_fmt(x)}, {_fmt(y)}</title></circle>"
+                     f"<text x='{px(x) + radius + 2:.1f}' y='{py(y) + 4:.1f}' {FAMILY} font-size='10'>"
+                     f"{html.escape(label)}</text>")
     return _svg("".join(parts), title)
 
 

@@ -1,0 +1,192 @@
+"""Pruning, distillation and `dlforge compress` figures for benchmarks/compress_prune.md.
+
+    python benchmarks/compress_prune.py prune RUN [RUN ...]          # half the channels vs unpruned, per run (seed)
+    python benchmarks/compress_prune.py distill TEACHER STUDENT --seeds 0 1 2 --epochs 4
+    python benchmarks/compress_prune.py compress RUN [dlforge compress options...]
+
+Latency is measured side by side: the two models alternate in rounds (ROUNDS x REPEATS single-row passes each, after
+a warm-up), the median of each is reported, so a change in machine load hits both. torch runs with 1 intra-op
+thread (the figures say so); the ONNX Runtime figures (when onnxruntime is installed) export both models here with
+torch.onnx and run them with intra_op_num_threads=1, sequential execution, all graph optimisations.
+Prints one JSON object per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROUNDS, REPEATS, WARMUP = 7, 200, 50
+
+
+def _load(run_dir):
+    import dlforge
+
+    return dlforge.load(run_dir)
+
+
+def _one_row(predictor, data):
+    from dlforge.artifact.inputs import from_table
+    from dlforge.data.prepare import encode
+
+    table = from_table(data.test_table(), predictor.signature["inputs"])
+    x = encode(table, predictor.inputs, None).x
+    return {k: v[:1] for k, v in x.items()}, {k: v[:64] for k, v in x.items()}
+
+
+def _side_by_side(fns: dict, *, repeats: int = REPEATS) -> dict[str, float]:
+    """Median ms per call of each function, alternating in rounds."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(WARMUP):
+            fn()
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def _ort_session(model, x: dict, path: Path):
+    import onnxruntime as ort
+
+    names = list(x)
+
+    class Positional(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *tensors):
+            return tuple(self.m(dict(zip(names, tensors))).values())
+
+    torch.onnx.export(Positional(model.eval()), tuple(x.values()), str(path), input_names=names, dynamo=False,
+                      dynamic_axes={n: {0: "batch"} for n in names}, opset_version=17)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {n: v.numpy() for n, v in x.items()}
+    return lambda: session.run(None, feed)
+
+
+def bench_prune(runs: list[str], finetune: int) -> None:
+    from dlforge.compress.prune import prune_run
+    from dlforge.compress.variant import RunData
+
+    torch.set_num_threads(1)
+    for run in runs:
+        started = time.perf_counter()
+        details = prune_run(run, channels=0.5, finetune_epochs=finetune, name="bench_pruned_0.50")
+        prune_seconds = time.perf_counter() - started
+        data = RunData.load(run)
+        base, pruned = _load(run), _load(details["variant"])
+        one, batch = _one_row(base, data)
+        with torch.no_grad():
+            eager = _side_by_side({"unpruned": partial(base.model, one), "pruned": partial(pruned.model, one)})
+            eager64 = _side_by_side({"unpruned": partial(base.model, batch), "pruned": partial(pruned.model, batch)},
+                                    repeats=20)
+        acc = {name: json.loads((Path(d) / "metrics.json").read_text())["test"]["accuracy"]
+               for name, d in (("unpruned", run), ("pruned", details["variant"]))}
+        row = {"what": "prune", "run": run, "seed": base.recipe.training.seed, "threads": 1, "finetune_epochs": finetune,
+               "prune_seconds": round(prune_seconds, 1), "accuracy": acc,
+               "point_loss": round(100 * (acc["unpruned"] - acc["pruned"]), 3),
+               "torch_b1_ms": eager, "torch_b1_speedup": eager["unpruned"] / eager["pruned"],
+               "torch_b64_ms": eager64, "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"],
+               "params": [details["before"]["parameters"], details["after"]["parameters"]],
+               "macs": [details["before"]["macs"], details["after"]["macs"]],
+               "bytes": [details["file_bytes"]["before"], details["file_bytes"]["after"]], "load": os.getloadavg()}
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                ort_ms = _side_by_side({"unpruned": _ort_session(base.model, one, Path(tmp) / "a.onnx"),
+                                        "pruned": _ort_session(pruned.model, one, Path(tmp) / "b.onnx")})
+            row.update(ort_b1_ms=ort_ms, ort_b1_speedup=ort_ms["unpruned"] / ort_ms["pruned"])
+        except ImportError as exc:
+            row["ort"] = f"not measured ({exc})"
+        print(json.dumps(row), flush=True)
+
+
+def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, temperature: float,
+                  alphas: list[float]) -> None:
+    from dlforge.compress.distill import distill
+    from dlforge.compress.variant import RunData
+
+    torch.set_num_threads(1)
+    data = RunData.load(teacher)
+    teacher_p = _load(teacher)
+    for seed in seeds:
+        for a in alphas:
+            started = time.perf_counter()
+            d = distill(teacher, student, temperature=temperature, alpha=a, data=data, name=f"bench_{student}_{seed}_{a}",
+                        overrides=[f"training.epochs={epochs}", f"training.seed={seed}", "training.threads=1"],
+                        register=False)
+            row = {"what": "distill", "teacher": teacher, "student": student, "seed": seed, "alpha": a,
+                   "temperature": temperature, "epochs": epochs, "seconds": round(time.perf_counter() - started, 1),
+                   "metric": d["metric"], "student_score": d["student_score"], "teacher_score": d["teacher_score"],
+                   "params": d["parameters"], "teacher_logits_cached": d["teacher_logits_cached"],
+                   "load": os.getloadavg()}
+            if a == alphas[-1] and seed == seeds[0]:
+                student_p = _load(d["variant"])
+                t_one, _ = _one_row(teacher_p, data)
+                s_one, _ = _one_row(student_p, data)
+                with torch.no_grad():
+                    ms = _side_by_side({"teacher": partial(teacher_p.model, t_one),
+                                        "student": partial(student_p.model, s_one)}, repeats=100)
+                row.update(b1_ms=ms, speedup=ms["teacher"] / ms["student"], threads=1)
+            print(json.dumps(row), flush=True)
+
+
+def bench_compress(run: str, options: list[str]) -> None:
+    """Wall time and CPU time (user + system, of the child: what the command costs without the machine's load)."""
+    import resource
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "dlforge.cli", "compress", run, *options], capture_output=True,
+                          text=True)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"what": "compress", "run": run, "options": options, "exit": done.returncode,
+                      "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                      "load": os.getloadavg(),
+                      "stdout": done.stdout[-2000:], "stderr": done.stderr[-4000:]}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("prune")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--finetune", type=int, default=1)
+    d = sub.add_parser("distill")
+    d.add_argument("teacher")
+    d.add_argument("student")
+    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--epochs", type=int, default=4)
+    d.add_argument("--temperature", type=float, default=4.0)
+    d.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.7], help="0 is the student without the teacher")
+    c = sub.add_parser("compress")
+    c.add_argument("run")
+    args, rest = parser.parse_known_args()
+    if args.what == "prune":
+        bench_prune(args.runs, args.finetune)
+    elif args.what == "distill":
+        bench_distill(args.teacher, args.student, args.seeds, args.epochs, args.temperature, args.alphas)
+    else:
+        bench_compress(args.run, rest)
+
+
+if __name__ == "__main__":
+    main()
