@@ -197,19 +197,27 @@ def test_cross_fit_trains_one_member_per_fold_and_predicts_their_mean(tiny_csv, 
     assert combined.squeeze(1) == pytest.approx(each.mean(1).squeeze(1), abs=1e-5)
 
 
+class _StopAfter:
+    """A stop request that turns on after `calls` checks (the trainer checks once per step)."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def is_set(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
 def test_cross_fit_resume_reloads_finished_members_and_trains_the_rest(tiny_csv, tmp_path):
-    import shutil
+    from dlforge.core.errors import TrainingInterrupted
 
     whole = dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "whole", progress=False)
-    cut = dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "cut", progress=False)
-    # As if killed during the last member: its checkpoint and the post-training files are gone.
-    shutil.rmtree(cut.run_dir / "checkpoint" / "fold_2")
-    for name in ("model.safetensors", "metrics.json"):
-        (cut.run_dir / name).unlink()
-    meta = json.loads((cut.run_dir / "checkpoint" / "meta.json").read_text())
-    meta.pop("complete", None)
-    (cut.run_dir / "checkpoint" / "meta.json").write_text(json.dumps(meta))
-    resumed = dlforge.train(resume=cut.run_dir, progress=False)
+    steps = sum(m["epochs_run"] for m in whole.metrics["cross_fit"]["members"][:1]) * 4  # 4 steps an epoch
+    with pytest.raises(TrainingInterrupted) as stopped:  # during the second member
+        dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "cut", progress=False, stop=_StopAfter(steps + 2))
+    assert stopped.value.where == str(tmp_path / "cut")  # the run resumes, not the member's folder
+    assert not (tmp_path / "cut" / "checkpoint" / "fold_2").exists()
+    resumed = dlforge.train(resume=tmp_path / "cut", progress=False)
     for part in ("val", "test"):
         assert resumed.metrics[part]["accuracy"] == whole.metrics[part]["accuracy"]
         assert resumed.metrics[part]["loss"] == pytest.approx(whole.metrics[part]["loss"], abs=1e-6)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlforge.core.errors import TrainingInterrupted
 from dlforge.data.prepare import Encoded, Prepared
 from dlforge.data.split import fold_ids
 from dlforge.evaluation.metrics import compute_metrics
@@ -96,7 +97,10 @@ def cross_fit(recipe, prepared: Prepared, *, run_dir: Path, resume: bool = False
         built = build_training(mine, prepared, run_dir=folder, callbacks=callbacks, progress=progress, stop=stop,
                                splits={"train": take(pool, np.nonzero(ids != fold)[0]), "val": held_out})
         state = load_checkpoint(folder, recipe=mine) if resume and has_checkpoint(folder) else None
-        results.append(built.trainer.fit(state))
+        try:
+            results.append(built.trainer.fit(state))
+        except TrainingInterrupted:  # the member checkpointed; the run (not the member's folder) is what resumes
+            raise TrainingInterrupted(str(run_dir)) from None
         trainers.append(built.trainer)
         members.append(built.model)
         rows = torch.as_tensor(np.nonzero(ids == fold)[0], dtype=torch.long)
