@@ -169,9 +169,13 @@ def _cross_fit_recipe(csv, folds=3):
     return recipe
 
 
-def test_cross_fit_trains_one_member_per_fold_and_predicts_their_mean(tiny_csv, tmp_path):
+def test_cross_fit_trains_one_member_per_fold_and_predicts_their_mean(tiny_csv, tmp_path, monkeypatch):
+    import dlforge.workflows.train as train_module
     from dlforge.models import FoldEnsemble
 
+    baseline_rows = []
+    monkeypatch.setattr(train_module, "baseline_for",
+                        lambda setting, splits, *a, **k: baseline_rows.append(len(splits["train"])))
     result = dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "run", progress=False)
     metrics = result.metrics
     prepared = prepare(load_recipe(_cross_fit_recipe(tiny_csv)))
@@ -183,8 +187,7 @@ def test_cross_fit_trains_one_member_per_fold_and_predicts_their_mean(tiny_csv, 
     assert np.sum(metrics["test"]["confusion_matrix"]) == len(prepared.splits["test"])
     assert {row["fold"] for row in result.history} == {0, 1, 2}
     assert all((result.run_dir / "checkpoint" / f"fold_{i}" / "checkpoint" / "state.pt").is_file() for i in range(3))
-    # The baseline trains on the same pooled rows the members saw.
-    assert metrics["baseline"]["split"] == "test"
+    assert baseline_rows == [pool]  # the baseline trains on the same pooled rows the members drew on
 
     model = dlforge.load(result.run_dir).model
     assert isinstance(model, FoldEnsemble) and len(model.members) == 3
@@ -208,6 +211,7 @@ class _StopAfter:
         return self.calls < 0
 
 
+@pytest.mark.slow  # three trainings of three members: about 10 s
 def test_cross_fit_resume_reloads_finished_members_and_trains_the_rest(tiny_csv, tmp_path):
     from dlforge.core.errors import TrainingInterrupted
 
