@@ -161,6 +161,85 @@ def test_ensemble_with_batch_norm_is_a_recipe_error(tiny_csv):
         load_recipe(recipe)
 
 
+# ---------------------------------------------------------------- cross-fit ensemble
+def _cross_fit_recipe(csv, folds=3):
+    recipe = tabular_recipe(csv)
+    recipe["training"].update({"cross_fit": folds, "early_stopping": {"metric": "val.loss", "patience": 2},
+                               "epochs": 4})
+    return recipe
+
+
+def test_cross_fit_trains_one_member_per_fold_and_predicts_their_mean(tiny_csv, tmp_path, monkeypatch):
+    import dlforge.workflows.train as train_module
+    from dlforge.models import FoldEnsemble
+
+    baseline_rows = []
+    monkeypatch.setattr(train_module, "baseline_for",
+                        lambda setting, splits, *a, **k: baseline_rows.append(len(splits["train"])))
+    result = dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "run", progress=False)
+    metrics = result.metrics
+    prepared = prepare(load_recipe(_cross_fit_recipe(tiny_csv)))
+    pool = len(prepared.splits["train"]) + len(prepared.splits["val"])  # validation rows join the training rows
+    assert metrics["cross_fit"]["folds"] == 3 and metrics["cross_fit"]["rows"] == pool
+    assert [m["seed"] for m in metrics["cross_fit"]["members"]] == [0, 1, 2]
+    # val: out of fold, so every pooled row is scored once (by the member that did not train on it).
+    assert np.sum(metrics["val"]["confusion_matrix"]) == pool
+    assert np.sum(metrics["test"]["confusion_matrix"]) == len(prepared.splits["test"])
+    assert {row["fold"] for row in result.history} == {0, 1, 2}
+    assert all((result.run_dir / "checkpoint" / f"fold_{i}" / "checkpoint" / "state.pt").is_file() for i in range(3))
+    assert baseline_rows == [pool]  # the baseline trains on the same pooled rows the members drew on
+
+    model = dlforge.load(result.run_dir).model
+    assert isinstance(model, FoldEnsemble) and len(model.members) == 3
+    first, second = (dict(m.named_parameters()) for m in model.members[:2])
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # members trained apart
+    batch = {name: t[:6] for name, t in prepared.splits["test"].x.items()}
+    with torch.no_grad():
+        each = torch.stack([torch.sigmoid(m(batch)["target"]) for m in model.members], dim=1)
+        combined = torch.sigmoid(model(batch)["target"])
+    assert combined.squeeze(1) == pytest.approx(each.mean(1).squeeze(1), abs=1e-5)
+
+
+class _StopAfter:
+    """A stop request that turns on after `calls` checks (the trainer checks once per step)."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def is_set(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
+@pytest.mark.slow  # three trainings of three members: about 10 s
+def test_cross_fit_resume_reloads_finished_members_and_trains_the_rest(tiny_csv, tmp_path):
+    from dlforge.core.errors import TrainingInterrupted
+
+    whole = dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "whole", progress=False)
+    steps = sum(m["epochs_run"] for m in whole.metrics["cross_fit"]["members"][:1]) * 4  # 4 steps an epoch
+    with pytest.raises(TrainingInterrupted) as stopped:  # during the second member
+        dlforge.train(_cross_fit_recipe(tiny_csv), out=tmp_path / "cut", progress=False, stop=_StopAfter(steps + 2))
+    assert stopped.value.where == str(tmp_path / "cut")  # the run resumes, not the member's folder
+    assert not (tmp_path / "cut" / "checkpoint" / "fold_2").exists()
+    resumed = dlforge.train(resume=tmp_path / "cut", progress=False)
+    for part in ("val", "test"):
+        assert resumed.metrics[part]["accuracy"] == whole.metrics[part]["accuracy"]
+        assert resumed.metrics[part]["loss"] == pytest.approx(whole.metrics[part]["loss"], abs=1e-6)
+    assert resumed.metrics["cross_fit"]["members"] == whole.metrics["cross_fit"]["members"]
+
+
+def test_cross_fit_needs_a_row_of_each_class_per_fold(tiny_csv):
+    frame = pd.read_csv(tiny_csv)
+    frame.loc[frame.index[:3], "target"] = "rare"  # 3 rows of a third class, some of them held out for test
+    frame.to_csv(tiny_csv, index=False)
+    recipe = _cross_fit_recipe(tiny_csv, folds=8)
+    recipe["outputs"] = [{"name": "target", "type": "category"}]
+    recipe["data"]["split"]["test"] = 0.0
+    with pytest.raises(DataError, match="fewer rows than the 8 folds") as err:
+        dlforge.train(recipe, progress=False)
+    assert err.value.where == "training.cross_fit"
+
+
 # ---------------------------------------------------------------- what init writes
 @pytest.fixture
 def skewed_csv(tmp_path):
@@ -189,6 +268,17 @@ def test_init_writes_the_strong_tabular_default(skewed_csv):
     assert training["optimizer"]["name"] == "adamw" and training["optimizer"]["weight_decay"] > 0
     assert training["early_stopping"]["metric"] == "val.loss" and training["epochs"] >= 30
     assert training["regularization"]["dropout"] > 0
+    assert training["cross_fit"] == 5  # 300 rows: a cross-fit ensemble
+
+
+def test_init_cross_fits_only_small_tables(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame({"x": rng.normal(size=n), "label": rng.choice(["a", "b"], n)})
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    assert "cross_fit" not in yaml.safe_load(init(str(tmp_path / "big.csv"), "label", baseline=False))["training"]
+    frame.iloc[:2999].to_csv(tmp_path / "small.csv", index=False)
+    assert yaml.safe_load(init(str(tmp_path / "small.csv"), "label", baseline=False))["training"]["cross_fit"] == 5
 
 
 def test_init_weighs_a_rare_class_and_suggests_pos_weight_for_binary(skewed_csv):

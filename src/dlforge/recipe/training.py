@@ -161,6 +161,15 @@ class TrainingConfig(Strict):
         "so batches carry little padding — what fastai's SortishSampler and Hugging Face's group_by_length do. "
         "auto: by_length when a text encoder's cost follows the real length (minilm trims padding, lstm/gru pack "
         "it), else random.")
+    cross_fit: int = _field(
+        1, "k > 1: a k-fold cross-fit ensemble (bagging, as AutoGluon and the RealMLP/TabM benchmarks do on small "
+        "tables). The validation rows join the training rows; the pool is dealt into k folds (stratified on a "
+        "category/binary first output), and k models are trained one after another, member i on every fold but i "
+        "with fold i as its validation split (early stopping, restore_best) and seed training.seed + i. The saved "
+        "model averages the members' probabilities (numbers: their mean). `val` metrics are out-of-fold (each row "
+        "scored by the member that did not train on it), and the baseline is fitted on the same pooled rows. Costs "
+        "k trainings; every row trains, and model selection watches every row instead of a small validation share. "
+        "`dlforge cv` and `lr-find` train single members.", ge=1, le=20)
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
     threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1, le=1024)
     baseline: Union[Literal["auto"], bool] = _field(

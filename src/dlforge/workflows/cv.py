@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dlforge.core.errors import DataError
+from dlforge.data.split import fold_ids
 from dlforge.evaluation.metrics import flatten
 from dlforge.core.files import write_json, write_text
 
@@ -32,34 +33,6 @@ class CVResult:
     def line(self, metric: str) -> str:
         s = self.summary[metric]
         return f"{metric} {s['mean']:.4f} ± {s['std']:.4f}"
-
-
-def fold_ids(n_rows: int, labels: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
-    """The held-out fold of each row: every row in exactly one fold, fold sizes within one row of each other.
-
-    Rows are dealt round-robin in the order of a seeded permutation. With labels, each class is dealt in turn
-    and the deal carries on where the previous class stopped, so every fold also holds each class to within
-    one row (what scikit-learn's StratifiedKFold guarantees, without its 194 MB with scipy in the core install).
-    """
-    if folds > n_rows:
-        raise DataError(f"{folds} folds need at least {folds} rows; the data has {n_rows}", where="--folds")
-    order = np.random.default_rng(seed).permutation(n_rows)
-    if labels is None:
-        ids = np.empty(n_rows, dtype=np.int64)
-        ids[order] = np.arange(n_rows) % folds
-        return ids
-    codes: dict = {}
-    label_codes = np.array([codes.setdefault(v, len(codes)) for v in labels.tolist()], dtype=np.int64)
-    counts = np.bincount(label_codes)
-    rare = {str(k): int(counts[c]) for k, c in codes.items() if counts[c] < folds}
-    if rare:
-        raise DataError(f"class(es) {dict(list(rare.items())[:5])} have fewer rows than the {folds} folds",
-                        where="--folds", hint=f"use --folds {max(2, int(counts.min()))} or fewer, or more data")
-    # Stable sort by class keeps the permuted order inside each class.
-    dealt = order[np.argsort(label_codes[order], kind="stable")]
-    ids = np.empty(n_rows, dtype=np.int64)
-    ids[dealt] = np.arange(n_rows) % folds
-    return ids
 
 
 def cross_validate(recipe=None, *, folds: int = 5, out: str | Path | None = None,

@@ -37,6 +37,7 @@ from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.report.regression import plot_predicted_vs_actual, plot_residuals
 from dlforge.training.callbacks import check_callbacks, default_tracking
 from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
+from dlforge.training.cross_fit import cross_fit, has_member_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training, output_scales
@@ -136,7 +137,7 @@ def _nothing_to_resume(run_dir: Path, meta: dict, progress: bool) -> RunResult |
     if not (run_dir / "recipe.yaml").is_file() and not (run_dir / META).is_file() and not _only_temp_files(run_dir):
         raise ArtifactError("no checkpoint to resume from: this is not a dlforge run directory (no recipe.yaml)",
                             where=str(run_dir), hint=f"start a new run with `dlforge train RECIPE --out {run_dir}`")
-    if not has_checkpoint(run_dir):
+    if not has_checkpoint(run_dir) and not has_member_checkpoint(run_dir):
         recipe = meta.get("recipe_path") or "RECIPE"
         raise ArtifactError("nothing to resume: the run was stopped before its first checkpoint", where=str(run_dir),
                             hint=f"start it over: `dlforge train {recipe} --out {run_dir} --overwrite`")
@@ -210,13 +211,21 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     if resume is None:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     callbacks = (*callbacks, *default_tracking(recipe, run_dir))  # MLflow, when the `track` extra is installed
-    built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
-    model, trainer, cache_report = built.model, built.trainer, built.cache_report
     signature = prepared.signature()
-    state = load_checkpoint(run_dir, recipe=recipe) if resume is not None else None
-    load_metric_backend()  # a one-time import of seconds: counted in prepare_seconds, not in the first epoch
-    prepare_seconds = time.perf_counter() - started
-    result = trainer.fit(state)
+    splits, fitted = prepared.splits, None
+    if config.cross_fit > 1:  # k members, one after another, each with its own checkpoint (training/cross_fit.py)
+        load_metric_backend()
+        prepare_seconds = time.perf_counter() - started
+        fitted = cross_fit(recipe, prepared, run_dir=run_dir, resume=resume is not None, callbacks=callbacks,
+                           progress=progress, stop=stop)
+        model, trainer, result, cache_report, splits = fitted.model, fitted.trainer, fitted.result, {}, fitted.splits
+    else:
+        built = build_training(recipe, prepared, run_dir=run_dir, callbacks=callbacks, progress=progress, stop=stop)
+        model, trainer, cache_report = built.model, built.trainer, built.cache_report
+        state = load_checkpoint(run_dir, recipe=recipe) if resume is not None else None
+        load_metric_backend()  # a one-time import of seconds: counted in prepare_seconds, not in the first epoch
+        prepare_seconds = time.perf_counter() - started
+        result = trainer.fit(state)
 
     # The post-training phase: its inputs (final weights, history, seconds) are in the finished checkpoint, so
     # a resume redoes it exactly. A stop request is honoured between its writes.
@@ -225,18 +234,25 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
             raise TrainingInterrupted(str(run_dir))
 
     checkpoint_stop()
-    metrics = {part: trainer.evaluate(prepared.splits[part], detail=True) for part in ("val", "test")
-               if part in prepared.splits}
+    metrics = {part: trainer.evaluate(splits[part], detail=True) for part in ("val", "test") if part in splits}
+    if fitted is not None:  # val: the pooled rows, each scored by the member that held it out
+        metrics = {"val": fitted.out_of_fold, **metrics}
     metrics.update({"train_seconds": round(result.train_seconds, 3), "prepare_seconds": round(prepare_seconds, 3),
                     "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                     "parameters": count_parameters(model), "data": prepared.report, "audit": checks})
-    warning = best_epoch_warning(result, config)
+    if fitted is not None:
+        metrics["cross_fit"] = {
+            "folds": config.cross_fit, "val": "out of fold", "rows": len(splits["train"]),
+            "members": [{"fold": i, "seed": (config.seed + i) % 2**63, "epochs_run": r.epochs_run,
+                         "best_epoch": r.best_epoch, "stopped_early": r.stopped_early}
+                        for i, r in enumerate(fitted.members)]}
+    warning = next((w for r in (fitted.members if fitted else [result]) if (w := best_epoch_warning(r, config))), None)
     if warning:
         metrics["warnings"] = [warning]
         if progress:
             print(f"warning: {warning}", file=sys.stderr)
-    baseline = baseline_for(config.baseline, prepared.splits, signature, seed=config.seed,
+    baseline = baseline_for(config.baseline, splits, signature, seed=config.seed,
                             units=output_scales(prepared), threads=config.threads,
                             say=lambda text: print(text, file=sys.stderr))
     if baseline is not None:
@@ -255,7 +271,7 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     write_json(run_dir / "metrics.json", metrics, nonfinite="null")  # an undefined metric (AUC of one class) is null
     write_text(run_dir / "history.csv", _history_csv(result.history))
     checkpoint_stop()
-    plots = plot_curves(result.history, run_dir / "plots")
+    plots = plot_curves(fitted.members[0].history if fitted else result.history, run_dir / "plots")
     plots += _confusion_plots(metrics.get("test") or metrics.get("val") or {}, signature, run_dir)
     plots += _regression_plots(trainer, prepared, run_dir)
     plots += assessed.plots
