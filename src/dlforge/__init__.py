@@ -25,6 +25,8 @@ _EXPORTS = {
     "RunResult": "dlforge.workflows.train", "train": "dlforge.workflows.train",
     "evaluate": "dlforge.workflows.evaluate", "plan": "dlforge.workflows.plan", "lr_find": "dlforge.workflows.lr_find",
     "cross_validate": "dlforge.workflows.cv", "init": "dlforge.workflows.init",
+    "explain": "dlforge.explain.api", "Explanation": "dlforge.explain.api",
+    "permutation_importance": "dlforge.explain.importance",
     "Client": "dlforge.serve.client",  # needs httpx (the `serve` extra)
 }
 
