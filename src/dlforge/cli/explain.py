@@ -106,8 +106,10 @@ def explain(
                              n_steps=steps, internal_batch_size=batch, sanity=not no_sanity)
     paths = result.save(out)
     for i, (predicted, explained) in enumerate(zip(result.predicted, result.explained)):
-        shares = ", ".join(f"{n} {v[i]:.0%}" for n, v in result.shares.items()) if len(result.shares) > 1 else ""
-        typer.echo(f"row {i}: predicted {predicted}, explained {explained}" + (f"; share: {shares}" if shares else ""))
+        top = sorted(result.shares, key=lambda n: -result.shares[n][i])[:4]  # a wide table: its four leading columns
+        shares = ", ".join(f"{n} {result.shares[n][i]:.0%}" for n in top) if len(result.shares) > 1 else ""
+        more = " ..." if len(result.shares) > len(top) else ""
+        typer.echo(f"row {i}: predicted {predicted}, explained {explained}" + (f"; share: {shares}{more}" if shares else ""))
     if result.sanity:
         typer.echo(f"sanity (model randomisation): Spearman {result.sanity['spearman']:.2f} between the map and the "
                    f"map of a model with its top {len(result.sanity['randomised'])} layers re-initialised "

@@ -31,7 +31,8 @@ class Explanation:
     attributions: raw, in each input's space (image (N,C,H,W); text (N,L,dim) on the token embeddings; a column
     (N,width) or (N,embedding dim)); scores: reduced to (N,H,W) pixels, (N,L) tokens or (N,) per column;
     contributions: each input's signed total per row (for IG they add up to f(input) - f(reference));
-    shares: each input's part of the absolute attribution per row (which modality decided);
+    shares: each input's part of the explanation per row (which modality decided): |contribution| over their sum
+    (attribution mass for unsigned methods);
     sanity: the randomisation test (`spearman` mean and per row, `randomised` layers, `warning`).
     """
 
@@ -193,7 +194,10 @@ def explain(run, inputs, *, method: str = "integrated_gradients", target=None, o
     for name, mask in masks.items():
         scores[name] = scores[name] * mask
     contributions = {n: v.reshape(v.shape[0], -1).sum(1) for n, v in scores.items()}
-    mass = {n: np.abs(raw[n].numpy()).reshape(len(predicted), -1).sum(1) for n in raw}
+    # Shares: of the signed totals' magnitudes (for IG they split f(input) - f(reference) between the inputs);
+    # for unsigned maps, of the attribution mass. Mass alone would favour inputs with many elements (pixels).
+    mass = ({n: np.abs(v) for n, v in contributions.items()} if chosen.signed else
+            {n: np.abs(raw[n].numpy()).reshape(len(predicted), -1).sum(1) for n in raw})
     total = np.maximum(sum(mass.values()), 1e-30)
     shares = {n: m / total for n, m in mass.items()}
 
