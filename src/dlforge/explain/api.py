@@ -55,6 +55,7 @@ class Explanation:
     sanity: dict = field(default_factory=dict)
     attention: dict[str, dict] = field(default_factory=dict)
     convergence_delta: list[float] | None = None
+    internal_batch_size: int | None = None  # IG's rows per chunk (measured against the memory budget)
     seconds: float = 0.0
 
     @property
@@ -70,7 +71,8 @@ class Explanation:
                          "shares": {n: float(v[i]) for n, v in self.shares.items()}})
         return {"run": self.run, "method": self.method, "output": self.output, "model_type": self.model_type,
                 "rows": rows, "sanity": {k: v for k, v in self.sanity.items()},
-                "convergence_delta": self.convergence_delta, "seconds": round(self.seconds, 3),
+                "convergence_delta": self.convergence_delta,
+                "internal_batch_size": self.internal_batch_size, "seconds": round(self.seconds, 3),
                 "warnings": self.warnings}
 
     def save(self, out: str | Path) -> list[Path]:
@@ -145,15 +147,16 @@ def _tokens(predictor: Predictor, name: str, ids: torch.Tensor, pad_id: int) -> 
 
 def explain(run, inputs, *, method: str = "integrated_gradients", target=None, output: str | None = None,
             sanity: bool = True, attention: bool = False, n_steps: int = 50, internal_batch_size: int | None = None,
-            out: str | Path | None = None) -> Explanation:
+            memory_budget_mb: float = 1024, out: str | Path | None = None) -> Explanation:
     """Attribute the prediction for `inputs` (anything `predict` takes: image paths, texts, a dict, a DataFrame
     or a Table) to each input of the model in `run` (a run directory or a loaded Predictor).
 
     method: integrated_gradients | saliency | occlusion | gradient_shap | grad_cam (conv image models);
     target: the label to explain (default: the predicted one); output: which output (default: the first);
     sanity: run the model-randomisation test (default on; it doubles the time); attention: attention maps
-    and rollout for transformer/minilm text inputs; internal_batch_size: rows per forward inside IG
-    (default: the recipe's eval batch size, so memory stays bounded); out: also write the files there.
+    and rollout for transformer/minilm text inputs; internal_batch_size: rows per forward inside IG (default:
+    as many as keep the activations saved for one backward under `memory_budget_mb`, measured on the model,
+    at most the recipe's eval batch size), so IG's n_steps x rows never run out of memory; out: also write there.
     """
     start = time.perf_counter()
     predictor = run if isinstance(run, Predictor) else load(run)
@@ -174,7 +177,8 @@ def explain(run, inputs, *, method: str = "integrated_gradients", target=None, o
     target_idx = resolve_target(predictor, output, target, predicted_idx)
     labels = predictor.labels(output)
     explained = [labels[i] for i in target_idx.tolist()] if labels else predicted
-    options = Options(n_steps=n_steps, internal_batch_size=internal_batch_size or predictor.batch_size)
+    options = Options(n_steps=n_steps, internal_batch_size=internal_batch_size, most_rows=predictor.batch_size,
+                      memory_budget=int(memory_budget_mb * 2**20))
     keep_ids = {s.name: predictor.inputs[s.name].dropout_ids()["keep_ids"] for s in spaces if s.kind == "tokens"}
 
     def attribute(m) -> dict[str, np.ndarray]:
@@ -205,7 +209,7 @@ def explain(run, inputs, *, method: str = "integrated_gradients", target=None, o
         run=str(predictor.run_dir), method=method, output=output, model_type=describe_model(spaces),
         signed=chosen.signed, spaces=spaces, labels=labels, predicted=predicted, explained=explained,
         attributions={n: a.numpy() for n, a in raw.items()}, scores=scores, contributions=contributions,
-        shares=shares, convergence_delta=deltas)
+        shares=shares, convergence_delta=deltas, internal_batch_size=options.internal_batch_size)
     for s in spaces:
         if s.kind == "tokens":
             result.tokens[s.name] = _tokens(predictor, s.name, x[s.name], s.pad_id)

@@ -20,7 +20,9 @@ from dlforge.explain.spaces import Space
 @dataclass
 class Options:
     n_steps: int = 50  # IG's Gauss-Legendre points: Captum's default; the delta below says when it is too few
-    internal_batch_size: int = 256
+    internal_batch_size: int | None = None  # None: sized from `memory_budget` by a two-row probe
+    memory_budget: int = 1 << 30  # bytes of activations one IG chunk may keep for its backward pass
+    most_rows: int = 2048  # and never more rows per chunk than the recipe's eval batch size
     n_samples: int = 16  # GradientShap's random points per row
     stdevs: float = 0.0
     seed: int = 0
@@ -45,7 +47,34 @@ def captum():
     return attr
 
 
+def _saved_bytes(forward, inputs, ids, target, rows: int) -> int:
+    """Bytes autograd keeps for the backward pass of one forward on `rows` copies of the first row."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    first = tuple(v[:1].expand(rows, *v.shape[1:]).detach().requires_grad_() for v in inputs)
+    extra = tuple(i[:1].expand(rows, *i.shape[1:]) for i in ids)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward(*first, *extra)[torch.arange(rows), target[:1].expand(rows)].sum()
+    return total
+
+
+def rows_for_budget(forward, inputs, ids, target, budget_bytes: int, most: int) -> int:
+    """How many rows one IG chunk may hold so that the activations kept for its backward stay near the budget:
+    the saved bytes of 2 rows minus those of 1 is the per-row cost (the weights, saved once, cancel out).
+    Two one-row forwards, nothing next to IG's n_steps x rows."""
+    per_row = max(1, _saved_bytes(forward, inputs, ids, target, 2) - _saved_bytes(forward, inputs, ids, target, 1))
+    return int(max(1, min(most, budget_bytes // per_row)))
+
+
 def _ig(forward, inputs, refs, target, ids, spaces, options: Options):
+    if options.internal_batch_size is None:
+        options.internal_batch_size = rows_for_budget(forward, inputs, ids, target, options.memory_budget,
+                                                      options.most_rows)
     ig = captum().IntegratedGradients(forward)
     attributions, delta = ig.attribute(inputs, baselines=refs, target=target, additional_forward_args=ids or None,
                                        n_steps=options.n_steps, internal_batch_size=options.internal_batch_size,
@@ -91,7 +120,7 @@ def _occlusion(forward, inputs, refs, target, ids, spaces, options: Options):
     result = captum().Occlusion(forward).attribute(
         inputs, sliding_window_shapes=tuple(w for w, _ in windows), strides=tuple(s for _, s in windows),
         baselines=refs_b, target=target, additional_forward_args=ids or None,
-        perturbations_per_eval=max(1, options.internal_batch_size // max(1, inputs[0].shape[0])))
+        perturbations_per_eval=max(1, (options.internal_batch_size or options.most_rows) // max(1, inputs[0].shape[0])))
     # Captum gives every element of a patch the patch's whole effect; the maps sum over channels, embedding
     # dimensions or a column's width, so each element gets its share (a token's value is then its effect).
     return tuple(a / _spread(s, a) for s, a in zip(spaces, result))
