@@ -9,11 +9,11 @@ Cases (issue #14): the MNIST CNN on a batch of 64 test images, MiniLM on one sen
                  embeddings (MiniLM, [MASK] reference with [CLS]/[SEP] kept), the same n_steps=50 and the same
                  internal_batch_size dlforge chose (recorded in a first dlforge call)
 
-Each (case, way) run is its own subprocess (its peak RSS is its own), one untimed warm-up call then one timed
-call; the runs are interleaved for --repeats rounds and the median is reported, with CPU time beside wall
-time (the machine is shared; CPU time is the steadier figure under load).
+Times: per case, one process warms each way up, then alternates the three ways for --rounds rounds (a load
+burst on the shared machine hits all ways alike); medians of wall and CPU seconds, and the per-round CPU
+ratio. Memory: each (case, way) alone in a fresh process, its peak RSS growth over the RSS after loading.
 
-    PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/explain.py --mnist RUN --minilm RUN --repeats 3
+    PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/explain.py --mnist RUN --minilm RUN --rounds 5
 """
 
 from __future__ import annotations
@@ -79,7 +79,19 @@ def _captum_call(case: str, predictor, inputs, batch: int):
                                                               internal_batch_size=batch)
 
 
-def child(case: str, way: str, run: str, batch: int | None) -> dict:
+def _call(case: str, way: str, predictor, inputs, batch: int | None):
+    import dlforge
+
+    if way == "captum":
+        _captum_call(case, predictor, inputs, batch)
+        return batch
+    result = dlforge.explain(predictor, inputs, method="integrated_gradients", sanity=(way == "dlforge+sanity"),
+                             internal_batch_size=batch)
+    return result.internal_batch_size
+
+
+def child_memory(case: str, way: str, run: str, batch: int | None) -> dict:
+    """One way alone in a fresh process: the growth of its peak RSS over the RSS after loading."""
     import torch
 
     import dlforge
@@ -88,26 +100,38 @@ def child(case: str, way: str, run: str, batch: int | None) -> dict:
     predictor = dlforge.load(run)
     inputs = _case_inputs(case, predictor)
     base = _rss_mb()
-
-    def call():
-        if way == "captum":
-            _captum_call(case, predictor, inputs, batch)
-            return batch
-        result = dlforge.explain(predictor, inputs, method="integrated_gradients", sanity=(way == "dlforge+sanity"),
-                                 internal_batch_size=batch)
-        return result.internal_batch_size
-
-    chosen = call()  # warm-up: oneDNN kernels, first-use allocations
-    wall, cpu = time.perf_counter(), time.process_time()
-    call()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    chosen = _call(case, way, predictor, inputs, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"case": case, "way": way, "wall_s": wall, "cpu_s": cpu, "peak_rss_growth_mb": peak - base,
-            "internal_batch_size": chosen}
+    return {"case": case, "way": way, "peak_rss_growth_mb": peak - base, "internal_batch_size": chosen}
 
 
-def _spawn(case: str, way: str, run: str, batch: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", case, way, run, str(batch or 0)]
+def child_time(case: str, run: str, rounds: int) -> dict:
+    """The ways alternated in one process after a warm-up of each, `rounds` times: wall and CPU seconds each."""
+    import torch
+
+    import dlforge
+
+    torch.set_num_threads(1)
+    predictor = dlforge.load(run)
+    inputs = _case_inputs(case, predictor)
+    batch = _call(case, "dlforge", predictor, inputs, None)  # warm-up; the chunk size dlforge picks is used by all
+    _call(case, "captum", predictor, inputs, batch)
+    times: dict[str, dict[str, list[float]]] = {}
+    for _ in range(rounds):
+        for way in WAYS:
+            wall, cpu = time.perf_counter(), time.process_time()
+            _call(case, way, predictor, inputs, batch)
+            entry = times.setdefault(way, {"wall_s": [], "cpu_s": []})
+            entry["wall_s"].append(time.perf_counter() - wall)
+            entry["cpu_s"].append(time.process_time() - cpu)
+    return {"case": case, "internal_batch_size": batch, "times": times}
+
+
+WAYS = ("dlforge", "captum", "dlforge+sanity")
+
+
+def _spawn(*args) -> dict:
+    cmd = [sys.executable, __file__, "--child", *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -116,34 +140,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mnist", help="an MNIST CNN run (recipes/mnist_cnn.yaml)")
     parser.add_argument("--minilm", help="a MiniLM text run (recipes/text_minilm.yaml)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", nargs=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
-        case, way, run, batch = args.child
-        print(json.dumps(child(case, way, run, int(batch) or None)))
+        kind, *rest = args.child
+        if kind == "time":
+            print(json.dumps(child_time(rest[0], rest[1], int(rest[2]))))
+        else:
+            print(json.dumps(child_memory(rest[0], rest[1], rest[2], int(rest[3]) or None)))
         return
     cases = [(c, r) for c, r in (("mnist", args.mnist), ("minilm", args.minilm)) if r]
-    results: dict[tuple[str, str], list[dict]] = {}
-    batches = {}
-    for case, run in cases:  # dlforge's own choice of chunk size, given to the hand-written call too
-        batches[case] = _spawn(case, "dlforge", run, None)["internal_batch_size"]
-    for _ in range(args.repeats):
-        for case, run in cases:
-            for way in ("dlforge", "captum", "dlforge+sanity"):
-                found = _spawn(case, way, run, batches[case])
-                results.setdefault((case, way), []).append(found)
-                print(json.dumps(found), flush=True)
-    print("\ncase    way             wall s (median)  cpu s (median)  peak RSS growth MB  rows/chunk")
-    for (case, way), runs in results.items():
-        print(f"{case:<7} {way:<15} {statistics.median(r['wall_s'] for r in runs):>15.3f} "
-              f"{statistics.median(r['cpu_s'] for r in runs):>15.3f} "
-              f"{statistics.median(r['peak_rss_growth_mb'] for r in runs):>19.1f} {runs[0]['internal_batch_size']:>11}")
-    for case, _ in cases:
-        for unit in ("wall_s", "cpu_s"):
-            d = statistics.median(r[unit] for r in results[(case, "dlforge")])
-            c = statistics.median(r[unit] for r in results[(case, "captum")])
-            print(f"{case}: dlforge / captum ({unit}) = {d / c:.3f}")
+    print("case    way             wall s (median)  cpu s (median)  peak RSS growth MB  rows/chunk")
+    ratios = []
+    for case, run in cases:
+        timed = _spawn("time", case, run, args.rounds)
+        batch = timed["internal_batch_size"]
+        for way in WAYS:
+            memory = _spawn("memory", case, way, run, batch)
+            t = timed["times"][way]
+            print(f"{case:<7} {way:<15} {statistics.median(t['wall_s']):>15.3f} {statistics.median(t['cpu_s']):>15.3f} "
+                  f"{memory['peak_rss_growth_mb']:>19.1f} {batch:>11}", flush=True)
+        d, c = timed["times"]["dlforge"], timed["times"]["captum"]
+        per_round = [a / b for a, b in zip(d["cpu_s"], c["cpu_s"])]
+        ratios.append(f"{case}: dlforge / captum = {statistics.median(d['wall_s']) / statistics.median(c['wall_s']):.3f}"
+                      f" (wall medians), {statistics.median(d['cpu_s']) / statistics.median(c['cpu_s']):.3f} (CPU "
+                      f"medians); per round (CPU) {', '.join(f'{r:.3f}' for r in per_round)}")
+    print("\n".join(ratios))
 
 
 if __name__ == "__main__":

@@ -274,3 +274,28 @@ def test_python_api_refuses_text_for_an_image_model(digits_run):
     with pytest.raises(PredictError, match="explains images") as info:
         dlforge.explain(digits_run, ["a quietly devastating film"])
     assert "image 1x8x8" in info.value.hint
+
+
+@pytest.mark.slow
+def test_minilm_attention_maps_and_rollout_from_the_eager_path():
+    """MiniLM's SDPA kernels return no weights: the eager path gives them, and the model goes back to SDPA."""
+    pytest.importorskip("transformers")
+    from dlforge.explain.attention import attention_maps, rollout
+    from dlforge.models import build_model
+    from dlforge.recipe.io import load_recipe
+
+    recipe = load_recipe({"data": {"source": "x.csv"}, "inputs": [{"name": "text", "type": "text",
+                                                                    "encoder": {"name": "minilm"}}],
+                          "outputs": [{"name": "y", "type": "binary"}]})
+    signature = {"inputs": {"text": {"type": "text", "vocab_size": 30522, "max_length": 16, "pad_id": 0}},
+                 "outputs": {"y": {"type": "binary", "labels": ["n", "y"], "size": 1}}}
+    encoder = build_model(recipe, signature).encoders["text"].eval()
+    before = encoder.backbone.config._attn_implementation
+    ids = torch.tensor([[101, 1037, 2204, 3185, 102, 0, 0]])
+    maps = attention_maps(encoder, "minilm", ids, 0)
+    assert len(maps) == 6 and maps[0].shape == (1, 12, 7, 7)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(1, 12, 7), atol=1e-4)
+    assert float(maps[0][..., 5:].abs().max()) < 1e-6  # padding keys get no attention
+    assert encoder.backbone.config._attn_implementation == before
+    rolled = rollout(maps, ids != 0)
+    assert torch.allclose(rolled[0, :5].sum(-1), torch.ones(5), atol=1e-5)

@@ -72,7 +72,7 @@ def explain(
 ):
     """Why the model decides: attributions per pixel, token or column, checked by model randomisation."""
     import dlforge
-    from dlforge.explain.methods import valid_methods
+    from dlforge.explain.methods import get_method
 
     predictor = dlforge.load(run)
     out = out or Path(run) / "explanations"
@@ -96,11 +96,7 @@ def explain(
         return
     from dlforge.explain.spaces import build_spaces
 
-    spaces = build_spaces(predictor.model, predictor.signature, predictor.recipe)
-    if method not in valid_methods(predictor.model, spaces):  # before any input is read
-        from dlforge.explain.methods import get_method
-
-        get_method(method, predictor.model, spaces)
+    get_method(method, predictor.model, build_spaces(predictor.model, predictor.signature, predictor.recipe))
     inputs = _inputs(predictor, run, files or [], text or [], data)
     result = dlforge.explain(predictor, inputs, method=method, target=target, output=output, attention=attention,
                              n_steps=steps, internal_batch_size=batch, sanity=not no_sanity)

@@ -36,8 +36,11 @@ def save(explanation, out: Path) -> list[Path]:
                              "values": e.scores[s.name][i][:len(tokens)],
                              "rollout": attention["relevance"][i][:len(tokens)] if attention else None})
             page = out / f"{s.name}.html"
+            notes = [f"sanity check (model randomisation, Adebayo et al. 2018): Spearman {e.sanity['spearman']:.2f} "
+                     f"between this map and the map of the model with its top layers re-initialised (low is good)"
+                     ] if e.sanity else []
             tokens_html(page, title=f"{e.method} on '{s.name}' ({e.output})", rows=rows, signed=e.signed,
-                        notes=e.warnings)
+                        notes=notes, warnings=e.warnings)
             written.append(page)
             path = out / f"{s.name}.npz"
             np.savez_compressed(path, maps=e.scores[s.name].astype(np.float32))

@@ -52,11 +52,16 @@ def overlay_png(image: np.ndarray, values: np.ndarray, path: Path, *, signed: bo
     sheet.save(path)
 
 
-def _token_html(tokens: list[str], values: np.ndarray, signed: bool) -> str:
-    top = float(np.abs(values).max()) or 1.0
+def _token_html(tokens: list[str], values: np.ndarray, signed: bool, *, stretch: bool = False) -> str:
+    """Tokens as spans shaded by value; `stretch` shades from the row's minimum (rollout rows are all positive
+    and close together: shading from zero would make every token look alike)."""
+    values = np.asarray(values, dtype=np.float64)
+    low = float(values.min()) if stretch and len(values) else 0.0
+    top = float(np.abs(values - low).max()) if len(values) else 0.0
+    top = top or 1.0
     spans = []
     for token, v in zip(tokens, values):
-        alpha = min(1.0, abs(float(v)) / top)
+        alpha = min(1.0, abs(float(v) - low) / top)
         rgb = "230,30,30" if (v >= 0 or not signed) else "30,80,230"
         text = token[2:] if token.startswith("##") else token
         gap = "" if token.startswith("##") else " "
@@ -65,7 +70,8 @@ def _token_html(tokens: list[str], values: np.ndarray, signed: bool) -> str:
     return "".join(spans).strip()
 
 
-def tokens_html(path: Path, *, title: str, rows: list[dict], signed: bool, notes: list[str]) -> None:
+def tokens_html(path: Path, *, title: str, rows: list[dict], signed: bool, notes: list[str],
+                warnings: list[str]) -> None:
     """One self-contained page: per row the prediction, the tokens coloured by attribution and, when computed,
     by attention rollout; each token's value on hover."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
@@ -75,14 +81,15 @@ def tokens_html(path: Path, *, title: str, rows: list[dict], signed: bool, notes
              f"<h1>{html.escape(title)}</h1>",
              "<p class='meta'>red: evidence for the explained label; blue: against"
              f"{'' if signed else ' (magnitudes only for this method)'}. Hover a token for its value.</p>"]
-    parts += [f"<p class='warn'>{html.escape(n)}</p>" for n in notes]
+    parts += [f"<p class='meta'>{html.escape(n)}</p>" for n in notes]
+    parts += [f"<p class='warn'>{html.escape(n)}</p>" for n in warnings]
     for i, row in enumerate(rows):
         parts.append(f"<div class='row'><div class='meta'>row {i}: predicted <b>{html.escape(str(row['predicted']))}"
                      f"</b>, explained <b>{html.escape(str(row['explained']))}</b></div>")
         parts.append(f"<div>{_token_html(row['tokens'], row['values'], signed)}</div>")
         if row.get("rollout") is not None:
             parts.append("<div class='meta'>attention rollout:</div>"
-                         f"<div>{_token_html(row['tokens'], row['rollout'], False)}</div>")
+                         f"<div>{_token_html(row['tokens'], row['rollout'], False, stretch=True)}</div>")
         parts.append("</div>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
