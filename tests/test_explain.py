@@ -299,3 +299,18 @@ def test_minilm_attention_maps_and_rollout_from_the_eager_path():
     assert encoder.backbone.config._attn_implementation == before
     rolled = rollout(maps, ids != 0)
     assert torch.allclose(rolled[0, :5].sum(-1), torch.ones(5), atol=1e-5)
+
+    # Token IG in chunks that hold only the shorter row: MiniLM trims such a chunk further; the swapped-in
+    # embeddings must follow (this failed with a shape error before).
+    from dlforge.explain.methods import Options, methods
+    from dlforge.explain.spaces import SpaceForward, baselines, build_spaces, embed
+
+    model = build_model(recipe, signature).eval()
+    spaces = build_spaces(model, signature, recipe)
+    x = {"text": torch.tensor([[101, 1037, 2204, 3185, 2307, 102], [101, 2204, 102, 0, 0, 0]])}
+    forward = SpaceForward(model, spaces, "y", "binary")
+    found = methods.get("integrated_gradients").fn(
+        forward, embed(model, spaces, x), baselines(model, spaces, x, {"text": [0, 101, 102]}), torch.tensor([1, 1]),
+        forward.id_args(x), spaces, Options(n_steps=4, internal_batch_size=3))
+    forward.close()
+    assert found[0].shape == (2, 6, 384) and float(found[0][1, 3:].abs().max()) == 0.0

@@ -112,7 +112,13 @@ class SpaceForward(nn.Module):
     def _hook(self, name: str):
         def swap(module, args, output):
             value = self._swap.get(name)
-            return output if value is None else value
+            if value is None:
+                return output
+            if value.dim() == 3 and value.shape[1] != output.shape[1]:
+                # MiniLM trims each batch to its longest real text; an IG chunk holding only the shorter rows is
+                # trimmed further. The cut positions are padding in every row of that chunk: their gradient is 0.
+                value = value[:, : output.shape[1]]
+            return value
         return swap
 
     def close(self) -> None:
