@@ -26,6 +26,8 @@ _EXPORTS = {
     "evaluate": "dlforge.workflows.evaluate", "plan": "dlforge.workflows.plan", "lr_find": "dlforge.workflows.lr_find",
     "cross_validate": "dlforge.workflows.cv", "init": "dlforge.workflows.init",
     "audit": "dlforge.audit",  # the package is callable too (see dlforge/audit/__init__.py)
+    "explain": "dlforge.explain.api", "Explanation": "dlforge.explain.api",
+    "permutation_importance": "dlforge.explain.importance",
     "Client": "dlforge.serve.client",  # needs httpx (the `serve` extra)
 }
 
