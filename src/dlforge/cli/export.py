@@ -1,5 +1,37 @@
 """`dlforge export` and `dlforge quantize`: ONNX with parity, int8 through onnxruntime."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
 
+from dlforge.core.errors import DlforgeError
+
 commands = typer.Typer()
+
+
+@commands.command()
+def export(
+    run: Path = typer.Argument(..., help="A run directory."),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    opset: int = typer.Option(20, "--opset", help="ONNX opset (13..23)."),
+    rows: int = typer.Option(1000, "--rows", help="Test rows the parity check runs on."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: torch's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model.onnx."),
+):
+    """Export a run to ONNX (model.onnx + export.json beside model.json), refused unless it matches the torch model."""
+    if format != "onnx":
+        raise DlforgeError(f"unknown export format '{format}'; known: onnx", where="--format")
+    if not 13 <= opset <= 23:
+        raise DlforgeError(f"opset {opset} is outside 13..23 (int8 QDQ needs 13; onnxruntime 1.32 runs up to 23)",
+                           where="--opset")
+    if rows < 1:
+        raise DlforgeError("--rows must be at least 1", where="--rows")
+    from dlforge.compress.onnx_export import describe, export_onnx
+
+    record = export_onnx(run, opset=opset, rows=rows, overwrite=overwrite, threads=threads)
+    for line in describe(record):
+        typer.echo(line)
+    typer.echo(f"wrote {run / 'model.onnx'} and {run / 'export.json'}; run it with --runtime onnx")
