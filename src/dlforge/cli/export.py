@@ -35,3 +35,28 @@ def export(
     for line in describe(record):
         typer.echo(line)
     typer.echo(f"wrote {run / 'model.onnx'} and {run / 'export.json'}; run it with --runtime onnx")
+
+
+@commands.command()
+def quantize(
+    run: Path = typer.Argument(..., help="A run directory (exported to ONNX first if it has no model.onnx)."),
+    mode: str = typer.Option("auto", "--mode", help="static (QDQ, calibrated: conv nets) | dynamic (Linear/LSTM/"
+                             "transformer) | auto (static when the graph has convolutions)."),
+    calibration: str = typer.Option("minmax", "--calibration", help="Static: minmax | entropy | percentile."),
+    calibration_rows: int = typer.Option(256, "--calibration-rows", help="Static: training rows to calibrate on."),
+    max_drop: float = typer.Option(0.005, "--max-drop", help="Metric loss allowed before layers fall back to fp32 "
+                                   "(0.005 = half a point of accuracy)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Variant name (default int8_<mode>)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: torch's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing variant of that name."),
+):
+    """int8 quantization through onnxruntime: writes RUN/variants/<name>/, a complete run directory."""
+    from dlforge.compress.quantize import describe, quantize_run
+
+    record = quantize_run(run, mode=mode, calibration=calibration, calibration_rows=calibration_rows,
+                          max_drop=max_drop, name=name, overwrite=overwrite, threads=threads)
+    if record.get("exported_now"):
+        typer.echo(f"exported {run / 'model.onnx'} first (parity checked; export.json)")
+    for line in describe(record):
+        typer.echo(line)
+    typer.echo(f"variant: {record['variant_dir']} (evaluate, predict, serve and dlforge.load take it)")
