@@ -97,6 +97,17 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else exc.__class__.__name__)[:400]
 
 
+def unexportable(model: torch.nn.Module) -> str | None:
+    """Why a model cannot be exported, found before trying (each exporter fails on it with an unrelated message):
+    LSTM/GRU encoders run over packed sequences (aten::_pack_padded_sequence), which neither exporter takes."""
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
+            kind = type(module).__name__
+            return (f"its {kind} ('{name}') runs over packed sequences (operator aten::_pack_padded_sequence), which "
+                    f"neither the dynamo nor the TorchScript exporter takes")
+    return None
+
+
 def to_onnx(graph: ExportGraph, example: tuple, *, dynamic: dict[str, dict[int, str]], opset: int,
             folder: Path) -> tuple[bytes, dict]:
     """(ONNX bytes, how they were made): the dynamo exporter, else the TorchScript exporter with the reason."""
@@ -182,6 +193,11 @@ def export_onnx(run_dir: str | Path, *, opset: int = DEFAULT_OPSET, rows: int = 
     x_raw, _ = encode_rows(predictor, table, scaled=False) if scales else (x_ref, y)
     names = list(predictor.signature["inputs"])
     outputs = predictor.output_names
+    reason = unexportable(predictor.model)
+    if reason:
+        raise ExportError(f"this model cannot be exported to ONNX: {reason}", where=str(run_dir),
+                          hint="fallback: keep running it on the torch runtime (--runtime torch, the default); the "
+                               "cnn, embed, ngram and transformer encoders export")
     graph = ExportGraph(predictor.model, names, outputs, scales).eval()
     dynamic, trim = _dynamic_axes(predictor, x_ref)
     n_example = min(2, len(next(iter(x_raw.values()))))

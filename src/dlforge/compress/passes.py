@@ -31,3 +31,6 @@ CompressionPass = Callable[..., list[Candidate]]
 passes: Registry[CompressionPass] = Registry("compression pass")
 
 __all__ = ["Candidate", "CompressionPass", "passes"]
+
+# The built-in passes register themselves when their module is imported (onnx, int8_dynamic, int8_static).
+from dlforge.compress import onnx_passes  # noqa: E402,F401

@@ -219,8 +219,9 @@ class Quantizer:
 
 def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = "minmax", calibration_rows: int = 256,
                  max_drop: float = 0.005, name: str | None = None, overwrite: bool = False, threads: int | None = None,
-                 parity_rows: int = 1000) -> dict:
-    """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`.
+                 parity_rows: int = 1000, out_dir: Path | None = None) -> dict:
+    """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`, or into
+    `out_dir` (a new complete run directory, not listed in the source's run.json: what compression passes use).
 
     Returns the variant's export.json content; its `quantization` entry says what was done."""
     run_dir = Path(run_dir)
@@ -291,14 +292,20 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
             "seconds": round(time.perf_counter() - started, 2),
         }
     variant_name = name or f"int8_{mode}" + (f"_{calibration}" if mode == "static" and calibration != "minmax" else "")
-    out = variant_dir(run_dir, variant_name, overwrite=overwrite)
+    if out_dir is None:
+        out = variant_dir(run_dir, variant_name, overwrite=overwrite)
+    else:
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise QuantizeError("the output folder is not empty", where=str(out))
+        out.mkdir(parents=True, exist_ok=True)
     record = {**quantizer.record, "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
               "parity": parity, "session": runtime.settings, "quantization": quantization,
               "exported_now": exported is not None}
     record["session"] = {**record["session"], "bytes": len(data), "quantization": mode}
     write_bytes(out / ONNX_FILE, data)
     write_json(out / EXPORT_JSON, record)
-    write_variant(run_dir, out, pass_name=f"int8_{mode}", runtime="onnx",
+    write_variant(run_dir, out, pass_name=f"int8_{mode}", runtime="onnx", listed=out_dir is None,
                   notes={"quantization": {k: quantization[k] for k in ("mode", "calibration", "int8_layers",
                                                                         "fp32_layers", "size_ratio")},
                          "parity": parity})

@@ -37,8 +37,10 @@ def variant_dir(run_dir: Path, name: str, *, overwrite: bool) -> Path:
     return folder
 
 
-def write_variant(run_dir: Path, folder: Path, *, pass_name: str, runtime: str, notes: dict) -> dict:
-    """Copy the run's model.json, weights and run.json into `folder`, write variant.json, list it in run.json.
+def write_variant(run_dir: Path, folder: Path, *, pass_name: str, runtime: str, notes: dict,
+                  listed: bool = True) -> dict:
+    """Copy the run's model.json, weights and run.json into `folder`, write variant.json, list it in the source's
+    run.json (unless `listed` is False: a compression candidate outside the source).
 
     run.json's data source and base directory stay absolute, so the variant evaluates on the same split."""
     run_dir, folder = Path(run_dir), Path(folder)
@@ -50,7 +52,7 @@ def write_variant(run_dir: Path, folder: Path, *, pass_name: str, runtime: str, 
     info = {"name": folder.name, "source": str(run_dir.resolve()), "pass": pass_name, "runtime": runtime,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": notes}
     write_json(folder / VARIANT_JSON, info)
-    if (run_dir / RUN_JSON).is_file():
+    if listed and (run_dir / RUN_JSON).is_file():
         listed = [v for v in record.get("variants", []) if not (isinstance(v, dict) and v.get("name") == folder.name)]
         listed.append({"name": folder.name, "path": f"{VARIANTS}/{folder.name}", "pass": pass_name, "runtime": runtime})
         write_json(run_dir / RUN_JSON, {**record, "variants": listed})
