@@ -340,7 +340,7 @@ def test_an_lstm_encoder_names_the_operator_and_the_fallback(tmp_path, capsys):
     pd.DataFrame({"text": words, "label": ["pos", "neg"] * 20}).to_csv(tmp_path / "t.csv", index=False)
     recipe = {"name": "lstm", "data": {"source": str(tmp_path / "t.csv"), "split": {"val": 0.2, "test": 0.2, "seed": 0}},
               "inputs": [{"name": "text", "type": "text", "encoder": {"name": "lstm", "dim": 8, "hidden": 8},
-                          "preprocessing": {"vocab_size": 50, "min_frequency": 1, "max_length": 8}}],
+                          "preprocessing": {"vocab_size": 100, "min_frequency": 1, "max_length": 8}}],
               "outputs": [{"name": "label", "type": "binary"}], "training": {"epochs": 1, "batch_size": 8}}
     dlforge.train(recipe, out=tmp_path / "run", progress=False)
     assert not main_ok(["export", str(tmp_path / "run")])
