@@ -347,3 +347,31 @@ def test_an_lstm_encoder_names_the_operator_and_the_fallback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "aten::_pack_padded_sequence" in err and "LSTM" in err and "--runtime torch" in err
     assert "Traceback" not in err and not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_qat_without_torchao_names_the_extra(exported, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e.quantize_pt2e", None)
+    assert not main_ok(["quantize", str(exported[0]), "--mode", "qat"])
+    err = capsys.readouterr().err
+    assert "torchao" in err and "dlforge[qat]" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_with_fake_quant_and_exports_qdq(exported):
+    pytest.importorskip("torchao")
+    import onnx
+
+    from dlforge.compress.quantize import quantize_run
+
+    run, _ = exported
+    record = quantize_run(run, mode="qat", qat_epochs=1, parity_rows=200, name="qat")
+    q = record["quantization"]
+    assert q["mode"] == "qat" and q["format"] == "QDQ" and q["qat"]["steps"] > 0 and q["int8_layers"] == 3
+    model = onnx.load(str(run / "variants" / "qat" / "model.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer) >= 3  # int8 weights
+    assert record["parity"]["top1_agreement"] > 0.8
+    assert dlforge.load(run / "variants" / "qat").runtime.name == "onnx"

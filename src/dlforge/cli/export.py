@@ -41,11 +41,14 @@ def export(
 def quantize(
     run: Path = typer.Argument(..., help="A run directory (exported to ONNX first if it has no model.onnx)."),
     mode: str = typer.Option("auto", "--mode", help="static (QDQ, calibrated: conv nets) | dynamic (Linear/LSTM/"
-                             "transformer) | auto (static when the graph has convolutions)."),
+                             "transformer) | qat (quantization-aware fine-tuning, torchao PT2E, to QDQ) | auto "
+                             "(static when the graph has convolutions)."),
     calibration: str = typer.Option("minmax", "--calibration", help="Static: minmax | entropy | percentile."),
     calibration_rows: int = typer.Option(256, "--calibration-rows", help="Static: training rows to calibrate on."),
     max_drop: float = typer.Option(0.005, "--max-drop", help="Metric loss allowed before layers fall back to fp32 "
                                    "(0.005 = half a point of accuracy)."),
+    qat_epochs: int = typer.Option(1, "--qat-epochs", help="QAT: fine-tuning epochs on the training rows."),
+    qat_lr: Optional[float] = typer.Option(None, "--qat-lr", help="QAT: learning rate (default: the recipe's / 10)."),
     name: Optional[str] = typer.Option(None, "--name", help="Variant name (default int8_<mode>)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: torch's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing variant of that name."),
@@ -53,8 +56,12 @@ def quantize(
     """int8 quantization through onnxruntime: writes RUN/variants/<name>/, a complete run directory."""
     from dlforge.compress.quantize import describe, quantize_run
 
+    if qat_epochs < 1:
+        raise DlforgeError("--qat-epochs must be at least 1", where="--qat-epochs")
+
     record = quantize_run(run, mode=mode, calibration=calibration, calibration_rows=calibration_rows,
-                          max_drop=max_drop, name=name, overwrite=overwrite, threads=threads)
+                          max_drop=max_drop, name=name, overwrite=overwrite, threads=threads, qat_epochs=qat_epochs,
+                          qat_lr=qat_lr)
     if record.get("exported_now"):
         typer.echo(f"exported {run / 'model.onnx'} first (parity checked; export.json)")
     for line in describe(record):

@@ -108,6 +108,17 @@ def unexportable(model: torch.nn.Module) -> str | None:
     return None
 
 
+def _without_node_metadata(data: bytes) -> bytes:
+    """The graph without the dynamo exporter's per-node metadata (source stack traces, module paths: about 1 KB a
+    node, paths of this machine); the computation is unchanged."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    return model.SerializeToString()
+
+
 def to_onnx(graph: ExportGraph, example: tuple, *, dynamic: dict[str, dict[int, str]], opset: int,
             folder: Path) -> tuple[bytes, dict]:
     """(ONNX bytes, how they were made): the dynamo exporter, else the TorchScript exporter with the reason."""
@@ -123,7 +134,7 @@ def to_onnx(graph: ExportGraph, example: tuple, *, dynamic: dict[str, dict[int, 
                                         opset_version=opset, dynamic_shapes=shapes, optimize=True,
                                         external_data=False, verbose=False, report=False)
             program.save(str(path), external_data=False)
-            return path.read_bytes(), how
+            return _without_node_metadata(path.read_bytes()), how
         except Exception as exc:  # torch.export/onnxscript raise many types; every one is a reason to fall back
             dynamo_error = _first_line(exc)
             dynamo_ops = _operators(str(exc))

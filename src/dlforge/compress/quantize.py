@@ -37,7 +37,7 @@ from dlforge.compress.variants import variant_dir, write_variant
 from dlforge.core.errors import DlforgeError
 from dlforge.core.files import write_bytes, write_json
 
-MODES = ("static", "dynamic")
+MODES = ("static", "dynamic", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = {"static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
                 "dynamic": ("MatMul", "LSTM", "Attention", "Gather")}
@@ -89,6 +89,9 @@ def gemm_to_matmul(model) -> int:
 def weighted_nodes(model, mode: str) -> list[dict]:
     """The layers with weights the mode could make int8: name, op, weight name and size, largest first."""
     inits = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    for node in model.graph.node:  # in a QDQ graph a weight is a DequantizeLinear of an int8 initializer
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]]
     found = []
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS["static"] + WEIGHTED_OPS["dynamic"] + ("GRU", "RNN"):
@@ -98,6 +101,12 @@ def weighted_nodes(model, mode: str) -> list[dict]:
         if weights:
             found.append({"node": node.name, "op": node.op_type, "weight": weights[0], "size": inits[weights[0]]})
     return sorted(found, key=lambda n: -n["size"])
+
+
+def qdq_float_layers(model, layers: list[dict]) -> set[str]:
+    """Names of `layers` of a QDQ graph whose weight does not come from a DequantizeLinear (still fp32)."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {layer["node"] for layer in layers if layer["weight"] not in dequantized}
 
 
 def still_float(model, layers: list[dict]) -> set[str]:
@@ -219,7 +228,8 @@ class Quantizer:
 
 def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = "minmax", calibration_rows: int = 256,
                  max_drop: float = 0.005, name: str | None = None, overwrite: bool = False, threads: int | None = None,
-                 parity_rows: int = 1000, out_dir: Path | None = None) -> dict:
+                 parity_rows: int = 1000, out_dir: Path | None = None, qat_epochs: int = 1,
+                 qat_lr: float | None = None) -> dict:
     """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`, or into
     `out_dir` (a new complete run directory, not listed in the source's run.json: what compression passes use).
 
@@ -227,10 +237,12 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     run_dir = Path(run_dir)
     if calibration not in CALIBRATIONS:
         raise QuantizeError(f"unknown calibration '{calibration}'; known: {', '.join(CALIBRATIONS)}", where="--calibration")
+    if mode == "qat":
+        _torchao_pt2e()  # a missing torchao says so before anything is exported
     if calibration_rows < 1:
         raise QuantizeError("--calibration-rows must be at least 1", where="--calibration-rows")
     if mode not in MODES + ("auto",):
-        raise QuantizeError(f"unknown mode '{mode}'; known: static, dynamic (or auto)", where="--mode")
+        raise QuantizeError(f"unknown mode '{mode}'; known: static, dynamic, qat (or auto)", where="--mode")
     started = time.perf_counter()
     exported = None
     if not (run_dir / ONNX_FILE).is_file():
@@ -246,16 +258,25 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
             mode = "static" if "Conv" in ops else "dynamic"
         quantizer = Quantizer(run_dir, mode=mode, calibration=calibration, calibration_rows=calibration_rows,
                               threads=threads, folder=folder)
-        data = quantizer.quantize()
+        qat_info = None
+        if mode == "qat":  # fake-quantized fine-tuning; its result is the int8 graph (no per-layer fallback)
+            data, qat_info = qat_onnx(run_dir, epochs=qat_epochs, lr=qat_lr, folder=folder,
+                                      opset=quantizer.record.get("opset", 20))
+        else:
+            data = quantizer.quantize()
         drop, error = quantizer.measure(data)
         fallback: list[dict] = []
-        if drop > max_drop and quantizer.layers:
+        if mode != "qat" and drop > max_drop and quantizer.layers:
             fallback = _fall_back(quantizer, max_drop, drop)
             excluded = [f["node"] for f in fallback]
             data = quantizer.quantize(exclude=excluded)
             drop, error = quantizer.measure(data)
         model = quantizer.onnx.load_from_string(data)
-        kept = still_float(model, quantizer.layers)
+        if mode == "qat":  # a new graph (its node names are not the fp32 export's): read the QDQ weights directly
+            quantizer.layers = weighted_nodes(model, mode)
+            kept = qdq_float_layers(model, quantizer.layers)
+        else:
+            kept = still_float(model, quantizer.layers)
         excluded_names = {f["node"] for f in fallback}
         unsupported = [{"node": layer["node"], "op": layer["op"],
                         "reason": ("dynamic int8 convolutions are slower than fp32 in onnxruntime (#12854): kept fp32"
@@ -279,9 +300,11 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
         parity = {"split": split, **compare(predictor, reference, runtime.run(x_raw), y)}
         fp32_bytes = quantizer.record["onnx"]["bytes"]
         quantization = {
-            "mode": mode, "format": "QDQ" if mode == "static" else "IntegerOps",
-            "weights": "int8, per channel, symmetric" if mode == "static" else "int8, per tensor",
-            "activations": "uint8, asymmetric, calibrated" if mode == "static" else "uint8, per batch at run time",
+            "mode": mode, "format": "IntegerOps" if mode == "dynamic" else "QDQ",
+            "weights": "int8, per tensor" if mode == "dynamic" else "int8, per channel, symmetric",
+            "activations": {"static": "uint8, asymmetric, calibrated", "dynamic": "uint8, per batch at run time",
+                            "qat": "uint8, asymmetric, ranges learned in QAT"}[mode],
+            "qat": qat_info,
             "calibration": {"method": calibration, "rows": quantizer.n_calib, "from": "training"} if mode == "static" else None,
             "max_drop": max_drop, "decision_rows": {"part": quantizer.decide_part, "rows": len(quantizer.decide_y[
                 next(iter(quantizer.decide_y))])},
@@ -313,6 +336,86 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     return record
 
 
+
+def _torchao_pt2e():
+    """torchao's PT2E QAT API (torch.ao.quantization is deprecated on this torch; PT2E lives in torchao now)."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    except ImportError:
+        raise QuantizeError("quantization-aware training needs torchao (PT2E QAT)",
+                            hint="pip install 'dlforge[qat]' (torchao), or use --mode static") from None
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+    return prepare_qat_pt2e, convert_pt2e, quantizer
+
+
+def qat_onnx(run_dir: Path, *, epochs: int, lr: float | None, folder: Path, opset: int, rows: int | None = None) -> tuple[bytes, dict]:
+    """Quantization-aware fine-tuning with torchao's PT2E flow, exported to ONNX QDQ.
+
+    The graph dlforge exports (image scaling inside) is captured with torch.export, `prepare_qat_pt2e` inserts
+    fake quantization (X86InductorQuantizer's QAT config: int8 per-channel symmetric weights, uint8 activations,
+    the same scheme as --mode static), it trains `epochs` epochs on the training rows with the model's own loss
+    (lr: a tenth of the recipe's unless given), `convert_pt2e` folds it into quantize/dequantize ops, and the
+    dynamo exporter writes them as QuantizeLinear/DequantizeLinear, which onnxruntime fuses into int8 kernels."""
+    from dlforge.compress.onnx_export import ExportGraph, image_scales, to_onnx
+
+    prepare_qat_pt2e, convert_pt2e, quantizer = _torchao_pt2e()
+    predictor = Predictor(run_dir, runtime="torch")
+    table, splits = run_splits(predictor)
+    train = splits["train"] if rows is None else sample(splits["train"], rows, seed=3)
+    scales = image_scales(predictor)
+    x, y = encode_rows(predictor, take(predictor, table, train), scaled=not scales)
+    names, outputs = list(predictor.signature["inputs"]), predictor.output_names
+    graph = ExportGraph(predictor.model, names, outputs, scales).eval()
+    example = tuple(x[n][:2].contiguous() for n in names)
+    dynamic = (tuple({0: torch.export.Dim.DYNAMIC} for _ in names),)
+    try:
+        captured = torch.export.export(graph, example, dynamic_shapes=dynamic).module()
+        prepared = prepare_qat_pt2e(captured, quantizer)
+    except Exception as exc:
+        raise QuantizeError(f"torch.export/PT2E could not prepare this model for QAT ({exc.__class__.__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})",
+                            where=str(run_dir), hint="use --mode static or dynamic") from None
+    recipe = predictor.recipe.training
+    base_lr = recipe.optimizer.lr if isinstance(recipe.optimizer.lr, float) else 1e-3
+    optimizer = torch.optim.Adam(prepared.parameters(), lr=lr or base_lr * 0.1)
+    generator = torch.Generator().manual_seed(0)
+    n = len(next(iter(y.values())))
+    started, steps = time.perf_counter(), 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n, recipe.batch_size):
+            index = order[i:i + recipe.batch_size]
+            logits = dict(zip(outputs, prepared(*(x[name][index] for name in names))))
+            loss = predictor.model.loss(logits, {k: v[index] for k, v in y.items()})
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    train_seconds = time.perf_counter() - started
+    try:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(prepared)
+    except ImportError:
+        pass
+    converted = convert_pt2e(prepared)
+
+    class Converted(torch.nn.Module):  # to_onnx reads input/output names from the module
+        def __init__(self):
+            super().__init__()
+            self.inner, self.input_names, self.output_names = converted, names, outputs
+
+        def forward(self, *inputs):
+            return tuple(self.inner(*inputs))
+
+    with torch.no_grad():
+        data, how = to_onnx(Converted(), example, dynamic={n: {0: "batch"} for n in names}, opset=opset, folder=folder)
+    return data, {"epochs": epochs, "steps": steps, "rows": n, "lr": optimizer.param_groups[0]["lr"],
+                  "train_seconds": round(train_seconds, 1), "api": "torchao PT2E prepare_qat_pt2e/convert_pt2e, "
+                  "X86InductorQuantizer (is_qat)", "exporter": how["exporter"]}
+
 def _fall_back(quantizer: Quantizer, max_drop: float, drop: float) -> list[dict]:
     """Layers back to fp32, most sensitive first, until the loss is within `max_drop` (all measured ones at most)."""
     sensitivity = []
@@ -340,7 +443,12 @@ def describe(record: dict) -> list[str]:
     parity = record["parity"]
     calib = q["calibration"]
     lines = [f"int8 {q['mode']} ({q['format']}; weights {q['weights']}; activations {q['activations']}"
-             + (f"; calibration {calib['method']} on {calib['rows']} training rows" if calib else "") + ")",
+             + (f"; calibration {calib['method']} on {calib['rows']} training rows" if calib else "") + ")"]
+    if q.get("qat"):
+        t = q["qat"]
+        lines.append(f"quantization-aware training: {t['epochs']} epoch(s), {t['steps']} steps on {t['rows']} training "
+                     f"rows, lr {t['lr']:.2g}, {t['train_seconds']} s ({t['api']})")
+    lines += [
              f"layers: {q['int8_layers']} int8, {q['fp32_layers']} fp32; size {q['fp32_bytes'] / 1e6:.3f} MB -> "
              f"{q['int8_bytes'] / 1e6:.3f} MB ({q['size_ratio']:.2f}x smaller)"]
     for entry in q["fallback"]:
