@@ -21,6 +21,7 @@ in its export.json: rows, max abs diff, top-1 agreement, the main metric on both
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 import time
@@ -157,7 +158,10 @@ class Quantizer:
         source, self.float_path = folder / "fp32.onnx", folder / "fp32-pre.onnx"
         source.write_bytes(data)
         try:
-            self.q.shape_inference.quant_pre_process(str(source), str(self.float_path), skip_symbolic_shape=False)
+            # In the scratch folder: when symbolic shape inference is incomplete, onnxruntime saves a debug copy of
+            # the model (with its weights) into the working directory.
+            with contextlib.chdir(folder):
+                self.q.shape_inference.quant_pre_process(str(source), str(self.float_path), auto_merge=True)
         except Exception as exc:  # shape inference fails on some graphs: quantize the graph as exported
             self.notes.append(f"quant_pre_process skipped ({exc.__class__.__name__}: {str(exc)[:120]})")
             self.float_path = source
