@@ -20,7 +20,7 @@ CALLS: list[int] = []
 
 
 @runtimes.register("test-counting")
-def counting_runtime(*, model, run_dir, batch_size):
+def counting_runtime(*, model, run_dir, batch_size, threads=None):
     """Torch, counting rows: proves that predict, evaluate and serve all run through the selected runtime."""
     inner = TorchRuntime(model, batch_size=batch_size)
 
@@ -81,8 +81,8 @@ def test_predictor_runs_through_the_selected_runtime(digits_run):
 
 
 def test_unknown_runtime_lists_the_known_ones(digits_run):
-    with pytest.raises(DlforgeError, match=r"unknown runtime 'onnx'; known: .*torch"):
-        dlforge.load(digits_run, runtime="onnx")
+    with pytest.raises(DlforgeError, match=r"unknown runtime 'tensorrt'; known: onnx, .*torch"):
+        dlforge.load(digits_run, runtime="tensorrt")
 
 
 # ---------------------------------------------------------------- one CSV → inputs path

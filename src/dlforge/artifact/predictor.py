@@ -10,7 +10,7 @@ import torch
 
 from dlforge.artifact.format import MODEL_JSON, WEIGHTS, load_weights, read_model_json
 from dlforge.artifact.inputs import from_table, to_table
-from dlforge.artifact.runtimes import Runtime, build_runtime
+from dlforge.artifact.runtimes import Runtime, build_runtime, default_runtime
 from dlforge.core.errors import ArtifactError, RecipeError
 from dlforge.core.files import dumps_json
 from dlforge.data.prepare import build_features, encode, signature
@@ -22,14 +22,15 @@ from dlforge.models import build_saved_model
 class Predictor:
     """A trained model with its preprocessing: `predict` and `predict_proba` on dicts, DataFrames, arrays, image paths.
 
-    The forward pass goes through `runtime` (artifact/runtimes.py; "torch" today). The torch module is
-    built either way: its heads turn logits into probabilities and losses, whatever ran the pass.
+    The forward pass goes through `runtime` (artifact/runtimes.py: "torch" or "onnx"; None picks
+    `default_runtime`). The torch module is built either way: its heads turn logits into probabilities
+    and losses, whatever ran the pass. `threads` is the runtime's own thread count (onnxruntime's).
 
     model.json's `postprocess` record is applied here for every caller: a fitted temperature divides the logits
     (so probabilities are calibrated), and group thresholds (fairness mitigation) decide the binary labels.
     """
 
-    def __init__(self, run_dir: str | Path, *, runtime: str = "torch"):
+    def __init__(self, run_dir: str | Path, *, runtime: str | None = None, threads: int | None = None):
         from dlforge.recipe.io import validate
 
         self.run_dir = Path(run_dir)
@@ -52,9 +53,13 @@ class Predictor:
                                 where=str(self.run_dir / WEIGHTS)) from None
         self.model.eval()
         self.batch_size = self.recipe.training.eval_batch_size
-        self.runtime: Runtime = build_runtime(runtime, model=self.model, run_dir=self.run_dir,
-                                              batch_size=self.batch_size)
+        self.runtime: Runtime = build_runtime(runtime or default_runtime(self.run_dir), model=self.model,
+                                              run_dir=self.run_dir, batch_size=self.batch_size, threads=threads)
         self.postprocess: dict = self.meta.get("postprocess") or {}
+        # Image inputs the runtime's graph scales itself (onnx export moves the scaling into the graph) are
+        # encoded as pixels 0..255: the features skip their own scaling for this predictor.
+        for name in getattr(self.runtime, "unscaled_inputs", ()):
+            self.inputs[name].scale_in_graph = True
 
     def _restore_features(self) -> None:
         """Each feature's state from model.json, then the signature they give checked against the stored one
@@ -162,9 +167,10 @@ class Predictor:
         return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
 
 
-def load(run_dir: str | Path, *, runtime: str = "torch") -> Predictor:
-    """Load a run directory for prediction (`dlforge.load('runs/cnn').predict(...)`)."""
-    return Predictor(run_dir, runtime=runtime)
+def load(run_dir: str | Path, *, runtime: str | None = None, threads: int | None = None) -> Predictor:
+    """Load a run directory for prediction (`dlforge.load('runs/cnn').predict(...)`); `runtime` "torch" or
+    "onnx" (after `dlforge export`), default torch except for variants that only exist as ONNX."""
+    return Predictor(run_dir, runtime=runtime, threads=threads)
 
 
 __all__ = ["Predictor", "load"]

@@ -6,9 +6,10 @@ the CPU), in chunks of the recipe's eval batch size so that memory stays bounded
 Encoding before and decoding after (labels, probabilities, metrics) stay in the Predictor, so a
 runtime is only the forward pass.
 
-`torch` (eager, the trained module) is the one runtime today. onnxruntime lands as a second file
-that registers itself (`@runtimes.register("onnxruntime")`) and reads its exported variant from the
-run directory; `Predictor(run_dir, runtime="onnxruntime")` then selects it, and no caller changes.
+Two runtimes: `torch` (eager, the trained module) and `onnx` (artifact/onnx_runtime.py: the run's
+model.onnx from `dlforge export` on onnxruntime, imported only when chosen). `default_runtime(run_dir)`
+picks for callers that were given none: a variant whose model only exists as ONNX (an int8 one, say)
+runs on onnx; the server also prefers onnx whenever model.onnx exists (`prefer_onnx=True`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Runtime(Protocol):
 
 
 # A factory builds a runtime for one loaded run. Keyword-only, so a runtime takes what it needs:
-# torch runs `model` (weights already loaded); an exported runtime would read its file in `run_dir`.
+# torch runs `model` (weights already loaded); onnx reads model.onnx in `run_dir`.
 RuntimeFactory = Callable[..., Runtime]
 runtimes: Registry[RuntimeFactory] = Registry("runtime")
 
@@ -57,13 +58,40 @@ class TorchRuntime:
 
 
 @runtimes.register("torch")
-def torch_runtime(*, model: torch.nn.Module, run_dir: Path, batch_size: int) -> Runtime:
-    return TorchRuntime(model, batch_size=batch_size)
+def torch_runtime(*, model: torch.nn.Module, run_dir: Path, batch_size: int, threads: int | None = None) -> Runtime:
+    return TorchRuntime(model, batch_size=batch_size)  # torch's threads are the process's (the server sets them)
 
 
-def build_runtime(name: str, *, model: torch.nn.Module, run_dir: Path, batch_size: int) -> Runtime:
-    """The runtime `name` for a loaded run (an unknown name lists the known ones)."""
-    return runtimes.get(name)(model=model, run_dir=Path(run_dir), batch_size=batch_size)
+@runtimes.register("onnx")
+def onnx_runtime(*, model: torch.nn.Module, run_dir: Path, batch_size: int, threads: int | None = None) -> Runtime:
+    from dlforge.artifact.onnx_runtime import OnnxRuntime  # onnxruntime is imported only when this runtime is chosen
+
+    return OnnxRuntime(run_dir, batch_size=batch_size, threads=threads)
 
 
-__all__ = ["Runtime", "TorchRuntime", "build_runtime", "runtimes"]
+def default_runtime(run_dir: Path, *, prefer_onnx: bool = False) -> str:
+    """The runtime for a caller that named none: "onnx" for a variant that only exists as ONNX (its
+    variant.json says so), or whenever model.onnx exists and `prefer_onnx`; else "torch"."""
+    import json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.onnx").is_file():
+        return "torch"
+    if prefer_onnx:
+        return "onnx"
+    try:
+        variant = json.loads((run_dir / "variant.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "torch"
+    return "onnx" if isinstance(variant, dict) and variant.get("runtime") == "onnx" else "torch"
+
+
+def build_runtime(name: str, *, model: torch.nn.Module, run_dir: Path, batch_size: int,
+                  threads: int | None = None) -> Runtime:
+    """The runtime `name` for a loaded run (an unknown name lists the known ones). `threads` (when given) is the
+    runtime's own thread count (onnxruntime's intra-op threads); factories that take none need not accept it."""
+    options = {"threads": threads} if threads else {}
+    return runtimes.get(name)(model=model, run_dir=Path(run_dir), batch_size=batch_size, **options)
+
+
+__all__ = ["Runtime", "TorchRuntime", "build_runtime", "default_runtime", "runtimes"]

@@ -37,6 +37,19 @@ def _metrics_line(metrics: dict) -> str:
     return "  ".join(parts)
 
 
+def _echo_runtime(run: Path, runtime: Optional[str]) -> None:
+    """On stderr, which runtime ran the model and, for onnx, its session options."""
+    from dlforge.artifact.runtimes import default_runtime
+
+    name = runtime or default_runtime(run)
+    if name == "onnx":
+        from dlforge.artifact.onnx_runtime import session_options
+
+        _, s = session_options()
+        _echo_err(f"runtime onnx: onnxruntime {s['onnxruntime']}, {s['intra_op_threads']} intra-op thread(s), "
+                  f"{s['inter_op_threads']} inter-op, {s['graph_optimization']}, CPU arena on")
+
+
 @contextlib.contextmanager
 def _signals_request(stop):
     """Ctrl-C / SIGTERM set `stop` (training checkpoints after the current step); a second one stops now.
@@ -131,11 +144,14 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run directory."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled data to score (default: the run's test split)."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="torch | onnx (after `dlforge export`); default "
+                                          "torch, or onnx for a variant that only exists as ONNX."),
 ):
     """Score a trained run on its test split or on other labelled data."""
     import dlforge
 
-    metrics = dlforge.evaluate(run, data)
+    metrics = dlforge.evaluate(run, data, runtime=runtime)
+    _echo_runtime(run, runtime)
     typer.echo(json.dumps(metrics, indent=2) if as_json else _metrics_line(metrics))
 
 
@@ -146,6 +162,8 @@ def predict(
     data: Optional[Path] = typer.Option(None, "--data", help="A CSV/Parquet file with the model's input columns."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write predictions as CSV here instead of printing."),
     proba: bool = typer.Option(False, "--proba", help="Add one probability column per class."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="torch | onnx (after `dlforge export`); default "
+                                          "torch, or onnx for a variant that only exists as ONNX."),
 ):
     """Predict from image or sound files, or a table of inputs."""
     import numpy as np
@@ -154,7 +172,8 @@ def predict(
     import dlforge
     from dlforge.data.readers import ReadOptions, load_table
 
-    predictor = dlforge.load(run)
+    predictor = dlforge.load(run, runtime=runtime)
+    _echo_runtime(run, predictor.runtime.name)
     if bool(files) == bool(data):
         raise DlforgeError("give image or sound files, or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
     if files:
@@ -209,6 +228,8 @@ def serve(
     max_header_kb: float = typer.Option(16.0, "--max-header-kb", help="Larger request heads get 431."),
     limit_concurrency: int = typer.Option(512, "--limit-concurrency",
                                           help="Connections or requests per worker at once; more get 503."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="torch | onnx; default onnx when the run has "
+                                          "model.onnx (`dlforge export`), else torch."),
 ):
     """Serve a run directory over HTTP: REST API with dynamic batching, web page, Prometheus metrics."""
     from pydantic import ValidationError
@@ -223,7 +244,7 @@ def serve(
                              cors_origins=cors_origin, max_body_mb=max_body_mb, max_pixels=max_pixels,
                              max_records=max_records, access_log=access_log, header_timeout_s=header_timeout,
                              body_timeout_s=body_timeout, keep_alive_s=keep_alive, max_header_kb=max_header_kb,
-                             limit_concurrency=limit_concurrency)
+                             limit_concurrency=limit_concurrency, runtime=runtime)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise DlforgeError(f"{first['msg']} (got {first.get('input')!r})",

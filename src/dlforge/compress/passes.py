@@ -28,6 +28,42 @@ class Candidate:
 
 # pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]
 CompressionPass = Callable[..., list[Candidate]]
-passes: Registry[CompressionPass] = Registry("compression pass")
+
+# The modules whose passes register themselves on import; loaded on the registry's first lookup (importing them
+# here at the top would make a cycle: they import this module for `passes`).
+BUILTIN_PASS_MODULES = ("dlforge.compress.onnx_passes",)  # onnx, int8_dynamic, int8_static
+
+
+class PassRegistry(Registry):
+    """The Registry, loading the built-in pass modules before the first lookup."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            import importlib
+
+            self._loaded = True
+            for module in BUILTIN_PASS_MODULES:
+                importlib.import_module(module)
+
+    def get(self, name: str):
+        self._load()
+        return super().get(name)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        self._load()
+        return super().names(pattern)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def items(self):
+        self._load()
+        return super().items()
+
+
+passes: PassRegistry = PassRegistry("compression pass")
 
 __all__ = ["Candidate", "CompressionPass", "passes"]

@@ -110,11 +110,32 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
                       on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set)
     keys = load_api_keys(config.api_key_file) if config.api_key_file else []
 
-    def load_model() -> ModelRuntime:
+    def load_predictor():
+        """The Predictor on the chosen runtime. Left to choose (no --runtime), the server prefers onnx when the run
+        has model.onnx; if that file cannot be loaded it says why in the log and serves on torch instead. An
+        explicit --runtime onnx that cannot load is fatal like any other load failure."""
         from dlforge.artifact.predictor import Predictor
+        from dlforge.artifact.runtimes import default_runtime
 
-        runtime = ModelRuntime(predictor or Predictor(run_dir), threads=config.torch_threads())
+        if predictor is not None:
+            return predictor
+        threads = config.torch_threads()
+        chosen = config.runtime or default_runtime(run_dir, prefer_onnx=True)
+        try:
+            return Predictor(run_dir, runtime=chosen, threads=threads)
+        except DlforgeError as exc:
+            if config.runtime is not None or chosen == "torch":
+                raise
+            log.warning("the onnx runtime cannot load (%s); serving on torch", exc.message)
+            return Predictor(run_dir, runtime="torch", threads=threads)
+
+    def load_model() -> ModelRuntime:
+        runtime = ModelRuntime(load_predictor(), threads=config.torch_threads())
         runtime.warm_up()
+        described = runtime.predictor.runtime
+        model_info["serving"]["runtime"] = {"name": described.name, **getattr(described, "settings", {
+            "torch_threads": config.torch_threads()})}
+        log.info("runtime %s: %s", described.name, model_info["serving"]["runtime"])
         return runtime
 
     @asynccontextmanager

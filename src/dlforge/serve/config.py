@@ -41,6 +41,9 @@ class ServeConfig(BaseModel):
     limit_concurrency: int = Field(512, ge=1, le=100_000, description="Open connections or running requests per "
                                    "worker at most; more requests get 503 + Retry-After (the probes are exempt).")
 
+    runtime: Optional[str] = Field(None, description="torch | onnx; null: onnx when the run has model.onnx "
+                                   "(`dlforge export`), else torch.")
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)

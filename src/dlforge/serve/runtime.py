@@ -35,9 +35,14 @@ class Records:
 
 
 def weights_version(run_dir: Path) -> str:
-    """The first 12 hex digits of the weights' sha256: the model's version as clients see it."""
+    """The first 12 hex digits of the weights' sha256: the model's version as clients see it. A compressed variant
+    (variant.json beside an ONNX graph: int8, say) is versioned by its graph, since its weights file is the source's."""
+    run_dir = Path(run_dir)
+    weights = run_dir / "model.safetensors"
+    if (run_dir / "variant.json").is_file() and (run_dir / "model.onnx").is_file():
+        weights = run_dir / "model.onnx"
     digest = hashlib.sha256()
-    with open(Path(run_dir) / "model.safetensors", "rb") as handle:
+    with open(weights, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]

@@ -34,9 +34,9 @@ def derive_split(recipe, table: Table) -> dict[str, np.ndarray]:
                       test=cfg.test, seed=cfg.seed, groups=split_groups(recipe, table))
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
-    """Metrics of a trained run on its own test split, or on another labelled file."""
-    predictor = load(run_dir)
+def evaluate(run_dir: str | Path, data: str | Path | None = None, *, runtime: str | None = None) -> dict:
+    """Metrics of a trained run on its own test split, or on another labelled file; `runtime` torch | onnx."""
+    predictor = load(run_dir, runtime=runtime)
     if data is None:
         record = read_run_json(Path(run_dir))
         table = read_table(predictor.recipe, Path(record["data"]["base_dir"]))

@@ -106,8 +106,18 @@ class ImageFeature(Feature):
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
         return resize(convert_channels(x, self.channels_), self.size_, self._interpolation())
 
+    # True when the runtime's graph does the scaling itself (an ONNX export with its preprocessing in the graph):
+    # `scale` then leaves pixels 0..255 as they are. Set on a loaded Predictor's features only, never in training.
+    scale_in_graph = False
+
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel values 0..255 to the model's input scale (also used on augmented batches later)."""
+        if self.scale_in_graph:
+            return x
+        return self.scale_pixels(x)
+
+    def scale_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The recipe's scaling of pixels 0..255 (affine per channel; the ONNX export folds it into the graph)."""
         kind = self.config.preprocessing.scale
         if kind == "unit":
             return x / 255.0

@@ -76,8 +76,11 @@ class MiniLMEncoder(BackboneEncoder):
         mask = ids != PAD_ID
         # Trim the batch to its longest real sequence: attention cost grows with L, and most sentences are far
         # shorter than max_length. This is one host sync per batch, small next to a transformer forward.
-        length = max(1, int(mask.sum(1).max()))
-        ids, mask = ids[:, :length], mask[:, :length]
+        # While exporting to ONNX the graph keeps its dynamic length (a traced `int` would freeze one length into
+        # it); the onnx runtime trims the padding columns of each chunk before feeding the graph instead.
+        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            length = max(1, int(mask.sum(1).max()))
+            ids, mask = ids[:, :length], mask[:, :length]
         hidden = self.backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, 384)
         if self.pooling == "cls":
             return hidden[:, 0]

@@ -1,0 +1,234 @@
+"""Compression benchmark: torch eager fp32 vs onnxruntime fp32 / int8 static / int8 dynamic, side by side.
+
+    PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/compress.py --cnn runs/mnist_cnn \
+        [--text runs/text_minilm] [--serve-seconds 10] [--threads 1]
+
+For each run: exports it (if it has no model.onnx) and quantizes it (variants int8_static / int8_dynamic, if
+missing), then measures at batch 1 the forward pass only (torch: the module under inference_mode; onnx: the
+InferenceSession's run), interleaved round-robin over the engines so that every engine sees the same
+background load: p50/p95 over --n calls after --warmup. Also: file size, the main metric on the whole test
+split through each runtime (`dlforge.evaluate`), and, for the text model, 128 real tokens and the test
+sentences at their real lengths. `--serve-seconds` > 0 adds `dlforge serve --runtime torch|onnx` on the CNN at
+concurrency 32 (the closed-loop load generator of benchmarks/serve.py). Results: stdout and --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def machine() -> dict:
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpu": model, "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+            "load_before": os.getloadavg()}
+
+
+def prepare(run: Path, modes: list[str]) -> dict[str, Path]:
+    """{engine: run dir}: exports and quantizes when not done yet (each step printed)."""
+    from dlforge.compress.onnx_export import export_onnx
+    from dlforge.compress.quantize import quantize_run
+
+    if not (run / "model.onnx").is_file():
+        started = time.time()
+        export_onnx(run)
+        print(f"exported {run} in {time.time() - started:.0f} s", flush=True)
+    dirs = {"torch_fp32": run, "ort_fp32": run}
+    for mode in modes:
+        variant = run / "variants" / f"int8_{mode}"
+        if not (variant / "model.onnx").is_file():
+            started = time.time()
+            quantize_run(run, mode=mode)
+            print(f"quantized {run} ({mode}) in {time.time() - started:.0f} s", flush=True)
+        dirs[f"ort_int8_{mode}"] = variant
+    return dirs
+
+
+def engines(dirs: dict[str, Path], threads: int) -> dict:
+    """{engine: (callable on a feed dict of numpy arrays, needs_scaled)}."""
+    import torch
+
+    import dlforge
+    from dlforge.artifact.onnx_runtime import open_session, read_export_json, read_onnx_bytes
+
+    torch.set_num_threads(threads)
+    out = {}
+    predictor = dlforge.load(dirs["torch_fp32"], runtime="torch")
+    model = predictor.model.eval()
+
+    def torch_call(feed, model=model):
+        with torch.inference_mode():
+            return model({k: torch.from_numpy(v) for k, v in feed.items()})
+
+    out["torch_fp32"] = (torch_call, True)
+    for name, run in dirs.items():
+        if name == "torch_fp32":
+            continue
+        record = read_export_json(run)
+        session, settings = open_session(read_onnx_bytes(run, record), threads=threads, where=str(run))
+        out[name] = (lambda feed, session=session: session.run(None, feed), False)
+    return out
+
+
+def interleaved(calls: dict, feeds: list[tuple[dict, dict]], n: int, warmup: int) -> dict:
+    """p50/p95 in ms per engine; engines take turns call by call. feeds: (scaled feed, raw feed) pairs."""
+    names = list(calls)
+    times = {name: [] for name in names}
+    for i in range(warmup + n):
+        scaled, raw = feeds[i % len(feeds)]
+        for name in names:
+            call, needs_scaled = calls[name]
+            feed = scaled if needs_scaled else raw
+            started = time.perf_counter()
+            call(feed)
+            elapsed = time.perf_counter() - started
+            if i >= warmup:
+                times[name].append(elapsed)
+    result = {}
+    for name, values in times.items():
+        ms = sorted(1e3 * v for v in values)
+        result[name] = {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))], "n": len(ms)}
+    return result
+
+
+def sizes(dirs: dict[str, Path]) -> dict[str, int]:
+    return {name: (run / ("model.safetensors" if name == "torch_fp32" else "model.onnx")).stat().st_size
+            for name, run in dirs.items()}
+
+
+def accuracy(dirs: dict[str, Path]) -> dict[str, dict]:
+    import dlforge
+
+    out = {}
+    for name, run in dirs.items():
+        metrics = dlforge.evaluate(run, runtime="torch" if name == "torch_fp32" else "onnx")
+        out[name] = {k: metrics[k] for k in ("accuracy", "roc_auc") if k in metrics}
+    return out
+
+
+def image_feeds(run: Path, rows: int = 64) -> list[tuple[dict, dict]]:
+    """Real test images, one per feed: (scaled for torch, pixels 0..255 for the graphs that scale)."""
+    import dlforge
+    from dlforge.compress.rows import encode_rows, evaluation_rows
+
+    predictor = dlforge.load(run, runtime="torch")
+    _, table = evaluation_rows(predictor, rows)
+    scaled, _ = encode_rows(predictor, table, scaled=True)
+    raw, _ = encode_rows(predictor, table, scaled=False)
+    return [({k: v[i:i + 1].numpy() for k, v in scaled.items()}, {k: v[i:i + 1].numpy() for k, v in raw.items()})
+            for i in range(len(next(iter(scaled.values()))))]
+
+
+def token_feeds(run: Path, rows: int = 64, length: int | None = None) -> list[tuple[dict, dict]]:
+    """Test sentences, one per feed, trimmed to their real length; or `length` tokens of real text repeated."""
+    import dlforge
+    from dlforge.compress.rows import encode_rows, evaluation_rows
+
+    predictor = dlforge.load(run, runtime="torch")
+    _, table = evaluation_rows(predictor, rows)
+    x, _ = encode_rows(predictor, table)
+    name = next(iter(x))
+    ids = x[name].numpy().astype(np.int64)
+    feeds = []
+    for row in ids:
+        real = row[row != 0]
+        if length is not None:
+            body = real[1:-1] if len(real) > 2 else real
+            real = np.concatenate([real[:1], np.resize(body, length - 2), real[-1:]])
+        feed = {name: real[None, :].copy()}
+        feeds.append((feed, feed))
+    return feeds
+
+
+def bench_model(run: Path, modes: list[str], feeds_of, args) -> dict:
+    dirs = prepare(run, modes)
+    calls = engines(dirs, args.threads)
+    result = {"sizes_bytes": sizes(dirs)}
+    for label, feeds in feeds_of(run).items():
+        load = os.getloadavg()[0]
+        result[f"latency_{label}"] = interleaved(calls, feeds, args.n, args.warmup)
+        result[f"latency_{label}"]["load_1min"] = [load, os.getloadavg()[0]]
+        print(label, json.dumps(result[f"latency_{label}"], indent=1), flush=True)
+    if not args.skip_accuracy:
+        result["metrics"] = accuracy(dirs)
+        print(json.dumps(result["metrics"]), flush=True)
+    return result
+
+
+def serve_bench(run: Path, seconds: float, threads: int, port: int) -> dict:
+    import httpx
+
+    import serve as serve_bench_module
+
+    records = serve_bench_module.mnist_records(256)
+    requests = [serve_bench_module.http_request(r) for r in records]
+    out = {}
+    for runtime in ("torch", "onnx", "torch", "onnx"):  # twice each, alternating: load drifts
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        process = subprocess.Popen([sys.executable, "-m", "dlforge.cli", "serve", str(run), "--port", str(port),
+                                    "--threads", str(threads), "--max-queue", "1024", "--runtime", runtime],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            served = httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["serving"]["runtime"]["name"]
+            load = os.getloadavg()[0]
+            point = serve_bench_module.run_load(port, requests, 32, seconds, warmup=2.0)
+            point["load_1min"] = load
+            point["runtime_served"] = served
+            out.setdefault(runtime, []).append(point)
+            print(runtime, json.dumps(point), flush=True)
+        finally:
+            process.terminate()
+            process.wait(30)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cnn", type=Path, help="An MNIST CNN run (recipes/mnist_cnn.yaml).")
+    parser.add_argument("--text", type=Path, help="A MiniLM text classifier run (recipes/text_minilm.yaml).")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads.")
+    parser.add_argument("--n", type=int, default=400, help="Measured calls per engine.")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--serve-seconds", type=float, default=0.0, help="0 skips the serving benchmark.")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--port", type=int, default=8793)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compress.json")
+    args = parser.parse_args()
+    results = {"machine": machine(), "threads": args.threads, "n": args.n}
+    print(json.dumps(results["machine"]), flush=True)
+    if args.cnn:
+        results["cnn"] = bench_model(args.cnn, ["static", "dynamic"], lambda run: {"batch1": image_feeds(run)}, args)
+    if args.text:
+        results["text"] = bench_model(args.text, ["dynamic"], lambda run: {
+            "batch1_128_tokens": token_feeds(run, 32, length=128), "batch1_real_lengths": token_feeds(run, 64)}, args)
+    if args.cnn and args.serve_seconds > 0:
+        results["serve"] = serve_bench(args.cnn, args.serve_seconds, args.threads, args.port)
+    results["machine"]["load_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""`dlforge export RUN --format onnx`: model.onnx beside model.json, refused unless it matches the torch model.
+
+The graph: every input the model takes, in the signature's order, with a dynamic batch axis (and a dynamic
+length axis for token inputs whose encoder skips padding, MiniLM/LSTM/GRU: the onnx runtime cuts the unused
+padding of each chunk); one float32 output per model output (logits). Image scaling/normalisation is affine per
+channel, so it moves into the graph (`x * a + b` in front of the network): the graph takes pixels 0..255 and
+export.json lists those inputs under `scaled_in_graph`. Exporter: torch.onnx's dynamo exporter (torch.export +
+onnxscript); only if it fails is the TorchScript exporter tried, and export.json states why (the operator the
+dynamo exporter named, the fallback taken). Opset DEFAULT_OPSET unless asked.
+
+Parity, on real rows of the run's own test split (validation rows when it has none): the same rows through
+the torch model and through onnxruntime; export.json records rows, max abs diff of the logits, top-1
+agreement and the main metric on both. An export outside the tolerances is refused with those numbers, and
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from dlforge.artifact.onnx_runtime import EXPORT_JSON, ONNX_FILE, OnnxRuntime
+from dlforge.artifact.predictor import Predictor
+from dlforge.compress.rows import encode_rows, evaluation_rows, main_metric, score
+from dlforge.core.errors import DlforgeError
+from dlforge.core.files import write_bytes, write_json
+
+DEFAULT_OPSET = 20  # torch 2.13's dynamo exporter default; onnxruntime 1.32 runs up to 23; int8 QDQ needs >= 13
+PARITY_ROWS = 1000
+# An fp32 export must match: logits within ATOL (relative to the logits' own scale), top-1 on all but near-ties,
+# and the same metric.
+ATOL = 1e-3
+MIN_AGREEMENT = 0.999
+METRIC_TOLERANCE = 0.002
+
+
+class ExportError(DlforgeError):
+    """A model cannot be exported, or its export does not match the torch model."""
+
+
+class ExportGraph(torch.nn.Module):
+    """The model as the ONNX graph sees it: positional inputs, affine image scaling in front, a tuple of logits."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_names: list[str],
+                 scales: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__()
+        self.model = model
+        self.input_names, self.output_names = list(input_names), list(output_names)
+        self.scaled = [name in scales for name in self.input_names]
+        for i, name in enumerate(self.input_names):
+            if name in scales:
+                self.register_buffer(f"mul_{i}", scales[name][0])
+                self.register_buffer(f"add_{i}", scales[name][1])
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = {}
+        for i, (name, value) in enumerate(zip(self.input_names, inputs)):
+            x[name] = value * getattr(self, f"mul_{i}") + getattr(self, f"add_{i}") if self.scaled[i] else value
+        out = self.model(x)
+        return tuple(out[name].float() for name in self.output_names)
+
+
+def image_scales(predictor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{image input: (a, b)} with scale(x) == x * a + b per channel, checked on three pixel values (the
+    scalings dlforge has are all affine; one that is not stays outside the graph)."""
+    scales = {}
+    for name, feature in predictor.inputs.items():
+        if not hasattr(feature, "scale_pixels"):
+            continue
+        channels = feature.channels_
+        probe = torch.tensor([0.0, 1.0, 255.0]).view(3, 1, 1, 1).expand(3, channels, 1, 1).contiguous()
+        out = feature.scale_pixels(probe)
+        add, mul = out[0], out[1] - out[0]
+        if torch.allclose(out[2], 255.0 * mul + add, rtol=1e-5, atol=1e-5) and not (
+                torch.all(mul == 1) and torch.all(add == 0)):
+            scales[name] = (mul.reshape(1, channels, 1, 1).float(), add.reshape(1, channels, 1, 1).float())
+    return scales
+
+
+def _operators(text: str) -> list[str]:
+    """Operator names an exporter's message mentions (aten::lstm, aten._pack_padded_sequence, ...)."""
+    return sorted(set(re.findall(r"\b(aten(?:::|\.)[A-Za-z_0-9.]+|prim::[A-Za-z_]+)", text)))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line that says what went wrong (torch.onnx puts it under "## Exception summary", after a banner)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else exc.__class__.__name__)[:400]
+
+
+def unexportable(model: torch.nn.Module) -> str | None:
+    """Why a model cannot be exported, found before trying (each exporter fails on it with an unrelated message):
+    LSTM/GRU encoders run over packed sequences (aten::_pack_padded_sequence), which neither exporter takes."""
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
+            kind = type(module).__name__
+            return (f"its {kind} ('{name}') runs over packed sequences (operator aten::_pack_padded_sequence), which "
+                    f"neither the dynamo nor the TorchScript exporter takes")
+    return None
+
+
+def _without_node_metadata(data: bytes) -> bytes:
+    """The graph without the dynamo exporter's per-node metadata (source stack traces, module paths: about 1 KB a
+    node, paths of this machine); the computation is unchanged."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    return model.SerializeToString()
+
+
+def to_onnx(graph: ExportGraph, example: tuple, *, dynamic: dict[str, dict[int, str]], opset: int,
+            folder: Path) -> tuple[bytes, dict]:
+    """(ONNX bytes, how they were made): the dynamo exporter, else the TorchScript exporter with the reason."""
+    path = folder / "graph.onnx"
+    names, outputs = graph.input_names, graph.output_names
+    how: dict = {"exporter": "dynamo", "opset": opset}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # forward(*inputs): one entry for the varargs tuple, holding one {axis: Dim} per input
+            shapes = (tuple({axis: torch.export.Dim.DYNAMIC for axis in dynamic.get(n, {})} for n in names),)
+            program = torch.onnx.export(graph, example, dynamo=True, input_names=names, output_names=outputs,
+                                        opset_version=opset, dynamic_shapes=shapes, optimize=True,
+                                        external_data=False, verbose=False, report=False)
+            program.save(str(path), external_data=False)
+            return _without_node_metadata(path.read_bytes()), how
+        except Exception as exc:  # torch.export/onnxscript raise many types; every one is a reason to fall back
+            dynamo_error = _first_line(exc)
+            dynamo_ops = _operators(str(exc))
+        how = {"exporter": "torchscript", "opset": opset,
+               "fallback": {"from": "dynamo", "reason": dynamo_error, "operators": dynamo_ops}}
+        try:
+            torch.onnx.export(graph, example, str(path), dynamo=False, input_names=names, output_names=outputs,
+                              opset_version=opset, dynamic_axes={n: dict(d) for n, d in dynamic.items()},
+                              do_constant_folding=True)
+            return path.read_bytes(), how
+        except Exception as exc:
+            ops = sorted(set(dynamo_ops) | set(_operators(str(exc))))
+            named = f" (operator(s): {', '.join(ops)})" if ops else ""
+            raise ExportError(f"this model cannot be exported to ONNX{named}: the dynamo exporter failed "
+                              f"({dynamo_error}) and so did the TorchScript exporter it fell back to "
+                              f"({_first_line(exc)})",
+                              hint="keep serving it with --runtime torch; an encoder without that operator exports"
+                              ) from None
+
+
+def compare(predictor, logits_ref: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], y) -> dict:
+    """Max abs diff of the logits, top-1 agreement (class outputs) and the main metric of both."""
+    diff, agree, total = 0.0, 0, 0
+    scale = 0.0
+    for name, ref in logits_ref.items():
+        got = logits[name]
+        diff = max(diff, float((got - ref).abs().max())) if len(ref) else diff
+        scale = max(scale, float(ref.abs().max())) if len(ref) else scale
+        if predictor.labels(name) is not None and ref.ndim == 2 and ref.shape[1] > 1:
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+            total += len(ref)
+        elif predictor.labels(name) is not None:  # binary: one logit, the sign decides
+            agree += int(((got.reshape(-1) > 0) == (ref.reshape(-1) > 0)).sum())
+            total += len(ref)
+    metric, before, direction = main_metric(predictor, score(predictor, logits_ref, y))
+    _, after, _ = main_metric(predictor, score(predictor, logits, y))
+    return {"rows": len(next(iter(logits_ref.values()))), "max_abs_diff": diff, "logit_scale": scale,
+            "top1_agreement": agree / total if total else None, "metric": metric, "metric_torch": before,
+            "metric_onnx": after, "metric_change": (after - before) * direction}
+
+
+def parity_line(parity: dict) -> str:
+    agreement = parity["top1_agreement"]
+    return (f"parity on {parity['rows']} {parity['split']} rows: max abs diff {parity['max_abs_diff']:.2e}"
+            + (f", top-1 agreement {agreement:.4f}" if agreement is not None else "")
+            + f", {parity['metric']} torch {parity['metric_torch']:.4f} / onnx {parity['metric_onnx']:.4f}")
+
+
+def _dynamic_axes(predictor, x: dict[str, torch.Tensor]) -> tuple[dict[str, dict[int, str]], dict[str, int]]:
+    trim = {name: pad for name, pad in predictor.model.length_sensitive_inputs().items() if name in x
+            and x[name].ndim == 2 and not x[name].is_floating_point()}
+    dynamic = {name: ({0: "batch", 1: "length"} if name in trim else {0: "batch"}) for name in x}
+    return dynamic, trim
+
+
+def export_onnx(run_dir: str | Path, *, opset: int = DEFAULT_OPSET, rows: int = PARITY_ROWS, overwrite: bool = False,
+                threads: int | None = None, atol: float = ATOL) -> dict:
+    """Export `run_dir`'s model to model.onnx + export.json after checking parity; returns export.json's content."""
+    run_dir = Path(run_dir)
+    predictor = Predictor(run_dir, runtime="torch")
+    if (run_dir / ONNX_FILE).exists() and not overwrite:
+        raise ExportError(f"{ONNX_FILE} exists already", where=str(run_dir),
+                          hint=f"pass --overwrite to export again: dlforge export {run_dir} --overwrite")
+    split, table = evaluation_rows(predictor, rows)
+    x_ref, y = encode_rows(predictor, table, scaled=True)
+    scales = image_scales(predictor)
+    x_raw, _ = encode_rows(predictor, table, scaled=False) if scales else (x_ref, y)
+    names = list(predictor.signature["inputs"])
+    outputs = predictor.output_names
+    reason = unexportable(predictor.model)
+    if reason:
+        raise ExportError(f"this model cannot be exported to ONNX: {reason}", where=str(run_dir),
+                          hint="fallback: keep running it on the torch runtime (--runtime torch, the default); the "
+                               "cnn, embed, ngram and transformer encoders export")
+    graph = ExportGraph(predictor.model, names, outputs, scales).eval()
+    dynamic, trim = _dynamic_axes(predictor, x_ref)
+    n_example = min(2, len(next(iter(x_raw.values()))))
+    example = tuple(x_raw[name][:n_example].contiguous() for name in names)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=run_dir) as folder, torch.no_grad():
+        data, how = to_onnx(graph, example, dynamic=dynamic, opset=opset, folder=Path(folder))
+    seconds = time.perf_counter() - started
+    record = {
+        "format": "onnx", "file": ONNX_FILE, "opset": opset, **{k: v for k, v in how.items() if k != "opset"},
+        "torch_version": torch.__version__,
+        "inputs": [{"name": n, "dtype": str(x_raw[n].numpy().dtype), "shape": ["batch", *list(x_raw[n].shape[1:])],
+                    "dynamic_axes": {str(a): label for a, label in dynamic[n].items()}} for n in names],
+        "outputs": outputs,
+        "scaled_in_graph": sorted(scales),
+        "trim_padding": trim,
+        "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        "export_seconds": round(seconds, 2),
+    }
+    runtime = OnnxRuntime(run_dir, batch_size=predictor.batch_size, threads=threads, record=record, data=data)
+    with torch.no_grad():
+        reference = predictor.runtime.run(x_ref)
+    parity = {"split": split, **compare(predictor, reference, runtime.run(x_raw), y)}
+    record["parity"] = parity
+    record["session"] = runtime.settings
+    tolerance = atol * max(1.0, parity["logit_scale"])
+    failed = [f"max abs diff {parity['max_abs_diff']:.3g} > {tolerance:.3g}" if parity["max_abs_diff"] > tolerance else "",
+              f"top-1 agreement {parity['top1_agreement']:.4f} < {MIN_AGREEMENT}"
+              if parity["top1_agreement"] is not None and parity["top1_agreement"] < MIN_AGREEMENT else "",
+              f"{parity['metric']} changed by {parity['metric_change']:+.4f}"
+              if abs(parity["metric_change"]) > METRIC_TOLERANCE else ""]
+    failed = [f for f in failed if f]
+    parity["tolerances"] = {"max_abs_diff": tolerance, "top1_agreement": MIN_AGREEMENT, "metric": METRIC_TOLERANCE}
+    parity["passed"] = not failed
+    if failed:
+        raise ExportError(f"the ONNX export does not match the torch model ({'; '.join(failed)}); "
+                          f"{parity_line(parity)}; nothing was written", where=str(run_dir),
+                          hint=f"exporter {record['exporter']}, opset {opset}: report this model; serve it with "
+                               "--runtime torch meanwhile")
+    write_bytes(run_dir / ONNX_FILE, data)
+    write_json(run_dir / EXPORT_JSON, record)
+    return record
+
+
+def describe(record: dict) -> list[str]:
+    """What `dlforge export` prints."""
+    lines = [f"exported {record['file']} ({record['onnx']['bytes'] / 1e6:.2f} MB) with the {record['exporter']} "
+             f"exporter, opset {record['opset']}, dynamic batch axis"]
+    fallback = record.get("fallback")
+    if fallback:
+        ops = f" (operator(s) {', '.join(fallback['operators'])})" if fallback.get("operators") else ""
+        lines.append(f"fallback: the dynamo exporter failed{ops}: {fallback['reason']}; used the TorchScript exporter")
+    if record.get("scaled_in_graph"):
+        lines.append(f"preprocessing in the graph: pixel scaling of {', '.join(record['scaled_in_graph'])} "
+                     "(the graph takes pixels 0..255)")
+    if record.get("trim_padding"):
+        lines.append(f"dynamic length axis: {', '.join(record['trim_padding'])} (padding cut per batch)")
+    lines.append(parity_line(record["parity"]))
+    s = record["session"]
+    lines.append(f"onnxruntime {s['onnxruntime']}: {s['intra_op_threads']} intra-op thread(s), "
+                 f"{s['inter_op_threads']} inter-op, {s['graph_optimization']}, CPU arena on")
+    return lines
+
+
+__all__ = ["ATOL", "DEFAULT_OPSET", "ExportError", "ExportGraph", "compare", "describe", "export_onnx", "image_scales",
+           "parity_line", "to_onnx"]

@@ -1,0 +1,474 @@
+"""`dlforge quantize RUN --mode static|dynamic`: int8 through onnxruntime.quantization, as a variant run directory.
+
+- static: QDQ format, int8 weights per output channel (symmetric), uint8 activations (asymmetric; the x86
+  U8S8 kernels, VNNI on this CPU) with ranges calibrated on N training rows (minmax | entropy | percentile).
+  onnxruntime fuses DequantizeLinear-Conv-QuantizeLinear into QLinearConv when the session is built. For
+  conv nets (and MLPs).
+- dynamic: int8 weights, activations quantized per batch at run time (MatMul, LSTM, Attention, embedding
+  Gather): for Linear/LSTM/transformer models. Conv stays fp32 in this mode (onnxruntime's ConvInteger is
+  slower than fp32 Conv on x86, onnxruntime#12854) and is reported so. Gemm (how torch's Linear exports) is
+  first rewritten to MatMul + Add, the form the dynamic quantizer takes.
+
+Per-layer fallback: when the variant loses more than `max_drop` of the main metric on the decision rows
+(validation rows, else training rows that did not calibrate), each weighted layer's sensitivity is measured
+(only that layer int8: error of the logits against fp32) and the most sensitive layers go back to fp32 one by
+one until the loss is within budget. Layers the quantizer does not take (an op it has no int8 kernel for in this
+mode) stay fp32 too. Both lists are reported with a reason; neither is a crash.
+
+The variant's parity against the fp32 torch model on the test rows (as `dlforge export` checks it) is recorded
+in its export.json: rows, max abs diff, top-1 agreement, the main metric on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlforge.artifact.onnx_runtime import EXPORT_JSON, ONNX_FILE, OnnxRuntime, read_export_json, read_onnx_bytes
+from dlforge.artifact.predictor import Predictor
+from dlforge.compress.onnx_export import compare, export_onnx
+from dlforge.compress.rows import encode_rows, evaluation_rows, main_metric, run_splits, sample, score, take
+from dlforge.compress.variants import variant_dir, write_variant
+from dlforge.core.errors import DlforgeError
+from dlforge.core.files import write_bytes, write_json
+
+MODES = ("static", "dynamic", "qat")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+WEIGHTED_OPS = {"static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
+                "dynamic": ("MatMul", "LSTM", "Attention", "Gather")}
+DECISION_ROWS = 500
+MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
+
+
+class QuantizeError(DlforgeError):
+    """A model cannot be quantized as asked."""
+
+
+def _quant():
+    try:
+        import onnx
+        from onnxruntime import quantization
+    except ImportError:
+        raise DlforgeError("int8 quantization needs onnx and onnxruntime", hint="pip install 'dlforge[onnx]'") from None
+    return onnx, quantization
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite Gemm(A, B, C) with constant B (alpha = beta = 1) as MatMul(A, B') + C in place; returns how many."""
+    onnx, _ = _quant()
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, changed = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T
+        name = f"{node.name}_weight_t"
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), name))
+        product = f"{node.output[0]}_matmul" if len(node.input) > 2 and node.input[2] else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
+        if product != node.output[0]:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+        changed += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return changed
+
+
+def weighted_nodes(model, mode: str) -> list[dict]:
+    """The layers with weights the mode could make int8: name, op, weight name and size, largest first."""
+    inits = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    for node in model.graph.node:  # in a QDQ graph a weight is a DequantizeLinear of an int8 initializer
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]]
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS["static"] + WEIGHTED_OPS["dynamic"] + ("GRU", "RNN"):
+            continue
+        weights = [i for i in node.input[1:] if i in inits] if node.op_type != "Gather" else (
+            [node.input[0]] if node.input[0] in inits else [])
+        if weights:
+            found.append({"node": node.name, "op": node.op_type, "weight": weights[0], "size": inits[weights[0]]})
+    return sorted(found, key=lambda n: -n["size"])
+
+
+def qdq_float_layers(model, layers: list[dict]) -> set[str]:
+    """Names of `layers` of a QDQ graph whose weight does not come from a DequantizeLinear (still fp32)."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {layer["node"] for layer in layers if layer["weight"] not in dequantized}
+
+
+def still_float(model, layers: list[dict]) -> set[str]:
+    """Names of `layers` the quantized `model` still runs in fp32 (same node, same float weight initializer)."""
+    by_name = {n.name: n for n in model.graph.node}
+    floats = {i.name for i in model.graph.initializer if i.data_type == 1}
+    kept = set()
+    for layer in layers:
+        node = by_name.get(layer["node"])
+        if node is not None and node.op_type == layer["op"] and layer["weight"] in node.input and layer["weight"] in floats:
+            kept.add(layer["node"])
+    return kept
+
+
+def calibration_reader(x: dict[str, np.ndarray], batch: int = 32):
+    """Calibration batches of `batch` rows for quantize_static (a CalibrationDataReader: get_next until None)."""
+    _, q = _quant()
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            n = len(next(iter(x.values())))
+            self.batches = iter([{k: v[i:i + batch] for k, v in x.items()} for i in range(0, n, batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def _numpy(x: dict[str, torch.Tensor], record: dict) -> dict[str, np.ndarray]:
+    dtypes = {i["name"]: np.dtype(i["dtype"]) for i in record["inputs"]}
+    return {name: np.ascontiguousarray(x[name].numpy(), dtype=dtypes[name]) for name in dtypes}
+
+
+class Quantizer:
+    """One run's fp32 graph, rows and reference logits: quantizes with a set of layers kept fp32, and measures."""
+
+    def __init__(self, run_dir: Path, *, mode: str, calibration: str, calibration_rows: int, threads: int | None,
+                 folder: Path):
+        onnx, self.q = _quant()
+        self.onnx = onnx
+        self.run_dir, self.mode, self.calibration, self.threads, self.folder = run_dir, mode, calibration, threads, folder
+        self.record = read_export_json(run_dir)
+        data = read_onnx_bytes(run_dir, self.record)
+        self.predictor = Predictor(run_dir, runtime="torch")
+        self.notes: list[str] = []
+        # Preprocessing (symbolic shape inference, graph optimisation) as onnxruntime recommends before quantizing.
+        source, self.float_path = folder / "fp32.onnx", folder / "fp32-pre.onnx"
+        source.write_bytes(data)
+        try:
+            # In the scratch folder: when symbolic shape inference is incomplete, onnxruntime saves a debug copy of
+            # the model (with its weights) into the working directory.
+            with contextlib.chdir(folder):
+                self.q.shape_inference.quant_pre_process(str(source), str(self.float_path), auto_merge=True)
+        except Exception as exc:  # shape inference fails on some graphs: quantize the graph as exported
+            self.notes.append(f"quant_pre_process skipped ({exc.__class__.__name__}: {str(exc)[:120]})")
+            self.float_path = source
+        model = onnx.load(str(self.float_path))
+        if mode == "dynamic" and (count := gemm_to_matmul(model)):
+            self.notes.append(f"{count} Gemm rewritten as MatMul + Add for the dynamic quantizer")
+            onnx.save(model, str(self.float_path))
+        self.layers = weighted_nodes(model, mode)
+        # Rows: calibration from training rows; decisions on validation rows, else other training rows.
+        table, rows = run_splits(self.predictor)
+        train = np.asarray(rows["train"])
+        calib = sample(train, calibration_rows, seed=1)
+        decide = rows.get("val", np.zeros(0, dtype=np.int64))
+        if not len(decide):
+            decide = sample(np.setdiff1d(train, calib), DECISION_ROWS, seed=2)
+        self.decide_part = "validation" if len(rows.get("val", ())) else "training (not calibration)"
+        decide = sample(decide, DECISION_ROWS, seed=2)
+        scaled = bool(self.record.get("scaled_in_graph"))
+        self.calib_x = _numpy(encode_rows(self.predictor, take(self.predictor, table, calib), scaled=not scaled)[0],
+                              self.record) if mode == "static" else None
+        self.n_calib = len(calib) if mode == "static" else 0
+        decide_table = take(self.predictor, table, decide)
+        self.decide_ref, self.decide_y = encode_rows(self.predictor, decide_table, scaled=True)
+        self.decide_x = encode_rows(self.predictor, decide_table, scaled=False)[0] if scaled else self.decide_ref
+        with torch.no_grad():
+            self.reference = self.predictor.runtime.run(self.decide_ref)
+        _, self.reference_metric, self.direction = main_metric(self.predictor, score(self.predictor, self.reference,
+                                                                                     self.decide_y))
+
+    def quantize(self, *, exclude: list[str] = (), only: list[str] | None = None) -> bytes:
+        q = self.q
+        out = self.folder / "int8.onnx"
+        try:
+            if self.mode == "static":
+                method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                          "percentile": q.CalibrationMethod.Percentile}[self.calibration]
+                q.quantize_static(str(self.float_path), str(out), calibration_reader(self.calib_x), quant_format=q.QuantFormat.QDQ,
+                                  per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                                  calibrate_method=method, nodes_to_exclude=list(exclude), nodes_to_quantize=only,
+                                  op_types_to_quantize=list(WEIGHTED_OPS["static"]) + [
+                                      "Relu", "MaxPool", "AveragePool", "Add", "Mul", "Reshape", "Flatten",
+                                      "Transpose", "Concat", "GlobalAveragePool", "Sigmoid"],
+                                  extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                                 "MatMulConstBOnly": True, "CalibPercentile": 99.999})
+            else:
+                q.quantize_dynamic(str(self.float_path), str(out), per_channel=False, weight_type=q.QuantType.QInt8,
+                                   op_types_to_quantize=list(WEIGHTED_OPS["dynamic"]), nodes_to_exclude=list(exclude),
+                                   nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True})
+        except Exception as exc:  # the quantizer's own failure: one clear error, never a traceback
+            raise QuantizeError(f"onnxruntime could not quantize this model ({self.mode}): "
+                                f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+                                where=str(self.run_dir / ONNX_FILE),
+                                hint="try the other --mode, or serve the fp32 export (--runtime onnx)") from None
+        return out.read_bytes()
+
+    def runtime(self, data: bytes) -> OnnxRuntime:
+        record = {**self.record, "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+        return OnnxRuntime(self.run_dir, batch_size=self.predictor.batch_size, threads=self.threads, record=record,
+                           data=data)
+
+    def measure(self, data: bytes) -> tuple[float, float]:
+        """(loss of the main metric against fp32 torch on the decision rows, mean abs logit error)."""
+        logits = self.runtime(data).run(self.decide_x)
+        _, value, _ = main_metric(self.predictor, score(self.predictor, logits, self.decide_y))
+        error = float(np.mean([float((logits[n] - ref).abs().mean()) for n, ref in self.reference.items()]))
+        return (self.reference_metric - value) * self.direction, error
+
+
+def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = "minmax", calibration_rows: int = 256,
+                 max_drop: float = 0.005, name: str | None = None, overwrite: bool = False, threads: int | None = None,
+                 parity_rows: int = 1000, out_dir: Path | None = None, qat_epochs: int = 1,
+                 qat_lr: float | None = None) -> dict:
+    """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`, or into
+    `out_dir` (a new complete run directory, not listed in the source's run.json: what compression passes use).
+
+    Returns the variant's export.json content; its `quantization` entry says what was done."""
+    run_dir = Path(run_dir)
+    if calibration not in CALIBRATIONS:
+        raise QuantizeError(f"unknown calibration '{calibration}'; known: {', '.join(CALIBRATIONS)}", where="--calibration")
+    if mode == "qat":
+        _torchao_pt2e()  # a missing torchao says so before anything is exported
+    if calibration_rows < 1:
+        raise QuantizeError("--calibration-rows must be at least 1", where="--calibration-rows")
+    if mode not in MODES + ("auto",):
+        raise QuantizeError(f"unknown mode '{mode}'; known: static, dynamic, qat (or auto)", where="--mode")
+    started = time.perf_counter()
+    exported = None
+    if not (run_dir / ONNX_FILE).is_file():
+        from dlforge.artifact.format import read_model_json
+
+        read_model_json(run_dir)  # a missing or incomplete run says so before anything is exported
+        exported = export_onnx(run_dir, threads=threads)
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=run_dir) as tmp:
+        folder = Path(tmp)
+        if mode == "auto":
+            probe_onnx, _ = _quant()
+            ops = {n.op_type for n in probe_onnx.load_from_string(read_onnx_bytes(run_dir, read_export_json(run_dir))).graph.node}
+            mode = "static" if "Conv" in ops else "dynamic"
+        quantizer = Quantizer(run_dir, mode=mode, calibration=calibration, calibration_rows=calibration_rows,
+                              threads=threads, folder=folder)
+        qat_info = None
+        if mode == "qat":  # fake-quantized fine-tuning; its result is the int8 graph (no per-layer fallback)
+            data, qat_info = qat_onnx(run_dir, epochs=qat_epochs, lr=qat_lr, folder=folder,
+                                      opset=quantizer.record.get("opset", 20))
+        else:
+            data = quantizer.quantize()
+        drop, error = quantizer.measure(data)
+        fallback: list[dict] = []
+        if mode != "qat" and drop > max_drop and quantizer.layers:
+            fallback = _fall_back(quantizer, max_drop, drop)
+            excluded = [f["node"] for f in fallback]
+            data = quantizer.quantize(exclude=excluded)
+            drop, error = quantizer.measure(data)
+        model = quantizer.onnx.load_from_string(data)
+        if mode == "qat":  # a new graph (its node names are not the fp32 export's): read the QDQ weights directly
+            quantizer.layers = weighted_nodes(model, mode)
+            kept = qdq_float_layers(model, quantizer.layers)
+        else:
+            kept = still_float(model, quantizer.layers)
+        excluded_names = {f["node"] for f in fallback}
+        unsupported = [{"node": layer["node"], "op": layer["op"],
+                        "reason": ("dynamic int8 convolutions are slower than fp32 in onnxruntime (#12854): kept fp32"
+                                   if mode == "dynamic" and layer["op"] in ("Conv", "ConvTranspose")
+                                   else f"onnxruntime's {mode} quantizer has no int8 {layer['op']}: kept fp32")}
+                       for layer in quantizer.layers if layer["node"] in kept and layer["node"] not in excluded_names]
+        n_int8 = len(quantizer.layers) - len(kept)
+        if n_int8 == 0:
+            raise QuantizeError(f"no layer of this model could be made int8 in {mode} mode "
+                                f"({len(fallback)} lost too much, {len(unsupported)} unsupported: "
+                                f"{', '.join(sorted({u['op'] for u in unsupported})) or '-'})",
+                                where=str(run_dir), hint="try the other --mode, or a larger --max-drop")
+        # Parity of the variant against the fp32 torch model, on the test rows, as export checks it.
+        predictor = quantizer.predictor
+        split, table = evaluation_rows(predictor, parity_rows)
+        x_ref, y = encode_rows(predictor, table, scaled=True)
+        x_raw = encode_rows(predictor, table, scaled=False)[0] if quantizer.record.get("scaled_in_graph") else x_ref
+        with torch.no_grad():
+            reference = predictor.runtime.run(x_ref)
+        runtime = quantizer.runtime(data)
+        parity = {"split": split, **compare(predictor, reference, runtime.run(x_raw), y)}
+        fp32_bytes = quantizer.record["onnx"]["bytes"]
+        quantization = {
+            "mode": mode, "format": "IntegerOps" if mode == "dynamic" else "QDQ",
+            "weights": "int8, per tensor" if mode == "dynamic" else "int8, per channel, symmetric",
+            "activations": {"static": "uint8, asymmetric, calibrated", "dynamic": "uint8, per batch at run time",
+                            "qat": "uint8, asymmetric, ranges learned in QAT"}[mode],
+            "qat": qat_info,
+            "calibration": {"method": calibration, "rows": quantizer.n_calib, "from": "training"} if mode == "static" else None,
+            "max_drop": max_drop, "decision_rows": {"part": quantizer.decide_part, "rows": len(quantizer.decide_y[
+                next(iter(quantizer.decide_y))])},
+            "metric_drop_on_decision_rows": drop, "mean_abs_logit_error": error,
+            "int8_layers": n_int8, "fp32_layers": len(kept),
+            "fallback": fallback, "unsupported": unsupported, "notes": quantizer.notes,
+            "fp32_bytes": fp32_bytes, "int8_bytes": len(data), "size_ratio": fp32_bytes / len(data),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    variant_name = name or f"int8_{mode}" + (f"_{calibration}" if mode == "static" and calibration != "minmax" else "")
+    if out_dir is None:
+        out = variant_dir(run_dir, variant_name, overwrite=overwrite)
+    else:
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise QuantizeError("the output folder is not empty", where=str(out))
+        out.mkdir(parents=True, exist_ok=True)
+    record = {**quantizer.record, "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+              "parity": parity, "session": runtime.settings, "quantization": quantization,
+              "exported_now": exported is not None}
+    record["session"] = {**record["session"], "bytes": len(data), "quantization": mode}
+    write_bytes(out / ONNX_FILE, data)
+    write_json(out / EXPORT_JSON, record)
+    write_variant(run_dir, out, pass_name=f"int8_{mode}", runtime="onnx", listed=out_dir is None,
+                  notes={"quantization": {k: quantization[k] for k in ("mode", "calibration", "int8_layers",
+                                                                        "fp32_layers", "size_ratio")},
+                         "parity": parity})
+    record["variant_dir"] = str(out)
+    return record
+
+
+
+def _torchao_pt2e():
+    """torchao's PT2E QAT API (torch.ao.quantization is deprecated on this torch; PT2E lives in torchao now)."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    except ImportError:
+        raise QuantizeError("quantization-aware training needs torchao (PT2E QAT)",
+                            hint="pip install 'dlforge[qat]' (torchao), or use --mode static") from None
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+    return prepare_qat_pt2e, convert_pt2e, quantizer
+
+
+def qat_onnx(run_dir: Path, *, epochs: int, lr: float | None, folder: Path, opset: int, rows: int | None = None) -> tuple[bytes, dict]:
+    """Quantization-aware fine-tuning with torchao's PT2E flow, exported to ONNX QDQ.
+
+    The graph dlforge exports (image scaling inside) is captured with torch.export, `prepare_qat_pt2e` inserts
+    fake quantization (X86InductorQuantizer's QAT config: int8 per-channel symmetric weights, uint8 activations,
+    the same scheme as --mode static), it trains `epochs` epochs on the training rows with the model's own loss
+    (lr: a tenth of the recipe's unless given), `convert_pt2e` folds it into quantize/dequantize ops, and the
+    dynamo exporter writes them as QuantizeLinear/DequantizeLinear, which onnxruntime fuses into int8 kernels."""
+    from dlforge.compress.onnx_export import ExportGraph, image_scales, to_onnx
+
+    prepare_qat_pt2e, convert_pt2e, quantizer = _torchao_pt2e()
+    predictor = Predictor(run_dir, runtime="torch")
+    table, splits = run_splits(predictor)
+    train = splits["train"] if rows is None else sample(splits["train"], rows, seed=3)
+    scales = image_scales(predictor)
+    x, y = encode_rows(predictor, take(predictor, table, train), scaled=not scales)
+    names, outputs = list(predictor.signature["inputs"]), predictor.output_names
+    graph = ExportGraph(predictor.model, names, outputs, scales).eval()
+    example = tuple(x[n][:2].contiguous() for n in names)
+    dynamic = (tuple({0: torch.export.Dim.DYNAMIC} for _ in names),)
+    try:
+        captured = torch.export.export(graph, example, dynamic_shapes=dynamic).module()
+        prepared = prepare_qat_pt2e(captured, quantizer)
+    except Exception as exc:
+        raise QuantizeError(f"torch.export/PT2E could not prepare this model for QAT ({exc.__class__.__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})",
+                            where=str(run_dir), hint="use --mode static or dynamic") from None
+    recipe = predictor.recipe.training
+    base_lr = recipe.optimizer.lr if isinstance(recipe.optimizer.lr, float) else 1e-3
+    optimizer = torch.optim.Adam(prepared.parameters(), lr=lr or base_lr * 0.1)
+    generator = torch.Generator().manual_seed(0)
+    n = len(next(iter(y.values())))
+    started, steps = time.perf_counter(), 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n, recipe.batch_size):
+            index = order[i:i + recipe.batch_size]
+            logits = dict(zip(outputs, prepared(*(x[name][index] for name in names))))
+            loss = predictor.model.loss(logits, {k: v[index] for k, v in y.items()})
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    train_seconds = time.perf_counter() - started
+    try:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(prepared)
+    except ImportError:
+        pass
+    converted = convert_pt2e(prepared)
+
+    class Converted(torch.nn.Module):  # to_onnx reads input/output names from the module
+        def __init__(self):
+            super().__init__()
+            self.inner, self.input_names, self.output_names = converted, names, outputs
+
+        def forward(self, *inputs):
+            return tuple(self.inner(*inputs))
+
+    with torch.no_grad():
+        data, how = to_onnx(Converted(), example, dynamic={n: {0: "batch"} for n in names}, opset=opset, folder=folder)
+    return data, {"epochs": epochs, "steps": steps, "rows": n, "lr": optimizer.param_groups[0]["lr"],
+                  "train_seconds": round(train_seconds, 1), "api": "torchao PT2E prepare_qat_pt2e/convert_pt2e, "
+                  "X86InductorQuantizer (is_qat)", "exporter": how["exporter"]}
+
+def _fall_back(quantizer: Quantizer, max_drop: float, drop: float) -> list[dict]:
+    """Layers back to fp32, most sensitive first, until the loss is within `max_drop` (all measured ones at most)."""
+    sensitivity = []
+    for layer in quantizer.layers[:MAX_SENSITIVITY_LAYERS]:
+        try:
+            _, error = quantizer.measure(quantizer.quantize(only=[layer["node"]]))
+        except DlforgeError:
+            continue
+        sensitivity.append((error, layer))
+    sensitivity.sort(key=lambda pair: -pair[0])
+    chosen: list[dict] = []
+    for error, layer in sensitivity:
+        chosen.append({"node": layer["node"], "op": layer["op"], "sensitivity": error,
+                       "reason": f"int8 lost {drop:.4f} of the metric (budget {max_drop}); this layer alone "
+                                 f"changes the logits by {error:.3g} on average: kept fp32"})
+        drop, _ = quantizer.measure(quantizer.quantize(exclude=[c["node"] for c in chosen]))
+        if drop <= max_drop:
+            break
+    return chosen
+
+
+def describe(record: dict) -> list[str]:
+    """What `dlforge quantize` prints."""
+    q = record["quantization"]
+    parity = record["parity"]
+    calib = q["calibration"]
+    lines = [f"int8 {q['mode']} ({q['format']}; weights {q['weights']}; activations {q['activations']}"
+             + (f"; calibration {calib['method']} on {calib['rows']} training rows" if calib else "") + ")"]
+    if q.get("qat"):
+        t = q["qat"]
+        lines.append(f"quantization-aware training: {t['epochs']} epoch(s), {t['steps']} steps on {t['rows']} training "
+                     f"rows, lr {t['lr']:.2g}, {t['train_seconds']} s ({t['api']})")
+    lines += [
+             f"layers: {q['int8_layers']} int8, {q['fp32_layers']} fp32; size {q['fp32_bytes'] / 1e6:.3f} MB -> "
+             f"{q['int8_bytes'] / 1e6:.3f} MB ({q['size_ratio']:.2f}x smaller)"]
+    for entry in q["fallback"]:
+        lines.append(f"fallback to fp32: {entry['node']} ({entry['op']}): {entry['reason']}")
+    for entry in q["unsupported"]:
+        lines.append(f"fp32: {entry['node']} ({entry['op']}): {entry['reason']}")
+    agreement = parity["top1_agreement"]
+    lines.append(f"against fp32 torch on {parity['rows']} {parity['split']} rows: max abs diff "
+                 f"{parity['max_abs_diff']:.3g}" + (f", top-1 agreement {agreement:.4f}" if agreement is not None else "")
+                 + f", {parity['metric']} {parity['metric_torch']:.4f} -> {parity['metric_onnx']:.4f} "
+                 f"({parity['metric_change'] * 100:+.2f} points)")
+    s = record["session"]
+    lines.append(f"onnxruntime {s['onnxruntime']}: {s['intra_op_threads']} intra-op thread(s), "
+                 f"{s['inter_op_threads']} inter-op, {s['graph_optimization']}")
+    return lines
+
+
+__all__ = ["CALIBRATIONS", "MODES", "QuantizeError", "Quantizer", "describe", "gemm_to_matmul", "quantize_run",
+           "still_float", "weighted_nodes"]

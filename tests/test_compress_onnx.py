@@ -1,0 +1,380 @@
+"""ONNX export with parity, the onnx runtime behind the seam (Predictor, predict, evaluate, serve, load), int8
+quantization (static QDQ with calibration, dynamic, per-layer fp32 fallback) as variant run directories, the
+compression passes, and every bad input of those: no model.onnx, a damaged one, a planted mismatch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import dlforge  # noqa: E402
+from dlforge.core.errors import ArtifactError, DlforgeError  # noqa: E402
+
+from conftest import main_ok  # noqa: E402
+
+IGNORE = shutil.ignore_patterns("checkpoint", "plots", "model.onnx", "export.json", "variants", "report.html")
+
+
+def _copy(run, folder):
+    shutil.copytree(run, folder, ignore=IGNORE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(digits_run, tmp_path_factory):
+    """A copy of the session's digits CNN run, exported to ONNX (the dynamo exporter: ~5-10 s here)."""
+    from dlforge.compress.onnx_export import export_onnx
+
+    run = _copy(digits_run, tmp_path_factory.mktemp("onnx") / "run")
+    record = export_onnx(run, rows=400)
+    return run, record
+
+
+@pytest.fixture(scope="module")
+def static_variant(exported):
+    from dlforge.compress.quantize import quantize_run
+
+    run, _ = exported
+    return quantize_run(run, mode="static", calibration="minmax", calibration_rows=128, parity_rows=400)
+
+
+def _images(n=6):
+    return (np.random.default_rng(3).random((n, 8, 8)) * 16).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- export with parity
+def test_export_writes_model_onnx_and_export_json_with_parity(exported):
+    run, record = exported
+    stored = json.loads((run / "export.json").read_text())
+    assert stored == json.loads(json.dumps(record))
+    assert stored["exporter"] == "dynamo" and stored["opset"] == 20 and "fallback" not in stored
+    assert stored["scaled_in_graph"] == ["image"]  # pixel scaling lives in the graph
+    assert stored["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8],
+                                 "dynamic_axes": {"0": "batch"}}]
+    parity = stored["parity"]
+    assert parity["split"] == "test" and parity["rows"] == 359 and parity["passed"]
+    assert parity["max_abs_diff"] < 1e-4 and parity["top1_agreement"] == 1.0
+    assert parity["metric"] == "accuracy" and parity["metric_torch"] == parity["metric_onnx"] > 0.5
+    assert stored["session"]["graph_optimization"] == "ORT_ENABLE_ALL" and stored["session"]["inter_op_threads"] == 1
+    data = (run / "model.onnx").read_bytes()
+    assert stored["onnx"]["bytes"] == len(data)
+
+
+def test_graph_takes_pixels_and_any_batch_size(exported):
+    import onnxruntime as ort
+    import torch
+
+    run, _ = exported
+    torch_predictor = dlforge.load(run, runtime="torch")
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        pixels = torch.from_numpy(_images(n)).float().unsqueeze(1)  # raw 0..255 values, no scaling
+        (logits,) = session.run(None, {"image": pixels.numpy()})
+        expected = torch_predictor.model({"image": torch_predictor.inputs["image"].scale(pixels)})["label"]
+        assert logits.shape == (n, 10) and np.abs(logits - expected.detach().numpy()).max() < 1e-4
+
+
+def test_planted_mismatch_is_refused_with_the_numbers_and_nothing_written(exported, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from dlforge.compress import onnx_export
+
+    run, _ = exported
+    planted = onnx.load(str(run / "model.onnx"))
+    bias = next(i for i in planted.graph.initializer if numpy_helper.to_array(i).shape == (10,))
+    values = numpy_helper.to_array(bias).copy()
+    values[3] += 25.0  # class 3 wins almost everywhere: a wrong graph that still runs
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda *a, **k: (planted.SerializeToString(), {"exporter": "dynamo",
+                                                                                               "opset": 20}))
+    target = _copy(run, tmp_path / "run")
+    with pytest.raises(onnx_export.ExportError) as caught:
+        onnx_export.export_onnx(target, rows=200)
+    message = caught.value.message
+    assert "does not match the torch model" in message and "max abs diff" in message
+    assert "top-1 agreement" in message and "accuracy torch" in message and "nothing was written" in message
+    assert not (target / "model.onnx").exists() and not (target / "export.json").exists()
+
+
+def test_export_cli_prints_parity_and_refuses_to_overwrite(exported, capsys):
+    run, _ = exported
+    assert not main_ok(["export", str(run)])
+    assert "model.onnx exists already" in capsys.readouterr().err
+    assert not main_ok(["export", str(run), "--format", "tflite"])
+    assert "unknown export format 'tflite'" in capsys.readouterr().err
+
+
+def test_export_of_a_run_without_weights_says_so(exported, tmp_path, capsys):
+    run = _copy(exported[0], tmp_path / "run")
+    (run / "model.safetensors").unlink()
+    assert not main_ok(["export", str(run)])
+    assert "missing model.safetensors" in capsys.readouterr().err
+
+
+def test_tabular_model_exports_with_parity(tiny_csv, tmp_path):
+    from conftest import tabular_recipe
+
+    from dlforge.compress.onnx_export import export_onnx
+
+    run = tmp_path / "tab"
+    dlforge.train(tabular_recipe(tiny_csv, training={"epochs": 2, "batch_size": 32}), out=run, progress=False)
+    record = export_onnx(run)
+    assert [i["name"] for i in record["inputs"]] == ["x1", "x2", "color", "flag"]
+    assert record["parity"]["passed"] and record["parity"]["max_abs_diff"] < 1e-4
+    frame = {"x1": [0.5, -1.0], "x2": [None, 2.0], "color": ["red", "blue"], "flag": ["yes", "no"]}
+    onnx_p, torch_p = dlforge.load(run, runtime="onnx"), dlforge.load(run)
+    assert np.abs(onnx_p.predict_proba(frame) - torch_p.predict_proba(frame)).max() < 1e-5
+
+
+# ---------------------------------------------------------------- the runtime seam
+def test_onnx_runtime_through_predictor_predict_and_evaluate(exported, tmp_path, capsys):
+    run, _ = exported
+    onnx_p, torch_p = dlforge.load(run, runtime="onnx"), dlforge.load(run, runtime="torch")
+    assert onnx_p.runtime.name == "onnx" and onnx_p.runtime.settings["intra_op_threads"] >= 1
+    assert dlforge.load(run).runtime.name == "torch"  # an exported run still defaults to torch
+    images = _images()
+    assert list(onnx_p.predict(images)) == list(torch_p.predict(images))
+    assert np.abs(onnx_p.predict_proba(images) - torch_p.predict_proba(images)).max() < 1e-5
+    assert dlforge.evaluate(run, runtime="onnx")["accuracy"] == dlforge.evaluate(run)["accuracy"]
+    files = []
+    for i, image in enumerate(images[:3]):
+        Image.fromarray(image * 16).save(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
+    capsys.readouterr()
+    assert main_ok(["predict", str(run), *files, "--runtime", "onnx"])
+    out = capsys.readouterr()
+    assert "runtime onnx: onnxruntime" in out.err and "ORT_ENABLE_ALL" in out.err
+    assert main_ok(["predict", str(run), *files])
+    assert capsys.readouterr().out == out.out
+
+
+def test_server_defaults_to_onnx_when_exported_and_answers_the_same(exported):
+    from serve.conftest import app_client
+
+    run, _ = exported
+    record = {"records": [{"image": _images(1)[0].tolist()}]}
+    answers = {}
+    for runtime in (None, "torch"):
+        with app_client(run, runtime=runtime) as client:
+            served = client.get("/v1/model").json()["serving"]["runtime"]
+            assert served["name"] == (runtime or "onnx")
+            answers[served["name"]] = client.post("/v1/predict", json=record).json()["predictions"][0]
+    assert answers["onnx"]["label"] == answers["torch"]["label"]
+    assert abs(answers["onnx"]["probability"] - answers["torch"]["probability"]) < 1e-5
+
+
+# ---------------------------------------------------------------- bad inputs at load
+def test_runtime_onnx_without_an_export_names_dlforge_export(digits_run, capsys):
+    with pytest.raises(ArtifactError, match="no model.onnx") as caught:
+        dlforge.load(digits_run, runtime="onnx")
+    assert f"dlforge export {digits_run}" in caught.value.hint
+    assert not main_ok(["evaluate", str(digits_run), "--runtime", "onnx"])
+    err = capsys.readouterr().err
+    assert "dlforge export" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage-recorded"])
+def test_a_damaged_model_onnx_is_a_clear_error(exported, tmp_path, damage):
+    import hashlib
+
+    run = _copy(exported[0], tmp_path / "run")
+    shutil.copy(exported[0] / "export.json", run / "export.json")
+    data = (exported[0] / "model.onnx").read_bytes()
+    if damage == "truncated":
+        (run / "model.onnx").write_bytes(data[: len(data) // 2])
+        match = "truncated"
+    else:  # damage that export.json agrees with (both replaced): onnxruntime itself refuses it
+        bad = data[:100] + bytes(range(256)) * 8
+        (run / "model.onnx").write_bytes(bad)
+        record = json.loads((run / "export.json").read_text())
+        record["onnx"] = {"bytes": len(bad), "sha256": hashlib.sha256(bad).hexdigest()}
+        (run / "export.json").write_text(json.dumps(record))
+        match = "onnxruntime cannot load model.onnx"
+    with pytest.raises(ArtifactError, match=match):
+        dlforge.load(run, runtime="onnx")
+    # the server: an explicit --runtime onnx fails to load with that message; left to choose, it serves on torch
+    from fastapi.testclient import TestClient
+
+    from dlforge.serve import ServeConfig, create_app
+    from serve.conftest import app_client, wait_ready
+
+    errors = []
+    app = create_app(ServeConfig(run_dir=str(run), threads=1, runtime="onnx"), on_fatal=errors.append)
+    with TestClient(app) as client:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not errors:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.get("/healthz").status_code == 503
+    assert isinstance(errors[0], DlforgeError) and "model.onnx" in errors[0].message
+    with app_client(run) as client:
+        wait_ready(client)
+        assert client.get("/v1/model").json()["serving"]["runtime"]["name"] == "torch"
+
+
+# ---------------------------------------------------------------- quantization
+def test_static_int8_variant_is_a_complete_run_directory(exported, static_variant, capsys):
+    run, fp32 = exported
+    variant = run / "variants" / "int8_static"
+    assert static_variant["variant_dir"] == str(variant)
+    q = static_variant["quantization"]
+    assert q["mode"] == "static" and q["format"] == "QDQ" and q["calibration"] == {"method": "minmax", "rows": 128,
+                                                                                     "from": "training"}
+    assert q["int8_layers"] == 3 and q["fp32_layers"] == 0 and q["fallback"] == [] and q["unsupported"] == []
+    assert q["int8_bytes"] < 0.6 * fp32["onnx"]["bytes"]  # tiny model: QDQ scales and nodes weigh; MNIST: 3.8x
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(variant / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # per-channel weights: the conv's weight scale has one value per output channel (8)
+    model = onnx.load(str(variant / "model.onnx"))
+    scales = [i for i in model.graph.initializer if "weight" in i.name and i.name.endswith("_scale")]
+    assert any(list(s.dims) == [8] for s in scales)
+    parity = static_variant["parity"]
+    assert parity["top1_agreement"] > 0.95 and abs(parity["metric_change"]) < 0.03
+    # the variant runs everywhere a run does, on onnx by default
+    assert json.loads((variant / "variant.json").read_text())["runtime"] == "onnx"
+    assert dlforge.load(variant).runtime.name == "onnx"
+    assert abs(dlforge.evaluate(variant)["accuracy"] - parity["metric_onnx"]) < 0.03
+    assert main_ok(["predict", str(variant), "--data", str(_csv_of_images(variant.parent))])
+    from dlforge.serve.runtime import weights_version
+
+    assert weights_version(variant) != weights_version(run)  # clients can tell the int8 variant from its source
+    listed = json.loads((run / "run.json").read_text())["variants"]
+    assert {"name": "int8_static", "path": "variants/int8_static", "pass": "int8_static", "runtime": "onnx"} in listed
+
+
+def _csv_of_images(folder):
+    import pandas as pd
+
+    paths = []
+    for i, image in enumerate(_images(3)):
+        Image.fromarray(image * 16).save(folder / f"img{i}.png")
+        paths.append(f"img{i}.png")
+    pd.DataFrame({"image": paths}).to_csv(folder / "images.csv", index=False)
+    return folder / "images.csv"
+
+
+def test_dynamic_int8_keeps_convs_fp32_and_names_them(exported, capsys):
+    run, _ = exported
+    assert main_ok(["quantize", str(run), "--mode", "dynamic"])
+    out = capsys.readouterr().out
+    assert "layers: 2 int8, 1 fp32" in out and "node_conv2d (Conv)" in out and "#12854" in out
+    record = json.loads((run / "variants" / "int8_dynamic" / "export.json").read_text())
+    assert record["quantization"]["unsupported"][0]["op"] == "Conv"
+    assert "MatMulInteger" in {n.op_type for n in __import__("onnx").load(
+        str(run / "variants" / "int8_dynamic" / "model.onnx")).graph.node}
+
+
+def test_a_layer_that_loses_too_much_falls_back_to_fp32(exported, monkeypatch):
+    """The planted loss: any graph whose last layer is int8 'loses' 10 points; only that layer goes back to fp32."""
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    real = quantize.Quantizer.measure
+    planted = []
+
+    def measure(self, data):
+        drop, error = real(self, data)
+        model = __import__("onnx").load_from_string(data)
+        last = self.layers[-1]
+        planted[:] = [last["node"]]
+        if last["node"] not in quantize.still_float(model, [last]):
+            return drop + 0.10, error + 10.0
+        return drop, error
+
+    monkeypatch.setattr(quantize.Quantizer, "measure", measure)
+    record = quantize.quantize_run(run, mode="static", calibration="percentile", calibration_rows=64,
+                                   max_drop=0.02, name="fallback", parity_rows=100)
+    q = record["quantization"]
+    assert [f["node"] for f in q["fallback"]] == planted
+    assert len(q["fallback"]) == 1 and q["fp32_layers"] == 1 and q["int8_layers"] == 2
+    assert "kept fp32" in q["fallback"][0]["reason"] and q["metric_drop_on_decision_rows"] <= 0.02
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "float4"], "unknown mode 'float4'"),
+    (["--calibration", "median"], "unknown calibration 'median'"),
+    (["--calibration-rows", "0"], "--calibration-rows must be at least 1"),
+])
+def test_bad_quantize_options_exit_2_with_one_message(exported, capsys, argv, message):
+    assert not main_ok(["quantize", str(exported[0]), *argv])
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_quantize_refuses_an_existing_variant_and_a_missing_run(exported, static_variant, tmp_path, capsys):
+    assert not main_ok(["quantize", str(exported[0]), "--mode", "static"])
+    assert "variant 'int8_static' exists already" in capsys.readouterr().err
+    assert not main_ok(["quantize", str(tmp_path / "nothing")])
+    assert "no such run directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the compression passes
+def test_passes_are_registered_and_chain_from_a_torch_candidate(exported, tmp_path):
+    from dlforge.compress.passes import Candidate, passes
+
+    assert {"onnx", "int8_dynamic", "int8_static"} <= set(passes.names())
+    run, _ = exported
+    source = Candidate("fp32", run, "torch")
+    (fp32,) = passes.get("onnx")(source, work_dir=tmp_path)
+    assert fp32.runtime == "onnx" and (fp32.run_dir / "model.onnx").is_file()
+    assert fp32.notes["export"]["parity"]["passed"]
+    (int8,) = passes.get("int8_dynamic")(fp32, work_dir=tmp_path)
+    assert int8.name == "int8_dynamic" and int8.runtime == "onnx" and str(int8.run_dir).startswith(str(tmp_path))
+    assert dlforge.load(int8.run_dir).runtime.name == "onnx"
+    assert json.loads((int8.run_dir / "variant.json").read_text())["pass"] == "int8_dynamic"
+
+
+def test_an_lstm_encoder_names_the_operator_and_the_fallback(tmp_path, capsys):
+    import pandas as pd
+
+    words = ["good fine", "bad awful", "fine good day", "awful bad night"] * 10
+    pd.DataFrame({"text": words, "label": ["pos", "neg"] * 20}).to_csv(tmp_path / "t.csv", index=False)
+    recipe = {"name": "lstm", "data": {"source": str(tmp_path / "t.csv"), "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+              "inputs": [{"name": "text", "type": "text", "encoder": {"name": "lstm", "dim": 8, "hidden": 8},
+                          "preprocessing": {"vocab_size": 100, "min_frequency": 1, "max_length": 8}}],
+              "outputs": [{"name": "label", "type": "binary"}], "training": {"epochs": 1, "batch_size": 8}}
+    dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    assert not main_ok(["export", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "aten::_pack_padded_sequence" in err and "LSTM" in err and "--runtime torch" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_qat_without_torchao_names_the_extra(exported, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e.quantize_pt2e", None)
+    assert not main_ok(["quantize", str(exported[0]), "--mode", "qat"])
+    err = capsys.readouterr().err
+    assert "torchao" in err and "dlforge[qat]" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_with_fake_quant_and_exports_qdq(exported):
+    pytest.importorskip("torchao")
+    import onnx
+
+    from dlforge.compress.quantize import quantize_run
+
+    run, _ = exported
+    record = quantize_run(run, mode="qat", qat_epochs=1, parity_rows=200, name="qat")
+    q = record["quantization"]
+    assert q["mode"] == "qat" and q["format"] == "QDQ" and q["qat"]["steps"] > 0 and q["int8_layers"] == 3
+    model = onnx.load(str(run / "variants" / "qat" / "model.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer) >= 3  # int8 weights
+    assert record["parity"]["top1_agreement"] > 0.8
+    assert dlforge.load(run / "variants" / "qat").runtime.name == "onnx"
