@@ -31,7 +31,11 @@ CompressionPass = Callable[..., list[Candidate]]
 
 # The modules whose passes register themselves on import; loaded on the registry's first lookup (importing them
 # here at the top would make a cycle: they import this module for `passes`).
-BUILTIN_PASS_MODULES = ("dlforge.compress.onnx_passes",)  # onnx, int8_dynamic, int8_static
+BUILTIN_PASS_MODULES = (
+    "dlforge.compress.onnx_passes",  # onnx, int8_dynamic, int8_static
+    "dlforge.compress.prune",  # prune
+    "dlforge.compress.distill",  # distill
+)
 
 
 class PassRegistry(Registry):
