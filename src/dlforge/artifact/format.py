@@ -102,8 +102,11 @@ def content_digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module) -> None:
+def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module, *,
+               privacy: dict | None = None) -> None:
     """Write model.safetensors, then model.json recording its size and sha256 and sealed by `content_sha256`.
+
+    `privacy`: the DP-SGD guarantee the weights were trained under (epsilon, delta, noise, rate, steps), if any.
 
     Weights holding NaN/inf are refused: a model that can only answer NaN is never saved.
     """
@@ -130,6 +133,8 @@ def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.
         "architectures": model.architectures(),
         "weights": {"file": WEIGHTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
     }
+    if privacy is not None:
+        meta["privacy"] = privacy
     meta = json.loads(dumps_json(meta))  # as it will read back (lists, not tuples): the digest must match on load
     meta["content_sha256"] = content_digest(meta)
     write_json(run_dir / MODEL_JSON, meta)

@@ -196,3 +196,45 @@ def ensemble_without_batch_norm(recipe: Recipe) -> list[str]:
         return ["combiner.batch_norm: an ensemble (combiner.ensemble > 1) shares its layers across members, and batch "
                 "norm would mix their statistics; set batch_norm: false or ensemble: 1"]
     return []
+
+
+@cross_check
+def privacy_compatible(recipe: Recipe) -> list[str]:
+    """DP-SGD clips and noises each example's gradient: settings that mix examples, or add gradients the clipping
+    never sees, would void the guarantee silently, so they are refused here (docs/privacy.md)."""
+    config = recipe.training
+    if config.privacy is None:
+        return []
+    problems = []
+    why = "training.privacy: DP-SGD"
+    if config.accumulate > 1:
+        problems.append(f"training.accumulate: {why} takes one noisy step per Poisson batch; set accumulate: 1 and "
+                        "raise batch_size instead")
+    if config.grad_clip is not None:
+        problems.append(f"training.grad_clip: {why} clips each example's gradient to privacy.max_grad_norm; "
+                        "remove grad_clip")
+    if config.precision != "fp32":
+        problems.append(f"training.precision: {why} computes per-example gradients in fp32; set precision: fp32")
+    if config.compile:
+        problems.append(f"training.compile: {why}'s per-example gradient hooks do not run under torch.compile; "
+                        "set compile: false")
+    if config.batch_size == "full":
+        problems.append(f"training.batch_size: {why} samples batches (Poisson); give a number (e.g. 256)")
+    reg = config.regularization
+    for name in ("l1", "l2"):
+        if getattr(reg, name):
+            problems.append(f"training.regularization.{name}: the penalty's gradient would bypass {why}'s clipping; "
+                            f"set it to 0 and use training.optimizer.weight_decay (applied after the noise)")
+    for i, feature in enumerate(recipe.inputs):
+        aug = getattr(feature, "augmentation", None)
+        if aug is not None and (getattr(aug, "mixup", 0) or getattr(aug, "cutmix", 0)):
+            problems.append(f"inputs.{i}.augmentation: mixup/cutmix mix two examples, so one example's gradient "
+                            f"depends on another's and {why}'s per-example clipping no longer bounds it; set mixup: 0 "
+                            "and cutmix: 0")
+    for i, output in enumerate(recipe.outputs):
+        for name in ("class_weights", "pos_weight"):
+            if getattr(output, name, "none") != "none":
+                problems.append(f"outputs.{i}.{name}: a weighted mean loss divides by the batch's total weight (and "
+                                f"'balanced' reads the training labels' counts), which {why}'s per-example "
+                                f"accounting does not cover; set {name}: none")
+    return problems

@@ -47,6 +47,20 @@ def _baseline(metrics: dict) -> str:
             f"{html.escape(part)} rows: does deep learning pay here?</p>{_table(rows)}")
 
 
+def _privacy(metrics: dict) -> str:
+    """The DP-SGD guarantee in plain words, with the numbers that recompute it."""
+    p = metrics.get("privacy")
+    if not p:
+        return ""
+    facts = ", ".join(f"{k} {html.escape(str(p[k]))}" for k in ("noise_multiplier", "sample_rate", "steps",
+                                                                 "max_grad_norm", "accountant") if k in p)
+    note = f"<p>{html.escape(p['validation'])}.</p>" if p.get("validation") else ""
+    return (f"<h2>Privacy</h2><p>Trained with DP-SGD: ({p['epsilon']:.4g}, {p['delta']:g})-differentially private "
+            f"with respect to each training row (budget epsilon {p['epsilon_budget']:g}). Any one row changes the "
+            f"probability of any outcome of training by at most a factor e^epsilon, except with probability delta. "
+            f"Recompute with Opacus' accountant: {facts}.</p>{note}")
+
+
 def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, plots: list[Path]) -> Path:
     splits = {k: v for k, v in metrics.items() if k in ("val", "test") and isinstance(v, dict)}
     # Inlined, so report.html is one self-contained file (the SVGs stay in plots/ for other uses).
@@ -57,7 +71,7 @@ def write_report(run_dir: Path, *, name: str, metrics: dict, recipe_yaml: str, p
              f"parameters: {metrics.get('parameters', 0):,} · rows: {html.escape(rows)}</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dlforge · {html.escape(name)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>{facts}{_warnings(metrics)}"
-            f"<h2>Metrics</h2>{_table(splits)}{_baseline(metrics)}"
+            f"<h2>Metrics</h2>{_table(splits)}{_baseline(metrics)}{_privacy(metrics)}"
             f"<h2>Plots</h2>{images}<h2>Recipe (resolved)</h2><pre>{html.escape(recipe_yaml)}</pre></body></html>")
     path = Path(run_dir) / "report.html"
     write_text(path, page)
