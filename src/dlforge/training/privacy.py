@@ -29,9 +29,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dlforge.core.errors import DlforgeError, ModelError, RecipeError
+from dlforge.core.errors import DlforgeError, ModelError
 from dlforge.data.batches import InMemoryBatches
 from dlforge.training.strategy import SingleDevice, Strategy, strategies
+
+class PrivacyBudgetError(DlforgeError):
+    """A privacy budget that cannot be spent usefully on this data (delta >= 1/n, hopeless noise): exit code 2."""
+
 
 HOPELESS_SNR = 1.0  # epoch signal-to-noise below which a budget is refused (see the module docstring)
 EXTRA = "pip install 'dlforge[privacy]'"
@@ -128,18 +132,23 @@ def _max_steps_within(budget: float, sigma: float, q: float, delta: float, accou
 def plan_privacy(privacy, *, n_rows: int, batch_size: int, epochs: int, trainable: int) -> PrivacyPlan:
     """The noise, steps and epsilon curve of `privacy` (a recipe's training.privacy) on `n_rows` training rows.
 
-    Refuses (RecipeError, exit 2) a delta of 1/n or more, and a budget whose noise is hopeless (epoch SNR below
+    Refuses (PrivacyBudgetError, exit 2) a delta of 1/n or more, and a budget whose noise is hopeless (epoch SNR below
     HOPELESS_SNR) or unreachable, naming the smallest epsilon this recipe could use.
     """
     _opacus()
-    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.accountants.utils import get_noise_multiplier as opacus_noise
+
+    def get_noise_multiplier(**kwargs) -> float:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order")
+            return opacus_noise(**kwargs)
 
     where = "training.privacy"
     if n_rows < 2:
-        raise RecipeError(f"DP-SGD needs training rows; the training split has {n_rows}", where=where,
+        raise PrivacyBudgetError(f"DP-SGD needs training rows; the training split has {n_rows}", where=where,
                           hint="train on more rows")
     if privacy.delta >= 1 / n_rows:
-        raise RecipeError(
+        raise PrivacyBudgetError(
             f"delta {privacy.delta:g} is not below 1/n = 1/{n_rows:,} = {1 / n_rows:.3g}: a mechanism that publishes "
             "one random training row outright satisfies (0, 1/n)-DP, so this delta protects no one",
             where=f"{where}.delta", hint=f"use delta <= {_round_down(0.1 / n_rows):g} (1/(10 n)), e.g. 1e-5 for 60,000 rows")
@@ -163,13 +172,13 @@ def plan_privacy(privacy, *, n_rows: int, batch_size: int, epochs: int, trainabl
         sigma = privacy.noise_multiplier
         max_steps = _max_steps_within(privacy.epsilon, sigma, q, privacy.delta, acc, total)
         if max_steps == 0:
-            raise RecipeError(
+            raise PrivacyBudgetError(
                 f"noise multiplier {sigma:g} spends more than epsilon {privacy.epsilon:g} in its first step "
                 f"(rate {q:.4g}, delta {privacy.delta:g})", where=f"{where}.noise_multiplier",
                 hint="raise noise_multiplier, raise epsilon, or remove noise_multiplier to calibrate it")
     snr = expected * math.sqrt(steps_per_epoch) / (sigma * math.sqrt(max(trainable, 1)))
     if snr < HOPELESS_SNR:
-        raise RecipeError(
+        raise PrivacyBudgetError(
             f"epsilon {privacy.epsilon:g} needs noise multiplier {sigma:.4g} over {total:,} steps of expected batch "
             f"{expected:.0f}: an epoch's noise would outweigh even perfectly aligned clipped gradients (signal-to-noise "
             f"{snr:.2f} < {HOPELESS_SNR:g} for {trainable:,} trainable parameters), so learning is hopeless",
@@ -310,7 +319,7 @@ class PrivateSGD:
 
     def __init__(self, privacy, *, epochs: int, base: Strategy | None = None, channels_last: bool = False):
         if privacy is None:
-            raise RecipeError("the dp_sgd strategy needs training.privacy", where="training.privacy",
+            raise PrivacyBudgetError("the dp_sgd strategy needs training.privacy", where="training.privacy",
                               hint="add training.privacy: {epsilon: 3, delta: 1e-5}")
         self.privacy = privacy
         self.epochs = epochs
@@ -372,5 +381,5 @@ class PrivateSGD:
         self.steps = int(state["steps"])
 
 
-__all__ = ["VALIDATION_NOTE", "EpsilonLog", "plan_for", "PrivacyPlan", "PrivateBatches", "PrivateSGD", "check_layers", "epsilon_spent",
+__all__ = ["VALIDATION_NOTE", "PrivacyBudgetError", "EpsilonLog", "plan_for", "PrivacyPlan", "PrivateBatches", "PrivateSGD", "check_layers", "epsilon_spent",
            "plan_privacy", "trainable_parameters"]
