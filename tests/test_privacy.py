@@ -193,3 +193,27 @@ def test_settings_that_void_the_guarantee_are_recipe_errors():
     for training in ({"accumulate": 2}, {"grad_clip": 1.0}, {"regularization": {"l2": 0.01}}):
         with pytest.raises(DlforgeError, match="training.privacy"):
             dlforge.train(dp_recipe(**training), progress=False)
+
+
+@pytest.mark.slow
+def test_private_transfer_trains_the_head_on_cached_embeddings(tmp_path, monkeypatch):
+    """A frozen pretrained backbone (mobilenet_v2, BatchNorm inside) is embedded once; DP-SGD trains the head only."""
+    from PIL import Image
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    rows, rng = ["file,label"], np.random.default_rng(0)
+    for i in range(240):
+        colour = (200, 30, 30) if i % 2 else (30, 30, 200)
+        Image.fromarray(np.clip(rng.normal(0, 20, (36, 36, 3)) + colour, 0, 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'red' if i % 2 else 'blue'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    recipe = {"name": "dp-transfer", "data": {"source": str(tmp_path / "labels.csv"), "split": {"val": 0.0, "test": 0.2}},
+              "inputs": [{"name": "file", "type": "image", "preprocessing": {"size": [32, 32], "resize_shorter": 36},
+                          "encoder": {"name": "mobilenet_v2", "dense": []}}],
+              "outputs": [{"name": "label", "type": "category"}],
+              "training": {"epochs": 3, "batch_size": 48, "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
+                           "privacy": {"epsilon": 8.0, "delta": 1e-3}}}
+    result = dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    assert result.metrics["backbones"]["file"]["path"] == "cached embeddings"
+    assert result.metrics["privacy"]["epsilon"] <= 8.0
+    assert result.metrics["test"]["accuracy"] >= 0.9  # red vs blue through a frozen ImageNet backbone

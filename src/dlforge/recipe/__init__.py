@@ -225,6 +225,9 @@ def privacy_compatible(recipe: Recipe) -> list[str]:
         if getattr(reg, name):
             problems.append(f"training.regularization.{name}: the penalty's gradient would bypass {why}'s clipping; "
                             f"set it to 0 and use training.optimizer.weight_decay (applied after the noise)")
+    if reg.dropconnect:
+        problems.append(f"training.regularization.dropconnect: one weight mask shared by a batch has no per-example "
+                        f"gradient rule in {why}; set dropconnect: 0 (dropout works)")
     for i, feature in enumerate(recipe.inputs):
         aug = getattr(feature, "augmentation", None)
         if aug is not None and (getattr(aug, "mixup", 0) or getattr(aug, "cutmix", 0)):

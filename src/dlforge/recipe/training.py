@@ -157,7 +157,7 @@ class Privacy(Strict):
         "For a deployed guarantee also seed from a cryptographic source.")
     fix_layers: bool = _field(
         False, "Replace layers DP-SGD cannot train (BatchNorm mixes the examples of a batch) by GroupNorm "
-        "(Opacus ModuleValidator.fix), in training and in the saved model.")
+        "(gcd(32, C) groups: the rule of Opacus' ModuleValidator.fix), in training and in the saved model.")
 
 
 class TrainingConfig(Strict):

@@ -1,0 +1,60 @@
+"""DP-SGD's cost per epoch: the same model and data trained with and without training.privacy, side by side.
+
+Builds both trainers through `build_training` (the path `dlforge train` uses) on one prepared copy of the data,
+then runs single epochs alternately, `--rounds` times each, timing the fit with the process's CPU time (far less
+sensitive than wall time to other users of a shared machine) and wall time. Prints one JSON line.
+
+    python benchmarks/privacy.py recipes/mnist_dp.yaml --rounds 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dlforge.data import prepare
+from dlforge.recipe.io import load_recipe, recipe_base_dir
+from dlforge.training.setup import build_training
+
+
+def one_epoch(recipe, prepared, run_dir: Path) -> tuple[float, float]:
+    recipe = recipe.model_copy(deep=True)
+    recipe.training.epochs = 1
+    trainer = build_training(recipe, prepared, run_dir=run_dir).trainer
+    cpu, wall = time.process_time(), time.perf_counter()
+    trainer.fit()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("recipe")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    private = load_recipe(args.recipe)
+    plain = private.model_copy(deep=True)
+    plain.training.privacy = None
+    prepared = prepare(private, base_dir=recipe_base_dir(private))
+    times: dict[str, list[tuple[float, float]]] = {"dp": [], "plain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name, recipe in (("plain", plain), ("dp", private)) if r % 2 == 0 else (("dp", private), ("plain", plain)):
+                times[name].append(one_epoch(recipe, prepared, Path(tmp) / f"{name}{r}"))
+    cpu = {k: statistics.median(c for c, _ in v) for k, v in times.items()}
+    wall = {k: min(w for _, w in v) for k, v in times.items()}
+    print(json.dumps({"recipe": args.recipe, "rounds": args.rounds, "threads": args.threads,
+                      "cpu_s_per_epoch": cpu, "best_wall_s_per_epoch": wall,
+                      "cpu_ratio": round(cpu["dp"] / cpu["plain"], 3), "wall_ratio": round(wall["dp"] / wall["plain"], 3),
+                      "all": times}))
+
+
+if __name__ == "__main__":
+    main()
