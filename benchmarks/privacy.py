@@ -5,6 +5,12 @@ then runs single epochs alternately, `--rounds` times each, timing the fit with 
 sensitive than wall time to other users of a shared machine) and wall time. Prints one JSON line.
 
     python benchmarks/privacy.py recipes/mnist_dp.yaml --rounds 2 --threads 1
+
+`--checkpoints RUN [RUN ...]` instead scores the latest checkpoint of each (possibly unfinished) run on its test
+split, with the epochs done and the epsilon spent so far (from the checkpointed accountant): what a run that is
+still training has reached.
+
+    python benchmarks/privacy.py --checkpoints runs/mnist_dp_s0 runs/mnist_dp_s1
 """
 
 from __future__ import annotations
@@ -32,13 +38,44 @@ def one_epoch(recipe, prepared, run_dir: Path) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+@torch.no_grad()
+def score_checkpoints(runs: list[str]) -> None:
+    from dlforge.models import build_model
+    from dlforge.training.checkpoint import load_checkpoint
+    from dlforge.training.privacy import epsilon_spent
+
+    prepared = None
+    for run in runs:
+        recipe = load_recipe(Path(run) / "recipe.yaml")
+        if prepared is None:  # the runs share their data (seeds of one recipe)
+            prepared = prepare(recipe, base_dir=recipe_base_dir(recipe))
+        state = load_checkpoint(Path(run))
+        model = build_model(recipe, prepared.signature())
+        model.load_state_dict(state["model"])
+        model.eval()
+        test = prepared.splits["test"]
+        (name, target), = test.y.items()
+        hits = 0
+        for start in range(0, len(test), 2048):
+            logits = model({k: v[start:start + 2048] for k, v in test.x.items()})[name]
+            hits += int((logits.argmax(1) == target[start:start + 2048]).sum())
+        p, s = recipe.training.privacy, state.get("strategy") or {}
+        eps = epsilon_spent(s["noise_multiplier"], s["sample_rate"], s["steps"], p.delta, p.accountant) if s else None
+        print(json.dumps({"run": run, "epochs_done": state["epoch"], "finished": state.get("finished"),
+                          "steps": s.get("steps"), "epsilon": eps, "test_accuracy": hits / len(test)}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("recipe")
+    parser.add_argument("recipe", nargs="?")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoints", nargs="+")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.checkpoints:
+        score_checkpoints(args.checkpoints)
+        return
     private = load_recipe(args.recipe)
     plain = private.model_copy(deep=True)
     plain.training.privacy = None

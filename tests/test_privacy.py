@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -182,7 +183,7 @@ def test_privacy_plan_prints_noise_steps_and_the_epsilon_curve(tmp_path, capsys)
     assert main_ok(["privacy", "plan", str(path)])
     out = capsys.readouterr().out
     assert "noise multiplier:" in out and "steps an epoch" in out and "smallest usable epsilon" in out
-    curve = [float(line.split(":")[1]) for line in out.splitlines() if line.strip().startswith("epoch ")]
+    curve = [float(m.group(1)) for m in re.finditer(r"^\s+epoch\s+\d+: ([\d.]+)$", out, re.MULTILINE)]
     assert len(curve) == 3 and curve == sorted(curve) and curve[-1] <= 4.0
     plan = dlforge.workflows.plan.privacy_plan(path)
     assert curve[-1] == pytest.approx(epsilon_spent(plan.noise_multiplier, plan.sample_rate, plan.max_steps, 1e-4),
