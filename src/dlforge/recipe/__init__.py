@@ -229,6 +229,10 @@ def privacy_compatible(recipe: Recipe) -> list[str]:
         problems.append(f"training.regularization.dropconnect: one weight mask shared by a batch has no per-example "
                         f"gradient rule in {why}; set dropconnect: 0 (dropout works)")
     for i, feature in enumerate(recipe.inputs):
+        if getattr(getattr(feature, "encoder", None), "unfreeze_at_epoch", None) is not None:
+            problems.append(f"inputs.{i}.encoder.unfreeze_at_epoch: {why} attaches its per-example gradient hooks to "
+                            "the layers that train from the first step; unfreeze from the start (freeze: none or "
+                            "until:<block>) or keep the backbone frozen")
         aug = getattr(feature, "augmentation", None)
         if aug is not None and (getattr(aug, "mixup", 0) or getattr(aug, "cutmix", 0)):
             problems.append(f"inputs.{i}.augmentation: mixup/cutmix mix two examples, so one example's gradient "
