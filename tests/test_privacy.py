@@ -218,3 +218,16 @@ def test_private_transfer_trains_the_head_on_cached_embeddings(tmp_path, monkeyp
     assert result.metrics["backbones"]["file"]["path"] == "cached embeddings"
     assert result.metrics["privacy"]["epsilon"] <= 8.0
     assert result.metrics["test"]["accuracy"] >= 0.9  # red vs blue through a frozen ImageNet backbone
+
+
+def test_early_stopping_counts_every_step_run_and_says_validation_is_not_covered(tmp_path):
+    recipe = dp_recipe(epochs=6, early_stopping={"metric": "val.loss", "patience": 1, "min_delta": 10.0})
+    result = dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    p = result.metrics["privacy"]
+    assert result.metrics["stopped_early"] and result.metrics["epochs_run"] == 2  # no improvement of 10 after epoch 1
+    steps_per_epoch = round(1 / p["sample_rate"])
+    assert p["steps"] == 2 * steps_per_epoch and not p["stopped_at_budget"]
+    # The released model is epoch 1's, but the privacy spent is that of every step run.
+    assert p["epsilon"] == pytest.approx(_opacus_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"], 1e-4),
+                                         abs=1e-6)
+    assert "validation split" in p["validation"]
