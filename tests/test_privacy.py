@@ -191,9 +191,13 @@ def test_privacy_plan_prints_noise_steps_and_the_epsilon_curve(tmp_path, capsys)
 
 
 def test_settings_that_void_the_guarantee_are_recipe_errors():
-    for training in ({"accumulate": 2}, {"grad_clip": 1.0}, {"regularization": {"l2": 0.01}}):
+    for training in ({"accumulate": 2}, {"grad_clip": 1.0}, {"regularization": {"l2": 0.01}}, {"baseline": True}):
         with pytest.raises(DlforgeError, match="training.privacy"):
             dlforge.train(dp_recipe(**training), progress=False)
+    auto = dp_recipe()
+    auto["training"]["optimizer"]["lr"] = "auto"  # the range test would read the rows without noise
+    with pytest.raises(DlforgeError, match="range test"):
+        dlforge.train(auto, progress=False)
 
 
 @pytest.mark.slow

@@ -218,6 +218,12 @@ def privacy_compatible(recipe: Recipe) -> list[str]:
     if config.compile:
         problems.append(f"training.compile: {why}'s per-example gradient hooks do not run under torch.compile; "
                         "set compile: false")
+    if config.optimizer.lr == "auto":
+        problems.append(f"training.optimizer.lr: auto runs a learning-rate range test on the training rows without "
+                        f"noise, which {why}'s accountant does not count; give a rate")
+    if config.baseline is True:
+        problems.append(f"training.baseline: the non-private baselines would be trained on the same rows and their "
+                        f"scores released beside the model, outside {why}'s budget; set baseline: false")
     if config.batch_size == "full":
         problems.append(f"training.batch_size: {why} samples batches (Poisson); give a number (e.g. 256)")
     reg = config.regularization

@@ -231,7 +231,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         metrics["warnings"] = [warning]
         if progress:
             print(f"warning: {warning}", file=sys.stderr)
-    baseline = baseline_for(config.baseline, prepared.splits, signature, seed=config.seed,
+    # Under DP the non-private baselines' scores would be released beside the private model, outside its budget.
+    baseline = baseline_for(config.baseline if config.privacy is None else False, prepared.splits, signature, seed=config.seed,
                             units=output_scales(prepared), threads=config.threads,
                             say=lambda text: print(text, file=sys.stderr))
     if baseline is not None:
