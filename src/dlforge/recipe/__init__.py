@@ -234,3 +234,58 @@ def evaluation_needs_class_output(recipe: Recipe) -> list[str]:
     problems += [f"evaluation.sensitive: '{c}' is an output; a sensitive column describes the rows, not the target"
                  for c in ev.sensitive if c in outputs]
     return problems
+
+
+@cross_check
+def privacy_compatible(recipe: Recipe) -> list[str]:
+    """DP-SGD clips and noises each example's gradient: settings that mix examples, or add gradients the clipping
+    never sees, would void the guarantee silently, so they are refused here (docs/privacy.md)."""
+    config = recipe.training
+    if config.privacy is None:
+        return []
+    problems = []
+    why = "training.privacy: DP-SGD"
+    if config.accumulate > 1:
+        problems.append(f"training.accumulate: {why} takes one noisy step per Poisson batch; set accumulate: 1 and "
+                        "raise batch_size instead")
+    if config.grad_clip is not None:
+        problems.append(f"training.grad_clip: {why} clips each example's gradient to privacy.max_grad_norm; "
+                        "remove grad_clip")
+    if config.precision != "fp32":
+        problems.append(f"training.precision: {why} computes per-example gradients in fp32; set precision: fp32")
+    if config.compile:
+        problems.append(f"training.compile: {why}'s per-example gradient hooks do not run under torch.compile; "
+                        "set compile: false")
+    if config.optimizer.lr == "auto":
+        problems.append(f"training.optimizer.lr: auto runs a learning-rate range test on the training rows without "
+                        f"noise, which {why}'s accountant does not count; give a rate")
+    if config.baseline is True:
+        problems.append(f"training.baseline: the non-private baselines would be trained on the same rows and their "
+                        f"scores released beside the model, outside {why}'s budget; set baseline: false")
+    if config.batch_size == "full":
+        problems.append(f"training.batch_size: {why} samples batches (Poisson); give a number (e.g. 256)")
+    reg = config.regularization
+    for name in ("l1", "l2"):
+        if getattr(reg, name):
+            problems.append(f"training.regularization.{name}: the penalty's gradient would bypass {why}'s clipping; "
+                            f"set it to 0 and use training.optimizer.weight_decay (applied after the noise)")
+    if reg.dropconnect:
+        problems.append(f"training.regularization.dropconnect: one weight mask shared by a batch has no per-example "
+                        f"gradient rule in {why}; set dropconnect: 0 (dropout works)")
+    for i, feature in enumerate(recipe.inputs):
+        if getattr(getattr(feature, "encoder", None), "unfreeze_at_epoch", None) is not None:
+            problems.append(f"inputs.{i}.encoder.unfreeze_at_epoch: {why} attaches its per-example gradient hooks to "
+                            "the layers that train from the first step; unfreeze from the start (freeze: none or "
+                            "until:<block>) or keep the backbone frozen")
+        aug = getattr(feature, "augmentation", None)
+        if aug is not None and (getattr(aug, "mixup", 0) or getattr(aug, "cutmix", 0)):
+            problems.append(f"inputs.{i}.augmentation: mixup/cutmix mix two examples, so one example's gradient "
+                            f"depends on another's and {why}'s per-example clipping no longer bounds it; set mixup: 0 "
+                            "and cutmix: 0")
+    for i, output in enumerate(recipe.outputs):
+        for name in ("class_weights", "pos_weight"):
+            if getattr(output, name, "none") != "none":
+                problems.append(f"outputs.{i}.{name}: a weighted mean loss divides by the batch's total weight (and "
+                                f"'balanced' reads the training labels' counts), which {why}'s per-example "
+                                f"accounting does not cover; set {name}: none")
+    return problems

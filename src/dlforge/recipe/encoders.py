@@ -19,9 +19,18 @@ class MLPEncoder(Strict):
 class CNNEncoder(Strict):
     name: Literal["cnn"] = "cnn"
     channels: list[Annotated[int, Field(ge=1)]] = _field([32, 64], "Filters of each conv block.")
-    kernel_size: int = _field(3, "Kernel size of every conv layer.", ge=1, le=11)
-    padding: Literal["valid", "same"] = _field("valid", "'valid' as in Keras' default, or 'same'.")
+    kernel_size: Union[Annotated[int, Field(ge=1, le=11)], list[Annotated[int, Field(ge=1, le=11)]]] = _field(
+        3, "Kernel size of every conv layer, or one per block.")
+    stride: Union[Annotated[int, Field(ge=1, le=8)], list[Annotated[int, Field(ge=1, le=8)]]] = _field(
+        1, "Stride of every conv layer, or one per block.")
+    padding: Union[Literal["valid", "same"], Annotated[int, Field(ge=0, le=8)], list[Annotated[int, Field(ge=0, le=8)]]] = \
+        _field("valid", "'valid' as in Keras' default, 'same' (stride 1), or that many pixels on each side (one "
+               "number, or one per block).")
     pool: Literal["max", "avg", "none"] = _field("max", "2x2 pooling after each block.")
+    pool_stride: int = _field(2, "Stride of that pooling (1: overlapping 2x2 windows, as in Papernot et al.'s DP CNN).",
+                              ge=1, le=2)
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field(
+        "relu", "Activation after each conv and dense layer (tanh suits DP-SGD: Papernot et al. 2021).")
     convs_per_block: int = _field(1, "Conv layers per block.", ge=1, le=4)
     batch_norm: bool = _field(False, "Batch normalisation after each conv.")
     dense: list[Annotated[int, Field(ge=1)]] = _field([128], "Dense layers after flattening.")

@@ -131,6 +131,35 @@ class CallbackSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class Privacy(Strict):
+    """DP-SGD (Abadi et al. 2016) through Opacus: per-example gradients clipped to `max_grad_norm`, Gaussian noise
+    calibrated so that the whole run spends at most (epsilon, delta). docs/privacy.md says what that protects."""
+
+    epsilon: float = _field(..., "Privacy budget of the whole run (smaller is more private; 1-8 is usual). The noise "
+                            "is calibrated so that training for training.epochs spends at most this; training stops "
+                            "before a step that would exceed it.", gt=0, le=1000)
+    delta: float = _field(1e-5, "Probability that the epsilon guarantee fails; must be below 1/n (n = training rows), "
+                          "usually well below it (1e-5 for 60,000 rows).", gt=0, lt=1)
+    max_grad_norm: float = _field(1.0, "Each example's gradient is clipped to this L2 norm before noise is added "
+                                  "(the sensitivity C; the noise std is noise_multiplier * C).", gt=0)
+    noise_multiplier: float | None = _field(
+        None, "Fix the noise multiplier instead of calibrating it from epsilon; training then stops when the "
+        "budget is spent (possibly before training.epochs).", gt=0, le=1000)
+    accountant: Literal["rdp", "prv"] = _field(
+        "rdp", "How spent epsilon is computed: rdp (Renyi DP, Mironov 2017; Opacus' default) or prv (privacy "
+        "random variables, Gopi et al. 2021; tighter, slower).")
+    poisson_sampling: bool = _field(
+        True, "Poisson batches (each row joins each step with probability batch_size/n, so batch sizes vary): "
+        "what the accountant assumes. false: shuffled fixed-size batches, the common approximation that the "
+        "analysis does not strictly cover.")
+    secure_mode: bool = _field(
+        False, "Noise robust to floating-point attacks (Opacus secure_mode: 4 Gaussian draws per value); slower. "
+        "For a deployed guarantee also seed from a cryptographic source.")
+    fix_layers: bool = _field(
+        False, "Replace layers DP-SGD cannot train (BatchNorm mixes the examples of a batch) by GroupNorm "
+        "(gcd(32, C) groups: the rule of Opacus' ModuleValidator.fix), in training and in the saved model.")
+
+
 class TrainingConfig(Strict):
     epochs: int = _field(10, "Maximum number of passes over the training split.", ge=1)
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["full"]] = _field(
@@ -172,6 +201,9 @@ class TrainingConfig(Strict):
         "`dlforge cv` and `lr-find` train single members.", ge=1, le=20)
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
     threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1, le=1024)
+    privacy: Privacy | None = _field(
+        None, "Differentially private training (DP-SGD, needs pip install 'dlforge[privacy]'): "
+        "{epsilon, delta, max_grad_norm, ...}; null trains without a privacy guarantee.")
     baseline: Union[Literal["auto"], bool] = _field(
         "auto", "Also fit quick scikit-learn baselines (HistGradientBoosting; logistic or ridge regression) on the "
         "same split and report them beside the model's metrics (metrics.json `baseline`, the summary, the report): "

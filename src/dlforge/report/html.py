@@ -87,6 +87,20 @@ def _baseline(metrics: dict) -> str:
             f"{html.escape(part)} rows: does deep learning pay here?</p>{metrics_table(rows)}")
 
 
+def _privacy(metrics: dict) -> str:
+    """The DP-SGD guarantee in plain words, with the numbers that recompute it."""
+    p = metrics.get("privacy")
+    if not p:
+        return ""
+    facts = ", ".join(f"{k} {html.escape(str(p[k]))}" for k in ("noise_multiplier", "sample_rate", "steps",
+                                                                 "max_grad_norm", "accountant") if k in p)
+    note = f"<p>{html.escape(p['validation'])}.</p>" if p.get("validation") else ""
+    return (f"<h3>Privacy</h3><p>Trained with DP-SGD: ({p['epsilon']:.4g}, {p['delta']:g})-differentially private "
+            f"with respect to each training row (budget epsilon {p['epsilon_budget']:g}). Any one row changes the "
+            f"probability of any outcome of training by at most a factor e^epsilon, except with probability delta. "
+            f"Recompute with Opacus' accountant: {facts}.</p>{note}")
+
+
 def _missing(run_dir: Path, metrics: dict | None, plots: list[Path]) -> tuple[str, list[str]]:
     absent = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if metrics is not None and not (run_dir / "metrics.json").is_file():
@@ -148,7 +162,7 @@ def build_report(run_dir: Path, *, name: str | None = None, metrics: dict | None
         audit_section(run_dir),
         plotted("curves", "Learning curves", "missing: no curves (history.csv and plots/ are written after training)"
                 if metrics is None else "no curves were drawn (no epoch finished)"),
-        section("metrics", "Metrics", (metrics_table(splits) + _baseline(metrics)) if metrics is not None
+        section("metrics", "Metrics", (metrics_table(splits) + _baseline(metrics) + _privacy(metrics)) if metrics is not None
                 else note("missing: metrics.json (the run has not been evaluated)", "missing")),
         plotted("confusion", "Confusion matrix", "missing: written after evaluation" if metrics is None else
                 "not applicable: no category or binary output" if not classes else "no confusion matrix was drawn"),

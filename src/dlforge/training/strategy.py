@@ -34,6 +34,20 @@ class Strategy(Protocol):
     def setup(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> tuple: ...
 
 
+@runtime_checkable
+class StatefulStrategy(Strategy, Protocol):
+    """A strategy with state of its own (DP-SGD's privacy accountant): checkpointed beside the trainer's, and
+    callbacks it adds to the trainer's (before the others, so what they log is in the epoch's metrics)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def callbacks(self) -> list: ...
+
+    def report(self) -> dict: ...
+
+
 strategies: Registry[type] = Registry("strategy")
 
 
@@ -72,12 +86,24 @@ class SingleDevice:
     def setup(self, model, optimizer, batches):
         return model, optimizer, batches
 
+    @classmethod
+    def from_config(cls, config) -> "SingleDevice":
+        return cls(channels_last=config.channels_last)
+
 
 def build_strategy(strategy: Strategy | str | None, config) -> Strategy:
-    """The recipe's strategy: an instance as given, a registered name, or None for `SingleDevice`."""
+    """The recipe's strategy: an instance as given, a registered name (built by its `from_config(training
+    config)`), or None: `dp_sgd` when the recipe asks for privacy (training.privacy), else `SingleDevice`."""
+    private = getattr(config, "privacy", None) is not None
+    if private:
+        import dlforge.training.privacy  # noqa: F401  (registers dp_sgd; Opacus itself is imported when used)
     if strategy is None or isinstance(strategy, str):
-        return strategies.get(strategy or "single_device")(channels_last=config.channels_last)
+        return strategies.get(strategy or ("dp_sgd" if private else "single_device")).from_config(config)
+    if private and not isinstance(strategy, StatefulStrategy):  # a caller's device strategy: keep it, add privacy
+        from dlforge.training.privacy import PrivateSGD
+
+        return PrivateSGD(config.privacy, epochs=config.epochs, base=strategy)
     return strategy
 
 
-__all__ = ["SingleDevice", "Strategy", "build_strategy", "default_device", "strategies"]
+__all__ = ["SingleDevice", "StatefulStrategy", "Strategy", "build_strategy", "default_device", "strategies"]

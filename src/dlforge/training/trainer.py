@@ -38,7 +38,7 @@ from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
 from dlforge.training.precision import check_precision
-from dlforge.training.strategy import Strategy, build_strategy
+from dlforge.training.strategy import StatefulStrategy, Strategy, build_strategy
 
 ModelTransform = Callable[[torch.nn.Module], torch.nn.Module]
 LossHook = Callable[..., torch.Tensor]  # (trainer, logits, targets, loss) -> loss
@@ -86,7 +86,9 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, self.config.schedule, self.updates_per_epoch, self.config.epochs)
         self.early_stopping = EarlyStopping(self.config.early_stopping) if self.config.early_stopping else None
         self.progress = Progress(total_epochs=self.config.epochs, steps_per_epoch=len(self.batches), enabled=progress)
-        self.callbacks = [self.progress, *callbacks] + ([self.early_stopping] if self.early_stopping else [])
+        # A stateful strategy's callbacks (DP-SGD's epsilon log) come first: what they log is shown and voted on.
+        own = self.strategy.callbacks() if isinstance(self.strategy, StatefulStrategy) else []
+        self.callbacks = [*own, self.progress, *callbacks] + ([self.early_stopping] if self.early_stopping else [])
         # Hooks resolved once: a getattr per callback per step is measurable on small models.
         self._hooks = resolve_hooks(self.callbacks)
         self.loss_hooks = tuple(loss_hooks)
@@ -354,6 +356,8 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if self.augment is not None:
             state["augment"] = self.augment.state_dict()
+        if isinstance(self.strategy, StatefulStrategy):  # e.g. the privacy accountant: resume spends no budget twice
+            state["strategy"] = self.strategy.state_dict()
         save_checkpoint(self.run_dir, state)
 
     def _restore(self, state: dict, result: TrainResult):
@@ -379,6 +383,8 @@ class Trainer:
             self.augment.load_state_dict(state["augment"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if isinstance(self.strategy, StatefulStrategy) and state.get("strategy") is not None:
+            self.strategy.load_state_dict(state["strategy"])
         result.history = list(state["history"])
         result.epochs_run = len(result.history)
         result.train_seconds = state["train_seconds"]

@@ -36,3 +36,18 @@ def plan(recipe=None, overrides: list[str] | None = None, *, with_data: bool = T
     info["batches"] = describe_batching(batched_by, model)
     info["notices"] = [n for n in [precision_notice(recipe.training.precision, default_device())] if n]
     return info
+
+
+def privacy_plan(recipe, overrides: list[str] | None = None):
+    """The DP-SGD plan of a recipe (`dlforge privacy plan`): noise multiplier, sampling rate, steps and the epsilon
+    spent after each epoch, from the recipe's data and model, without training. Refuses what training would refuse
+    (a delta of 1/n or more, a hopeless or unreachable budget, BatchNorm) with the same messages."""
+    from dlforge.core.errors import RecipeError
+    from dlforge.training.privacy import plan_for
+
+    recipe = load_recipe(recipe, overrides)
+    if recipe.training.privacy is None:
+        raise RecipeError("the recipe trains without privacy (training.privacy is not set)", where="training.privacy",
+                          hint="add `privacy: {epsilon: 3, delta: 1.0e-5}` under training (docs/privacy.md)")
+    prepared = prepare(recipe, base_dir=recipe_base_dir(recipe))
+    return plan_for(recipe, prepared)

@@ -41,7 +41,8 @@ from dlforge.training.cross_fit import cross_fit, has_member_checkpoint
 from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training, output_scales
-from dlforge.training.strategy import default_device
+from dlforge.training.privacy import VALIDATION_NOTE, plan_for
+from dlforge.training.strategy import StatefulStrategy, default_device
 from dlforge.workflows.assess import assess
 from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
 from dlforge.workflows.init import holdout_note, missing_target
@@ -200,6 +201,10 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         notice = precision_notice(config.precision, default_device())
         if notice:
             print(f"warning: {notice}", file=sys.stderr)
+    if config.privacy is not None:  # an unreachable budget, a bad delta or a BatchNorm layer: refused before any file
+        privacy_plan = plan_for(recipe, prepared)
+        if progress:
+            print("privacy (DP-SGD):\n  " + "\n  ".join(privacy_plan.lines()[:4]), file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:  # meta.json first: it marks the directory as a run that --overwrite may replace
         write_json(run_dir / META, meta)
@@ -252,13 +257,20 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         metrics["warnings"] = [warning]
         if progress:
             print(f"warning: {warning}", file=sys.stderr)
-    baseline = baseline_for(config.baseline, splits, signature, seed=config.seed,
+    # Under DP the non-private baselines' scores would be released beside the private model, outside its budget.
+    baseline = baseline_for(config.baseline if config.privacy is None else False, splits, signature, seed=config.seed,
                             units=output_scales(prepared), threads=config.threads,
                             say=lambda text: print(text, file=sys.stderr))
     if baseline is not None:
         metrics["baseline"] = baseline
     if cache_report:
         metrics["backbones"] = cache_report
+    privacy = trainer.strategy.report() if isinstance(trainer.strategy, StatefulStrategy) else None
+    if privacy is not None:
+        metrics["privacy"] = {**privacy, **({"validation": VALIDATION_NOTE} if "val" in prepared.splits else {})}
+        if progress:
+            print(f"privacy: epsilon {privacy['epsilon']:.4g} spent of {privacy['epsilon_budget']:g} "
+                  f"(delta {privacy['delta']:g}, {privacy['steps']} steps)", file=sys.stderr)
     if "lr_find" in meta:
         metrics["lr_find"] = meta["lr_find"]
     # Calibration, fairness, mitigation and the worst mistakes (evaluation.*): metrics, model.json's postprocess.
@@ -266,7 +278,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     metrics.update(assessed.metrics)
     release_feature_cache(model)
     checkpoint_stop()
-    save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu(), postprocess=assessed.postprocess)
+    save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu(), postprocess=assessed.postprocess,
+               privacy=privacy)
     save_run_json(run_dir, source=recipe.data.source, base_dir=base_dir, split=split)
     write_json(run_dir / "metrics.json", metrics, nonfinite="null")  # an undefined metric (AUC of one class) is null
     write_text(run_dir / "history.csv", _history_csv(result.history))

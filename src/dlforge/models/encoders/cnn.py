@@ -11,7 +11,7 @@ from torch import nn
 
 from dlforge.core.errors import ModelError
 from dlforge.models.encoders.base import Encoder, encoders
-from dlforge.models.layers import dense_stack
+from dlforge.models.layers import ACTIVATIONS, dense_stack
 
 
 @encoders.register("cnn")
@@ -19,19 +19,25 @@ class CNNEncoder(Encoder):
     def __init__(self, config, signature: dict, regularization):
         super().__init__()
         channels, height, width = signature["shape"]
-        padding = config.kernel_size // 2 if config.padding == "same" else 0
+        n_blocks = len(config.channels)
+        kernels = _per_block(config.kernel_size, n_blocks, "kernel_size")
+        strides = _per_block(config.stride, n_blocks, "stride")
+        pads = [None] * n_blocks if isinstance(config.padding, str) else _per_block(config.padding, n_blocks, "padding")
         blocks: list[nn.Module] = []
-        for filters in config.channels:
+        for filters, kernel, stride, pad in zip(config.channels, kernels, strides, pads):
+            padding = pad if pad is not None else kernel // 2 if config.padding == "same" else 0
             for _ in range(config.convs_per_block):
-                blocks.append(nn.Conv2d(channels, filters, config.kernel_size, padding=padding, bias=not config.batch_norm))
+                blocks.append(nn.Conv2d(channels, filters, kernel, stride=stride, padding=padding,
+                                        bias=not config.batch_norm))
                 if config.batch_norm:
                     blocks.append(nn.BatchNorm2d(filters))
-                blocks.append(nn.ReLU())
+                blocks.append(ACTIVATIONS[config.activation]())
                 channels = filters
-                height, width = height - 2 * (config.kernel_size // 2 - padding), width - 2 * (config.kernel_size // 2 - padding)
+                height, width = (height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1
             if config.pool != "none":
-                blocks.append(nn.MaxPool2d(2) if config.pool == "max" else nn.AvgPool2d(2))
-                height, width = height // 2, width // 2
+                step = config.pool_stride
+                blocks.append(nn.MaxPool2d(2, step) if config.pool == "max" else nn.AvgPool2d(2, step))
+                height, width = (height - 2) // step + 1, (width - 2) // step + 1
             if height < 1 or width < 1:
                 raise ModelError(
                     f"cnn: a {signature['shape'][1]}x{signature['shape'][2]} image shrinks to nothing after "
@@ -44,8 +50,19 @@ class CNNEncoder(Encoder):
         else:
             self.flatten = nn.Flatten()
             flat = channels * height * width
-        self.dense, self.output_dim = dense_stack(flat, config.dense, dropout=regularization.dropout,
+        self.dense, self.output_dim = dense_stack(flat, config.dense, activation=config.activation,
+                                                  dropout=regularization.dropout,
                                                   dropconnect=regularization.dropconnect)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, dense[-1])
         return self.dense(self.flatten(self.features(x)))
+
+
+def _per_block(value, n_blocks: int, name: str) -> list[int]:
+    """An option given once for every block, or as one value per block."""
+    if isinstance(value, int):
+        return [value] * n_blocks
+    if len(value) != n_blocks:
+        raise ModelError(f"cnn: {name} lists {len(value)} values for {n_blocks} blocks", where=f"inputs.encoder.{name}",
+                         hint=f"give one {name} for every block, or a single number for all")
+    return list(value)

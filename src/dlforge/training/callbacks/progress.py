@@ -9,7 +9,7 @@ from dlforge.training.callbacks.base import Callback
 
 
 def format_metrics(metrics: dict[str, float], keys=None) -> str:
-    keys = keys or [k for k in metrics if k.startswith(("train.loss", "val."))]
+    keys = keys or [k for k in metrics if k.startswith(("train.loss", "val.", "privacy."))]
     return "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 

@@ -1,0 +1,237 @@
+"""DP-SGD (training.privacy) and `dlforge privacy plan`: the epsilon reported is Opacus' accountant's for the same
+noise, rate and steps; training stops at the budget; resume continues the accounting bit-identically; BatchNorm is
+refused by name and replaced by GroupNorm on request; bad budgets exit 2 before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import digits_recipe, main_ok
+from safetensors.torch import load_file
+
+import dlforge
+from dlforge.core.errors import DlforgeError, ModelError, TrainingInterrupted
+
+pytest.importorskip("opacus")
+
+
+def dp_recipe(privacy: dict | None = None, **training) -> dict:
+    recipe = digits_recipe(**training)
+    recipe["inputs"][0]["encoder"] = {"name": "mlp", "layers": [16]}
+    recipe["training"].update({"optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
+                               "privacy": {"epsilon": 4.0, "delta": 1e-4, "max_grad_norm": 1.0, **(privacy or {})}})
+    return recipe
+
+
+def _opacus_epsilon(sigma: float, rate: float, steps: int, delta: float, mechanism: str = "rdp") -> float:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    accountant = RDPAccountant() if mechanism == "rdp" else PRVAccountant()
+    for _ in range(steps):  # as Opacus' PrivacyEngine does: one accountant step per optimizer step
+        accountant.step(noise_multiplier=sigma, sample_rate=rate)
+    return accountant.get_epsilon(delta=delta)
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory):
+    """One DP run shared by the accounting and resume tests."""
+    return dlforge.train(dp_recipe(), out=tmp_path_factory.mktemp("dp") / "run", progress=False)
+
+
+def test_reported_epsilon_is_opacus_accountants_for_the_same_noise_rate_and_steps(dp_run):
+    result = dp_run
+    p = result.metrics["privacy"]
+    n_train = result.metrics["data"]["rows"]["train"]
+    steps_per_epoch = -(-n_train // 64)
+    assert p["steps"] == 2 * steps_per_epoch and p["sample_rate"] == pytest.approx(1 / steps_per_epoch)
+    assert p["accountant"] == "rdp" and p["delta"] == 1e-4
+    assert p["epsilon"] == pytest.approx(_opacus_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"], 1e-4),
+                                         abs=1e-6)
+    assert p["epsilon"] <= 4.0 and p["epsilon"] > 3.9  # calibrated to the budget (Opacus' tolerance is 0.01)
+    # Each epoch's spent epsilon is in history.csv, the artifact and the report carry the block.
+    rows = list(csv.DictReader((result.run_dir / "history.csv").open()))
+    for epoch, row in enumerate(rows, start=1):
+        expected = _opacus_epsilon(p["noise_multiplier"], p["sample_rate"], epoch * steps_per_epoch, 1e-4)
+        assert float(row["privacy.epsilon"]) == pytest.approx(expected, abs=1e-5)
+    model_json = json.loads((result.run_dir / "model.json").read_text())
+    assert model_json["privacy"]["noise_multiplier"] == p["noise_multiplier"]
+    assert "differentially private" in (result.run_dir / "report.html").read_text()
+    assert "public" in p["validation"]  # the val split is read without noise: said in the block
+    # The saved model loads and predicts like any other.
+    assert len(dlforge.load(result.run_dir).predict({"image": np.zeros((2, 8, 8))})) == 2
+
+
+def test_prv_accountant_matches_opacus():
+    from dlforge.training.privacy import epsilon_spent
+
+    assert epsilon_spent(1.1, 0.01, 300, 1e-5, "prv") == pytest.approx(_opacus_epsilon(1.1, 0.01, 300, 1e-5, "prv"))
+
+
+def test_training_with_fixed_noise_stops_at_the_budget(tmp_path):
+    from dlforge.training.privacy import epsilon_spent
+
+    recipe = dp_recipe({"epsilon": 2.0, "noise_multiplier": 0.8}, epochs=20)
+    result = dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    p = result.metrics["privacy"]
+    assert p["stopped_at_budget"] and result.metrics["epochs_run"] < 20
+    assert p["epsilon"] <= 2.0
+    # One more step would have overspent: the stop is at the budget, not before it.
+    assert epsilon_spent(0.8, p["sample_rate"], p["steps"] + 1, 1e-4) > 2.0
+
+
+class _InterruptAt:
+    def __init__(self, step):
+        self.step, self.fired = step, False
+
+    def on_step_end(self, trainer, step):
+        if step == self.step and not self.fired:
+            self.fired = True
+            trainer.stop.set()
+
+
+def test_dp_training_resumes_bit_identically_with_its_accountant(dp_run, tmp_path):
+    recipe, whole = dp_recipe(), dp_run
+    with pytest.raises(TrainingInterrupted):  # mid-epoch: the Poisson draws and the noise RNG must both resume
+        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[_InterruptAt(5)])
+    state = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["strategy"]["steps"] == 6  # the accountant's state: six noisy steps spent before the stop
+    resumed = dlforge.train(resume=tmp_path / "cut", progress=False)
+    a, b = load_file(str(whole.run_dir / "model.safetensors")), load_file(str(resumed.run_dir / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["privacy"] == whole.metrics["privacy"]
+    assert [r["privacy.epsilon"] for r in resumed.history] == [r["privacy.epsilon"] for r in whole.history]
+
+
+def test_poisson_batches_vary_in_size_and_redraw_exactly_on_resume():
+    from dlforge.data.batches import InMemoryBatches
+    from dlforge.recipe import Privacy
+    from dlforge.training.privacy import PrivateBatches, plan_privacy
+
+    plan = plan_privacy(Privacy(epsilon=8, delta=1e-5), n_rows=10_000, batch_size=100, epochs=1, trainable=100)
+    batches = PrivateBatches(InMemoryBatches(10_000, 100, seed=0), plan, lambda: 0)
+    epoch = batches.permutation()
+    sizes = [len(b) for b in batches.slices(epoch)]
+    assert len(sizes) == 100 and len(set(sizes)) > 5 and 90 < sum(sizes) / 100 < 110
+    assert all(torch.equal(a, b) for a, b in zip(list(batches.slices(epoch))[40:], batches.slices(epoch, 40)))
+
+
+def test_batch_norm_is_refused_by_name_and_fix_layers_swaps_in_group_norm(tmp_path, capsys):
+    from opacus.validators import ModuleValidator
+
+    recipe = dp_recipe()
+    recipe["inputs"][0]["encoder"] = {"name": "cnn", "channels": [8], "padding": "same", "batch_norm": True,
+                                      "dense": [16]}
+    with pytest.raises(ModelError, match=r"encoders\.image\.features\.1' \(BatchNorm2d\).*") as err:
+        dlforge.train(recipe, out=tmp_path / "bn", progress=False)
+    assert "fix_layers: true" in err.value.hint
+    assert not (tmp_path / "bn").exists()  # refused before the run directory was made
+    # What the CLI says: one message, exit 2.
+    import yaml
+
+    path = tmp_path / "bn.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert not main_ok(["train", str(path), "--out", str(tmp_path / "bn2")])
+    assert "BatchNorm2d" in capsys.readouterr().err
+
+    recipe["training"]["privacy"]["fix_layers"] = True
+    result = dlforge.train(recipe, out=tmp_path / "gn", progress=False)
+    model = dlforge.load(result.run_dir).model
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 1 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # The same substitution as Opacus' ModuleValidator.fix.
+    from dlforge.models import build_model
+    from dlforge.recipe import Recipe
+
+    plain = dict(recipe, training={**recipe["training"], "privacy": None})
+    fixed = ModuleValidator.fix(build_model(Recipe.model_validate(plain), dlforge.load(result.run_dir).signature))
+    theirs = [m for m in fixed.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert [(m.num_groups, m.num_channels, m.affine) for m in theirs] == \
+        [(m.num_groups, m.num_channels, m.affine) for m in norms]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("training.privacy.delta=0.01", ["delta 0.01 is not below 1/n", "use delta <="]),
+    ("training.privacy.epsilon=0.01", ["learning is hopeless", "smallest epsilon this recipe can use is"]),
+])
+def test_bad_budgets_exit_2_before_training_in_plan_and_train(tmp_path, capsys, override, words):
+    import yaml
+
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(dp_recipe()))
+    assert not main_ok(["privacy", "plan", str(path), "--set", override])
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "Traceback" not in err
+    with pytest.raises(SystemExit) as code:
+        from dlforge.cli import main
+
+        main(["train", str(path), "--set", override, "--out", str(tmp_path / "run")])
+    assert code.value.code == 2 and not (tmp_path / "run").exists()
+
+
+def test_privacy_plan_prints_noise_steps_and_the_epsilon_curve(tmp_path, capsys):
+    import yaml
+
+    from dlforge.training.privacy import epsilon_spent
+
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump(dp_recipe(epochs=3)))
+    assert main_ok(["privacy", "plan", str(path)])
+    out = capsys.readouterr().out
+    assert "noise multiplier:" in out and "steps an epoch" in out and "smallest usable epsilon" in out
+    curve = [float(m.group(1)) for m in re.finditer(r"^\s+epoch\s+\d+: ([\d.]+)$", out, re.MULTILINE)]
+    assert len(curve) == 3 and curve == sorted(curve) and curve[-1] <= 4.0
+    plan = dlforge.workflows.plan.privacy_plan(path)
+    assert curve[-1] == pytest.approx(epsilon_spent(plan.noise_multiplier, plan.sample_rate, plan.max_steps, 1e-4),
+                                      abs=1e-4)
+
+
+def test_settings_that_void_the_guarantee_are_recipe_errors():
+    for training in ({"accumulate": 2}, {"grad_clip": 1.0}, {"regularization": {"l2": 0.01}}, {"baseline": True}):
+        with pytest.raises(DlforgeError, match="training.privacy"):
+            dlforge.train(dp_recipe(**training), progress=False)
+    auto = dp_recipe()
+    auto["training"]["optimizer"]["lr"] = "auto"  # the range test would read the rows without noise
+    with pytest.raises(DlforgeError, match="range test"):
+        dlforge.train(auto, progress=False)
+
+
+@pytest.mark.slow
+def test_private_transfer_trains_the_head_on_cached_embeddings(tmp_path, monkeypatch):
+    """A frozen pretrained backbone (mobilenet_v2, BatchNorm inside) is embedded once; DP-SGD trains the head only."""
+    from PIL import Image
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    rows, rng = ["file,label"], np.random.default_rng(0)
+    for i in range(240):
+        colour = (200, 30, 30) if i % 2 else (30, 30, 200)
+        Image.fromarray(np.clip(rng.normal(0, 20, (36, 36, 3)) + colour, 0, 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'red' if i % 2 else 'blue'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    recipe = {"name": "dp-transfer", "data": {"source": str(tmp_path / "labels.csv"), "split": {"val": 0.0, "test": 0.2}},
+              "inputs": [{"name": "file", "type": "image", "preprocessing": {"size": [32, 32], "resize_shorter": 36},
+                          "encoder": {"name": "mobilenet_v2", "dense": []}}],
+              "outputs": [{"name": "label", "type": "category"}],
+              "training": {"epochs": 3, "batch_size": 48, "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
+                           "privacy": {"epsilon": 8.0, "delta": 1e-3}}}
+    result = dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    assert result.metrics["backbones"]["file"]["path"] == "cached embeddings"
+    assert result.metrics["privacy"]["epsilon"] <= 8.0
+    assert result.metrics["test"]["accuracy"] >= 0.9  # red vs blue through a frozen ImageNet backbone
+
+
+def test_early_stopping_counts_every_step_run_and_says_validation_is_not_covered(tmp_path):
+    recipe = dp_recipe(epochs=6, early_stopping={"metric": "val.loss", "patience": 1, "min_delta": 10.0})
+    result = dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    p = result.metrics["privacy"]
+    assert result.metrics["stopped_early"] and result.metrics["epochs_run"] == 2  # no improvement of 10 after epoch 1
+    steps_per_epoch = round(1 / p["sample_rate"])
+    assert p["steps"] == 2 * steps_per_epoch and not p["stopped_at_budget"]
+    # The released model is epoch 1's, but the privacy spent is that of every step run.
+    assert p["epsilon"] == pytest.approx(_opacus_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"], 1e-4),
+                                         abs=1e-6)
+    assert "validation split" in p["validation"]
