@@ -43,7 +43,7 @@ def outliers(columns: dict[str, np.ndarray], kinds: dict[str, str], *, seed: int
 
         matrix = np.column_stack([as_numbers(columns[n]) for n in numbers])
         matrix = np.where(np.isfinite(matrix), matrix, np.nanmedian(matrix, axis=0))
-        forest = IsolationForest(n_estimators=100, max_samples=256, random_state=seed, n_jobs=1).fit(matrix)
+        forest = IsolationForest(n_estimators=100, max_samples=min(256, len(matrix)), random_state=seed, n_jobs=1).fit(matrix)
         score = forest.decision_function(matrix)  # < 0: anomalous
         order = np.argsort(score)
         result["isolation_forest"] = {"rows": int((score < 0).sum()),
