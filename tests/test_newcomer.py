@@ -247,6 +247,10 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     line = _text_line(plain, "review")
     assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line and "as --no-pretrained asks" in line
     assert "text 'review': encoder ngram" in "\n".join(summarize_inferred(plain))
+    ngram = yaml.safe_load(plain)  # the bag's training: a small rate, weight decay, cosine decay, stop on the loss
+    assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
+    assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}
+    assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
 
     monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: False)
     line = _text_line(init(data, "y"), "review")  # not installed: the bag, and how to get the better one
