@@ -224,20 +224,20 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     line = _text_line(auto, "review")
     assert "encoder: {name: minilm, freeze: none, backbone_lr_mult: 0.1" in line
     assert "pretrained, installed" in line and "fine-tuned" in line and "by-length batches" in line
-    assert "under a minute per epoch on this CPU" in line  # what it costs here
+    assert "under a minute per epoch (3 at most) on this CPU" in line  # what it costs here
     assert "sampling: auto" in auto and "name: cosine" in auto and "epochs: 3" in auto
     assert "metric: val.loss" in auto
     summary = "\n".join(summarize_inferred(auto))  # `train DATA --target` says which encoder and why
     assert "1 text (minilm): review" in summary and "text 'review': encoder minilm (pretrained, installed)" in summary
     assert "saw " not in summary
 
-    # A table too large to fine-tune on this CPU in 15 min an epoch: the n-gram bag, saying how long MiniLM would take
-    # (80 texts of 10 pieces = 800 pieces, 0.8 s at the measured 1,000 pieces/s: over a 500-piece budget).
-    monkeypatch.setattr(init_module, "MINILM_CPU_PIECES_PER_EPOCH", 500)
+    # A table too large to fine-tune on this CPU within the budget: the n-gram bag, saying how long MiniLM would take
+    # (80 texts of ~13 pieces at the measured 1,000 pieces/s, 3 epochs: about 3 s, over a budget of 1 s).
+    monkeypatch.setattr(init_module, "MINILM_CPU_MINUTES", 1 / 60)
     slow = init(data, "y")
     line = _text_line(slow, "review")
     assert "encoder: {name: ngram" in line
-    assert "minilm is installed, but fine-tuning it on 80 texts would take under a minute per epoch on this CPU" in line
+    assert "minilm is installed, but fine-tuning it on 80 texts would take under a minute (3 epochs of under a minute) on this CPU" in line
     assert "name: minilm" in _text_line(init(data, "y", pretrained=True), "review")  # asked for: MiniLM all the same
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "name: minilm" in _text_line(init(data, "y"), "review") and "on the GPU" in _text_line(init(data, "y"), "review")

@@ -83,9 +83,11 @@ def pretrained_text_installed() -> bool:
 
 
 # Fine-tuning MiniLM on CPU: about 1,000 word pieces a second (rt_snippets, 2 epochs of 9,181 texts in 503 s on
-# 2 cores, benchmarks/README.md). Above this many pieces per epoch (15 minutes) init picks the n-gram encoder.
+# 2 cores, benchmarks/README.md). When the whole fine-tuning (MINILM_EPOCHS) is estimated over MINILM_CPU_MINUTES on a
+# CPU, init picks the n-gram encoder: a newcomer's first run should not take an hour.
 MINILM_CPU_PIECES_PER_SECOND = 1_000
-MINILM_CPU_PIECES_PER_EPOCH = 900_000
+MINILM_EPOCHS = 3
+MINILM_CPU_MINUTES = 30
 
 
 def _pieces_per_text(values) -> float:
@@ -114,7 +116,8 @@ def pretrained_text_fits(table: Table, names: list[str], pretrained: bool | None
     """Whether the text columns get the pretrained encoder, and why (one phrase; empty when there is nothing to say).
 
     None (the default): MiniLM when its packages are installed and fine-tuning is affordable: on a GPU, or on a CPU
-    when an epoch is estimated under 15 minutes (else the n-gram bag, saying how long MiniLM would take).
+    when its MINILM_EPOCHS are estimated under MINILM_CPU_MINUTES (else the n-gram bag, saying how long MiniLM would
+    take).
     True: MiniLM whenever installed. False (--no-pretrained): the n-gram bag."""
     if not names:
         return False, ""
@@ -127,12 +130,16 @@ def pretrained_text_fits(table: Table, names: list[str], pretrained: bool | None
     if torch.cuda.is_available():
         return True, "on the GPU"
     minutes = minilm_epoch_minutes(table, names)
-    cost = ("under a minute" if minutes < 1 else f"about {minutes:.0f} min") + " per epoch on this CPU, no GPU"
-    if pretrained is None and minutes * MINILM_CPU_PIECES_PER_SECOND * 60 > MINILM_CPU_PIECES_PER_EPOCH:
+    if pretrained is None and minutes * MINILM_EPOCHS > MINILM_CPU_MINUTES:
         rows = table.n_rows if table.split is None else int((table.split != "test").sum())
-        return False, (f"minilm is installed, but fine-tuning it on {rows} texts would take {cost}; "
-                       "write encoder: {name: minilm} to use it")
-    return True, cost
+        return False, (f"minilm is installed, but fine-tuning it on {rows} texts would take "
+                       f"{_minutes(minutes * MINILM_EPOCHS)} ({MINILM_EPOCHS} epochs of {_minutes(minutes)}) on this "
+                       "CPU, no GPU; write encoder: {name: minilm} to use it")
+    return True, f"{_minutes(minutes)} per epoch ({MINILM_EPOCHS} at most) on this CPU, no GPU"
+
+
+def _minutes(minutes: float) -> str:
+    return "under a minute" if minutes < 1 else f"about {minutes:.0f} min"
 
 
 def text_encoder_choice(values, *, pretrained: bool) -> tuple[dict, str]:
@@ -262,7 +269,7 @@ def _text_training(inputs: list[Choice]) -> list[str] | None:
     wants few epochs at a small, decaying rate (as recipes/text_minilm.yaml); the n-gram bag a larger rate."""
     encoders = {(c.extra or {}).get("encoder", {}).get("name") for c in inputs if c.kind == "text"}
     if "minilm" in encoders:
-        return ["  epochs: 3  # fine-tuning: a few passes; early stopping keeps the best",
+        return [f"  epochs: {MINILM_EPOCHS}  # fine-tuning: a few passes; early stopping keeps the best",
                 "  batch_size: 32",
                 "  optimizer: {name: adamw, lr: 0.0003, weight_decay: 0.01}",
                 "  schedule: {name: cosine, warmup_epochs: 0.1}",
