@@ -251,6 +251,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
     assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}
     assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
+    assert ngram["training"]["epochs"] == 15
 
     monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: False)
     line = _text_line(init(data, "y"), "review")  # not installed: the bag, and how to get the better one
