@@ -430,8 +430,10 @@ def write_tables(rows: list[dict], report: Path = REPORT, readme: Path = README)
                          f"({runs_text(s)}) | {floor_text(entry, s)} | "
                          f"{statistics.fmean(s['train_s']):.1f} s training, {statistics.fmean(s['cpu_s']):.0f} s CPU a run "
                          f"(load {min(s['load']):.0f}-{max(s['load']):.0f}) |")
-        else:
-            table.append(f"| `{Path(entry.path).name}` † | {entry.what} | {entry.older or 'not measured'} | "
+        else:  # the older figure, and the seeds measured so far (fewer than MIN_SEEDS), so neither is hidden
+            have = (f"; measured here, seed {fmt_seeds(sorted({r['seed'] for r in runs}))}: "
+                    f"{result_text(entry, summary(entry, runs))}" if runs else "")
+            table.append(f"| `{Path(entry.path).name}` † | {entry.what} | {entry.older or 'not measured'}{have} | "
                          f"{entry.reference} | {entry.older_time} |")
     table.append(END)
     if readme.exists():

@@ -203,18 +203,59 @@ def test_ordered_same_scale_columns_become_one_sequence_input():
     assert {"t_1", "t_2", "m0", "m3", "pc0", "pc9"} <= numbers
 
 
-def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path):
+def _text_line(text: str, column: str) -> str:
+    return next(x for x in text.splitlines() if f"name: {column}," in x)
+
+
+def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
+    """MiniLM (fine-tuned, by-length batches) when installed and affordable, else the n-gram bag, each with why; the
+    availability check and the GPU are patched, so no weights are read."""
+    import torch
+
+    from dlforge.workflows import init as init_module
+    from dlforge.workflows.init import summarize_inferred
+
     rng = np.random.default_rng(0)
     words = ["good", "bad", "film", "plot", "actor", "scene", "long", "short"]
     frame = pd.DataFrame({"review": [" ".join(rng.choice(words, 8)) for _ in range(80)], "y": rng.choice(["p", "n"], 80)})
     frame.to_csv(tmp_path / "r.csv", index=False)
-    plain = init(str(tmp_path / "r.csv"), "y", pretrained=False)
-    line = next(x for x in plain.splitlines() if "name: review" in x)
-    assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line
-    from dlforge.workflows import init as init_module
+    data = str(tmp_path / "r.csv")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
-    with_minilm = init(str(tmp_path / "r.csv"), "y", pretrained=True) if init_module.pretrained_text_installed() else ""
-    if with_minilm:
-        line = next(x for x in with_minilm.splitlines() if "name: review" in x)
-        assert "name: minilm" in line and "fine-tuned" in line and "by-length" in line
-        assert "sampling: auto" in with_minilm and "name: cosine" in with_minilm
+    monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: True)
+    auto = init(data, "y")  # the no-recipe default: installed and cheap here (80 short texts) -> MiniLM
+    line = _text_line(auto, "review")
+    assert "encoder: {name: minilm, freeze: none, backbone_lr_mult: 0.1" in line
+    assert "pretrained, installed" in line and "fine-tuned" in line and "by-length batches" in line
+    assert "under a minute per epoch (3 at most) on this CPU" in line  # what it costs here
+    assert "sampling: auto" in auto and "name: cosine" in auto and "epochs: 3" in auto
+    assert "metric: val.loss" in auto
+    summary = "\n".join(summarize_inferred(auto))  # `train DATA --target` says which encoder and why
+    assert "1 text (minilm): review" in summary and "text 'review': encoder minilm (pretrained, installed)" in summary
+    assert "saw " not in summary
+
+    # A table too large to fine-tune on this CPU within the budget: the n-gram bag, saying how long MiniLM would take
+    # (80 texts of ~13 pieces at the measured 1,000 pieces/s, 3 epochs: about 3 s, over a budget of 1 s).
+    monkeypatch.setattr(init_module, "MINILM_CPU_MINUTES", 1 / 60)
+    slow = init(data, "y")
+    line = _text_line(slow, "review")
+    assert "encoder: {name: ngram" in line
+    assert "minilm is installed, but fine-tuning it on 80 texts would take under a minute (3 epochs of under a minute) on this CPU" in line
+    assert "name: minilm" in _text_line(init(data, "y", pretrained=True), "review")  # asked for: MiniLM all the same
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert "name: minilm" in _text_line(init(data, "y"), "review") and "on the GPU" in _text_line(init(data, "y"), "review")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    plain = init(data, "y", pretrained=False)  # --no-pretrained
+    line = _text_line(plain, "review")
+    assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line and "as --no-pretrained asks" in line
+    assert "text 'review': encoder ngram" in "\n".join(summarize_inferred(plain))
+    ngram = yaml.safe_load(plain)  # the bag's training: a small rate, weight decay, cosine decay, stop on the loss
+    assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
+    assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}
+    assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
+    assert ngram["training"]["epochs"] == 15
+
+    monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: False)
+    line = _text_line(init(data, "y"), "review")  # not installed: the bag, and how to get the better one
+    assert "encoder: {name: ngram" in line and "pip install 'dlforge[pretrained]'" in line

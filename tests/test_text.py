@@ -175,3 +175,13 @@ def test_ngram_hashes_stay_in_the_table_and_skip_padding():
     assert valid.sum(1).tolist() == [3 + 2 + 1, 2 + 1 + 0]  # unigrams, bigrams, trigrams without padding
     padded = enc.eval()(torch.tensor([[2, 5, 7, 0, 0, 0, 0]]))
     assert torch.allclose(padded, enc(ids[:1]), atol=1e-6)  # extra padding changes nothing
+
+
+def test_ngram_default_table_is_small():
+    """The default n-gram table: (vocab + 50k buckets) x 32, 2.2M parameters for a 20k vocabulary (it was 14M: 200k x 64,
+    which memorised rt_snippets within one epoch and lost to TF-IDF + LR; benchmarks/README.md 'no-recipe text')."""
+    from dlforge.models.encoders.text_ngram import TextNgram
+    from dlforge.recipe import TextNgramEncoder
+
+    enc = TextNgram(TextNgramEncoder(), {"vocab_size": 20000, "pad_id": 0}, None)
+    assert sum(p.numel() for p in enc.parameters()) == (20000 + 50000) * 32 and enc.output_dim == 32

@@ -172,10 +172,11 @@ class TextEmbedEncoder(Strict):
 
 class TextNgramEncoder(Strict):
     name: Literal["ngram"] = "ngram"
-    dim: int = _field(64, "Embedding width of every token and n-gram.", ge=1)
+    dim: int = _field(32, "Embedding width of every token and n-gram.", ge=1)
     ngrams: int = _field(2, "Longest n-gram: 1 is a bag of words, 2 adds hashed bigrams (fastText's default), 3 trigrams.",
                          ge=1, le=4)
-    buckets: int = _field(200_000, "Rows of the hashed n-gram table (collisions share a row).", ge=1, le=10_000_000)
+    buckets: int = _field(50_000, "Rows of the hashed n-gram table (collisions share a row). Parameters: (vocab_size + "
+                          "buckets) x dim, 2.2M at the defaults with a 20k vocabulary.", ge=1, le=10_000_000)
     dropout: float = _field(0.2, "Dropout on the pooled vector.", ge=0, lt=1)
 
 
