@@ -314,3 +314,18 @@ def test_minilm_attention_maps_and_rollout_from_the_eager_path():
         forward.id_args(x), spaces, Options(n_steps=4, internal_batch_size=3))
     forward.close()
     assert found[0].shape == (2, 6, 384) and float(found[0][1, 3:].detach().abs().max()) == 0.0
+
+
+def test_kernel_shap_gives_column_shapley_values_that_agree_with_integrated_gradients(tabular_run, tmp_path):
+    import dlforge
+    import pandas as pd
+
+    rows = pd.DataFrame({"x1": [2.0, -2.0], "x2": [0.5, 0.0], "color": ["red", "blue"], "flag": ["yes", "no"]})
+    shap = dlforge.explain(tabular_run, rows, method="kernel_shap", out=tmp_path / "shap", sanity=False)
+    ig = dlforge.explain(tabular_run, rows, method="integrated_gradients", out=tmp_path / "ig", sanity=False)
+    assert set(shap.scores) == {"x1", "x2", "color", "flag"}
+    for row in range(2):  # x1 decides both rows, and the two estimators agree on its sign
+        assert max(shap.shares, key=lambda n: shap.shares[n][row]) == "x1"
+        assert np.sign(shap.scores["x1"][row]) == np.sign(ig.scores["x1"][row]) != 0
+    again = dlforge.explain(tabular_run, rows, method="kernel_shap", out=tmp_path / "shap2", sanity=False)
+    assert np.allclose(again.scores["x1"], shap.scores["x1"])  # seeded coalitions: the same values every call

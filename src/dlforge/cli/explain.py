@@ -11,7 +11,7 @@ from dlforge.core.errors import DlforgeError
 
 commands = typer.Typer()
 
-METHODS = "integrated_gradients | saliency | occlusion | gradient_shap | grad_cam"
+METHODS = "integrated_gradients | saliency | occlusion | gradient_shap | grad_cam (conv images) | kernel_shap (tables)"
 
 
 def _describe_inputs(signature: dict) -> str:

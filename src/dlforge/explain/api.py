@@ -151,7 +151,8 @@ def explain(run, inputs, *, method: str = "integrated_gradients", target=None, o
     """Attribute the prediction for `inputs` (anything `predict` takes: image paths, texts, a dict, a DataFrame
     or a Table) to each input of the model in `run` (a run directory or a loaded Predictor).
 
-    method: integrated_gradients | saliency | occlusion | gradient_shap | grad_cam (conv image models);
+    method: integrated_gradients | saliency | occlusion | gradient_shap | grad_cam (conv image models) |
+    kernel_shap (table models: Shapley values of the columns);
     target: the label to explain (default: the predicted one); output: which output (default: the first);
     sanity: run the model-randomisation test (default on; it doubles the time); attention: attention maps
     and rollout for transformer/minilm text inputs; internal_batch_size: rows per forward inside IG (default:

@@ -24,6 +24,7 @@ class Options:
     memory_budget: int = 1 << 30  # bytes of activations one IG chunk may keep for its backward pass
     most_rows: int = 2048  # and never more rows per chunk than the recipe's eval batch size
     n_samples: int = 16  # GradientShap's random points per row
+    shap_samples: int = 256  # Kernel SHAP's coalitions per row
     stdevs: float = 0.0
     seed: int = 0
     deltas: list = field(default_factory=list)  # IG's completeness error per row, filled by the call
@@ -33,7 +34,7 @@ class Options:
 class Method:
     fn: object
     signed: bool  # whether the map's sign means anything (saliency's is a magnitude)
-    needs: str = "any"  # "conv": only for models whose inputs are all conv-encoded images
+    needs: str = "any"  # "conv": only for models whose inputs are all conv-encoded images; "table": all columns
 
 
 methods: Registry[Method] = Registry("attribution method")
@@ -132,6 +133,29 @@ def _spread(space: Space, value: torch.Tensor) -> int:
     return int(value[0].numel()) if space.kind == "column" else value.shape[2]
 
 
+def _kernel_shap(forward, inputs, refs, target, ids, spaces, options: Options):
+    """Kernel SHAP (Lundberg & Lee 2017) with each input column one player: the columns' Shapley values against
+    the reference row, estimated by a weighted regression over `shap_samples` coalitions per row (Captum's
+    KernelShap). It is the estimator of the `shap` package's KernelExplainer, without that package's numba and
+    llvmlite; the players are whole columns, so a category's embedding is one player, as a user reads the table.
+    Captum attributes one row per call: the loop is over the rows explained, a handful, never over training data."""
+    shap = captum().KernelShap(forward)
+    masks = tuple(torch.full((1, *v.shape[1:]), i, dtype=torch.long) for i, v in enumerate(inputs))
+    out = [torch.zeros_like(v) for v in inputs]
+    for row in range(inputs[0].shape[0]):
+        one = tuple(v[row:row + 1] for v in inputs)
+        ref = tuple(r[row:row + 1] if r.shape[0] > 1 else r[:1] for r in refs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            found = shap.attribute(one, baselines=ref, target=target[row:row + 1], feature_mask=masks,
+                                   additional_forward_args=tuple(i[row:row + 1] for i in ids) or None,
+                                   n_samples=options.shap_samples, perturbations_per_eval=64)
+        for o, a in zip(out, found):
+            o[row:row + 1] = a.detach()
+    # Every element of a column carries the column's whole value; the maps sum over a column's width.
+    return tuple(a / _spread(s, a) for s, a in zip(spaces, out))
+
+
 def last_conv(module: nn.Module) -> nn.Module | None:
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1] if convs else None
@@ -155,12 +179,15 @@ methods.register("saliency")(Method(_saliency, signed=False))
 methods.register("occlusion")(Method(_occlusion, signed=True))
 methods.register("gradient_shap")(Method(_gradient_shap, signed=True))
 methods.register("grad_cam")(Method(_grad_cam, signed=False, needs="conv"))
+methods.register("kernel_shap")(Method(_kernel_shap, signed=True, needs="table"))
 
 
 def valid_methods(model: nn.Module, spaces: list[Space]) -> list[str]:
     """The methods that apply to this model: Grad-CAM needs every input to be an image with a conv encoder."""
     conv = all(s.kind == "image" and last_conv(model.encoders[s.name]) is not None for s in spaces)
-    return [name for name, m in methods.items() if m.needs == "any" or (m.needs == "conv" and conv)]
+    table = all(s.kind == "column" for s in spaces)
+    return [name for name, m in methods.items()
+            if m.needs == "any" or (m.needs == "conv" and conv) or (m.needs == "table" and table)]
 
 
 def describe_model(spaces: list[Space]) -> str:
@@ -173,7 +200,8 @@ def get_method(name: str, model: nn.Module, spaces: list[Space]) -> Method:
     if name not in valid:
         from dlforge.core.errors import did_you_mean
 
-        why = " (it needs a conv image encoder)" if name == "grad_cam" else ""
+        why = {"grad_cam": " (it needs a conv image encoder)",
+               "kernel_shap": " (its players are table columns: it needs a model of table columns only)"}.get(name, "")
         raise ModelError(f"method '{name}' does not apply to this {describe_model(spaces)} model{why}; "
                          f"valid: {', '.join(valid)}{did_you_mean(name, valid)}", where="--method")
     return methods.get(name)
