@@ -62,8 +62,10 @@ def _hash_cells(values: np.ndarray, kind: str, near: bool) -> np.ndarray:
         from dlforge.audit.columns import as_numbers
 
         numbers = as_numbers(values)
-        scale = 10.0 ** (np.floor(np.log10(np.abs(np.where(numbers == 0, 1.0, numbers)))) - 5)
-        rounded = np.round(np.nan_to_num(numbers) / scale) * scale  # 6 significant digits
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # inf/NaN cells: hashed as they are
+            scale = 10.0 ** (np.floor(np.log10(np.abs(np.where(numbers == 0, 1.0, numbers)))) - 5)
+            rounded = np.round(np.nan_to_num(numbers) / scale) * scale  # 6 significant digits
+            rounded = np.where(np.isfinite(rounded), rounded, numbers)
         hashed = pd.util.hash_array(rounded.astype(np.float64))
     else:
         codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
