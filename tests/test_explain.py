@@ -329,3 +329,24 @@ def test_kernel_shap_gives_column_shapley_values_that_agree_with_integrated_grad
         assert np.sign(shap.scores["x1"][row]) == np.sign(ig.scores["x1"][row]) != 0
     again = dlforge.explain(tabular_run, rows, method="kernel_shap", out=tmp_path / "shap2", sanity=False)
     assert np.allclose(again.scores["x1"], shap.scores["x1"])  # seeded coalitions: the same values every call
+
+
+def test_mistakes_are_explained_and_the_report_says_why_beside_each(tabular_run, capsys, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tabular_run, run)
+    mistakes = json.loads((run / "mistakes.json").read_text())["rows"]
+    assert mistakes, "the tiny table's run has mistakes to explain"
+    code, out, _ = _cli(capsys, "explain", run, "--mistakes", "--no-sanity")
+    assert code == 0
+    why = json.loads((run / "explanations" / "mistakes" / "mistakes.json").read_text())["rows"]
+    assert [r["row"] for r in why] == [r["row"] for r in mistakes]  # the same rows, read back from the data
+    assert all(r["predicted"] == m["predicted"] for r, m in zip(why, mistakes))
+    assert _cli(capsys, "report", run)[0] == 0
+    page = (run / "report.html").read_text()
+    assert "why (share of the explanation)" in page and f"{why[0]['top'][0][0]} " in page
+    (run / "mistakes.json").unlink()
+    code, _, err = _cli(capsys, "explain", run, "--mistakes")
+    assert code == 2 and "mistakes.json does not exist" in err

@@ -14,6 +14,31 @@ commands = typer.Typer()
 METHODS = "integrated_gradients | saliency | occlusion | gradient_shap | grad_cam (conv images) | kernel_shap (tables)"
 
 
+def _mistake_rows(predictor, run: Path):
+    """The rows of RUN/mistakes.json, read back from the run's own data (any input type), and their row numbers."""
+    import json
+
+    import numpy as np
+
+    from dlforge.artifact.format import read_run_json
+    from dlforge.data import read_table
+    from dlforge.data.images.files import is_file_column, resolve_paths
+
+    path = run / "mistakes.json"
+    if not path.is_file():
+        raise DlforgeError(f"{path} does not exist", hint="runs trained with evaluation.mistakes > 0 (the default) "
+                                                            "write it; retrain, or explain rows with --data")
+    rows = [r["row"] for r in json.loads(path.read_text(encoding="utf-8")).get("rows") or [] if "row" in r]
+    if not rows:
+        raise DlforgeError(f"{path} lists no mistakes to explain")
+    record = read_run_json(run)
+    table = read_table(predictor.recipe, Path(record["data"]["base_dir"])).take(np.array(rows))
+    for name, sig in predictor.signature["inputs"].items():
+        if sig["type"] in ("image", "audio") and is_file_column(table.columns[name]):
+            table.columns[name] = resolve_paths(table.columns[name], table.root)
+    return table, rows
+
+
 def _describe_inputs(signature: dict) -> str:
     return ", ".join(f"{n} ({s['type']}{' ' + 'x'.join(map(str, s['shape'])) if 'shape' in s else ''})"
                      for n, s in signature["inputs"].items())
@@ -69,6 +94,8 @@ def explain(
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Rows per forward inside IG (memory bound; "
                                         "default: the recipe's eval batch size)."),
     no_sanity: bool = typer.Option(False, "--no-sanity", help="Skip the model-randomisation check (halves the time)."),
+    mistakes: bool = typer.Option(False, "--mistakes", help="Explain the run's worst mistakes (mistakes.json): the "
+                                  "report then shows why each was made, beside it."),
 ):
     """Why the model decides: attributions per pixel, token or column, checked by model randomisation."""
     import dlforge
@@ -97,10 +124,24 @@ def explain(
     from dlforge.explain.spaces import build_spaces
 
     get_method(method, predictor.model, build_spaces(predictor.model, predictor.signature, predictor.recipe))
-    inputs = _inputs(predictor, run, files or [], text or [], data)
+    if mistakes:
+        if files or text or data:
+            raise DlforgeError("--mistakes explains the rows of RUN/mistakes.json; drop the other inputs")
+        inputs, rows = _mistake_rows(predictor, Path(run))
+        out = out / "mistakes" if out == Path(run) / "explanations" else out
+    else:
+        inputs, rows = _inputs(predictor, run, files or [], text or [], data), None
     result = dlforge.explain(predictor, inputs, method=method, target=target, output=output, attention=attention,
                              n_steps=steps, internal_batch_size=batch, sanity=not no_sanity)
     paths = result.save(out)
+    if rows is not None:  # row -> the inputs that decided, for the report's mistakes table
+        from dlforge.core.files import write_json
+
+        why = [{"row": row, "predicted": str(p), "top": [[n, round(float(result.shares[n][i]), 4)] for n in
+                                                           sorted(result.shares, key=lambda n: -result.shares[n][i])[:4]]}
+               for i, (row, p) in enumerate(zip(rows, result.predicted))]
+        write_json(out / "mistakes.json", {"method": method, "rows": why})
+        paths.append(out / "mistakes.json")
     for i, (predicted, explained) in enumerate(zip(result.predicted, result.explained)):
         top = sorted(result.shares, key=lambda n: -result.shares[n][i])[:4]  # a wide table: its four leading columns
         shares = ", ".join(f"{n} {result.shares[n][i]:.0%}" for n in top) if len(result.shares) > 1 else ""

@@ -239,6 +239,16 @@ def fairness_section(metrics: dict | None) -> str:
 
 
 # -- mistakes and explanations --------------------------------------------------------------------------------------
+def _why(run_dir: Path) -> dict:
+    """row -> "column 41%, column 20%" from explanations/mistakes/mistakes.json, when `explain --mistakes` ran."""
+    path = run_dir / "explanations" / "mistakes" / "mistakes.json"
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return {r["row"]: ", ".join(f"{n} {s:.0%}" for n, s in r["top"]) for r in found.get("rows") or []}
+    except (ValueError, KeyError, TypeError):  # a damaged file: the table goes without the column
+        return {}
+
+
 def _explanations(run_dir: Path) -> str:
     folder = run_dir / "explanations"
     if not folder.is_dir():
@@ -289,11 +299,14 @@ def mistakes_section(run_dir: Path, metrics: dict | None) -> str:
     else:
         inputs = list(dict.fromkeys(k for r in rows for k in (r.get("inputs") or {})))[:8]
         extra = "loss" if any("loss" in r for r in rows) else "error"
-        header = ["row", "true", "predicted", *(["confidence"] if extra == "loss" else []), extra, *inputs]
+        why = _why(run_dir)  # `dlforge explain RUN --mistakes`: the inputs that decided each mistake
+        header = ["row", "true", "predicted", *(["confidence"] if extra == "loss" else []), extra,
+                  *(["why (share of the explanation)"] if why else []), *inputs]
         body = (f"<p>The {len(rows)} {e(found.get('split', 'test'))} rows with the highest {e(found.get('ranked_by', ''))}"
                 " (row: position in the data file's rows).</p>")
         body += table(header, [[r.get("row", r.get("position")), r.get("true"), r.get("predicted"),
                                 *([r.get("confidence")] if extra == "loss" else []), r.get(extra),
+                                *([why.get(r.get("row"), "")] if why else []),
                                 *[(r.get("inputs") or {}).get(c) for c in inputs]] for r in rows])
     return section("mistakes", "Worst mistakes", body + "<h3>Explanations</h3>" + _explanations(run_dir))
 
