@@ -151,3 +151,11 @@ def test_extreme_numbers_are_refused_not_answered_with_nan(tabular_client):
     assert tabular_client.post("/v1/predict", content=b'{"records": [{"age": NaN, "hours-per-week": 1, '
                                b'"workclass": "a", "sex": "Male"}]}',
                                headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_top_k_as_an_integral_float_is_an_integer(tabular_client):
+    """JSON Schema's integer includes 1.0 (schemathesis sends it): taken as 1; 1.5, true and "2" stay refused."""
+    row = {"records": [{"age": 30, "hours-per-week": 40, "workclass": "Private", "sex": "Male"}]}
+    assert tabular_client.post("/v1/predict", json={**row, "top_k": 1.0}).status_code == 200
+    for bad in (1.5, True, "2"):
+        assert tabular_client.post("/v1/predict", json={**row, "top_k": bad}).status_code == 422

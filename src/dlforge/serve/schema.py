@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 
 from dlforge.data.features.wire import MAX_NUMBER, MAX_STRING, kind_of  # noqa: F401  (MAX_*: the limits clients see)
 
@@ -87,12 +87,18 @@ def build_request_models(signature: dict, *, max_records: int) -> tuple[type[Bas
         "PredictRequest", __config__=ConfigDict(extra="forbid", title="PredictRequest"),
         records=(list[record], Field(..., min_length=1, max_length=max_records,
                                      description=f"The rows to predict (1 to {max_records}); one prediction each.")),
-        top_k=(Optional[Annotated[int, Field(strict=True)]],
-               Field(None, ge=1, le=classes,
-                     description="How many most-probable classes to return per output (default: up to 5).")),
+        # JSON Schema counts 1.0 as an integer, so it is taken as 1; 1.5, true and "2" stay refused (strict int).
+        top_k=(Optional[Annotated[int, BeforeValidator(integral_float), Field(strict=True, ge=1, le=classes),
+                                  WithJsonSchema({"type": "integer", "minimum": 1, "maximum": classes})]],
+               Field(None, description="How many most-probable classes to return per output (default: up to 5).")),
     )
     request.__doc__ = "A prediction request: one or more records."
     return record, request
+
+
+def integral_float(value):
+    """1.0 -> 1 (JSON Schema's integer includes it); anything else as given, for the strict int check."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def multipart_schema(signature: dict) -> dict:
