@@ -10,8 +10,6 @@ training did. The output keeps a channel axis of 1, so 2-D encoders (cnn, resnet
 
 from __future__ import annotations
 
-import base64
-import binascii
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Union
@@ -23,11 +21,10 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from dlforge.core.errors import DataError, PredictError
 from dlforge.data.audio import decode_audio, fit_length, log_mel, mfcc, resample
 from dlforge.data.features.base import Feature, input_features, is_missing
-from dlforge.data.features.wire import InputKind, input_kinds
+from dlforge.data.features.wire import InputKind, file_from_base64, input_kinds
 from dlforge.data.table import Table
 
 CHUNK = 256  # clips per spectral chunk: 256 x 3 s at 16 kHz is 49 MB of float32 waveform
-DATA_URL_PREFIX = "data:audio/"
 
 
 def clip_samples(prep) -> int:
@@ -181,16 +178,7 @@ class AudioFeature(Feature):
 # ---------------------------------------------------------------- at the edges: API, Python callers, init
 def decode_base64_audio(text: str) -> bytes:
     """A clip sent as base64 (or a data:audio/...;base64, URL) as the file's bytes."""
-    text = text.strip()
-    if text.lower().startswith(DATA_URL_PREFIX):
-        text = text.split(",", 1)[-1]
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not valid base64 (send the sound file's bytes base64-encoded, or a data: URL)") from None
-    if not data:
-        raise ValueError("the sound file is empty")
-    return data
+    return file_from_base64(text, "sound file")
 
 
 class ClipTooLong(ValueError):

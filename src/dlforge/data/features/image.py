@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from typing import Annotated, Any, Union
 
 import numpy as np
@@ -14,7 +11,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from dlforge.data.features.base import Feature, input_features
 from dlforge.data.images.decode import convert_channels, decode_image, resize, to_nchw
 from dlforge.core.errors import DataError, PredictError
-from dlforge.data.features.wire import InputKind, input_kinds
+from dlforge.data.features.wire import InputKind, file_from_base64, input_kinds
 from dlforge.data.limits import check_fits
 
 # The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
@@ -25,7 +22,6 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 CHUNK = 8192
 # Images decoded to fit channels/size/mean/std when a column streams (files are never all decoded at once).
 STREAM_SAMPLE = 512
-DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
 
 @input_features.register("image")
@@ -163,14 +159,7 @@ class ImageFeature(Feature):
 # ---------------------------------------------------------------- at the edges: API, Python callers, init
 def decode_base64(text: str) -> bytes:
     """An image sent as base64 (or a data: URL) as the file's bytes."""
-    text = DATA_URL.sub("", text.strip(), count=1)
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not valid base64 (send the image file's bytes base64-encoded, or a data: URL)") from None
-    if not data:
-        raise ValueError("the image is empty")
-    return data
+    return file_from_base64(text, "image")
 
 
 def pixel_array(value: list, channels: int, height: int, width: int) -> np.ndarray:

@@ -14,6 +14,8 @@ signature. pydantic is used for the API field (the data layer may); FastAPI is n
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +31,21 @@ MAX_STRING = 10_000
 MAX_NUMBER = 1e30
 
 Text = Annotated[str, Field(strict=True, max_length=MAX_STRING)]
+
+
+def file_from_base64(text: str, what: str) -> bytes:
+    """A file sent as base64, or as a data: URL (`data:image/png;base64,...`), as its bytes; `what` names it in
+    the ValueError ("image", "sound file")."""
+    text = text.strip()
+    if text[:5].lower() == "data:" and ";base64," in text[:100]:
+        text = text.split(",", 1)[1]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"not valid base64 (send the {what}'s bytes base64-encoded, or a data: URL)") from None
+    if not data:
+        raise ValueError(f"the {what} is empty")
+    return data
 
 
 def object_column(values) -> np.ndarray:
@@ -97,4 +114,4 @@ def kind_of(sig_or_type: dict | str) -> InputKind:
     return input_kinds.get(name)() if name in input_kinds else PASS_THROUGH
 
 
-__all__ = ["InputKind", "MAX_NUMBER", "MAX_STRING", "PASS_THROUGH", "Text", "input_kinds", "kind_of", "object_column"]
+__all__ = ["InputKind", "file_from_base64", "MAX_NUMBER", "MAX_STRING", "PASS_THROUGH", "Text", "input_kinds", "kind_of", "object_column"]
