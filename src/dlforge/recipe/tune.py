@@ -196,6 +196,7 @@ class TuneConfig(Strict):
         "hyperband", "Stop unpromising trials early on their per-epoch metric: hyperband (HyperbandPruner, min "
         "resource 1 epoch, max training.epochs, reduction factor 3: what Optuna's benchmarks pair with TPE), "
         "median (MedianPruner after 5 trials and 1 epoch), none.")
+    warmup_trials: int = _field(5, "median pruner: trials that complete before any is pruned.", ge=0, le=1000)
     seed: int = _field(0, "Seed of the sampler (worker i uses seed + i).", ge=0, le=2**32 - 1)
 
     @field_validator("space")
