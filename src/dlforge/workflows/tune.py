@@ -115,9 +115,13 @@ def _storage(settings: dict, out: Path):
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / JOURNAL)))
 
 
-def _sampler(config, worker: int, workers: int):
+def _sampler(config, worker: int, workers: int, done: int = 0):
+    """Seeded from (tune.seed, worker, trials already in the study): each worker its own stream (or they would
+    propose the same trials), and a resumed worker a new one (or it would propose its first trials again)."""
+    import numpy as np
+
     optuna = _optuna()
-    seed = (config.seed + worker) % 2**32  # each worker its own stream, or they would propose the same trials
+    seed = int(np.random.SeedSequence([config.seed, worker, done]).generate_state(1)[0])
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # The constant liar makes parallel TPE workers avoid the points the others are evaluating right now.
@@ -136,17 +140,21 @@ def _pruner(config, epochs: int):
 def _study(settings: dict, out: Path, recipe, *, worker: int = 0, create: bool = False):
     optuna = _optuna()
     config = recipe.tune
-    kwargs = dict(study_name=settings["study_name"], storage=_storage(settings, out),
-                  sampler=_sampler(config, worker, settings["workers"]),
+    storage = _storage(settings, out)
+    done = 0
+    if not create:
+        try:
+            done = len(optuna.load_study(study_name=settings["study_name"], storage=storage).trials)
+        except KeyError:
+            raise DlforgeError(f"study '{settings['study_name']}' is not in its storage", where=str(out),
+                               hint=f"start a new search: dlforge tune RECIPE --out {out}") from None
+    kwargs = dict(study_name=settings["study_name"], storage=storage,
+                  sampler=_sampler(config, worker, settings["workers"], done),
                   pruner=_pruner(config, recipe.training.epochs))
     if create:
         return optuna.create_study(direction="maximize" if config.maximize() else "minimize", load_if_exists=True,
                                    **kwargs)
-    try:
-        return optuna.load_study(**kwargs)
-    except KeyError:
-        raise DlforgeError(f"study '{settings['study_name']}' is not in its storage", where=str(out),
-                           hint=f"start a new search: dlforge tune RECIPE --out {out}") from None
+    return optuna.load_study(**kwargs)
 
 
 def _counted(study) -> int:
@@ -237,6 +245,9 @@ def _run_trial(study, trial, recipe, out: Path, stop) -> str:
     try:
         params = suggest(trial, recipe)
         sampled = trial_recipe(recipe, params, name=f"{recipe.name}-trial-{trial.number}")
+        # The scikit-learn baseline is the same for every trial (same rows, no searched field): fitted once, not
+        # per trial; best.yaml keeps the recipe's own setting.
+        sampled.training.baseline = False
         result = train(sampled, out=run_dir, callbacks=[reporter], progress=False, stop=stop)
         value = _metric_value(result.metrics, config.metric)
         trial.set_user_attr("epochs_run", result.metrics.get("epochs_run"))
@@ -413,8 +424,11 @@ def _alive(pid) -> bool:
 # ---------------------------------------------------------------- the search
 def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: int = 1, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, resume: bool = False,
-         overrides: list[str] | None = None, stop=None, say=_say) -> TuneResult:
-    """Search `recipe`'s tune.space (or continue the study in `out` with resume=True) and write the outputs."""
+         overrides: list[str] | None = None, enqueue: list[dict] | None = None, stop=None, say=_say) -> TuneResult:
+    """Search `recipe`'s tune.space (or continue the study in `out` with resume=True) and write the outputs.
+
+    `enqueue`: parameter sets ({path: value}, choices as in the space) to evaluate before the sampler proposes
+    any, e.g. the recipe's own values as a reference trial."""
     _optuna()
     out = Path(out)
     if resume:
@@ -459,6 +473,8 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
     settings["threads_per_worker"] = threads
     write_json(out / SETTINGS, settings)
     study = _study(settings, out, searched, create=not resume)
+    for params in enqueue or []:
+        study.enqueue_trial({k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in params.items()})
     if resume:
         again = _requeue_interrupted(study, out)
         done = _counted(study)
@@ -471,6 +487,12 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
         f"storage {where}" + (f"; timeout {timeout:.0f} s" if timeout else ""))
     deadline = time.time() + timeout if timeout else None
     started = time.perf_counter()
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if _counted(study) >= settings["trials"] and not waiting:
+        say(f"nothing to run: the study holds {settings['trials']} trial(s); raise the budget with --trials N")
+        return write_outputs(out, settings, searched)
     try:
         _run_workers(out, settings["workers"], threads, deadline, stop)
     finally:
@@ -504,6 +526,7 @@ def _best_yaml(out: Path, best, recipe, metric: str) -> str:
     data = yaml.safe_load(run_recipe.read_text(encoding="utf-8")) if run_recipe.is_file() else \
         trial_recipe(recipe, {}).model_dump(mode="json")
     data["name"] = f"{recipe.name}-best"
+    data.setdefault("training", {})["baseline"] = recipe.training.baseline
     data.pop("tune", None)
     base = Path(recipe._base_dir)
     for key in ("source", "test_source"):
