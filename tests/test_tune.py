@@ -231,3 +231,39 @@ def _dead_pid() -> int:
         except PermissionError:
             pass
         pid -= 1
+
+
+def test_an_rdb_url_holds_the_study_and_its_password_is_not_printed(tiny_csv, tmp_path):
+    pytest.importorskip("sqlalchemy")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    said = []
+    tune_mod.tune(searched(tiny_csv), out=tmp_path / "s", trials=1, storage=url, study_name="shared", say=said.append)
+    assert not (tmp_path / "s" / tune_mod.JOURNAL).exists()
+    assert [t.state.name for t in optuna.load_study(study_name="shared", storage=url).trials] == ["COMPLETE"]
+    assert tune_mod.masked("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+
+
+class _StopAfter:
+    """A stop request that turns on after `n` checks: Ctrl-C in the middle of a trial."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def is_set(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_resume_runs_it_again(tiny_csv, tmp_path):
+    recipe = searched(tiny_csv)
+    recipe["training"]["epochs"] = 5
+    out = tmp_path / "s"
+    with pytest.raises(tune_mod.TuneInterrupted) as info:  # 5 steps an epoch: stopped in the second epoch
+        tune_mod.tune(recipe, out=out, trials=2, say=lambda _: None, stop=_StopAfter(8))
+    assert info.value.exit_code == 130 and "--resume" in info.value.hint
+    (stopped,) = rows(out)  # trials.csv is written before the command exits
+    assert stopped["state"] == "INTERRUPTED"
+    tune_mod.tune(out=out, resume=True, say=lambda _: None)
+    table = rows(out)
+    assert [r["state"] for r in table] == ["INTERRUPTED", "COMPLETE", "COMPLETE"]
+    assert table[1]["retry_of"] == "0" and table[1]["param:training.optimizer.lr"] == stopped["param:training.optimizer.lr"]

@@ -51,13 +51,14 @@ LOCK = "tune.lock"
 TRIALS_DIR = "trials"
 
 
-class TuneInterrupted(DlforgeError):
+class TuneInterrupted(TrainingInterrupted):
     """The search stopped on Ctrl-C or SIGTERM; finished trials are kept and `--resume` continues it."""
 
     exit_code = 130
 
     def __init__(self, out: str):
-        super().__init__("search interrupted; finished trials are kept, the running ones are marked failed and "
+        self.run_dir = out
+        DlforgeError.__init__(self, "search interrupted; finished trials are kept, the running ones are marked failed and "
                          "will run again", where=out, hint=f"continue with: dlforge tune --resume {out}")
 
 
@@ -393,18 +394,25 @@ def _searched_recipe(out: Path, settings: dict):
 
 
 def _requeue_interrupted(study, out: Path) -> int:
-    """RUNNING trials whose process on this machine is gone: mark them FAIL + interrupted and queue their
-    parameters again. Trials running elsewhere (an RDB shared by several machines) are left alone."""
+    """Queue the parameters of every interrupted trial again, once: those a worker marked on Ctrl-C (FAIL,
+    `interrupted`), and RUNNING trials whose process on this machine is gone (killed, rebooted), which are marked
+    so first. Trials running elsewhere (an RDB shared by several machines) are left alone."""
     from optuna.trial import TrialState
 
+    storage = study._storage  # Optuna has no public handle for changing another process's trial
     host, again = socket.gethostname(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host", host) != host or _alive(t.user_attrs.get("pid")):
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            if t.user_attrs.get("host", host) != host or _alive(t.user_attrs.get("pid")):
+                continue
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        elif t.state != TrialState.FAIL or not t.user_attrs.get("interrupted") or t.number in retried:
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params, skip_if_exists=False)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         again += 1
     return again
 
@@ -480,7 +488,10 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
         done = _counted(study)
         say(f"resuming study '{settings['study_name']}': {done} of {settings['trials']} trial(s) done or running"
             + (f"; {again} interrupted trial(s) marked failed and queued to run again" if again else ""))
-    where = settings["storage"] or str(out / JOURNAL)
+    where = masked(settings["storage"]) or str(out / JOURNAL)
+    if (settings["storage"] or "").startswith("sqlite") and settings["workers"] > 1:
+        say("warning: several workers on one SQLite file fail with 'database is locked' (optuna#820); leave out "
+            "--storage (a journal file in --out) on one machine, or use a server database across machines")
     say(f"search: {settings['trials']} trial(s), {settings['workers']} worker(s) x {threads} thread(s) "
         f"({n_cores} core(s)), sampler {searched.tune.sampler} (seed {searched.tune.seed}), pruner "
         f"{searched.tune.pruner}, {'maximize' if searched.tune.maximize() else 'minimize'} {searched.tune.metric}; "
@@ -495,10 +506,25 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
         return write_outputs(out, settings, searched)
     try:
         _run_workers(out, settings["workers"], threads, deadline, stop)
+    except TuneInterrupted:
+        write_outputs(out, settings, searched)  # what finished is summarised before the command exits
+        raise
     finally:
         settings["seconds"] = round(settings.get("seconds", 0.0) + time.perf_counter() - started, 1)
         write_json(out / SETTINGS, settings)
     return write_outputs(out, settings, searched)
+
+
+def masked(url: str | None) -> str | None:
+    """A storage URL as it may be printed: its password replaced by ***."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
 
 
 # ---------------------------------------------------------------- outputs
@@ -514,7 +540,8 @@ def _trial_rows(study, paths: list[str]) -> list[dict]:
                "duration_s": round(duration, 2) if duration is not None else None,
                "epochs_run": t.user_attrs.get("epochs_run")}
         row.update({f"param:{p}": t.params.get(p) for p in paths})
-        row.update({"error": t.user_attrs.get("error", ""), "run_dir": t.user_attrs.get("run_dir", "")})
+        row.update({"error": t.user_attrs.get("error", ""), "retry_of": t.user_attrs.get("retry_of", ""),
+                    "run_dir": t.user_attrs.get("run_dir", "")})
         rows.append(row)
     return rows
 
@@ -598,7 +625,7 @@ def _summary(out, settings, recipe, rows, best, importances, why, counts) -> str
              f"- trials: {len(rows)} recorded ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}); "
              f"budget {settings['trials']}",
              f"- workers: {settings['workers']} x {settings.get('threads_per_worker', '?')} thread(s); wall time "
-             f"{settings.get('seconds', 0):.0f} s; storage {settings.get('storage') or JOURNAL}", ""]
+             f"{settings.get('seconds', 0):.0f} s; storage {masked(settings.get('storage')) or JOURNAL}", ""]
     if best:
         lines += [f"## Best: trial {best['number']}, {config.metric} {best['value']:.6g}", "",
                   "| parameter | value |", "|---|---|"]

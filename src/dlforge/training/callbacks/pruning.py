@@ -27,7 +27,8 @@ class ReportToTrial(Callback):
         if value is None or not math.isfinite(value):
             return False  # a non-finite epoch is the divergence check's business, not the pruner's
         self.trial.report(float(value), epoch + 1)
-        if self.trial.should_prune():
+        last = epoch + 1 >= getattr(getattr(trainer, "config", None), "epochs", epoch + 2)
+        if not last and self.trial.should_prune():  # after the last epoch there is nothing left to save
             import optuna
 
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}: {self.metric} {value:.4g}")
