@@ -154,16 +154,22 @@ def write_report(done: dict) -> None:
              "(+5), one at a time. The load is the 1-minute load average before / after each job.", ""]
     studies = [done[s] for s in STUDIES if s in done]
     if studies:
-        lines += ["## Throughput and result per study (same budget: 20 trials, TPE seeded 0)", "",
+        lines += ["## Studies", "",
+                  "Throughput studies hb1 / none1 / hb2: the same budget of 6 trials, each on a 10,000-row subset "
+                  "(`--set data.max_rows=10000`: 5,991 train / 666 val rows) for at most 4 epochs, TPE seeded 0, run one "
+                  "after another. The search study: the full recipe, 20 trials or 30 minutes. CPU is the CPU seconds of "
+                  "the `dlforge tune` process and its workers (user + system).", "",
                   "| study | workers x threads | pruner | trials (complete / pruned / failed) | epochs trained | wall | "
-                  "CPU | trials per hour | best val ROC-AUC after 5 / 10 / 20 | load |", "|---" * 10 + "|"]
+                  "CPU | CPU s per trial | trials per hour | best val ROC-AUC after 5 / 10 / 20 trials | load |",
+                  "|---" * 11 + "|"]
         for s in studies:
             st = s["states"]
             after = " / ".join(f"{v:.4f}" for v in s["best_after"].values())
             lines.append(f"| {s['stage']} | {s['workers']} x {s['threads_per_worker']} | {s['pruner']} | "
                          f"{s['trials']} ({st.get('COMPLETE', 0)} / {st.get('PRUNED', 0)} / {st.get('FAIL', 0)}) | "
                          f"{s['epochs_trained']} | {s['wall_s']:.0f} s | {s['cpu_s']:.0f} s | "
-                         f"**{s['trials_per_hour']:.0f}** | {after} | {s['load_start']} / {s['load_end']} |")
+                         f"{s['cpu_s'] / max(s['trials'], 1):.0f} | **{s['trials_per_hour']:.0f}** | {after} | "
+                         f"{s['load_start']} / {s['load_end']} |")
         lines.append("")
     shipped = done.get("shipped")
     if shipped:
@@ -179,15 +185,19 @@ def write_report(done: dict) -> None:
                          f"{_mm([r['test']['roc_auc'] for r in best['runs']])} | "
                          f"{_mm([r['test']['accuracy'] for r in best['runs']])} |")
         for s in studies:
-            lines.append(f"| study {s['stage']}: best of 20 trials (seed 0) | 0 | {s['best_val_roc_auc']:.4f} | | |")
+            if s["stage"] == "search":
+                lines.append(f"| the search: best of its {s['trials']} trial(s) (training seed 0) | 0 | "
+                             f"{s['best_val_roc_auc']:.4f} | | |")
         lines.append("")
     lines += ["## Commands", "", "```", "DLFORGE_TRACKING=off nice -n 5 python benchmarks/tune.py", "```",
               "", "which runs, one after another:", "```",
               f"dlforge train {SHIPPED} --set training.seed=S --set training.baseline=false   # S = 0, 1, 2",
-              f"dlforge tune {SEARCHED} --trials 20 --workers 1 --set tune.pruner=hyperband   # study a",
-              f"dlforge tune {SEARCHED} --trials 20 --workers 1 --set tune.pruner=none        # study b",
-              f"dlforge tune {SEARCHED} --trials 20 --workers 2 --set tune.pruner=hyperband   # study c",
-              "dlforge train <study a>/best.yaml --set training.seed=S                         # S = 0, 1, 2", "```",
+              f"dlforge tune {SEARCHED} --trials 6 --workers 1 --set tune.pruner=hyperband --set training.epochs=4 "
+              "--set data.max_rows=10000   # hb1",
+              f"dlforge tune {SEARCHED} --trials 6 --workers 1 --set tune.pruner=none ...   # none1 (same sets)",
+              f"dlforge tune {SEARCHED} --trials 6 --workers 2 --set tune.pruner=hyperband ...   # hb2 (same sets)",
+              f"dlforge train {SHIPPED} --set training.seed=S --set training.baseline=false   # S = 0, 1, 2",
+              f"dlforge tune {SEARCHED} --trials 20 --workers 1 --timeout 30m   # search", "```",
               "", "Each study's trials.csv, tune.md, best.yaml and plots are kept in benchmarks/tune_runs/.", ""]
     notes = done.get("notes", {}).get("text")
     if notes:
