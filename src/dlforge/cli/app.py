@@ -74,6 +74,10 @@ def _signals_request(stop):
             signal.signal(sig, handler)
 
 
+# Public under this name for the other command families (cli/tune.py owns its signals the same way).
+signals_request = _signals_request
+
+
 @app.command()
 def train(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default (builtin:digits)."),

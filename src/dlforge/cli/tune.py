@@ -32,7 +32,7 @@ def tune(
     set_: List[str] = typer.Option([], "--set", help="Override a field of the recipe, e.g. --set training.epochs=5."),
 ):
     """Search the recipe's tune.space with Optuna (TPE, Hyperband pruning); every trial is a run directory."""
-    from dlforge.cli.app import _signals_request
+    from dlforge.cli.app import signals_request
     from dlforge.core.errors import DlforgeError
     from dlforge.training.stop import StopRequest
     from dlforge.workflows.tune import parse_duration
@@ -50,7 +50,7 @@ def tune(
 
         out = Path("tune") / load_recipe(recipe, set_).name
     stop = StopRequest()
-    with _signals_request(stop):
+    with signals_request(stop):
         result = run_tune(recipe, out=resume if resume is not None else out, trials=trials, workers=workers or 0
                           if resume is not None else workers or 1, timeout=seconds, storage=storage,
                           study_name=study_name, resume=resume is not None, overrides=set_, stop=stop, say=_say)
