@@ -267,3 +267,13 @@ def test_ctrl_c_marks_the_trial_interrupted_and_resume_runs_it_again(tiny_csv, t
     table = rows(out)
     assert [r["state"] for r in table] == ["INTERRUPTED", "COMPLETE", "COMPLETE"]
     assert table[1]["retry_of"] == "0" and table[1]["param:training.optimizer.lr"] == stopped["param:training.optimizer.lr"]
+
+
+def test_a_recipe_without_tune_section_gets_a_default_space(tiny_csv):
+    recipe = load_recipe(tabular_recipe(tiny_csv, training={"epochs": 3, "batch_size": 32,
+                                                            "optimizer": {"name": "adam", "lr": 0.01},
+                                                            "early_stopping": {"metric": "val.accuracy"}}))
+    space = tune_mod.with_default_space(recipe).tune
+    assert space.space["training.optimizer.lr"] == "loguniform(0.001, 0.1)"
+    assert space.space["training.batch_size"] == "choice(16, 32, 64)"
+    assert space.metric == "val.accuracy" and space.maximize()

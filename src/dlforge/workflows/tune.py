@@ -430,6 +430,26 @@ def _alive(pid) -> bool:
 
 
 # ---------------------------------------------------------------- the search
+def with_default_space(recipe):
+    """`recipe` with a tune section for a recipe that has none: the learning rate from a tenth to ten times the
+    recipe's (1e-4 to 1e-2 for lr: auto), the batch size halved and doubled, weight decay, dropout; the metric
+    early stopping watches (else val.loss)."""
+    config = recipe.training
+    lr = config.optimizer.lr if isinstance(config.optimizer.lr, float) else 1e-3
+    space = {"training.optimizer.lr": f"loguniform({lr / 10:.3g}, {lr * 10:.3g})",
+             "training.optimizer.weight_decay": "loguniform(1e-5, 0.1)",
+             "training.regularization.dropout": "uniform(0.0, 0.5)"}
+    if isinstance(config.batch_size, int) and config.privacy is None:
+        space["training.batch_size"] = f"choice({max(1, config.batch_size // 2)}, {config.batch_size}, " \
+                                       f"{config.batch_size * 2})"
+    metric = config.early_stopping.metric if config.early_stopping else "val.loss"
+    data = recipe.model_dump(mode="json")
+    data["tune"] = {"space": space, "metric": metric if metric.startswith("val.") else "val.loss"}
+    with_space = validate(data)
+    with_space._base_dir = recipe._base_dir
+    return with_space
+
+
 def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: int = 1, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, resume: bool = False,
          overrides: list[str] | None = None, enqueue: list[dict] | None = None, stop=None, say=_say) -> TuneResult:
@@ -452,9 +472,10 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
     else:
         searched = load_recipe(recipe, overrides)
         if searched.tune is None:
-            raise RecipeError("tune: the recipe has no tune section; add the space to search, e.g.\n"
-                              "    tune: {space: {training.optimizer.lr: loguniform(1e-4, 1e-2)}, metric: val.loss}",
-                              hint="see docs/recipe.md (tune) or recipes/adult_tune.yaml")
+            searched = with_default_space(searched)
+            say("no tune section in the recipe: searching the default space (write a tune: section to choose; "
+                "see recipes/adult_tune.yaml):\n" + "\n".join(f"  {k}: {v}" for k, v in searched.tune.space.items())
+                + f"\n  metric: {searched.tune.metric}")
         if (out / SETTINGS).exists():
             raise DlforgeError(f"{out} already holds a study", where="--out",
                                hint=f"continue it with: dlforge tune --resume {out}; or choose another --out")
