@@ -204,6 +204,15 @@ def suggest(trial, recipe) -> dict:
     return params
 
 
+def decoded(recipe, params: dict) -> dict:
+    """A trial's parameters as the recipe reads them: a list choice back from its JSON label."""
+    out = {}
+    for path, value in params.items():
+        dist = recipe.tune.distributions().get(path)
+        out[path] = _choice_labels(dist).get(value, value) if dist is not None and dist.kind == "choice" else value
+    return out
+
+
 def trial_recipe(recipe, params: dict, *, name: str | None = None):
     """The searched recipe with `params` set and no tune section, validated as any recipe (RecipeError if not)."""
     data = recipe.model_dump(mode="json", exclude={"tune"})
@@ -583,7 +592,7 @@ def _best_yaml(out: Path, best, recipe, metric: str) -> str:
                 and (base / value).exists():
             data["data"][key] = str((base / value).resolve())
     validate(data)  # what we write must train
-    params = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in best.params.items())
+    params = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in decoded(recipe, best.params).items())
     head = (f"# The best trial of `dlforge tune` ({out}): trial {best.number}, {metric} {best.value:.6g}.\n"
             f"# Its sampled values:\n{params}\n# Train it with: dlforge train {out / 'best.yaml'}\n")
     return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
@@ -630,7 +639,7 @@ def write_outputs(out: Path, settings: dict, recipe) -> TuneResult:
     if best is not None:
         write_text(out / "best.yaml", _best_yaml(out, best, recipe, config.metric))
         files["best"] = out / "best.yaml"
-        best_info = {"number": best.number, "value": best.value, "params": best.params,
+        best_info = {"number": best.number, "value": best.value, "params": decoded(recipe, best.params),
                      "run_dir": str(out / best.user_attrs.get("run_dir", ""))}
     write_text(out / "tune.md", _summary(out, settings, recipe, rows, best_info, importances, why, counts))
     files["summary"] = out / "tune.md"
@@ -658,9 +667,9 @@ def _summary(out, settings, recipe, rows, best, importances, why, counts) -> str
     lines += ["## Parameter importance (fANOVA)", ""]
     lines += [f"- `{k}`: {v:.3f}" for k, v in importances.items()] or [f"- {why}"]
     lines += ["", "![optimisation history](plots/history.svg)", "", "![parameter importance](plots/importance.svg)", ""]
-    finished = [r for r in rows if r["value"] is not None]
+    finished = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     top = sorted(finished, key=lambda r: r["value"], reverse=config.maximize())[:10]
-    lines += ["## Top trials", "", "| trial | value | epochs | seconds | " + " | ".join(f"`{p}`" for p in config.space)
+    lines += ["## Top completed trials", "", "| trial | value | epochs | seconds | " + " | ".join(f"`{p}`" for p in config.space)
               + " |", "|---" * (4 + len(config.space)) + "|"]
     for r in top:
         lines.append(f"| {r['number']} | {r['value']:.6g} | {r['epochs_run']} | {r['duration_s']} | "
