@@ -160,11 +160,12 @@ def write_report(done: dict) -> None:
                   "after another. The search study: the full recipe, 20 trials or 30 minutes. CPU is the CPU seconds of "
                   "the `dlforge tune` process and its workers (user + system).", "",
                   "| study | workers x threads | pruner | trials (complete / pruned / failed) | epochs trained | wall | "
-                  "CPU | CPU s per trial | trials per hour | best val ROC-AUC after 5 / 10 / 20 trials | load |",
+                  "CPU | CPU s per trial | trials per hour | best val ROC-AUC after 5 / 10 / 20 trials (all) | load |",
                   "|---" * 11 + "|"]
         for s in studies:
             st = s["states"]
             after = " / ".join(f"{v:.4f}" for v in s["best_after"].values())
+            after += f" ({s['best_val_roc_auc']:.4f})" if s["best_val_roc_auc"] is not None else ""
             lines.append(f"| {s['stage']} | {s['workers']} x {s['threads_per_worker']} | {s['pruner']} | "
                          f"{s['trials']} ({st.get('COMPLETE', 0)} / {st.get('PRUNED', 0)} / {st.get('FAIL', 0)}) | "
                          f"{s['epochs_trained']} | {s['wall_s']:.0f} s | {s['cpu_s']:.0f} s | "
@@ -191,7 +192,6 @@ def write_report(done: dict) -> None:
         lines.append("")
     lines += ["## Commands", "", "```", "DLFORGE_TRACKING=off nice -n 5 python benchmarks/tune.py", "```",
               "", "which runs, one after another:", "```",
-              f"dlforge train {SHIPPED} --set training.seed=S --set training.baseline=false   # S = 0, 1, 2",
               f"dlforge tune {SEARCHED} --trials 6 --workers 1 --set tune.pruner=hyperband --set training.epochs=4 "
               "--set data.max_rows=10000   # hb1",
               f"dlforge tune {SEARCHED} --trials 6 --workers 1 --set tune.pruner=none ...   # none1 (same sets)",
