@@ -328,10 +328,19 @@ def run_worker(out: str | Path, worker: int = 0, *, threads: int | None = None, 
 
 
 def _worker_process(out: str, worker: int, threads: int, deadline: float | None) -> None:
-    """The target of a spawned worker: Ctrl-C ends it with its trial marked interrupted, without a traceback."""
+    """The target of a spawned worker. The process is ours, so it owns its signals: Ctrl-C (the terminal sends it
+    to every worker) or SIGTERM asks its trial to stop after the current step, as `dlforge train` does, so the
+    trial is told to the journal as interrupted between two writes, never in the middle of one."""
+    import signal
+
+    from dlforge.training.stop import StopRequest
+
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    stop = StopRequest()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     try:
-        run_worker(out, worker, threads=threads, deadline=deadline)
+        run_worker(out, worker, threads=threads, deadline=deadline, stop=stop)
     except TuneInterrupted:
         sys.exit(130)
     except KeyboardInterrupt:
@@ -353,13 +362,14 @@ def _run_workers(out: Path, workers: int, threads: int, deadline: float | None, 
              for i in range(workers)]
     for proc in procs:
         proc.start()
+    forwarded = False
     try:
         while any(p.is_alive() for p in procs):
-            if stop is not None and stop.is_set():  # SIGTERM to us: each worker marks its trial and stops
+            if stop is not None and stop.is_set() and not forwarded:  # Ctrl-C or SIGTERM to this command
                 for p in procs:
                     if p.is_alive() and p.pid:
-                        os.kill(p.pid, signal.SIGINT)
-                stop = None
+                        os.kill(p.pid, signal.SIGTERM)  # each worker stops its trial after the current step
+                forwarded = True
             for p in procs:
                 p.join(timeout=0.5)
     except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too; they record their trials and end
@@ -367,7 +377,7 @@ def _run_workers(out: Path, workers: int, threads: int, deadline: float | None, 
             p.join(timeout=30)
         raise TuneInterrupted(str(out)) from None
     codes = [p.exitcode for p in procs]
-    if any(code == 130 for code in codes):
+    if forwarded or any(code == 130 for code in codes):
         raise TuneInterrupted(str(out))
     bad = [(i, c) for i, c in enumerate(codes) if c not in (0, None)]
     if bad:
