@@ -16,7 +16,7 @@ def _say(text: str) -> None:
 
 @commands.command()
 def tune(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML with a tune section (the space to search)."),
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; its tune section is the space to search (without one: a default space around its lr, batch size, weight decay, dropout)."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Trials in the study, all workers together (default: "
                                          "the recipe's tune.trials). With --resume: the new total."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes on this machine, sharing the "
