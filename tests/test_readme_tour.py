@@ -29,6 +29,9 @@ SKIPPED = {
     "dlforge train recipes/mnist_cnn.yaml --out runs/cnn2": "waits for a Ctrl-C by hand (tests/test_cli.py sends a real "
                                                             "SIGINT: test_ctrl_c_checkpoints_exits_130_and_resumes)",
     "dlforge train --resume runs/cnn2": "resumes the run interrupted by hand above",
+    "dlforge tune recipes/adult_tune.yaml": "a 10-minute search (tests/test_tune.py runs studies, two workers and "
+                                            "resume on a tiny table; benchmarks/tune.md measures this one)",
+    "dlforge tune --resume tune/adult": "continues the search skipped above",
 }
 
 

@@ -6,6 +6,7 @@ layer can read a recipe. Loading YAML with line numbers lives in `recipe/io.py`.
 """
 
 
+import re
 from collections.abc import Callable
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -18,6 +19,7 @@ from dlforge.recipe.evaluation import EvaluationConfig
 from dlforge.recipe.inputs import InputFeature
 from dlforge.recipe.outputs import METRICS_BY_OUTPUT_TYPE, RENAMED_METRICS, OutputFeature
 from dlforge.recipe.training import TrainingConfig
+from dlforge.recipe.tune import TuneConfig, set_path, value_at
 
 # The package is the schema's public surface: `from dlforge.recipe import ImageInput, Adam, ...` works for every
 # section class, wherever it is defined.
@@ -27,6 +29,7 @@ from dlforge.recipe.evaluation import *  # noqa: F403
 from dlforge.recipe.inputs import *  # noqa: F403
 from dlforge.recipe.outputs import *  # noqa: F403
 from dlforge.recipe.training import *  # noqa: F403
+from dlforge.recipe.tune import *  # noqa: F403
 
 # ---------------------------------------------------------------- recipe
 CrossCheck = Callable[["Recipe"], list[str]]
@@ -50,6 +53,8 @@ class Recipe(Strict):
     combiner: Combiner = _field(ConcatCombiner(), "How encoded inputs are fused before the heads.")
     training: TrainingConfig = _field(TrainingConfig(), "Optimisation: epochs, batch, optimizer, schedule, regularisation.")
     evaluation: EvaluationConfig = _field(EvaluationConfig(), "After training: fairness by group, mitigation, calibration.")
+    tune: TuneConfig | None = _field(None, "`dlforge tune`: the search space (recipe field path -> distribution), "
+                                     "the metric, trials, sampler and pruner; `dlforge train` ignores it.")
     # Directory of the recipe file: relative data paths are also looked up there.
     _base_dir: str = PrivateAttr(".")
 
@@ -97,6 +102,8 @@ class Recipe(Strict):
             es.metric = self.renamed_metric(es.metric)
         if sched.name == "plateau" and self.renamed_metric(sched.metric) != sched.metric:
             sched.metric = self.renamed_metric(sched.metric)
+        if self.tune is not None and self.renamed_metric(self.tune.metric) != self.tune.metric:
+            self.tune.metric = self.renamed_metric(self.tune.metric)
         problems = [p for check in CROSS_CHECKS for p in check(self)]
         if problems:
             raise ValueError("\n".join(problems))
@@ -289,3 +296,49 @@ def privacy_compatible(recipe: Recipe) -> list[str]:
                                 f"'balanced' reads the training labels' counts), which {why}'s per-example "
                                 f"accounting does not cover; set {name}: none")
     return problems
+
+
+@cross_check
+def tune_space_fits_the_recipe(recipe: Recipe) -> list[str]:
+    """Every `tune.space` path is a field of this recipe, and every value its distribution can give is valid there:
+    both bounds (or every choice) are set into a copy of the recipe and validated, so a search never samples a
+    recipe that `dlforge train` would refuse. The metric must be logged."""
+    if recipe.tune is None:
+        return []
+    problems = _metric_problem("tune.metric", recipe.tune.metric, recipe)
+    if not recipe.tune.metric.startswith("val."):
+        problems.append(f"tune.metric: '{recipe.tune.metric}' is not a validation metric; a search scores each trial "
+                        "on the validation split, e.g. val.loss or val.accuracy")
+    data = recipe.model_dump(mode="json", exclude={"tune"})
+    for path, dist in recipe.tune.distributions().items():
+        where = f"tune.space.{path}"
+        try:
+            current = value_at(data, path)
+        except KeyError as exc:
+            problems.append(f"{where}: {exc.args[0]}")
+            continue
+        if dist.kind in ("uniform", "loguniform") and isinstance(current, int) and not isinstance(current, bool):
+            problems.append(f"{where}: {path} takes whole numbers (it holds {current}) and {dist.kind}() gives "
+                            f"fractions; use int({_whole(dist.low)}, {_whole(dist.high)}"
+                            f"{', log=true' if dist.log else ''})")
+            continue
+        for value in dist.endpoints():
+            trial = set_path(data, path, list(value) if isinstance(value, tuple) else value)
+            try:
+                Recipe.model_validate(trial)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                errors = getattr(exc, "errors", lambda **_: [])(include_url=False)
+                first = errors[0] if errors else {"msg": str(exc), "loc": ()}
+                at = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith(("function-", "[")))
+                message = str(first.get("ctx", {}).get("error", first["msg"])).split("\n")[0]
+                expected = str(first.get("ctx", {}).get("expected_tags") or first.get("ctx", {}).get("expected", ""))
+                if expected and isinstance(value, str):
+                    message += did_you_mean(value, re.findall(r"'([^']*)'", expected))
+                problems.append(f"{where}: {dist.describe()} can give {value!r}, which the recipe refuses"
+                                f"{f' at {at}' if at and at != path else ''}: {message}")
+                break
+    return problems
+
+
+def _whole(value: float) -> int:
+    return max(1, round(value))

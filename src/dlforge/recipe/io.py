@@ -291,6 +291,10 @@ def _resolve(annotation, value):
 
 def _location(path: tuple, lines: dict[tuple, int]) -> str:
     text = ".".join(str(p) for p in path) or "(recipe)"
+    for k in range(len(path) - 1, 0, -1):  # a key holding dots (tune.space's field paths) is one YAML key
+        dotted = path[:k] + (".".join(str(p) for p in path[k:]),)
+        if dotted in lines:
+            return f"{text} (line {lines[dotted]})"
     probe = path
     while probe and probe not in lines:
         probe = probe[:-1]

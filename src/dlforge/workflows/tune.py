@@ -1,0 +1,696 @@
+"""`dlforge tune`: search a recipe's `tune.space` with Optuna; every trial is an ordinary run directory.
+
+    OUT/
+      tune.json           the study's settings (storage, study name, trial budget, workers): what --resume reads
+      recipe.yaml         the recipe searched (with its tune section)
+      study.journal       Optuna's JournalStorage, file backend (unless --storage gave an RDB URL)
+      trials/0007/        trial 7's run directory (pruned trials stop after their last epoch's checkpoint)
+      best.yaml           the best trial's complete recipe, without the tune section: `dlforge train best.yaml`
+      trials.csv          number, state, value, duration, epochs, every parameter, error, run directory
+      plots/history.svg   optimisation history: each trial's value and the best so far
+      plots/importance.svg  parameter importance (fANOVA, seeded) once two trials have completed
+      tune.md             the summary
+
+Workers are processes on this machine (spawned: torch and its thread pools start fresh in each) that share
+the study through Optuna's JournalStorage with a file backend (Optuna advises against SQLite for parallel
+workers: "database is locked", optuna#820); `storage` may instead be an RDB URL that workers on several
+machines share. Each worker asks for a trial, trains it, and tells the result; a lock file held around
+"count the trials, ask for one" keeps the budget exact on one machine (across machines, as Optuna's own
+MaxTrialsCallback, the last trials may overshoot it by up to one per machine).
+
+Resuming: trials that finished are kept; a trial left RUNNING by a process of this machine that is gone (killed,
+machine rebooted) is marked FAIL (user attribute `interrupted`) and its parameters are queued to run again;
+interrupted trials do not count towards the budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dlforge.core.errors import DlforgeError, RecipeError, TrainingInterrupted
+from dlforge.core.files import write_json, write_text
+from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir, validate
+from dlforge.recipe.tune import set_path
+
+SETTINGS = "tune.json"
+JOURNAL = "study.journal"
+LOCK = "tune.lock"
+TRIALS_DIR = "trials"
+
+
+class TuneInterrupted(TrainingInterrupted):
+    """The search stopped on Ctrl-C or SIGTERM; finished trials are kept and `--resume` continues it."""
+
+    exit_code = 130
+
+    def __init__(self, out: str):
+        self.run_dir = out
+        DlforgeError.__init__(self, "search interrupted; finished trials are kept, the running ones are marked failed and "
+                         "will run again", where=out, hint=f"continue with: dlforge tune --resume {out}")
+
+
+@dataclass
+class TuneResult:
+    out: Path
+    best: dict | None  # {"number", "value", "params", "run_dir"} or None when no trial completed
+    counts: dict[str, int]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise DlforgeError("dlforge tune needs Optuna, which is not installed",
+                           hint="pip install 'dlforge[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is reported by us, in one line
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds from '90', '90s', '10m', '1.5h'; None stays None."""
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise DlforgeError(f"--timeout {text!r} is not a duration", where="--timeout",
+                           hint="seconds, or a number with s, m or h: 600, 10m, 1.5h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise DlforgeError(f"--timeout {text!r} must be a positive duration", where="--timeout", hint="e.g. 10m")
+    return seconds
+
+
+# ---------------------------------------------------------------- study and storage
+def _storage(settings: dict, out: Path):
+    optuna = _optuna()
+    if settings.get("storage"):
+        return settings["storage"]  # an RDB URL: Optuna builds RDBStorage from it
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+
+
+def _sampler(config, worker: int, workers: int, done: int = 0):
+    """Seeded from (tune.seed, worker, trials already in the study): each worker its own stream (or they would
+    propose the same trials), and a resumed worker a new one (or it would propose its first trials again)."""
+    import numpy as np
+
+    optuna = _optuna()
+    seed = int(np.random.SeedSequence([config.seed, worker, done]).generate_state(1)[0])
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # The constant liar makes parallel TPE workers avoid the points the others are evaluating right now.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=workers > 1)
+
+
+def _pruner(config, epochs: int):
+    optuna = _optuna()
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=config.warmup_trials, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def _study(settings: dict, out: Path, recipe, *, worker: int = 0, create: bool = False):
+    optuna = _optuna()
+    config = recipe.tune
+    storage = _storage(settings, out)
+    done = 0
+    if not create:
+        try:
+            done = len(optuna.load_study(study_name=settings["study_name"], storage=storage).trials)
+        except KeyError:
+            raise DlforgeError(f"study '{settings['study_name']}' is not in its storage", where=str(out),
+                               hint=f"start a new search: dlforge tune RECIPE --out {out}") from None
+    kwargs = dict(study_name=settings["study_name"], storage=storage,
+                  sampler=_sampler(config, worker, settings["workers"], done),
+                  pruner=_pruner(config, recipe.training.epochs))
+    if create:
+        return optuna.create_study(direction="maximize" if config.maximize() else "minimize", load_if_exists=True,
+                                   **kwargs)
+    return optuna.load_study(**kwargs)
+
+
+def _counted(study) -> int:
+    """Trials that use up the budget: complete, pruned, running, and failed ones other than interrupted."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")))
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+    """An exclusive lock on OUT/tune.lock between the workers of this machine (none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(out / LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- one trial
+def _choice_labels(dist) -> dict:
+    """Optuna's categorical values are scalars: a list choice such as [128, 64] is offered as its JSON text."""
+    return {(json.dumps(list(c)) if isinstance(c, tuple) else c): (list(c) if isinstance(c, tuple) else c)
+            for c in dist.choices}
+
+
+def suggest(trial, recipe) -> dict:
+    """{path: value} sampled by `trial` for every distribution of the recipe's tune.space."""
+    params = {}
+    for path, dist in recipe.tune.distributions().items():
+        if dist.kind == "choice":
+            labels = _choice_labels(dist)
+            params[path] = labels[trial.suggest_categorical(path, list(labels))]
+        elif dist.kind == "int":
+            params[path] = trial.suggest_int(path, dist.low, dist.high, step=dist.step or 1, log=dist.log)
+        else:
+            params[path] = trial.suggest_float(path, float(dist.low), float(dist.high), step=dist.step, log=dist.log)
+    return params
+
+
+def decoded(recipe, params: dict) -> dict:
+    """A trial's parameters as the recipe reads them: a list choice back from its JSON label."""
+    out = {}
+    for path, value in params.items():
+        dist = recipe.tune.distributions().get(path)
+        out[path] = _choice_labels(dist).get(value, value) if dist is not None and dist.kind == "choice" else value
+    return out
+
+
+def trial_recipe(recipe, params: dict, *, name: str | None = None):
+    """The searched recipe with `params` set and no tune section, validated as any recipe (RecipeError if not)."""
+    data = recipe.model_dump(mode="json", exclude={"tune"})
+    for path, value in params.items():
+        data = set_path(data, path, value)
+    if name:
+        data["name"] = name
+    sampled = validate(data)
+    sampled._base_dir = recipe._base_dir
+    return sampled
+
+
+def _metric_value(metrics: dict, metric: str) -> float | None:
+    from dlforge.evaluation.metrics import flatten
+
+    split, _, _ = metric.partition(".")
+    value = flatten(metrics.get(split) or {}, split).get(metric)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run_trial(study, trial, recipe, out: Path, stop) -> str:
+    """Train one trial and tell the study its outcome; returns the state's name. KeyboardInterrupt and a stop
+    request mark it failed and interrupted (it runs again on --resume) and propagate as TuneInterrupted."""
+    optuna = _optuna()
+    from dlforge.training.callbacks import ReportToTrial
+    from dlforge.workflows.train import train
+
+    config = recipe.tune
+    run_dir = out / TRIALS_DIR / f"{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    started = time.perf_counter()
+    params = {}
+    reporter = ReportToTrial(trial, config.metric)
+    try:
+        params = suggest(trial, recipe)
+        sampled = trial_recipe(recipe, params, name=f"{recipe.name}-trial-{trial.number}")
+        # The scikit-learn baseline is the same for every trial (same rows, no searched field): fitted once, not
+        # per trial; best.yaml keeps the recipe's own setting.
+        sampled.training.baseline = False
+        result = train(sampled, out=run_dir, callbacks=[reporter], progress=False, stop=stop)
+        value = _metric_value(result.metrics, config.metric)
+        trial.set_user_attr("epochs_run", result.metrics.get("epochs_run"))
+        if value is None:
+            raise DlforgeError(f"the run logged no finite {config.metric}")
+    except optuna.TrialPruned as exc:
+        trial.set_user_attr("epochs_run", reporter.last_epoch)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        _say(f"trial {trial.number} pruned ({exc}) in {time.perf_counter() - started:.1f} s; {_params_text(params)}")
+        return "PRUNED"
+    except (KeyboardInterrupt, TrainingInterrupted):
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise TuneInterrupted(str(out)) from None
+    except Exception as exc:  # noqa: BLE001 - a crashed trial is recorded with its error; the study goes on
+        message = exc.message if isinstance(exc, DlforgeError) else str(exc)
+        error = f"{type(exc).__name__}: {message}".replace("\n", " ")[:500]
+        trial.set_user_attr("error", error)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _say(f"trial {trial.number} failed: {error}; {_params_text(params)}")
+        return "FAIL"
+    study.tell(trial, value)
+    best = _best(study)
+    best_text = f" (best {best.value:.4f}, trial {best.number})" if best is not None else ""
+    _say(f"trial {trial.number} complete: {config.metric} {value:.4f}{best_text} in "
+         f"{time.perf_counter() - started:.1f} s; {_params_text(params)}")
+    return "COMPLETE"
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') else k}={_short(v)}" for k, v in params.items())
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _best(study):
+    try:
+        return study.best_trial
+    except ValueError:  # no completed trial yet
+        return None
+
+
+# ---------------------------------------------------------------- workers
+def run_worker(out: str | Path, worker: int = 0, *, threads: int | None = None, deadline: float | None = None,
+               stop=None) -> dict[str, int]:
+    """One worker: ask, train, tell until the budget is used (or the deadline passed); {state: trials run}."""
+    out = Path(out)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = read_settings(out)
+    recipe = _searched_recipe(out, settings)
+    study = _study(settings, out, recipe, worker=worker)
+    done: dict[str, int] = {}
+    while not (stop is not None and stop.is_set()):
+        if deadline is not None and time.time() >= deadline:
+            break
+        with _lock(out):
+            if _counted(study) >= settings["trials"]:
+                break
+            trial = study.ask()
+        state = _run_trial(study, trial, recipe, out, stop)
+        done[state] = done.get(state, 0) + 1
+    return done
+
+
+def _worker_process(out: str, worker: int, threads: int, deadline: float | None) -> None:
+    """The target of a spawned worker. The process is ours, so it owns its signals: Ctrl-C (the terminal sends it
+    to every worker) or SIGTERM asks its trial to stop after the current step, as `dlforge train` does, so the
+    trial is told to the journal as interrupted between two writes, never in the middle of one."""
+    import signal
+
+    from dlforge.training.stop import StopRequest
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    stop = StopRequest()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        run_worker(out, worker, threads=threads, deadline=deadline, stop=stop)
+    except TuneInterrupted:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except DlforgeError as exc:
+        _say(f"worker {worker}: {exc.render()}")
+        sys.exit(2)
+
+
+def _run_workers(out: Path, workers: int, threads: int, deadline: float | None, stop) -> None:
+    if workers == 1:
+        run_worker(out, 0, threads=threads, deadline=deadline, stop=stop)
+        return
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    procs = [context.Process(target=_worker_process, args=(str(out), i, threads, deadline), daemon=False)
+             for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    forwarded = False
+    try:
+        while any(p.is_alive() for p in procs):
+            if stop is not None and stop.is_set() and not forwarded:  # Ctrl-C or SIGTERM to this command
+                for p in procs:
+                    if p.is_alive() and p.pid:
+                        os.kill(p.pid, signal.SIGTERM)  # each worker stops its trial after the current step
+                forwarded = True
+            for p in procs:
+                p.join(timeout=0.5)
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the workers too; they record their trials and end
+        for p in procs:
+            p.join(timeout=30)
+        raise TuneInterrupted(str(out)) from None
+    codes = [p.exitcode for p in procs]
+    if forwarded or any(code == 130 for code in codes):
+        raise TuneInterrupted(str(out))
+    bad = [(i, c) for i, c in enumerate(codes) if c not in (0, None)]
+    if bad:
+        raise DlforgeError(f"worker(s) {', '.join(str(i) for i, _ in bad)} ended with exit code(s) "
+                           f"{', '.join(str(c) for _, c in bad)}; finished trials are kept", where=str(out),
+                           hint=f"see the messages above; continue with: dlforge tune --resume {out}")
+
+
+# ---------------------------------------------------------------- settings and resume
+def read_settings(out: Path) -> dict:
+    path = Path(out) / SETTINGS
+    if not path.is_file():
+        what = "no such folder" if not Path(out).exists() else f"no {SETTINGS}: this folder holds no tune study"
+        raise DlforgeError(f"cannot resume: {what}", where=str(out),
+                           hint=f"start a search with: dlforge tune RECIPE --out {out}")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DlforgeError(f"{SETTINGS} cannot be read ({type(exc).__name__})", where=str(path),
+                           hint="start the search over in a new --out folder") from None
+    if not isinstance(settings, dict) or not {"study_name", "trials", "workers"} <= set(settings):
+        raise DlforgeError(f"{SETTINGS} is not a dlforge tune settings file", where=str(path),
+                           hint="start the search over in a new --out folder")
+    return settings
+
+
+def _searched_recipe(out: Path, settings: dict):
+    recipe = load_recipe(out / "recipe.yaml")
+    recipe._base_dir = settings.get("base_dir", recipe._base_dir)
+    if recipe.tune is None:
+        raise RecipeError(f"{out / 'recipe.yaml'}: has no tune section")
+    return recipe
+
+
+def _requeue_interrupted(study, out: Path) -> int:
+    """Queue the parameters of every interrupted trial again, once: those a worker marked on Ctrl-C (FAIL,
+    `interrupted`), and RUNNING trials whose process on this machine is gone (killed, rebooted), which are marked
+    so first. Trials running elsewhere (an RDB shared by several machines) are left alone."""
+    from optuna.trial import TrialState
+
+    storage = study._storage  # Optuna has no public handle for changing another process's trial
+    host, again = socket.gethostname(), 0
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            if t.user_attrs.get("host", host) != host or _alive(t.user_attrs.get("pid")):
+                continue
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        elif t.state != TrialState.FAIL or not t.user_attrs.get("interrupted") or t.number in retried:
+            continue
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        again += 1
+    return again
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the search
+def with_default_space(recipe):
+    """`recipe` with a tune section for a recipe that has none: the learning rate from a tenth to ten times the
+    recipe's (1e-4 to 1e-2 for lr: auto), the batch size halved and doubled, weight decay, dropout; the metric
+    early stopping watches (else val.loss)."""
+    config = recipe.training
+    lr = config.optimizer.lr if isinstance(config.optimizer.lr, float) else 1e-3
+    space = {"training.optimizer.lr": f"loguniform({lr / 10:.3g}, {lr * 10:.3g})",
+             "training.optimizer.weight_decay": "loguniform(1e-5, 0.1)",
+             "training.regularization.dropout": "uniform(0.0, 0.5)"}
+    if isinstance(config.batch_size, int) and config.privacy is None:
+        space["training.batch_size"] = f"choice({max(1, config.batch_size // 2)}, {config.batch_size}, " \
+                                       f"{config.batch_size * 2})"
+    metric = config.early_stopping.metric if config.early_stopping else "val.loss"
+    data = recipe.model_dump(mode="json")
+    data["tune"] = {"space": space, "metric": metric if metric.startswith("val.") else "val.loss"}
+    with_space = validate(data)
+    with_space._base_dir = recipe._base_dir
+    return with_space
+
+
+def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: int = 1, timeout: float | None = None,
+         storage: str | None = None, study_name: str | None = None, resume: bool = False,
+         overrides: list[str] | None = None, enqueue: list[dict] | None = None, stop=None, say=_say) -> TuneResult:
+    """Search `recipe`'s tune.space (or continue the study in `out` with resume=True) and write the outputs.
+
+    `enqueue`: parameter sets ({path: value}, choices as in the space) to evaluate before the sampler proposes
+    any, e.g. the recipe's own values as a reference trial."""
+    _optuna()
+    out = Path(out)
+    if resume:
+        settings = read_settings(out)
+        if recipe is not None or overrides:
+            raise DlforgeError("--resume continues a study with its saved recipe; do not pass a recipe or --set",
+                               hint=f"dlforge tune --resume {out}")
+        if trials is not None:
+            settings["trials"] = trials
+        if workers:
+            settings["workers"] = workers
+        searched = _searched_recipe(out, settings)
+    else:
+        searched = load_recipe(recipe, overrides)
+        if searched.tune is None:
+            searched = with_default_space(searched)
+            say("no tune section in the recipe: searching the default space (write a tune: section to choose; "
+                "see recipes/adult_tune.yaml):\n" + "\n".join(f"  {k}: {v}" for k, v in searched.tune.space.items())
+                + f"\n  metric: {searched.tune.metric}")
+        if (out / SETTINGS).exists():
+            raise DlforgeError(f"{out} already holds a study", where="--out",
+                               hint=f"continue it with: dlforge tune --resume {out}; or choose another --out")
+        if out.exists() and any(out.iterdir()):
+            raise DlforgeError(f"{out} exists and is not empty", where="--out", hint="choose a new or empty --out folder")
+        settings = {"study_name": study_name or searched.name, "storage": storage,
+                    "trials": trials or searched.tune.trials, "workers": workers,
+                    "base_dir": str(recipe_base_dir(searched).resolve())}
+    if settings["workers"] < 1:
+        raise DlforgeError(f"--workers must be >= 1; got {settings['workers']}", where="--workers")
+    if settings["trials"] < 1:
+        raise DlforgeError(f"--trials must be >= 1; got {settings['trials']}", where="--trials")
+    n_cores = cores()
+    if settings["workers"] > n_cores:
+        say(f"warning: {settings['workers']} workers on {n_cores} core(s): each trial's training shares a core with "
+            f"others, so trials run slower and no more finish per hour; use --workers {n_cores} or fewer")
+    threads = max(1, n_cores // settings["workers"])
+    if searched.training.threads:
+        say(f"note: the recipe sets training.threads: {searched.training.threads}; each trial uses that, not "
+            f"{threads}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_text(out / "recipe.yaml", dump_recipe(searched))
+    settings["threads_per_worker"] = threads
+    write_json(out / SETTINGS, settings)
+    study = _study(settings, out, searched, create=not resume)
+    for params in enqueue or []:
+        study.enqueue_trial({k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in params.items()})
+    if resume:
+        again = _requeue_interrupted(study, out)
+        done = _counted(study)
+        say(f"resuming study '{settings['study_name']}': {done} of {settings['trials']} trial(s) done or running"
+            + (f"; {again} interrupted trial(s) marked failed and queued to run again" if again else ""))
+    where = masked(settings["storage"]) or str(out / JOURNAL)
+    if (settings["storage"] or "").startswith("sqlite") and settings["workers"] > 1:
+        say("warning: several workers on one SQLite file fail with 'database is locked' (optuna#820); leave out "
+            "--storage (a journal file in --out) on one machine, or use a server database across machines")
+    say(f"search: {settings['trials']} trial(s), {settings['workers']} worker(s) x {threads} thread(s) "
+        f"({n_cores} core(s)), sampler {searched.tune.sampler} (seed {searched.tune.seed}), pruner "
+        f"{searched.tune.pruner}, {'maximize' if searched.tune.maximize() else 'minimize'} {searched.tune.metric}; "
+        f"storage {where}" + (f"; timeout {timeout:.0f} s" if timeout else ""))
+    deadline = time.time() + timeout if timeout else None
+    started = time.perf_counter()
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if _counted(study) >= settings["trials"] and not waiting:
+        say(f"nothing to run: the study holds {settings['trials']} trial(s); raise the budget with --trials N")
+        return write_outputs(out, settings, searched)
+    try:
+        _run_workers(out, settings["workers"], threads, deadline, stop)
+    except TuneInterrupted:
+        write_outputs(out, settings, searched)  # what finished is summarised before the command exits
+        raise
+    finally:
+        settings["seconds"] = round(settings.get("seconds", 0.0) + time.perf_counter() - started, 1)
+        write_json(out / SETTINGS, settings)
+    return write_outputs(out, settings, searched)
+
+
+def masked(url: str | None) -> str | None:
+    """A storage URL as it may be printed: its password replaced by ***."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+# ---------------------------------------------------------------- outputs
+def _trial_rows(study, paths: list[str]) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else None
+        state = t.state.name
+        if state == "FAIL" and t.user_attrs.get("interrupted"):
+            state = "INTERRUPTED"
+        row = {"number": t.number, "state": state, "value": t.value,
+               "duration_s": round(duration, 2) if duration is not None else None,
+               "epochs_run": t.user_attrs.get("epochs_run")}
+        row.update({f"param:{p}": t.params.get(p) for p in paths})
+        row.update({"error": t.user_attrs.get("error", ""), "retry_of": t.user_attrs.get("retry_of", ""),
+                    "run_dir": t.user_attrs.get("run_dir", "")})
+        rows.append(row)
+    return rows
+
+
+def _best_yaml(out: Path, best, recipe, metric: str) -> str:
+    """The best trial's recipe as it was trained (its run's recipe.yaml), named after the study, no tune section,
+    relative data paths made absolute so the file trains from anywhere."""
+    run_recipe = out / best.user_attrs.get("run_dir", "") / "recipe.yaml"
+    data = yaml.safe_load(run_recipe.read_text(encoding="utf-8")) if run_recipe.is_file() else \
+        trial_recipe(recipe, {}).model_dump(mode="json")
+    data["name"] = f"{recipe.name}-best"
+    data.setdefault("training", {})["baseline"] = recipe.training.baseline
+    data.pop("tune", None)
+    base = Path(recipe._base_dir)
+    for key in ("source", "test_source"):
+        value = data.get("data", {}).get(key)
+        if isinstance(value, str) and ":" not in value.split("/")[0] and not Path(value).is_absolute() \
+                and (base / value).exists():
+            data["data"][key] = str((base / value).resolve())
+    validate(data)  # what we write must train
+    params = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in decoded(recipe, best.params).items())
+    head = (f"# The best trial of `dlforge tune` ({out}): trial {best.number}, {metric} {best.value:.6g}.\n"
+            f"# Its sampled values:\n{params}\n# Train it with: dlforge train {out / 'best.yaml'}\n")
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def write_outputs(out: Path, settings: dict, recipe) -> TuneResult:
+    """best.yaml, trials.csv, the two plots and tune.md from the study as it stands."""
+    optuna = _optuna()
+    from dlforge.report.tune import plot_history, plot_importance
+
+    study = _study(settings, out, recipe)
+    config = recipe.tune
+    paths = list(config.space)
+    rows = _trial_rows(study, paths)
+    files: dict[str, Path] = {}
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(out / "trials.csv", buffer.getvalue())
+    files["trials"] = out / "trials.csv"
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    files["history"] = plot_history([(r["number"], r["value"]) for r in complete], out / "plots" / "history.svg",
+                                    metric=config.metric, maximize=config.maximize(),
+                                    pruned=[r["number"] for r in rows if r["state"] == "PRUNED"])
+    importances, why = {}, ""
+    if len(complete) >= 2:
+        try:
+            from optuna.importance import FanovaImportanceEvaluator
+
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=FanovaImportanceEvaluator(seed=config.seed))
+        except (ValueError, RuntimeError) as exc:
+            why = f"importance not computed: {exc}"
+    else:
+        why = "importance needs two completed trials"
+    files["importance"] = plot_importance(importances, out / "plots" / "importance.svg", note=why)
+    best = _best(study)
+    best_info = None
+    if best is not None:
+        write_text(out / "best.yaml", _best_yaml(out, best, recipe, config.metric))
+        files["best"] = out / "best.yaml"
+        best_info = {"number": best.number, "value": best.value, "params": decoded(recipe, best.params),
+                     "run_dir": str(out / best.user_attrs.get("run_dir", ""))}
+    write_text(out / "tune.md", _summary(out, settings, recipe, rows, best_info, importances, why, counts))
+    files["summary"] = out / "tune.md"
+    return TuneResult(out, best_info, counts, files)
+
+
+def _summary(out, settings, recipe, rows, best, importances, why, counts) -> str:
+    config = recipe.tune
+    direction = "maximize" if config.maximize() else "minimize"
+    lines = [f"# Search: {settings['study_name']}", "",
+             f"- metric: `{config.metric}` ({direction}); sampler {config.sampler} (seed {config.seed}); pruner "
+             f"{config.pruner}",
+             f"- trials: {len(rows)} recorded ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}); "
+             f"budget {settings['trials']}",
+             f"- workers: {settings['workers']} x {settings.get('threads_per_worker', '?')} thread(s); wall time "
+             f"{settings.get('seconds', 0):.0f} s; storage {masked(settings.get('storage')) or JOURNAL}", ""]
+    if best:
+        lines += [f"## Best: trial {best['number']}, {config.metric} {best['value']:.6g}", "",
+                  "| parameter | value |", "|---|---|"]
+        lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in best["params"].items()]
+        lines += ["", f"Recipe: [best.yaml](best.yaml) (`dlforge train {out / 'best.yaml'}`); run directory: "
+                      f"`{best['run_dir']}`.", ""]
+    else:
+        lines += ["No trial completed.", ""]
+    lines += ["## Parameter importance (fANOVA)", ""]
+    lines += [f"- `{k}`: {v:.3f}" for k, v in importances.items()] or [f"- {why}"]
+    lines += ["", "![optimisation history](plots/history.svg)", "", "![parameter importance](plots/importance.svg)", ""]
+    finished = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    top = sorted(finished, key=lambda r: r["value"], reverse=config.maximize())[:10]
+    lines += ["## Top completed trials", "", "| trial | value | epochs | seconds | " + " | ".join(f"`{p}`" for p in config.space)
+              + " |", "|---" * (4 + len(config.space)) + "|"]
+    for r in top:
+        lines.append(f"| {r['number']} | {r['value']:.6g} | {r['epochs_run']} | {r['duration_s']} | "
+                     + " | ".join(_short(r[f'param:{p}']) for p in config.space) + " |")
+    failed = [r for r in rows if r["state"] == "FAIL"]
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- trial {r['number']}: {r['error']}" for r in failed]
+    lines += ["", f"All trials: [trials.csv](trials.csv). Continue or extend: `dlforge tune --resume {out} "
+                  f"[--trials N]`.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["TuneInterrupted", "TuneResult", "cores", "parse_duration", "read_settings", "run_worker", "suggest",
+           "trial_recipe", "tune", "write_outputs"]
