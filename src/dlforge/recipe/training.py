@@ -201,6 +201,11 @@ class TrainingConfig(Strict):
         "`dlforge cv` and `lr-find` train single members.", ge=1, le=20)
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
     threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1, le=1024)
+    strategy: Literal["ddp", "fsdp"] = _field(
+        "ddp", "How several processes (dlforge train --nproc N, --nnodes, --ray-address) share training. ddp: each "
+        "holds the whole model, trains on its part of every global batch (the same batches and row order as one "
+        "process) and the gradients are averaged (gloo on CPU, NCCL on GPU). fsdp (FSDP2 fully_shard) is refused "
+        "for now, with the reason. One process ignores it.")
     privacy: Privacy | None = _field(
         None, "Differentially private training (DP-SGD, needs pip install 'dlforge[privacy]'): "
         "{epsilon, delta, max_grad_norm, ...}; null trains without a privacy guarantee.")
