@@ -152,7 +152,7 @@ def _environment(threads: int):
     """OMP_NUM_THREADS for the workers (torch reads it at start), restored after; torch elastic's chatter off."""
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -177,23 +177,34 @@ def _run_torchrun(argv: list[str], *, run_dir: Path | None, nproc: int, nnodes: 
         raise DlforgeError(f"interrupted ({exc.sigval.name})") from None
 
 
+def _failure_line(failure) -> str:
+    message = failure.message
+    if isinstance(message, dict):  # torch elastic's error-file payload
+        message = message.get("message", "")
+    message = str(message or "").strip()
+    if not message or message.startswith("To enable traceback"):
+        return "no message (see its output above)"
+    return message.splitlines()[0][:300]
+
+
 def rank_failure(exc, *, run_dir: Path | None, nproc: int, nnodes: int) -> DlforgeError:
-    """One message for a failed job: each failed rank with its exit code and its own message (first line), and
-    whether a checkpoint is there to resume."""
+    """One message for a failed job: the rank(s) that failed by themselves (exit code, their own message), then
+    those the launcher stopped after them, and whether a checkpoint is there to resume."""
     failures = getattr(exc, "failures", {}) or {}
-    first_rank = min(failures) if failures else None
+    stopped = {r for r, f in failures.items() if f.exitcode in (-15, -9) or "another rank" in _failure_line(f)}
+    causes = [r for r in sorted(failures) if r not in stopped] or sorted(failures)
     parts = []
-    for rank in sorted(failures):
+    for rank in causes:
         failure = failures[rank]
-        message = (failure.message or "").strip()
-        if not message or message.startswith("To enable traceback"):
-            message = "no message (see its output above)"
-        line = message.splitlines()[0][:300]
         code = failure.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        parts.append(f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) failed, {how}: {line}")
+        parts.append(f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) failed, {how}: "
+                     f"{_failure_line(failure)}")
+    others = sorted(set(failures) - set(causes))
+    if others:
+        parts.append(f"then rank(s) {', '.join(map(str, others))} were stopped")
     text = "; ".join(parts) or f"the job failed: {str(exc)[:300]}"
-    where = f"rank {first_rank}" if first_rank is not None else None
+    where = str(run_dir) if run_dir is not None else None
     if run_dir is not None and (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).is_file():
         flags = f" --nproc {nproc}" + (f" --nnodes {nnodes} ..." if nnodes > 1 else "")
         hint = (f"the last checkpoint in {Path(run_dir) / CHECKPOINT_DIR} is intact (written atomically by rank 0); "

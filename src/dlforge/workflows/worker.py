@@ -86,6 +86,15 @@ def _record(exc: BaseException) -> None:
         pass
 
 
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
+             "ProcessGroupNCCL", "Socket Timeout", "connection closed")
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(marker in text for marker in PEER_LOST)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
@@ -95,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         _record(exc)
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        if not _peer_lost(exc):
+            _record(exc)
+            raise
+        # A collective failed because another rank died: that rank's failure is the story, not this traceback.
+        lost = RuntimeError(f"another rank stopped while this one waited for it ({str(exc).splitlines()[0][:160]})")
+        _record(lost)
+        print(f"error: {lost}", file=sys.stderr)
+        return 1
     except BaseException as exc:  # a crash: recorded for the launcher, traceback kept
         _record(exc)
         raise
