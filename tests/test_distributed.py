@@ -94,9 +94,9 @@ def _rank(rank: int, world: int, port: int, job: dict) -> None:
     if job.get("stop_at"):
         callbacks.append(StopAt(*job["stop_at"]))
     try:
-        if job.get("resume"):
-            dlforge.train(resume=job["resume"], callbacks=callbacks, progress=False)
-        else:  # each rank is given its own --out: a rank other than 0 must leave its one untouched
+        if job.get("resume"):  # one run directory per rank: a rank other than 0 must leave its copy untouched
+            dlforge.train(resume=job["resume"][rank], callbacks=callbacks, progress=False)
+        else:
             dlforge.train(job["recipe"], out=job["outs"][rank], callbacks=callbacks, progress=False)
     except TrainingInterrupted:
         pass
@@ -181,36 +181,35 @@ def test_a_global_batch_smaller_than_the_world_gives_a_rank_one_row_of_weight_ze
 
 
 # ---------------------------------------------------------------- two gloo processes
-@pytest.mark.slow
-def test_two_processes_train_like_one_identical_on_both_ranks_and_only_rank_0_writes(single, tmp_path):
-    job = {"recipe": recipe_for(single["csv"]), "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")],
-           "weights": str(tmp_path)}
-    spawn(job)
-    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the all-reduced gradients keep the ranks equal
-    assert_close(rank0, single["weights"])  # the same batches and rows as one process
-    assert not (tmp_path / "rank1").exists()  # rank 1 wrote nothing: no run directory, no checkpoint
-    run = tmp_path / "rank0"
-    assert (run / "model.safetensors").is_file() and (run / "checkpoint" / "state.pt").is_file()
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["processes"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "threads_per_process": 1}
-    one = json.loads((single["run"] / "metrics.json").read_text())
-    assert metrics["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1e-6)
-    history = (run / "history.csv").read_text().splitlines()
-    assert len(history) == 4  # header + 3 epochs, with the all-reduced train.loss
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_one_process_resumes_on_two(single, tmp_path):
+def test_a_checkpoint_of_one_process_resumes_on_two_identical_ranks_and_only_rank_0_writes(single, tmp_path):
+    """Checkpoint on 1 process, resume on 2 (gloo): the ranks end identical, equal to the uninterrupted single
+    run, and rank 1 writes nothing (it resumes from its own copy of the run directory, left byte-identical)."""
+    import shutil
+
     import dlforge
     from dlforge.core.errors import TrainingInterrupted
 
-    run = tmp_path / "run"
+    run0, run1 = tmp_path / "rank0", tmp_path / "rank1"
     with pytest.raises(TrainingInterrupted):
-        dlforge.train(recipe_for(single["csv"]), out=run, callbacks=[StopAt(1, 2)], progress=False)
-    spawn({"resume": str(run), "weights": str(tmp_path)})
-    assert_close(load(tmp_path / "rank0.pt"), single["weights"])
-    assert (run / "model.safetensors").is_file()
+        dlforge.train(recipe_for(single["csv"]), out=run0, callbacks=[StopAt(1, 2)], progress=False)
+    shutil.copytree(run0, run1)
+    before = snapshot(run1)
+    spawn({"resume": [str(run0), str(run1)], "weights": str(tmp_path)})
+    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the all-reduced gradients keep the ranks equal
+    assert_close(rank0, single["weights"])  # the same batches and rows as one process, across the resume
+    assert snapshot(run1) == before  # rank 1: no checkpoint, no run file, nothing
+    assert (run0 / "model.safetensors").is_file()
+    metrics = json.loads((run0 / "metrics.json").read_text())
+    assert metrics["processes"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "threads_per_process": 1}
+    one = json.loads((single["run"] / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1e-6)
+    assert len((run0 / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs
 
 
 @pytest.mark.slow
