@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from conftest import tabular_recipe
+from dlforge.core.errors import DlforgeError
 from dlforge.data.batches import InMemoryBatches, ShardedBatches
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -335,3 +336,15 @@ def test_ray_train_runs_the_same_training_on_two_workers(single, tmp_path):
     ray_weights = load_file(tmp_path / "run" / "model.safetensors")
     one = load_file(single["run"] / "model.safetensors")
     assert_close(ray_weights, one)
+
+
+def test_gradual_unfreezing_is_refused_on_several_processes():
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training.distributed import check_recipe
+
+    recipe = load_recipe({"data": {"source": "x.csv"}, "inputs": [
+        {"name": "text", "type": "text", "encoder": {"name": "minilm", "freeze": "all", "unfreeze_at_epoch": 2}}],
+        "outputs": [{"name": "y", "type": "binary"}]})
+    with pytest.raises(DlforgeError, match="gradual unfreezing") as info:
+        check_recipe(recipe, torch.device("cpu"))
+    assert info.value.where == "inputs.0.encoder.unfreeze_at_epoch"

@@ -29,6 +29,8 @@ SKIPPED = {
     "dlforge train recipes/mnist_cnn.yaml --out runs/cnn2": "waits for a Ctrl-C by hand (tests/test_cli.py sends a real "
                                                             "SIGINT: test_ctrl_c_checkpoints_exits_130_and_resumes)",
     "dlforge train --resume runs/cnn2": "resumes the run interrupted by hand above",
+    "dlforge train recipes/digits.yaml --ray-address local": "needs the ray extra, which the dev install lacks so far "
+                                                             "(tests/test_distributed.py runs Ray Train)",
 }
 
 

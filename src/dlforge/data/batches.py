@@ -141,6 +141,6 @@ class ShardedBatches:
         return self.local_rows(step) * self.world_size / self.global_rows(step)
 
     def slices(self, permutation: torch.Tensor, start_step: int = 0):
-        for step, index in enumerate(self.base.slices(permutation, start_step), start=start_step):
+        for index in self.base.slices(permutation, start_step):
             part = torch.tensor_split(index, self.world_size)[self.rank]
             yield part if len(part) else index[:1]

@@ -176,5 +176,18 @@ def check_strategy(config, device: torch.device) -> None:
                            hint="run `dlforge lr-find RECIPE` once and set its suggestion as training.optimizer.lr")
 
 
-__all__ = ["DistributedDataParallel", "Process", "backend_for", "check_strategy", "current", "init",
+def check_recipe(recipe, device: torch.device) -> None:
+    """`check_strategy`, and what only the whole recipe shows: gradual unfreezing, which DDP cannot follow (it
+    averages the gradients of the parameters that trained when it wrapped the model; a layer unfrozen later would
+    train on each process's rows alone, and the processes' weights would drift apart silently)."""
+    check_strategy(recipe.training, device)
+    for i, feature in enumerate(recipe.inputs):
+        if getattr(getattr(feature, "encoder", None), "unfreeze_at_epoch", None) is not None:
+            raise DlforgeError("gradual unfreezing is not supported on several processes: DDP averages only the "
+                               "gradients of parameters that trained from the first step",
+                               where=f"inputs.{i}.encoder.unfreeze_at_epoch",
+                               hint="unfreeze from the start (freeze: none or until:<block>) or train in one process")
+
+
+__all__ = ["DistributedDataParallel", "Process", "backend_for", "check_recipe", "check_strategy", "current", "init",
            "mean_over_processes", "process_device", "shutdown"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from dlforge.core.errors import DlforgeError, TrainingInterrupted
 from dlforge.recipe.io import load_recipe
 from dlforge.training.checkpoint import CHECKPOINT_DIR, STATE_FILE
-from dlforge.training.distributed import check_strategy, process_device, Process
+from dlforge.training.distributed import Process, check_recipe, process_device
 from dlforge.workflows.train import RunResult, choose_run_dir, refuse_data_file
 
 PROBE_STEPS = 5
@@ -126,7 +126,7 @@ def resolve_job(recipe, *, out=None, overrides=None, resume=None, overwrite: boo
         source = str(recipe) if isinstance(recipe, (str, Path)) else recipe
         spec = {"recipe": source, "resume": None, "overrides": overrides, "out": str(run_dir)}
     spec["quiet"] = quiet
-    check_strategy(loaded.training, process_device(Process()))
+    check_recipe(loaded, process_device(Process()))
     return Job(spec, run_dir, loaded)
 
 

@@ -186,6 +186,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         base_dir = recipe_base_dir(recipe)
         meta = {"base_dir": str(base_dir), **({"recipe_path": recipe_path} if recipe_path else {})}
     check_callbacks(recipe)  # a misspelt callback fails before the data is read
+    if process.distributed:  # what several processes cannot do is refused before any work (training/distributed.py)
+        distributed.check_recipe(recipe, distributed.process_device(process))
     config = recipe.training
     if config.threads:
         torch.set_num_threads(config.threads)
