@@ -11,7 +11,9 @@ configurations, interleaved round-robin so that each sees the same background lo
 Reported: samples/s (global batch / step seconds, the best round) and
   scaling efficiency E = t(1x1) / (2 * t(2x1))  (1.0: two processes of one core each halve the step time);
   and the comparison a user of this machine faces: t(1x2) / t(2x1) (> 1: two processes beat one process that
-  uses both cores through threads). The load average is recorded before and after each job.
+  uses both cores through threads). Also the CPU time per step of all processes together, which background
+  load does not inflate: cpu(1x1) / cpu(2x1) is the share of the work that is not DDP overhead (1.0: none).
+  The load average is recorded before and after each job.
 """
 
 from __future__ import annotations
@@ -53,17 +55,21 @@ def measure(name: str, steps: int) -> dict:
         results[label] = {**timing, "wall_seconds_of_job": round(time.perf_counter() - started, 1),
                           "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
         print(f"  {name} {label}: {timing['step_seconds'] * 1e3:.1f} ms/step "
-              f"({timing['batch_size'] / timing['step_seconds']:.0f} samples/s), load {load_before:.1f}", flush=True)
+              f"({timing['batch_size'] / timing['step_seconds']:.0f} samples/s), "
+              f"{timing['step_cpu_seconds'] * 1e3:.1f} ms CPU/step, load {load_before:.1f}", flush=True)
     return results
 
 
 def summarize(rounds: list[dict]) -> dict:
     best = {label: min(r[label]["step_seconds"] for r in rounds) for label in CONFIGS}
+    cpu = {label: min(r[label]["step_cpu_seconds"] for r in rounds) for label in CONFIGS}
     batch = rounds[0]["1x1"]["batch_size"]
     return {"batch_size": batch,
             "step_ms": {k: round(v * 1e3, 2) for k, v in best.items()},
             "samples_per_s": {k: round(batch / v) for k, v in best.items()},
+            "cpu_ms_per_step": {k: round(v * 1e3, 2) for k, v in cpu.items()},
             "efficiency_2proc_vs_1x1": round(best["1x1"] / (2 * best["2x1"]), 3),
+            "cpu_efficiency_2proc_vs_1x1": round(cpu["1x1"] / cpu["2x1"], 3),
             "speedup_2x1_over_1x2": round(best["1x2"] / best["2x1"], 3)}
 
 

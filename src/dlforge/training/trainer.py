@@ -299,23 +299,28 @@ class Trainer:
         self._call("on_fit_end", result)
         return result
 
-    def time_steps(self, steps: int) -> float:
-        """Mean seconds of `steps` training steps after one warm-up step, on the first epoch's batches (what
-        `dlforge train --nproc auto` compares across process counts). Trains the model: call it on a throwaway."""
+    def time_steps(self, steps: int) -> dict:
+        """Seconds per training step over `steps` steps after one warm-up step, on the first epoch's batches (what
+        `dlforge train --nproc auto` and benchmarks/scale.py compare across process counts): `wall` (the mean wall
+        time, every process finished) and `cpu` (the CPU time of all processes together, which background load
+        on a shared machine does not inflate). Trains the model: call it on a throwaway trainer."""
         self.model.train()
         permutation = self.batches.permutation()
         batches = epoch_batches(self.train, self.batches.slices(permutation), workers=self.recipe.data.workers)
-        started, timed = time.perf_counter(), 0
+        started, cpu, timed = time.perf_counter(), time.process_time(), 0
         for step, (x, y) in enumerate(batches):
             if step == 1:  # after the warm-up step (a one-batch epoch times that step instead)
                 self._sync()
-                started, timed = time.perf_counter(), 0
+                started, cpu, timed = time.perf_counter(), time.process_time(), 0
             self.step(x, y, **self._micro(step))
             timed += 1
             if step == steps:
                 break
         self._sync()
-        return (time.perf_counter() - started) / timed
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if self._mean_over_processes is not None:  # the sum over the processes
+            cpu = self._mean_over_processes(cpu) * self.batches.world_size
+        return {"wall": wall / timed, "cpu": cpu / timed}
 
     def _sync(self) -> None:
         """Wait for the device (and, under data parallelism, the other processes): timings then mean wall time."""

@@ -55,8 +55,8 @@ def probe(spec: dict, process) -> dict:
     with tempfile.TemporaryDirectory(prefix="dlforge-probe-") as tmp:
         trainer = build_training(recipe, prepared, run_dir=Path(tmp)).trainer
         seconds = trainer.time_steps(int(spec["probe"]))
-    timing = {"world_size": process.world_size, "step_seconds": seconds, "batch_size": trainer.batches.batch_size,
-              "threads_per_process": torch_threads()}
+    timing = {"world_size": process.world_size, "step_seconds": seconds["wall"], "step_cpu_seconds": seconds["cpu"],
+              "batch_size": trainer.batches.batch_size, "threads_per_process": torch_threads()}
     if process.is_main and spec.get("probe_file"):
         Path(spec["probe_file"]).write_text(json.dumps(timing), encoding="utf-8")
     return timing
