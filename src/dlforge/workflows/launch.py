@@ -238,8 +238,10 @@ def choose_nproc(job: Job, *, cores: int | None = None, gpus: int | None = None,
     batch = one["batch_size"]
     t1, tn = one["step_seconds"], several["step_seconds"]
     pick = many if tn < t1 else 1
-    why = (f"{many} processes take {tn * 1e3:.1f} ms a step against {t1 * 1e3:.1f} ms for 1 (the same global batch "
-           f"of {batch} rows; {batch / t1:.0f} vs {batch / tn:.0f} rows/s, {PROBE_STEPS} timed steps each)")
+    why = (f"{many} processes x {several.get('threads_per_process', '?')} thread(s) take {tn * 1e3:.1f} ms a step "
+           f"against {t1 * 1e3:.1f} ms for 1 process x {one.get('threads_per_process', '?')} thread(s) (the same "
+           f"global batch of {batch} rows; {batch / tn:.0f} vs {batch / t1:.0f} rows/s, {PROBE_STEPS} timed steps "
+           "each, measured now: a busy machine changes the answer)")
     if pick == 1:
         why += ": splitting does not pay here (on one CPU the processes share the cores and add an all-reduce "
         why += "per step)" if not gpus else ")"
