@@ -348,3 +348,15 @@ def test_gradual_unfreezing_is_refused_on_several_processes():
     with pytest.raises(DlforgeError, match="gradual unfreezing") as info:
         check_recipe(recipe, torch.device("cpu"))
     assert info.value.where == "inputs.0.encoder.unfreeze_at_epoch"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_two_gpu_processes_train_over_nccl(single, tmp_path):
+    job = {"recipe": recipe_for(single["csv"]), "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")],
+           "weights": str(tmp_path)}
+    spawn(job)
+    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert_close(rank0, single["weights"], atol=1e-4)  # GPU kernels sum in another order than the CPU's
+    assert json.loads((tmp_path / "rank0" / "metrics.json").read_text())["processes"]["backend"] == "nccl"
+    assert not (tmp_path / "rank1").exists()
