@@ -32,6 +32,8 @@ SKIPPED = {
     "dlforge tune recipes/adult_tune.yaml": "a 10-minute search (tests/test_tune.py runs studies, two workers and "
                                             "resume on a tiny table; benchmarks/tune.md measures this one)",
     "dlforge tune --resume tune/adult": "continues the search skipped above",
+    "dlforge train recipes/digits.yaml --ray-address local": "starts a local Ray cluster (tens of seconds) "
+                                                             "(tests/test_distributed.py runs Ray Train)",
 }
 
 

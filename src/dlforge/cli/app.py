@@ -95,6 +95,16 @@ def train(
                                     "pretrained MiniLM when installed (default), or the from-scratch n-gram encoder."),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the scikit-learn baseline of tabular runs "
                                      "(same as --set training.baseline=false)."),
+    nproc: Optional[str] = typer.Option(None, "--nproc", help="Data-parallel processes on this machine (DDP through "
+                                        "torch.distributed.run; gloo on CPU, NCCL on GPU), or auto: time a few "
+                                        "steps with 1 and N and take the faster. With --ray-address: Ray workers."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines in the job (run the same command on each)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This machine's place, 0..nnodes-1 (0 hosts the rendezvous)."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="host:port of node 0's rendezvous "
+                                                "(several machines, or a fixed port on one)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Train through Ray Train's TorchTrainer: "
+                                              "auto (a running cluster) or local (start one here); needs "
+                                              "pip install 'dlforge[ray]'."),
 ):
     """Train a recipe and write its run directory (model, metrics, report)."""
     import dlforge
@@ -118,12 +128,20 @@ def train(
                            hint=f"run `dlforge train --resume {resume}` alone")
     if no_baseline:
         set_ = [*set_, "training.baseline=false"]
-    from dlforge.training.stop import StopRequest
+    if ray_address is not None or nproc is not None or nnodes > 1 or rdzv_endpoint is not None:
+        result = _launch(recipe, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                         ray_address=ray_address, out=out, overrides=set_, resume=resume, overwrite=overwrite,
+                         quiet=quiet)
+        if not result.metrics:  # another node than rank 0's: the run directory is written there
+            typer.echo(f"node {node_rank}: done; rank 0 wrote the run directory")
+            return
+    else:
+        from dlforge.training.stop import StopRequest
 
-    stop = StopRequest()
-    with _signals_request(stop):
-        result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite,
-                               progress=not quiet, stop=stop)
+        stop = StopRequest()
+        with _signals_request(stop):
+            result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite,
+                                   progress=not quiet, stop=stop)
     scores = result.metrics.get("test") or result.metrics.get("val") or {}
     split = "test" if "test" in result.metrics else "val"
     typer.echo(f"{split}: {_metrics_line(scores)}")
@@ -132,8 +150,13 @@ def train(
         from dlforge.evaluation.baseline import compare_line
 
         typer.echo(compare_line(scores, baseline))
+    compiled = result.metrics.get("compile_seconds")
+    processes = result.metrics.get("processes")
     typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s "
-               f"(+{result.metrics.get('prepare_seconds', 0):.1f} s reading and preparing the data)")
+               + (f"(of which {compiled:.1f} s the first compiled step) " if compiled is not None else "")
+               + (f"on {processes['world_size']} processes ({processes['strategy']}, {processes['backend']}, "
+                  f"{processes['threads_per_process']} thread(s) each) " if processes else "")
+               + f"(+{result.metrics.get('prepare_seconds', 0):.1f} s reading and preparing the data)")
     if inferred is not None:
         from dlforge.core.files import write_text
 
@@ -141,6 +164,27 @@ def train(
         typer.echo(f"inferred recipe (with its reasons): {result.run_dir / 'inferred_recipe.yaml'}")
     typer.echo(f"run directory: {result.run_dir}")
     typer.echo(f"report: {result.report}")
+
+
+def _launch(recipe, *, nproc, nnodes, node_rank, rdzv_endpoint, ray_address, out, overrides, resume, overwrite,
+            quiet):
+    """`dlforge train` on several processes: torch.distributed.run, or Ray Train with --ray-address."""
+    from dlforge.workflows.launch import launch_ray, launch_torchrun
+
+    count: int | str = "auto" if nproc == "auto" else None
+    if nproc is not None and nproc != "auto":
+        if not nproc.isdigit() or int(nproc) < 1:
+            raise DlforgeError(f"--nproc must be a positive number or auto, got {nproc!r}", where="--nproc",
+                               hint="e.g. --nproc 2")
+        count = int(nproc)
+    kwargs = {"out": out, "overrides": overrides, "resume": resume, "overwrite": overwrite, "quiet": quiet}
+    if ray_address is not None:
+        if count == "auto":
+            raise DlforgeError("--nproc auto times torchrun jobs; with --ray-address give the worker count",
+                               where="--nproc", hint="e.g. --ray-address local --nproc 2")
+        return launch_ray(recipe, address=ray_address, workers=count or 2, **kwargs)
+    return launch_torchrun(recipe, nproc=count or 1, nnodes=nnodes, node_rank=node_rank,
+                           rdzv_endpoint=rdzv_endpoint, **kwargs)
 
 
 @app.command()

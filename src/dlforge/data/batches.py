@@ -94,3 +94,53 @@ def epoch_batches(split, slices, *, workers: int = 0):
 def eval_batches(n_rows: int, batch_size: int):
     for start in range(0, n_rows, batch_size):
         yield slice(start, min(start + batch_size, n_rows))
+
+
+class ShardedBatches:
+    """One process's share of `InMemoryBatches` under data parallelism (DDP, Ray Train): same global batches.
+
+    Every process draws the same permutation from the same seeded generator (nothing is broadcast), and each
+    global batch of `batch_size` rows is split into `world_size` contiguous parts (`torch.tensor_split`: sizes
+    differ by at most one); process `rank` trains on part `rank`. So N processes see exactly the batches, in
+    exactly the order, that one process sees, every row once per epoch across the processes, and the
+    checkpointed state (permutation, step, generator) is the same whatever the process count: a run resumes
+    on another number of processes.
+
+    `rank_weight(step)` is what this process's mean loss is multiplied by so that the average of the gradients
+    over the processes (what DDP's all-reduce computes) is the gradient of the global batch's mean loss:
+    local_rows * world_size / global_rows. A global batch with fewer rows than processes (a short last batch)
+    gives some process no rows: it trains on the batch's first row with weight 0 (a collective needs every
+    process, and an empty batch would break some layers).
+    """
+
+    def __init__(self, batches: InMemoryBatches, *, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size}")
+        self.base = batches
+        self.rank, self.world_size = rank, world_size
+
+    # The global view the trainer and checkpoints use, unchanged.
+    n_rows = property(lambda self: self.base.n_rows)
+    batch_size = property(lambda self: self.base.batch_size)
+    generator = property(lambda self: self.base.generator)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def permutation(self) -> torch.Tensor:
+        return self.base.permutation()
+
+    def global_rows(self, step: int) -> int:
+        return min((step + 1) * self.batch_size, self.n_rows) - step * self.batch_size
+
+    def local_rows(self, step: int) -> int:
+        rows, rest = divmod(self.global_rows(step), self.world_size)
+        return rows + (1 if self.rank < rest else 0)
+
+    def rank_weight(self, step: int) -> float:
+        return self.local_rows(step) * self.world_size / self.global_rows(step)
+
+    def slices(self, permutation: torch.Tensor, start_step: int = 0):
+        for index in self.base.slices(permutation, start_step):
+            part = torch.tensor_split(index, self.world_size)[self.rank]
+            yield part if len(part) else index[:1]

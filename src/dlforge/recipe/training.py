@@ -172,7 +172,13 @@ class TrainingConfig(Strict):
     grad_clip: float | None = _field(None, "Clip the gradient's global L2 norm to this value.", gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = _field("fp32", "bf16 autocast works on CPU; fp16 needs a GPU.")
     channels_last: bool = _field(False, "Channels-last memory format for image models (faster on some CPUs).")
-    compile: bool = _field(False, "torch.compile the model (slow start, may run faster).")
+    compile: bool = _field(False, "torch.compile the model (slow start, may run faster); the first compiled step's "
+                           "time, compilation included, is reported as compile_seconds in metrics.json.")
+    activation_checkpointing: bool = _field(
+        False, "Recompute each transformer layer's activations in the backward pass instead of keeping them "
+        "(torch.utils.checkpoint, use_reentrant=False; Hugging Face gradient checkpointing for minilm): less "
+        "activation memory for about one more forward's time, the same gradients. For text:transformer, "
+        "sequence:transformer and minilm encoders; a recipe without one is refused.")
     seed: int = _field(0, "Seed of weights, shuffling and dropout; runs are bit-identical on CPU.", ge=0, le=2**63 - 1)
     accumulate: int = _field(
         1, "Gradient accumulation: sum the gradients of this many batches, then take one optimizer step, so "
@@ -201,6 +207,11 @@ class TrainingConfig(Strict):
         "`dlforge cv` and `lr-find` train single members.", ge=1, le=20)
     eval_batch_size: int = _field(2048, "Rows per forward pass at evaluation.", ge=1)
     threads: int | None = _field(None, "torch intra-op threads; null keeps torch's default.", ge=1, le=1024)
+    strategy: Literal["ddp", "fsdp"] = _field(
+        "ddp", "How several processes (dlforge train --nproc N, --nnodes, --ray-address) share training. ddp: each "
+        "holds the whole model, trains on its part of every global batch (the same batches and row order as one "
+        "process) and the gradients are averaged (gloo on CPU, NCCL on GPU). fsdp (FSDP2 fully_shard) is refused "
+        "for now, with the reason. One process ignores it.")
     privacy: Privacy | None = _field(
         None, "Differentially private training (DP-SGD, needs pip install 'dlforge[privacy]'): "
         "{epsilon, delta, max_grad_norm, ...}; null trains without a privacy guarantee.")

@@ -23,6 +23,7 @@ from dlforge.data.prepare import Encoded, Prepared
 from dlforge.models import build_model
 from dlforge.training.callbacks import GradualUnfreeze, build_callbacks
 from dlforge.training.feature_cache import apply_feature_cache
+from dlforge.training.memory import enable_activation_checkpointing
 from dlforge.training.strategy import Strategy, build_strategy
 from dlforge.training.trainer import LossHook, ModelTransform, Trainer
 
@@ -72,6 +73,8 @@ def build_training(recipe, prepared: Prepared, *, run_dir: Path, splits: dict[st
     signature = prepared.signature()
     model = build_model(recipe, signature)
     attach_loss_weights(model, prepared)
+    if recipe.training.activation_checkpointing:
+        enable_activation_checkpointing(model)
     # Frozen backbone: embed once, on the device training will use.
     cache_report = apply_feature_cache(recipe, model, splits, device=strategy.device)
     unfreeze = GradualUnfreeze(model)

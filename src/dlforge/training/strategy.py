@@ -91,10 +91,23 @@ class SingleDevice:
         return cls(channels_last=config.channels_last)
 
 
+def _several_processes() -> bool:
+    """True inside a data-parallel job (an initialised process group, or torchrun's WORLD_SIZE > 1)."""
+    from dlforge.training.distributed import current
+
+    return current().distributed
+
+
 def build_strategy(strategy: Strategy | str | None, config) -> Strategy:
     """The recipe's strategy: an instance as given, a registered name (built by its `from_config(training
-    config)`), or None: `dp_sgd` when the recipe asks for privacy (training.privacy), else `SingleDevice`."""
+    config)`), or None: the recipe's training.strategy (ddp) inside a data-parallel job (training/distributed.py),
+    `dp_sgd` when the recipe asks for privacy (training.privacy), else `SingleDevice`."""
     private = getattr(config, "privacy", None) is not None
+    if strategy is None and _several_processes():  # torchrun's environment or Ray Train's process group
+        from dlforge.training.distributed import check_strategy, current, process_device
+
+        check_strategy(config, process_device(current()))
+        strategy = config.strategy
     if private:
         import dlforge.training.privacy  # noqa: F401  (registers dp_sgd; Opacus itself is imported when used)
     if strategy is None or isinstance(strategy, str):

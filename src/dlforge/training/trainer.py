@@ -57,6 +57,24 @@ class TrainResult:
     best_epoch: int | None = None
 
 
+class FirstCallTimer:
+    """Calls `fn`, timing its first call (a compiled module compiles then); later calls pass straight through."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.seconds: float | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self.seconds is not None:
+            return self.fn(*args, **kwargs)
+        started = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # once: the kernels compiled and launched so far are part of the time
+        self.seconds = time.perf_counter() - started
+        return out
+
+
 class Trainer:
     def __init__(self, recipe, model: torch.nn.Module, train, val, signature: dict, *, run_dir: Path,
                  callbacks=(), progress: bool = True, scales: dict[str, float] | None = None, augment=None,
@@ -79,7 +97,14 @@ class Trainer:
         batch_size = n_train if self.config.batch_size == "full" else self.config.batch_size
         batches = InMemoryBatches(n_train, batch_size, seed=self.config.seed + 1, lengths=self._row_lengths())
         optimizer = build_optimizer(self.model, self.config.optimizer)
-        self.model, self.optimizer, self.batches = self.strategy.setup(self.model, optimizer, batches)
+        wrapped, self.optimizer, self.batches = self.strategy.setup(self.model, optimizer, batches)
+        # A data-parallel strategy returns a wrapper (DDP) for training's forward; `self.model` stays the module
+        # itself: its loss, its state_dict (loadable on any process count) and evaluation, which needs no collective.
+        self.model = getattr(wrapped, "module", wrapped)
+        # Under data parallelism each process's loss is weighted by its share of the global batch (ShardedBatches).
+        self._rank_weight = getattr(self.batches, "rank_weight", None)
+        self._mean_over_processes = getattr(self.strategy, "mean_over_processes", None)
+        self.is_main = getattr(self.strategy, "is_main", True)  # only the main process writes checkpoints
         self.accumulate = self.config.accumulate
         # Schedules count optimizer steps: with accumulation, one per `accumulate` batches (and the epoch's last).
         self.updates_per_epoch = math.ceil(len(self.batches) / self.accumulate)
@@ -94,7 +119,11 @@ class Trainer:
         self.loss_hooks = tuple(loss_hooks)
         self.stop = stop if stop is not None else StopRequest()
         self.penalized = [p for p in self.model.parameters() if p.ndim > 1 and p.requires_grad]
-        self.step_model = torch.compile(self.model) if self.config.compile else self.model
+        # torch.compile compiles on the first call (Dynamo, and AOTAutograd's forward and backward graphs): that
+        # call's time is reported as compile_seconds (metrics.json), apart from the steady-state steps.
+        self.step_model = FirstCallTimer(torch.compile(wrapped)) if self.config.compile else wrapped
+        self.eval_model = self.step_model if wrapped is self.model else (
+            torch.compile(self.model) if self.config.compile else self.model)
         self.scaler = torch.amp.GradScaler("cuda") if self.config.precision == "fp16" else None
         # Training-batch augmentation (data/augment.py): own generator, checkpointed; never applied at evaluation.
         self.augment = augment
@@ -103,6 +132,11 @@ class Trainer:
         self._losses: list[torch.Tensor] = []
         self._checked = 0  # how many of `_losses` were checked finite
         self._recipe_sha256 = recipe_digest(recipe)
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Seconds of the first compiled training forward (compilation included); None without training.compile."""
+        return getattr(self.step_model, "seconds", None)
 
     # ------------------------------------------------------------ setup helpers
     def _row_lengths(self) -> torch.Tensor | None:
@@ -183,7 +217,8 @@ class Trainer:
         last = min(first + self.accumulate, total) - 1
         rows = min((step + 1) * size, n) - step * size
         group_rows = min((last + 1) * size, n) - first * size
-        return {"weight": rows / group_rows, "zero": step == first, "update": step == last}
+        share = self._rank_weight(step) if self._rank_weight is not None else 1.0
+        return {"weight": rows / group_rows * share, "zero": step == first, "update": step == last}
 
     @torch.no_grad()
     def predict_logits(self, split) -> dict[str, torch.Tensor]:
@@ -191,7 +226,7 @@ class Trainer:
         chunks: dict[str, list] = {}
         for rows in eval_batches(len(split), self.config.eval_batch_size):
             with self._autocast():
-                out = self.step_model({k: v[rows] for k, v in split.x.items()})
+                out = self.eval_model({k: v[rows] for k, v in split.x.items()})
             for name, logits in out.items():
                 chunks.setdefault(name, []).append(logits.float())
         return {name: torch.cat(parts) for name, parts in chunks.items()}
@@ -214,7 +249,7 @@ class Trainer:
         started = time.perf_counter()
         step_hooks = self._hooks["on_step_end"]
         every = self.config.checkpoint_every_steps
-        accumulating = self.accumulate > 1
+        weighted = self.accumulate > 1 or self._rank_weight is not None
         for epoch in range(start_epoch, end_epoch):
             if permutation is None:
                 permutation = self.batches.permutation()
@@ -224,7 +259,7 @@ class Trainer:
             batches = epoch_batches(self.train, self.batches.slices(permutation, start_step),
                                     workers=self.recipe.data.workers)
             for step, (x, y) in enumerate(batches, start=start_step):
-                if accumulating:
+                if weighted:
                     self.step(x, y, **self._micro(step))
                 else:
                     self.step(x, y)
@@ -241,7 +276,10 @@ class Trainer:
                     raise TrainingInterrupted(str(self.run_dir))
             self._check_finite(epoch, permutation)  # before validation: a diverged model is not scored
             start_step, permutation = 0, None
-            metrics = {"epoch": epoch + 1, "train.loss": self.running_loss()}
+            train_loss = self.running_loss()
+            if self._mean_over_processes is not None:  # every process's loss on its share of the rows
+                train_loss = self._mean_over_processes(train_loss)
+            metrics = {"epoch": epoch + 1, "train.loss": train_loss}
             if self.val is not None:
                 metrics.update(flatten(self.evaluate(self.val), "val"))
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -260,6 +298,36 @@ class Trainer:
             result.best_epoch = self.early_stopping.best_epoch + 1
         self._call("on_fit_end", result)
         return result
+
+    def time_steps(self, steps: int) -> dict:
+        """Seconds per training step over `steps` steps after one warm-up step, on the first epoch's batches (what
+        `dlforge train --nproc auto` and benchmarks/scale.py compare across process counts): `wall` (the mean wall
+        time, every process finished) and `cpu` (the CPU time of all processes together, which background load
+        on a shared machine does not inflate). Trains the model: call it on a throwaway trainer."""
+        self.model.train()
+        permutation = self.batches.permutation()
+        batches = epoch_batches(self.train, self.batches.slices(permutation), workers=self.recipe.data.workers)
+        started, cpu, timed = time.perf_counter(), time.process_time(), 0
+        for step, (x, y) in enumerate(batches):
+            if step == 1:  # after the warm-up step (a one-batch epoch times that step instead)
+                self._sync()
+                started, cpu, timed = time.perf_counter(), time.process_time(), 0
+            self.step(x, y, **self._micro(step))
+            timed += 1
+            if step == steps:
+                break
+        self._sync()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if self._mean_over_processes is not None:  # the sum over the processes
+            cpu = self._mean_over_processes(cpu) * self.batches.world_size
+        return {"wall": wall / timed, "cpu": cpu / timed}
+
+    def _sync(self) -> None:
+        """Wait for the device (and, under data parallelism, the other processes): timings then mean wall time."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self._mean_over_processes is not None:
+            self._mean_over_processes(0.0)  # an all-reduce: every process has finished its steps
 
     def end_run(self, run_dir: Path) -> None:
         """Tell the callbacks the run directory is complete (`dlforge.train` calls it last)."""
@@ -340,6 +408,8 @@ class Trainer:
     def _save(self, epoch: int, step: int, permutation, result: TrainResult, *, finished: bool = False) -> None:
         # A checkpoint must be a good one: the losses since the last check and the weights are all finite.
         self._check_finite(epoch - (1 if step == 0 else 0), permutation, weights=True)
+        if not self.is_main:  # the other processes hold the same weights and state (the gradients are all-reduced)
+            return
         state = {
             "recipe_sha256": self._recipe_sha256, "finished": finished, "stopped_early": result.stopped_early,
             "epoch": epoch, "step": step, "permutation": permutation,

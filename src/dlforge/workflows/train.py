@@ -35,6 +35,7 @@ from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_ba
 from dlforge.recipe.training import higher_is_better
 from dlforge.report import plot_confusion, plot_curves, write_report
 from dlforge.report.regression import plot_predicted_vs_actual, plot_residuals
+from dlforge.training import distributed
 from dlforge.training.callbacks import check_callbacks, default_tracking
 from dlforge.training.checkpoint import CHECKPOINT_DIR, has_checkpoint, load_checkpoint
 from dlforge.training.cross_fit import cross_fit, has_member_checkpoint
@@ -72,7 +73,7 @@ def _only_temp_files(run_dir: Path) -> bool:
     return bool(paths) and all(p.is_dir() or is_temp_file(p) for p in paths)
 
 
-def _choose_run_dir(recipe, out: str | Path | None, overwrite: bool) -> Path:
+def choose_run_dir(recipe, out: str | Path | None, overwrite: bool) -> Path:
     if out is not None:
         run_dir = Path(out)
         if _only_temp_files(run_dir):  # what a kill during the run's very first write leaves: as good as empty
@@ -158,13 +159,21 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     """
     recipe_path = str(recipe) if isinstance(recipe, (str, Path)) else None
     started = time.perf_counter()
+    # Inside a data-parallel job (torchrun, Ray Train) every process trains; only the main one (rank 0) writes
+    # the run directory and prints. The launchers (workflows/launch.py) resolve --out before the processes start.
+    process = distributed.init()
+    main = process.is_main
+    progress = progress and main
+    if process.distributed and out is None and resume is None:
+        raise DlforgeError("several processes need the run directory named", where="--out",
+                           hint="pass --out DIR (dlforge train --nproc does it for you)")
     if resume is not None:
         run_dir = Path(resume)
         meta = _read_meta(run_dir)
         finished = _nothing_to_resume(run_dir, meta, progress)
         if finished is not None:
             return finished
-        removed = clean_temp_files(run_dir)
+        removed = clean_temp_files(run_dir) if main else []
         if removed and progress:
             print(f"removed {len(removed)} temp file(s) left by an interrupted write "
                   f"({sum(size for _, size in removed) / 1e6:.1f} MB)", file=sys.stderr)
@@ -173,10 +182,12 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     else:
         refuse_data_file(recipe)
         recipe = load_recipe(recipe, overrides)
-        run_dir = _choose_run_dir(recipe, out, overwrite)
+        run_dir = choose_run_dir(recipe, out, overwrite) if main else Path(out)
         base_dir = recipe_base_dir(recipe)
         meta = {"base_dir": str(base_dir), **({"recipe_path": recipe_path} if recipe_path else {})}
     check_callbacks(recipe)  # a misspelt callback fails before the data is read
+    if process.distributed:  # what several processes cannot do is refused before any work (training/distributed.py)
+        distributed.check_recipe(recipe, distributed.process_device(process))
     config = recipe.training
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -205,17 +216,19 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         privacy_plan = plan_for(recipe, prepared)
         if progress:
             print("privacy (DP-SGD):\n  " + "\n  ".join(privacy_plan.lines()[:4]), file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:  # meta.json first: it marks the directory as a run that --overwrite may replace
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None and main:  # meta.json first: it marks the directory as a run that --overwrite may replace
         write_json(run_dir / META, meta)
     if recipe.training.optimizer.lr == "auto":  # resolved before recipe.yaml is written, so a resume reuses it
         found = range_test_for(recipe, prepared, plot=run_dir / "plots" / "lr_find.svg")
         recipe.training.optimizer.lr = found.suggestion
         meta["lr_find"] = found.as_dict()  # kept for the metrics of a resumed post-training phase
         write_json(run_dir / META, meta)
-    if resume is None:
+    if resume is None and main:
         write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-    callbacks = (*callbacks, *default_tracking(recipe, run_dir))  # MLflow, when the `track` extra is installed
+    if main:
+        callbacks = (*callbacks, *default_tracking(recipe, run_dir))  # MLflow, when the `track` extra is installed
     signature = prepared.signature()
     splits, fitted = prepared.splits, None
     if config.cross_fit > 1:  # k members, one after another, each with its own checkpoint (training/cross_fit.py)
@@ -231,6 +244,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         load_metric_backend()  # a one-time import of seconds: counted in prepare_seconds, not in the first epoch
         prepare_seconds = time.perf_counter() - started
         result = trainer.fit(state)
+    if not main:  # the main process holds the same weights: it evaluates and writes the run directory
+        return RunResult(run_dir, {}, result.history)
 
     # The post-training phase: its inputs (final weights, history, seconds) are in the finished checkpoint, so
     # a resume redoes it exactly. A stop request is honoured between its writes.
@@ -242,6 +257,12 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     metrics = {part: trainer.evaluate(splits[part], detail=True) for part in ("val", "test") if part in splits}
     if fitted is not None:  # val: the pooled rows, each scored by the member that held it out
         metrics = {"val": fitted.out_of_fold, **metrics}
+    if trainer.compile_seconds is not None:  # part of train_seconds: the first compiled step, compilation included
+        metrics["compile_seconds"] = round(trainer.compile_seconds, 3)
+    if process.distributed:
+        metrics["processes"] = {"world_size": process.world_size, "strategy": config.strategy,
+                                "backend": distributed.backend_for(trainer.device),
+                                "threads_per_process": torch.get_num_threads()}
     metrics.update({"train_seconds": round(result.train_seconds, 3), "prepare_seconds": round(prepare_seconds, 3),
                     "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,

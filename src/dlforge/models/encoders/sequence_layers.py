@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -93,12 +94,16 @@ class TransformerBackbone(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
         self.pooling = config.pooling
         self.output_dim = config.dim
+        # Activation checkpointing (training.activation_checkpointing): keep only each layer's input during the
+        # forward and recompute the layer in the backward (same dropout masks: the RNG state is restored).
+        self.checkpointing = False
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # (B, L, dim) -> (B, dim)
         h = h + self.positions[: h.shape[1]]
         padding = ~valid
+        recompute = self.checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            h = layer(h, padding)
+            h = checkpoint(layer, h, padding, use_reentrant=False) if recompute else layer(h, padding)
         h = self.norm(h)
         return h[:, 0] if self.pooling == "cls" else masked_mean(h, valid)
 

@@ -1,0 +1,362 @@
+"""Data-parallel training (training/distributed.py, data/batches.py ShardedBatches, workflows/launch.py).
+
+Two gloo processes on tiny data: the same batches as one process (every row once per epoch across ranks),
+identical weights on every rank and the single-process weights within float tolerance, rank 0 alone writing,
+resume across process counts, a dying rank named with the checkpoint intact, and the launcher's refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tabular_recipe
+from dlforge.core.errors import DlforgeError
+from dlforge.data.batches import InMemoryBatches, ShardedBatches
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# The fault injected in test_a_dying_rank_*: rank `rank` exits (code 3) at `step` of epoch `epoch`, as a process
+# killed by the OOM killer or a lost node would. Loaded into the workers through sitecustomize.py.
+DIE_ON_RANK = '''
+import os
+from dlforge.training.callbacks import callbacks
+
+class DieOnRank:
+    def __init__(self, rank=1, epoch=1, step=0):
+        self.rank, self.epoch, self.step, self.current = rank, epoch, step, None
+    def on_epoch_start(self, trainer, epoch):
+        self.current = epoch
+    def on_step_end(self, trainer, step):
+        from dlforge.training.distributed import current
+        if current().rank == self.rank and self.current == self.epoch and step == self.step:
+            os._exit(3)
+
+if "die_on_rank" not in callbacks:
+    callbacks.register("die_on_rank")(DieOnRank)
+'''
+
+
+def recipe_for(csv: Path, **training) -> dict:
+    recipe = tabular_recipe(csv)
+    recipe["training"] = {"epochs": 3, "batch_size": 25, "optimizer": {"name": "adam", "lr": 0.01},
+                          "baseline": False, **training}
+    return recipe
+
+
+class SaveWeights:
+    """Writes the trained weights of this process when fitting ends."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer, result):
+        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, self.path)
+
+
+class StopAt:
+    """Requests a stop after `step` of `epoch` (both ranks at the same step, as Ctrl-C through the launcher)."""
+
+    def __init__(self, epoch: int, step: int):
+        self.epoch, self.step, self.current = epoch, step, None
+
+    def on_epoch_start(self, trainer, epoch):
+        self.current = epoch
+
+    def on_step_end(self, trainer, step):
+        if self.current == self.epoch and step == self.step:
+            trainer.stop.set()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, job: dict) -> None:
+    """One spawned gloo process: torchrun's environment, then `dlforge.train` as the worker runs it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    import dlforge
+    from dlforge.core.errors import TrainingInterrupted
+    from dlforge.training import distributed
+
+    callbacks = [SaveWeights(Path(job["weights"]) / f"rank{rank}.pt")]
+    if job.get("stop_at"):
+        callbacks.append(StopAt(*job["stop_at"]))
+    try:
+        if job.get("resume"):  # one run directory per rank: a rank other than 0 must leave its copy untouched
+            dlforge.train(resume=job["resume"][rank], callbacks=callbacks, progress=False)
+        else:
+            dlforge.train(job["recipe"], out=job["outs"][rank], callbacks=callbacks, progress=False)
+    except TrainingInterrupted:
+        pass
+    finally:
+        distributed.shutdown()
+
+
+def spawn(job: dict, world: int = 2) -> None:
+    torch.multiprocessing.spawn(_rank, args=(world, free_port(), job), nprocs=world, join=True)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def assert_close(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= atol, f"largest weight difference {worst:.3g} > {atol}"
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The reference: the tiny recipe trained in one process (weights and run directory)."""
+    import dlforge
+
+    tmp = tmp_path_factory.mktemp("single")
+    csv = _tiny_csv(tmp)
+    dlforge.train(recipe_for(csv), out=tmp / "run", callbacks=[SaveWeights(tmp / "weights.pt")], progress=False)
+    return {"csv": csv, "weights": load(tmp / "weights.pt"), "run": tmp / "run", "tmp": tmp}
+
+
+def _tiny_csv(folder: Path) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 200
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    flag = rng.choice(["yes", "no"], size=n)
+    score = x1 + 0.5 * x2 + (color == "red") * 1.0 + (flag == "yes") * 0.5
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "color": color, "flag": flag,
+                          "target": np.where(score > 0.5, "good", "bad")})
+    path = folder / "tiny.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------- sharding (no processes)
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_shards_hold_every_row_once_per_epoch_in_the_single_process_order(world, lengths):
+    n, batch = 103, 10
+    lens = torch.randint(1, 50, (n,)) if lengths else None
+    single = InMemoryBatches(n, batch, seed=7, lengths=lens)
+    shards = [ShardedBatches(InMemoryBatches(n, batch, seed=7, lengths=lens), rank=r, world_size=world)
+              for r in range(world)]
+    for _ in range(2):  # two epochs: the generators advance alike
+        permutation = single.permutation()
+        perms = [s.permutation() for s in shards]
+        assert all(torch.equal(p, permutation) for p in perms)
+        per_rank = [list(s.slices(p)) for s, p in zip(shards, perms)]
+        seen = []
+        for step, expected in enumerate(single.slices(permutation)):
+            parts = [per_rank[r][step] for r in range(world)]
+            real = [part[:s.local_rows(step)] for part, s in zip(parts, shards)]
+            assert torch.equal(torch.cat(real), expected)  # the ranks' parts, in order, are the global batch
+            assert sum(s.rank_weight(step) for s in shards) == pytest.approx(world)
+            seen.append(torch.cat(real))
+        rows = torch.cat(seen)
+        assert len(rows) == n and torch.equal(rows.sort().values, torch.arange(n))
+
+
+def test_a_global_batch_smaller_than_the_world_gives_a_rank_one_row_of_weight_zero():
+    shards = [ShardedBatches(InMemoryBatches(9, 4, seed=0), rank=r, world_size=3) for r in range(3)]
+    last = len(shards[0]) - 1  # 9 rows in batches of 4: the last holds 1 row
+    assert [s.local_rows(last) for s in shards] == [1, 0, 0]
+    assert [s.rank_weight(last) for s in shards] == [3.0, 0.0, 0.0]
+    permutation = shards[0].permutation()
+    assert all(len(list(s.slices(permutation))[last]) == 1 for s in shards)
+
+
+# ---------------------------------------------------------------- two gloo processes
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_one_process_resumes_on_two_identical_ranks_and_only_rank_0_writes(single, tmp_path):
+    """Checkpoint on 1 process, resume on 2 (gloo): the ranks end identical, equal to the uninterrupted single
+    run, and rank 1 writes nothing (it resumes from its own copy of the run directory, left byte-identical)."""
+    import shutil
+
+    import dlforge
+    from dlforge.core.errors import TrainingInterrupted
+
+    run0, run1 = tmp_path / "rank0", tmp_path / "rank1"
+    with pytest.raises(TrainingInterrupted):
+        dlforge.train(recipe_for(single["csv"]), out=run0, callbacks=[StopAt(1, 2)], progress=False)
+    shutil.copytree(run0, run1)
+    before = snapshot(run1)
+    spawn({"resume": [str(run0), str(run1)], "weights": str(tmp_path)})
+    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # the all-reduced gradients keep the ranks equal
+    assert_close(rank0, single["weights"])  # the same batches and rows as one process, across the resume
+    assert snapshot(run1) == before  # rank 1: no checkpoint, no run file, nothing
+    assert (run0 / "model.safetensors").is_file()
+    metrics = json.loads((run0 / "metrics.json").read_text())
+    assert metrics["processes"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "threads_per_process": 1}
+    one = json.loads((single["run"] / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1e-6)
+    assert len((run0 / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs
+
+
+@pytest.mark.slow
+def test_a_dying_rank_is_named_its_checkpoint_intact_and_it_resumes_on_one_process(single, tmp_path):
+    """`dlforge train --nproc 2` where rank 1 dies in epoch 2: exit 2 naming rank 1; resume on 1 process."""
+    import dlforge
+    from dlforge.training.checkpoint import load_checkpoint
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(DIE_ON_RANK)
+    exec(compile(DIE_ON_RANK, "die_on_rank", "exec"), {})  # registered here too, for the in-process resume
+    recipe = recipe_for(single["csv"], callbacks=[{"name": "die_on_rank", "rank": 1, "epoch": 1, "step": 1}])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(inject), str(SRC)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dlforge.cli", "train", str(path), "--nproc", "2", "--out", str(run),
+                           "-q"], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "rank 1 (local rank 1" in proc.stderr and "exit code 3" in proc.stderr
+    assert f"dlforge train --resume {run}" in proc.stderr and "Traceback" not in proc.stderr
+    state = load_checkpoint(run)  # intact: rank 0 wrote it atomically at the end of epoch 1
+    assert (state["epoch"], state["step"]) == (1, 0)
+    dlforge.train(resume=run, callbacks=[SaveWeights(tmp_path / "resumed.pt")], progress=False)
+    assert_close(load(tmp_path / "resumed.pt"), single["weights"])
+
+
+# ---------------------------------------------------------------- the launcher's refusals and decisions
+def test_more_processes_than_cores_warns_and_says_why():
+    from dlforge.workflows.launch import plan_processes
+
+    plan = plan_processes(4, cores=2, gpus=0)
+    assert plan.threads == 1 and plan.nproc == 4
+    assert "more than the 2 CPU core(s)" in plan.lines[1] and "still runs" in plan.lines[1]
+    assert plan_processes(2, cores=8, gpus=0).threads == 4
+    assert len(plan_processes(2, cores=8, gpus=0).lines) == 1
+
+
+def test_a_rendezvous_port_in_use_is_refused_naming_it(tmp_path, capsys):
+    from conftest import main_ok
+
+    csv = _tiny_csv(tmp_path)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_for(csv)))
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert not main_ok(["train", str(path), "--nproc", "2", "--rdzv-endpoint", f"localhost:{port}",
+                            "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert f"rendezvous port {port} is already in use" in err and "--rdzv-endpoint" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, field", [(["training.strategy=fsdp"], "training.strategy"),
+                                              (["training.cross_fit=3"], "training.cross_fit")])
+def test_strategies_that_cannot_run_are_refused_before_launching(tmp_path, capsys, overrides, field):
+    from conftest import main_ok
+
+    csv = _tiny_csv(tmp_path)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_for(csv)))
+    argv = ["train", str(path), "--nproc", "2", "--out", str(tmp_path / "run")]
+    for item in overrides:
+        argv += ["--set", item]
+    assert not main_ok(argv)
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    if field == "training.strategy":
+        assert "pytorch#132471" in err and "training.strategy: ddp" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("t1, t2, picked", [(0.010, 0.014, 1), (0.010, 0.006, 2)])
+def test_nproc_auto_picks_the_faster_and_says_why(monkeypatch, t1, t2, picked):
+    from dlforge.workflows import launch
+
+    timings = {1: t1, 2: t2}
+    monkeypatch.setattr(launch, "probe", lambda job, n, threads: {"step_seconds": timings[n], "batch_size": 64,
+                                                                   "world_size": n, "threads_per_process": threads})
+    said = []
+    assert launch.choose_nproc(object(), cores=2, gpus=0, say=said.append) == picked
+    assert f"--nproc auto: {picked} process(es)" in said[0] and "ms a step" in said[0]
+    if picked == 1:
+        assert "does not pay here" in said[0]
+    said.clear()
+    assert launch.choose_nproc(object(), cores=1, gpus=0, say=said.append) == 1  # nothing to split: no probe
+
+
+def test_a_rank_failure_without_checkpoint_says_to_start_over(tmp_path):
+    from types import SimpleNamespace
+
+    from dlforge.workflows.launch import rank_failure
+
+    failures = {0: SimpleNamespace(exitcode=-15, local_rank=0, pid=10, message=""),
+                1: SimpleNamespace(exitcode=1, local_rank=1, pid=11,
+                                   message={"message": "DataError: boom\n  hint: x", "extraInfo": {}})}
+    error = rank_failure(SimpleNamespace(failures=failures), run_dir=tmp_path, nproc=2, nnodes=1)
+    assert "rank 1 (local rank 1, pid 11) failed, exit code 1: DataError: boom" in error.message
+    assert "then rank(s) 0 were stopped" in error.message
+    assert "--overwrite" in error.hint
+
+
+# ---------------------------------------------------------------- Ray Train
+@pytest.mark.slow
+def test_ray_train_runs_the_same_training_on_two_workers(single, tmp_path):
+    pytest.importorskip("ray.train.torch")
+    import ray
+
+    from dlforge.workflows.launch import launch_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = launch_ray(recipe_for(single["csv"]), address="local", workers=2, out=tmp_path / "run", quiet=True,
+                            say=lambda text: None)
+    finally:
+        ray.shutdown()
+    assert result.metrics["processes"]["world_size"] == 2
+    from safetensors.torch import load_file
+
+    ray_weights = load_file(tmp_path / "run" / "model.safetensors")
+    one = load_file(single["run"] / "model.safetensors")
+    assert_close(ray_weights, one)
+
+
+def test_gradual_unfreezing_is_refused_on_several_processes():
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training.distributed import check_recipe
+
+    recipe = load_recipe({"data": {"source": "x.csv"}, "inputs": [
+        {"name": "text", "type": "text", "encoder": {"name": "minilm", "freeze": "all", "unfreeze_at_epoch": 2}}],
+        "outputs": [{"name": "y", "type": "binary"}]})
+    with pytest.raises(DlforgeError, match="gradual unfreezing") as info:
+        check_recipe(recipe, torch.device("cpu"))
+    assert info.value.where == "inputs.0.encoder.unfreeze_at_epoch"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_two_gpu_processes_train_over_nccl(single, tmp_path):
+    job = {"recipe": recipe_for(single["csv"]), "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")],
+           "weights": str(tmp_path)}
+    spawn(job)
+    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert_close(rank0, single["weights"], atol=1e-4)  # GPU kernels sum in another order than the CPU's
+    assert json.loads((tmp_path / "rank0" / "metrics.json").read_text())["processes"]["backend"] == "nccl"
+    assert not (tmp_path / "rank1").exists()
