@@ -20,7 +20,9 @@ import torch
 
 from dlforge.data.augment import build_augmenter
 from dlforge.data.prepare import Encoded, Prepared
+from dlforge.data.interactions import interaction_tensors
 from dlforge.models import build_model
+from dlforge.models.recommend import RecommenderModel
 from dlforge.training.callbacks import GradualUnfreeze, build_callbacks
 from dlforge.training.feature_cache import apply_feature_cache
 from dlforge.training.strategy import Strategy, build_strategy
@@ -72,6 +74,8 @@ def build_training(recipe, prepared: Prepared, *, run_dir: Path, splits: dict[st
     signature = prepared.signature()
     model = build_model(recipe, signature)
     attach_loss_weights(model, prepared)
+    if isinstance(model, RecommenderModel):  # seen items, popularity, side catalogues, the sampler's positives
+        model.attach(interaction_tensors(recipe, prepared))
     # Frozen backbone: embed once, on the device training will use.
     cache_report = apply_feature_cache(recipe, model, splits, device=strategy.device)
     unfreeze = GradualUnfreeze(model)
