@@ -167,6 +167,26 @@ class Predictor:
         return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
 
 
+    def recommend(self, user=None, *, item=None, k: int = 10, exclude_seen: bool = True,
+                  features: dict | None = None) -> dict:
+        """Top-k items for `user` (leaving out those they interacted with, unless `exclude_seen=False`), or the k
+        items most similar to `item`, from a recommender run: {"items": [{"item", "score"}...], "source": ...}.
+        A user never seen in training is scored from `features` (user side features) if the model has them, else
+        by popularity; `source` says which (artifact/recommend.py)."""
+        from dlforge.artifact.recommend import Query
+
+        return self.recommender().run([Query(user=user, item=item, k=k, exclude_seen=exclude_seen,
+                                             features=dict(features or {}))])[0]
+
+    def recommender(self):
+        """The batched recommender over this run's model (PredictError for a run that is not a recommender)."""
+        from dlforge.artifact.recommend import Recommender
+
+        if getattr(self, "_recommender", None) is None:
+            self._recommender = Recommender(self)
+        return self._recommender
+
+
 def load(run_dir: str | Path, *, runtime: str | None = None, threads: int | None = None) -> Predictor:
     """Load a run directory for prediction (`dlforge.load('runs/cnn').predict(...)`); `runtime` "torch" or
     "onnx" (after `dlforge export`), default torch except for variants that only exist as ONNX."""

@@ -27,8 +27,13 @@ from dlforge.data.features.wire import InputKind, Text, input_kinds
 class IdFeature(Feature):
     def fit(self, values):
         counts = Counter(s for s in as_strings(values) if s is not None)
-        # Most frequent first (ties by the id's text): the popular ids get the small indices.
-        kept = [v for v, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= self.config.min_frequency]
+        # Most frequent first, ties by the id (numerically for integer ids: 2 before 10), so the popular ids get the
+        # small indices and the most-popular ranking breaks ties as the MovieLens README does.
+        def order(kv):
+            value = kv[0]
+            return (-kv[1], 0, int(value), value) if value.lstrip("-").isdigit() else (-kv[1], 1, 0, value)
+
+        kept = [v for v, c in sorted(counts.items(), key=order) if c >= self.config.min_frequency]
         self.vocabulary_ = [UNKNOWN, *kept]
         self.index_ = {v: i for i, v in enumerate(self.vocabulary_)}
         return self
