@@ -8,12 +8,14 @@ milliseconds.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
 
 from dlforge.core.errors import DataError
-from dlforge.data.features.base import as_strings
+from dlforge.data.features.base import as_strings, missing_mask
 from dlforge.data.table import Table
 
 
@@ -97,9 +99,13 @@ def time_order(recipe, table: Table) -> np.ndarray | None:
     where = "data.split.leave_last_out.time"
     raw = table.column(spec.time, field_path=where)
     times = pd.to_numeric(pd.Series(raw), errors="coerce")
-    if times.isna().any():
-        parsed = pd.to_datetime(pd.Series(raw), errors="coerce", utc=True)
-        times = parsed.astype("int64").where(parsed.notna())
+    unreadable = times.isna().to_numpy() & ~missing_mask(np.asarray(raw))
+    if unreadable.any():  # not numbers: dates (one warning-free parse per cell for mixed formats)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(pd.Series(raw), errors="coerce", utc=True)
+        times = pd.Series(parsed.to_numpy().astype("datetime64[ns]").astype("int64"), dtype="float64").where(
+            parsed.notna().to_numpy())
     bad = times.isna().to_numpy()
     if bad.any():
         rows = np.flatnonzero(bad)
