@@ -188,6 +188,7 @@ def test_models_train_rank_and_resume_exactly(tmp_path, combiner):
     assert set(test) >= {"hr@10", "ndcg@10", "recall@10", "recall@50", "mrr", "coverage@10"}
     assert 0 <= test["ndcg@10"] <= test["hr@10"] <= test["recall@50"] <= 1
     assert full.metrics["baseline"]["most_popular"]["hr@10"] >= 0
+    assert "Most popular (training counts" in (tmp_path / "full" / "report.html").read_text()
     # One epoch, then a resume for the second: the sampler's state is in the checkpoint, so the weights match.
     recipe["training"]["epochs"] = 1
     dlforge.train(recipe, out=tmp_path / "half", progress=False)

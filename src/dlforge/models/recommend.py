@@ -82,7 +82,7 @@ class RecommenderModel(nn.Module):
         self.state.register_buffer("seen_items", torch.zeros(0, dtype=torch.long))
         self.state.register_buffer("popularity", torch.zeros(self.n_items))
         self.catalogue_names = [*self.user_side, *self.item_side]
-        for i, name in enumerate(self.catalogue_names):
+        for i in range(len(self.catalogue_names)):
             self.state.register_buffer(f"side_{i}", torch.zeros(0))
         self.sampler = (NegativeSampler(self.n_items, kind=output.sampler, alpha=output.popularity_alpha,
                                         seed=recipe.training.seed + 2) if self.ranking else None)

@@ -92,7 +92,7 @@ class SideEncoder(nn.Module):
         self.names = list(side)
         self.embeddings = nn.ModuleDict()
         self.output_dim = 0
-        for i, (name, sig) in enumerate(side.items()):
+        for i, sig in enumerate(side.values()):
             if sig["type"] == "category":
                 self.embeddings[str(i)] = nn.Embedding(sig["cardinality"], sig["embedding_dim"])
                 self.output_dim += sig["embedding_dim"]
