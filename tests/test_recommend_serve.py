@@ -92,6 +92,8 @@ def test_cli_recommend_and_bad_input_exit_2(cli, mf_run, tmp_path):
     ok = cli("recommend", mf_run, "--user", "u1", "-k", "3")
     assert ok.returncode == 0 and "user u1: top 3 by the model" in ok.stdout
     assert len([line for line in ok.stdout.splitlines() if line.strip()[:2].rstrip(".").isdigit()]) == 3
+    evaluated = cli("evaluate", mf_run)
+    assert evaluated.returncode == 0 and "hr@10" in evaluated.stdout and "coverage@10" in evaluated.stdout
     as_json = cli("recommend", mf_run, "--user", "nobody", "-k", "2", "--json")
     assert json.loads(as_json.stdout)["source"] == "popularity"
     for args, message in (((tmp_path / "missing", "--user", "1"), "no run at"),

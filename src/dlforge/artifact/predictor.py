@@ -163,7 +163,7 @@ class Predictor:
         table = from_table(table, self.signature["inputs"], self.signature["outputs"])
         encoded = encode(table, self.inputs, self.outputs)
         logits = self.logits(encoded.x)
-        scales = {n: f.to_units for n, f in self.outputs.items() if not self._has_classes(n)}
+        scales = {n: f.to_units for n, f in self.outputs.items() if self.signature["outputs"][n]["type"] == "number"}
         return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
 
 
