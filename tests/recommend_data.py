@@ -23,7 +23,7 @@ def write_interactions(folder: Path, *, users: int = 30, items: int = 20, per_us
             rows.append((f"u{u}", f"i{i}", int(1 + (i + u) % 5), 1000 * u + t))
     for d in range(duplicates):  # repeat a user's first pair later in time
         user, item, rating, ts = rows[d * per_user]
-        rows.append((user, item, 5, ts + 500))
+        rows.append((user, item, 2, ts + 500))
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"interactions": folder / "interactions.csv", "users": folder / "users.csv", "items": folder / "items.csv"}
     pd.DataFrame(rows, columns=["user", "item", "rating", "ts"]).to_csv(paths["interactions"], index=False)

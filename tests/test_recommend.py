@@ -136,6 +136,14 @@ def test_duplicate_pairs_policy_counted_or_refused(tmp_path):
     recipe = load_recipe(ranking_recipe(paths, side=False))
     prepared = prepare(recipe)
     assert any("3 duplicate pairs dropped last" in note for note in prepared.report["notes"])
+    rating = ranking_recipe(paths, side=False)
+    rating["inputs"][1]["duplicates"] = "mean"
+    rating["outputs"] = [{"name": "rating", "type": "number", "normalize": False}]
+    rating["combiner"] = {"name": "mf", "dim": 4}
+    averaged = prepare(load_recipe(rating))
+    assert sum(len(s) for s in averaged.splits.values()) == 240  # 30 users x 8 items: the 3 repeats folded in
+    ratings = torch.cat([s.y["rating"] for s in averaged.splits.values()])
+    assert bool((ratings % 1 != 0).any())  # pairs rated (5, 2) and (3, 2) became 3.5 and 2.5
     strict = ranking_recipe(paths, side=False)
     strict["inputs"][1]["duplicates"] = "error"
     with pytest.raises(DataError, match="3 repeated"):
