@@ -182,8 +182,9 @@ def test_recommendation_recipe_checks():
 
 
 # ---------------------------------------------------------------- the models
-@pytest.mark.parametrize("combiner", [{"name": "mf", "dim": 4}, {"name": "neumf", "dim": 4, "mlp_dim": 4,
-                                                                  "layers": [8]}])
+@pytest.mark.parametrize("combiner", [{"name": "mf", "dim": 4},
+                                      pytest.param({"name": "neumf", "dim": 4, "mlp_dim": 4, "layers": [8]},
+                                                   marks=pytest.mark.slow)])
 def test_models_train_rank_and_resume_exactly(tmp_path, combiner):
     import dlforge
     from dlforge.training.checkpoint import load_checkpoint
