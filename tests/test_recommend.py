@@ -215,3 +215,26 @@ def test_models_train_rank_and_resume_exactly(tmp_path, combiner):
     resumed = dlforge.train(resume=tmp_path / "half", progress=False)
     assert resumed.history[-1]["train.loss"] == pytest.approx(full.history[-1]["train.loss"], rel=1e-6)
     assert resumed.metrics["test"]["hr@10"] == pytest.approx(test["hr@10"])
+
+
+def test_losses_by_hand():
+    """BPR, BCE and sampled softmax with the logQ correction on one row: positive score 2, negatives 0 and 1."""
+    import torch.nn.functional as F
+
+    from dlforge.models.recommend import RecommenderModel
+
+    model = RecommenderModel.__new__(RecommenderModel)
+    torch.nn.Module.__init__(model)
+    model.output, model.ranking, model.negatives = "r", True, 2
+    model.scorer = type("NoPenalty", (torch.nn.Module,), {"penalty": lambda self: None})()
+    scores = {"r": torch.tensor([[2.0, 0.0, 1.0]])}
+    model.loss_name, model._log_q = "bpr", None
+    bpr = -(F.logsigmoid(torch.tensor(2.0)) + F.logsigmoid(torch.tensor(1.0))) / 2
+    assert float(model.loss(scores, {})) == pytest.approx(float(bpr))
+    model.loss_name = "bce"
+    bce = -(F.logsigmoid(torch.tensor(2.0)) + F.logsigmoid(torch.tensor(-0.0)) + F.logsigmoid(torch.tensor(-1.0))) / 3
+    assert float(model.loss(scores, {})) == pytest.approx(float(bce))
+    model.loss_name = "softmax"
+    model._log_q = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))  # the corrected logits are s - log q
+    corrected = torch.tensor([2.0, 0.0, 1.0]) - model._log_q[0]
+    assert float(model.loss(scores, {})) == pytest.approx(float(-torch.log_softmax(corrected, 0)[0]))

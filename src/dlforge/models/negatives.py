@@ -74,9 +74,12 @@ class NegativeSampler(nn.Module):
         for _ in range(MAX_ROUNDS):
             bad = self.is_positive(slots, items)
             if not bool(bad.any()):
-                break
+                return items.view(len(users), k).to(device)
             items[bad] = self._draw(int(bad.sum()))
-        return items.view(len(users), k).to(device)
+        from dlforge.core.errors import ModelError
+
+        raise ModelError(f"no negative found in {MAX_ROUNDS} draws for some users (they interacted with almost "
+                         "every item the sampler can draw)", hint="use sampler: uniform, or drop those users")
 
     def log_q(self, items: torch.Tensor) -> torch.Tensor:
         """log of each item's sampling probability (the logQ correction)."""
