@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,41 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # MLflow tracking (on by default when the `track` extra is installed) is off in tests: a new SQLite store costs
 # seconds of schema migrations. tests/test_tracking.py turns it on where it is the point.
 os.environ.setdefault("DLFORGE_TRACKING", "off")
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __iter__(self):  # `code, out, err = cli(...)`
+        return iter((self.returncode, self.stdout, self.stderr))
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`cli("train", recipe, ...)`: runs `dlforge train recipe ...` in this process; returns code and output.
+
+    The same code path as the console script without a Python start and a torch import per call; a traceback on
+    stderr fails the test (bad input must get one clear message).
+    """
+    from dlforge.cli import main
+
+    def run(*args, cwd=None) -> CliResult:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()  # drop what earlier steps of the test printed
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return CliResult(code, out, err)
+
+    return run
 
 
 def needs_data(*names: str):

@@ -8,7 +8,6 @@ point: Ctrl-C (a real SIGINT to a real process) and what `dlforge --help` import
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,34 +16,6 @@ import yaml
 from PIL import Image
 
 from conftest import digits_recipe, tabular_recipe
-from dlforge.cli import main
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """`cli("train", recipe, ...)`: runs `dlforge train recipe ...` in this process; returns code and output."""
-
-    def run(*args, cwd=None) -> Result:
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        capsys.readouterr()  # drop what earlier steps of the test printed
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err, err
-        return Result(code, out, err)
-
-    return run
 
 
 def write_recipe(tmp_path, recipe, name="r.yaml"):

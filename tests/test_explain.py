@@ -18,20 +18,6 @@ DIGITS = [str(FIXTURES / "seven.png"), str(FIXTURES / "two.png"), str(FIXTURES /
 pytest.importorskip("captum")
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    from dlforge.cli import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
-
-
 @pytest.fixture(scope="session")
 def text_run(tmp_path_factory) -> Path:
     """A 1-layer transformer on sentences whose label is decided by one word ('good' / 'bad')."""
@@ -192,8 +178,8 @@ def test_tabular_rows_get_one_attribution_per_column_categories_included(tabular
     assert np.allclose(table["attribution_x1"], result.scores["x1"], rtol=1e-4)
 
 
-def test_global_permutation_importance_ranks_the_deciding_column_first(tabular_run, capsys, tmp_path):
-    code, out, _ = _cli(capsys, "explain", tabular_run, "--global", "--out", tmp_path / "g")
+def test_global_permutation_importance_ranks_the_deciding_column_first(tabular_run, cli, tmp_path):
+    code, out, _ = cli("explain", tabular_run, "--global", "--out", tmp_path / "g")
     assert code == 0
     found = json.loads((tmp_path / "g" / "importance.json").read_text())
     ranking = list(found["importance"])
@@ -236,8 +222,8 @@ def test_multimodal_shares_show_the_deciding_input(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-def test_cli_explains_into_the_run_directory(digits_run, capsys):
-    code, out, err = _cli(capsys, "explain", digits_run, DIGITS[0], "--method", "saliency")
+def test_cli_explains_into_the_run_directory(digits_run, cli):
+    code, out, err = cli("explain", digits_run, DIGITS[0], "--method", "saliency")
     assert code == 0, err
     assert "predicted 7" in out and "Spearman" in out
     assert (digits_run / "explanations" / "image_0.png").is_file()
@@ -251,19 +237,19 @@ def test_cli_explains_into_the_run_directory(digits_run, capsys):
     ([DIGITS[0], "--attention"], ["--attention needs a text input"]),
     ([], ["give one of: image files, --text, or --data"]),
 ])
-def test_bad_input_to_an_image_model_exits_2_naming_what_fits(digits_run, capsys, args, expected):
-    code, out, err = _cli(capsys, "explain", digits_run, *args)
+def test_bad_input_to_an_image_model_exits_2_naming_what_fits(digits_run, cli, args, expected):
+    code, out, err = cli("explain", digits_run, *args)
     assert code == 2
     for text in expected:
         assert text in err, err
 
 
-def test_bad_input_to_a_text_model_exits_2(text_run, capsys):
-    code, _, err = _cli(capsys, "explain", text_run, DIGITS[0])
+def test_bad_input_to_a_text_model_exits_2(text_run, cli):
+    code, _, err = cli("explain", text_run, DIGITS[0])
     assert code == 2 and "does not take one image" in err and "--text" in err
-    code, _, err = _cli(capsys, "explain", text_run, "--text", "good", "--method", "grad_cam")
+    code, _, err = cli("explain", text_run, "--text", "good", "--method", "grad_cam")
     assert code == 2 and "valid: integrated_gradients, saliency, occlusion, gradient_shap" in err
-    code, _, err = _cli(capsys, "explain", text_run, "--text", "good", "--target", "maybe")
+    code, _, err = cli("explain", text_run, "--text", "good", "--target", "maybe")
     assert code == 2 and "labels: neg, pos" in err
 
 
@@ -331,7 +317,7 @@ def test_kernel_shap_gives_column_shapley_values_that_agree_with_integrated_grad
     assert np.allclose(again.scores["x1"], shap.scores["x1"])  # seeded coalitions: the same values every call
 
 
-def test_mistakes_are_explained_and_the_report_says_why_beside_each(tabular_run, capsys, tmp_path):
+def test_mistakes_are_explained_and_the_report_says_why_beside_each(tabular_run, cli, tmp_path):
     import json
     import shutil
 
@@ -339,14 +325,14 @@ def test_mistakes_are_explained_and_the_report_says_why_beside_each(tabular_run,
     shutil.copytree(tabular_run, run)
     mistakes = json.loads((run / "mistakes.json").read_text())["rows"]
     assert mistakes, "the tiny table's run has mistakes to explain"
-    code, out, _ = _cli(capsys, "explain", run, "--mistakes", "--no-sanity")
+    code, out, _ = cli("explain", run, "--mistakes", "--no-sanity")
     assert code == 0
     why = json.loads((run / "explanations" / "mistakes" / "mistakes.json").read_text())["rows"]
     assert [r["row"] for r in why] == [r["row"] for r in mistakes]  # the same rows, read back from the data
     assert all(r["predicted"] == m["predicted"] for r, m in zip(why, mistakes))
-    assert _cli(capsys, "report", run)[0] == 0
+    assert cli("report", run).returncode == 0
     page = (run / "report.html").read_text()
     assert "why (share of the explanation)" in page and f"{why[0]['top'][0][0]} " in page
     (run / "mistakes.json").unlink()
-    code, _, err = _cli(capsys, "explain", run, "--mistakes")
+    code, _, err = cli("explain", run, "--mistakes")
     assert code == 2 and "mistakes.json does not exist" in err

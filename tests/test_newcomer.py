@@ -10,21 +10,10 @@ import pytest
 import yaml
 
 import dlforge
-from dlforge.cli import main
 from dlforge.core.errors import RecipeError
 from dlforge.recipe.io import dump_recipe, load_recipe
 from dlforge.workflows.init import infer_recipe, init
 from conftest import digits_recipe
-
-
-def _cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
@@ -42,11 +31,11 @@ def shop(tmp_path) -> Path:
     return tmp_path / "shop.csv"
 
 
-def test_forgotten_target_says_so_and_lists_the_columns(shop, capsys):
-    code, _, err = _cli(["recipe", "check", str(shop)], capsys)
+def test_forgotten_target_says_so_and_lists_the_columns(shop, cli):
+    code, _, err = cli("recipe", "check", shop)
     assert code == 2 and "this is data, not a recipe" in err and f"dlforge train {shop} --target" in err
     for argv in (["train", str(shop)], ["init", str(shop)]):
-        code, _, err = _cli(argv, capsys)
+        code, _, err = cli(*argv)
         assert code == 2, argv
         assert "--target" in err and "price, city, score, label" in err and "Traceback" not in err
         assert f"dlforge train {shop} --target label" in err  # how to fix it, with a real column
@@ -59,9 +48,9 @@ def test_init_says_what_it_holds_out_and_why(shop):
     assert "no test split of its own" in split and "--test FILE" in split
 
 
-def test_test_file_is_the_test_split_and_all_data_trains(shop, tmp_path, capsys):
-    code, _, err = _cli(["train", str(shop), "--target", "label", "--test", str(shop.with_name("shop_test.csv")),
-                         "--out", str(tmp_path / "run"), "--no-pretrained", "--set", "training.epochs=2"], capsys)
+def test_test_file_is_the_test_split_and_all_data_trains(shop, tmp_path, cli):
+    code, _, err = cli("train", shop, "--target", "label", "--test", shop.with_name("shop_test.csv"),
+                       "--out", tmp_path / "run", "--no-pretrained", "--set", "training.epochs=2")
     assert code == 0, err
     rows = yaml.safe_load((tmp_path / "run" / "metrics.json").read_text())["data"]["rows"]
     assert rows["test"] == 50 and rows["train"] + rows["val"] == 240  # every row of DATA trains or validates
@@ -156,16 +145,16 @@ def test_regression_run_plots_and_resolved_recipe(prices, tmp_path, monkeypatch)
     assert "stratify: false" in init(str(prices), "price")
 
 
-def test_train_target_summarises_and_saves_the_inferred_recipe(shop, tmp_path, capsys):
+def test_train_target_summarises_and_saves_the_inferred_recipe(shop, tmp_path, cli):
     argv = ["train", str(shop), "--target", "label", "--out", str(tmp_path / "run"), "-q", "--no-pretrained",
             "--set", "training.epochs=1"]
-    code, out, err = _cli(argv, capsys)
+    code, out, err = cli(*argv)
     assert code == 0, err
     assert "inferred recipe: predict 'label' as category" in err and "2 number: price, score" in err
     assert "{name: price" not in err  # a summary, not the whole recipe
     saved = (tmp_path / "run" / "inferred_recipe.yaml").read_text()
     assert saved.startswith("# Written by `dlforge init") and "inferred_recipe.yaml" in out
-    code, _, err = _cli([*argv[:-2], "--overwrite", "-v", "--set", "training.epochs=1"], capsys)
+    code, _, err = cli(*[*argv[:-2], "--overwrite", "-v", "--set", "training.epochs=1"])
     assert code == 0 and "- {name: price, type: number" in err  # -v: all of it
 
 

@@ -210,12 +210,12 @@ class Trainer:
             start_epoch, start_step, permutation = self._restore(resume, result)
         # A finished run (last epoch done, or stopped early) resumes into its post-training phase only.
         end_epoch = start_epoch if resume is not None and resume.get("finished") else self.config.epochs
+        self._call("on_fit_start")  # callbacks' set-up (a tracking store's first migrations) is not loop time
         seconds_before = result.train_seconds
         started = time.perf_counter()
         step_hooks = self._hooks["on_step_end"]
         every = self.config.checkpoint_every_steps
         accumulating = self.accumulate > 1
-        self._call("on_fit_start")
         for epoch in range(start_epoch, end_epoch):
             if permutation is None:
                 permutation = self.batches.permutation()

@@ -188,7 +188,10 @@ class MlflowTracking(Callback):
 @contextlib.contextmanager
 def _quiet_mlflow():
     """MLflow logs its own INFO lines (schema migrations) and whole SQL tracebacks on a locked store; the one
-    warning above says what matters, so its loggers are silenced while we call it."""
+    warning above says what matters, so its loggers are silenced while we call it. mlflow sets its own logger's
+    level when first imported, so it is imported first (an ImportError reaches `_safely`)."""
+    import mlflow  # noqa: F401
+
     names = ["mlflow", "alembic", *(n for n in list(logging.root.manager.loggerDict)
                                    if n.startswith(("mlflow.", "alembic.")))]
     levels = {name: logging.getLogger(name).level for name in names}
