@@ -11,27 +11,6 @@ from recommend_data import ranking_recipe, write_interactions
 from serve.conftest import app_client
 
 
-@pytest.fixture
-def cli(capsys):
-    """`cli(*args)` -> (returncode, stdout, stderr) of `dlforge ...` run in this process."""
-    from types import SimpleNamespace
-
-    from dlforge.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err, err
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def two_tower_run(tmp_path_factory):
     import dlforge
