@@ -143,11 +143,15 @@ def test_metric_names_match_evaluation():
     from dlforge.evaluation.metrics import metric_sets
 
     sigs = {"category": {"size": 3, "labels": ["a", "b", "c"]}, "binary": {"size": 1, "labels": ["n", "y"]},
-            "number": {"size": 1}, "multilabel": {"size": 3, "labels": ["a", "b", "c"], "thresholds": [0.5] * 3}}
+            "number": {"size": 1}, "multilabel": {"size": 3, "labels": ["a", "b", "c"], "thresholds": [0.5] * 3},
+            "interaction": {"size": 1, "n_items": 60}}
+    # A recommender's evaluation logits: the pair's score, the held-out item's rank, the top-50 item indices.
+    ranked = torch.cat([torch.randn(8, 1), torch.randint(0, 60, (8, 1)).float(),
+                        torch.stack([torch.randperm(59)[:50] + 1 for _ in range(8)]).float()], 1)
     logits = {"category": torch.randn(8, 3), "binary": torch.randn(8, 1), "number": torch.randn(8, 1),
-              "multilabel": torch.randn(8, 3)}
+              "multilabel": torch.randn(8, 3), "interaction": ranked}
     targets = {"category": torch.arange(8) % 3, "binary": (torch.arange(8) % 2).float(), "number": torch.randn(8),
-               "multilabel": (torch.rand(8, 3) > 0.5).float()}
+               "multilabel": (torch.rand(8, 3) > 0.5).float(), "interaction": torch.ones(8)}
     for kind, names in METRICS_BY_OUTPUT_TYPE.items():
         computed = metric_sets.get(kind)(logits[kind], targets[kind], sigs[kind])
         assert set(computed) == set(names) - {"loss"}, kind

@@ -163,8 +163,28 @@ class Predictor:
         table = from_table(table, self.signature["inputs"], self.signature["outputs"])
         encoded = encode(table, self.inputs, self.outputs)
         logits = self.logits(encoded.x)
-        scales = {n: f.to_units for n, f in self.outputs.items() if not self._has_classes(n)}
+        scales = {n: f.to_units for n, f in self.outputs.items() if self.signature["outputs"][n]["type"] == "number"}
         return compute_metrics(self.model, logits, encoded.y, self.signature, detail=True, scales=scales)
+
+
+    def recommend(self, user=None, *, item=None, k: int = 10, exclude_seen: bool = True,
+                  features: dict | None = None) -> dict:
+        """Top-k items for `user` (leaving out those they interacted with, unless `exclude_seen=False`), or the k
+        items most similar to `item`, from a recommender run: {"items": [{"item", "score"}...], "source": ...}.
+        A user never seen in training is scored from `features` (user side features) if the model has them, else
+        by popularity; `source` says which (artifact/recommend.py)."""
+        from dlforge.artifact.recommend import Query
+
+        return self.recommender().run([Query(user=user, item=item, k=k, exclude_seen=exclude_seen,
+                                             features=dict(features or {}))])[0]
+
+    def recommender(self):
+        """The batched recommender over this run's model (PredictError for a run that is not a recommender)."""
+        from dlforge.artifact.recommend import Recommender
+
+        if getattr(self, "_recommender", None) is None:
+            self._recommender = Recommender(self)
+        return self._recommender
 
 
 def load(run_dir: str | Path, *, runtime: str | None = None, threads: int | None = None) -> Predictor:

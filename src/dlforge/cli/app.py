@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from dlforge.cli import audit, compress, explain, export, insights, privacy, tune
+from dlforge.cli import audit, compress, explain, export, insights, privacy, recommend, tune
 from dlforge.core.errors import DlforgeError, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 recipe_app = typer.Typer(no_args_is_help=True, help="Check a recipe or print its schema.")
 app.add_typer(recipe_app, name="recipe")
 # Command families that live in their own file (cli/<family>.py, each a `commands` Typer) join the top level.
-for _family in (export, compress, explain, audit, insights, privacy, tune):
+for _family in (export, compress, explain, audit, insights, privacy, recommend, tune):
     app.add_typer(_family.commands)
 
 
@@ -29,7 +29,8 @@ def _echo_err(text: str) -> None:
 
 
 def _metrics_line(metrics: dict) -> str:
-    keys = ("accuracy", "f1", "micro_f1", "macro_f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "loss")
+    keys = ("accuracy", "f1", "micro_f1", "macro_f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "hr@10", "ndcg@10",
+            "recall@50", "mrr", "coverage@10", "loss")
     parts = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))]
     for name, value in metrics.items():
         if isinstance(value, dict) and name not in ("per_class",):
@@ -152,6 +153,11 @@ def train(
         typer.echo(compare_line(scores, baseline))
     compiled = result.metrics.get("compile_seconds")
     processes = result.metrics.get("processes")
+    sampled = result.metrics.get("sampled")
+    if sampled:
+        values = next(v for k, v in sampled.items() if isinstance(v, dict))
+        typer.echo(f"sampled protocol (1 + {sampled['negatives_per_user']} negatives; flatters every model, full ranking "
+                   f"above is the number to trust): {_metrics_line(values)}")
     typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s "
                + (f"(of which {compiled:.1f} s the first compiled step) " if compiled is not None else "")
                + (f"on {processes['world_size']} processes ({processes['strategy']}, {processes['backend']}, "

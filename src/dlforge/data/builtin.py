@@ -69,6 +69,9 @@ datasets.register("spam_assassin")(_at("spam_assassin", "spam_assassin"))
 datasets.register("fsdd_mfcc")(_at("fsdd_mfcc", "fsdd_mfcc/fsdd_mfcc.npz"))
 # 776 sound clips (16 kHz WAV) in 16 classes as train/<class>/*.wav + test/<class>/*.wav, with labels.csv.
 datasets.register("sfx_0ad")(_at("sfx_0ad", "sfx_0ad"))
+# MovieLens 100K (research use only; never shipped): ratings with a leave-last-out split column; side tables and
+# the sampled protocol's negatives as builtin:movielens_100k/items.csv.gz, users.csv.gz, test_negatives.csv.gz.
+datasets.register("movielens_100k")(_at("movielens_100k", "movielens_100k/ratings.csv.gz"))
 # 187 RGB photos in 6 classes as a train/<class>/*.jpg + test/<class>/*.jpg tree.
 datasets.register("tuxpaint_photos")(_at("tuxpaint_photos", "tuxpaint_photos"))
 

@@ -11,6 +11,7 @@ import torch
 from dlforge.data.features import Feature, TargetFeature, input_features, output_features
 from dlforge.data.features.base import as_strings
 from dlforge.data.readers import ReadOptions, load_table
+from dlforge.data.interactions import link_catalogue, prepare_interactions
 from dlforge.data.split import check_classes_in_train, split_rows
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
@@ -100,6 +101,9 @@ def read_table(recipe, base_dir: Path | None = None) -> Table:
         table = with_test_rows(table, load_table(recipe.data.test_source, base_dir=base_dir, field="data.test_source",
                                                  options=ReadOptions.of(recipe.data)),
                                needed=[f.name for f in (*recipe.inputs, *recipe.outputs)])
+    # Recommendation: side tables joined, repeated (user, item) pairs by policy, the leave-last-out split.
+    table, _ = prepare_interactions(recipe, table, lambda source, where: load_table(
+        source, base_dir=base_dir, field=where, options=ReadOptions.of(recipe.data)))
     for i, f in enumerate(recipe.inputs):
         if f.type == "sequence" and f.columns:
             table = _stack_columns(table, f, f"inputs.{i}")
@@ -182,6 +186,7 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
         inputs[name].channels_, inputs[name].size_ = plan.channels, list(plan.size)
     for name, feat in {**inputs, **outputs}.items():
         feat.fit(train_table.column(name, field_path=feat.field_path))
+    link_catalogue(inputs, outputs)
     splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs, lazy=streamed,
                            cache_dir=recipe.data.cache_dir)
               for part, r in rows.items() if len(r)}

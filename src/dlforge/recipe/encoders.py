@@ -120,5 +120,50 @@ class AttentionCombiner(Strict):
     batch_norm: bool = _field(False, "Batch normalisation after each layer.")
 
 
-Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner], Field(discriminator="name")]
+class MFCombiner(Strict):
+    """Matrix factorisation: score = mu + b_user + b_item + <p_user, q_item> (Koren et al. 2009). Ids only."""
+
+    name: Literal["mf"] = "mf"
+    dim: int = _field(64, "Width of the user and item factors.", ge=1, le=4096)
+    biases: bool = _field(True, "Learn a bias per user and per item (and a global one).")
+    init_std: float = _field(0.05, "Std of the factors' normal initialisation.", gt=0, le=1)
+    l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
+                            "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
+
+
+class TwoTowerCombiner(Strict):
+    """Two towers: an MLP over the user's id embedding and user side features, another over the item's; the
+    score is the dot product of their outputs (plus biases). Side features let an unseen user or item be scored."""
+
+    name: Literal["two_tower"] = "two_tower"
+    dim: int = _field(64, "Width of each tower's output (the dot product's dimension).", ge=1, le=4096)
+    id_dim: int = _field(64, "Width of the id embeddings fed to the towers.", ge=1, le=4096)
+    layers: list[Annotated[int, Field(ge=1)]] = _field([], "Hidden layers of each tower before its output layer; "
+                                                           "[] is a linear tower.")
+    biases: bool = _field(True, "Learn a bias per user and per item (and a global one).")
+    id_dropout: float = _field(
+        0.0, "Fraction of training rows whose user and item ids are replaced by the unknown bucket, so the towers "
+        "learn to score from side features alone (cold start; Volkovs et al. 2017, DropoutNet).", ge=0, lt=1)
+    init_std: float = _field(0.05, "Std of the id embeddings' normal initialisation.", gt=0, le=1)
+    l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
+                            "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
+
+
+class NeuMFCombiner(Strict):
+    """NeuMF (He et al. 2017): a generalised MF branch (p_u * q_i) and an MLP over [p'_u, q'_i], fused by a linear
+    layer. Not a dot product: full ranking scores every (user, item) pair through the MLP."""
+
+    name: Literal["neumf"] = "neumf"
+    dim: int = _field(32, "Width of the GMF factors.", ge=1, le=1024)
+    mlp_dim: int = _field(32, "Width of each MLP-branch embedding.", ge=1, le=1024)
+    layers: list[Annotated[int, Field(ge=1)]] = _field([64, 32, 16], "Hidden layers of the MLP branch.")
+    init_std: float = _field(0.05, "Std of the embeddings' normal initialisation.", gt=0, le=1)
+    l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
+                            "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
+
+
+RECOMMENDER_COMBINERS = ("mf", "two_tower", "neumf")
+
+Combiner = Annotated[Union[ConcatCombiner, AttentionCombiner, MFCombiner, TwoTowerCombiner, NeuMFCombiner],
+                     Field(discriminator="name")]
 

@@ -46,6 +46,9 @@ class NumberInput(Strict):
     embedding: NumberEmbedding | None = _field(
         None, "Embed the scaled value (piecewise_linear or periodic) instead of passing it as one number; "
         "null passes it through.")
+    tower: Literal["user", "item"] | None = _field(
+        None, "Recommendation models only: a side feature of the user or of the item (two_tower feeds it to that "
+        "tower, so an unseen user/item is still scored from it); null for other models.")
 
 
 class CategoryPreprocessing(Strict):
@@ -58,12 +61,18 @@ class CategoryInput(Strict):
     type: Literal["category"] = "category"
     preprocessing: CategoryPreprocessing = _field(CategoryPreprocessing(), "Vocabulary options.")
     embedding_dim: int | None = _field(None, "Embedding width; null picks min(32, (vocabulary+1)//2).", ge=1)
+    tower: Literal["user", "item"] | None = _field(
+        None, "Recommendation models only: a side feature of the user or of the item (two_tower feeds it to that "
+        "tower, so an unseen user/item is still scored from it); null for other models.")
 
 
 class BinaryInput(Strict):
     name: str = _field(..., "Column name in the data.", min_length=1)
     type: Literal["binary"] = "binary"
     positive: str | None = _field(None, "The value that means 1; null infers it (true/yes/1, or the later of two sorted values).")
+    tower: Literal["user", "item"] | None = _field(
+        None, "Recommendation models only: a side feature of the user or of the item (two_tower feeds it to that "
+        "tower, so an unseen user/item is still scored from it); null for other models.")
 
 
 class ImagePreprocessing(Strict):
@@ -309,7 +318,19 @@ class AudioInput(Strict):
     augmentation: AudioAugmentation | None = _field(None, "Random changes to training batches (off at evaluation).")
 
 
-InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput, AudioInput],
+class IdInput(Strict):
+    name: str = _field(..., "Column of user or item identifiers (any strings or integers).", min_length=1)
+    type: Literal["id"] = "id"
+    role: Literal["user", "item"] = _field(..., "Whose identifier this is: a recommendation recipe has one of each.")
+    min_frequency: int = _field(1, "Ids with fewer training interactions share the unknown bucket (index 0).", ge=1)
+    duplicates: Literal["last", "first", "mean", "keep", "error"] = _field(
+        "last", "role item only: what to do with repeated (user, item) pairs, counted and said before the split: "
+        "keep the last row (by the leave-last-out time column, else file order), the first, the mean of the "
+        "target, keep them all, or refuse the data.")
+
+
+InputFeature = Annotated[Union[NumberInput, CategoryInput, BinaryInput, ImageInput, TextInput, SequenceInput, AudioInput,
+                               IdInput],
                          Field(discriminator="type")]
 
 

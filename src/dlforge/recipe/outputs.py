@@ -52,7 +52,27 @@ class MultiLabelOutput(Strict):
     loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
 
 
-OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, MultiLabelOutput], Field(discriminator="type")]
+class InteractionOutput(Strict):
+    name: str = _field(..., "Any column of the interaction table (e.g. rating): every row is one positive "
+                            "(implicit feedback); the column's values are not used.", min_length=1)
+    type: Literal["interaction"] = "interaction"
+    loss: Literal["bpr", "softmax", "bce"] = _field(
+        "bpr", "bpr: pairwise log-sigmoid of positive minus negative (Rendle et al. 2009); softmax: sampled "
+        "softmax over the positive and its negatives with the logQ correction (Yi et al. 2019); bce: binary "
+        "cross-entropy, positive 1, negatives 0 (NeuMF's loss).")
+    negatives: int = _field(4, "Negative items sampled per positive (never one of the user's training items).",
+                            ge=1, le=1000)
+    sampler: Literal["uniform", "popularity"] = _field(
+        "uniform", "uniform over the catalogue, or proportional to training popularity ** popularity_alpha.")
+    popularity_alpha: float = _field(0.75, "Exponent of the popularity sampler (word2vec's 0.75).", ge=0, le=1)
+    sampled_negatives: str | None = _field(
+        None, "A table of (user, item) rows, the same column names as the id inputs: the fixed negatives of the "
+        "sampled protocol (1 held-out item + these); builtin:NAME/file works as data.source. null: full ranking only.")
+    loss_weight: float = _field(1.0, "Weight of this output's loss when there are several.", gt=0)
+
+
+OutputFeature = Annotated[Union[CategoryOutput, BinaryOutput, NumberOutput, MultiLabelOutput, InteractionOutput],
+                          Field(discriminator="type")]
 
 # Metrics each output type logs (evaluate/metrics.py computes exactly these; a test checks it).
 METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
@@ -61,9 +81,12 @@ METRICS_BY_OUTPUT_TYPE: dict[str, tuple[str, ...]] = {
     "binary": ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"),
     "number": ("loss", "mae", "rmse", "r2"),
     "multilabel": ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"),
+    # Full ranking of the held-out item among all items the user has not interacted with (evaluation/ranking.py).
+    "interaction": ("loss", "hr@10", "ndcg@10", "recall@10", "recall@50", "mrr", "coverage@10"),
 }
 HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "r2", "micro_f1", "macro_f1",
-                    "subset_accuracy", "macro_precision", "macro_recall", "weighted_f1"}
+                    "subset_accuracy", "macro_precision", "macro_recall", "weighted_f1", "hr@10", "ndcg@10", "recall@10",
+                    "recall@50", "mrr", "coverage@10"}
 # Names a category output logged before the averages were named (runs on disk, recipes' early_stopping metric):
 # a recipe that says `val.f1` for a category output is read as `val.macro_f1` (the same number), with a notice.
 RENAMED_METRICS: dict[str, dict[str, str]] = {

@@ -37,6 +37,7 @@ from dlforge.serve.batcher import Batcher, QueueFull, ShuttingDown
 from dlforge.serve.config import ServeConfig
 from dlforge.serve.metrics import Metrics, MetricsMiddleware
 from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS
+from dlforge.serve.recommend import add_recommend_route, run_jobs
 from dlforge.serve.runtime import DEFAULT_TOP_K, ModelRuntime, Records, weights_version
 from dlforge.serve.schema import (ErrorResponse, Failed, PredictResponse, Status, build_request_models, multipart_schema,
                                   validation_problems)
@@ -108,6 +109,9 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
     batcher = Batcher(lambda jobs: state.runtime.run(jobs), max_batch=config.max_batch,
                       max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
                       on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set)
+    # /v1/recommend's own batcher (serve/recommend.py): its batches are users scored against every item.
+    recommend_batcher = Batcher(lambda jobs: run_jobs(state.runtime.predictor.recommender, jobs),
+                                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue)
     keys = load_api_keys(config.api_key_file) if config.api_key_file else []
 
     def load_predictor():
@@ -145,6 +149,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
         # batched throughput of the MNIST CNN at concurrency 32 here (benchmarks/serve.md).
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         batcher.start()
+        recommend_batcher.start()
 
         async def load():
             try:
@@ -171,6 +176,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
         yield {CONNECTION_EVENTS: lambda reason: metrics.rejected.labels(reason).inc()}
         state.status = "draining"
         await batcher.close(config.drain_s)
+        await recommend_batcher.close(config.drain_s)
         loading.cancel()
 
     app = FastAPI(title=f"dlforge: {meta['name']}", version=version, lifespan=lifespan, docs_url=None,
@@ -315,6 +321,18 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
                               "predictions": rows}).encode()
         return Response(payload, media_type="application/json", headers={
             "Server-Timing": f"parse;dur={(queued - started) * 1e3:.2f}, batch;dur={(done - queued) * 1e3:.2f}"})
+
+    async def read_checked(request: Request) -> bytes:
+        try:
+            return await read_body(request, config.max_body_bytes)
+        except BodyTooLarge:
+            metrics.rejected.labels("body_too_large").inc()
+            raise ApiError(413, body_too_large(config.max_body_bytes)) from None
+        except BadEncoding as exc:
+            raise ApiError(exc.status, exc.detail) from None
+
+    add_recommend_route(app, state=state, config=config, meta=meta, version=version, batcher=recommend_batcher,
+                        api_error=ApiError, invalid=_invalid, read=read_checked)
 
     # -- the web page -------------------------------------------------------------------------------------
     index_html = (STATIC / "index.html").read_bytes()

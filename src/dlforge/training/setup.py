@@ -20,7 +20,9 @@ import torch
 
 from dlforge.data.augment import build_augmenter
 from dlforge.data.prepare import Encoded, Prepared
+from dlforge.data.interactions import interaction_tensors
 from dlforge.models import build_model
+from dlforge.models.recommend import RecommenderModel
 from dlforge.training.callbacks import GradualUnfreeze, build_callbacks
 from dlforge.training.feature_cache import apply_feature_cache
 from dlforge.training.memory import enable_activation_checkpointing
@@ -75,6 +77,8 @@ def build_training(recipe, prepared: Prepared, *, run_dir: Path, splits: dict[st
     attach_loss_weights(model, prepared)
     if recipe.training.activation_checkpointing:
         enable_activation_checkpointing(model)
+    if isinstance(model, RecommenderModel):  # seen items, popularity, side catalogues, the sampler's positives
+        model.attach(interaction_tensors(recipe, prepared))
     # Frozen backbone: embed once, on the device training will use.
     cache_report = apply_feature_cache(recipe, model, splits, device=strategy.device)
     unfreeze = GradualUnfreeze(model)

@@ -32,6 +32,7 @@ import torch
 from dlforge.core.errors import ArtifactError, TrainingDiverged, TrainingInterrupted
 from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
+from dlforge.models.layers import RandomStateful
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
 from dlforge.training.checkpoint import recipe_digest, save_checkpoint
 from dlforge.training.optim import build_optimizer, build_schedule
@@ -428,6 +429,8 @@ class Trainer:
             state["augment"] = self.augment.state_dict()
         if isinstance(self.strategy, StatefulStrategy):  # e.g. the privacy accountant: resume spends no budget twice
             state["strategy"] = self.strategy.state_dict()
+        if isinstance(self.model, RandomStateful) and self.model.rng_state() is not None:  # a negative sampler
+            state["model_rng"] = self.model.rng_state()
         save_checkpoint(self.run_dir, state)
 
     def _restore(self, state: dict, result: TrainResult):
@@ -455,6 +458,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if isinstance(self.strategy, StatefulStrategy) and state.get("strategy") is not None:
             self.strategy.load_state_dict(state["strategy"])
+        if isinstance(self.model, RandomStateful) and state.get("model_rng") is not None:
+            self.model.load_rng_state(state["model_rng"])
         result.history = list(state["history"])
         result.epochs_run = len(result.history)
         result.train_seconds = state["train_seconds"]

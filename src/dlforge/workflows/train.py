@@ -30,6 +30,8 @@ from dlforge.data.prepare import describe as describe_data
 from dlforge.evaluation.baseline import baseline_for
 from dlforge.evaluation.fairness import check_sensitive_columns
 from dlforge.evaluation.metrics import load_backend as load_metric_backend
+from dlforge.evaluation.recommend_report import ranking_report
+from dlforge.models.recommend import RecommenderModel
 from dlforge.models import count_parameters
 from dlforge.recipe.io import DATA_SUFFIXES, dump_recipe, load_recipe, recipe_base_dir
 from dlforge.recipe.training import higher_is_better
@@ -284,6 +286,8 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
                             say=lambda text: print(text, file=sys.stderr))
     if baseline is not None:
         metrics["baseline"] = baseline
+    if isinstance(model, RecommenderModel) and model.ranking:  # the sampled protocol, and the most-popular baseline
+        metrics.update(ranking_report(model, recipe, prepared, base_dir=base_dir))
     if cache_report:
         metrics["backbones"] = cache_report
     privacy = trainer.strategy.report() if isinstance(trainer.strategy, StatefulStrategy) else None

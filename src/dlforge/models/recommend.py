@@ -1,0 +1,214 @@
+"""A recommender as a dlforge model: ids (+ side features) in, a score per (user, item) out.
+
+`forward` keeps the contract of every dlforge model ({output: logits}), with three shapes:
+  - training, implicit feedback: (B, 1 + k), the positive's score then its k sampled negatives' (the loss's);
+  - a rating output: (B, 1), the predicted rating (standardised, as number targets are);
+  - evaluation of an interaction output: (B, 2 + K): the pair's score, then the rank of the row's item among
+    all items the user has not interacted with (0 = top), then the indices of the user's top K, so the metric
+    set (evaluation/ranking.py) gets HR, NDCG, MRR and coverage from the usual logits -> metrics path, and
+    validation, early stopping and `dlforge evaluate` need nothing new. Ranking all items is one matrix product.
+
+What the model needs beside its weights is held in buffers, saved in model.safetensors with them: the seen
+items of every user (CSR: `seen_indptr`, `seen_items`; every split's interactions, excluded at ranking and
+serving time except the row's own item), training popularity (the popularity fallback and baseline), and one
+catalogue per side feature (its value by id, to score every item or a user from their features). Loading
+resizes these buffers to the stored shapes (`_load_from_state_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlforge.models.combiners import combiners
+from dlforge.models.negatives import NegativeSampler
+
+TOP_K = 10  # the cutoff of the logged metrics (hr@10, ndcg@10, coverage@10): the papers' choice
+RECALL_K = 50
+CHUNK_PAIRS = 2_000_000  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
+
+
+class ResizableBuffers(nn.Module):
+    """Buffers whose shapes come from the data: loading takes the stored tensor's shape."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in list(self._buffers):
+            key = prefix + name
+            if key in state_dict:
+                self._buffers[name] = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class OutputSlot(nn.Module):
+    """What the rest of dlforge reads of a head: its config (loss weight) and a class weight slot (unused)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.class_weight = None
+
+    def probabilities(self, logits):
+        return logits
+
+
+class RecommenderModel(nn.Module):
+    def __init__(self, recipe, signature: dict):
+        super().__init__()
+        in_sig = signature["inputs"]
+        self.user_input = next(f.name for f in recipe.inputs if f.type == "id" and f.role == "user")
+        self.item_input = next(f.name for f in recipe.inputs if f.type == "id" and f.role == "item")
+        self.n_users = in_sig[self.user_input]["cardinality"]
+        self.n_items = in_sig[self.item_input]["cardinality"]
+        side = {f.name: {**in_sig[f.name], "tower": f.tower} for f in recipe.inputs if f.type != "id"}
+        self.user_side = [n for n, s in side.items() if s["tower"] == "user"]
+        self.item_side = [n for n, s in side.items() if s["tower"] == "item"]
+        output = recipe.outputs[0]
+        self.output = output.name
+        self.ranking = output.type == "interaction"
+        self.loss_name = getattr(output, "loss", "mse")
+        self.negatives = getattr(output, "negatives", 0)
+        self.scorer = combiners.get(recipe.combiner.name)(recipe.combiner, n_users=self.n_users, n_items=self.n_items,
+                                                          side=side)
+        self.heads = nn.ModuleDict({output.name: OutputSlot(output)})
+        self.tabular_names: list[str] = []
+        self.encoders = nn.ModuleDict()  # none: the scorer embeds the ids (feature caching and unfreezing skip it)
+        self.state = ResizableBuffers()
+        self.state.register_buffer("seen_indptr", torch.zeros(self.n_users + 1, dtype=torch.long))
+        self.state.register_buffer("seen_items", torch.zeros(0, dtype=torch.long))
+        self.state.register_buffer("popularity", torch.zeros(self.n_items))
+        self.catalogue_names = [*self.user_side, *self.item_side]
+        for i in range(len(self.catalogue_names)):
+            self.state.register_buffer(f"side_{i}", torch.zeros(0))
+        self.sampler = (NegativeSampler(self.n_items, kind=output.sampler, alpha=output.popularity_alpha,
+                                        seed=recipe.training.seed + 2) if self.ranking else None)
+        self._log_q: torch.Tensor | None = None
+
+    # ------------------------------------------------------------ data the model holds
+    def attach(self, tensors: dict) -> None:
+        """Seen items, popularity, side catalogues and the sampler's positives (data/interactions.py's tensors)."""
+        users = torch.cat([u for u, _ in tensors["pairs"].values()])
+        items = torch.cat([i for _, i in tensors["pairs"].values()])
+        known = (users > 0) & (items > 0)
+        keys = torch.unique(users[known] * self.n_items + items[known])
+        seen_users, seen_items = torch.div(keys, self.n_items, rounding_mode="floor"), keys % self.n_items
+        self.state.seen_indptr = torch.cat([torch.zeros(1, dtype=torch.long),
+                                            torch.bincount(seen_users, minlength=self.n_users).cumsum(0)])
+        self.state.seen_items = seen_items
+        self.state.popularity = tensors["popularity"].float()
+        for i, name in enumerate(self.catalogue_names):
+            setattr(self.state, f"side_{i}", tensors["catalogues"][name])
+        if self.sampler is not None:
+            train_users, train_items = tensors["pairs"]["train"]
+            self.sampler.set_data(train_users, train_items, tensors["popularity"])
+
+    def catalogue(self, name: str) -> torch.Tensor:
+        return getattr(self.state, f"side_{self.catalogue_names.index(name)}")
+
+    def seen_mask(self, users: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) True where the user has interacted with the item (any split), built from the CSR."""
+        indptr, items = self.state.seen_indptr, self.state.seen_items
+        start, end = indptr[users], indptr[users + 1]
+        counts = end - start
+        rows = torch.arange(len(users), device=users.device).repeat_interleave(counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        mask = torch.zeros(len(users), self.n_items, dtype=torch.bool, device=users.device)
+        mask[rows, items[start.repeat_interleave(counts) + offsets]] = True
+        return mask
+
+    # ------------------------------------------------------------ encodings
+    def user_encoding(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.scorer.encode_users(x[self.user_input], {n: x[n] for n in self.user_side})
+
+    def item_encoding(self, items: torch.Tensor, x: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Items' encodings; side features from `x` (the rows' own) when given, else from the catalogue."""
+        side = {n: (x[n] if x is not None else self.catalogue(n)[items]) for n in self.item_side}
+        return self.scorer.encode_items(items, side)
+
+    def score_items(self, x: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """(B, m) scores of each row's user with `items` (B, m), item features from the catalogue."""
+        u = self.user_encoding(x).unsqueeze(1)
+        return self.scorer.interact(u, self.item_encoding(items)) + self.scorer.biases(x[self.user_input], items)
+
+    def score_all(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_items) scores of each row's user with every item: one matrix product for dot-product scorers."""
+        users = x[self.user_input]
+        every = torch.arange(self.n_items, device=users.device)
+        u, v = self.user_encoding(x), self.item_encoding(every)
+        bias = self.scorer.biases(users, every.expand(len(users), -1))
+        if self.scorer.dot_product:
+            return u @ v.T + bias
+        step = max(1, CHUNK_PAIRS // self.n_items)
+        return torch.cat([self.scorer.interact(u[i:i + step].unsqueeze(1), v.unsqueeze(0))
+                          for i in range(0, len(u), step)]) + bias
+
+    def rank(self, x: dict[str, torch.Tensor], k: int = max(TOP_K, RECALL_K)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rank of each row's item among the user's unseen items, 0 = first; top-k item indices). The row's own
+        item is never masked; an unknown item (index 0) ranks last (a miss)."""
+        users, items = x[self.user_input], x[self.item_input]
+        scores = self.score_all(x).float()
+        mask = self.seen_mask(users)
+        rows = torch.arange(len(users), device=users.device)
+        mask[rows, items] = False
+        mask[:, 0] = True
+        own = scores[rows, items]
+        scores = scores.masked_fill(mask, -math.inf)
+        rank = (scores > own.unsqueeze(1)).sum(1).float()
+        rank = torch.where(items == 0, torch.full_like(rank, self.n_items), rank)
+        return rank, scores.topk(min(k, self.n_items), dim=1).indices.float()
+
+    # ------------------------------------------------------------ the dlforge model contract
+    def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        users, items = x[self.user_input], x[self.item_input]
+        if self.training and self.ranking:
+            negatives = self.sampler.sample(users, self.negatives)
+            candidates = torch.cat([items.unsqueeze(1), negatives], 1)
+            self._log_q = self.sampler.log_q(candidates) if self.loss_name == "softmax" else None
+            return {self.output: self.score_items(x, candidates)}
+        u = self.user_encoding(x)
+        score = (self.scorer.interact(u, self.item_encoding(items, x))
+                 + self.scorer.biases(users, items.unsqueeze(1)).squeeze(1)).unsqueeze(1)
+        if self.training or not self.ranking:
+            return {self.output: score}
+        rank, top = self.rank(x)
+        return {self.output: torch.cat([score, rank.unsqueeze(1), top], 1)}
+
+    def loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = logits[self.output].float()
+        penalty = self.scorer.penalty() if self.training else None
+        if not self.ranking:
+            loss = F.mse_loss(out.squeeze(-1), targets[self.output].float())
+        elif not self.training or out.shape[1] != 1 + self.negatives:
+            # Evaluation: the share of unseen items ranked above the held-out one (1 - AUC).
+            loss = (out[:, 1] / max(self.n_items - 2, 1)).clamp(max=1).mean()
+        elif self.loss_name == "bpr":
+            loss = -F.logsigmoid(out[:, :1] - out[:, 1:]).mean()
+        elif self.loss_name == "bce":
+            labels = torch.zeros_like(out)
+            labels[:, 0] = 1
+            loss = F.binary_cross_entropy_with_logits(out, labels)
+        else:  # sampled softmax with the logQ correction: the positive is class 0
+            corrected = out - self._log_q if self._log_q is not None else out
+            loss = F.cross_entropy(corrected, torch.zeros(len(out), dtype=torch.long, device=out.device))
+        return loss + penalty if penalty is not None else loss
+
+    def architectures(self) -> dict:
+        return {}
+
+    def length_sensitive_inputs(self) -> dict:
+        return {}
+
+    # ------------------------------------------------------------ exact resume
+    def rng_state(self) -> torch.Tensor | None:
+        return self.sampler.rng_state() if self.sampler is not None else None
+
+    def load_rng_state(self, state: torch.Tensor) -> None:
+        if self.sampler is not None:
+            self.sampler.load_rng_state(state)
+
+
+__all__ = ["RECALL_K", "RecommenderModel", "TOP_K"]

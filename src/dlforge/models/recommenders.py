@@ -1,0 +1,177 @@
+"""Recommender scorers, registered as combiners (`combiner: {name: mf | two_tower | neumf}`).
+
+Each turns user ids (+ user side features) into a user encoding U (B, D) with a bias, item ids (+ item side
+features) into an item encoding V (N, D) with a bias, and scores pairs with `interact(U, V)` under broadcasting
+((B, 1, D) with (B, m, D) for sampled items, with (1, N, D) for the whole catalogue). For mf and two_tower the
+interaction is a dot product, so scoring every item is one (B, D) x (D, N) matrix product; NeuMF's is an MLP,
+so scoring every item runs the MLP on B x N pairs (chunked by the caller).
+
+`penalty` is the L2 of the embeddings a batch used (per-example regularisation, as in Funk SVD and BPR): a
+dense weight decay would shrink every item's vector on every step, rare ones most.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlforge.models.combiners import combiners
+from dlforge.models.layers import dense_stack
+
+
+def _embedding(n: int, dim: int, std: float) -> nn.Embedding:
+    emb = nn.Embedding(n, dim)
+    nn.init.normal_(emb.weight, std=std)
+    return emb
+
+
+class Scorer(nn.Module):
+    """The shared parts: per-id biases, side-feature encoders per tower, the L2 of what a batch used."""
+
+    builds_model = True  # models/model.py: this combiner is a whole recommender, not a fusion of encoders
+    dot_product = True  # scoring all items is one matrix product
+
+    def __init__(self, config, *, n_users: int, n_items: int, side: dict[str, dict]):
+        super().__init__()
+        self.config = config
+        self.l2 = getattr(config, "l2", 0.0)
+        biases = getattr(config, "biases", False)
+        self.user_bias = _embedding(n_users, 1, 1e-6) if biases else None
+        self.item_bias = _embedding(n_items, 1, 1e-6) if biases else None
+        self.global_bias = nn.Parameter(torch.zeros(())) if biases else None
+        self._used: list[torch.Tensor] = []
+
+    def use(self, *tensors: torch.Tensor) -> None:
+        if self.training and self.l2:
+            self._used.extend(tensors)
+
+    def penalty(self) -> torch.Tensor | None:
+        """L2 of the embeddings used since the last call, averaged over the batch rows."""
+        if not self._used:
+            return None
+        rows = self._used[0].shape[0]
+        total = sum(t.pow(2).sum() for t in self._used) * (self.l2 / max(rows, 1))
+        self._used = []
+        return total
+
+    def biases(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """b + b_u + b_i with users (B,) and items (B, m) -> (B, m); zeros without biases."""
+        if self.user_bias is None:
+            return torch.zeros(items.shape, device=items.device)
+        bu, bi = self.user_bias(users), self.item_bias(items).squeeze(-1)
+        self.use(bu, bi.reshape(len(users), -1))
+        return self.global_bias + bu + bi
+
+    def interact(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (u * v).sum(-1)
+
+
+@combiners.register("mf")
+class MatrixFactorization(Scorer):
+    def __init__(self, config, *, n_users, n_items, side):
+        super().__init__(config, n_users=n_users, n_items=n_items, side=side)
+        self.users = _embedding(n_users, config.dim, config.init_std)
+        self.items = _embedding(n_items, config.dim, config.init_std)
+
+    def encode_users(self, users, side):
+        u = self.users(users)
+        self.use(u)
+        return u
+
+    def encode_items(self, items, side):
+        v = self.items(items)
+        self.use(v.reshape(-1, v.shape[-1]))
+        return v
+
+
+class SideEncoder(nn.Module):
+    """One tower's side features as one vector: categories embedded, numbers and binaries as they are."""
+
+    def __init__(self, side: dict[str, dict]):
+        super().__init__()
+        self.names = list(side)
+        self.embeddings = nn.ModuleDict()
+        self.output_dim = 0
+        for i, sig in enumerate(side.values()):
+            if sig["type"] == "category":
+                self.embeddings[str(i)] = nn.Embedding(sig["cardinality"], sig["embedding_dim"])
+                self.output_dim += sig["embedding_dim"]
+            else:
+                self.output_dim += sig.get("width", 1)
+
+    def forward(self, side: dict[str, torch.Tensor], shape: torch.Size) -> list[torch.Tensor]:
+        parts = []
+        for i, name in enumerate(self.names):
+            value = side[name]
+            if str(i) in self.embeddings:
+                parts.append(self.embeddings[str(i)](value.long()))
+            else:
+                parts.append(value.float().reshape(*shape, -1))
+        return parts
+
+
+@combiners.register("two_tower")
+class TwoTower(Scorer):
+    def __init__(self, config, *, n_users, n_items, side):
+        super().__init__(config, n_users=n_users, n_items=n_items, side=side)
+        self.users = _embedding(n_users, config.id_dim, config.init_std)
+        self.items = _embedding(n_items, config.id_dim, config.init_std)
+        self.user_side = SideEncoder({n: s for n, s in side.items() if s["tower"] == "user"})
+        self.item_side = SideEncoder({n: s for n, s in side.items() if s["tower"] == "item"})
+        self.user_tower = self._tower(config.id_dim + self.user_side.output_dim, config)
+        self.item_tower = self._tower(config.id_dim + self.item_side.output_dim, config)
+
+    @staticmethod
+    def _tower(in_dim: int, config) -> nn.Module:
+        hidden, width = dense_stack(in_dim, config.layers)
+        return nn.Sequential(hidden, nn.Linear(width, config.dim))
+
+    def _drop(self, ids: torch.Tensor) -> torch.Tensor:
+        p = self.config.id_dropout
+        if not self.training or not p:
+            return ids
+        return torch.where(torch.rand(ids.shape, device=ids.device) < p, torch.zeros_like(ids), ids)
+
+    def encode_users(self, users, side):
+        e = self.users(self._drop(users))
+        self.use(e)
+        return self.user_tower(torch.cat([e, *self.user_side(side, users.shape)], -1))
+
+    def encode_items(self, items, side):
+        e = self.items(self._drop(items))
+        self.use(e.reshape(-1, e.shape[-1]))
+        return self.item_tower(torch.cat([e, *self.item_side(side, items.shape)], -1))
+
+
+@combiners.register("neumf")
+class NeuMF(Scorer):
+    """He et al. 2017: GMF (p_u * q_i) beside an MLP over [p'_u, q'_i], fused by one linear layer."""
+
+    dot_product = False
+
+    def __init__(self, config, *, n_users, n_items, side):
+        super().__init__(config, n_users=n_users, n_items=n_items, side=side)
+        self.dim = config.dim
+        self.users = _embedding(n_users, config.dim + config.mlp_dim, config.init_std)
+        self.items = _embedding(n_items, config.dim + config.mlp_dim, config.init_std)
+        self.mlp, width = dense_stack(2 * config.mlp_dim, config.layers)
+        self.fuse = nn.Linear(config.dim + width, 1)
+
+    def encode_users(self, users, side):
+        u = self.users(users)
+        self.use(u)
+        return u
+
+    def encode_items(self, items, side):
+        v = self.items(items)
+        self.use(v.reshape(-1, v.shape[-1]))
+        return v
+
+    def interact(self, u, v):
+        u, v = torch.broadcast_tensors(u, v)
+        gmf = u[..., :self.dim] * v[..., :self.dim]
+        mlp = self.mlp(torch.cat([u[..., self.dim:], v[..., self.dim:]], -1))
+        return self.fuse(torch.cat([gmf, mlp], -1)).squeeze(-1)
+
+
+__all__ = ["MatrixFactorization", "NeuMF", "Scorer", "TwoTower"]
