@@ -251,7 +251,9 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line and "as --no-pretrained asks" in line
     assert "text 'review': encoder ngram" in "\n".join(summarize_inferred(plain))
     ngram = yaml.safe_load(plain)  # the bag's training: a small rate, weight decay, cosine decay, stop on the loss
-    assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
+    assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2,
+                                             "members": 4}
+    assert "4 members with their own tables, probabilities averaged" in line  # which, configured how, and why
     assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}
     assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
     assert ngram["training"]["epochs"] == 15
