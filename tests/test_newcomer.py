@@ -251,12 +251,16 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line and "as --no-pretrained asks" in line
     assert "text 'review': encoder ngram" in "\n".join(summarize_inferred(plain))
     ngram = yaml.safe_load(plain)  # the bag's training: a small rate, weight decay, cosine decay, stop on the loss
-    assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2,
-                                             "members": 4}
-    assert "4 members with their own tables, probabilities averaged" in line  # which, configured how, and why
+    assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
     assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}
     assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
     assert ngram["training"]["epochs"] == 15
+    # 80 texts of 8 words: cross-fitted (5 bags, each stopped on its own fifth, averaged), and the comment says why
+    assert ngram["training"]["cross_fit"] == 5
+    assert "cross_fit: 5  # 640 words of text: 5 bags, each early-stopped on its own fifth" in plain
+    monkeypatch.setattr(init_text, "CROSS_FIT_WORDS", 639)  # more text than the budget: one bag, saying why
+    big = init(data, "y", pretrained=False)
+    assert "cross_fit" not in yaml.safe_load(big)["training"] and "# one bag: 640 words of text, over the 639" in big
 
     monkeypatch.setattr(init_text, "pretrained_text_installed", lambda: False)
     line = _text_line(init(data, "y"), "review")  # not installed: the bag, and how to get the better one

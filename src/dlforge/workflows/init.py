@@ -140,7 +140,7 @@ def _render(source, target, output, output_why, inputs, dropped, table: Table, *
         lines += tabular_training(table.n_rows)
     else:
         lines += ["combiner: {name: concat, layers: [64, 32]}", "training:"]
-        lines += text_training(inputs) or [
+        lines += text_training(inputs, table) or [
             "  epochs: 10",
             "  batch_size: 64",
             "  optimizer: {name: adam, lr: 0.001}",
