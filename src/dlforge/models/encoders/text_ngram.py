@@ -10,8 +10,8 @@ Cost: one embedding gather per token and n-gram and a mean, no recurrence: the c
 rows (one table K x dim wide, so still one gather), returned as (B, K, dim) for the concat combiner, whose layers
 and heads are shared by the members. Each member is scored on every row and the members' probabilities are
 averaged (models/model.py, heads.combine). Not `init`'s choice: on rt_snippets seed 0, 4 members scored 0.7793
-where one bag scored 0.7820 (the members share the dense layers, so they stay alike); init cross-fits 5 bags instead
-(training.cross_fit; benchmarks/text_newcomer.md).
+where one bag scored 0.7820 (one seed; a prototype whose members also had their own dense layers did better), so
+init cross-fits 5 bags instead (training.cross_fit; benchmarks/text_newcomer.md).
 """
 
 from __future__ import annotations
