@@ -249,7 +249,8 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     plain = init(data, "y", pretrained=False)  # --no-pretrained
     line = _text_line(plain, "review")
     assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line and "as --no-pretrained asks" in line
-    assert "text 'review': encoder ngram" in "\n".join(summarize_inferred(plain))
+    summary = "\n".join(summarize_inferred(plain))
+    assert "text 'review': encoder ngram" in summary and "cross-fit: 640 words of text: 5 bags" in summary
     ngram = yaml.safe_load(plain)  # the bag's training: a small rate, weight decay, cosine decay, stop on the loss
     assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
     assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}

@@ -190,6 +190,9 @@ def summarize_inferred(text: str) -> list[str]:
             why = why[why.find("encoder "):] if "encoder " in why else ""
             lines.append(f"  text '{entry['name']}': {why.split('; saw ')[0]}" if why else
                          f"  text '{entry['name']}': encoder {entry.get('encoder', {}).get('name', 'default')}")
+    folds = (data.get("training") or {}).get("cross_fit", 1)
+    if folds > 1:  # k trainings instead of one: a newcomer should know why the run takes k times as long
+        lines.append(f"  cross-fit: {comment.get(f'cross_fit: {folds}', f'{folds} members, averaged')}")
     if dropped:
         lines.append(f"  dropped: {'; '.join(d[:60] for d in dropped[:6])}{' ...' if len(dropped) > 6 else ''}")
     if split:
