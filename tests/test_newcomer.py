@@ -169,6 +169,30 @@ def test_train_target_summarises_and_saves_the_inferred_recipe(shop, tmp_path, c
     assert code == 0 and "- {name: price, type: number" in err  # -v: all of it
 
 
+@pytest.mark.slow
+def test_no_recipe_text_trains_the_cross_fitted_bag_it_describes(tmp_path, capsys):
+    """`train DATA --target` on free text (no pretrained): the recipe it writes, the run it trains (5 bags, one per
+    fold, averaged) and the summary agree, and the bags learn the keywords."""
+    rng = np.random.default_rng(0)
+    good, bad, filler = ["great", "superb", "loved"], ["awful", "dull", "hated"], ["the", "film", "was", "a", "plot"]
+    label = rng.choice(["pos", "neg"], 150)
+    texts = [" ".join(rng.permutation([*rng.choice(good if y == "pos" else bad, 2), *rng.choice(filler, 4)]))
+             for y in label]
+    pd.DataFrame({"review": texts, "label": label}).to_csv(tmp_path / "reviews.csv", index=False)
+    code, _, err = _cli(["train", str(tmp_path / "reviews.csv"), "--target", "label", "--out", str(tmp_path / "run"),
+                         "-q", "--no-pretrained", "--set", "training.epochs=6",
+                         "--set", "training.optimizer.lr=0.02"], capsys)  # 150 rows: 3 steps an epoch a bag
+    assert code == 0, err
+    assert "text 'review': encoder ngram" in err and "cross-fit: 900 words of text: 5 bags" in err
+    run = tmp_path / "run"
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["inputs"][0]["encoder"]["name"] == "ngram" and recipe["training"]["cross_fit"] == 5
+    metrics = __import__("json").loads((run / "metrics.json").read_text())
+    assert metrics["cross_fit"]["folds"] == 5 and metrics["test"]["accuracy"] >= 0.85 and metrics["test"]["roc_auc"] >= 0.95
+    predictor = dlforge.load(run)
+    assert list(predictor.predict(["superb film, loved it", "dull and awful plot"])) == ["pos", "neg"]
+
+
 def test_init_comments_say_what_each_column_looked_like(shop):
     text = init(str(shop), "label")
     line = {c: next(x for x in text.splitlines() if f"{{name: {c}," in x) for c in ("price", "score", "city", "label")}
