@@ -3,6 +3,7 @@
 Each column is typed from its values (number, category, binary, text, image path, sequence),
 dropped when it cannot help (an identifier, a constant, an empty column, a copy of the target), or
 refused with the reason and what to write when no type fits. The result trains as written.
+Free-text columns (which encoder, trained how, and why): workflows/init_text.py.
 """
 
 from __future__ import annotations
