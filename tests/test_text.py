@@ -41,6 +41,7 @@ def _recipe(csv, encoder: dict, **prep) -> dict:
 
 ENCODERS = [{"name": "embed", "dim": 16}, {"name": "embed", "dim": 16, "pooling": "max"},
             {"name": "ngram", "dim": 16, "buckets": 1000, "dropout": 0.0},
+            {"name": "ngram", "dim": 16, "buckets": 1000, "dropout": 0.0, "members": 3},
             {"name": "cnn", "dim": 16, "filters": 8, "kernel_sizes": [2, 3]},
             {"name": "lstm", "dim": 16, "hidden": 16}, {"name": "gru", "dim": 16, "hidden": 8, "bidirectional": False,
                                                         "pooling": "mean"},
@@ -49,7 +50,7 @@ ENCODERS = [{"name": "embed", "dim": 16}, {"name": "embed", "dim": 16, "pooling"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", ENCODERS, ids=lambda e: f"{e['name']}-{e.get('pooling', '')}")
+@pytest.mark.parametrize("encoder", ENCODERS, ids=lambda e: f"{e['name']}-{e.get('pooling', '')}{e.get('members', '')}")
 def test_each_encoder_learns_keywords(text_csv, tmp_path, encoder):
     result = dlforge.train(_recipe(text_csv, encoder), out=tmp_path / "run", progress=False)
     assert result.metrics["test"]["accuracy"] >= 0.85
@@ -185,3 +186,41 @@ def test_ngram_default_table_is_small():
 
     enc = TextNgram(TextNgramEncoder(), {"vocab_size": 20000, "pad_id": 0}, None)
     assert sum(p.numel() for p in enc.parameters()) == (20000 + 50000) * 32 and enc.output_dim == 32
+
+
+def test_ngram_members_are_independent_bags_whose_probabilities_are_averaged(text_csv):
+    """members K: K bags with their own rows in one table, (B, K, dim) out; member k is exactly a one-member bag
+    holding the k-th slice of the table; the model scores each member in training and averages their
+    probabilities at prediction; the recipe refuses combiners that cannot read members."""
+    from dlforge.core.errors import RecipeError
+    from dlforge.models.encoders.text_ngram import TextNgram
+    from dlforge.models.model import DlforgeModel
+    from dlforge.recipe import TextNgramEncoder
+    from dlforge.recipe.io import load_recipe
+
+    torch.manual_seed(0)
+    signature = {"vocab_size": 30, "pad_id": 0}
+    bag = TextNgram(TextNgramEncoder(dim=4, buckets=50, members=3, dropout=0.0), signature, None).eval()
+    assert bag.embedding.weight.shape == (30 + 50, 4 * 3) and bag.output_dim == 4
+    ids = torch.tensor([[2, 5, 7, 0], [3, 29, 0, 0]])
+    out = bag(ids)
+    assert out.shape == (2, 3, 4)
+    one = TextNgram(TextNgramEncoder(dim=4, buckets=50, dropout=0.0), signature, None).eval()
+    with torch.no_grad():
+        one.embedding.weight.copy_(bag.embedding.weight[:, 4:8])
+    assert torch.allclose(out[:, 1], one(ids), atol=1e-6)
+    assert not torch.allclose(out[:, 0], out[:, 1])  # independently initialised rows
+
+    recipe = load_recipe(_recipe(text_csv, {"name": "ngram", "dim": 4, "buckets": 50, "members": 3}))
+    model = DlforgeModel(recipe, {"inputs": {"text": signature}, "outputs": {"label": {"size": 1}}})
+    x = {"text": ids}
+    assert model.train()(x)["label"].shape[:2] == (2, 3)  # training: every member is scored (mean of 3 losses)
+    members = model.train(False).heads["label"](model.encode(x))  # (B, 3, 1): the members' logits
+    mean = torch.sigmoid(members.float()).mean(1)
+    assert torch.allclose(torch.sigmoid(model(x)["label"]), mean, atol=1e-5)  # prediction: mean probability
+
+    for combiner, says in (({"name": "attention"}, "need combiner concat"), ({"name": "concat", "ensemble": 2},
+                                                                              "make them equal")):
+        bad = {**_recipe(text_csv, {"name": "ngram", "members": 3}), "combiner": combiner}
+        with pytest.raises(RecipeError, match=says):
+            load_recipe(bad)

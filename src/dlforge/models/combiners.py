@@ -21,7 +21,8 @@ combiners: Registry[type[nn.Module]] = Registry("combiner")
 
 @combiners.register("concat")
 class ConcatCombiner(nn.Module):
-    """With `ensemble` K > 1 (TabM-mini), the output is (B, K, output_dim): one feature vector per member."""
+    """With `ensemble` K > 1 (TabM-mini), or an encoder of K members (B, K, d), the output is (B, K, output_dim): one
+    feature vector per member."""
 
     def __init__(self, config, in_dims: list[int], regularization):
         super().__init__()
@@ -33,10 +34,13 @@ class ConcatCombiner(nn.Module):
         self.adapter = (nn.Parameter(torch.randint(0, 2, (members, sum(in_dims))).float() * 2 - 1)
                         if members > 1 else None)
 
-    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B, d_i) -> (B[, K], output_dim)
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B[, K], d_i) -> (B[, K], output_dim)
+        members = max((p.shape[1] for p in parts if p.ndim == 3), default=0)  # an encoder of K members (text:ngram)
+        if members:  # every other input's vector is shared by the K members
+            parts = [p if p.ndim == 3 else p.unsqueeze(1).expand(-1, members, -1) for p in parts]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         if self.adapter is not None:
-            x = x.unsqueeze(1) * self.adapter  # (B, K, d): Linear layers act on the last dimension
+            x = (x if members else x.unsqueeze(1)) * self.adapter  # (B, K, d): Linear layers act on the last dim
         return self.dense(x)
 
 

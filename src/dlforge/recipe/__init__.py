@@ -209,6 +209,23 @@ def ensemble_without_batch_norm(recipe: Recipe) -> list[str]:
 
 
 @cross_check
+def ngram_members_need_concat(recipe: Recipe) -> list[str]:
+    """A text:ngram encoder with members K > 1 outputs one vector per member; only the concat combiner reads them."""
+    comb, problems = recipe.combiner, []
+    for f in recipe.inputs:
+        k = getattr(getattr(f, "encoder", None), "members", 1) if f.type == "text" else 1
+        if k == 1:
+            continue
+        if comb.name != "concat":
+            problems.append(f"inputs.{f.name}.encoder.members: {k} members need combiner concat, not {comb.name}; "
+                            "set combiner: {name: concat} or members: 1")
+        elif comb.ensemble not in (1, k):
+            problems.append(f"inputs.{f.name}.encoder.members: {k} members, but combiner.ensemble is "
+                            f"{comb.ensemble}; make them equal (or ensemble: 1)")
+    return problems
+
+
+@cross_check
 def evaluation_needs_class_output(recipe: Recipe) -> list[str]:
     """Fairness and calibration score class probabilities; mitigation by thresholds needs one binary output."""
     ev, first = recipe.evaluation, recipe.outputs[0]

@@ -187,6 +187,11 @@ class TextNgramEncoder(Strict):
     buckets: int = _field(50_000, "Rows of the hashed n-gram table (collisions share a row). Parameters: (vocab_size + "
                           "buckets) x dim, 2.2M at the defaults with a 20k vocabulary.", ge=1, le=10_000_000)
     dropout: float = _field(0.2, "Dropout on the pooled vector.", ge=0, lt=1)
+    members: int = _field(
+        1, "K > 1: K bags in one pass, each with its own table (K x the parameters), their vectors stacked (B, K, dim) "
+        "as the members of a TabM-style ensemble: the combiner's layers and the heads see each member, training "
+        "averages the members' losses, prediction their probabilities (as combiner.ensemble). Needs combiner "
+        "concat, with ensemble 1 or K.", ge=1, le=16)
 
 
 class TextCNNEncoder(Strict):

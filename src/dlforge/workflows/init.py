@@ -3,6 +3,7 @@
 Each column is typed from its values (number, category, binary, text, image path, sequence),
 dropped when it cannot help (an identifier, a constant, an empty column, a copy of the target), or
 refused with the reason and what to write when no type fits. The result trains as written.
+Free-text columns (which encoder, trained how, and why): workflows/init_text.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dlforge.core.errors import DataError, did_you_mean
 from dlforge.data.features import kind_of
 from dlforge.data.profile import (Choice, describe_column, describe_target, leak, missing_strings, ordered_runs,
                                    type_column, type_target)
+from dlforge.workflows.init_text import choose_text_encoders, text_training
 
 
 def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...] = (), test: str | None = None,
@@ -47,12 +49,7 @@ def infer_recipe(table: Table, source: str, target: str, *, drop: tuple[str, ...
             choice = Choice(name, "drop", reason) if reason else choice
         (dropped if choice.kind == "drop" else inputs).append(choice)
     inputs = _as_sequences(inputs, table)
-    texts = [c for c in inputs if c.kind == "text"]
-    allowed, not_why = pretrained_text_fits(table, [c.name for c in texts], pretrained)
-    for choice in texts:
-        entry, why = text_encoder_choice(table.columns[choice.name], pretrained=allowed)
-        why = f"{why}; {not_why}" if not_why else why
-        choice.extra, choice.why = {**(choice.extra or {}), **entry}, f"{choice.why}; {why}"
+    choose_text_encoders(table, [c for c in inputs if c.kind == "text"], pretrained)
     if not inputs:
         raise DataError("no usable input column: every other column was dropped", where=table.origin,
                         hint="; ".join(f"{c.name}: {c.why}" for c in dropped)[:300])
@@ -69,100 +66,6 @@ def missing_target(source: str, columns: list[str]) -> DataError:
                      f"its columns: {shown}", where="--target",
                      hint=f"dlforge train {source} --target {example}   (or write a recipe first: "
                           f"dlforge init {source} --target {example} -o recipe.yaml)")
-
-
-def pretrained_text_installed() -> bool:
-    """Whether the pretrained text encoder (MiniLM) can train here: its code and weight packages are installed
-    (found without importing them: transformers alone takes seconds to import)."""
-    import importlib.util
-
-    from dlforge.core.assets import BACKBONES
-
-    spec = BACKBONES["minilm"]
-    return all(importlib.util.find_spec(p.module) is not None for p in (*spec.code, *spec.weights))
-
-
-# Fine-tuning MiniLM on CPU: about 1,000 word pieces a second (rt_snippets, 2 epochs of 9,181 texts in 503 s on
-# 2 cores, benchmarks/README.md). When the whole fine-tuning (MINILM_EPOCHS) is estimated over MINILM_CPU_MINUTES on a
-# CPU, init picks the n-gram encoder: a newcomer's first run should not take an hour.
-MINILM_CPU_PIECES_PER_SECOND = 1_000
-MINILM_EPOCHS = 3
-MINILM_CPU_MINUTES = 30
-
-
-def _pieces_per_text(values) -> float:
-    """Mean word pieces a text costs MiniLM: about 1.4 pieces a word plus [CLS]/[SEP], cut at the chosen length."""
-    import numpy as np
-
-    words = np.array([len(str(v).split()) for v in values[:2000].tolist()] or [1], dtype=float)
-    return float(np.minimum(_minilm_length(words), 1.4 * words + 2).mean())
-
-
-def _minilm_length(words) -> int:
-    import numpy as np
-
-    return int(min(256, max(32, 2 ** np.ceil(np.log2(1.4 * np.percentile(words, 90) + 2)))))
-
-
-def minilm_epoch_minutes(table: Table, names: list[str]) -> float:
-    """Estimated CPU minutes of one fine-tuning epoch of MiniLM over the text columns `names`: the rows that train
-    (not the data's own test rows) times the pieces each text costs, at the measured CPU rate."""
-    rows = table.n_rows if table.split is None else int((table.split != "test").sum())
-    pieces = sum(rows * _pieces_per_text(table.columns[n]) for n in names)
-    return pieces / MINILM_CPU_PIECES_PER_SECOND / 60
-
-
-def pretrained_text_fits(table: Table, names: list[str], pretrained: bool | None) -> tuple[bool, str]:
-    """Whether the text columns get the pretrained encoder, and why (one phrase; empty when there is nothing to say).
-
-    None (the default): MiniLM when its packages are installed and fine-tuning is affordable: on a GPU, or on a CPU
-    when its MINILM_EPOCHS are estimated under MINILM_CPU_MINUTES (else the n-gram bag, saying how long MiniLM would
-    take).
-    True: MiniLM whenever installed. False (--no-pretrained): the n-gram bag."""
-    if not names:
-        return False, ""
-    if pretrained is False:
-        return False, "as --no-pretrained asks"
-    if not pretrained_text_installed():
-        return False, ""
-    import torch
-
-    if torch.cuda.is_available():
-        return True, "on the GPU"
-    minutes = minilm_epoch_minutes(table, names)
-    if pretrained is None and minutes * MINILM_EPOCHS > MINILM_CPU_MINUTES:
-        rows = table.n_rows if table.split is None else int((table.split != "test").sum())
-        return False, (f"minilm is installed, but fine-tuning it on {rows} texts would take "
-                       f"{_minutes(minutes * MINILM_EPOCHS)} ({MINILM_EPOCHS} epochs of {_minutes(minutes)}) on this "
-                       "CPU, no GPU; write encoder: {name: minilm} to use it")
-    return True, f"{_minutes(minutes)} per epoch ({MINILM_EPOCHS} at most) on this CPU, no GPU"
-
-
-def _minutes(minutes: float) -> str:
-    return "under a minute" if minutes < 1 else f"about {minutes:.0f} min"
-
-
-def text_encoder_choice(values, *, pretrained: bool) -> tuple[dict, str]:
-    """The encoder for a free-text column, and why: fine-tuned MiniLM when installed (it knows English before it
-    sees the data), else a bag of uni- and bigrams (fastText), the from-scratch encoder that holds up on small data.
-    Figures: benchmarks/README.md ("no-recipe text")."""
-    import numpy as np
-
-    words = np.array([len(str(v).split()) for v in values[:2000].tolist() if isinstance(v, str)] or [1])
-    if pretrained:
-        length = _minilm_length(words)
-        return ({"preprocessing": {"max_length": length},
-                 "encoder": {"name": "minilm", "freeze": "none", "backbone_lr_mult": 0.1, "pooling": "mean"}},
-                f"encoder minilm (pretrained, installed): it has read English before it sees these texts, so on a "
-                f"few thousand of them it beats any model learned from scratch (rt_snippets: 0.84 vs 0.78 for "
-                f"TF-IDF + logistic regression); fine-tuned at a tenth of the head's rate with by-length batches, "
-                f"{length} word pieces (90% of texts fit)")
-    length = int(min(512, max(32, 1.4 * np.percentile(words, 95) + 1)))
-    return ({"preprocessing": {"vocab_size": 20000, "max_length": length},
-             "encoder": {"name": "ngram", "dim": 32, "buckets": 50000, "ngrams": 2, "dropout": 0.2}},
-            "encoder ngram (bag of words and word pairs, fastText-style): strong on small data from scratch"
-            + ("" if pretrained_text_installed() else "; the pretrained minilm does better: pip install "
-               "'dlforge[pretrained]'"))
 
 
 def _as_sequences(inputs: list[Choice], table: Table) -> list[Choice]:
@@ -238,7 +141,7 @@ def _render(source, target, output, output_why, inputs, dropped, table: Table, *
         lines += tabular_training(table.n_rows)
     else:
         lines += ["combiner: {name: concat, layers: [64, 32]}", "training:"]
-        lines += _text_training(inputs) or [
+        lines += text_training(inputs, table) or [
             "  epochs: 10",
             "  batch_size: 64",
             "  optimizer: {name: adam, lr: 0.001}",
@@ -262,26 +165,6 @@ def _missing_lines(source: str) -> list[str]:
         else:
             lines.append(f"# read as missing (pandas' default strings): {listing}")
     return lines
-
-
-def _text_training(inputs: list[Choice]) -> list[str] | None:
-    """Training settings for a recipe with free text (None: the tabular defaults): fine-tuning a pretrained encoder
-    wants few epochs at a small, decaying rate (as recipes/text_minilm.yaml); the n-gram bag a larger rate."""
-    encoders = {(c.extra or {}).get("encoder", {}).get("name") for c in inputs if c.kind == "text"}
-    if "minilm" in encoders:
-        return [f"  epochs: {MINILM_EPOCHS}  # fine-tuning: a few passes; early stopping keeps the best",
-                "  batch_size: 32",
-                "  optimizer: {name: adamw, lr: 0.0003, weight_decay: 0.01}",
-                "  schedule: {name: cosine, warmup_epochs: 0.1}",
-                "  early_stopping: {metric: val.loss, patience: 1}",
-                "  sampling: auto  # by-length batches: rows of similar length together, little padding"]
-    if "ngram" in encoders:  # it memorises rare n-grams within 2 epochs: a small rate, decay, stop on the loss
-        return ["  epochs: 15  # early stopping ends it (rt_snippets after 5, spam_assassin after 7-9)",
-                "  batch_size: 32",
-                "  optimizer: {name: adamw, lr: 0.001, weight_decay: 0.1}",
-                "  schedule: {name: cosine}",
-                "  early_stopping: {metric: val.loss, patience: 3}"]
-    return None
 
 
 def summarize_inferred(text: str) -> list[str]:
@@ -308,6 +191,9 @@ def summarize_inferred(text: str) -> list[str]:
             why = why[why.find("encoder "):] if "encoder " in why else ""
             lines.append(f"  text '{entry['name']}': {why.split('; saw ')[0]}" if why else
                          f"  text '{entry['name']}': encoder {entry.get('encoder', {}).get('name', 'default')}")
+    folds = (data.get("training") or {}).get("cross_fit", 1)
+    if folds > 1:  # k trainings instead of one: a newcomer should know why the run takes k times as long
+        lines.append(f"  cross-fit: {comment.get(f'cross_fit: {folds}', f'{folds} members, averaged')}")
     if dropped:
         lines.append(f"  dropped: {'; '.join(d[:60] for d in dropped[:6])}{' ...' if len(dropped) > 6 else ''}")
     if split:

@@ -5,6 +5,13 @@ model over n-grams is what TF-IDF + logistic regression exploits; an LSTM or a t
 loses to it there (benchmarks/README.md). Bigrams (and trigrams) are hashed into `buckets` extra rows of the
 embedding table, so no n-gram vocabulary is stored: the tokenizer's state is the whole preprocessing.
 Cost: one embedding gather per token and n-gram and a mean, no recurrence: the cheapest text encoder here.
+
+`members` K > 1 (a TabM-style ensemble, Gorishniy et al. 2024): K bags in one pass, each with its own embedding
+rows (one table K x dim wide, so still one gather), returned as (B, K, dim) for the concat combiner, whose layers
+and heads are shared by the members. Each member is scored on every row and the members' probabilities are
+averaged (models/model.py, heads.combine). Not `init`'s choice: on rt_snippets seed 0, 4 members scored 0.7793
+where one bag scored 0.7820 (one seed; a prototype whose members also had their own dense layers did better), so
+init cross-fits 5 bags instead (training.cross_fit; benchmarks/text_newcomer.md).
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ _PRIMES = (1_000_003, 8_191)  # mixing constants of the n-gram hash (any large o
 
 @encoders.register("text:ngram")
 class TextNgram(Encoder):
-    """(B, L) token ids -> (B, dim): mean over the text's unigram and n-gram (2..ngrams) embeddings, then dropout."""
+    """(B, L) token ids -> (B, dim), or (B, K, dim) with K members: mean over the text's unigram and n-gram
+    (2..ngrams) embeddings, then dropout."""
 
     def __init__(self, config, signature: dict, regularization):
         super().__init__()
         self.pad_id = signature.get("pad_id", 0)
         self.vocab_size = signature["vocab_size"]
         self.ngrams, self.buckets = config.ngrams, config.buckets
-        self.embedding = nn.Embedding(self.vocab_size + self.buckets, config.dim, padding_idx=self.pad_id)
+        self.members = getattr(config, "members", 1)
+        self.embedding = nn.Embedding(self.vocab_size + self.buckets, config.dim * self.members,
+                                      padding_idx=self.pad_id)
         nn.init.uniform_(self.embedding.weight, -1.0 / config.dim, 1.0 / config.dim)  # fastText's initialisation
         with torch.no_grad():
             self.embedding.weight[self.pad_id].zero_()
@@ -47,6 +57,7 @@ class TextNgram(Encoder):
             code = torch.remainder(code, 2**31 - 1)  # keeps the rolling hash in int64 range for longer n
         return torch.cat(pieces, 1), torch.cat(masks, 1)
 
-    def forward(self, ids):  # (B, L) -> (B, dim)
+    def forward(self, ids):  # (B, L) -> (B, dim), or (B, K, dim) with K members
         grams, valid = self.grams(ids)
-        return self.dropout(masked_mean(self.embedding(grams), valid))
+        pooled = self.dropout(masked_mean(self.embedding(grams), valid))
+        return pooled if self.members == 1 else pooled.unflatten(1, (self.members, self.output_dim))
