@@ -159,7 +159,7 @@ def test_train_target_summarises_and_saves_the_inferred_recipe(shop, tmp_path, c
 
 
 @pytest.mark.slow
-def test_no_recipe_text_trains_the_cross_fitted_bag_it_describes(tmp_path, capsys):
+def test_no_recipe_text_trains_the_cross_fitted_bag_it_describes(tmp_path, cli):
     """`train DATA --target` on free text (no pretrained): the recipe it writes, the run it trains (5 bags, one per
     fold, averaged) and the summary agree, and the bags learn the keywords."""
     rng = np.random.default_rng(0)
@@ -168,9 +168,9 @@ def test_no_recipe_text_trains_the_cross_fitted_bag_it_describes(tmp_path, capsy
     texts = [" ".join(rng.permutation([*rng.choice(good if y == "pos" else bad, 2), *rng.choice(filler, 4)]))
              for y in label]
     pd.DataFrame({"review": texts, "label": label}).to_csv(tmp_path / "reviews.csv", index=False)
-    code, _, err = _cli(["train", str(tmp_path / "reviews.csv"), "--target", "label", "--out", str(tmp_path / "run"),
-                         "-q", "--no-pretrained", "--set", "training.epochs=6",
-                         "--set", "training.optimizer.lr=0.02"], capsys)  # 150 rows: 3 steps an epoch a bag
+    code, _, err = cli("train", tmp_path / "reviews.csv", "--target", "label", "--out", tmp_path / "run",
+                       "-q", "--no-pretrained", "--set", "training.epochs=6",
+                       "--set", "training.optimizer.lr=0.02")  # 150 rows: 3 steps an epoch a bag
     assert code == 0, err
     assert "text 'review': encoder ngram" in err and "cross-fit: 900 words of text: 5 bags" in err
     run = tmp_path / "run"
