@@ -31,6 +31,7 @@ import torch
 
 from dlforge.core.errors import DlforgeError, ModelError
 from dlforge.data.batches import InMemoryBatches
+from dlforge.training import per_example
 from dlforge.training.strategy import SingleDevice, Strategy, strategies
 
 class PrivacyBudgetError(DlforgeError):
@@ -346,12 +347,17 @@ class PrivateSGD:
         self.plan = plan_privacy(self.privacy, n_rows=batches.n_rows, batch_size=batches.batch_size,
                                  epochs=self.epochs, trainable=trainable_parameters(model))
         # Hooks on the model itself (not a wrapper module): its state_dict, `loss` and saving stay as they are.
-        # The first layer's input needs no gradient, which torch reports once per backward hook: expected here.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
-        self.hooks = GradSampleHooks(model, loss_reduction="mean")
-        dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.plan.noise_multiplier,
-                                   max_grad_norm=self.privacy.max_grad_norm, expected_batch_size=self.plan.expected_batch,
-                                   secure_mode=self.privacy.secure_mode)  # noise from torch's global generator
+        # Noise from torch's global generator (generator=None), which the trainer checkpoints.
+        dp = dict(noise_multiplier=self.plan.noise_multiplier, max_grad_norm=self.privacy.max_grad_norm,
+                  expected_batch_size=self.plan.expected_batch, secure_mode=self.privacy.secure_mode)
+        if per_example.supports(model):  # the clipped sum in one pass, without per-example weight copies
+            self.clipper = per_example.PerExampleClipper(model)
+            dp_optimizer = per_example.clipped_sum_optimizer(optimizer, self.clipper, **dp)
+        else:  # a layer type only Opacus' hooks (functorch) handle
+            # The first layer's input needs no gradient, which torch reports once per backward hook: expected here.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+            self.hooks = GradSampleHooks(model, loss_reduction="mean")
+            dp_optimizer = DPOptimizer(optimizer, **dp)
         dp_optimizer.attach_step_hook(self._count_step)
         return model, dp_optimizer, PrivateBatches(batches, self.plan, lambda: self.steps)
 
