@@ -265,18 +265,19 @@ def test_delta_of_1_over_n_is_refused_and_the_smallest_epsilon_offered_is_feasib
 
 
 class _Mixed(torch.nn.Module):
-    """Every kind of layer the one-pass clipper handles: conv, GroupNorm (Opacus' own per-example rule), an
+    """Every kind of layer the one-pass clipper handles: convs (1 and 4 input channels), GroupNorm (Opacus' rule), an
     Embedding, a Linear on 3-D input, a Linear called twice in one forward pass, a frozen bias."""
 
     def __init__(self):
         super().__init__()
         nn = torch.nn
-        self.emb, self.conv, self.norm = nn.Embedding(7, 4), nn.Conv2d(1, 3, 3, 2, padding=1), nn.GroupNorm(1, 3)
+        self.emb, self.conv, self.norm = nn.Embedding(7, 4), nn.Conv2d(1, 4, 3, 2, padding=1), nn.GroupNorm(2, 4)
+        self.conv2 = nn.Conv2d(4, 3, 3, padding=2, dilation=2)  # more channels: the unfold path, with dilation
         self.seq, self.head, self.shared = nn.Linear(4, 5), nn.Linear(3 * 4 * 4 + 5, 6), nn.Linear(6, 6)
         self.seq.bias.requires_grad_(False)
 
     def forward(self, x, t):
-        z = self.head(torch.cat([self.norm(self.conv(x)).flatten(1), self.seq(self.emb(t)).mean(1)], 1))
+        z = self.head(torch.cat([self.conv2(self.norm(self.conv(x))).flatten(1), self.seq(self.emb(t)).mean(1)], 1))
         return self.shared(torch.tanh(self.shared(z)))
 
 
