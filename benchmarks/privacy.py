@@ -13,7 +13,8 @@ still training has reached.
     python benchmarks/privacy.py --checkpoints runs/mnist_dp_s0 runs/mnist_dp_s1
 
 `--step-cost` times one optimizer step of mnist_dp's CNN on a batch of 508 random images (the expected Poisson
-batch), plain vs Opacus hooks vs Opacus functorch per-example gradients, in one process (CPU time per step).
+batch), plain vs dlforge's one-pass clipped sum (training/per_example.py, what training uses) vs Opacus' hooks vs
+Opacus' functorch per-example gradients, interleaved in one process (CPU time per step).
 
     python benchmarks/privacy.py --step-cost
 """
@@ -78,6 +79,8 @@ def step_cost(steps: int = 10) -> None:
     from opacus.optimizers import DPOptimizer
     from torch import nn
 
+    from dlforge.training import per_example
+
     warnings.filterwarnings("ignore")
 
     def net():  # recipes/mnist_dp.yaml's network, as the cnn encoder builds it
@@ -91,9 +94,12 @@ def step_cost(steps: int = 10) -> None:
         torch.manual_seed(0)
         model = net()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        if mode != "plain":
+        dp = dict(noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=508)
+        if mode == "clipper":  # what dlforge uses: the clipped sum in one backward pass (training/per_example.py)
+            opt = per_example.clipped_sum_optimizer(opt, per_example.PerExampleClipper(model), **dp)
+        elif mode != "plain":
             GradSampleHooks(model, force_functorch=mode == "functorch")
-            opt = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=508)
+            opt = DPOptimizer(opt, **dp)
         for i in range(steps + 2):
             if i == 2:
                 started = time.process_time()
@@ -102,12 +108,12 @@ def step_cost(steps: int = 10) -> None:
             opt.step()
         return (time.process_time() - started) / steps * 1000
 
-    out: dict[str, list[float]] = {"plain": [], "hooks": [], "functorch": []}
-    for mode in ("plain", "hooks", "functorch", "plain", "hooks", "functorch"):
+    modes = ("plain", "clipper", "hooks", "functorch")
+    out: dict[str, list[float]] = {m: [] for m in modes}
+    for mode in modes * 2:
         out[mode].append(round(run(mode), 1))
     best = {k: min(v) for k, v in out.items()}
-    print(json.dumps({"cpu_ms_per_step": out, "hooks_ratio": round(best["hooks"] / best["plain"], 3),
-                      "functorch_ratio": round(best["functorch"] / best["plain"], 3)}))
+    print(json.dumps({"cpu_ms_per_step": out, **{f"{m}_ratio": round(best[m] / best["plain"], 3) for m in modes[1:]}}))
 
 
 def main() -> None:

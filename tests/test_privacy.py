@@ -39,7 +39,11 @@ def _opacus_epsilon(sigma: float, rate: float, steps: int, delta: float, mechani
 
 @pytest.fixture(scope="module")
 def dp_run(tmp_path_factory):
-    """One DP run shared by the accounting and resume tests."""
+    """One DP run shared by the accounting and resume tests.
+
+    Module-scoped, so it runs before conftest's per-test thread setting: set the same count here, as the resume
+    test compares weights bit for bit and float sums split across threads round differently."""
+    torch.set_num_threads(2)
     return dlforge.train(dp_recipe(), out=tmp_path_factory.mktemp("dp") / "run", progress=False)
 
 
@@ -235,3 +239,87 @@ def test_early_stopping_counts_every_step_run_and_says_validation_is_not_covered
     assert p["epsilon"] == pytest.approx(_opacus_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"], 1e-4),
                                          abs=1e-6)
     assert "validation split" in p["validation"]
+
+
+def _privacy(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0, "noise_multiplier": None,
+                              "accountant": "rdp", "poisson_sampling": True, "secure_mode": False, **kw})
+
+
+def test_delta_of_1_over_n_is_refused_and_the_smallest_epsilon_offered_is_feasible():
+    from dlforge.training.privacy import PrivacyBudgetError, plan_privacy
+
+    shape = dict(n_rows=1000, batch_size=50, epochs=3, trainable=50_000)
+    with pytest.raises(PrivacyBudgetError, match="not below 1/n"):
+        plan_privacy(_privacy(delta=1 / 1000), **shape)
+    assert plan_privacy(_privacy(delta=1e-4), **shape).noise_multiplier > 0
+    with pytest.raises(PrivacyBudgetError, match="hopeless") as refused:
+        plan_privacy(_privacy(epsilon=0.05, delta=1e-4), **shape)
+    smallest = float(re.search(r"smallest epsilon this recipe can use is ([\d.e+-]+)", refused.value.hint).group(1))
+    plan = plan_privacy(_privacy(epsilon=smallest, delta=1e-4), **shape)  # the offered budget is accepted ...
+    assert plan.snr >= 1.0 and plan.epoch_epsilons[-1] <= smallest
+    with pytest.raises(PrivacyBudgetError, match="hopeless"):  # ... and it is close to the edge
+        plan_privacy(_privacy(epsilon=smallest * 0.8, delta=1e-4), **shape)
+
+
+class _Mixed(torch.nn.Module):
+    """Every kind of layer the one-pass clipper handles: convs (1 and 4 input channels), GroupNorm (Opacus' rule), an
+    Embedding, a Linear on 3-D input, a Linear called twice in one forward pass, a frozen bias."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.emb, self.conv, self.norm = nn.Embedding(7, 4), nn.Conv2d(1, 4, 3, 2, padding=1), nn.GroupNorm(2, 4)
+        self.conv2 = nn.Conv2d(4, 3, 3, padding=2, dilation=2)  # more channels: the unfold path, with dilation
+        self.seq, self.head, self.shared = nn.Linear(4, 5), nn.Linear(3 * 4 * 4 + 5, 6), nn.Linear(6, 6)
+        self.seq.bias.requires_grad_(False)
+
+    def forward(self, x, t):
+        z = self.head(torch.cat([self.conv2(self.norm(self.conv(x))).flatten(1), self.seq(self.emb(t)).mean(1)], 1))
+        return self.shared(torch.tanh(self.shared(z)))
+
+
+def test_one_pass_clipping_equals_opacus_per_example_clipping():
+    from opacus.grad_sample import GradSampleHooks
+    from opacus.optimizers import DPOptimizer
+
+    from dlforge.training import per_example
+
+    torch.manual_seed(1)
+    x, t, y = torch.randn(9, 1, 8, 8), torch.randint(0, 7, (9, 5)), torch.randint(0, 6, (9,))
+
+    def one_step(ours: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = _Mixed()
+        sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        dp = dict(noise_multiplier=0.0, max_grad_norm=0.5, expected_batch_size=9)
+        if ours:
+            assert per_example.supports(model)
+            optimizer = per_example.clipped_sum_optimizer(sgd, per_example.PerExampleClipper(model), **dp)
+        else:
+            GradSampleHooks(model)
+            optimizer = DPOptimizer(sgd, **dp)
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x, t), y).backward()
+        optimizer.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    torch.manual_seed(0)
+    before = [p.detach().clone() for p in _Mixed().parameters()]
+    theirs, ours = one_step(False), one_step(True)
+    moved = [not torch.equal(a, b) for a, b in zip(before, theirs)]
+    assert sum(moved) == len(before) - 1  # every trainable tensor moved (the frozen bias did not)
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    class Scale(torch.nn.Module):  # a layer with its own weight and no per-example rule: Opacus' hooks instead
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w
+
+    assert not per_example.supports(torch.nn.Sequential(torch.nn.Linear(3, 3), Scale()))
