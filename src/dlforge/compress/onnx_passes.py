@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dlforge.artifact.format import MODEL_JSON, RUN_JSON, WEIGHTS
 from dlforge.artifact.onnx_runtime import EXPORT_JSON, ONNX_FILE
-from dlforge.compress.passes import Candidate, passes
+from dlforge.compress.passes import Candidate, describe_pass, passes
 
 
 def _copy_run(source: Path, folder: Path) -> Path:
@@ -49,8 +49,8 @@ def _int8(mode: str, source: Candidate, work_dir: Path, options: dict) -> list[C
     out = work_dir / name
     if out.exists():
         shutil.rmtree(out)
-    allowed = {k: options[k] for k in ("calibration", "calibration_rows", "max_drop", "threads", "parity_rows")
-               if k in options}
+    allowed = {k: options[k] for k in ("calibration", "calibration_rows", "max_drop", "threads", "parity_rows",
+                                       "qat_epochs", "qat_lr") if k in options}
     record = quantize_run(source.run_dir, mode=mode, out_dir=out, **allowed)
     q = record["quantization"]
     notes = {**source.notes, "quantization": {k: q[k] for k in ("mode", "calibration", "int8_layers", "fp32_layers",
@@ -70,4 +70,17 @@ def int8_static_pass(source: Candidate, *, work_dir: Path, **options) -> list[Ca
     return _int8("static", source, work_dir, options)
 
 
-__all__ = ["int8_dynamic_pass", "int8_static_pass", "onnx_pass"]
+@passes.register("int8_qat")
+def int8_qat_pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]:
+    """int8 QDQ after quantization-aware fine-tuning (torchao PT2E; the `qat` extra): the search tries it only when
+    post-training int8 lost more than the accuracy budget. Without torchao it is skipped with that reason."""
+    return _int8("qat", source, work_dir, options)
+
+
+describe_pass(onnx_pass, accepts=("torch",))  # an onnx candidate is exported already
+for _fn in (int8_dynamic_pass, int8_static_pass):
+    describe_pass(_fn, accepts=("onnx",), group="int8")
+describe_pass(int8_qat_pass, accepts=("onnx",), group="int8", last_resort=True)
+
+
+__all__ = ["int8_dynamic_pass", "int8_qat_pass", "int8_static_pass", "onnx_pass"]

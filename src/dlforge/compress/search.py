@@ -3,7 +3,10 @@
 The strategy, cheapest first, never the full product of passes and settings:
 1. the run itself (fp32, torch) is measured: the reference for the accuracy drop;
 2. the transform passes (every registered pass other than `prune` and `distill`: ONNX export, int8, ... as they
-   are registered) are chained from it, each pass once per chain (fp32 -> onnx -> int8_static);
+   are registered) are chained from it, each pass once per chain and only where it applies (fp32 -> onnx ->
+   int8_static and -> int8_dynamic: int8 takes the ONNX graph and is never applied twice; QAT only when both
+   post-training int8 candidates lost more than the accuracy budget), the per-layer fp32 fallback of int8 given
+   what is left of the accuracy budget;
 3. structured pruning, its ratio bisected against the accuracy budget (`prune_trials` fine-tuned trials: 0.5
    first, then halfway up after a trial within the budget, halfway down after one over it), and the largest ratio
    within the budget goes through the transform chain (pruned -> onnx -> int8);
@@ -164,17 +167,45 @@ class Search:
             self.say(f"  {name} on {source.candidate.name}: skipped ({message[:200]})")
             return []
         seconds = (time.perf_counter() - started) / max(len(made), 1)
+        made = [c for c in made if Path(c.run_dir) != Path(source.candidate.run_dir)]  # "nothing to do" is not new
         return [self.add(c, [*source.chain, name], stage, seconds) for c in made]
 
+    def _about(self, name: str) -> tuple[tuple[str, ...] | None, str, bool]:
+        fn = self.registry.get(name)
+        return getattr(fn, "accepts", None), getattr(fn, "group", None) or name, bool(getattr(fn, "last_resort", False))
+
+    def applies(self, name: str, source: Entry) -> bool:
+        """A pass applies once per chain, to the runtimes it accepts, once per group (passes/describe_pass)."""
+        accepts, group, _ = self._about(name)
+        if name in source.chain or (accepts is not None and source.candidate.runtime not in accepts):
+            return False
+        return all(self._about(done)[1] != group for done in source.chain if done in self.registry)
+
     def chain(self, source: Entry, stage: str) -> None:
-        """Every transform pass not yet in the source's chain, depth first; over-budget accuracy stops a branch."""
+        """Every transform pass that applies to the source, depth first; over-budget accuracy stops a branch. A
+        last-resort pass runs only when every candidate its group's other passes made from this source missed the
+        accuracy budget (QAT after post-training int8 lost too much)."""
         if "max-accuracy-drop" in source.misses or len(source.chain) >= MAX_CHAIN + 1:
             return
-        for name in self.transforms():
-            if name in source.chain:
-                continue
-            for entry in self.run_pass(name, source, stage):
+        made: dict[str, list[Entry]] = {}
+        names = [n for n in self.transforms() if self.applies(n, source)]
+        for name in sorted(names, key=lambda n: self._about(n)[2]):  # last-resort passes after their group
+            _, group, last_resort = self._about(name)
+            if last_resort:
+                siblings = made.get(group, [])
+                if any("max-accuracy-drop" not in e.misses for e in siblings):
+                    continue
+            entries = self.run_pass(name, source, stage, **self.budget_options(name, source))
+            made.setdefault(group, []).extend(entries)
+            for entry in entries:
                 self.chain(entry, stage)
+
+    def budget_options(self, name: str, source: Entry) -> dict:
+        """int8 passes get what is left of the accuracy budget as their per-layer fallback threshold."""
+        if self._about(name)[1] != "int8" or self.budgets.max_accuracy_drop is None:
+            return {}
+        spent = (self.reference - source.measurement.metric) * (1 if self.higher else -1)
+        return {"max_drop": max(self.budgets.max_accuracy_drop - max(spent, 0.0), 0.0)}
 
     def met(self) -> list[Entry]:
         return [e for e in self.entries if not e.misses]
