@@ -361,3 +361,38 @@ def test_pruned_then_int8_is_a_measured_candidate_of_the_real_search(run):
     if chained["pareto"] == "True":  # kept runnable beside the report
         kept = run / "compress" / "pareto" / "pruned_0.50_onnx_int8_static"
         assert dlforge.load(kept).runtime.name == "onnx"
+
+
+def test_compress_of_a_run_without_weights_exits_2(run, tmp_path, capsys):
+    target = tmp_path / "no_weights"
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("variants", "compress", "checkpoint"))
+    (target / "model.safetensors").unlink()
+    assert not main_ok(["compress", str(target), "--prune-trials", "0"])
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "Traceback" not in err
+    assert not (target / "compress").exists()
+
+
+def test_compress_names_the_operator_the_exporter_cannot_take_and_goes_on(tmp_path, capsys):
+    """An LSTM text model: the export pass is skipped naming aten::_pack_padded_sequence (so no int8 either), the
+    search goes on, and the report says so."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import pandas as pd
+
+    import dlforge
+
+    words = ["good fine", "bad awful", "fine good day", "awful bad night"] * 10
+    pd.DataFrame({"text": words, "label": ["pos", "neg"] * 20}).to_csv(tmp_path / "t.csv", index=False)
+    recipe = {"name": "lstm", "data": {"source": str(tmp_path / "t.csv"), "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+              "inputs": [{"name": "text", "type": "text", "encoder": {"name": "lstm", "dim": 8, "hidden": 8},
+                          "preprocessing": {"vocab_size": 100, "min_frequency": 1, "max_length": 8}}],
+              "outputs": [{"name": "label", "type": "binary"}], "training": {"epochs": 1, "batch_size": 8}}
+    dlforge.train(recipe, out=tmp_path / "run", progress=False)
+    assert main_ok(["compress", str(tmp_path / "run"), "--prune-trials", "0", "--measure-seconds", "0.02"])
+    captured = capsys.readouterr()
+    assert "onnx on fp32: skipped" in captured.err and "aten::_pack_padded_sequence" in captured.err
+    report = (tmp_path / "run" / "compress" / "report.md").read_text()
+    assert "aten::_pack_padded_sequence" in report
+    names = [line.split(",")[0] for line in (tmp_path / "run" / "compress" / "candidates.csv").read_text().splitlines()]
+    assert names == ["name", "fp32"]  # no int8 candidate: int8 takes the export, which could not be made
