@@ -276,6 +276,26 @@ def test_dynamic_int8_keeps_convs_fp32_and_names_them(exported, capsys):
         str(run / "variants" / "int8_dynamic" / "model.onnx")).graph.node}
 
 
+def test_a_small_run_without_validation_rows_decides_on_its_training_rows(exported, monkeypatch):
+    """141 training photos and no validation split (recipes/transfer_effnet.yaml): calibration takes every row, and
+    the fallback's decision rows are then all the training rows (it crashed on an empty set before)."""
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    real = quantize.run_splits
+
+    def small(predictor):
+        table, rows = real(predictor)
+        return table, {"train": np.asarray(rows["train"])[:60], "test": rows["test"]}
+
+    monkeypatch.setattr(quantize, "run_splits", small)
+    record = quantize.quantize_run(run, mode="static", calibration_rows=256, name="small", parity_rows=100)
+    q = record["quantization"]
+    assert q["calibration"]["rows"] == 60
+    assert q["decision_rows"] == {"part": "training (calibration rows included)", "rows": 60}
+    assert any("fallback decides on all 60 training rows" in note for note in q["notes"])
+
+
 def test_a_layer_that_loses_too_much_falls_back_to_fp32(exported, monkeypatch):
     """The planted loss: any graph whose last layer is int8 'loses' 10 points; only that layer goes back to fp32."""
     from dlforge.compress import quantize

@@ -43,6 +43,7 @@ CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = {"static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
                 "dynamic": ("MatMul", "LSTM", "Attention", "Gather")}
 DECISION_ROWS = 500
+MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the decision uses every training row
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
 
 
@@ -175,9 +176,15 @@ class Quantizer:
         train = np.asarray(rows["train"])
         calib = sample(train, calibration_rows, seed=1)
         decide = rows.get("val", np.zeros(0, dtype=np.int64))
+        self.decide_part = "validation"
         if not len(decide):
-            decide = sample(np.setdiff1d(train, calib), DECISION_ROWS, seed=2)
-        self.decide_part = "validation" if len(rows.get("val", ())) else "training (not calibration)"
+            decide = np.setdiff1d(train, calib)
+            self.decide_part = "training (not calibration)"
+            if len(decide) < MIN_DECISION_ROWS:  # a small data set, all of it calibrating: decide on every row
+                decide = train
+                self.decide_part = "training (calibration rows included)"
+                self.notes.append(f"no validation rows and {len(np.setdiff1d(train, calib))} training rows left "
+                                  f"after calibration: the fallback decides on all {len(train)} training rows")
         decide = sample(decide, DECISION_ROWS, seed=2)
         scaled = bool(self.record.get("scaled_in_graph"))
         self.calib_x = _numpy(encode_rows(self.predictor, take(self.predictor, table, calib), scaled=not scaled)[0],
