@@ -262,7 +262,8 @@ def test_search_bisects_the_prune_ratio_against_the_accuracy_budget(run):
 
 
 def test_a_budget_nobody_meets_exits_2_naming_the_closest_candidate(run, capsys):
-    assert not main_ok(["compress", str(run), "--max-size-mb", "0.000001", "--prune-trials", "0"])
+    # --skip onnx: the export (and so int8) would add ~30 s here; the closest candidate is what is tested
+    assert not main_ok(["compress", str(run), "--max-size-mb", "0.000001", "--prune-trials", "0", "--skip", "onnx"])
     err = capsys.readouterr().err
     assert "no candidate meets every budget" in err and "fp32" in err and "size" in err and "over by" in err
     assert (run / "compress" / "candidates.csv").is_file()
@@ -396,3 +397,19 @@ def test_compress_names_the_operator_the_exporter_cannot_take_and_goes_on(tmp_pa
     assert "aten::_pack_padded_sequence" in report
     names = [line.split(",")[0] for line in (tmp_path / "run" / "compress" / "candidates.csv").read_text().splitlines()]
     assert names == ["name", "fp32"]  # no int8 candidate: int8 takes the export, which could not be made
+
+
+def test_skip_leaves_a_pass_out_and_an_unknown_one_is_refused(run, capsys):
+    from dlforge.compress.search import Budgets, compress
+
+    from dlforge.compress.search import BudgetNotMet
+
+    registry = _registry(small=_copy_pass("small", small=True), prune=_copy_pass("pruned"))
+    with pytest.raises(BudgetNotMet):
+        compress(run, Budgets(max_accuracy_drop=0.01, max_size_mb=1e-9), registry=registry, seconds=0.02,
+                 skip=["small", "prune"])
+    names = [line.split(",")[0] for line in (run / "compress" / "candidates.csv").read_text().splitlines()[1:]]
+    assert names == ["fp32"]
+    assert not main_ok(["compress", str(run), "--skip", "int9"])
+    err = capsys.readouterr().err
+    assert "--skip names no pass: int9" in err and "int8_static" in err

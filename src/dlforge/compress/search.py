@@ -128,7 +128,7 @@ class Search:
     """One search: its candidates, measurements and the passes' work directories under `RUN/compress/work/`."""
 
     def __init__(self, data: RunData, budgets: Budgets, *, registry: Registry, threads: int, seconds: float,
-                 pass_options: dict[str, dict], say):
+                 pass_options: dict[str, dict], say, skip: tuple[str, ...] = ()):
         self.data, self.budgets, self.registry = data, budgets, registry
         self.threads, self.seconds, self.pass_options, self.say = threads, seconds, pass_options, say
         self.work = Path(data.run_dir) / COMPRESS_DIR / "work"
@@ -137,9 +137,10 @@ class Search:
         self.skipped: list[str] = []
         self.reference = math.nan
         self.higher = True
+        self.skip = set(skip)
 
     def transforms(self) -> list[str]:
-        return [name for name, _ in self.registry.items() if name not in SEARCHED]
+        return [name for name, _ in self.registry.items() if name not in SEARCHED and name not in self.skip]
 
     def add(self, candidate: Candidate, chain: list[str], stage: str, seconds: float) -> Entry:
         m = measure(candidate, self.test, threads=self.threads, seconds=self.seconds)
@@ -214,7 +215,8 @@ class Search:
 def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = None, prune_trials: int = 3,
              max_ratio: float = 0.9, finetune: int = 1, threads: int = 1, seconds: float = 0.5,
              objective: str = "latency", exhaustive: bool = False, keep_all: bool = False,
-             registry: Registry | None = None, say=lambda text: None) -> SearchResult:
+             registry: Registry | None = None, skip: tuple[str, ...] | list[str] = (),
+             say=lambda text: None) -> SearchResult:
     """Search the registered passes on `run_dir` under `budgets`; write `RUN/compress/` and keep the best variant.
 
     Raises BudgetNotMet (after writing the report and keeping the Pareto set) when no candidate meets every budget.
@@ -232,6 +234,10 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
     if registry is None:
         import_passes()
         registry = passes
+    unknown = sorted(set(skip) - set(registry.names()))
+    if unknown:
+        raise DlforgeError(f"--skip names no pass: {', '.join(unknown)}", where="--skip",
+                           hint=f"the passes: {', '.join(sorted(registry.names()))}")
     started = time.perf_counter()
     data = RunData.load(run_dir)
     out = Path(run_dir) / COMPRESS_DIR
@@ -239,7 +245,7 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
         shutil.rmtree(out)  # an earlier search's report and candidates: replaced, never mixed with this one's
     search = Search(data, budgets, registry=registry, threads=threads, seconds=seconds, say=say,
                     pass_options={"prune": {"finetune": finetune, "data": data},
-                                  "distill": {"student": student, "data": data}})
+                                  "distill": {"student": student, "data": data}}, skip=tuple(skip))
     stopped = None
 
     def stage_done(stage: str) -> bool:
@@ -254,7 +260,7 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
     say(f"measuring on {search.test.n_rows} test rows, torch threads {threads}")
     base = search.add(Candidate("fp32", Path(run_dir), "torch"), [], "reference", 0.0)
     search.chain(base, "transforms")
-    if not stage_done("transforms") and "prune" in registry and prune_trials:
+    if not stage_done("transforms") and "prune" in registry and "prune" not in search.skip and prune_trials:
         say("pruning: ratio bisected against the accuracy budget")
         low, high, ratio, best_pruned = 0.0, max_ratio, min(0.5, max_ratio), None
         tried: set[float] = set()
@@ -276,7 +282,7 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
         if best_pruned is not None:
             search.chain(best_pruned, "prune")
         stage_done("prune")
-    if student is not None and (stopped is None or exhaustive) and "distill" in registry:
+    if student is not None and (stopped is None or exhaustive) and "distill" in registry and "distill" not in search.skip:
         say(f"distilling the student {student}")
         for entry in search.run_pass("distill", base, "distill"):
             search.chain(entry, "distill")
