@@ -44,6 +44,7 @@ WEIGHTED_OPS = {"static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
                 "dynamic": ("MatMul", "LSTM", "Attention", "Gather")}
 DECISION_ROWS = 500
 MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the decision uses every training row
+SENSITIVITY_CALIBRATION_ROWS = 64  # each probe recalibrates; ranking layers does not need every calibration row
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
 
 
@@ -205,11 +206,14 @@ class Quantizer:
             if self.mode == "static":
                 method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                           "percentile": q.CalibrationMethod.Percentile}[self.calibration]
-                q.quantize_static(str(self.float_path), str(out), calibration_reader(self.calib_x), quant_format=q.QuantFormat.QDQ,
+                calib = self.calib_x
+                if only is not None:  # a sensitivity probe ranks layers: a smaller calibration sample is enough
+                    calib = {k: v[:SENSITIVITY_CALIBRATION_ROWS] for k, v in calib.items()}
+                q.quantize_static(str(self.float_path), str(out), calibration_reader(calib), quant_format=q.QuantFormat.QDQ,
                                   per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                                   calibrate_method=method, nodes_to_exclude=list(exclude), nodes_to_quantize=only,
                                   op_types_to_quantize=list(WEIGHTED_OPS["static"]) + [
-                                      "Relu", "MaxPool", "AveragePool", "Add", "Mul", "Reshape", "Flatten",
+                                      "Relu", "Clip", "MaxPool", "AveragePool", "Add", "Mul", "Reshape", "Flatten",
                                       "Transpose", "Concat", "GlobalAveragePool", "Sigmoid"],
                                   extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                                  "MatMulConstBOnly": True, "CalibPercentile": 99.999})
