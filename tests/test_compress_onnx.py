@@ -132,6 +132,13 @@ def test_tabular_model_exports_with_parity(tiny_csv, tmp_path):
     frame = {"x1": [0.5, -1.0], "x2": [None, 2.0], "color": ["red", "blue"], "flag": ["yes", "no"]}
     onnx_p, torch_p = dlforge.load(run, runtime="onnx"), dlforge.load(run)
     assert np.abs(onnx_p.predict_proba(frame) - torch_p.predict_proba(frame)).max() < 1e-5
+    # The search's static int8 pass takes conv nets only (as --mode auto): this MLP's MatMuls go dynamic.
+    from dlforge.compress.passes import Candidate, passes
+    from dlforge.compress.quantize import QuantizeError
+
+    with pytest.raises(QuantizeError, match="no convolution"):
+        passes.get("int8_static")(Candidate("onnx_fp32", run, "onnx"), work_dir=tmp_path / "work")
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
 
 # ---------------------------------------------------------------- the runtime seam

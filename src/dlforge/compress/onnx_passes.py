@@ -26,6 +26,15 @@ def _copy_run(source: Path, folder: Path) -> Path:
     return folder
 
 
+def _has_conv(run_dir: Path) -> bool:
+    import onnx
+
+    from dlforge.artifact.onnx_runtime import read_export_json, read_onnx_bytes
+
+    graph = onnx.load_from_string(read_onnx_bytes(run_dir, read_export_json(run_dir))).graph
+    return any(node.op_type in ("Conv", "ConvTranspose") for node in graph.node)
+
+
 @passes.register("onnx")
 def onnx_pass(source: Candidate, *, work_dir: Path, threads: int | None = None, **options) -> list[Candidate]:
     """fp32 ONNX of a torch candidate (parity checked, refused on mismatch); an onnx candidate is returned as is."""
@@ -45,6 +54,12 @@ def _int8(mode: str, source: Candidate, work_dir: Path, options: dict) -> list[C
     work_dir = Path(work_dir)
     if source.runtime != "onnx":  # export first, in a copy of its own
         source = onnx_pass(source, work_dir=work_dir, threads=options.get("threads"))[0]
+    if mode == "static" and not _has_conv(Path(source.run_dir)):
+        from dlforge.compress.quantize import QuantizeError
+
+        raise QuantizeError("static int8 is for conv nets and this graph has no convolution: its MatMuls take dynamic "
+                            "int8 (int8_dynamic), which quantizes activations per batch instead of fixing their "
+                            "ranges on calibration rows", where=str(Path(source.run_dir) / "model.onnx"))
     name = f"{source.name}+int8_{mode}" if source.name not in ("fp32", "onnx_fp32") else f"int8_{mode}"
     out = work_dir / name
     if out.exists():
@@ -66,7 +81,8 @@ def int8_dynamic_pass(source: Candidate, *, work_dir: Path, **options) -> list[C
 
 @passes.register("int8_static")
 def int8_static_pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]:
-    """Static int8 QDQ, calibrated on training rows, of a candidate."""
+    """Static int8 QDQ, calibrated on training rows, of a conv net (as `dlforge quantize --mode auto` chooses it:
+    a graph without convolutions is refused with the reason, and the search records it and goes on)."""
     return _int8("static", source, work_dir, options)
 
 
