@@ -1,7 +1,7 @@
 """Compression benchmark: torch eager fp32 vs onnxruntime fp32 / int8 static / int8 dynamic, side by side.
 
     PYTHONPATH=src DLFORGE_DATA=../shared/data python benchmarks/compress.py --cnn runs/mnist_cnn \
-        [--text runs/text_minilm] [--serve-seconds 10] [--threads 1]
+        [--text runs/text_minilm] [--effnet runs/transfer_effnet] [--serve-seconds 10] [--threads 1] [--blocks 10]
 
 For each run: exports it (if it has no model.onnx) and quantizes it (variants int8_static / int8_dynamic, if
 missing), then measures at batch 1 the forward pass only (torch: the module under inference_mode; onnx: the
@@ -84,8 +84,9 @@ def engines(dirs: dict[str, Path], threads: int) -> dict:
     return out
 
 
-def interleaved(calls: dict, feeds: list[tuple[dict, dict]], n: int, warmup: int) -> dict:
-    """p50/p95 in ms per engine; engines take turns call by call. feeds: (scaled feed, raw feed) pairs."""
+def interleaved(calls: dict, feeds: list[tuple[dict, dict]], n: int, warmup: int, blocks: int = 10) -> dict:
+    """p50/p95 in ms per engine; engines take turns call by call. feeds: (scaled feed, raw feed) pairs. With torch
+    among the engines, each other engine's speed-up over it, overall and per block of n/blocks calls (the spread)."""
     names = list(calls)
     times = {name: [] for name in names}
     for i in range(warmup + n):
@@ -102,6 +103,18 @@ def interleaved(calls: dict, feeds: list[tuple[dict, dict]], n: int, warmup: int
     for name, values in times.items():
         ms = sorted(1e3 * v for v in values)
         result[name] = {"p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))], "n": len(ms)}
+    # The spread of the speed-up over torch: the measured calls cut into `blocks` consecutive blocks (the load
+    # changes between them, equally for every engine), the p50 ratio computed in each.
+    if "torch_fp32" in times and blocks > 1:
+        size = n // blocks
+        for name in names:
+            if name == "torch_fp32":
+                continue
+            ratios = sorted(statistics.median(times["torch_fp32"][b * size:(b + 1) * size])
+                            / statistics.median(times[name][b * size:(b + 1) * size]) for b in range(blocks))
+            result[name]["speedup_vs_torch"] = {
+                "overall_p50": result["torch_fp32"]["p50_ms"] / result[name]["p50_ms"], "blocks": blocks,
+                "block_min": ratios[0], "block_median": statistics.median(ratios), "block_max": ratios[-1]}
     return result
 
 
@@ -160,7 +173,7 @@ def bench_model(run: Path, modes: list[str], feeds_of, args) -> dict:
     result = {"sizes_bytes": sizes(dirs)}
     for label, feeds in feeds_of(run).items():
         load = os.getloadavg()[0]
-        result[f"latency_{label}"] = interleaved(calls, feeds, args.n, args.warmup)
+        result[f"latency_{label}"] = interleaved(calls, feeds, args.n, args.warmup, args.blocks)
         result[f"latency_{label}"]["load_1min"] = [load, os.getloadavg()[0]]
         print(label, json.dumps(result[f"latency_{label}"], indent=1), flush=True)
     if not args.skip_accuracy:
@@ -207,6 +220,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cnn", type=Path, help="An MNIST CNN run (recipes/mnist_cnn.yaml).")
     parser.add_argument("--text", type=Path, help="A MiniLM text classifier run (recipes/text_minilm.yaml).")
+    parser.add_argument("--effnet", type=Path, help="An EfficientNet-Lite0 transfer run (recipes/transfer_effnet.yaml).")
+    parser.add_argument("--blocks", type=int, default=10, help="Blocks the measured calls are cut into for the spread.")
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads.")
     parser.add_argument("--n", type=int, default=400, help="Measured calls per engine.")
     parser.add_argument("--warmup", type=int, default=50)
@@ -219,6 +234,8 @@ def main() -> None:
     print(json.dumps(results["machine"]), flush=True)
     if args.cnn:
         results["cnn"] = bench_model(args.cnn, ["static", "dynamic"], lambda run: {"batch1": image_feeds(run)}, args)
+    if args.effnet:
+        results["effnet"] = bench_model(args.effnet, ["static"], lambda run: {"batch1": image_feeds(run)}, args)
     if args.text:
         results["text"] = bench_model(args.text, ["dynamic"], lambda run: {
             "batch1_128_tokens": token_feeds(run, 32, length=128), "batch1_real_lengths": token_feeds(run, 64)}, args)

@@ -132,6 +132,13 @@ def test_tabular_model_exports_with_parity(tiny_csv, tmp_path):
     frame = {"x1": [0.5, -1.0], "x2": [None, 2.0], "color": ["red", "blue"], "flag": ["yes", "no"]}
     onnx_p, torch_p = dlforge.load(run, runtime="onnx"), dlforge.load(run)
     assert np.abs(onnx_p.predict_proba(frame) - torch_p.predict_proba(frame)).max() < 1e-5
+    # The search's static int8 pass takes conv nets only (as --mode auto): this MLP's MatMuls go dynamic.
+    from dlforge.compress.passes import Candidate, passes
+    from dlforge.compress.quantize import QuantizeError
+
+    with pytest.raises(QuantizeError, match="no convolution"):
+        passes.get("int8_static")(Candidate("onnx_fp32", run, "onnx"), work_dir=tmp_path / "work")
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
 
 # ---------------------------------------------------------------- the runtime seam
@@ -274,6 +281,26 @@ def test_dynamic_int8_keeps_convs_fp32_and_names_them(exported, capsys):
     assert record["quantization"]["unsupported"][0]["op"] == "Conv"
     assert "MatMulInteger" in {n.op_type for n in __import__("onnx").load(
         str(run / "variants" / "int8_dynamic" / "model.onnx")).graph.node}
+
+
+def test_a_small_run_without_validation_rows_decides_on_its_training_rows(exported, monkeypatch):
+    """141 training photos and no validation split (recipes/transfer_effnet.yaml): calibration takes every row, and
+    the fallback's decision rows are then all the training rows (it crashed on an empty set before)."""
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    real = quantize.run_splits
+
+    def small(predictor):
+        table, rows = real(predictor)
+        return table, {"train": np.asarray(rows["train"])[:60], "test": rows["test"]}
+
+    monkeypatch.setattr(quantize, "run_splits", small)
+    record = quantize.quantize_run(run, mode="static", calibration_rows=256, name="small", parity_rows=100)
+    q = record["quantization"]
+    assert q["calibration"]["rows"] == 60
+    assert q["decision_rows"] == {"part": "training (calibration rows included)", "rows": 60}
+    assert any("fallback decides on all 60 training rows" in note for note in q["notes"])
 
 
 def test_a_layer_that_loses_too_much_falls_back_to_fp32(exported, monkeypatch):

@@ -111,6 +111,8 @@ def compress(
     objective: str = typer.Option("latency", "--objective", help="Among candidates meeting the budgets: latency|size."),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="Run every stage (no early exit)."),
     keep_all: bool = typer.Option(False, "--keep-all", help="Keep every candidate's directory (RUN/compress/work/)."),
+    skip: List[str] = typer.Option([], "--skip", help="Leave this pass out of the search (repeatable), e.g. --skip "
+                                   "int8_static on a transformer, --skip prune."),
 ):
     """Search pruning, distillation and the other registered passes under accuracy/latency/size budgets."""
     from dlforge.compress.search import Budgets
@@ -119,7 +121,7 @@ def compress(
     result = search(run, Budgets(max_accuracy_drop, max_latency_ms, max_size_mb), student=student,
                     prune_trials=prune_trials, finetune=finetune, threads=threads, seconds=measure_seconds,
                     objective=objective,
-                    exhaustive=exhaustive, keep_all=keep_all, say=_say)
+                    exhaustive=exhaustive, keep_all=keep_all, skip=skip, say=_say)
     best = result.best
     typer.echo(f"{len(result.entries)} candidate(s) in {result.seconds:.1f} s; best meeting every budget: "
                f"{best.candidate.name} ({best.measurement.metric_name} {best.measurement.metric:.4f}, p50 "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dlforge.artifact.format import MODEL_JSON, RUN_JSON, WEIGHTS
 from dlforge.artifact.onnx_runtime import EXPORT_JSON, ONNX_FILE
-from dlforge.compress.passes import Candidate, passes
+from dlforge.compress.passes import Candidate, describe_pass, passes
 
 
 def _copy_run(source: Path, folder: Path) -> Path:
@@ -24,6 +24,15 @@ def _copy_run(source: Path, folder: Path) -> Path:
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
     return folder
+
+
+def _has_conv(run_dir: Path) -> bool:
+    import onnx
+
+    from dlforge.artifact.onnx_runtime import read_export_json, read_onnx_bytes
+
+    graph = onnx.load_from_string(read_onnx_bytes(run_dir, read_export_json(run_dir))).graph
+    return any(node.op_type in ("Conv", "ConvTranspose") for node in graph.node)
 
 
 @passes.register("onnx")
@@ -45,12 +54,18 @@ def _int8(mode: str, source: Candidate, work_dir: Path, options: dict) -> list[C
     work_dir = Path(work_dir)
     if source.runtime != "onnx":  # export first, in a copy of its own
         source = onnx_pass(source, work_dir=work_dir, threads=options.get("threads"))[0]
+    if mode == "static" and not _has_conv(Path(source.run_dir)):
+        from dlforge.compress.quantize import QuantizeError
+
+        raise QuantizeError("static int8 is for conv nets and this graph has no convolution: its MatMuls take dynamic "
+                            "int8 (int8_dynamic), which quantizes activations per batch instead of fixing their "
+                            "ranges on calibration rows", where=str(Path(source.run_dir) / "model.onnx"))
     name = f"{source.name}+int8_{mode}" if source.name not in ("fp32", "onnx_fp32") else f"int8_{mode}"
     out = work_dir / name
     if out.exists():
         shutil.rmtree(out)
-    allowed = {k: options[k] for k in ("calibration", "calibration_rows", "max_drop", "threads", "parity_rows")
-               if k in options}
+    allowed = {k: options[k] for k in ("calibration", "calibration_rows", "max_drop", "threads", "parity_rows",
+                                       "qat_epochs", "qat_lr") if k in options}
     record = quantize_run(source.run_dir, mode=mode, out_dir=out, **allowed)
     q = record["quantization"]
     notes = {**source.notes, "quantization": {k: q[k] for k in ("mode", "calibration", "int8_layers", "fp32_layers",
@@ -66,8 +81,22 @@ def int8_dynamic_pass(source: Candidate, *, work_dir: Path, **options) -> list[C
 
 @passes.register("int8_static")
 def int8_static_pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]:
-    """Static int8 QDQ, calibrated on training rows, of a candidate."""
+    """Static int8 QDQ, calibrated on training rows, of a conv net (as `dlforge quantize --mode auto` chooses it:
+    a graph without convolutions is refused with the reason, and the search records it and goes on)."""
     return _int8("static", source, work_dir, options)
 
 
-__all__ = ["int8_dynamic_pass", "int8_static_pass", "onnx_pass"]
+@passes.register("int8_qat")
+def int8_qat_pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]:
+    """int8 QDQ after quantization-aware fine-tuning (torchao PT2E; the `qat` extra): the search tries it only when
+    post-training int8 lost more than the accuracy budget. Without torchao it is skipped with that reason."""
+    return _int8("qat", source, work_dir, options)
+
+
+describe_pass(onnx_pass, accepts=("torch",))  # an onnx candidate is exported already
+for _fn in (int8_dynamic_pass, int8_static_pass):
+    describe_pass(_fn, accepts=("onnx",), group="int8")
+describe_pass(int8_qat_pass, accepts=("onnx",), group="int8", last_resort=True)
+
+
+__all__ = ["int8_dynamic_pass", "int8_qat_pass", "int8_static_pass", "onnx_pass"]

@@ -29,10 +29,23 @@ class Candidate:
 # pass(source: Candidate, *, work_dir: Path, **options) -> list[Candidate]
 CompressionPass = Callable[..., list[Candidate]]
 
+
+def describe_pass(fn: CompressionPass, *, accepts: tuple[str, ...] | None = None, group: str | None = None,
+                  last_resort: bool = False) -> CompressionPass:
+    """What the search needs to know to chain a pass sensibly (a pass without these is chained everywhere once):
+    - `accepts`: the runtimes of the candidates it is worth applying to (int8 takes an ONNX graph: the search
+      quantizes the `onnx` candidate rather than exporting the torch one a second time);
+    - `group`: passes of one group are alternatives, at most one per chain (int8 static and dynamic: an int8 graph
+      is not quantized again);
+    - `last_resort`: tried on a candidate only when every other pass of its group left it over the accuracy budget
+      (quantization-aware training after post-training quantization lost too much)."""
+    fn.accepts, fn.group, fn.last_resort = accepts, group, last_resort
+    return fn
+
 # The modules whose passes register themselves on import; loaded on the registry's first lookup (importing them
 # here at the top would make a cycle: they import this module for `passes`).
 BUILTIN_PASS_MODULES = (
-    "dlforge.compress.onnx_passes",  # onnx, int8_dynamic, int8_static
+    "dlforge.compress.onnx_passes",  # onnx, int8_dynamic, int8_static, int8_qat
     "dlforge.compress.prune",  # prune
     "dlforge.compress.distill",  # distill
 )
@@ -70,4 +83,4 @@ class PassRegistry(Registry):
 
 passes: PassRegistry = PassRegistry("compression pass")
 
-__all__ = ["Candidate", "CompressionPass", "passes"]
+__all__ = ["Candidate", "CompressionPass", "describe_pass", "passes"]

@@ -43,6 +43,8 @@ CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = {"static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
                 "dynamic": ("MatMul", "LSTM", "Attention", "Gather")}
 DECISION_ROWS = 500
+MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the decision uses every training row
+SENSITIVITY_CALIBRATION_ROWS = 64  # each probe recalibrates; ranking layers does not need every calibration row
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
 
 
@@ -175,9 +177,15 @@ class Quantizer:
         train = np.asarray(rows["train"])
         calib = sample(train, calibration_rows, seed=1)
         decide = rows.get("val", np.zeros(0, dtype=np.int64))
+        self.decide_part = "validation"
         if not len(decide):
-            decide = sample(np.setdiff1d(train, calib), DECISION_ROWS, seed=2)
-        self.decide_part = "validation" if len(rows.get("val", ())) else "training (not calibration)"
+            decide = np.setdiff1d(train, calib)
+            self.decide_part = "training (not calibration)"
+            if len(decide) < MIN_DECISION_ROWS:  # a small data set, all of it calibrating: decide on every row
+                decide = train
+                self.decide_part = "training (calibration rows included)"
+                self.notes.append(f"no validation rows and {len(np.setdiff1d(train, calib))} training rows left "
+                                  f"after calibration: the fallback decides on all {len(train)} training rows")
         decide = sample(decide, DECISION_ROWS, seed=2)
         scaled = bool(self.record.get("scaled_in_graph"))
         self.calib_x = _numpy(encode_rows(self.predictor, take(self.predictor, table, calib), scaled=not scaled)[0],
@@ -198,11 +206,14 @@ class Quantizer:
             if self.mode == "static":
                 method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                           "percentile": q.CalibrationMethod.Percentile}[self.calibration]
-                q.quantize_static(str(self.float_path), str(out), calibration_reader(self.calib_x), quant_format=q.QuantFormat.QDQ,
+                calib = self.calib_x
+                if only is not None:  # a sensitivity probe ranks layers: a smaller calibration sample is enough
+                    calib = {k: v[:SENSITIVITY_CALIBRATION_ROWS] for k, v in calib.items()}
+                q.quantize_static(str(self.float_path), str(out), calibration_reader(calib), quant_format=q.QuantFormat.QDQ,
                                   per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                                   calibrate_method=method, nodes_to_exclude=list(exclude), nodes_to_quantize=only,
                                   op_types_to_quantize=list(WEIGHTED_OPS["static"]) + [
-                                      "Relu", "MaxPool", "AveragePool", "Add", "Mul", "Reshape", "Flatten",
+                                      "Relu", "Clip", "MaxPool", "AveragePool", "Add", "Mul", "Reshape", "Flatten",
                                       "Transpose", "Concat", "GlobalAveragePool", "Sigmoid"],
                                   extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                                  "MatMulConstBOnly": True, "CalibPercentile": 99.999})
@@ -242,7 +253,9 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     if calibration not in CALIBRATIONS:
         raise QuantizeError(f"unknown calibration '{calibration}'; known: {', '.join(CALIBRATIONS)}", where="--calibration")
     if mode == "qat":
-        _torchao_pt2e()  # a missing torchao says so before anything is exported
+        from dlforge.compress.qat import qat_onnx, torchao_pt2e
+
+        torchao_pt2e()  # a missing torchao says so before anything is exported
     if calibration_rows < 1:
         raise QuantizeError("--calibration-rows must be at least 1", where="--calibration-rows")
     if mode not in MODES + ("auto",):
@@ -339,86 +352,6 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     record["variant_dir"] = str(out)
     return record
 
-
-
-def _torchao_pt2e():
-    """torchao's PT2E QAT API (torch.ao.quantization is deprecated on this torch; PT2E lives in torchao now)."""
-    try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
-        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
-    except ImportError:
-        raise QuantizeError("quantization-aware training needs torchao (PT2E QAT)",
-                            hint="pip install 'dlforge[qat]' (torchao), or use --mode static") from None
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
-    return prepare_qat_pt2e, convert_pt2e, quantizer
-
-
-def qat_onnx(run_dir: Path, *, epochs: int, lr: float | None, folder: Path, opset: int, rows: int | None = None) -> tuple[bytes, dict]:
-    """Quantization-aware fine-tuning with torchao's PT2E flow, exported to ONNX QDQ.
-
-    The graph dlforge exports (image scaling inside) is captured with torch.export, `prepare_qat_pt2e` inserts
-    fake quantization (X86InductorQuantizer's QAT config: int8 per-channel symmetric weights, uint8 activations,
-    the same scheme as --mode static), it trains `epochs` epochs on the training rows with the model's own loss
-    (lr: a tenth of the recipe's unless given), `convert_pt2e` folds it into quantize/dequantize ops, and the
-    dynamo exporter writes them as QuantizeLinear/DequantizeLinear, which onnxruntime fuses into int8 kernels."""
-    from dlforge.compress.onnx_export import ExportGraph, image_scales, to_onnx
-
-    prepare_qat_pt2e, convert_pt2e, quantizer = _torchao_pt2e()
-    predictor = Predictor(run_dir, runtime="torch")
-    table, splits = run_splits(predictor)
-    train = splits["train"] if rows is None else sample(splits["train"], rows, seed=3)
-    scales = image_scales(predictor)
-    x, y = encode_rows(predictor, take(predictor, table, train), scaled=not scales)
-    names, outputs = list(predictor.signature["inputs"]), predictor.output_names
-    graph = ExportGraph(predictor.model, names, outputs, scales).eval()
-    example = tuple(x[n][:2].contiguous() for n in names)
-    dynamic = (tuple({0: torch.export.Dim.DYNAMIC} for _ in names),)
-    try:
-        captured = torch.export.export(graph, example, dynamic_shapes=dynamic).module()
-        prepared = prepare_qat_pt2e(captured, quantizer)
-    except Exception as exc:
-        raise QuantizeError(f"torch.export/PT2E could not prepare this model for QAT ({exc.__class__.__name__}: "
-                            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})",
-                            where=str(run_dir), hint="use --mode static or dynamic") from None
-    recipe = predictor.recipe.training
-    base_lr = recipe.optimizer.lr if isinstance(recipe.optimizer.lr, float) else 1e-3
-    optimizer = torch.optim.Adam(prepared.parameters(), lr=lr or base_lr * 0.1)
-    generator = torch.Generator().manual_seed(0)
-    n = len(next(iter(y.values())))
-    started, steps = time.perf_counter(), 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for i in range(0, n, recipe.batch_size):
-            index = order[i:i + recipe.batch_size]
-            logits = dict(zip(outputs, prepared(*(x[name][index] for name in names))))
-            loss = predictor.model.loss(logits, {k: v[index] for k, v in y.items()})
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            steps += 1
-    train_seconds = time.perf_counter() - started
-    try:
-        from torchao.quantization.pt2e import move_exported_model_to_eval
-
-        move_exported_model_to_eval(prepared)
-    except ImportError:
-        pass
-    converted = convert_pt2e(prepared)
-
-    class Converted(torch.nn.Module):  # to_onnx reads input/output names from the module
-        def __init__(self):
-            super().__init__()
-            self.inner, self.input_names, self.output_names = converted, names, outputs
-
-        def forward(self, *inputs):
-            return tuple(self.inner(*inputs))
-
-    with torch.no_grad():
-        data, how = to_onnx(Converted(), example, dynamic={n: {0: "batch"} for n in names}, opset=opset, folder=folder)
-    return data, {"epochs": epochs, "steps": steps, "rows": n, "lr": optimizer.param_groups[0]["lr"],
-                  "train_seconds": round(train_seconds, 1), "api": "torchao PT2E prepare_qat_pt2e/convert_pt2e, "
-                  "X86InductorQuantizer (is_qat)", "exporter": how["exporter"]}
 
 def _fall_back(quantizer: Quantizer, max_drop: float, drop: float) -> list[dict]:
     """Layers back to fp32, most sensitive first, until the loss is within `max_drop` (all measured ones at most)."""

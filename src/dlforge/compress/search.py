@@ -3,7 +3,10 @@
 The strategy, cheapest first, never the full product of passes and settings:
 1. the run itself (fp32, torch) is measured: the reference for the accuracy drop;
 2. the transform passes (every registered pass other than `prune` and `distill`: ONNX export, int8, ... as they
-   are registered) are chained from it, each pass once per chain (fp32 -> onnx -> int8_static);
+   are registered) are chained from it, each pass once per chain and only where it applies (fp32 -> onnx ->
+   int8_static and -> int8_dynamic: int8 takes the ONNX graph and is never applied twice; QAT only when both
+   post-training int8 candidates lost more than the accuracy budget), the per-layer fp32 fallback of int8 given
+   what is left of the accuracy budget;
 3. structured pruning, its ratio bisected against the accuracy budget (`prune_trials` fine-tuned trials: 0.5
    first, then halfway up after a trial within the budget, halfway down after one over it), and the largest ratio
    within the budget goes through the transform chain (pruned -> onnx -> int8);
@@ -125,7 +128,7 @@ class Search:
     """One search: its candidates, measurements and the passes' work directories under `RUN/compress/work/`."""
 
     def __init__(self, data: RunData, budgets: Budgets, *, registry: Registry, threads: int, seconds: float,
-                 pass_options: dict[str, dict], say):
+                 pass_options: dict[str, dict], say, skip: tuple[str, ...] = ()):
         self.data, self.budgets, self.registry = data, budgets, registry
         self.threads, self.seconds, self.pass_options, self.say = threads, seconds, pass_options, say
         self.work = Path(data.run_dir) / COMPRESS_DIR / "work"
@@ -134,9 +137,10 @@ class Search:
         self.skipped: list[str] = []
         self.reference = math.nan
         self.higher = True
+        self.skip = set(skip)
 
     def transforms(self) -> list[str]:
-        return [name for name, _ in self.registry.items() if name not in SEARCHED]
+        return [name for name, _ in self.registry.items() if name not in SEARCHED and name not in self.skip]
 
     def add(self, candidate: Candidate, chain: list[str], stage: str, seconds: float) -> Entry:
         m = measure(candidate, self.test, threads=self.threads, seconds=self.seconds)
@@ -164,17 +168,45 @@ class Search:
             self.say(f"  {name} on {source.candidate.name}: skipped ({message[:200]})")
             return []
         seconds = (time.perf_counter() - started) / max(len(made), 1)
+        made = [c for c in made if Path(c.run_dir) != Path(source.candidate.run_dir)]  # "nothing to do" is not new
         return [self.add(c, [*source.chain, name], stage, seconds) for c in made]
 
+    def _about(self, name: str) -> tuple[tuple[str, ...] | None, str, bool]:
+        fn = self.registry.get(name)
+        return getattr(fn, "accepts", None), getattr(fn, "group", None) or name, bool(getattr(fn, "last_resort", False))
+
+    def applies(self, name: str, source: Entry) -> bool:
+        """A pass applies once per chain, to the runtimes it accepts, once per group (passes/describe_pass)."""
+        accepts, group, _ = self._about(name)
+        if name in source.chain or (accepts is not None and source.candidate.runtime not in accepts):
+            return False
+        return all(self._about(done)[1] != group for done in source.chain if done in self.registry)
+
     def chain(self, source: Entry, stage: str) -> None:
-        """Every transform pass not yet in the source's chain, depth first; over-budget accuracy stops a branch."""
+        """Every transform pass that applies to the source, depth first; over-budget accuracy stops a branch. A
+        last-resort pass runs only when every candidate its group's other passes made from this source missed the
+        accuracy budget (QAT after post-training int8 lost too much)."""
         if "max-accuracy-drop" in source.misses or len(source.chain) >= MAX_CHAIN + 1:
             return
-        for name in self.transforms():
-            if name in source.chain:
-                continue
-            for entry in self.run_pass(name, source, stage):
+        made: dict[str, list[Entry]] = {}
+        names = [n for n in self.transforms() if self.applies(n, source)]
+        for name in sorted(names, key=lambda n: self._about(n)[2]):  # last-resort passes after their group
+            _, group, last_resort = self._about(name)
+            if last_resort:
+                siblings = made.get(group, [])
+                if any("max-accuracy-drop" not in e.misses for e in siblings):
+                    continue
+            entries = self.run_pass(name, source, stage, **self.budget_options(name, source))
+            made.setdefault(group, []).extend(entries)
+            for entry in entries:
                 self.chain(entry, stage)
+
+    def budget_options(self, name: str, source: Entry) -> dict:
+        """int8 passes get what is left of the accuracy budget as their per-layer fallback threshold."""
+        if self._about(name)[1] != "int8" or self.budgets.max_accuracy_drop is None:
+            return {}
+        spent = (self.reference - source.measurement.metric) * (1 if self.higher else -1)
+        return {"max_drop": max(self.budgets.max_accuracy_drop - max(spent, 0.0), 0.0)}
 
     def met(self) -> list[Entry]:
         return [e for e in self.entries if not e.misses]
@@ -183,7 +215,8 @@ class Search:
 def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = None, prune_trials: int = 3,
              max_ratio: float = 0.9, finetune: int = 1, threads: int = 1, seconds: float = 0.5,
              objective: str = "latency", exhaustive: bool = False, keep_all: bool = False,
-             registry: Registry | None = None, say=lambda text: None) -> SearchResult:
+             registry: Registry | None = None, skip: tuple[str, ...] | list[str] = (),
+             say=lambda text: None) -> SearchResult:
     """Search the registered passes on `run_dir` under `budgets`; write `RUN/compress/` and keep the best variant.
 
     Raises BudgetNotMet (after writing the report and keeping the Pareto set) when no candidate meets every budget.
@@ -201,6 +234,10 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
     if registry is None:
         import_passes()
         registry = passes
+    unknown = sorted(set(skip) - set(registry.names()))
+    if unknown:
+        raise DlforgeError(f"--skip names no pass: {', '.join(unknown)}", where="--skip",
+                           hint=f"the passes: {', '.join(sorted(registry.names()))}")
     started = time.perf_counter()
     data = RunData.load(run_dir)
     out = Path(run_dir) / COMPRESS_DIR
@@ -208,7 +245,7 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
         shutil.rmtree(out)  # an earlier search's report and candidates: replaced, never mixed with this one's
     search = Search(data, budgets, registry=registry, threads=threads, seconds=seconds, say=say,
                     pass_options={"prune": {"finetune": finetune, "data": data},
-                                  "distill": {"student": student, "data": data}})
+                                  "distill": {"student": student, "data": data}}, skip=tuple(skip))
     stopped = None
 
     def stage_done(stage: str) -> bool:
@@ -223,7 +260,7 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
     say(f"measuring on {search.test.n_rows} test rows, torch threads {threads}")
     base = search.add(Candidate("fp32", Path(run_dir), "torch"), [], "reference", 0.0)
     search.chain(base, "transforms")
-    if not stage_done("transforms") and "prune" in registry and prune_trials:
+    if not stage_done("transforms") and "prune" in registry and "prune" not in search.skip and prune_trials:
         say("pruning: ratio bisected against the accuracy budget")
         low, high, ratio, best_pruned = 0.0, max_ratio, min(0.5, max_ratio), None
         tried: set[float] = set()
@@ -245,7 +282,7 @@ def compress(run_dir: str | Path, budgets: Budgets, *, student: str | None = Non
         if best_pruned is not None:
             search.chain(best_pruned, "prune")
         stage_done("prune")
-    if student is not None and (stopped is None or exhaustive) and "distill" in registry:
+    if student is not None and (stopped is None or exhaustive) and "distill" in registry and "distill" not in search.skip:
         say(f"distilling the student {student}")
         for entry in search.run_pass("distill", base, "distill"):
             search.chain(entry, "distill")

@@ -28,6 +28,7 @@ def load_minilm(pretrained: bool, *, where: str, architecture: dict | None = Non
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     require("minilm", where=where, weights=pretrained or architecture is None)
+    _quiet_torchao()
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -42,6 +43,26 @@ def load_minilm(pretrained: bool, *, where: str, architecture: dict | None = Non
             return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
     path = str(minilm_dir(where))
     return AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+
+
+def _quiet_torchao() -> None:
+    """transformers imports torchao when it is installed (the `qat` extra); torchao then warns that its CUDA-only
+    kernels do not load and torch that torchao registers an Enum with pytree: three lines of noise in every MiniLM
+    log on a CPU machine. Those two warnings are dropped; the loggers' other records pass."""
+    import logging
+
+    class Drop(logging.Filter):
+        def __init__(self, *needles: str):
+            super().__init__()
+            self.needles = needles
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(n in str(record.msg) for n in self.needles)
+
+    for name, needles in (("torchao", ("Failed to load",)), ("torch.utils._pytree", ("is an Enum subclass",))):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, Drop) for f in logger.filters):
+            logger.addFilter(Drop(*needles))
 
 
 def _no_init_weights():
