@@ -67,7 +67,7 @@ def _overrides(overrides, **fields) -> list[str]:
     return [*(overrides or []), *(f"federated.{k}={v}" for k, v in fields.items() if v is not None)]
 
 
-def load_setup(recipe, overrides=None, *, progress: bool = True, partition: bool = True, **fields) -> Setup:
+def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: bool = True, **fields) -> Setup:
     """Recipe (with `fields` as --set federated.<field>=...), data, split, fitted preprocessing and the partition."""
     recipe_path = str(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = load_recipe(recipe, _overrides(overrides, **fields) if fields else overrides)
@@ -99,7 +99,7 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, partition: bool
         labels = train.y[target.name].cpu().numpy().astype(np.int64).reshape(len(train), -1)[:, 0]
         names = prepared.signature()["outputs"][target.name].get("labels")
     part = partition_rows(recipe.federated.partition, recipe.federated.clients, labels=labels, column=column,
-                          seed=recipe.training.seed, class_names=names) if partition else None
+                          seed=recipe.training.seed, class_names=names) if split_clients else None
     if progress:
         for line in part.summary() if part else []:
             print(line, file=sys.stderr)
@@ -312,6 +312,22 @@ def check_address_free(address: str) -> None:
                                hint="use a local address such as 127.0.0.1:9092") from None
 
 
+def _wait_for_server(address: str, *, seconds: float) -> None:
+    """Poll until the server accepts connections (it may still be reading its data), or a clear error."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise DlforgeError(f"no federated server answered at {address} within {seconds:g} s",
+                                   where="--server", hint="start `dlforge federate server RECIPE --address "
+                                                          f"{address}` first (or raise federated.wait_clients)")
+            time.sleep(0.5)
+
+
 def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None, rounds: int | None = None,
           fraction: float | None = None, out=None, overrides=None, overwrite: bool = False,
           progress: bool = True) -> FederatedResult:
@@ -319,7 +335,7 @@ def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None,
     fl = flower()
     check_address_free(address)
     fields = {"clients": clients, "rounds": rounds, "fraction": fraction if fraction is not None else 1.0}
-    setup = load_setup(recipe, overrides, progress=progress, partition=False, **fields)
+    setup = load_setup(recipe, overrides, progress=progress, split_clients=False, **fields)
     fed = setup.recipe.federated
     if progress:
         print(f"federated server on {address}: waiting for {fed.clients} client(s) (up to {fed.wait_clients:g} s), "
@@ -338,7 +354,7 @@ def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None,
 
     # The first round waits for every client; later rounds go on with the clients still connected.
     return _run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="grpc",
-                       sampled=max(1, int(fed.fraction * fed.clients)), available=1, wait_for=fed.clients)
+                       sampled=fed.sampled(), available=0, wait_for=fed.clients)
 
 
 def connect(recipe, *, server: str = DEFAULT_ADDRESS, slot: str = "1/1", overrides=None, progress: bool = True,
@@ -353,6 +369,7 @@ def connect(recipe, *, server: str = DEFAULT_ADDRESS, slot: str = "1/1", overrid
     local = LocalTraining(setup.recipe, setup.prepared)
     client = make_client(local, rows, k, crash_at_round=crash_at_round)
     started = time.perf_counter()
+    _wait_for_server(server, seconds=setup.recipe.federated.wait_clients)
     try:
         fl.client.start_client(server_address=server, client=client.to_client(), insecure=True,
                                max_retries=retries, max_wait_time=float(retries))

@@ -29,7 +29,7 @@ def flower():
                                 "and cryptography below dlforge's defaults)") from None
     import logging
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)  # dlforge prints one line a round instead
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # dlforge prints one line a round (and every failure) instead
     return flwr
 
 
@@ -42,13 +42,18 @@ def weighted_mean(weights: list[list[np.ndarray]], counts: list[int]) -> list[np
 def build_strategy(fed, *, initial: list[np.ndarray], evaluate_fn: Callable, sampled: int, available: int,
                    in_process: bool):
     """Flower's FedAvg / FedProx / FedAdam for the recipe's `federated` section, wrapped in client-level DP when
-    `client_dp` is set. `sampled` clients train each round out of `available`."""
+    `client_dp` is set. In-process: `sampled` clients train each round out of `available`. Over gRPC
+    (`available` 0): fraction * the clients connected at the round's start, at least one, so a client that
+    crashed earlier never blocks a later round."""
     fl = flower()
     from flwr.server import strategy as st
 
-    fraction = min(1.0, sampled / max(1, available))
-    common = dict(fraction_fit=fraction, fraction_evaluate=0.0, min_fit_clients=sampled, min_evaluate_clients=0,
-                  min_available_clients=available, evaluate_fn=evaluate_fn, accept_failures=True,
+    if available:
+        fraction, min_fit, min_available = min(1.0, sampled / available), sampled, available
+    else:
+        fraction, min_fit, min_available = fed.fraction, 1, 1
+    common = dict(fraction_fit=fraction, fraction_evaluate=0.0, min_fit_clients=min_fit, min_evaluate_clients=0,
+                  min_available_clients=min_available, evaluate_fn=evaluate_fn, accept_failures=True,
                   initial_parameters=fl.common.ndarrays_to_parameters(initial),
                   on_fit_config_fn=lambda server_round: {"server_round": server_round, "in_process": in_process},
                   fit_metrics_aggregation_fn=_fit_metrics)
@@ -175,6 +180,8 @@ class Recorder:
 
 def _failure_text(failure) -> str:
     if isinstance(failure, BaseException):
+        if failure.__class__.__name__ == "GrpcBridgeClosed":
+            return "a client disconnected mid-round"
         return f"{failure.__class__.__name__}: {str(failure)[:120]}"
     proxy, res = failure
     return f"client {proxy.cid}: {res.status.message[:120]}"
