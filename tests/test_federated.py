@@ -87,7 +87,10 @@ def test_bad_partition_specs_and_slots_are_recipe_errors_with_suggestions():
 
 # ---------------------------------------------------------------- with Flower
 
-flwr = pytest.importorskip("flwr")
+@pytest.fixture
+def fl():
+    """Flower (the `federated` extra); the tests above run without it."""
+    return pytest.importorskip("flwr")
 
 
 def _data(tmp_path: Path, n: int = 240) -> Path:
@@ -145,7 +148,7 @@ def _fit_res(arrays, n):
                   metrics={"train_loss": 1.0})
 
 
-def test_fedavg_aggregate_is_the_weighted_mean_of_client_weights(tmp_path):
+def test_fedavg_aggregate_is_the_weighted_mean_of_client_weights(fl, tmp_path):
     from flwr.common import parameters_to_ndarrays
 
     from dlforge.federated.strategy import build_strategy, weighted_mean
@@ -164,7 +167,7 @@ def test_fedavg_aggregate_is_the_weighted_mean_of_client_weights(tmp_path):
     assert metrics["train_loss"] == pytest.approx(1.0)
 
 
-def test_fedprox_term_and_its_pull_towards_the_global_weights(tmp_path):
+def test_fedprox_term_and_its_pull_towards_the_global_weights(fl, tmp_path):
     import torch
 
     from dlforge.federated.client import LocalTraining, Proximal, model_weights
@@ -195,7 +198,7 @@ def _global(setup, tmp_path):
     return GlobalModel(setup, tmp_path / "g").trainer.model
 
 
-def test_simulation_writes_a_run_directory_and_survives_a_failing_client(tmp_path, capsys):
+def test_simulation_writes_a_run_directory_and_survives_a_failing_client(fl, tmp_path, capsys):
     import dlforge
     from dlforge.federated import simulate
 
@@ -214,7 +217,7 @@ def test_simulation_writes_a_run_directory_and_survives_a_failing_client(tmp_pat
     assert evaluate(tmp_path / "run")["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
 
 
-def test_fedadam_and_client_dp_report_the_accountants_epsilon(tmp_path):
+def test_fedadam_and_client_dp_report_the_accountants_epsilon(fl, tmp_path):
     pytest.importorskip("opacus")
     from dlforge.federated import simulate
     from dlforge.training.privacy import epsilon_spent
@@ -233,24 +236,29 @@ def _cli(*args, cwd=None):
     return [sys.executable, "-m", "dlforge.cli", "federate", *args], env
 
 
-def test_bad_input_exits_2_with_the_field(tmp_path):
+def test_bad_input_exits_2_with_the_field(fl, tmp_path, capsys):
     from dlforge.cli.app import main
 
     recipe = _recipe(tmp_path)
-    for args, expected in ((["--partition", "dirichlet:0"], "number > 0"),
+    for args, expected in ((["--partition", "dirichlet:0"], "federated.partition"),
                            (["--fraction", "1.5"], "federated.fraction"),
                            (["--clients", "0"], "federated.clients"),
                            (["--partition", "by:region"], "no column 'region'"),
-                           (["--partition", "by:site", "--clients", "6"], "4 distinct value(s)")):
+                           (["--partition", "by:site", "--clients", "6"], "4 distinct value(s)"),
+                           (["--partition", "shards:50"], "more than there are rows"),
+                           (["--address", "127.0.0.1:1"], "--address does not apply")):
         with pytest.raises(SystemExit) as exit_info:
             main(["federate", str(recipe), "--out", str(tmp_path / "x"), *args])
         assert exit_info.value.code == 2, args
-    # the last message: what, where, how
-    with pytest.raises(SystemExit):
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (args, err)
+    with pytest.raises(SystemExit) as exit_info:
         main(["federate", "servr", str(recipe)])
+    assert exit_info.value.code == 2 and "did you mean 'server'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any file was written
 
 
-def test_server_address_in_use_exits_2(tmp_path, capsys):
+def test_server_address_in_use_exits_2(fl, tmp_path, capsys):
     from dlforge.cli.app import main
 
     with socket.socket() as busy:
@@ -270,7 +278,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_one_server_and_three_client_processes_over_grpc_with_a_crash(tmp_path):
+def test_one_server_and_three_client_processes_over_grpc_with_a_crash(fl, tmp_path):
     recipe = _recipe(tmp_path, rounds=3)
     address = f"127.0.0.1:{_free_port()}"
     cmd, env = _cli("server", str(recipe), "--address", address, "--clients", "3", "--out", str(tmp_path / "fed"))

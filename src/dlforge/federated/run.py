@@ -324,7 +324,7 @@ def _wait_for_server(address: str, *, seconds: float) -> None:
             if time.monotonic() > deadline:
                 raise DlforgeError(f"no federated server answered at {address} within {seconds:g} s",
                                    where="--server", hint="start `dlforge federate server RECIPE --address "
-                                                          f"{address}` first (or raise federated.wait_clients)")
+                                                          f"{address}` first (or raise federated.wait_clients)") from None
             time.sleep(0.5)
 
 
