@@ -246,7 +246,8 @@ def test_bad_input_exits_2_with_the_field(fl, tmp_path, capsys):
                            (["--partition", "by:region"], "no column 'region'"),
                            (["--partition", "by:site", "--clients", "6"], "4 distinct value(s)"),
                            (["--partition", "shards:50"], "more than there are rows"),
-                           (["--address", "127.0.0.1:1"], "--address does not apply")):
+                           (["--address", "127.0.0.1:1"], "--address does not apply"),
+                           (["--set", "training.optimizer.lr=auto"], "training.optimizer.lr")):
         with pytest.raises(SystemExit) as exit_info:
             main(["federate", str(recipe), "--out", str(tmp_path / "x"), *args])
         assert exit_info.value.code == 2, args

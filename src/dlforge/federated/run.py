@@ -73,6 +73,14 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: 
     recipe = load_recipe(recipe, _overrides(overrides, **fields) if fields else overrides)
     if recipe.federated is None:  # every field has a default: a recipe without the section federates with them
         recipe = load_recipe(recipe, ["federated.clients=10"] if not fields else _overrides([], **fields))
+    if recipe.training.privacy is not None:
+        raise DlforgeError("training.privacy (DP-SGD inside each client) does not combine with `dlforge federate` yet",
+                           where="training.privacy", hint="remove it, and use federated.client_dp for client-level DP "
+                                                          "(docs/federated.md)")
+    if recipe.training.optimizer.lr == "auto":
+        raise DlforgeError("lr: auto runs a range test on pooled data, which a federated run does not have",
+                           where="training.optimizer.lr", hint="set a number (e.g. run `dlforge lr-find` on one "
+                                                               "client's data and use its suggestion)")
     base_dir = recipe_base_dir(recipe)
     if recipe.training.threads:
         torch.set_num_threads(recipe.training.threads)
