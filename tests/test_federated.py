@@ -300,3 +300,16 @@ def test_one_server_and_three_client_processes_over_grpc_with_a_crash(fl, tmp_pa
     for name in ("model.safetensors", "model.json", "recipe.yaml", "run.json", "metrics.json", "report.html"):
         assert (tmp_path / "fed" / name).is_file()
     assert float(history[-1]["test.accuracy"]) > 0.5
+
+
+def test_a_recipe_without_a_federated_section_federates_with_the_defaults(tmp_path):
+    from dlforge.federated.run import load_setup
+
+    recipe = yaml.safe_load(_recipe(tmp_path).read_text())
+    del recipe["federated"]
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    setup = load_setup(path, ["federated.rounds=3", "training.seed=2"], progress=False, clients=5, partition="iid")
+    fed = setup.recipe.federated
+    assert (fed.clients, fed.rounds, fed.partition, fed.strategy) == (5, 3, "iid", "fedavg")
+    assert setup.recipe.training.seed == 2 and len(setup.partition.clients) == 5

@@ -36,7 +36,7 @@ from dlforge.evaluation.metrics import flatten
 from dlforge.federated.client import LocalTraining, load_weights, make_client, model_weights, subset
 from dlforge.federated.partition import Partition, parse_client_slot, partition_rows
 from dlforge.federated.strategy import Recorder, build_strategy, client_dp_epsilon, flower
-from dlforge.recipe.federated import parse_partition
+from dlforge.recipe.federated import FederatedConfig, parse_partition
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir
 from dlforge.report import plot_curves, write_report
 from dlforge.training.setup import build_training
@@ -70,9 +70,12 @@ def _overrides(overrides, **fields) -> list[str]:
 def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: bool = True, **fields) -> Setup:
     """Recipe (with `fields` as --set federated.<field>=...), data, split, fitted preprocessing and the partition."""
     recipe_path = str(recipe) if isinstance(recipe, (str, Path)) else None
-    recipe = load_recipe(recipe, _overrides(overrides, **fields) if fields else overrides)
+    overrides = list(overrides or [])
+    own = [o for o in overrides if o.startswith("federated.")]
+    recipe = load_recipe(recipe, [o for o in overrides if o not in own])
     if recipe.federated is None:  # every field has a default: a recipe without the section federates with them
-        recipe = load_recipe(recipe, ["federated.clients=10"] if not fields else _overrides([], **fields))
+        recipe.federated = FederatedConfig()
+    recipe = load_recipe(recipe, _overrides(own, **fields))
     if recipe.training.privacy is not None:
         raise DlforgeError("training.privacy (DP-SGD inside each client) does not combine with `dlforge federate` yet",
                            where="training.privacy", hint="remove it, and use federated.client_dp for client-level DP "
