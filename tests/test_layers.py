@@ -21,7 +21,7 @@ PACKAGE = SRC / "dlforge"
 
 # layer -> rank; equal ranks are siblings, which may not import each other.
 LAYERS = {"core": 0, "recipe": 1, "data": 2, "models": 2, "evaluation": 3, "training": 4, "artifact": 5,
-          "explain": 6, "report": 7, "audit": 8, "compress": 8, "workflows": 9, "serve": 10, "cli": 11}
+          "explain": 6, "report": 7, "audit": 8, "compress": 8, "workflows": 9, "serve": 10, "federated": 10, "cli": 11}
 EXEMPT = {"dlforge", "dlforge._version"}
 
 

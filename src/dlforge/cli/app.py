@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from dlforge.cli import audit, compress, explain, export, insights, privacy, recommend, tune
+from dlforge.cli import audit, compress, explain, export, federate, insights, privacy, recommend, tune
 from dlforge.core.errors import DlforgeError, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 recipe_app = typer.Typer(no_args_is_help=True, help="Check a recipe or print its schema.")
 app.add_typer(recipe_app, name="recipe")
 # Command families that live in their own file (cli/<family>.py, each a `commands` Typer) join the top level.
-for _family in (export, compress, explain, audit, insights, privacy, recommend, tune):
+for _family in (export, compress, explain, audit, insights, privacy, recommend, tune, federate):
     app.add_typer(_family.commands)
 
 

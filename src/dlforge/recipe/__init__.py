@@ -16,6 +16,7 @@ from dlforge.recipe._base import Strict, _field
 from dlforge.recipe.data import DataConfig
 from dlforge.recipe.encoders import BACKBONE_BLOCKS, Combiner, ConcatCombiner
 from dlforge.recipe.evaluation import EvaluationConfig
+from dlforge.recipe.federated import FederatedConfig, parse_partition
 from dlforge.recipe.inputs import InputFeature
 from dlforge.recipe.outputs import METRICS_BY_OUTPUT_TYPE, RENAMED_METRICS, OutputFeature
 from dlforge.recipe.training import TrainingConfig
@@ -26,6 +27,7 @@ from dlforge.recipe.tune import TuneConfig, set_path, value_at
 from dlforge.recipe.data import *  # noqa: F403
 from dlforge.recipe.encoders import *  # noqa: F403
 from dlforge.recipe.evaluation import *  # noqa: F403
+from dlforge.recipe.federated import *  # noqa: F403
 from dlforge.recipe.inputs import *  # noqa: F403
 from dlforge.recipe.outputs import *  # noqa: F403
 from dlforge.recipe.training import *  # noqa: F403
@@ -55,6 +57,8 @@ class Recipe(Strict):
     evaluation: EvaluationConfig = _field(EvaluationConfig(), "After training: fairness by group, mitigation, calibration.")
     tune: TuneConfig | None = _field(None, "`dlforge tune`: the search space (recipe field path -> distribution), "
                                      "the metric, trials, sampler and pruner; `dlforge train` ignores it.")
+    federated: FederatedConfig | None = _field(None, "Federated training across clients (`dlforge federate`, "
+                                                     "docs/federated.md); `dlforge train` ignores it.")
     # Directory of the recipe file: relative data paths are also looked up there.
     _base_dir: str = PrivateAttr(".")
 
@@ -394,4 +398,21 @@ def recommender_shape(recipe: Recipe) -> list[str]:
     for i, f in enumerate(ids):
         if f.role == "user" and f.duplicates != "last":
             problems.append(f"inputs.{i}.duplicates: set the duplicates policy on the item id input")
+    return problems
+
+
+@cross_check
+def federated_partition_fits_target(recipe: Recipe) -> list[str]:
+    fed = recipe.federated
+    if fed is None:
+        return []
+    problems = []
+    scheme, _ = parse_partition(fed.partition)
+    if scheme in ("shards", "dirichlet") and recipe.outputs[0].type not in ("category", "binary"):
+        problems.append(f"federated.partition: {scheme} splits the rows by class, and the target "
+                        f"'{recipe.outputs[0].name}' is a {recipe.outputs[0].type}; use iid or by:<column>")
+    if fed.client_dp is not None and fed.client_dp.delta >= 1 / fed.clients:
+        problems.append(f"federated.client_dp.delta: {fed.client_dp.delta:g} is not below 1 / clients "
+                        f"({1 / fed.clients:.3g}): a guarantee that lets one client in {fed.clients} leak; "
+                        f"use delta <= {0.1 / fed.clients:.1g}")
     return problems

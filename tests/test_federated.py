@@ -1,0 +1,315 @@
+"""Federated learning with Flower (docs/federated.md): partitions, aggregation, FedProx, failures, gRPC processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dlforge.core.errors import DlforgeError, RecipeError
+from dlforge.federated.partition import parse_client_slot, partition_rows
+
+# ---------------------------------------------------------------- partitions (no Flower needed)
+
+
+def _every_row_once(part, n):
+    rows = np.concatenate(part.clients)
+    assert len(rows) == n and np.array_equal(np.sort(rows), np.arange(n))
+
+
+def test_iid_partition_equal_sizes_every_row_once():
+    labels = np.repeat(np.arange(10), 30)
+    part = partition_rows("iid", 7, labels=labels, seed=0)
+    _every_row_once(part, 300)
+    assert sorted(part.sizes().tolist()) == [42] + [43] * 6
+    assert part.as_dict()["classes_per_client"]["max"] == 10
+
+
+def test_shards_partition_gives_each_client_k_label_shards():
+    labels = np.repeat(np.arange(10), 20)  # 200 rows: 20 shards of 10 rows, each of one class
+    part = partition_rows("shards:2", 10, labels=labels, seed=1)
+    _every_row_once(part, 200)
+    assert part.sizes().tolist() == [20] * 10
+    held = (part.classes > 0).sum(1)
+    assert held.max() <= 2 and held.min() >= 1  # McMahan et al.'s pathological non-IID: at most 2 classes each
+    assert any("lack at least one class" in line for line in part.summary())
+    same_seed = partition_rows("shards:2", 10, labels=labels, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(part.clients, same_seed.clients))
+
+
+def test_dirichlet_partition_skews_classes_and_refuses_empty_clients():
+    labels = np.repeat(np.arange(4), 100)
+    part = partition_rows("dirichlet:0.1", 5, labels=labels, seed=0)
+    _every_row_once(part, 400)
+    assert (part.classes > 0).sum(1).mean() < 4  # small alpha: clients miss classes
+    near_iid = partition_rows("dirichlet:1000", 5, labels=labels, seed=0)
+    assert (near_iid.classes > 0).all() and near_iid.sizes().min() > 60
+    with pytest.raises(RecipeError, match=r"without data"):
+        partition_rows("dirichlet:0.001", 300, labels=labels, seed=0)
+
+
+def test_by_column_partition_one_client_per_value_and_names_empty_clients():
+    column = np.array(["a", "b", "c", "a", "b", "a"] * 5)
+    part = partition_rows("by:site", 3, column=column)
+    _every_row_once(part, 30)
+    assert sorted(part.sizes().tolist()) == [5, 10, 15]
+    for rows in part.clients:
+        assert len(set(column[rows])) == 1
+    merged = partition_rows("by:site", 2, column=column)
+    assert sorted(merged.sizes().tolist()) == [15, 15]
+    with pytest.raises(RecipeError, match=r"3 distinct value\(s\).*leave 2 without data.*clients: 3"):
+        partition_rows("by:site", 5, column=column)
+
+
+def test_bad_partition_specs_and_slots_are_recipe_errors_with_suggestions():
+    labels = np.zeros(10, dtype=np.int64)
+    with pytest.raises(ValueError, match="did you mean 'shards'"):
+        partition_rows("shard:2", 2, labels=labels)
+    with pytest.raises(ValueError, match="whole number"):
+        partition_rows("shards:x", 2, labels=labels)
+    with pytest.raises(ValueError, match="number > 0"):
+        partition_rows("dirichlet:-1", 2, labels=labels)
+    with pytest.raises(RecipeError, match="more than there are rows"):
+        partition_rows("shards:6", 2, labels=labels)
+    with pytest.raises(RecipeError, match="at most 10 clients"):
+        partition_rows("iid", 11, labels=labels)
+    assert parse_client_slot("2/3") == (2, 3)
+    with pytest.raises(DlforgeError, match="K/N"):
+        parse_client_slot("4/3")
+
+
+# ---------------------------------------------------------------- with Flower
+
+@pytest.fixture
+def fl():
+    """Flower (the `federated` extra); the tests above run without it."""
+    return pytest.importorskip("flwr")
+
+
+def _data(tmp_path: Path, n: int = 240) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["x1", "x2", "x3", "site", "label"])
+        for i in range(n):
+            label = i % 3
+            x = rng.normal(size=3) + 2.0 * np.eye(3)[label]
+            writer.writerow([*np.round(x, 4), f"s{i % 4}", f"c{label}"])
+    return path
+
+
+def _recipe(tmp_path: Path, **federated) -> Path:
+    recipe = {
+        "name": "tiny-fed",
+        "data": {"source": str(_data(tmp_path)), "split": {"val": 0.0, "test": 0.25, "seed": 0}},
+        "inputs": [{"name": n, "type": "number"} for n in ("x1", "x2", "x3")],
+        "outputs": [{"name": "label", "type": "category"}],
+        "training": {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0}, "schedule": {"name": "constant"},
+                     "seed": 0, "threads": 1, "baseline": False},
+        "federated": {"clients": 4, "fraction": 1.0, "rounds": 2, "partition": "iid", "local_epochs": 1,
+                      "batch_size": 10, **federated},
+    }
+    path = tmp_path / "fed.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch):
+    monkeypatch.setenv("DLFORGE_TRACKING", "off")
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+
+
+def _proxy(cid):
+    from flwr.server.client_proxy import ClientProxy
+
+    class Fake(ClientProxy):
+        def get_properties(self, *a): ...
+        def get_parameters(self, *a): ...
+        def fit(self, *a): ...
+        def evaluate(self, *a): ...
+        def reconnect(self, *a): ...
+
+    return Fake(cid)
+
+
+def _fit_res(arrays, n):
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    return FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters(arrays), num_examples=n,
+                  metrics={"train_loss": 1.0})
+
+
+def test_fedavg_aggregate_is_the_weighted_mean_of_client_weights(fl, tmp_path):
+    from flwr.common import parameters_to_ndarrays
+
+    from dlforge.federated.strategy import build_strategy, weighted_mean
+    from dlforge.recipe.federated import FederatedConfig
+
+    a = [np.array([1.0, 2.0], dtype=np.float32), np.array([[0.0]], dtype=np.float32)]
+    b = [np.array([4.0, 8.0], dtype=np.float32), np.array([[4.0]], dtype=np.float32)]
+    strategy = build_strategy(FederatedConfig(clients=2, fraction=1.0), initial=a, evaluate_fn=None, sampled=2,
+                              available=2, in_process=True)
+    params, metrics = strategy.aggregate_fit(1, [(_proxy("1"), _fit_res(a, 1)), (_proxy("2"), _fit_res(b, 3))], [])
+    got = parameters_to_ndarrays(params)
+    np.testing.assert_allclose(got[0], [3.25, 6.5])  # (1*[1,2] + 3*[4,8]) / 4, by hand
+    np.testing.assert_allclose(got[1], [[3.0]])
+    for mine, theirs in zip(weighted_mean([a, b], [1, 3]), got):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+    assert metrics["train_loss"] == pytest.approx(1.0)
+
+
+def test_fedprox_term_and_its_pull_towards_the_global_weights(fl, tmp_path):
+    import torch
+
+    from dlforge.federated.client import LocalTraining, Proximal, model_weights
+    from dlforge.federated.run import load_setup
+
+    model = torch.nn.Linear(2, 1)
+    prox = Proximal(0.5)
+    prox.set_anchor(model)
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[1.0, 2.0]]))
+        model.bias.add_(3.0)
+    assert float(prox.term(model).detach()) == pytest.approx(0.5 / 2 * (1 + 4 + 9))
+
+    setup = load_setup(_recipe(tmp_path), progress=False)
+    local = LocalTraining(setup.recipe, setup.prepared, work_dir=tmp_path / "work")
+    rows = setup.partition.clients[0]
+    start = [np.zeros_like(w) for w in model_weights(_global(setup, tmp_path))]
+    free, n, loss = local.fit(rows, start, seed=1, mu=0.0)
+    held, _, _ = local.fit(rows, start, seed=1, mu=5.0)  # lr * mu = 0.5: a stable pull
+    drift = lambda ws: sum(float(np.sum(w.astype(np.float64) ** 2)) for w in ws)  # noqa: E731
+    assert n == len(rows) and np.isfinite(loss)
+    assert drift(held) < 0.5 * drift(free)  # mu pulls the local weights back to the global ones
+
+
+def _global(setup, tmp_path):
+    from dlforge.federated.run import GlobalModel
+
+    return GlobalModel(setup, tmp_path / "g").trainer.model
+
+
+def test_simulation_writes_a_run_directory_and_survives_a_failing_client(fl, tmp_path, capsys):
+    import dlforge
+    from dlforge.federated import simulate
+
+    result = simulate(_recipe(tmp_path), out=tmp_path / "run", crash={2: 1}, progress=True)
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [int(r["round"]) for r in history] == [1, 2]
+    assert (history[0]["clients_sampled"], history[0]["clients_ok"], history[0]["failures"]) == ("4", "3", "1")
+    assert history[1]["failures"] == "0" and float(history[1]["test.accuracy"]) > 0.5
+    assert "1 client(s) failed" in capsys.readouterr().err
+    assert result.metrics["federated"]["failures"] == 1
+    assert "client 2 failed in round 1" in result.metrics["federated"]["failed_clients"][0]
+    predictor = dlforge.load(tmp_path / "run")
+    assert predictor.predict({"x1": [3.0], "x2": [0.0], "x3": [0.0]})[0] in ("c0", "c1", "c2")
+    from dlforge.workflows.evaluate import evaluate
+
+    assert evaluate(tmp_path / "run")["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+
+
+def test_fedadam_and_client_dp_report_the_accountants_epsilon(fl, tmp_path):
+    pytest.importorskip("opacus")
+    from dlforge.federated import simulate
+    from dlforge.training.privacy import epsilon_spent
+
+    recipe = _recipe(tmp_path, strategy="fedadam", server_lr=0.05, rounds=2, fraction=0.5,
+                     client_dp={"noise_multiplier": 1.1, "clipping_norm": 5.0, "delta": 1e-3})
+    result = simulate(recipe, out=tmp_path / "run", progress=False)
+    dp = result.metrics["federated"]["client_dp"]
+    assert dp["sample_rate"] == 0.5 and dp["rounds"] == 2
+    assert dp["epsilon"] == pytest.approx(epsilon_spent(1.1, 0.5, 2, 1e-3, "rdp"))
+    assert float(result.history[-1]["client_dp.epsilon"]) == pytest.approx(dp["epsilon"])
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"), "OMP_NUM_THREADS": "1"}
+    return [sys.executable, "-m", "dlforge.cli", "federate", *args], env
+
+
+def test_bad_input_exits_2_with_the_field(fl, tmp_path, capsys):
+    from dlforge.cli.app import main
+
+    recipe = _recipe(tmp_path)
+    for args, expected in ((["--partition", "dirichlet:0"], "federated.partition"),
+                           (["--fraction", "1.5"], "federated.fraction"),
+                           (["--clients", "0"], "federated.clients"),
+                           (["--partition", "by:region"], "no column 'region'"),
+                           (["--partition", "by:site", "--clients", "6"], "4 distinct value(s)"),
+                           (["--partition", "shards:50"], "more than there are rows"),
+                           (["--address", "127.0.0.1:1"], "--address does not apply"),
+                           (["--set", "training.optimizer.lr=auto"], "training.optimizer.lr")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["federate", str(recipe), "--out", str(tmp_path / "x"), *args])
+        assert exit_info.value.code == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (args, err)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["federate", "servr", str(recipe)])
+    assert exit_info.value.code == 2 and "did you mean 'server'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any file was written
+
+
+def test_server_address_in_use_exits_2(fl, tmp_path, capsys):
+    from dlforge.cli.app import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["federate", "server", str(_recipe(tmp_path)), "--address", f"127.0.0.1:{port}"])
+    assert exit_info.value.code == 2
+    assert f"address 127.0.0.1:{port} is already in use" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_one_server_and_three_client_processes_over_grpc_with_a_crash(fl, tmp_path):
+    recipe = _recipe(tmp_path, rounds=3)
+    address = f"127.0.0.1:{_free_port()}"
+    cmd, env = _cli("server", str(recipe), "--address", address, "--clients", "3", "--out", str(tmp_path / "fed"))
+    server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    clients = []
+    for k in (1, 2, 3):
+        extra = ["--crash-at-round", "2"] if k == 3 else []
+        cmd, env = _cli("client", str(recipe), "--server", address, "--partition", f"{k}/3", *extra)
+        clients.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    codes = [c.wait(timeout=600) for c in clients]
+    _, server_err = server.communicate(timeout=600)
+    assert server.returncode == 0, server_err[-2000:]
+    assert codes[:2] == [0, 0] and codes[2] == 3  # client 3 died mid-round 2
+    history = list(csv.DictReader(open(tmp_path / "fed" / "history.csv")))
+    assert [(r["round"], r["clients_ok"], r["failures"]) for r in history] == [("1", "3", "0"), ("2", "2", "1"),
+                                                                             ("3", "2", "0")]
+    assert "a client disconnected mid-round" in server_err
+    for name in ("model.safetensors", "model.json", "recipe.yaml", "run.json", "metrics.json", "report.html"):
+        assert (tmp_path / "fed" / name).is_file()
+    assert float(history[-1]["test.accuracy"]) > 0.5
+
+
+def test_a_recipe_without_a_federated_section_federates_with_the_defaults(tmp_path):
+    from dlforge.federated.run import load_setup
+
+    recipe = yaml.safe_load(_recipe(tmp_path).read_text())
+    del recipe["federated"]
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    setup = load_setup(path, ["federated.rounds=3", "training.seed=2"], progress=False, clients=5, partition="iid")
+    fed = setup.recipe.federated
+    assert (fed.clients, fed.rounds, fed.partition, fed.strategy) == (5, 3, "iid", "fedavg")
+    assert setup.recipe.training.seed == 2 and len(setup.partition.clients) == 5
