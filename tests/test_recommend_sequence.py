@@ -67,3 +67,15 @@ def test_history_stops_before_the_row_and_the_planted_order_is_learned(tmp_path)
     last = raw.groupby("user").item.last()
     hits = [predictor.recommend(u, k=3)["items"][0]["item"] == after[last[u]] for u in list(last.index)[:20]]
     assert sum(hits) >= 15
+
+
+def test_history_needs_a_time_order():
+    import pytest
+
+    from dlforge.core.errors import RecipeError
+    from dlforge.recipe.io import load_recipe
+
+    recipe = ranking_recipe({"interactions": "x.csv"}, side=False, combiner={"name": "mf", "dim": 4, "history": 3})
+    recipe["data"]["split"] = {}
+    with pytest.raises(RecipeError, match="combiner.history: a sequence-aware user needs"):
+        load_recipe(recipe)
