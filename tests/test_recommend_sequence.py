@@ -56,6 +56,9 @@ def test_history_stops_before_the_row_and_the_planted_order_is_learned(tmp_path)
     val, test = prepared.splits["val"].x, prepared.splits["test"].x
     order = torch.argsort(test["user"])
     assert torch.equal(model.history(test)[order, 0], val["item"][torch.argsort(val["user"])])
+    # an unknown item cannot be placed in time: no history; serving (no item) reads everything, the test item first
+    assert not bool(model.history({**test, "item": torch.zeros_like(test["item"])}).any())
+    assert torch.equal(model.history({"user": test["user"]})[:, 0], test["item"])
     # The order is learned: 23 candidates per user (30 items less 7 seen): chance MRR is about 0.16; the same MF
     # without history (25 epochs) gets MRR 0.39 (it learns the walk's neighbourhood, not which end comes next),
     # with history 4 (10 epochs) 0.97.

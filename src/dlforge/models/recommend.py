@@ -133,8 +133,9 @@ class RecommenderModel(nn.Module):
 
     def history(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, history) each row's user's items before the row's own item (its first interaction with it), the
-        most recent first, 0-padded; without an item (serving) every interaction the user has. So a training row
-        sees the earlier training rows, a val row all of train, a test row train + val, never its own item."""
+        most recent first, 0-padded; without an item (serving) every interaction the user has; a row whose item is
+        unknown gets none. So a training row sees the earlier training rows, a val row all of train, a test row
+        train + val, never its own item."""
         users = x[self.user_input]
         start = self.state.seq_indptr[users]
         position = self.state.seq_indptr[users + 1] - start
@@ -143,7 +144,9 @@ class RecommenderModel(nn.Module):
             wanted = users * self.n_items + items.reshape(-1)
             at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
             found = (keys[at] == wanted) & (items.reshape(-1) > 0)
-            position = torch.where(found, self.state.seq_positions[at], position)
+            # A row whose item is unknown (index 0, or a pair not in the data) cannot be placed in time: no history,
+            # so that nothing later than the row can leak into it.
+            position = torch.where(found, self.state.seq_positions[at], torch.zeros_like(position))
         back = torch.arange(self.history_length, device=users.device)
         index = (start + position).unsqueeze(1) - 1 - back
         valid = index >= start.unsqueeze(1)
