@@ -122,7 +122,8 @@ def leave_last_out(recipe, table: Table) -> Table:
     if spec is None:
         return table
     if table.split is not None:
-        table.notes.append("data.split.leave_last_out is ignored: the source has its own split column")
+        table.notes.append("data.split.leave_last_out: the source's own split column is used; its time column "
+                           "orders the rows")
         return table
     order = time_order(recipe, table)
     users = as_strings(table.column(spec.user, field_path="data.split.leave_last_out.user"))[order]
@@ -147,7 +148,11 @@ def prepare_interactions(recipe, table: Table, load) -> tuple[Table, dict]:
     if counts:
         table.notes.append("duplicate (user, item) pairs: " + ", ".join(f"{n} {k.replace('_', ' ')}"
                                                                         for k, n in counts.items()))
-    return leave_last_out(recipe, table), counts
+    table = leave_last_out(recipe, table)
+    order = time_order(recipe, table)
+    if order is not None:  # rows in time order (ties keep file order): each split's pairs are each user's history
+        table = table.take(order)
+    return table, counts
 
 
 def link_catalogue(inputs: dict, outputs: dict) -> None:

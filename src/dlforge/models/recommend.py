@@ -84,6 +84,14 @@ class RecommenderModel(nn.Module):
         self.catalogue_names = [*self.user_side, *self.item_side]
         for i in range(len(self.catalogue_names)):
             self.state.register_buffer(f"side_{i}", torch.zeros(0))
+        self.history_length = getattr(recipe.combiner, "history", 0)
+        if self.history_length:
+            # Every user's interactions in time order (train rows by time, then val, then test: the split's
+            # order), CSR, and the position of each (user, item) pair in it: a row's history is what precedes it.
+            self.state.register_buffer("seq_indptr", torch.zeros(self.n_users + 1, dtype=torch.long))
+            self.state.register_buffer("seq_items", torch.zeros(0, dtype=torch.long))
+            self.state.register_buffer("seq_keys", torch.zeros(0, dtype=torch.long))
+            self.state.register_buffer("seq_positions", torch.zeros(0, dtype=torch.long))
         self.sampler = (NegativeSampler(self.n_items, kind=output.sampler, alpha=output.popularity_alpha,
                                         seed=recipe.training.seed + 2) if self.ranking else None)
         self._log_q: torch.Tensor | None = None
@@ -102,9 +110,49 @@ class RecommenderModel(nn.Module):
         self.state.popularity = tensors["popularity"].float()
         for i, name in enumerate(self.catalogue_names):
             setattr(self.state, f"side_{i}", tensors["catalogues"][name])
+        if self.history_length:
+            self._attach_sequences(tensors["pairs"])
         if self.sampler is not None:
             train_users, train_items = tensors["pairs"]["train"]
             self.sampler.set_data(train_users, train_items, tensors["popularity"])
+
+    def _attach_sequences(self, pairs: dict) -> None:
+        parts = [p for p in ("train", "val", "test") if p in pairs]
+        users = torch.cat([pairs[p][0] for p in parts])
+        items = torch.cat([pairs[p][1] for p in parts])
+        known = (users > 0) & (items > 0)
+        users, items = users[known], items[known]
+        order = torch.argsort(users, stable=True)  # rows keep their (time) order within a user
+        users, items = users[order], items[order]
+        indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(users, minlength=self.n_users).cumsum(0)])
+        positions = torch.arange(len(users)) - indptr[users]
+        keys, inverse = torch.unique(users * self.n_items + items, return_inverse=True)
+        first = torch.full((len(keys),), len(users), dtype=torch.long).scatter_reduce(0, inverse, positions, "amin")
+        self.state.seq_indptr, self.state.seq_items = indptr, items
+        self.state.seq_keys, self.state.seq_positions = keys, first
+
+    def history(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, history) each row's user's items before the row's own item (its first interaction with it), the
+        most recent first, 0-padded; without an item (serving) every interaction the user has; a row whose item is
+        unknown gets none. So a training row sees the earlier training rows, a val row all of train, a test row
+        train + val, never its own item."""
+        users = x[self.user_input]
+        start = self.state.seq_indptr[users]
+        position = self.state.seq_indptr[users + 1] - start
+        items, keys = x.get(self.item_input), self.state.seq_keys
+        if items is not None and len(keys):
+            wanted = users * self.n_items + items.reshape(-1)
+            at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
+            found = (keys[at] == wanted) & (items.reshape(-1) > 0)
+            # A row whose item is unknown (index 0, or a pair not in the data) cannot be placed in time: no history,
+            # so that nothing later than the row can leak into it.
+            position = torch.where(found, self.state.seq_positions[at], torch.zeros_like(position))
+        back = torch.arange(self.history_length, device=users.device)
+        index = (start + position).unsqueeze(1) - 1 - back
+        valid = index >= start.unsqueeze(1)
+        if not len(self.state.seq_items):
+            return torch.zeros(len(users), self.history_length, dtype=torch.long, device=users.device)
+        return torch.where(valid, self.state.seq_items[index.clamp(min=0)], 0)
 
     def catalogue(self, name: str) -> torch.Tensor:
         return getattr(self.state, f"side_{self.catalogue_names.index(name)}")
@@ -122,7 +170,8 @@ class RecommenderModel(nn.Module):
 
     # ------------------------------------------------------------ encodings
     def user_encoding(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.scorer.encode_users(x[self.user_input], {n: x[n] for n in self.user_side})
+        history = self.history(x) if self.history_length else None
+        return self.scorer.encode_users(x[self.user_input], {n: x[n] for n in self.user_side}, history)
 
     def item_encoding(self, items: torch.Tensor, x: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Items' encodings; side features from `x` (the rows' own) when given, else from the catalogue."""

@@ -25,6 +25,32 @@ def _embedding(n: int, dim: int, std: float) -> nn.Embedding:
     return emb
 
 
+class HistoryEncoder(nn.Module):
+    """A user's last N items (column 0 = the most recent, index 0 = none) as one vector: item embeddings (its own
+    table, as FPMC's and FISM's history factors) plus a learned embedding per position, pooled by one attention
+    query whose logits also carry a learned recency prior per position (SASRec's positional self-attention reduced
+    to the one query that scores the next item), then a linear map. A user with no history gets zeros."""
+
+    def __init__(self, n_items: int, dim: int, length: int, std: float):
+        super().__init__()
+        self.length = length
+        self.items = _embedding(n_items, dim, std)
+        self.positions = nn.Parameter(torch.zeros(length, dim))
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.recency = nn.Parameter(-0.1 * torch.arange(length, dtype=torch.float32))
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) item indices -> ((B, D) the pooled history, the (B, N*D) embeddings used, for the L2)."""
+        emb = self.items(history)
+        e = emb + self.positions
+        valid = history > 0
+        logits = (e @ self.query + self.recency).masked_fill(~valid, -1e9)
+        weights = torch.softmax(logits, 1) * valid.any(1, keepdim=True)
+        pooled = (weights.unsqueeze(-1) * e).sum(1)
+        return self.out(pooled) * valid.any(1, keepdim=True), emb.reshape(len(history), -1)
+
+
 class Scorer(nn.Module):
     """The shared parts: per-id biases, side-feature encoders per tower, the L2 of what a batch used."""
 
@@ -40,6 +66,16 @@ class Scorer(nn.Module):
         self.item_bias = _embedding(n_items, 1, 1e-6) if biases else None
         self.global_bias = nn.Parameter(torch.zeros(())) if biases else None
         self._used: list[torch.Tensor] = []
+        length = getattr(config, "history", 0)
+        self.history = HistoryEncoder(n_items, config.dim, length, config.init_std) if length else None
+
+    def add_history(self, u: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """The user vector plus the encoding of the user's recent items (when the scorer has `history`)."""
+        if self.history is None or history is None:
+            return u
+        pooled, used = self.history(history)
+        self.use(used)
+        return u + pooled
 
     def use(self, *tensors: torch.Tensor) -> None:
         if self.training and self.l2:
@@ -73,10 +109,10 @@ class MatrixFactorization(Scorer):
         self.users = _embedding(n_users, config.dim, config.init_std)
         self.items = _embedding(n_items, config.dim, config.init_std)
 
-    def encode_users(self, users, side):
+    def encode_users(self, users, side, history=None):
         u = self.users(users)
         self.use(u)
-        return u
+        return self.add_history(u, history)
 
     def encode_items(self, items, side):
         v = self.items(items)
@@ -132,10 +168,10 @@ class TwoTower(Scorer):
             return ids
         return torch.where(torch.rand(ids.shape, device=ids.device) < p, torch.zeros_like(ids), ids)
 
-    def encode_users(self, users, side):
+    def encode_users(self, users, side, history=None):
         e = self.users(self._drop(users))
         self.use(e)
-        return self.user_tower(torch.cat([e, *self.user_side(side, users.shape)], -1))
+        return self.add_history(self.user_tower(torch.cat([e, *self.user_side(side, users.shape)], -1)), history)
 
     def encode_items(self, items, side):
         e = self.items(self._drop(items))
@@ -157,10 +193,10 @@ class NeuMF(Scorer):
         self.mlp, width = dense_stack(2 * config.mlp_dim, config.layers)
         self.fuse = nn.Linear(config.dim + width, 1)
 
-    def encode_users(self, users, side):
+    def encode_users(self, users, side, history=None):
         u = self.users(users)
         self.use(u)
-        return u
+        return self.add_history(u, history)
 
     def encode_items(self, items, side):
         v = self.items(items)
@@ -174,4 +210,4 @@ class NeuMF(Scorer):
         return self.fuse(torch.cat([gmf, mlp], -1)).squeeze(-1)
 
 
-__all__ = ["MatrixFactorization", "NeuMF", "Scorer", "TwoTower"]
+__all__ = ["HistoryEncoder", "MatrixFactorization", "NeuMF", "Scorer", "TwoTower"]

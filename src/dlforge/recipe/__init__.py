@@ -395,6 +395,9 @@ def recommender_shape(recipe: Recipe) -> list[str]:
     if side and recipe.combiner.name != "two_tower":
         problems.append(f"combiner: {recipe.combiner.name} uses only the ids; side features ({side[0].name}, ...) need "
                         "combiner two_tower, or drop them")
+    if getattr(recipe.combiner, "history", 0) and recipe.data.split.leave_last_out is None:
+        problems.append("combiner.history: a sequence-aware user needs the interactions' order: set "
+                        "data.split.leave_last_out {user, time} (its time column orders each user's history)")
     for i, f in enumerate(ids):
         if f.role == "user" and f.duplicates != "last":
             problems.append(f"inputs.{i}.duplicates: set the duplicates policy on the item id input")

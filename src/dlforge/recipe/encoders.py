@@ -127,6 +127,11 @@ class MFCombiner(Strict):
     dim: int = _field(64, "Width of the user and item factors.", ge=1, le=4096)
     biases: bool = _field(True, "Learn a bias per user and per item (and a global one).")
     init_std: float = _field(0.05, "Std of the factors' normal initialisation.", gt=0, le=1)
+    history: int = _field(
+        0, "Sequence-aware user: the user's last `history` items in time order (training interactions before the "
+        "row's own item; at serving time all of them), embedded with a position from the most recent and pooled "
+        "by attention, added to the user vector (0 off). Needs data.split.leave_last_out (its time column orders "
+        "the history).", ge=0, le=200)
     l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 
@@ -145,6 +150,11 @@ class TwoTowerCombiner(Strict):
         0.0, "Fraction of training rows whose user and item ids are replaced by the unknown bucket, so the towers "
         "learn to score from side features alone (cold start; Volkovs et al. 2017, DropoutNet).", ge=0, lt=1)
     init_std: float = _field(0.05, "Std of the id embeddings' normal initialisation.", gt=0, le=1)
+    history: int = _field(
+        0, "Sequence-aware user: the user's last `history` items in time order (training interactions before the "
+        "row's own item; at serving time all of them), embedded with a position from the most recent and pooled "
+        "by attention, added to the user vector (0 off). Needs data.split.leave_last_out (its time column orders "
+        "the history).", ge=0, le=200)
     l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 
