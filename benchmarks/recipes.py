@@ -129,7 +129,7 @@ RECIPES: list[Entry] = [
           metrics=("hr@10", "ndcg@10"),
           reference="most popular 0.085 full (0.398 sampled); target 2.5x = 0.212 (not met: min 0.175, mean 0.180); "
                     "sampled HR@10 min 0.721 (target 0.65 met) (benchmarks/recsys.md)",
-          older="HR@10 0.175-0.184, NDCG@10 0.092-0.099 (seeds 0-2, benchmarks/recsys.md)", older_time="25-29 s CPU a run"),
+          older="HR@10 0.175-0.184, NDCG@10 0.092-0.098 (seeds 0-2, benchmarks/recsys.md)", older_time="25-29 s CPU a run"),
     Entry("movielens_rating", "recipes/movielens_rating.yaml",
           "MF with biases, MovieLens 100K 1-5 stars, each user's latest rating",
           metrics=("rmse", "mae"),
