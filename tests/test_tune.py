@@ -15,11 +15,13 @@ import yaml
 from conftest import tabular_recipe
 from dlforge.cli import main
 from dlforge.core.errors import RecipeError
+from dlforge.core.files import write_json
 from dlforge.recipe.io import load_recipe
 
 optuna = pytest.importorskip("optuna")
 
 from dlforge.workflows import tune as tune_mod  # noqa: E402  (after the importorskip)
+from dlforge.workflows import tune_study  # noqa: E402
 
 
 def searched(csv_path, space=None, **tune):
@@ -133,7 +135,7 @@ def test_two_workers_share_one_journal(tiny_csv, tmp_path):
     out = tmp_path / "s"
     tune_mod.tune(searched(tiny_csv, pruner="hyperband"), out=out, trials=1, say=lambda _: None)
     settings = tune_mod.read_settings(out)
-    tune_mod.write_json(out / tune_mod.SETTINGS, {**settings, "trials": 5, "workers": 2})
+    write_json(out / tune_mod.SETTINGS, {**settings, "trials": 5, "workers": 2})
     done, errors = {}, []
 
     def work(i):
@@ -148,7 +150,7 @@ def test_two_workers_share_one_journal(tiny_csv, tmp_path):
     for w in workers:
         w.join()
     assert not errors
-    study = optuna.load_study(study_name=settings["study_name"], storage=tune_mod._storage(settings, out))
+    study = optuna.load_study(study_name=settings["study_name"], storage=tune_study.journal_storage(settings, out))
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == [0, 1, 2, 3, 4]  # distinct numbers, exactly the budget: no overshoot
     assert sum(sum(d.values()) for d in done.values()) == 4
@@ -169,7 +171,7 @@ def test_resume_reruns_an_interrupted_trial_and_continues(tiny_csv, tmp_path, ca
     out = tmp_path / "s"
     tune_mod.tune(searched(tiny_csv), out=out, trials=2, say=lambda _: None)
     settings = tune_mod.read_settings(out)
-    study = optuna.load_study(study_name=settings["study_name"], storage=tune_mod._storage(settings, out))
+    study = optuna.load_study(study_name=settings["study_name"], storage=tune_study.journal_storage(settings, out))
     killed = study.ask({"training.optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
                         "combiner.layers": optuna.distributions.CategoricalDistribution(["[8]", "[16, 8]"])})
     killed.set_user_attr("host", socket.gethostname())

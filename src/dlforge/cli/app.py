@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from dlforge.cli import audit, compress, explain, export, federate, insights, privacy, recommend, tune
+from dlforge.cli.common import echo_err, echo_runtime, metrics_line
+from dlforge.cli.train import train
 from dlforge.core.errors import DlforgeError, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,173 +23,7 @@ for _family in (export, compress, explain, audit, insights, privacy, recommend, 
     app.add_typer(_family.commands)
 
 
-def _echo_err(text: str) -> None:
-    typer.echo(text, err=True)
-
-
-def _metrics_line(metrics: dict) -> str:
-    keys = ("accuracy", "f1", "micro_f1", "macro_f1", "roc_auc", "pr_auc", "mae", "rmse", "r2", "hr@10", "ndcg@10",
-            "recall@50", "mrr", "coverage@10", "loss")
-    parts = [f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))]
-    for name, value in metrics.items():
-        if isinstance(value, dict) and name not in ("per_class",):
-            parts += [f"{name}.{k} {value[k]:.4f}" for k in keys if isinstance(value.get(k), (int, float))]
-    return "  ".join(parts)
-
-
-def _echo_runtime(run: Path, runtime: Optional[str]) -> None:
-    """On stderr, which runtime ran the model and, for onnx, its session options."""
-    from dlforge.artifact.runtimes import default_runtime
-
-    name = runtime or default_runtime(run)
-    if name == "onnx":
-        from dlforge.artifact.onnx_runtime import session_options
-
-        _, s = session_options()
-        _echo_err(f"runtime onnx: onnxruntime {s['onnxruntime']}, {s['intra_op_threads']} intra-op thread(s), "
-                  f"{s['inter_op_threads']} inter-op, {s['graph_optimization']}, CPU arena on")
-
-
-@contextlib.contextmanager
-def _signals_request(stop):
-    """Ctrl-C / SIGTERM set `stop` (training checkpoints after the current step); a second one stops now.
-
-    Only the command owns the process's signals: the library never installs a handler. The previous
-    handlers come back when training ends.
-    """
-
-    def handle(signum, frame):
-        if stop.is_set():  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
-        yield
-        return
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-# Public under this name for the other command families (cli/tune.py owns its signals the same way).
-signals_request = _signals_request
-
-
-@app.command()
-def train(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML; omitted: the built-in default (builtin:digits)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>, numbered if taken)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a field, e.g. --set training.epochs=3 (repeatable)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory exactly."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
-    target: Optional[str] = typer.Option(None, "--target", help="Treat the argument as DATA: infer a recipe "
-                                         "predicting this column (as `dlforge init`), then train it."),
-    test: Optional[str] = typer.Option(None, "--test", help="Test on this separate labelled file; all of the data "
-                                       "trains (sets data.test_source)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="With --target: print the whole inferred recipe."),
-    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="With --target, free text: the "
-                                    "pretrained MiniLM when installed (default), or the from-scratch n-gram encoder."),
-    no_baseline: bool = typer.Option(False, "--no-baseline", help="Skip the scikit-learn baseline of tabular runs "
-                                     "(same as --set training.baseline=false)."),
-    nproc: Optional[str] = typer.Option(None, "--nproc", help="Data-parallel processes on this machine (DDP through "
-                                        "torch.distributed.run; gloo on CPU, NCCL on GPU), or auto: time a few "
-                                        "steps with 1 and N and take the faster. With --ray-address: Ray workers."),
-    nnodes: int = typer.Option(1, "--nnodes", help="Machines in the job (run the same command on each)."),
-    node_rank: int = typer.Option(0, "--node-rank", help="This machine's place, 0..nnodes-1 (0 hosts the rendezvous)."),
-    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="host:port of node 0's rendezvous "
-                                                "(several machines, or a fixed port on one)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Train through Ray Train's TorchTrainer: "
-                                              "auto (a running cluster) or local (start one here); needs "
-                                              "pip install 'dlforge[ray]'."),
-):
-    """Train a recipe and write its run directory (model, metrics, report)."""
-    import dlforge
-
-    inferred = None
-    if target is not None:
-        import yaml
-
-        from dlforge.workflows.init import init, summarize_inferred
-
-        if recipe is None:
-            raise DlforgeError("--target needs a DATA argument", hint="dlforge train data.csv --target label")
-        inferred = init(str(recipe), target, test=test, pretrained=None if pretrained else False,
-                        baseline=False)  # training fits the baseline once, beside the model
-        typer.echo(inferred if verbose else "\n".join(summarize_inferred(inferred)), err=True)
-        recipe = yaml.safe_load(inferred)
-    elif test is not None:
-        set_ = [*set_, f"data.test_source={test}"]
-    if resume is not None and (recipe is not None or set_):
-        raise DlforgeError("--resume continues a run with its saved recipe; do not pass a recipe or --set with it",
-                           hint=f"run `dlforge train --resume {resume}` alone")
-    if no_baseline:
-        set_ = [*set_, "training.baseline=false"]
-    if ray_address is not None or nproc is not None or nnodes > 1 or rdzv_endpoint is not None:
-        result = _launch(recipe, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                         ray_address=ray_address, out=out, overrides=set_, resume=resume, overwrite=overwrite,
-                         quiet=quiet)
-        if not result.metrics:  # another node than rank 0's: the run directory is written there
-            typer.echo(f"node {node_rank}: done; rank 0 wrote the run directory")
-            return
-    else:
-        from dlforge.training.stop import StopRequest
-
-        stop = StopRequest()
-        with _signals_request(stop):
-            result = dlforge.train(recipe, out=out, overrides=set_, resume=resume, overwrite=overwrite,
-                                   progress=not quiet, stop=stop)
-    scores = result.metrics.get("test") or result.metrics.get("val") or {}
-    split = "test" if "test" in result.metrics else "val"
-    typer.echo(f"{split}: {_metrics_line(scores)}")
-    baseline = result.metrics.get("baseline") or {}
-    if baseline and "skipped" not in baseline:
-        from dlforge.evaluation.baseline import compare_line
-
-        typer.echo(compare_line(scores, baseline))
-    compiled = result.metrics.get("compile_seconds")
-    processes = result.metrics.get("processes")
-    sampled = result.metrics.get("sampled")
-    if sampled:
-        values = next(v for k, v in sampled.items() if isinstance(v, dict))
-        typer.echo(f"sampled protocol (1 + {sampled['negatives_per_user']} negatives; flatters every model, full ranking "
-                   f"above is the number to trust): {_metrics_line(values)}")
-    typer.echo(f"trained {result.metrics['epochs_run']} epoch(s) in {result.metrics['train_seconds']:.1f} s "
-               + (f"(of which {compiled:.1f} s the first compiled step) " if compiled is not None else "")
-               + (f"on {processes['world_size']} processes ({processes['strategy']}, {processes['backend']}, "
-                  f"{processes['threads_per_process']} thread(s) each) " if processes else "")
-               + f"(+{result.metrics.get('prepare_seconds', 0):.1f} s reading and preparing the data)")
-    if inferred is not None:
-        from dlforge.core.files import write_text
-
-        write_text(result.run_dir / "inferred_recipe.yaml", inferred)
-        typer.echo(f"inferred recipe (with its reasons): {result.run_dir / 'inferred_recipe.yaml'}")
-    typer.echo(f"run directory: {result.run_dir}")
-    typer.echo(f"report: {result.report}")
-
-
-def _launch(recipe, *, nproc, nnodes, node_rank, rdzv_endpoint, ray_address, out, overrides, resume, overwrite,
-            quiet):
-    """`dlforge train` on several processes: torch.distributed.run, or Ray Train with --ray-address."""
-    from dlforge.workflows.launch import launch_ray, launch_torchrun
-
-    count: int | str = "auto" if nproc == "auto" else None
-    if nproc is not None and nproc != "auto":
-        if not nproc.isdigit() or int(nproc) < 1:
-            raise DlforgeError(f"--nproc must be a positive number or auto, got {nproc!r}", where="--nproc",
-                               hint="e.g. --nproc 2")
-        count = int(nproc)
-    kwargs = {"out": out, "overrides": overrides, "resume": resume, "overwrite": overwrite, "quiet": quiet}
-    if ray_address is not None:
-        if count == "auto":
-            raise DlforgeError("--nproc auto times torchrun jobs; with --ray-address give the worker count",
-                               where="--nproc", hint="e.g. --ray-address local --nproc 2")
-        return launch_ray(recipe, address=ray_address, workers=count or 2, **kwargs)
-    return launch_torchrun(recipe, nproc=count or 1, nnodes=nnodes, node_rank=node_rank,
-                           rdzv_endpoint=rdzv_endpoint, **kwargs)
+app.command()(train)
 
 
 @app.command()
@@ -205,8 +38,8 @@ def evaluate(
     import dlforge
 
     metrics = dlforge.evaluate(run, data, runtime=runtime)
-    _echo_runtime(run, runtime)
-    typer.echo(json.dumps(metrics, indent=2) if as_json else _metrics_line(metrics))
+    echo_runtime(run, runtime)
+    typer.echo(json.dumps(metrics, indent=2) if as_json else metrics_line(metrics))
 
 
 @app.command()
@@ -227,7 +60,7 @@ def predict(
     from dlforge.data.readers import ReadOptions, load_table
 
     predictor = dlforge.load(run, runtime=runtime)
-    _echo_runtime(run, predictor.runtime.name)
+    echo_runtime(run, predictor.runtime.name)
     if bool(files) == bool(data):
         raise DlforgeError("give image or sound files, or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
     if files:
@@ -428,13 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except TrainingInterrupted as exc:
-        _echo_err(f"interrupted: {exc.render()}")
+        echo_err(f"interrupted: {exc.render()}")
         sys.exit(exc.exit_code)
     except DlforgeError as exc:
-        _echo_err(f"error: {exc.render()}")
+        echo_err(f"error: {exc.render()}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _echo_err("interrupted")
+        echo_err("interrupted")
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

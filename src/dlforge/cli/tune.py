@@ -32,7 +32,7 @@ def tune(
     set_: List[str] = typer.Option([], "--set", help="Override a field of the recipe, e.g. --set training.epochs=5."),
 ):
     """Search the recipe's tune.space with Optuna (TPE, Hyperband pruning); every trial is a run directory."""
-    from dlforge.cli.app import signals_request
+    from dlforge.cli.common import signals_request
     from dlforge.core.errors import DlforgeError
     from dlforge.training.stop import StopRequest
     from dlforge.workflows.tune import parse_duration

@@ -26,29 +26,21 @@ interrupted trials do not count towards the budget.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
 import socket
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from dlforge.core.errors import DlforgeError, RecipeError, TrainingInterrupted
 from dlforge.core.files import write_json, write_text
 from dlforge.recipe.io import dump_recipe, load_recipe, recipe_base_dir, validate
-from dlforge.recipe.tune import set_path
-
-SETTINGS = "tune.json"
-JOURNAL = "study.journal"
-LOCK = "tune.lock"
-TRIALS_DIR = "trials"
+from dlforge.workflows.tune_outputs import write_outputs
+from dlforge.workflows.tune_study import (JOURNAL, LOCK, SETTINGS, TRIALS_DIR, TuneResult, best_trial, counted_trials,
+                                         masked, open_study, require_optuna, short_value, suggest, trial_recipe)
 
 
 class TuneInterrupted(TrainingInterrupted):
@@ -60,25 +52,6 @@ class TuneInterrupted(TrainingInterrupted):
         self.run_dir = out
         DlforgeError.__init__(self, "search interrupted; finished trials are kept, the running ones are marked failed and "
                          "will run again", where=out, hint=f"continue with: dlforge tune --resume {out}")
-
-
-@dataclass
-class TuneResult:
-    out: Path
-    best: dict | None  # {"number", "value", "params", "run_dir"} or None when no trial completed
-    counts: dict[str, int]
-    files: dict[str, Path] = field(default_factory=dict)
-
-
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise DlforgeError("dlforge tune needs Optuna, which is not installed",
-                           hint="pip install 'dlforge[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is reported by us, in one line
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
 
 
 def cores() -> int:
@@ -107,64 +80,6 @@ def parse_duration(text: str | None) -> float | None:
 
 
 # ---------------------------------------------------------------- study and storage
-def _storage(settings: dict, out: Path):
-    optuna = _optuna()
-    if settings.get("storage"):
-        return settings["storage"]  # an RDB URL: Optuna builds RDBStorage from it
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-
-
-def _sampler(config, worker: int, workers: int, done: int = 0):
-    """Seeded from (tune.seed, worker, trials already in the study): each worker its own stream (or they would
-    propose the same trials), and a resumed worker a new one (or it would propose its first trials again)."""
-    import numpy as np
-
-    optuna = _optuna()
-    seed = int(np.random.SeedSequence([config.seed, worker, done]).generate_state(1)[0])
-    if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # The constant liar makes parallel TPE workers avoid the points the others are evaluating right now.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=workers > 1)
-
-
-def _pruner(config, epochs: int):
-    optuna = _optuna()
-    if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
-    if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=config.warmup_trials, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
-
-
-def _study(settings: dict, out: Path, recipe, *, worker: int = 0, create: bool = False):
-    optuna = _optuna()
-    config = recipe.tune
-    storage = _storage(settings, out)
-    done = 0
-    if not create:
-        try:
-            done = len(optuna.load_study(study_name=settings["study_name"], storage=storage).trials)
-        except KeyError:
-            raise DlforgeError(f"study '{settings['study_name']}' is not in its storage", where=str(out),
-                               hint=f"start a new search: dlforge tune RECIPE --out {out}") from None
-    kwargs = dict(study_name=settings["study_name"], storage=storage,
-                  sampler=_sampler(config, worker, settings["workers"], done),
-                  pruner=_pruner(config, recipe.training.epochs))
-    if create:
-        return optuna.create_study(direction="maximize" if config.maximize() else "minimize", load_if_exists=True,
-                                   **kwargs)
-    return optuna.load_study(**kwargs)
-
-
-def _counted(study) -> int:
-    """Trials that use up the budget: complete, pruned, running, and failed ones other than interrupted."""
-    from optuna.trial import TrialState
-
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")))
 
 
 @contextlib.contextmanager
@@ -184,45 +99,6 @@ def _lock(out: Path):
 
 
 # ---------------------------------------------------------------- one trial
-def _choice_labels(dist) -> dict:
-    """Optuna's categorical values are scalars: a list choice such as [128, 64] is offered as its JSON text."""
-    return {(json.dumps(list(c)) if isinstance(c, tuple) else c): (list(c) if isinstance(c, tuple) else c)
-            for c in dist.choices}
-
-
-def suggest(trial, recipe) -> dict:
-    """{path: value} sampled by `trial` for every distribution of the recipe's tune.space."""
-    params = {}
-    for path, dist in recipe.tune.distributions().items():
-        if dist.kind == "choice":
-            labels = _choice_labels(dist)
-            params[path] = labels[trial.suggest_categorical(path, list(labels))]
-        elif dist.kind == "int":
-            params[path] = trial.suggest_int(path, dist.low, dist.high, step=dist.step or 1, log=dist.log)
-        else:
-            params[path] = trial.suggest_float(path, float(dist.low), float(dist.high), step=dist.step, log=dist.log)
-    return params
-
-
-def decoded(recipe, params: dict) -> dict:
-    """A trial's parameters as the recipe reads them: a list choice back from its JSON label."""
-    out = {}
-    for path, value in params.items():
-        dist = recipe.tune.distributions().get(path)
-        out[path] = _choice_labels(dist).get(value, value) if dist is not None and dist.kind == "choice" else value
-    return out
-
-
-def trial_recipe(recipe, params: dict, *, name: str | None = None):
-    """The searched recipe with `params` set and no tune section, validated as any recipe (RecipeError if not)."""
-    data = recipe.model_dump(mode="json", exclude={"tune"})
-    for path, value in params.items():
-        data = set_path(data, path, value)
-    if name:
-        data["name"] = name
-    sampled = validate(data)
-    sampled._base_dir = recipe._base_dir
-    return sampled
 
 
 def _metric_value(metrics: dict, metric: str) -> float | None:
@@ -240,7 +116,7 @@ def _say(text: str) -> None:
 def _run_trial(study, trial, recipe, out: Path, stop) -> str:
     """Train one trial and tell the study its outcome; returns the state's name. KeyboardInterrupt and a stop
     request mark it failed and interrupted (it runs again on --resume) and propagate as TuneInterrupted."""
-    optuna = _optuna()
+    optuna = require_optuna()
     from dlforge.training.callbacks import ReportToTrial
     from dlforge.workflows.train import train
 
@@ -280,7 +156,7 @@ def _run_trial(study, trial, recipe, out: Path, stop) -> str:
         _say(f"trial {trial.number} failed: {error}; {_params_text(params)}")
         return "FAIL"
     study.tell(trial, value)
-    best = _best(study)
+    best = best_trial(study)
     best_text = f" (best {best.value:.4f}, trial {best.number})" if best is not None else ""
     _say(f"trial {trial.number} complete: {config.metric} {value:.4f}{best_text} in "
          f"{time.perf_counter() - started:.1f} s; {_params_text(params)}")
@@ -288,18 +164,7 @@ def _run_trial(study, trial, recipe, out: Path, stop) -> str:
 
 
 def _params_text(params: dict) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') else k}={_short(v)}" for k, v in params.items())
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _best(study):
-    try:
-        return study.best_trial
-    except ValueError:  # no completed trial yet
-        return None
+    return ", ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') else k}={short_value(v)}" for k, v in params.items())
 
 
 # ---------------------------------------------------------------- workers
@@ -313,13 +178,13 @@ def run_worker(out: str | Path, worker: int = 0, *, threads: int | None = None, 
         torch.set_num_threads(threads)
     settings = read_settings(out)
     recipe = _searched_recipe(out, settings)
-    study = _study(settings, out, recipe, worker=worker)
+    study = open_study(settings, out, recipe, worker=worker)
     done: dict[str, int] = {}
     while not (stop is not None and stop.is_set()):
         if deadline is not None and time.time() >= deadline:
             break
         with _lock(out):
-            if _counted(study) >= settings["trials"]:
+            if counted_trials(study) >= settings["trials"]:
                 break
             trial = study.ask()
         state = _run_trial(study, trial, recipe, out, stop)
@@ -476,7 +341,7 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
 
     `enqueue`: parameter sets ({path: value}, choices as in the space) to evaluate before the sampler proposes
     any, e.g. the recipe's own values as a reference trial."""
-    _optuna()
+    require_optuna()
     out = Path(out)
     if resume:
         settings = read_settings(out)
@@ -520,12 +385,12 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
         write_text(out / "recipe.yaml", dump_recipe(searched))
     settings["threads_per_worker"] = threads
     write_json(out / SETTINGS, settings)
-    study = _study(settings, out, searched, create=not resume)
+    study = open_study(settings, out, searched, create=not resume)
     for params in enqueue or []:
         study.enqueue_trial({k: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v for k, v in params.items()})
     if resume:
         again = _requeue_interrupted(study, out)
-        done = _counted(study)
+        done = counted_trials(study)
         say(f"resuming study '{settings['study_name']}': {done} of {settings['trials']} trial(s) done or running"
             + (f"; {again} interrupted trial(s) marked failed and queued to run again" if again else ""))
     where = masked(settings["storage"]) or str(out / JOURNAL)
@@ -541,7 +406,7 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
     from optuna.trial import TrialState
 
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if _counted(study) >= settings["trials"] and not waiting:
+    if counted_trials(study) >= settings["trials"] and not waiting:
         say(f"nothing to run: the study holds {settings['trials']} trial(s); raise the budget with --trials N")
         return write_outputs(out, settings, searched)
     try:
@@ -555,141 +420,6 @@ def tune(recipe=None, *, out: str | Path, trials: int | None = None, workers: in
     return write_outputs(out, settings, searched)
 
 
-def masked(url: str | None) -> str | None:
-    """A storage URL as it may be printed: its password replaced by ***."""
-    if not url:
-        return url
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
-# ---------------------------------------------------------------- outputs
-def _trial_rows(study, paths: list[str]) -> list[dict]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() \
-            if t.datetime_complete and t.datetime_start else None
-        state = t.state.name
-        if state == "FAIL" and t.user_attrs.get("interrupted"):
-            state = "INTERRUPTED"
-        row = {"number": t.number, "state": state, "value": t.value,
-               "duration_s": round(duration, 2) if duration is not None else None,
-               "epochs_run": t.user_attrs.get("epochs_run")}
-        row.update({f"param:{p}": t.params.get(p) for p in paths})
-        row.update({"error": t.user_attrs.get("error", ""), "retry_of": t.user_attrs.get("retry_of", ""),
-                    "run_dir": t.user_attrs.get("run_dir", "")})
-        rows.append(row)
-    return rows
-
-
-def _best_yaml(out: Path, best, recipe, metric: str) -> str:
-    """The best trial's recipe as it was trained (its run's recipe.yaml), named after the study, no tune section,
-    relative data paths made absolute so the file trains from anywhere."""
-    run_recipe = out / best.user_attrs.get("run_dir", "") / "recipe.yaml"
-    data = yaml.safe_load(run_recipe.read_text(encoding="utf-8")) if run_recipe.is_file() else \
-        trial_recipe(recipe, {}).model_dump(mode="json")
-    data["name"] = f"{recipe.name}-best"
-    data.setdefault("training", {})["baseline"] = recipe.training.baseline
-    data.pop("tune", None)
-    base = Path(recipe._base_dir)
-    for key in ("source", "test_source"):
-        value = data.get("data", {}).get(key)
-        if isinstance(value, str) and ":" not in value.split("/")[0] and not Path(value).is_absolute() \
-                and (base / value).exists():
-            data["data"][key] = str((base / value).resolve())
-    validate(data)  # what we write must train
-    params = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in decoded(recipe, best.params).items())
-    head = (f"# The best trial of `dlforge tune` ({out}): trial {best.number}, {metric} {best.value:.6g}.\n"
-            f"# Its sampled values:\n{params}\n# Train it with: dlforge train {out / 'best.yaml'}\n")
-    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-def write_outputs(out: Path, settings: dict, recipe) -> TuneResult:
-    """best.yaml, trials.csv, the two plots and tune.md from the study as it stands."""
-    optuna = _optuna()
-    from dlforge.report.tune import plot_history, plot_importance
-
-    study = _study(settings, out, recipe)
-    config = recipe.tune
-    paths = list(config.space)
-    rows = _trial_rows(study, paths)
-    files: dict[str, Path] = {}
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text(out / "trials.csv", buffer.getvalue())
-    files["trials"] = out / "trials.csv"
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    files["history"] = plot_history([(r["number"], r["value"]) for r in complete], out / "plots" / "history.svg",
-                                    metric=config.metric, maximize=config.maximize(),
-                                    pruned=[r["number"] for r in rows if r["state"] == "PRUNED"])
-    importances, why = {}, ""
-    if len(complete) >= 2:
-        try:
-            from optuna.importance import FanovaImportanceEvaluator
-
-            importances = optuna.importance.get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=config.seed))
-        except (ValueError, RuntimeError) as exc:
-            why = f"importance not computed: {exc}"
-    else:
-        why = "importance needs two completed trials"
-    files["importance"] = plot_importance(importances, out / "plots" / "importance.svg", note=why)
-    best = _best(study)
-    best_info = None
-    if best is not None:
-        write_text(out / "best.yaml", _best_yaml(out, best, recipe, config.metric))
-        files["best"] = out / "best.yaml"
-        best_info = {"number": best.number, "value": best.value, "params": decoded(recipe, best.params),
-                     "run_dir": str(out / best.user_attrs.get("run_dir", ""))}
-    write_text(out / "tune.md", _summary(out, settings, recipe, rows, best_info, importances, why, counts))
-    files["summary"] = out / "tune.md"
-    return TuneResult(out, best_info, counts, files)
-
-
-def _summary(out, settings, recipe, rows, best, importances, why, counts) -> str:
-    config = recipe.tune
-    direction = "maximize" if config.maximize() else "minimize"
-    lines = [f"# Search: {settings['study_name']}", "",
-             f"- metric: `{config.metric}` ({direction}); sampler {config.sampler} (seed {config.seed}); pruner "
-             f"{config.pruner}",
-             f"- trials: {len(rows)} recorded ({', '.join(f'{v} {k.lower()}' for k, v in sorted(counts.items()))}); "
-             f"budget {settings['trials']}",
-             f"- workers: {settings['workers']} x {settings.get('threads_per_worker', '?')} thread(s); wall time "
-             f"{settings.get('seconds', 0):.0f} s; storage {masked(settings.get('storage')) or JOURNAL}", ""]
-    if best:
-        lines += [f"## Best: trial {best['number']}, {config.metric} {best['value']:.6g}", "",
-                  "| parameter | value |", "|---|---|"]
-        lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in best["params"].items()]
-        lines += ["", f"Recipe: [best.yaml](best.yaml) (`dlforge train {out / 'best.yaml'}`); run directory: "
-                      f"`{best['run_dir']}`.", ""]
-    else:
-        lines += ["No trial completed.", ""]
-    lines += ["## Parameter importance (fANOVA)", ""]
-    lines += [f"- `{k}`: {v:.3f}" for k, v in importances.items()] or [f"- {why}"]
-    lines += ["", "![optimisation history](plots/history.svg)", "", "![parameter importance](plots/importance.svg)", ""]
-    finished = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
-    top = sorted(finished, key=lambda r: r["value"], reverse=config.maximize())[:10]
-    lines += ["## Top completed trials", "", "| trial | value | epochs | seconds | " + " | ".join(f"`{p}`" for p in config.space)
-              + " |", "|---" * (4 + len(config.space)) + "|"]
-    for r in top:
-        lines.append(f"| {r['number']} | {r['value']:.6g} | {r['epochs_run']} | {r['duration_s']} | "
-                     + " | ".join(_short(r[f'param:{p}']) for p in config.space) + " |")
-    failed = [r for r in rows if r["state"] == "FAIL"]
-    if failed:
-        lines += ["", "## Failed trials", ""] + [f"- trial {r['number']}: {r['error']}" for r in failed]
-    lines += ["", f"All trials: [trials.csv](trials.csv). Continue or extend: `dlforge tune --resume {out} "
-                  f"[--trials N]`.", ""]
-    return "\n".join(lines)
 
 
 __all__ = ["TuneInterrupted", "TuneResult", "cores", "parse_duration", "read_settings", "run_worker", "suggest",
