@@ -34,7 +34,7 @@ from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
 from dlforge.models.layers import RandomStateful
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
-from dlforge.training.checkpoint import recipe_digest, save_checkpoint
+from dlforge.training.checkpoint import DIGEST_VERSION, recipe_digest, save_checkpoint
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
@@ -412,7 +412,7 @@ class Trainer:
         if not self.is_main:  # the other processes hold the same weights and state (the gradients are all-reduced)
             return
         state = {
-            "recipe_sha256": self._recipe_sha256, "finished": finished, "stopped_early": result.stopped_early,
+            "recipe_sha256": self._recipe_sha256, "recipe_digest": DIGEST_VERSION, "finished": finished, "stopped_early": result.stopped_early,
             "epoch": epoch, "step": step, "permutation": permutation,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "batch_rng": self.batches.generator.get_state(),
