@@ -59,7 +59,9 @@ class SaveWeights:
         self.path = Path(path)
 
     def on_fit_end(self, trainer, result):
-        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, self.path)
+        state = trainer.model_state()  # under FSDP gathered: every rank takes part, rank 0 receives the weights
+        if state:
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, self.path)
 
 
 class StopAt:
@@ -94,8 +96,22 @@ def _rank(rank: int, world: int, port: int, job: dict) -> None:
     callbacks = [SaveWeights(Path(job["weights"]) / f"rank{rank}.pt")]
     if job.get("stop_at"):
         callbacks.append(StopAt(*job["stop_at"]))
+    if job.get("stop_on_rank"):
+        callbacks.append(StopOnRank(*job["stop_on_rank"]))
+        callbacks.append(ShardReport(Path(job["weights"]) / f"shards{rank}.json"))
     try:
-        if job.get("resume"):  # one run directory per rank: a rank other than 0 must leave its copy untouched
+        if job.get("stop_then_resume"):  # stopped (a fresh checkpoint), a copy kept for the test, resumed here
+            try:
+                dlforge.train(job["recipe"], out=job["outs"][rank], callbacks=callbacks, progress=False)
+            except TrainingInterrupted:
+                pass
+            if rank == 0:
+                import shutil
+
+                shutil.copytree(job["outs"][0], job["stop_then_resume"])
+            torch.distributed.barrier()  # rank 0 has written the checkpoint: both resume the run it wrote
+            dlforge.train(resume=job["outs"][0], callbacks=callbacks, progress=False)
+        elif job.get("resume"):  # one run directory per rank: a rank other than 0 must leave its copy untouched
             dlforge.train(resume=job["resume"][rank], callbacks=callbacks, progress=False)
         else:
             dlforge.train(job["recipe"], out=job["outs"][rank], callbacks=callbacks, progress=False)
@@ -360,3 +376,85 @@ def test_two_gpu_processes_train_over_nccl(single, tmp_path):
     assert_close(rank0, single["weights"], atol=1e-4)  # GPU kernels sum in another order than the CPU's
     assert json.loads((tmp_path / "rank0" / "metrics.json").read_text())["processes"]["backend"] == "nccl"
     assert not (tmp_path / "rank1").exists()
+
+
+# ---------------------------------------------------------------- FSDP2, sharded evaluation, an agreed stop
+class ShardReport:
+    """Writes what this rank holds of the model at the start of training: its shard units and parameter counts."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer):
+        from torch.distributed.tensor import DTensor
+
+        params = list(trainer.model.parameters())
+        self.path.write_text(json.dumps({
+            "units": getattr(trainer.strategy, "units", None),
+            "sharded": all(isinstance(p, DTensor) for p in params),
+            "local": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
+            "full": sum(p.numel() for p in params)}))
+
+
+class StopOnRank(StopAt):
+    """Requests a stop on one rank only: the ranks must still stop after the same step."""
+
+    def __init__(self, rank: int, epoch: int, step: int):
+        super().__init__(epoch, step)
+        self.rank = rank
+
+    def on_step_end(self, trainer, step):
+        from dlforge.training.distributed import current
+
+        if current().rank == self.rank:
+            super().on_step_end(trainer, step)
+
+
+def test_evaluation_shares_cover_every_row_once_in_order_with_equal_lengths():
+    from types import SimpleNamespace
+
+    from dlforge.training.distributed import DistributedDataParallel
+
+    for n, world in [(10, 3), (9, 3), (2, 3), (1, 2), (2048, 2)]:
+        shares = []
+        for rank in range(world):
+            strategy = DistributedDataParallel.__new__(DistributedDataParallel)
+            strategy.process = SimpleNamespace(rank=rank, world_size=world)
+            shares.append(strategy.shard_rows(n))
+        assert len({len(s) for s in shares}) == 1  # the same number of forward passes on every rank
+        assert torch.equal(torch.cat(shares)[:n], torch.arange(n))  # what gather_rows keeps: every row once, in order
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_trains_like_one_and_its_checkpoints_resume_on_fsdp_and_on_one(single, tmp_path):
+    """FSDP2 over gloo: stopped on rank 1 only in the middle of an accumulation group (both ranks stop after the
+    same step and rank 0 writes the gathered full state), resumed on 2 FSDP processes, and the same checkpoint
+    resumed on 1 process: both end at the uninterrupted one-process weights; the sharded validation and test
+    metrics equal one process's."""
+    import dlforge
+
+    training = {"strategy": "fsdp", "grad_clip": 0.5, "accumulate": 2}
+    recipe = recipe_for(single["csv"], **training)
+    one = dlforge.train(recipe, out=tmp_path / "one", callbacks=[SaveWeights(tmp_path / "one.pt")], progress=False)
+    stopped = tmp_path / "stopped"
+    job = {"recipe": recipe, "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")], "weights": str(tmp_path),
+           "stop_on_rank": [1, 1, 1], "stop_then_resume": str(stopped)}
+    spawn(job)
+    shards = [json.loads((tmp_path / f"shards{r}.json").read_text()) for r in (0, 1)]
+    assert all(s["sharded"] for s in shards) and shards[0]["units"]  # the input encoders at least
+    assert shards[0]["local"] + shards[1]["local"] == shards[0]["full"]  # each rank holds its half, not the whole
+    assert max(s["local"] for s in shards) < shards[0]["full"]
+    reference = load(tmp_path / "one.pt")
+    assert_close(load(tmp_path / "rank0.pt"), reference)  # 2 FSDP processes, across a stop and a resume
+    assert not (tmp_path / "rank1.pt").exists() and not (tmp_path / "rank1").exists()  # rank 1 wrote nothing
+    metrics = json.loads((tmp_path / "rank0" / "metrics.json").read_text())
+    assert metrics["processes"]["strategy"] == "fsdp"
+    for part in ("val", "test"):
+        assert metrics[part]["loss"] == pytest.approx(one.metrics[part]["loss"], abs=1e-5)
+    from dlforge.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(stopped)
+    # rank 1 asked after step 2 of epoch 2; the ranks agreed one step later: mid-group, with its gradients
+    assert (state["epoch"], state["step"]) == (1, 3) and state["grads"]
+    dlforge.train(resume=stopped, callbacks=[SaveWeights(tmp_path / "resumed.pt")], progress=False)
+    assert_close(load(tmp_path / "resumed.pt"), reference)

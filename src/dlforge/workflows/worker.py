@@ -11,9 +11,12 @@ the launcher names the failed rank with the error's own message; an unexpected e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import tempfile
 from pathlib import Path
 
@@ -33,13 +36,32 @@ def run(spec: dict):
     try:
         if spec.get("probe"):
             return probe(spec, process)
+        from dlforge.training.stop import StopRequest
         from dlforge.workflows.train import train
 
-        result = train(spec.get("recipe"), out=spec.get("out"), overrides=spec.get("overrides") or [],
-                       resume=spec.get("resume"), progress=not spec.get("quiet", False))
+        stop = StopRequest()
+        with stop_on_signals(stop):
+            result = train(spec.get("recipe"), out=spec.get("out"), overrides=spec.get("overrides") or [],
+                           resume=spec.get("resume"), progress=not spec.get("quiet", False), stop=stop)
         return {"rank": process.rank, "run_dir": str(result.run_dir)}
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop):
+    """SIGINT/SIGTERM set `stop`: training then stops after the step all processes agree on, rank 0 writes a fresh
+    checkpoint, and the worker exits 130. torch elastic starts each worker in its own session, so a Ctrl-C reaches
+    the launcher, which forwards it to every worker once (and kills those still running 30 s later)."""
+    if threading.current_thread() is not threading.main_thread():  # a Ray Train worker thread: Ray owns signals
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def probe(spec: dict, process) -> dict:
