@@ -78,10 +78,36 @@ def probe(spec: dict, process) -> dict:
         trainer = build_training(recipe, prepared, run_dir=Path(tmp)).trainer
         seconds = trainer.time_steps(int(spec["probe"]))
     timing = {"world_size": process.world_size, "step_seconds": seconds["wall"], "step_cpu_seconds": seconds["cpu"],
-              "batch_size": trainer.batches.batch_size, "threads_per_process": torch_threads()}
+              "batch_size": trainer.batches.batch_size, "threads_per_process": torch_threads(),
+              "strategy": recipe.training.strategy if process.distributed else "single_device",
+              **memory_per_rank(trainer, process)}
     if process.is_main and spec.get("probe_file"):
         Path(spec["probe_file"]).write_text(json.dumps(timing), encoding="utf-8")
     return timing
+
+
+def memory_per_rank(trainer, process) -> dict:
+    """What each process holds after the timed steps: the bytes of its parameters, gradients and optimizer state
+    (its shards under FSDP; exact, from the tensors) and its peak resident memory (ru_maxrss: the whole process,
+    torch and the data included), one entry per rank."""
+    import resource
+
+    import torch
+
+    local = trainer.state_io.local
+    tensors = [p for p in trainer.model.parameters()]
+    tensors += [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    tensors += [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    state_bytes = sum(local(t).numel() * local(t).element_size() for t in tensors)
+    mine = {"state_mb": state_bytes / 2**20, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    every = [mine]
+    if process.distributed:
+        import torch.distributed as dist
+
+        every = [None] * process.world_size
+        dist.all_gather_object(every, mine)
+    return {"state_mb_per_rank": [round(m["state_mb"], 2) for m in every],
+            "max_rss_mb_per_rank": [round(m["max_rss_mb"], 1) for m in every]}
 
 
 def torch_threads() -> int:
