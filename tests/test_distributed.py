@@ -250,6 +250,10 @@ def test_a_checkpoint_of_one_process_resumes_on_two_identical_ranks_and_only_ran
     assert metrics["processes"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "threads_per_process": 1}
     one = json.loads((single["run"] / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1e-6)
+    for part in ("val", "test"):  # scored in shares by the two processes, gathered: one process's metrics
+        assert metrics[part]["loss"] == pytest.approx(one[part]["loss"], abs=1e-5)
+    history = (run0 / "history.csv").read_text().splitlines()
+    assert history[1:] != [] and len(history) == len((single["run"] / "history.csv").read_text().splitlines())
     assert len((run0 / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs
 
 

@@ -238,6 +238,17 @@ class DistributedDataParallel(SingleDevice):
         pad = torch.full((per - len(rows),), int(rows[0]) if len(rows) else 0, dtype=torch.long)
         return torch.cat([rows, pad])
 
+    def sync_buffers(self, model) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics: each process updated its own on its own rows) on every
+        process before a sharded evaluation, so each share is scored by the model rank 0 saves."""
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            data = buffer.data.contiguous()
+            dist.broadcast(data, src=0)
+            if data.data_ptr() != buffer.data.data_ptr():
+                buffer.data.copy_(data)
+
     def gather_rows(self, tensor: torch.Tensor, n: int) -> torch.Tensor:
         """The n-row whole of every process's `shard_rows` part of `tensor` (all-gather; the padding dropped)."""
         import torch.distributed as dist

@@ -235,7 +235,10 @@ class Trainer:
         self.model.eval()
         n = len(split)
         shards = self._eval_shards if n else None
-        index = shards.shard_rows(n) if shards is not None else None
+        index = None
+        if shards is not None:
+            shards.sync_buffers(self.model)
+            index = shards.shard_rows(n)
         chunks: dict[str, list] = {}
         for rows in eval_batches(n if index is None else len(index), self.config.eval_batch_size):
             if index is not None:
