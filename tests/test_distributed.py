@@ -516,3 +516,76 @@ def test_ctrl_c_under_nproc_writes_a_fresh_checkpoint_that_resumes_to_the_uninte
     assert state["epoch"] == 1 and 2 <= state["step"] < 6, (state["epoch"], state["step"])  # mid-epoch: fresh
     dlforge.train(resume=run, callbacks=[SaveWeights(tmp_path / "resumed.pt")], progress=False)
     assert_close(load(tmp_path / "resumed.pt"), single["weights"])
+
+
+class _TinyTextModel(torch.nn.Module):
+    """A transformer encoder (3 layers: 3 FSDP units of their own, plus the encoder and the root) and a head."""
+
+    def __init__(self, checkpointing: bool):
+        from types import SimpleNamespace
+
+        from dlforge.models.encoders.sequence_layers import TransformerBackbone
+
+        super().__init__()
+        torch.manual_seed(0)
+        config = SimpleNamespace(dim=16, heads=2, ff_dim=32, dropout=0.0, layers=3, pooling="mean")
+        self.encoders = torch.nn.ModuleDict({"text": TransformerBackbone(config, max_length=12)})
+        self.encoders["text"].checkpointing = checkpointing
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, h, valid):
+        return self.head(self.encoders["text"](h, valid))
+
+
+def _text_batch():
+    g = torch.Generator().manual_seed(1)
+    h, valid = torch.randn(8, 12, 16, generator=g), torch.ones(8, 12, dtype=torch.bool)
+    valid[1, 7:] = valid[6, 3:] = False
+    return h, valid, torch.randn(8, 1, generator=g)
+
+
+def _train_text(model, params, rank: int, world: int, steps: int = 3):
+    h, valid, y = _text_batch()
+    part = slice(rank * 8 // world, (rank + 1) * 8 // world)  # this rank's half of the global batch
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)  # (Adam magnifies float noise of tiny clipped grads)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(h[part], valid[part]), y[part]).backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.05)  # binding: the norm is global over the shards
+        optimizer.step()
+
+
+def _fsdp_text_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from dlforge.training import distributed
+
+    process = distributed.init()
+    try:
+        strategy = distributed.FullyShardedDataParallel(process)
+        model = strategy.place_model(_TinyTextModel(checkpointing=True))
+        _train_text(model, list(model.parameters()), rank, world)
+        state = strategy.state_io.model_state(model)
+        units = strategy.units
+        plain = strategy.release(model)
+        if rank == 0:
+            torch.save({"state": state, "units": units, "released": plain.state_dict()}, out)
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_fsdp_shards_each_transformer_layer_and_trains_like_one_process_with_checkpointing_and_clipping(tmp_path):
+    """FSDP2 units per transformer layer, activation checkpointing inside them, gradient clipping over the
+    shards: 2 processes on halves of the batch end at one process's weights; the released module holds them."""
+    out = tmp_path / "fsdp.pt"
+    torch.multiprocessing.spawn(_fsdp_text_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    got = load(out)
+    assert got["units"] == ["encoders.text.layers.0", "encoders.text.layers.1", "encoders.text.layers.2",
+                            "encoders.text"]
+    reference = _TinyTextModel(checkpointing=False)
+    _train_text(reference, list(reference.parameters()), 0, 1)
+    expected = {k: v.detach() for k, v in reference.state_dict().items()}
+    assert_close(got["state"], expected)
+    assert_close(got["released"], expected)
