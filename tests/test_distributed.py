@@ -45,8 +45,8 @@ if "die_on_rank" not in callbacks:
 '''
 
 # A real Ctrl-C through the launcher: rank `rank` sends SIGINT to its parent (the `dlforge train --nproc` process,
-# which forwards it to every worker) at `step` of epoch `epoch`; every step of that epoch then takes `pause`
-# seconds, so the signal lands inside it.
+# which forwards it to every worker) at `step` of epoch `epoch`; every step takes `pause` seconds (from the start:
+# the ranks agree on how many steps make ~50 ms between stop checks), so the signal lands inside that epoch.
 SIGNAL_LAUNCHER = '''
 import os, signal, time
 from dlforge.training.callbacks import callbacks
@@ -58,9 +58,7 @@ class SignalLauncher:
         self.current = epoch
     def on_step_end(self, trainer, step):
         from dlforge.training.distributed import current
-        if self.current != self.epoch:
-            return
-        if current().rank == self.rank and step == self.step:
+        if current().rank == self.rank and self.current == self.epoch and step == self.step:
             os.kill(os.getppid(), signal.SIGINT)
         time.sleep(self.pause)
 
@@ -117,6 +115,8 @@ def _rank(rank: int, world: int, port: int, job: dict) -> None:
     from dlforge.core.errors import TrainingInterrupted
     from dlforge.training import distributed
 
+    if job.get("stop_on_rank"):  # the ranks agree on a stop at every step (not every ~20 ms): a stop step to assert
+        distributed.AgreedStop.CHECK_SECONDS = 0.0
     callbacks = [SaveWeights(Path(job["weights"]) / f"rank{rank}.pt")]
     if job.get("stop_at"):
         callbacks.append(StopAt(*job["stop_at"]))
@@ -267,7 +267,7 @@ def test_a_dying_rank_is_named_its_checkpoint_intact_and_it_resumes_on_one_proce
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(DIE_ON_RANK)
     exec(compile(DIE_ON_RANK, "die_on_rank", "exec"), {})  # registered here too, for the in-process resume
-    recipe = recipe_for(single["csv"], callbacks=[{"name": "die_on_rank", "rank": 1, "epoch": 1, "step": 1}])
+    recipe = recipe_for(single["csv"], callbacks=[{"name": "die_on_rank", "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
@@ -398,12 +398,15 @@ def test_gradual_unfreezing_is_refused_on_several_processes():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_two_gpu_processes_train_over_nccl(single, tmp_path):
-    job = {"recipe": recipe_for(single["csv"]), "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")],
-           "weights": str(tmp_path)}
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpu_processes_train_over_nccl(single, tmp_path, strategy):
+    job = {"recipe": recipe_for(single["csv"], strategy=strategy),
+           "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")], "weights": str(tmp_path)}
     spawn(job)
-    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    rank0 = load(tmp_path / "rank0.pt")
+    if strategy == "ddp":  # (under fsdp rank 0 alone receives the gathered weights)
+        rank1 = load(tmp_path / "rank1.pt")
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert_close(rank0, single["weights"], atol=1e-4)  # GPU kernels sum in another order than the CPU's
     assert json.loads((tmp_path / "rank0" / "metrics.json").read_text())["processes"]["backend"] == "nccl"
     assert not (tmp_path / "rank1").exists()
@@ -503,7 +506,7 @@ def test_ctrl_c_under_nproc_writes_a_fresh_checkpoint_that_resumes_to_the_uninte
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SIGNAL_LAUNCHER)
     exec(compile(SIGNAL_LAUNCHER, "signal_launcher", "exec"), {})  # registered here too, for the in-process resume
-    recipe = recipe_for(single["csv"], callbacks=[{"name": "signal_launcher", "rank": 1, "epoch": 1, "step": 1}])
+    recipe = recipe_for(single["csv"], callbacks=[{"name": "signal_launcher", "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"

@@ -146,43 +146,66 @@ PLAIN_STATE = StateIO()
 class AgreedStop:
     """A stop request all processes act on at the same step (a signal reaches each rank at its own moment).
 
-    Each step, the local flag goes into an asynchronous all-reduce (a CPU gloo group: no device sync); the next
-    step reads the result, so every process stops after the same step, one step after the first one was asked.
-    Rank 0 then writes the checkpoint of that step; under FSDP the others take part in gathering it."""
+    At a check, each process puts its stop flag into an asynchronous all-reduce (MAX, on a CPU gloo group: no device
+    sync) and reads it at the next check, so every process stops after the same step. Checks are about
+    CHECK_SECONDS apart, in steps agreed through the same all-reduce (each process proposes how many of its steps
+    make that interval, the smallest wins): a 1-element gloo all-reduce costs ~0.35 ms of CPU (measured here), a
+    large share of a small model's step, and a stop then lands within about two intervals plus a step. Rank 0
+    writes the checkpoint of that step; under FSDP the others take part in gathering it."""
+
+    CHECK_SECONDS = 0.05
+    MAX_INTERVAL = 64
 
     def __init__(self, local, group=None):
         self.local = local
         self.group = group
-        self._flag = None
+        self._values = None
         self._pending = None
         self._agreed = False
+        self._step = 0
+        self._next = 1  # the step of the next check, agreed
+        self._interval = 1
+        self._last = None  # (step, time) of the previous check
 
-    def __call__(self) -> bool:
-        """Called once per training step by every process."""
-        import torch.distributed as dist
-
-        if self._agreed:
-            return True
+    def _read(self) -> None:
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
-            if float(self._flag[0]) > 0:
-                self._agreed = True
-                return True
-        self._flag = torch.tensor([1.0 if self.local.is_set() else 0.0])
-        self._pending = dist.all_reduce(self._flag, group=self.group, async_op=True)
+            self._agreed = self._agreed or float(self._values[0]) > 0
+            self._interval = int(-self._values[1])
+
+    def __call__(self) -> bool:
+        """Called once per training step by every process."""
+        import time
+
+        import torch.distributed as dist
+
+        self._step += 1
+        if self._agreed:
+            return True
+        if self._step < self._next:
+            return False
+        self._read()
+        if self._agreed:
+            return True
+        now = time.perf_counter()
+        want = 1
+        if self._last is not None:  # this process's steps per CHECK_SECONDS, from the steps since the last check
+            per_step = (now - self._last[1]) / max(self._step - self._last[0], 1)
+            want = max(1, min(self.MAX_INTERVAL, int(self.CHECK_SECONDS / max(per_step, 1e-6))))
+        self._last = (self._step, now)
+        self._values = torch.tensor([1.0 if self.local.is_set() else 0.0, -float(want)])
+        self._pending = dist.all_reduce(self._values, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        self._next = self._step + self._interval
         return False
 
     def now(self) -> bool:
         """A blocking agreement (outside the step loop, every process at the same point)."""
         import torch.distributed as dist
 
-        if self._pending is not None:
-            self._pending.wait()
-            self._pending = None
-            self._agreed = self._agreed or float(self._flag[0]) > 0
+        self._read()
         flag = torch.tensor([1.0 if self.local.is_set() or self._agreed else 0.0])
-        dist.all_reduce(flag, group=self.group)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         self._agreed = float(flag[0]) > 0
         return self._agreed
 
@@ -440,6 +463,10 @@ class FullyShardedDataParallel(DistributedDataParallel):
             owner, _, leaf = name.rpartition(".")
             plain.get_submodule(owner).register_buffer(leaf, buffer.to(self.device), persistent=False)
         self._template = None
+        from dlforge.models.layers import RandomStateful
+
+        if isinstance(model, RandomStateful) and model.rng_state() is not None:  # a negative sampler's generator
+            plain.load_rng_state(model.rng_state())
         return plain
 
     @classmethod
