@@ -463,11 +463,12 @@ def test_evaluation_shares_cover_every_row_once_in_order_with_equal_lengths():
 def test_fsdp_on_two_processes_trains_like_one_and_its_checkpoints_resume_on_fsdp_and_on_one(single, tmp_path):
     """FSDP2 over gloo: stopped on rank 1 only in the middle of an accumulation group (both ranks stop after the
     same step and rank 0 writes the gathered full state), resumed on 2 FSDP processes, and the same checkpoint
-    resumed on 1 process: both end at the uninterrupted one-process weights; the sharded validation and test
-    metrics equal one process's."""
+    resumed on 1 process: both end at the uninterrupted one-process weights (early stopping's best weights, gathered
+    from the shards, restored at the end); the sharded validation and test metrics equal one process's."""
     import dlforge
 
-    training = {"strategy": "fsdp", "grad_clip": 0.5, "accumulate": 2}
+    training = {"strategy": "fsdp", "grad_clip": 0.5, "accumulate": 2,  # and the best epoch's weights gathered, kept
+                "early_stopping": {"metric": "val.loss", "patience": 5, "restore_best": True}}
     recipe = recipe_for(single["csv"], **training)
     one = dlforge.train(recipe, out=tmp_path / "one", callbacks=[SaveWeights(tmp_path / "one.pt")], progress=False)
     stopped = tmp_path / "stopped"
@@ -490,6 +491,8 @@ def test_fsdp_on_two_processes_trains_like_one_and_its_checkpoints_resume_on_fsd
     state = load_checkpoint(stopped)
     # rank 1 asked after step 2 of epoch 2; the ranks agreed one step later: mid-group, with its gradients
     assert (state["epoch"], state["step"]) == (1, 3) and state["grads"]
+    best = state["early_stopping"]["best_state"]  # epoch 1's weights, whole
+    assert best.keys() == state["model"].keys() and all(best[k].shape == state["model"][k].shape for k in best)
     dlforge.train(resume=stopped, callbacks=[SaveWeights(tmp_path / "resumed.pt")], progress=False)
     assert_close(load(tmp_path / "resumed.pt"), reference)
 
