@@ -566,10 +566,11 @@ def _fsdp_text_rank(rank: int, world: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from dlforge.training import distributed
+    from dlforge.training.fsdp import FullyShardedDataParallel
 
     process = distributed.init()
     try:
-        strategy = distributed.FullyShardedDataParallel(process)
+        strategy = FullyShardedDataParallel(process)
         model = strategy.place_model(_TinyTextModel(checkpointing=True))
         _train_text(model, list(model.parameters()), rank, world)
         state = strategy.state_io.model_state(model)
