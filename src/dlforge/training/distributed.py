@@ -118,7 +118,7 @@ class StateIO:
     sharded = False
 
     def model_state(self, model) -> dict:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return model.state_dict()
 
     def load_model_state(self, model, state: dict) -> None:
         model.load_state_dict(state)

@@ -34,8 +34,8 @@ from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
 from dlforge.models.layers import RandomStateful
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
-from dlforge.training.distributed import PLAIN_STATE
 from dlforge.training.checkpoint import DIGEST_VERSION, recipe_digest, save_checkpoint
+from dlforge.training.distributed import PLAIN_STATE
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
