@@ -44,6 +44,28 @@ if "die_on_rank" not in callbacks:
     callbacks.register("die_on_rank")(DieOnRank)
 '''
 
+# A real Ctrl-C through the launcher: rank `rank` sends SIGINT to its parent (the `dlforge train --nproc` process,
+# which forwards it to every worker) at `step` of epoch `epoch`; every step takes `pause` seconds (from the start:
+# the ranks agree on how many steps make ~50 ms between stop checks), so the signal lands inside that epoch.
+SIGNAL_LAUNCHER = '''
+import os, signal, time
+from dlforge.training.callbacks import callbacks
+
+class SignalLauncher:
+    def __init__(self, rank=1, epoch=1, step=1, pause=0.4):
+        self.rank, self.epoch, self.step, self.pause, self.current = rank, epoch, step, pause, None
+    def on_epoch_start(self, trainer, epoch):
+        self.current = epoch
+    def on_step_end(self, trainer, step):
+        from dlforge.training.distributed import current
+        if current().rank == self.rank and self.current == self.epoch and step == self.step:
+            os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(self.pause)
+
+if "signal_launcher" not in callbacks:
+    callbacks.register("signal_launcher")(SignalLauncher)
+'''
+
 
 def recipe_for(csv: Path, **training) -> dict:
     recipe = tabular_recipe(csv)
@@ -59,7 +81,9 @@ class SaveWeights:
         self.path = Path(path)
 
     def on_fit_end(self, trainer, result):
-        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, self.path)
+        state = trainer.model_state()  # under FSDP gathered: every rank takes part, rank 0 receives the weights
+        if state:
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, self.path)
 
 
 class StopAt:
@@ -91,11 +115,27 @@ def _rank(rank: int, world: int, port: int, job: dict) -> None:
     from dlforge.core.errors import TrainingInterrupted
     from dlforge.training import distributed
 
+    if job.get("stop_on_rank"):  # the ranks agree on a stop at every step (not every ~20 ms): a stop step to assert
+        distributed.AgreedStop.CHECK_SECONDS = 0.0
     callbacks = [SaveWeights(Path(job["weights"]) / f"rank{rank}.pt")]
     if job.get("stop_at"):
         callbacks.append(StopAt(*job["stop_at"]))
+    if job.get("stop_on_rank"):
+        callbacks.append(StopOnRank(*job["stop_on_rank"]))
+        callbacks.append(ShardReport(Path(job["weights"]) / f"shards{rank}.json"))
     try:
-        if job.get("resume"):  # one run directory per rank: a rank other than 0 must leave its copy untouched
+        if job.get("stop_then_resume"):  # stopped (a fresh checkpoint), a copy kept for the test, resumed here
+            try:
+                dlforge.train(job["recipe"], out=job["outs"][rank], callbacks=callbacks, progress=False)
+            except TrainingInterrupted:
+                pass
+            if rank == 0:
+                import shutil
+
+                shutil.copytree(job["outs"][0], job["stop_then_resume"])
+            torch.distributed.barrier()  # rank 0 has written the checkpoint: both resume the run it wrote
+            dlforge.train(resume=job["outs"][0], callbacks=callbacks, progress=False)
+        elif job.get("resume"):  # one run directory per rank: a rank other than 0 must leave its copy untouched
             dlforge.train(resume=job["resume"][rank], callbacks=callbacks, progress=False)
         else:
             dlforge.train(job["recipe"], out=job["outs"][rank], callbacks=callbacks, progress=False)
@@ -210,6 +250,10 @@ def test_a_checkpoint_of_one_process_resumes_on_two_identical_ranks_and_only_ran
     assert metrics["processes"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "threads_per_process": 1}
     one = json.loads((single["run"] / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=1e-6)
+    for part in ("val", "test"):  # scored in shares by the two processes, gathered: one process's metrics
+        assert metrics[part]["loss"] == pytest.approx(one[part]["loss"], abs=1e-5)
+    history = (run0 / "history.csv").read_text().splitlines()
+    assert history[1:] != [] and len(history) == len((single["run"] / "history.csv").read_text().splitlines())
     assert len((run0 / "history.csv").read_text().splitlines()) == 4  # header + 3 epochs
 
 
@@ -223,7 +267,7 @@ def test_a_dying_rank_is_named_its_checkpoint_intact_and_it_resumes_on_one_proce
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(DIE_ON_RANK)
     exec(compile(DIE_ON_RANK, "die_on_rank", "exec"), {})  # registered here too, for the in-process resume
-    recipe = recipe_for(single["csv"], callbacks=[{"name": "die_on_rank", "rank": 1, "epoch": 1, "step": 1}])
+    recipe = recipe_for(single["csv"], callbacks=[{"name": "die_on_rank", "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
@@ -267,8 +311,11 @@ def test_a_rendezvous_port_in_use_is_refused_naming_it(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("overrides, field", [(["training.strategy=fsdp"], "training.strategy"),
-                                              (["training.cross_fit=3"], "training.cross_fit")])
+@pytest.mark.parametrize("overrides, field", [
+    (["training.strategy=fsdp", "training.regularization.l2=0.001"], "training.regularization"),
+    (["training.strategy=fsdp", "training.precision=fp16"], "training.precision"),
+    (["training.strategy=fsdp", "training.compile=true"], "training.compile"),
+    (["training.cross_fit=3"], "training.cross_fit")])
 def test_strategies_that_cannot_run_are_refused_before_launching(tmp_path, capsys, overrides, field):
     from conftest import main_ok
 
@@ -281,8 +328,8 @@ def test_strategies_that_cannot_run_are_refused_before_launching(tmp_path, capsy
     assert not main_ok(argv)
     err = capsys.readouterr().err
     assert field in err and "Traceback" not in err
-    if field == "training.strategy":
-        assert "pytorch#132471" in err and "training.strategy: ddp" in err
+    if "training.strategy=fsdp" in overrides:  # what FSDP cannot do here is named, with the way out
+        assert "not available with fsdp" in err and ("training.strategy: ddp" in err or "bf16" in err)
     assert not (tmp_path / "run").exists()
 
 
@@ -351,12 +398,201 @@ def test_gradual_unfreezing_is_refused_on_several_processes():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-def test_two_gpu_processes_train_over_nccl(single, tmp_path):
-    job = {"recipe": recipe_for(single["csv"]), "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")],
-           "weights": str(tmp_path)}
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpu_processes_train_over_nccl(single, tmp_path, strategy):
+    job = {"recipe": recipe_for(single["csv"], strategy=strategy),
+           "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")], "weights": str(tmp_path)}
     spawn(job)
-    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    rank0 = load(tmp_path / "rank0.pt")
+    if strategy == "ddp":  # (under fsdp rank 0 alone receives the gathered weights)
+        rank1 = load(tmp_path / "rank1.pt")
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert_close(rank0, single["weights"], atol=1e-4)  # GPU kernels sum in another order than the CPU's
     assert json.loads((tmp_path / "rank0" / "metrics.json").read_text())["processes"]["backend"] == "nccl"
     assert not (tmp_path / "rank1").exists()
+
+
+# ---------------------------------------------------------------- FSDP2, sharded evaluation, an agreed stop
+class ShardReport:
+    """Writes what this rank holds of the model at the start of training: its shard units and parameter counts."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer):
+        from torch.distributed.tensor import DTensor
+
+        params = list(trainer.model.parameters())
+        self.path.write_text(json.dumps({
+            "units": getattr(trainer.strategy, "units", None),
+            "sharded": all(isinstance(p, DTensor) for p in params),
+            "local": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
+            "full": sum(p.numel() for p in params)}))
+
+
+class StopOnRank(StopAt):
+    """Requests a stop on one rank only: the ranks must still stop after the same step."""
+
+    def __init__(self, rank: int, epoch: int, step: int):
+        super().__init__(epoch, step)
+        self.rank = rank
+
+    def on_step_end(self, trainer, step):
+        from dlforge.training.distributed import current
+
+        if current().rank == self.rank:
+            super().on_step_end(trainer, step)
+
+
+def test_evaluation_shares_cover_every_row_once_in_order_with_equal_lengths():
+    from types import SimpleNamespace
+
+    from dlforge.training.distributed import DistributedDataParallel
+
+    for n, world in [(10, 3), (9, 3), (2, 3), (1, 2), (2048, 2)]:
+        shares = []
+        for rank in range(world):
+            strategy = DistributedDataParallel.__new__(DistributedDataParallel)
+            strategy.process = SimpleNamespace(rank=rank, world_size=world)
+            shares.append(strategy.shard_rows(n))
+        assert len({len(s) for s in shares}) == 1  # the same number of forward passes on every rank
+        assert torch.equal(torch.cat(shares)[:n], torch.arange(n))  # what gather_rows keeps: every row once, in order
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_trains_like_one_and_its_checkpoints_resume_on_fsdp_and_on_one(single, tmp_path):
+    """FSDP2 over gloo: stopped on rank 1 only in the middle of an accumulation group (both ranks stop after the
+    same step and rank 0 writes the gathered full state), resumed on 2 FSDP processes, and the same checkpoint
+    resumed on 1 process: both end at the uninterrupted one-process weights (early stopping's best weights, gathered
+    from the shards, restored at the end); the sharded validation and test metrics equal one process's."""
+    import dlforge
+
+    training = {"strategy": "fsdp", "grad_clip": 0.5, "accumulate": 2,  # and the best epoch's weights gathered, kept
+                "early_stopping": {"metric": "val.loss", "patience": 5, "restore_best": True}}
+    recipe = recipe_for(single["csv"], **training)
+    one = dlforge.train(recipe, out=tmp_path / "one", callbacks=[SaveWeights(tmp_path / "one.pt")], progress=False)
+    stopped = tmp_path / "stopped"
+    job = {"recipe": recipe, "outs": [str(tmp_path / "rank0"), str(tmp_path / "rank1")], "weights": str(tmp_path),
+           "stop_on_rank": [1, 1, 1], "stop_then_resume": str(stopped)}
+    spawn(job)
+    shards = [json.loads((tmp_path / f"shards{r}.json").read_text()) for r in (0, 1)]
+    assert all(s["sharded"] for s in shards) and shards[0]["units"]  # the input encoders at least
+    assert shards[0]["local"] + shards[1]["local"] == shards[0]["full"]  # each rank holds its half, not the whole
+    assert max(s["local"] for s in shards) < shards[0]["full"]
+    reference = load(tmp_path / "one.pt")
+    assert_close(load(tmp_path / "rank0.pt"), reference)  # 2 FSDP processes, across a stop and a resume
+    assert not (tmp_path / "rank1.pt").exists() and not (tmp_path / "rank1").exists()  # rank 1 wrote nothing
+    metrics = json.loads((tmp_path / "rank0" / "metrics.json").read_text())
+    assert metrics["processes"]["strategy"] == "fsdp"
+    for part in ("val", "test"):
+        assert metrics[part]["loss"] == pytest.approx(one.metrics[part]["loss"], abs=1e-5)
+    from dlforge.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(stopped)
+    # rank 1 asked after step 2 of epoch 2; the ranks agreed one step later: mid-group, with its gradients
+    assert (state["epoch"], state["step"]) == (1, 3) and state["grads"]
+    best = state["early_stopping"]["best_state"]  # epoch 1's weights, whole
+    assert best.keys() == state["model"].keys() and all(best[k].shape == state["model"][k].shape for k in best)
+    dlforge.train(resume=stopped, callbacks=[SaveWeights(tmp_path / "resumed.pt")], progress=False)
+    assert_close(load(tmp_path / "resumed.pt"), reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_nproc_writes_a_fresh_checkpoint_that_resumes_to_the_uninterrupted_weights(single, tmp_path):
+    """SIGINT to `dlforge train --nproc 2` in the middle of epoch 2: the launcher forwards it, the ranks agree on
+    a step, rank 0 writes that step's checkpoint (not only the epoch-end one), exit 130; the resume on 1 process
+    ends at the uninterrupted weights."""
+    import dlforge
+    from dlforge.training.checkpoint import load_checkpoint
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SIGNAL_LAUNCHER)
+    exec(compile(SIGNAL_LAUNCHER, "signal_launcher", "exec"), {})  # registered here too, for the in-process resume
+    recipe = recipe_for(single["csv"], callbacks=[{"name": "signal_launcher", "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(inject), str(SRC)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dlforge.cli", "train", str(path), "--nproc", "2", "--out", str(run),
+                           "-q"], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert f"--resume {run}" in proc.stderr and "Traceback" not in proc.stderr
+    state = load_checkpoint(run)
+    assert state["epoch"] == 1 and 2 <= state["step"] < 6, (state["epoch"], state["step"])  # mid-epoch: fresh
+    dlforge.train(resume=run, callbacks=[SaveWeights(tmp_path / "resumed.pt")], progress=False)
+    assert_close(load(tmp_path / "resumed.pt"), single["weights"])
+
+
+class _TinyTextModel(torch.nn.Module):
+    """A transformer encoder (3 layers: 3 FSDP units of their own, plus the encoder and the root) and a head."""
+
+    def __init__(self, checkpointing: bool):
+        from types import SimpleNamespace
+
+        from dlforge.models.encoders.sequence_layers import TransformerBackbone
+
+        super().__init__()
+        torch.manual_seed(0)
+        config = SimpleNamespace(dim=16, heads=2, ff_dim=32, dropout=0.0, layers=3, pooling="mean")
+        self.encoders = torch.nn.ModuleDict({"text": TransformerBackbone(config, max_length=12)})
+        self.encoders["text"].checkpointing = checkpointing
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, h, valid):
+        return self.head(self.encoders["text"](h, valid))
+
+
+def _text_batch():
+    g = torch.Generator().manual_seed(1)
+    h, valid = torch.randn(8, 12, 16, generator=g), torch.ones(8, 12, dtype=torch.bool)
+    valid[1, 7:] = valid[6, 3:] = False
+    return h, valid, torch.randn(8, 1, generator=g)
+
+
+def _train_text(model, params, rank: int, world: int, steps: int = 3):
+    h, valid, y = _text_batch()
+    part = slice(rank * 8 // world, (rank + 1) * 8 // world)  # this rank's half of the global batch
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)  # (Adam magnifies float noise of tiny clipped grads)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(h[part], valid[part]), y[part]).backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.05)  # binding: the norm is global over the shards
+        optimizer.step()
+
+
+def _fsdp_text_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from dlforge.training import distributed
+    from dlforge.training.fsdp import FullyShardedDataParallel
+
+    process = distributed.init()
+    try:
+        strategy = FullyShardedDataParallel(process)
+        model = strategy.place_model(_TinyTextModel(checkpointing=True))
+        _train_text(model, list(model.parameters()), rank, world)
+        state = strategy.state_io.model_state(model)
+        units = strategy.units
+        plain = strategy.release(model)
+        if rank == 0:
+            torch.save({"state": state, "units": units, "released": plain.state_dict()}, out)
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_fsdp_shards_each_transformer_layer_and_trains_like_one_process_with_checkpointing_and_clipping(tmp_path):
+    """FSDP2 units per transformer layer, activation checkpointing inside them, gradient clipping over the
+    shards: 2 processes on halves of the batch end at one process's weights; the released module holds them."""
+    out = tmp_path / "fsdp.pt"
+    torch.multiprocessing.spawn(_fsdp_text_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    got = load(out)
+    assert got["units"] == ["encoders.text.layers.0", "encoders.text.layers.1", "encoders.text.layers.2",
+                            "encoders.text"]
+    reference = _TinyTextModel(checkpointing=False)
+    _train_text(reference, list(reference.parameters()), 0, 1)
+    expected = {k: v.detach() for k, v in reference.state_dict().items()}
+    assert_close(got["state"], expected)
+    assert_close(got["released"], expected)

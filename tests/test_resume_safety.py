@@ -144,3 +144,68 @@ def test_a_kill_during_the_very_first_write_is_not_a_dead_end(tiny_csv, tmp_path
         dlforge.train(resume=out, progress=False)
     run = dlforge.train(tabular_recipe(tiny_csv, training={"epochs": 1}), out=out, overwrite=True, progress=False)
     assert (run.run_dir / "model.json").is_file() and not list(out.rglob("*.dlforge-tmp"))
+
+
+def test_the_resume_digest_leaves_out_defaults_so_a_new_defaulted_field_keeps_old_checkpoints():
+    """#16: the digest covers what the recipe says; a field added later with its default changes nothing."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training.checkpoint import recipe_digest, recipe_identity
+
+    class Encoder(BaseModel):
+        name: Literal["mlp"] = "mlp"
+        layers: list[int] = [8]
+
+    class Old(BaseModel):  # the schema when the checkpoint was written
+        lr: float = 0.01
+        encoder: Encoder = Encoder()
+
+    class EncoderLater(Encoder):
+        dropout: float = 0.0
+
+    class New(Old):  # a later version: two fields added, with defaults that keep the old behaviour
+        encoder: EncoderLater = EncoderLater()
+        strategy: str = "ddp"
+
+    old = Old(lr=0.1, encoder=Encoder(layers=[4]))
+    assert recipe_identity(old) == {"lr": 0.1, "encoder": {"name": "mlp", "layers": [4]}}  # the tag `name` stays
+    assert recipe_digest(New(lr=0.1, encoder=EncoderLater(layers=[4]))) == recipe_digest(old)
+    assert recipe_digest(New(lr=0.1, encoder=EncoderLater(layers=[4]), strategy="fsdp")) != recipe_digest(old)
+    assert recipe_digest(New(lr=0.1, encoder=EncoderLater(layers=[4], dropout=0.1))) != recipe_digest(old)
+
+    base = {"data": {"source": "x.csv"}, "inputs": [{"name": "a", "type": "number"}],
+            "outputs": [{"name": "y", "type": "binary"}]}
+    digest = recipe_digest(load_recipe(base))
+    explicit = {**base, "training": {"strategy": "ddp", "seed": load_recipe(base).training.seed}}  # defaults written out
+    assert recipe_digest(load_recipe(explicit)) == digest
+    assert recipe_digest(load_recipe({**base, "training": {"seed": 1234}})) != digest
+    as_category = {**base, "inputs": [{"name": "a", "type": "category"}]}  # only the tag differs
+    assert recipe_digest(load_recipe(as_category)) != digest
+
+
+def test_a_checkpoint_with_the_legacy_digest_still_resumes_and_a_changed_recipe_is_still_refused(tiny_csv, tmp_path):
+    """Checkpoints written before the defaults-free digest hold sha256 of every field: still checked, and accepted."""
+    import torch
+
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training.checkpoint import legacy_recipe_digest
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        dlforge.train(tabular_recipe(tiny_csv), out=out, progress=False, callbacks=[InterruptAt(step=1, epoch=1)])
+    path = out / "checkpoint" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["recipe_digest"] == 2
+    del state["recipe_digest"]
+    state["recipe_sha256"] = legacy_recipe_digest(load_recipe(out / "recipe.yaml"))
+    torch.save(state, path)
+    shutil.copytree(out, tmp_path / "changed")
+    assert dlforge.train(resume=out, progress=False).metrics["epochs_run"] == 3
+    recipe = yaml.safe_load((tmp_path / "changed" / "recipe.yaml").read_text())
+    recipe["training"]["seed"] = 1
+    (tmp_path / "changed" / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ArtifactError, match="the checkpoint was written by a different recipe"):
+        dlforge.train(resume=tmp_path / "changed", progress=False)

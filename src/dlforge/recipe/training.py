@@ -210,8 +210,11 @@ class TrainingConfig(Strict):
     strategy: Literal["ddp", "fsdp"] = _field(
         "ddp", "How several processes (dlforge train --nproc N, --nnodes, --ray-address) share training. ddp: each "
         "holds the whole model, trains on its part of every global batch (the same batches and row order as one "
-        "process) and the gradients are averaged (gloo on CPU, NCCL on GPU). fsdp (FSDP2 fully_shard) is refused "
-        "for now, with the reason. One process ignores it.")
+        "process) and the gradients are averaged (gloo on CPU, NCCL on GPU). fsdp (FSDP2 fully_shard): the same "
+        "batches, but each process holds 1/N of the weights, gradients and optimizer state (each encoder and "
+        "layer gathered for its own forward and backward); checkpoints hold the full state, so a run resumes on "
+        "either strategy and any process count. Not with l1/l2 regularization, fp16 or compile (refused, with "
+        "the reason). One process ignores it.")
     privacy: Privacy | None = _field(
         None, "Differentially private training (DP-SGD, needs pip install 'dlforge[privacy]'): "
         "{epsilon, delta, max_grad_norm, ...}; null trains without a privacy guarantee.")

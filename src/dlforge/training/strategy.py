@@ -108,6 +108,8 @@ def build_strategy(strategy: Strategy | str | None, config) -> Strategy:
 
         check_strategy(config, process_device(current()))
         strategy = config.strategy
+        if strategy == "fsdp":
+            import dlforge.training.fsdp  # noqa: F401  (registers fsdp)
     if private:
         import dlforge.training.privacy  # noqa: F401  (registers dp_sgd; Opacus itself is imported when used)
     if strategy is None or isinstance(strategy, str):

@@ -34,7 +34,8 @@ from dlforge.data.batches import InMemoryBatches, epoch_batches, eval_batches
 from dlforge.evaluation.metrics import compute_metrics, flatten
 from dlforge.models.layers import RandomStateful
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
-from dlforge.training.checkpoint import recipe_digest, save_checkpoint
+from dlforge.training.checkpoint import DIGEST_VERSION, recipe_digest, save_checkpoint
+from dlforge.training.distributed import PLAIN_STATE
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
@@ -106,6 +107,11 @@ class Trainer:
         self._rank_weight = getattr(self.batches, "rank_weight", None)
         self._mean_over_processes = getattr(self.strategy, "mean_over_processes", None)
         self.is_main = getattr(self.strategy, "is_main", True)  # only the main process writes checkpoints
+        # How model/optimizer state is read and written: state_dicts, or FSDP's gathered full state (the same form).
+        self.state_io = getattr(self.strategy, "state_io", PLAIN_STATE)
+        # Under data parallelism evaluation is sharded over the processes and the logits gathered (a collective:
+        # every process evaluates, until `release()`); the stop request is agreed on, so all stop at the same step.
+        self._eval_shards = self.strategy if hasattr(self.strategy, "shard_rows") else None
         self.accumulate = self.config.accumulate
         # Schedules count optimizer steps: with accumulation, one per `accumulate` batches (and the epoch's last).
         self.updates_per_epoch = math.ceil(len(self.batches) / self.accumulate)
@@ -119,6 +125,7 @@ class Trainer:
         self._hooks = resolve_hooks(self.callbacks)
         self.loss_hooks = tuple(loss_hooks)
         self.stop = stop if stop is not None else StopRequest()
+        self._stopping = self.strategy.agreed_stop(self.stop) if hasattr(self.strategy, "agreed_stop") else self.stop.is_set
         self.penalized = [p for p in self.model.parameters() if p.ndim > 1 and p.requires_grad]
         # torch.compile compiles on the first call (Dynamo, and AOTAutograd's forward and backward graphs): that
         # call's time is reported as compile_seconds (metrics.json), apart from the steady-state steps.
@@ -223,14 +230,45 @@ class Trainer:
 
     @torch.no_grad()
     def predict_logits(self, split) -> dict[str, torch.Tensor]:
+        """Logits of every row of `split`, in order. Under data parallelism (until `release()`), every process must
+        call it: each scores its share of the rows and the shares are gathered, so all get the whole split's."""
         self.model.eval()
+        n = len(split)
+        shards = self._eval_shards if n else None
+        index = None
+        if shards is not None:
+            shards.sync_buffers(self.model)
+            index = shards.shard_rows(n)
         chunks: dict[str, list] = {}
-        for rows in eval_batches(len(split), self.config.eval_batch_size):
+        for rows in eval_batches(n if index is None else len(index), self.config.eval_batch_size):
+            if index is not None:
+                rows = index[rows]
             with self._autocast():
                 out = self.eval_model({k: v[rows] for k, v in split.x.items()})
             for name, logits in out.items():
                 chunks.setdefault(name, []).append(logits.float())
-        return {name: torch.cat(parts) for name, parts in chunks.items()}
+        logits = {name: torch.cat(parts) for name, parts in chunks.items()}
+        if shards is not None:
+            logits = {name: shards.gather_rows(t, n) for name, t in logits.items()}
+        return logits
+
+    def model_state(self) -> dict:
+        """The model's full state (under FSDP gathered: every process takes part, rank 0 receives it)."""
+        return self.state_io.model_state(self.model)
+
+    def release(self) -> torch.nn.Module:
+        """End the collective phase: from here the main process evaluates alone (under FSDP it gets an ordinary
+        module holding the full trained weights; every process takes part in gathering them)."""
+        if self._eval_shards is not None:
+            self.model = self.strategy.release(self.model)
+            self.eval_model = self.model
+            self._eval_shards = None
+        return self.model
+
+    def stop_requested(self) -> bool:
+        """Whether to stop now; under data parallelism agreed by all processes (each must call it here too)."""
+        now = getattr(self._stopping, "now", None)
+        return now() if now is not None else self.stop.is_set()
 
     def evaluate(self, split, *, detail: bool = False) -> dict:
         logits = self.predict_logits(split)
@@ -266,7 +304,7 @@ class Trainer:
                     self.step(x, y)
                 for hook in step_hooks:
                     hook(self, step)
-                stopping = self.stop.is_set()
+                stopping = self._stopping()
                 if stopping or (every and (self._global_step(epoch, step) + 1) % every == 0):
                     result.train_seconds = seconds_before + time.perf_counter() - started
                     self._save(epoch, step + 1, permutation, result)
@@ -295,7 +333,7 @@ class Trainer:
             if should_stop:
                 break
         if self.early_stopping is not None and self.early_stopping.best_state is not None:
-            self.model.load_state_dict(self.early_stopping.best_state)
+            self.state_io.load_model_state(self.model, self.early_stopping.best_state)
             result.best_epoch = self.early_stopping.best_epoch + 1
         self._call("on_fit_end", result)
         return result
@@ -351,11 +389,14 @@ class Trainer:
         new = self._losses[self._checked:]
         flags = [torch.isfinite(torch.stack(new))] if new else []
         if weights:
-            flags += [torch.isfinite(p).all().reshape(1) for p in self.model.parameters()]
+            flags += [torch.isfinite(self.state_io.local(p)).all().reshape(1) for p in self.model.parameters()]
         if not flags:
             return
         flags = torch.cat([f.to(self.device) for f in flags])
-        if bool(flags.all()):
+        finite = bool(flags.all())
+        if weights and self._mean_over_processes is not None:  # a shard's NaN: every process stops, not one
+            finite = self._mean_over_processes(float(finite)) == 1.0
+        if finite:
             self._checked = len(self._losses)
             return
         bad_losses = (~flags[:len(new)]).nonzero()
@@ -409,20 +450,23 @@ class Trainer:
     def _save(self, epoch: int, step: int, permutation, result: TrainResult, *, finished: bool = False) -> None:
         # A checkpoint must be a good one: the losses since the last check and the weights are all finite.
         self._check_finite(epoch - (1 if step == 0 else 0), permutation, weights=True)
+        # Under FSDP these gather the full state (every process takes part; rank 0 receives it).
+        model_state = self.state_io.model_state(self.model)
+        optimizer_state = self.state_io.optimizer_state(self.model, self.optimizer)
+        grads = self.state_io.grads(self.model) if step % self.accumulate else None
         if not self.is_main:  # the other processes hold the same weights and state (the gradients are all-reduced)
             return
         state = {
-            "recipe_sha256": self._recipe_sha256, "finished": finished, "stopped_early": result.stopped_early,
-            "epoch": epoch, "step": step, "permutation": permutation,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "recipe_sha256": self._recipe_sha256, "recipe_digest": DIGEST_VERSION, "finished": finished,
+            "stopped_early": result.stopped_early, "epoch": epoch, "step": step, "permutation": permutation,
+            "model": model_state, "optimizer": optimizer_state,
             "schedule": self.schedule.state_dict(), "batch_rng": self.batches.generator.get_state(),
             "torch_rng": torch.get_rng_state(), "losses": torch.stack(self._losses).cpu() if self._losses else torch.zeros(0),
             "history": result.history, "train_seconds": result.train_seconds,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
         }
-        if step % self.accumulate:  # inside an accumulation group: its gradients so far are part of the state
-            state["grads"] = {name: p.grad.detach().cpu() for name, p in self.model.named_parameters()
-                              if p.grad is not None}
+        if grads is not None:  # inside an accumulation group: its gradients so far are part of the state
+            state["grads"] = grads
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.augment is not None:
@@ -435,21 +479,19 @@ class Trainer:
 
     def _restore(self, state: dict, result: TrainResult):
         try:
-            self.model.load_state_dict(state["model"])
+            self.state_io.load_model_state(self.model, state["model"])
         except RuntimeError as exc:  # a checkpoint from before recipe binding, of another architecture
             raise ArtifactError(f"the checkpoint does not fit this recipe's model: {str(exc)[:300]}",
                                 where=str(self.run_dir / "checkpoint"),
                                 hint=f"start the run over: `dlforge train RECIPE --out {self.run_dir} --overwrite`") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.state_io.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.batches.generator.set_state(state["batch_rng"])
         torch.set_rng_state(state["torch_rng"])
         self._losses = list(state["losses"].to(self.device).unbind())
         self._checked = len(self._losses)  # a checkpoint is written only after its losses were checked
         if state.get("grads"):
-            for name, p in self.model.named_parameters():
-                if name in state["grads"]:
-                    p.grad = state["grads"][name].to(p.device)
+            self.state_io.load_grads(self.model, state["grads"])
         if self.early_stopping is not None and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
         if self.augment is not None and "augment" in state:

@@ -246,8 +246,6 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         load_metric_backend()  # a one-time import of seconds: counted in prepare_seconds, not in the first epoch
         prepare_seconds = time.perf_counter() - started
         result = trainer.fit(state)
-    if not main:  # the main process holds the same weights: it evaluates and writes the run directory
-        return RunResult(run_dir, {}, result.history)
 
     # The post-training phase: its inputs (final weights, history, seconds) are in the finished checkpoint, so
     # a resume redoes it exactly. A stop request is honoured between its writes.
@@ -255,8 +253,13 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         if trainer.stop.is_set():
             raise TrainingInterrupted(str(run_dir))
 
-    checkpoint_stop()
+    if trainer.stop_requested():  # under data parallelism agreed by every process: all stop, or none
+        raise TrainingInterrupted(str(run_dir))
+    # Under data parallelism every process scores its share of the rows and all get the whole split's metrics.
     metrics = {part: trainer.evaluate(splits[part], detail=True) for part in ("val", "test") if part in splits}
+    model = trainer.release()  # from here rank 0 alone (under FSDP: an ordinary module with the full weights)
+    if not main:  # the main process holds the same weights: it writes the run directory
+        return RunResult(run_dir, {}, result.history)
     if fitted is not None:  # val: the pooled rows, each scored by the member that held it out
         metrics = {"val": fitted.out_of_fold, **metrics}
     if trainer.compile_seconds is not None:  # part of train_seconds: the first compiled step, compilation included

@@ -11,9 +11,12 @@ the launcher names the failed rank with the error's own message; an unexpected e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import tempfile
 from pathlib import Path
 
@@ -33,13 +36,32 @@ def run(spec: dict):
     try:
         if spec.get("probe"):
             return probe(spec, process)
+        from dlforge.training.stop import StopRequest
         from dlforge.workflows.train import train
 
-        result = train(spec.get("recipe"), out=spec.get("out"), overrides=spec.get("overrides") or [],
-                       resume=spec.get("resume"), progress=not spec.get("quiet", False))
+        stop = StopRequest()
+        with stop_on_signals(stop):
+            result = train(spec.get("recipe"), out=spec.get("out"), overrides=spec.get("overrides") or [],
+                           resume=spec.get("resume"), progress=not spec.get("quiet", False), stop=stop)
         return {"rank": process.rank, "run_dir": str(result.run_dir)}
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop):
+    """SIGINT/SIGTERM set `stop`: training then stops after the step all processes agree on, rank 0 writes a fresh
+    checkpoint, and the worker exits 130. torch elastic starts each worker in its own session, so a Ctrl-C reaches
+    the launcher, which forwards it to every worker once (and kills those still running 30 s later)."""
+    if threading.current_thread() is not threading.main_thread():  # a Ray Train worker thread: Ray owns signals
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def probe(spec: dict, process) -> dict:
@@ -56,10 +78,36 @@ def probe(spec: dict, process) -> dict:
         trainer = build_training(recipe, prepared, run_dir=Path(tmp)).trainer
         seconds = trainer.time_steps(int(spec["probe"]))
     timing = {"world_size": process.world_size, "step_seconds": seconds["wall"], "step_cpu_seconds": seconds["cpu"],
-              "batch_size": trainer.batches.batch_size, "threads_per_process": torch_threads()}
+              "batch_size": trainer.batches.batch_size, "threads_per_process": torch_threads(),
+              "strategy": recipe.training.strategy if process.distributed else "single_device",
+              **memory_per_rank(trainer, process)}
     if process.is_main and spec.get("probe_file"):
         Path(spec["probe_file"]).write_text(json.dumps(timing), encoding="utf-8")
     return timing
+
+
+def memory_per_rank(trainer, process) -> dict:
+    """What each process holds after the timed steps: the bytes of its parameters, gradients and optimizer state
+    (its shards under FSDP; exact, from the tensors) and its peak resident memory (ru_maxrss: the whole process,
+    torch and the data included), one entry per rank."""
+    import resource
+
+    import torch
+
+    local = trainer.state_io.local
+    tensors = [p for p in trainer.model.parameters()]
+    tensors += [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    tensors += [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    state_bytes = sum(local(t).numel() * local(t).element_size() for t in tensors)
+    mine = {"state_mb": state_bytes / 2**20, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    every = [mine]
+    if process.distributed:
+        import torch.distributed as dist
+
+        every = [None] * process.world_size
+        dist.all_gather_object(every, mine)
+    return {"state_mb_per_rank": [round(m["state_mb"], 2) for m in every],
+            "max_rss_mb_per_rank": [round(m["max_rss_mb"], 1) for m in every]}
 
 
 def torch_threads() -> int:

@@ -30,7 +30,8 @@ class EarlyStopping(Callback):
         if self.improved(value):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             if self.config.restore_best:
-                self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+                # under FSDP gathered to rank 0 (every process takes part; the others get {})
+                self.best_state = {k: v.detach().clone() for k, v in trainer.model_state().items()}
             return False
         self.bad_epochs += 1
         return self.bad_epochs >= self.config.patience
