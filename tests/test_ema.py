@@ -78,5 +78,7 @@ def test_bad_ema_settings_are_recipe_errors_exiting_2(tmp_path, training, messag
     code, out, err = cli("train", path, "--out", tmp_path / "r")
     assert code == 2
     assert message in out + err
+    assert not (tmp_path / "r").exists()  # refused before any data is read or directory written
     with pytest.raises(RecipeError, match="ema"):
         dlforge.train(_small(epochs=1, **training), out=tmp_path / "lib", progress=False)
+    assert not (tmp_path / "lib").exists()

@@ -24,23 +24,40 @@ from dlforge.core.errors import RecipeError
 from dlforge.training.callbacks.base import Callback, callbacks
 
 
+CONFLICT = ("training.early_stopping: cannot be combined with the ema callback (the epoch would be chosen on the raw "
+            "weights, and training ends with their average)")
+HINT = ("ema decay: e.g. {name: ema, decay: 0.999} (it averages about the last 1/(1 - decay) = 1,000 optimizer "
+        "steps); with early stopping, remove one of the two")
+
+
 @callbacks.register("ema")
 class WeightAverage(Callback):
     def __init__(self, *, decay: float = 0.999):
-        if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0.0 < float(decay) < 1.0:
-            raise RecipeError(f"training.callbacks: ema decay must be a number strictly between 0 and 1, got {decay!r}",
-                              hint="e.g. {name: ema, decay: 0.999} (it averages about the last 1/(1 - decay) = 1,000 "
-                                   "optimizer steps)")
+        problems = self._problems(decay)
+        if problems:
+            raise RecipeError(problems, hint=HINT)
         self.decay = float(decay)
         self.updates = 0
         self.shadow: list[torch.Tensor] | None = None
         self._params: list[torch.Tensor] = []
 
+    @staticmethod
+    def _problems(decay) -> list[str]:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < float(decay) < 1.0:
+            return [f"training.callbacks: ema decay must be a number strictly between 0 and 1, got {decay!r}"]
+        return []
+
+    @staticmethod
+    def check_recipe(recipe, *, decay: float = 0.999) -> list[str]:
+        """Before any data is read (`dlforge train` calls it through check_callbacks)."""
+        problems = WeightAverage._problems(decay)
+        if recipe.training.early_stopping is not None:
+            problems.append(CONFLICT)
+        return problems
+
     def on_fit_start(self, trainer) -> None:
-        if trainer.early_stopping is not None:
-            raise RecipeError("training.early_stopping: cannot be combined with the ema callback (the epoch would be "
-                              "chosen on the raw weights, and training ends with their average)",
-                              hint="remove training.early_stopping, or the ema entry of training.callbacks")
+        if trainer.early_stopping is not None:  # a caller that built the trainer without check_callbacks
+            raise RecipeError(CONFLICT, hint=HINT)
         self._params = [p for p in trainer.model.parameters() if p.is_floating_point()]
         if self.shadow is None:
             self.shadow = [p.detach().clone() for p in self._params]
