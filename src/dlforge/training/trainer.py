@@ -121,6 +121,10 @@ class Trainer:
         # A stateful strategy's callbacks (DP-SGD's epsilon log) come first: what they log is shown and voted on.
         own = self.strategy.callbacks() if isinstance(self.strategy, StatefulStrategy) else []
         self.callbacks = [*own, self.progress, *callbacks] + ([self.early_stopping] if self.early_stopping else [])
+        # Callbacks with state (other than early stopping, saved on its own) are checkpointed, in this order.
+        self._stateful_callbacks = [cb for cb in self.callbacks if cb is not self.early_stopping
+                                    and callable(getattr(cb, "state_dict", None))
+                                    and callable(getattr(cb, "load_state_dict", None))]
         # Hooks resolved once: a getattr per callback per step is measurable on small models.
         self._hooks = resolve_hooks(self.callbacks)
         self.loss_hooks = tuple(loss_hooks)
@@ -475,6 +479,8 @@ class Trainer:
             state["strategy"] = self.strategy.state_dict()
         if isinstance(self.model, RandomStateful) and self.model.rng_state() is not None:  # a negative sampler
             state["model_rng"] = self.model.rng_state()
+        if self._stateful_callbacks:  # e.g. the ema callback's averaged weights
+            state["callbacks"] = [cb.state_dict() for cb in self._stateful_callbacks]
         save_checkpoint(self.run_dir, state)
 
     def _restore(self, state: dict, result: TrainResult):
@@ -502,6 +508,8 @@ class Trainer:
             self.strategy.load_state_dict(state["strategy"])
         if isinstance(self.model, RandomStateful) and state.get("model_rng") is not None:
             self.model.load_rng_state(state["model_rng"])
+        for callback, saved in zip(self._stateful_callbacks, state.get("callbacks") or []):
+            callback.load_state_dict(saved)
         result.history = list(state["history"])
         result.epochs_run = len(result.history)
         result.train_seconds = state["train_seconds"]

@@ -13,7 +13,8 @@ subclassing `Callback` documents the hooks and lets the trainer skip the ones le
 resolved once when the trainer is built, never looked up per step.
 
 `training.callbacks: [name, {name: ..., <option>: ...}]` builds registered callbacks by name: a new one is
-one file with `@callbacks.register("name")` on a class whose options are keyword-only.
+one file with `@callbacks.register("name")` on a class whose options are keyword-only; an optional static
+`check_recipe(recipe, **options) -> list[str]` reports bad options or recipe conflicts before any data is read.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def check_callbacks(recipe) -> None:
         except TypeError as exc:
             takes = ", ".join(p for p in signature.parameters) or "no options"
             problems.append(f"{path}: callback '{name}' {exc} (it takes: {takes})")
+            continue
+        check = getattr(callbacks.get(name), "check_recipe", None)  # optional: problems with the options or recipe
+        if check is not None:
+            problems.extend(check(recipe, **options))
     if problems:
         raise RecipeError(problems, hint="register a callback with @dlforge.training.callbacks.callbacks.register(name)")
 
