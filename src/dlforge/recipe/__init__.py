@@ -169,6 +169,9 @@ def attention_heads_divide_width(recipe: Recipe) -> list[str]:
     if comb.name == "attention" and comb.dim % comb.heads:
         problems.append(f"combiner.heads: {comb.heads} does not divide dim {comb.dim}; "
                         f"use heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
+    if getattr(comb, "history_layers", 0) and comb.dim % comb.history_heads:
+        problems.append(f"combiner.history_heads: {comb.history_heads} does not divide dim {comb.dim}; "
+                        f"use history_heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
     return problems
 
 
