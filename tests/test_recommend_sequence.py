@@ -118,15 +118,19 @@ def _mood_ratings(folder, *, users: int = 80, items: int = 25, sessions: int = 4
     return {"interactions": path}
 
 
+def _rating_recipe(paths) -> dict:
+    recipe = ranking_recipe(paths, side=False)
+    recipe["outputs"] = [{"name": "rating", "type": "number"}]
+    recipe["training"].update(epochs=30, batch_size=64)
+    return recipe
+
+
+@pytest.mark.slow  # two trainings of 30 epochs: ~15 s on an idle core
 def test_history_ratings_carry_the_session_mood(tmp_path):
     import dlforge
-    from dlforge.models.recommenders import MatrixFactorization
-    from dlforge.recipe.io import load_recipe
 
     paths = _mood_ratings(tmp_path)
-    base = ranking_recipe(paths, side=False)
-    base["outputs"] = [{"name": "rating", "type": "number"}]
-    base["training"].update(epochs=30, batch_size=64)
+    base = _rating_recipe(paths)
     rmse = {}
     for ratings in (False, True):
         recipe = {**base, "combiner": {"name": "mf", "dim": 4, "biases": True, "l2": 0.01, "history": 3,
@@ -137,6 +141,13 @@ def test_history_ratings_carry_the_session_mood(tmp_path):
     assert rmse[True] < 0.75 * rmse[False], rmse
     predictor = dlforge.load(tmp_path / "runTrue")  # the ratings buffer is in the artifact
     assert predictor.model.state.seq_ratings.numel() == 80 * 16
+
+
+def test_recent_deviation_by_hand(tmp_path):
+    from dlforge.models.recommenders import MatrixFactorization
+    from dlforge.recipe.io import load_recipe
+
+    base = _rating_recipe({"interactions": tmp_path / "x.csv"})
     # by hand: weights (0.5, 0.25, 0) on deviations from b + b_u + b_i of the last 3 ratings
     scorer = MatrixFactorization(load_recipe({**base, "combiner": {"name": "mf", "dim": 2, "history": 3,
                                                                    "history_ratings": True}}).combiner,

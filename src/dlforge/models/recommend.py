@@ -204,7 +204,7 @@ class RecommenderModel(nn.Module):
         users = x[self.user_input]
         every = torch.arange(self.n_items, device=users.device)
         u, v = self.user_encoding(x), self.item_encoding(every)
-        bias = self.scorer.biases(users, every.expand(len(users), -1))
+        bias = self.scorer.all_biases(users, self.n_items)
         if self.scorer.dot_product:
             return u @ v.T + bias
         step = max(1, CHUNK_PAIRS // self.n_items)

@@ -127,6 +127,14 @@ class Scorer(nn.Module):
         self.use(bu, bi.reshape(len(users), -1))
         return self.global_bias + bu + bi
 
+    def all_biases(self, users: torch.Tensor, n_items: int) -> torch.Tensor:
+        """b + b_u + b_i for every item: (B, n_items) by broadcasting, each table row used once (for the L2)."""
+        if self.user_bias is None:
+            return torch.zeros(len(users), n_items, device=users.device)
+        bu, bi = self.user_bias(users), self.item_bias.weight[:n_items].T
+        self.use(bu, bi.T)
+        return self.global_bias + bu + bi
+
     def interact(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (u * v).sum(-1)
 
