@@ -160,3 +160,19 @@ def test_recent_deviation_by_hand(tmp_path):
     got = scorer.recent_deviation(torch.tensor([1]), torch.tensor([[1, 2, 0]]), torch.tensor([[1.0, -1.0, 9.0]]))
     # item 1: 1.0 - (0.1 + 0.2 + 0.3) = 0.4; item 2: -1.0 - (0.1 + 0.2 - 0.3) = -1.0; the padding counts nothing
     assert got.item() == pytest.approx(0.5 * 0.4 + 0.25 * -1.0)
+
+
+def test_history_options_need_a_history_and_the_right_output():
+    from dlforge.core.errors import RecipeError
+    from dlforge.recipe.io import load_recipe
+
+    recipe = ranking_recipe({"interactions": "x.csv"}, side=False,
+                            combiner={"name": "mf", "dim": 4, "history": 3, "history_ratings": True})
+    with pytest.raises(RecipeError, match="combiner.history_ratings: .* a number \\(rating\\) output"):
+        load_recipe(recipe)  # an interaction output has no ratings to read
+    recipe["combiner"] = {"name": "mf", "dim": 4, "history_layers": 1}
+    with pytest.raises(RecipeError, match="combiner.history_layers: .* set history > 0"):
+        load_recipe(recipe)
+    recipe["combiner"] = {"name": "mf", "dim": 6, "history": 3, "history_layers": 1, "history_heads": 4}
+    with pytest.raises(RecipeError, match="combiner.history_heads: 4 does not divide dim 6"):
+        load_recipe(recipe)
