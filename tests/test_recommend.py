@@ -182,15 +182,18 @@ def test_recommendation_recipe_checks():
 
 
 # ---------------------------------------------------------------- the models
-@pytest.mark.parametrize("combiner", [{"name": "mf", "dim": 4},
-                                      pytest.param({"name": "neumf", "dim": 4, "mlp_dim": 4, "layers": [8]},
-                                                   marks=pytest.mark.slow)])
-def test_models_train_rank_and_resume_exactly(tmp_path, combiner):
+@pytest.mark.parametrize("combiner,loss", [
+    ({"name": "mf", "dim": 4}, "softmax"),
+    # SASRec blocks (with dropout: the global generator is checkpointed too) under the full softmax
+    pytest.param({"name": "mf", "dim": 4, "history": 3, "history_layers": 1, "history_heads": 2}, "full_softmax",
+                 marks=pytest.mark.slow),
+    pytest.param({"name": "neumf", "dim": 4, "mlp_dim": 4, "layers": [8]}, "softmax", marks=pytest.mark.slow)])
+def test_models_train_rank_and_resume_exactly(tmp_path, combiner, loss):
     import dlforge
     from dlforge.training.checkpoint import load_checkpoint
 
     paths = write_interactions(tmp_path)
-    recipe = ranking_recipe(paths, side=False, combiner=combiner, loss="softmax", sampler="popularity")
+    recipe = ranking_recipe(paths, side=False, combiner=combiner, loss=loss, sampler="popularity")
     recipe["training"]["epochs"] = 2
     full = dlforge.train(recipe, out=tmp_path / "full", progress=False)
     test = full.metrics["test"]

@@ -177,7 +177,8 @@ def side_catalogue(codes: torch.Tensor, values: torch.Tensor, cardinality: int) 
 
 def interaction_tensors(recipe, prepared) -> dict:
     """What a recommender needs beside its weights: every split's (user, item) index pairs (the seen items
-    excluded at ranking and serving time), training popularity (the negative sampler's and the baseline's), and
+    excluded at ranking and serving time), a rating output's (standardised) values per split (a rating-aware
+    history reads them), training popularity (the negative sampler's and the baseline's), and
     each side feature's catalogue by id (to score all items, or a user from their features)."""
     ids = id_inputs(recipe)
     splits = prepared.splits
@@ -193,7 +194,9 @@ def interaction_tensors(recipe, prepared) -> dict:
         owner = ids[tower]
         codes = splits["train"].x[owner]
         catalogues[f.name] = side_catalogue(codes, splits["train"].x[f.name], n_users if tower == "user" else n_items)
-    return {"pairs": pairs, "n_users": n_users, "n_items": n_items,
+    output = recipe.outputs[0]
+    ratings = ({part: s.y[output.name].float() for part, s in splits.items()} if output.type == "number" else {})
+    return {"pairs": pairs, "n_users": n_users, "n_items": n_items, "ratings": ratings,
             "popularity": torch.bincount(train_items, minlength=n_items).float(), "catalogues": catalogues}
 
 

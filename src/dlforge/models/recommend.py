@@ -92,6 +92,8 @@ class RecommenderModel(nn.Module):
             self.state.register_buffer("seq_items", torch.zeros(0, dtype=torch.long))
             self.state.register_buffer("seq_keys", torch.zeros(0, dtype=torch.long))
             self.state.register_buffer("seq_positions", torch.zeros(0, dtype=torch.long))
+            if getattr(recipe.combiner, "history_ratings", False):
+                self.state.register_buffer("seq_ratings", torch.zeros(0))
         self.sampler = (NegativeSampler(self.n_items, kind=output.sampler, alpha=output.popularity_alpha,
                                         seed=recipe.training.seed + 2) if self.ranking else None)
         self._log_q: torch.Tensor | None = None
@@ -111,12 +113,12 @@ class RecommenderModel(nn.Module):
         for i, name in enumerate(self.catalogue_names):
             setattr(self.state, f"side_{i}", tensors["catalogues"][name])
         if self.history_length:
-            self._attach_sequences(tensors["pairs"])
+            self._attach_sequences(tensors["pairs"], tensors.get("ratings") or {})
         if self.sampler is not None:
             train_users, train_items = tensors["pairs"]["train"]
             self.sampler.set_data(train_users, train_items, tensors["popularity"])
 
-    def _attach_sequences(self, pairs: dict) -> None:
+    def _attach_sequences(self, pairs: dict, ratings: dict) -> None:
         parts = [p for p in ("train", "val", "test") if p in pairs]
         users = torch.cat([pairs[p][0] for p in parts])
         items = torch.cat([pairs[p][1] for p in parts])
@@ -124,6 +126,8 @@ class RecommenderModel(nn.Module):
         users, items = users[known], items[known]
         order = torch.argsort(users, stable=True)  # rows keep their (time) order within a user
         users, items = users[order], items[order]
+        if hasattr(self.state, "seq_ratings"):
+            self.state.seq_ratings = torch.cat([ratings[p].reshape(-1) for p in parts])[known][order]
         indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(users, minlength=self.n_users).cumsum(0)])
         positions = torch.arange(len(users)) - indptr[users]
         keys, inverse = torch.unique(users * self.n_items + items, return_inverse=True)
@@ -136,6 +140,20 @@ class RecommenderModel(nn.Module):
         most recent first, 0-padded; without an item (serving) every interaction the user has; a row whose item is
         unknown gets none. So a training row sees the earlier training rows, a val row all of train, a test row
         train + val, never its own item."""
+        index, valid = self._history_index(x)
+        if not len(self.state.seq_items):
+            return torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
+        return torch.where(valid, self.state.seq_items[index], 0)
+
+    def history_ratings(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, history) the (standardised) ratings of `history(x)`'s items, 0 where there is none."""
+        index, valid = self._history_index(x)
+        if not len(self.state.seq_ratings):
+            return torch.zeros(valid.shape, device=valid.device)
+        return torch.where(valid, self.state.seq_ratings[index], 0.0)
+
+    def _history_index(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, history) positions in the sequence buffers (clamped to 0 where invalid) and where they are valid."""
         users = x[self.user_input]
         start = self.state.seq_indptr[users]
         position = self.state.seq_indptr[users + 1] - start
@@ -150,9 +168,7 @@ class RecommenderModel(nn.Module):
         back = torch.arange(self.history_length, device=users.device)
         index = (start + position).unsqueeze(1) - 1 - back
         valid = index >= start.unsqueeze(1)
-        if not len(self.state.seq_items):
-            return torch.zeros(len(users), self.history_length, dtype=torch.long, device=users.device)
-        return torch.where(valid, self.state.seq_items[index.clamp(min=0)], 0)
+        return index.clamp(min=0), valid
 
     def catalogue(self, name: str) -> torch.Tensor:
         return getattr(self.state, f"side_{self.catalogue_names.index(name)}")
@@ -188,7 +204,7 @@ class RecommenderModel(nn.Module):
         users = x[self.user_input]
         every = torch.arange(self.n_items, device=users.device)
         u, v = self.user_encoding(x), self.item_encoding(every)
-        bias = self.scorer.biases(users, every.expand(len(users), -1))
+        bias = self.scorer.all_biases(users, self.n_items)
         if self.scorer.dot_product:
             return u @ v.T + bias
         step = max(1, CHUNK_PAIRS // self.n_items)
@@ -213,6 +229,15 @@ class RecommenderModel(nn.Module):
     # ------------------------------------------------------------ the dlforge model contract
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         users, items = x[self.user_input], x[self.item_input]
+        if self.training and self.ranking and self.loss_name == "full_softmax":
+            # Every item is a class: the positive first, then the whole catalogue with the positive and the unknown
+            # item masked out, so the positive is class 0 as in the sampled losses.
+            scores = self.score_all(x)
+            rows = torch.arange(len(users), device=users.device)
+            own = scores[rows, items]
+            scores = scores.index_fill(1, torch.zeros(1, dtype=torch.long, device=users.device), -math.inf)
+            scores[rows, items] = -math.inf
+            return {self.output: torch.cat([own.unsqueeze(1), scores], 1)}
         if self.training and self.ranking:
             negatives = self.sampler.sample(users, self.negatives)
             candidates = torch.cat([items.unsqueeze(1), negatives], 1)
@@ -220,7 +245,11 @@ class RecommenderModel(nn.Module):
             return {self.output: self.score_items(x, candidates)}
         u = self.user_encoding(x)
         score = (self.scorer.interact(u, self.item_encoding(items, x))
-                 + self.scorer.biases(users, items.unsqueeze(1)).squeeze(1)).unsqueeze(1)
+                 + self.scorer.biases(users, items.unsqueeze(1)).squeeze(1))
+        if hasattr(self.state, "seq_ratings") and not self.ranking:
+            history = self.history(x)
+            score = score + self.scorer.recent_deviation(users, history, self.history_ratings(x))
+        score = score.unsqueeze(1)
         if self.training or not self.ranking:
             return {self.output: score}
         rank, top = self.rank(x)
@@ -231,7 +260,7 @@ class RecommenderModel(nn.Module):
         penalty = self.scorer.penalty() if self.training else None
         if not self.ranking:
             loss = F.mse_loss(out.squeeze(-1), targets[self.output].float())
-        elif not self.training or out.shape[1] != 1 + self.negatives:
+        elif not self.training or out.shape[1] != self._training_width():
             # Evaluation: the share of unseen items ranked above the held-out one (1 - AUC).
             loss = (out[:, 1] / max(self.n_items - 2, 1)).clamp(max=1).mean()
         elif self.loss_name == "bpr":
@@ -240,10 +269,14 @@ class RecommenderModel(nn.Module):
             labels = torch.zeros_like(out)
             labels[:, 0] = 1
             loss = F.binary_cross_entropy_with_logits(out, labels)
-        else:  # sampled softmax with the logQ correction: the positive is class 0
-            corrected = out - self._log_q if self._log_q is not None else out
+        else:  # full softmax, or sampled softmax with the logQ correction: the positive is class 0
+            corrected = out - self._log_q if self._log_q is not None and self.loss_name == "softmax" else out
             loss = F.cross_entropy(corrected, torch.zeros(len(out), dtype=torch.long, device=out.device))
         return loss + penalty if penalty is not None else loss
+
+    def _training_width(self) -> int:
+        """Columns of a training forward: the positive and its negatives (every item for full_softmax)."""
+        return 1 + (self.n_items if self.loss_name == "full_softmax" else self.negatives)
 
     def architectures(self) -> dict:
         return {}

@@ -27,28 +27,44 @@ def _embedding(n: int, dim: int, std: float) -> nn.Embedding:
 
 class HistoryEncoder(nn.Module):
     """A user's last N items (column 0 = the most recent, index 0 = none) as one vector: item embeddings (its own
-    table, as FPMC's and FISM's history factors) plus a learned embedding per position, pooled by one attention
-    query whose logits also carry a learned recency prior per position (SASRec's positional self-attention reduced
-    to the one query that scores the next item), then a linear map. A user with no history gets zeros."""
+    table, as FPMC's and FISM's history factors) plus a learned embedding per position. With `layers` = 0 they are
+    pooled by one attention query whose logits also carry a learned recency prior per position (SASRec's
+    positional self-attention reduced to the one query that scores the next item); with `layers` > 0 they go
+    through that many pre-norm self-attention blocks (SASRec, Kang & McAuley 2018) and the most recent position's
+    output is read (it attends to every earlier one; the next item is after all of them, so no causal mask is
+    needed). Then a linear map. A user with no history gets zeros."""
 
-    def __init__(self, n_items: int, dim: int, length: int, std: float):
+    def __init__(self, n_items: int, dim: int, length: int, std: float, *, layers: int = 0, heads: int = 1,
+                 dropout: float = 0.0):
         super().__init__()
         self.length = length
         self.items = _embedding(n_items, dim, std)
         self.positions = nn.Parameter(torch.zeros(length, dim))
         self.query = nn.Parameter(torch.zeros(dim))
         self.recency = nn.Parameter(-0.1 * torch.arange(length, dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout if layers else 0.0)  # the pooling query has none (its recipes' figures)
+        self.blocks = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout, batch_first=True,
+                                       norm_first=True),
+            layers, enable_nested_tensor=False) if layers else None
+        self.norm = nn.LayerNorm(dim) if layers else None
         self.out = nn.Linear(dim, dim)
 
     def forward(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) item indices -> ((B, D) the pooled history, the (B, N*D) embeddings used, for the L2)."""
+        """(B, N) item indices -> ((B, D) the encoded history, the (B, N*D) embeddings used, for the L2)."""
         emb = self.items(history)
-        e = emb + self.positions
+        e = self.dropout(emb + self.positions)
         valid = history > 0
-        logits = (e @ self.query + self.recency).masked_fill(~valid, -1e9)
-        weights = torch.softmax(logits, 1) * valid.any(1, keepdim=True)
-        pooled = (weights.unsqueeze(-1) * e).sum(1)
-        return self.out(pooled) * valid.any(1, keepdim=True), emb.reshape(len(history), -1)
+        some = valid.any(1, keepdim=True)
+        if self.blocks is not None:
+            # A row without history attends to its (empty) first slot rather than to nothing (NaN); zeroed below.
+            padding = ~(valid | (~some & (torch.arange(self.length, device=history.device) == 0)))
+            pooled = self.norm(self.blocks(e, src_key_padding_mask=padding)[:, 0])
+        else:
+            logits = (e @ self.query + self.recency).masked_fill(~valid, -1e9)
+            weights = torch.softmax(logits, 1) * some
+            pooled = (weights.unsqueeze(-1) * e).sum(1)
+        return self.out(pooled) * some, emb.reshape(len(history), -1)
 
 
 class Scorer(nn.Module):
@@ -67,7 +83,20 @@ class Scorer(nn.Module):
         self.global_bias = nn.Parameter(torch.zeros(())) if biases else None
         self._used: list[torch.Tensor] = []
         length = getattr(config, "history", 0)
-        self.history = HistoryEncoder(n_items, config.dim, length, config.init_std) if length else None
+        self.history = HistoryEncoder(
+            n_items, config.dim, length, config.init_std, layers=getattr(config, "history_layers", 0),
+            heads=getattr(config, "history_heads", 1), dropout=getattr(config, "history_dropout", 0.0),
+        ) if length else None
+        self.deviation_weights = (nn.Parameter(torch.full((length,), 0.1))
+                                  if length and getattr(config, "history_ratings", False) else None)
+
+    def recent_deviation(self, users: torch.Tensor, history: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """(B,) how far the user's last ratings sat from what the biases expected, weighted per position (learned,
+        from the most recent): users rate in sessions and moods, so the latest ratings' deviation carries over
+        to the next one (the history's ratings, as SVD++'s implicit feedback but with the values and the order)."""
+        valid = history > 0
+        expected = self.biases(users, history) if self.user_bias is not None else torch.zeros_like(ratings)
+        return ((ratings - expected) * valid * self.deviation_weights).sum(1)
 
     def add_history(self, u: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         """The user vector plus the encoding of the user's recent items (when the scorer has `history`)."""
@@ -98,16 +127,26 @@ class Scorer(nn.Module):
         self.use(bu, bi.reshape(len(users), -1))
         return self.global_bias + bu + bi
 
+    def all_biases(self, users: torch.Tensor, n_items: int) -> torch.Tensor:
+        """b + b_u + b_i for every item: (B, n_items) by broadcasting, each table row used once (for the L2)."""
+        if self.user_bias is None:
+            return torch.zeros(len(users), n_items, device=users.device)
+        bu, bi = self.user_bias(users), self.item_bias.weight[:n_items].T
+        self.use(bu, bi.T)
+        return self.global_bias + bu + bi
+
     def interact(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (u * v).sum(-1)
 
 
-@combiners.register("mf")
-class MatrixFactorization(Scorer):
-    def __init__(self, config, *, n_users, n_items, side):
+class IdFactors(Scorer):
+    """A user table and an item table of `width`-wide factors (+ the history, when set): mf's and NeuMF's
+    encodings."""
+
+    def __init__(self, config, *, n_users, n_items, side, width: int):
         super().__init__(config, n_users=n_users, n_items=n_items, side=side)
-        self.users = _embedding(n_users, config.dim, config.init_std)
-        self.items = _embedding(n_items, config.dim, config.init_std)
+        self.users = _embedding(n_users, width, config.init_std)
+        self.items = _embedding(n_items, width, config.init_std)
 
     def encode_users(self, users, side, history=None):
         u = self.users(users)
@@ -118,6 +157,12 @@ class MatrixFactorization(Scorer):
         v = self.items(items)
         self.use(v.reshape(-1, v.shape[-1]))
         return v
+
+
+@combiners.register("mf")
+class MatrixFactorization(IdFactors):
+    def __init__(self, config, *, n_users, n_items, side):
+        super().__init__(config, n_users=n_users, n_items=n_items, side=side, width=config.dim)
 
 
 class SideEncoder(nn.Module):
@@ -180,28 +225,16 @@ class TwoTower(Scorer):
 
 
 @combiners.register("neumf")
-class NeuMF(Scorer):
+class NeuMF(IdFactors):
     """He et al. 2017: GMF (p_u * q_i) beside an MLP over [p'_u, q'_i], fused by one linear layer."""
 
     dot_product = False
 
     def __init__(self, config, *, n_users, n_items, side):
-        super().__init__(config, n_users=n_users, n_items=n_items, side=side)
+        super().__init__(config, n_users=n_users, n_items=n_items, side=side, width=config.dim + config.mlp_dim)
         self.dim = config.dim
-        self.users = _embedding(n_users, config.dim + config.mlp_dim, config.init_std)
-        self.items = _embedding(n_items, config.dim + config.mlp_dim, config.init_std)
         self.mlp, width = dense_stack(2 * config.mlp_dim, config.layers)
         self.fuse = nn.Linear(config.dim + width, 1)
-
-    def encode_users(self, users, side, history=None):
-        u = self.users(users)
-        self.use(u)
-        return self.add_history(u, history)
-
-    def encode_items(self, items, side):
-        v = self.items(items)
-        self.use(v.reshape(-1, v.shape[-1]))
-        return v
 
     def interact(self, u, v):
         u, v = torch.broadcast_tensors(u, v)
@@ -210,4 +243,4 @@ class NeuMF(Scorer):
         return self.fuse(torch.cat([gmf, mlp], -1)).squeeze(-1)
 
 
-__all__ = ["HistoryEncoder", "MatrixFactorization", "NeuMF", "Scorer", "TwoTower"]
+__all__ = ["HistoryEncoder", "IdFactors", "MatrixFactorization", "NeuMF", "Scorer", "TwoTower"]

@@ -169,6 +169,9 @@ def attention_heads_divide_width(recipe: Recipe) -> list[str]:
     if comb.name == "attention" and comb.dim % comb.heads:
         problems.append(f"combiner.heads: {comb.heads} does not divide dim {comb.dim}; "
                         f"use heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
+    if getattr(comb, "history_layers", 0) and comb.dim % comb.history_heads:
+        problems.append(f"combiner.history_heads: {comb.history_heads} does not divide dim {comb.dim}; "
+                        f"use history_heads in {[h for h in range(1, 17) if comb.dim % h == 0]}")
     return problems
 
 
@@ -398,6 +401,13 @@ def recommender_shape(recipe: Recipe) -> list[str]:
     if getattr(recipe.combiner, "history", 0) and recipe.data.split.leave_last_out is None:
         problems.append("combiner.history: a sequence-aware user needs the interactions' order: set "
                         "data.split.leave_last_out {user, time} (its time column orders each user's history)")
+    comb = recipe.combiner
+    if getattr(comb, "history_ratings", False) and not (comb.history and recipe.outputs
+                                                         and recipe.outputs[0].type == "number"):
+        problems.append("combiner.history_ratings: reads the ratings of the user's history, so it needs history > 0 "
+                        "and a number (rating) output; set history: 10, or drop history_ratings")
+    if getattr(comb, "history_layers", 0) and not comb.history:
+        problems.append("combiner.history_layers: the blocks run over the history; set history > 0 (e.g. 10)")
     for i, f in enumerate(ids):
         if f.role == "user" and f.duplicates != "last":
             problems.append(f"inputs.{i}.duplicates: set the duplicates policy on the item id input")

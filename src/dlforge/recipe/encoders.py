@@ -132,6 +132,16 @@ class MFCombiner(Strict):
         "row's own item; at serving time all of them), embedded with a position from the most recent and pooled "
         "by attention, added to the user vector (0 off). Needs data.split.leave_last_out (its time column orders "
         "the history).", ge=0, le=200)
+    history_ratings: bool = _field(
+        False, "With a rating (number) output: also read the history's ratings: the prediction adds a learned "
+        "weight per position times how far each recent rating sat from the biases' expectation (the user's "
+        "current mood/session; needs history > 0).")
+    history_layers: int = _field(
+        0, "Self-attention blocks over the history before it is read (SASRec, Kang & McAuley 2018: the most recent "
+        "position's output, which attends to the earlier ones); 0 = one attention-pooling query.", ge=0, le=4)
+    history_heads: int = _field(1, "Attention heads of those blocks; must divide dim.", ge=1, le=16)
+    history_dropout: float = _field(0.2, "Dropout inside the history blocks and on their input (history_layers > 0).",
+                                    ge=0, lt=1)
     l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 
@@ -155,6 +165,16 @@ class TwoTowerCombiner(Strict):
         "row's own item; at serving time all of them), embedded with a position from the most recent and pooled "
         "by attention, added to the user vector (0 off). Needs data.split.leave_last_out (its time column orders "
         "the history).", ge=0, le=200)
+    history_ratings: bool = _field(
+        False, "With a rating (number) output: also read the history's ratings: the prediction adds a learned "
+        "weight per position times how far each recent rating sat from the biases' expectation (the user's "
+        "current mood/session; needs history > 0).")
+    history_layers: int = _field(
+        0, "Self-attention blocks over the history before it is read (SASRec, Kang & McAuley 2018: the most recent "
+        "position's output, which attends to the earlier ones); 0 = one attention-pooling query.", ge=0, le=4)
+    history_heads: int = _field(1, "Attention heads of those blocks; must divide dim.", ge=1, le=16)
+    history_dropout: float = _field(0.2, "Dropout inside the history blocks and on their input (history_layers > 0).",
+                                    ge=0, lt=1)
     l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 

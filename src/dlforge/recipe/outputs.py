@@ -56,10 +56,12 @@ class InteractionOutput(Strict):
     name: str = _field(..., "Any column of the interaction table (e.g. rating): every row is one positive "
                             "(implicit feedback); the column's values are not used.", min_length=1)
     type: Literal["interaction"] = "interaction"
-    loss: Literal["bpr", "softmax", "bce"] = _field(
+    loss: Literal["bpr", "softmax", "bce", "full_softmax"] = _field(
         "bpr", "bpr: pairwise log-sigmoid of positive minus negative (Rendle et al. 2009); softmax: sampled "
         "softmax over the positive and its negatives with the logQ correction (Yi et al. 2019); bce: binary "
-        "cross-entropy, positive 1, negatives 0 (NeuMF's loss).")
+        "cross-entropy, positive 1, negatives 0 (NeuMF's loss); full_softmax: cross-entropy over the whole "
+        "catalogue (next-item prediction as in SASRec/BERT4Rec; no sampler, `negatives` unused; one (B x N) "
+        "product per batch, fine up to ~100k items).")
     negatives: int = _field(4, "Negative items sampled per positive (never one of the user's training items).",
                             ge=1, le=1000)
     sampler: Literal["uniform", "popularity"] = _field(
