@@ -385,6 +385,7 @@ def test_secure_aggregation_bad_input_is_refused_before_any_process(fl, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~10 flwr-clientapp process starts a round (one per SecAgg+ stage and client)
 def test_secure_aggregation_over_superlink_and_three_supernodes_equals_plain_fedavg(fl, tmp_path, capsys):
     """SecAgg+ for real: flower-superlink + 3 flower-supernode processes on loopback, `flwr run` of the App; the
     unmasked aggregate equals plain FedAvg of the same clients' updates up to SecAgg+'s quantisation."""
