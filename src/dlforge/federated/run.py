@@ -64,7 +64,7 @@ class FederatedResult:
     history: list[dict]
 
 
-def _overrides(overrides, **fields) -> list[str]:
+def field_overrides(overrides, **fields) -> list[str]:
     return [*(overrides or []), *(f"federated.{k}={v}" for k, v in fields.items() if v is not None)]
 
 
@@ -76,7 +76,7 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: 
     recipe = load_recipe(recipe, [o for o in overrides if o not in own])
     if recipe.federated is None:  # every field has a default: a recipe without the section federates with them
         recipe.federated = FederatedConfig()
-    recipe = load_recipe(recipe, _overrides(own, **fields))
+    recipe = load_recipe(recipe, field_overrides(own, **fields))
     if recipe.training.privacy is not None:
         raise DlforgeError("training.privacy (DP-SGD inside each client) does not combine with `dlforge federate` yet",
                            where="training.privacy", hint="remove it, and use federated.client_dp for client-level DP "
@@ -147,7 +147,7 @@ class GlobalModel:
         return row.get(f"{self.eval_name}.loss", float("nan")), row
 
 
-def _run_dir(recipe, out, overwrite: bool) -> Path:
+def federated_run_dir(recipe, out, overwrite: bool) -> Path:
     run_dir = Path(out) if out is not None else Path("runs") / f"{recipe.name}-federated"
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -162,11 +162,11 @@ def _run_dir(recipe, out, overwrite: bool) -> Path:
     return run_dir
 
 
-def _run_server(setup: Setup, server_fn, *, out, overwrite: bool, progress: bool, mode: str,
+def run_server(setup: Setup, server_fn, *, out, overwrite: bool, progress: bool, mode: str,
                 sampled: int, available: int, wait_for: int = 0, extra: dict | None = None) -> FederatedResult:
     """Build the strategy, run `server_fn(strategy) -> elapsed seconds`, then write the run directory."""
     recipe, fed = setup.recipe, setup.recipe.federated
-    run_dir = _run_dir(recipe, out, overwrite)
+    run_dir = federated_run_dir(recipe, out, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "checkpoint" / "meta.json",
                {"base_dir": str(setup.base_dir), **({"recipe_path": setup.recipe_path} if setup.recipe_path else {})})
@@ -307,7 +307,7 @@ def simulate(recipe, *, out=None, overrides=None, overwrite: bool = False, progr
         server.set_max_workers(1)  # clients one after another: the CPU's threads go to each client's tensors
         server.fit(num_rounds=fed.rounds, timeout=None)
 
-    return _run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="simulation",
+    return run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="simulation",
                        sampled=fed.sampled(), available=fed.clients)
 
 
@@ -381,7 +381,7 @@ def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None,
             raise
 
     # The first round waits for every client; later rounds go on with the clients still connected.
-    return _run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="grpc",
+    return run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="grpc",
                        sampled=fed.sampled(), available=0, wait_for=fed.clients)
 
 

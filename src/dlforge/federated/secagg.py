@@ -49,7 +49,7 @@ def build_server_app():
     from flwr.server import LegacyContext, ServerApp, ServerConfig
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-    from dlforge.federated.run import _run_server, load_setup
+    from dlforge.federated.run import run_server, load_setup
 
     app = ServerApp()
 
@@ -70,7 +70,7 @@ def build_server_app():
                                           timeout=fed.round_timeout)
             DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
 
-        _run_server(setup, run, out=cfg["out"], overwrite=bool(cfg["overwrite"]), progress=True,
+        run_server(setup, run, out=cfg["out"], overwrite=bool(cfg["overwrite"]), progress=True,
                     mode="secagg+ (SuperLink/SuperNode)", sampled=fed.sampled(), available=fed.clients,
                     extra={"secure_aggregation": {"protocol": "SecAgg+ (Bell et al. 2020), Flower SecAggPlusWorkflow",
                                                   "num_shares": num_shares, "reconstruction_threshold": threshold,
@@ -189,7 +189,7 @@ def secure(recipe, *, out=None, overrides=None, overwrite: bool = False, progres
            clipping_range: float = 8.0, timeout: float = 3600.0, **fields):
     """`dlforge federate RECIPE --secure-aggregation`: SecAgg+ rounds over a loopback SuperLink and one SuperNode
     per client. Returns the FederatedResult of the run directory the ServerApp wrote."""
-    from dlforge.federated.run import FederatedResult, _overrides, _run_dir
+    from dlforge.federated.run import FederatedResult, federated_run_dir, field_overrides
     from dlforge.federated.strategy import flower
     from dlforge.recipe.federated import FederatedConfig
     from dlforge.recipe.io import load_recipe
@@ -201,7 +201,7 @@ def secure(recipe, *, out=None, overrides=None, overwrite: bool = False, progres
     recipe_path = str(Path(recipe).resolve())
     own = [o for o in (overrides or []) if o.startswith("federated.")]
     others = [o for o in (overrides or []) if o not in own]
-    all_overrides = [*others, *_overrides(own, **fields), "federated.secure_aggregation=false"]
+    all_overrides = [*others, *field_overrides(own, **fields), "federated.secure_aggregation=false"]
     checked = load_recipe(recipe_path, others)
     if checked.federated is None:  # as load_setup: a recipe without the section federates with the defaults
         checked.federated = FederatedConfig()
@@ -219,7 +219,7 @@ def secure(recipe, *, out=None, overrides=None, overwrite: bool = False, progres
     if fed.client_dp is not None:
         raise DlforgeError("client_dp clips each client's update on the server, which secure aggregation hides",
                            where="federated.client_dp", hint="use one of client_dp or --secure-aggregation")
-    run_dir = _run_dir(checked, out, overwrite)  # refuse an existing --out here, before any process starts
+    run_dir = federated_run_dir(checked, out, overwrite)  # refuse an existing --out here, before any process starts
     overwrite = overwrite or run_dir.exists()
     work = Path(tempfile.mkdtemp(prefix="dlforge-secagg-"))
     home, app_dir, logs = work / "flwr-home", work / "app", work / "logs"
