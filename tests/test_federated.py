@@ -313,3 +313,104 @@ def test_a_recipe_without_a_federated_section_federates_with_the_defaults(tmp_pa
     fed = setup.recipe.federated
     assert (fed.clients, fed.rounds, fed.partition, fed.strategy) == (5, 3, "iid", "fedavg")
     assert setup.recipe.training.seed == 2 and len(setup.partition.clients) == 5
+
+
+# ---------------------------------------------------------------- speed: channels-last layout for conv models
+def test_fast_layout_keeps_the_parameters_the_weights_and_the_training_step():
+    import torch
+
+    from dlforge.federated.client import fast_layout, load_weights, model_weights
+
+    torch.manual_seed(0)
+
+    def net():
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+
+    plain = net()
+    fast = net()
+    fast.load_state_dict(plain.state_dict())
+    params = list(fast.parameters())
+    optimizer = torch.optim.SGD(fast.parameters(), lr=0.1)  # built before the layout change, as the trainer's is
+    assert fast_layout(fast) is fast and list(fast.parameters()) == params  # same Parameter objects
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    sent = model_weights(fast)
+    assert all(a.flags["C_CONTIGUOUS"] for a in sent)
+    assert all(np.array_equal(a, b) for a, b in zip(sent, model_weights(plain)))
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    for model, opt in ((plain, plain_opt), (fast, optimizer)):
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(model_weights(fast), model_weights(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    load_weights(fast, [w * 0 + 1 for w in sent])  # received weights go into the channels-last tensors
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert float(fast[0].weight.detach().sum()) == fast[0].weight.numel()
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    fast_layout(mlp)  # no convolution: untouched
+    assert mlp[0].weight.is_contiguous()
+
+
+# ---------------------------------------------------------------- secure aggregation (SecAgg+, SuperLink/SuperNode)
+def test_secure_aggregation_bad_input_is_refused_before_any_process(fl, tmp_path, capsys):
+    from dlforge.cli.app import main
+    from dlforge.federated.secagg import secure, shares
+
+    assert shares(3) == (3, 2) and shares(10) == (10, 7)
+    recipe = _recipe(tmp_path)
+    with pytest.raises(DlforgeError, match="one SuperNode process per client"):
+        secure(recipe, out=tmp_path / "x", clients=17)
+    with pytest.raises(DlforgeError, match="at least 3 clients"):
+        secure(recipe, out=tmp_path / "x", clients=2)
+    dp = _recipe(tmp_path, client_dp={"noise_multiplier": 1.1, "clipping_norm": 5.0, "delta": 1e-3})
+    with pytest.raises(DlforgeError, match="client_dp clips each client's update"):
+        secure(dp, out=tmp_path / "x")
+    recipe = _recipe(tmp_path)
+    assert not (tmp_path / "x").exists()
+    for args in (["server", str(recipe), "--secure-aggregation"],
+                 ["client", str(recipe), "--secure-aggregation"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["federate", *args])
+        assert exit_info.value.code == 2
+        assert "--secure-aggregation does not apply" in capsys.readouterr().err
+    secure_recipe = _recipe(tmp_path, secure_aggregation=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["federate", "server", str(secure_recipe), "--address", f"127.0.0.1:{_free_port()}"])
+    assert exit_info.value.code == 2
+    assert "no SecAgg+" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~10 flwr-clientapp process starts a round (one per SecAgg+ stage and client)
+def test_secure_aggregation_over_superlink_and_three_supernodes_equals_plain_fedavg(fl, tmp_path, capsys):
+    """SecAgg+ for real: flower-superlink + 3 flower-supernode processes on loopback, `flwr run` of the App; the
+    unmasked aggregate equals plain FedAvg of the same clients' updates up to SecAgg+'s quantisation."""
+    from safetensors.numpy import load_file
+
+    from dlforge.cli.app import main
+    from dlforge.federated import simulate
+
+    recipe = _recipe(tmp_path, clients=3, rounds=2)
+    plain = simulate(recipe, out=tmp_path / "plain", progress=False)
+    try:
+        main(["federate", str(recipe), "--secure-aggregation", "--out", str(tmp_path / "secure")])
+    except SystemExit as exit_info:
+        assert exit_info.code in (0, None), capsys.readouterr().err[-3000:]
+    err = capsys.readouterr().err
+    assert "SecAgg+" in err and "3 SuperNode(s)" in err
+    metrics = yaml.safe_load((tmp_path / "secure" / "metrics.json").read_text())
+    block = metrics["federated"]["secure_aggregation"]
+    assert (block["num_shares"], block["reconstruction_threshold"]) == (3, 2)
+    assert metrics["federated"]["mode"].startswith("secagg+")
+    history = list(csv.DictReader(open(tmp_path / "secure" / "history.csv")))
+    assert [(r["round"], r["clients_ok"], r["failures"]) for r in history] == [("1", "3", "0"), ("2", "3", "0")]
+    secure_w = load_file(str(tmp_path / "secure" / "model.safetensors"))
+    plain_w = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert secure_w.keys() == plain_w.keys()
+    for name in plain_w:
+        np.testing.assert_allclose(secure_w[name], plain_w[name], atol=1e-3)
+    assert float(history[-1]["test.accuracy"]) == pytest.approx(plain.metrics["test"]["accuracy"], abs=0.02)

@@ -3,6 +3,7 @@
     dlforge federate RECIPE [--clients 100 --fraction 0.1 --rounds 50 --partition shards:2]   # one machine
     dlforge federate server RECIPE --address 127.0.0.1:9092 --clients 3 --rounds 5 --out runs/fed
     dlforge federate client RECIPE --server 127.0.0.1:9092 --partition 1/3
+    dlforge federate RECIPE --clients 5 --fraction 1 --secure-aggregation                      # SecAgg+
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def federate(
                                        "(default runs/<name>-federated)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     set_: List[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set federated.local_epochs=5."),
+    secure_aggregation: bool = typer.Option(False, "--secure-aggregation", help="Flower's SecAgg+: a loopback "
+                                            "SuperLink and one SuperNode process per client (3-16 clients); the "
+                                            "server sees only the sum of the masked updates."),
     crash_at_round: Optional[int] = typer.Option(None, "--crash-at-round", hidden=True,
                                                  help="client: exit mid-round N (fault injection for tests)."),
 ):
@@ -73,16 +77,18 @@ def federate(
                            hint="dlforge federate [server|client] RECIPE [options]")
     if mode == "simulation":
         _refuse(mode, address=address, server=server, crash_at_round=crash_at_round)
-        result = federated.simulate(recipe, out=out, overrides=set_, overwrite=overwrite, clients=clients,
+        secure = ["federated.secure_aggregation=true"] if secure_aggregation else []
+        result = federated.simulate(recipe, out=out, overrides=set_ + secure, overwrite=overwrite, clients=clients,
                                     fraction=fraction, rounds=rounds, partition=partition, strategy=strategy)
     elif mode == "server":
-        _refuse(mode, server=server, partition=partition, crash_at_round=crash_at_round)
+        _refuse(mode, server=server, partition=partition, crash_at_round=crash_at_round,
+                secure_aggregation=secure_aggregation)
         result = federated.serve(recipe, address=address or federated.run.DEFAULT_ADDRESS, clients=clients,
                                  rounds=rounds, fraction=fraction, out=out, overwrite=overwrite,
                                  overrides=set_ + ([f"federated.strategy={strategy}"] if strategy else []))
     else:
         _refuse(mode, address=address, clients=clients, fraction=fraction, rounds=rounds, strategy=strategy,
-                out=out, overwrite=overwrite)
+                out=out, overwrite=overwrite, secure_aggregation=secure_aggregation)
         done = federated.connect(recipe, server=server or federated.run.DEFAULT_ADDRESS, slot=partition or "1/1",
                                  overrides=set_, crash_at_round=crash_at_round)
         typer.echo(f"client {done['client']}/{done['of']} done: {done['rows']} rows, {done['seconds']:.1f} s")

@@ -33,7 +33,8 @@ from dlforge.core.files import write_json, write_text
 from dlforge.data import prepare, read_table
 from dlforge.data.prepare import Prepared
 from dlforge.evaluation.metrics import flatten
-from dlforge.federated.client import LocalTraining, load_weights, make_client, model_weights, subset
+from dlforge.federated.client import (LocalTraining, fast_layout, load_weights, make_client, model_weights,
+                                      subset)
 from dlforge.federated.partition import Partition, parse_client_slot, partition_rows
 from dlforge.federated.strategy import Recorder, build_strategy, client_dp_epsilon, flower
 from dlforge.recipe.federated import FederatedConfig, parse_partition
@@ -63,7 +64,7 @@ class FederatedResult:
     history: list[dict]
 
 
-def _overrides(overrides, **fields) -> list[str]:
+def field_overrides(overrides, **fields) -> list[str]:
     return [*(overrides or []), *(f"federated.{k}={v}" for k, v in fields.items() if v is not None)]
 
 
@@ -75,7 +76,7 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: 
     recipe = load_recipe(recipe, [o for o in overrides if o not in own])
     if recipe.federated is None:  # every field has a default: a recipe without the section federates with them
         recipe.federated = FederatedConfig()
-    recipe = load_recipe(recipe, _overrides(own, **fields))
+    recipe = load_recipe(recipe, field_overrides(own, **fields))
     if recipe.training.privacy is not None:
         raise DlforgeError("training.privacy (DP-SGD inside each client) does not combine with `dlforge federate` yet",
                            where="training.privacy", hint="remove it, and use federated.client_dp for client-level DP "
@@ -132,7 +133,7 @@ class GlobalModel:
                                splits={"train": subset(prepared.splits["train"], np.arange(1)),
                                        **({"val": prepared.splits["val"]} if "val" in prepared.splits else {})})
         self.trainer = built.trainer
-        self.model = built.model
+        self.model = fast_layout(built.model)
 
     def initial(self) -> list[np.ndarray]:
         return model_weights(self.trainer.model)
@@ -146,7 +147,7 @@ class GlobalModel:
         return row.get(f"{self.eval_name}.loss", float("nan")), row
 
 
-def _run_dir(recipe, out, overwrite: bool) -> Path:
+def federated_run_dir(recipe, out, overwrite: bool) -> Path:
     run_dir = Path(out) if out is not None else Path("runs") / f"{recipe.name}-federated"
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -161,11 +162,11 @@ def _run_dir(recipe, out, overwrite: bool) -> Path:
     return run_dir
 
 
-def _run_server(setup: Setup, server_fn, *, out, overwrite: bool, progress: bool, mode: str,
-                sampled: int, available: int, wait_for: int = 0) -> FederatedResult:
+def run_server(setup: Setup, server_fn, *, out, overwrite: bool, progress: bool, mode: str,
+                sampled: int, available: int, wait_for: int = 0, extra: dict | None = None) -> FederatedResult:
     """Build the strategy, run `server_fn(strategy) -> elapsed seconds`, then write the run directory."""
     recipe, fed = setup.recipe, setup.recipe.federated
-    run_dir = _run_dir(recipe, out, overwrite)
+    run_dir = federated_run_dir(recipe, out, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "checkpoint" / "meta.json",
                {"base_dir": str(setup.base_dir), **({"recipe_path": setup.recipe_path} if setup.recipe_path else {})})
@@ -183,11 +184,11 @@ def _run_server(setup: Setup, server_fn, *, out, overwrite: bool, progress: bool
                            hint="see the failures above")
     model = global_model.trainer.model  # holds the last weights evaluated: the final global model
     return _write_run(setup, run_dir, model, global_model, recorder, seconds=seconds, mode=mode, sampled=sampled,
-                      progress=progress)
+                      progress=progress, extra=extra)
 
 
 def _write_run(setup: Setup, run_dir: Path, model, global_model: GlobalModel, recorder: Recorder, *, seconds: float,
-               mode: str, sampled: int, progress: bool) -> FederatedResult:
+               mode: str, sampled: int, progress: bool, extra: dict | None = None) -> FederatedResult:
     recipe, prepared, fed = setup.recipe, setup.prepared, setup.recipe.federated
     trainer = global_model.trainer
     metrics = {part: trainer.evaluate(prepared.splits[part], detail=True) for part in ("val", "test")
@@ -207,6 +208,7 @@ def _write_run(setup: Setup, run_dir: Path, model, global_model: GlobalModel, re
                  "evaluated_on": global_model.eval_name}
     if fed.strategy == "fedprox":
         federated["proximal_mu"] = fed.proximal_mu
+    federated.update(extra or {})
     dp = client_dp_epsilon(fed, len(history))
     if dp is not None:
         federated["client_dp"] = dp
@@ -286,6 +288,12 @@ def simulate(recipe, *, out=None, overrides=None, overwrite: bool = False, progr
     fl = flower()
     setup = load_setup(recipe, overrides, progress=progress, **fields)
     fed = setup.recipe.federated
+    if fed.secure_aggregation:  # SecAgg+ exists in flwr 1.27 only under SuperLink/SuperNode: see secagg.py
+        if crash:
+            raise DlforgeError("fault injection is not available with secure aggregation", where="crash")
+        from dlforge.federated.secagg import secure
+
+        return secure(recipe, out=out, overrides=overrides, overwrite=overwrite, progress=progress, **fields)
     local = LocalTraining(setup.recipe, setup.prepared)
     proxy_class = _in_process_proxy(fl)
     manager = fl.server.SimpleClientManager()
@@ -299,7 +307,7 @@ def simulate(recipe, *, out=None, overrides=None, overwrite: bool = False, progr
         server.set_max_workers(1)  # clients one after another: the CPU's threads go to each client's tensors
         server.fit(num_rounds=fed.rounds, timeout=None)
 
-    return _run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="simulation",
+    return run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="simulation",
                        sampled=fed.sampled(), available=fed.clients)
 
 
@@ -339,6 +347,14 @@ def _wait_for_server(address: str, *, seconds: float) -> None:
             time.sleep(0.5)
 
 
+def _no_secure_aggregation(fed, mode: str) -> None:
+    if fed.secure_aggregation:
+        raise DlforgeError(f"`dlforge federate {mode}` runs Flower's legacy gRPC loop, which has no SecAgg+ in flwr 1.27",
+                           where="federated.secure_aggregation",
+                           hint="run `dlforge federate RECIPE --secure-aggregation` (a loopback SuperLink and one "
+                                "SuperNode per client), or set secure_aggregation: false")
+
+
 def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None, rounds: int | None = None,
           fraction: float | None = None, out=None, overrides=None, overwrite: bool = False,
           progress: bool = True) -> FederatedResult:
@@ -348,6 +364,7 @@ def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None,
     fields = {"clients": clients, "rounds": rounds, "fraction": fraction if fraction is not None else 1.0}
     setup = load_setup(recipe, overrides, progress=progress, split_clients=False, **fields)
     fed = setup.recipe.federated
+    _no_secure_aggregation(fed, "server")
     if progress:
         print(f"federated server on {address}: waiting for {fed.clients} client(s) (up to {fed.wait_clients:g} s), "
               f"{fed.rounds} round(s), {fed.strategy}", file=sys.stderr)
@@ -364,7 +381,7 @@ def serve(recipe, *, address: str = DEFAULT_ADDRESS, clients: int | None = None,
             raise
 
     # The first round waits for every client; later rounds go on with the clients still connected.
-    return _run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="grpc",
+    return run_server(setup, run, out=out, overwrite=overwrite, progress=progress, mode="grpc",
                        sampled=fed.sampled(), available=0, wait_for=fed.clients)
 
 
@@ -374,6 +391,7 @@ def connect(recipe, *, server: str = DEFAULT_ADDRESS, slot: str = "1/1", overrid
     fl = flower()
     k, n = parse_client_slot(slot)
     setup = load_setup(recipe, overrides, progress=False, clients=n)
+    _no_secure_aggregation(setup.recipe.federated, "client")
     rows = setup.partition.clients[k - 1]
     if progress:
         print(f"federated client {k}/{n}: {len(rows)} training rows, server {server}", file=sys.stderr)

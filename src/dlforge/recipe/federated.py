@@ -86,7 +86,9 @@ class FederatedConfig(Strict):
         None, "Seconds a round waits for its clients (real processes); a client past it counts as failed.", gt=0)
     wait_clients: float = _field(120.0, "Seconds `federate server` waits for its clients to connect.", gt=0)
     client_dp: Optional[ClientDP] = _field(None, "Client-level DP: clip and noise the client updates.")
-    secure_aggregation: bool = _field(False, "Flower's SecAgg+ (masked client updates). Refused: see docs/federated.md.")
+    secure_aggregation: bool = _field(
+        False, "Flower's SecAgg+ (the server sees only the sum of masked client updates): runs a loopback SuperLink and "
+               "one SuperNode process per client (at most 16); see docs/federated.md.")
 
     @field_validator("partition")
     @classmethod
@@ -94,14 +96,6 @@ class FederatedConfig(Strict):
         parse_partition(spec)
         return spec.strip()
 
-    @field_validator("secure_aggregation")
-    @classmethod
-    def _no_secagg(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("SecAgg+ needs Flower's ServerApp/SuperLink workflow; dlforge federate runs Flower's "
-                             "Strategy/NumPyClient loop (in-process and over gRPC), where flwr 1.27 has no SecAgg+; "
-                             "set secure_aggregation: false (docs/federated.md says what client_dp gives instead)")
-        return value
 
     def sampled(self) -> int:
         """Clients trained each round: fraction * clients, at least one."""
