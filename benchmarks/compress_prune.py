@@ -152,9 +152,8 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
 
 
 def bench_measure(pairs: list[str]) -> None:
-    """Re-time (run, pruned variant) pairs made earlier: torch eager batch 1 and 64, ONNX Runtime batch 1, and the
-    fixed per-call cost of each model in torch eager, estimated as t(batch 1) - t(batch 64) / 64 (what a call costs
-    beyond its share of the arithmetic: dispatch, allocation, Python), which halving the channels cannot shrink."""
+    """Re-time (run, pruned variant) pairs made earlier: torch eager batch 1 and 64, ONNX Runtime batch 1 (same
+    side-by-side rounds as `prune`, without pruning and fine-tuning again)."""
     from dlforge.compress.variant import RunData
 
     torch.set_num_threads(1)
@@ -166,10 +165,9 @@ def bench_measure(pairs: list[str]) -> None:
             eager = _side_by_side({"unpruned": partial(base.model, one), "pruned": partial(pruned.model, one)})
             eager64 = _side_by_side({"unpruned": partial(base.model, batch), "pruned": partial(pruned.model, batch)},
                                     repeats=20)
-        fixed = {name: eager[name] - eager64[name] / 64 for name in eager}
         row = {"what": "measure", "run": run, "variant": variant, "threads": 1, "torch_b1_ms": eager,
                "torch_b1_speedup": eager["unpruned"] / eager["pruned"], "torch_b64_ms": eager64,
-               "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"], "torch_fixed_ms_per_call": fixed,
+               "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"],
                "load": os.getloadavg()}
         with tempfile.TemporaryDirectory() as tmp:
             ort_ms = _side_by_side({"unpruned": _ort_session(base.model, one, Path(tmp) / "a.onnx"),
