@@ -1,6 +1,7 @@
 """Pruning, distillation and `dlforge compress` figures for benchmarks/compress_prune.md.
 
     python benchmarks/compress_prune.py prune RUN [RUN ...]          # half the channels vs unpruned, per run (seed)
+    python benchmarks/compress_prune.py measure RUN PRUNED [RUN PRUNED ...]  # re-time pruned variants made before
     python benchmarks/compress_prune.py distill TEACHER STUDENT --seeds 0 1 2 --epochs 4
     python benchmarks/compress_prune.py compress RUN [dlforge compress options...]
 
@@ -150,6 +151,31 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
             print(json.dumps(row), flush=True)
 
 
+def bench_measure(pairs: list[str]) -> None:
+    """Re-time (run, pruned variant) pairs made earlier: torch eager batch 1 and 64, ONNX Runtime batch 1 (same
+    side-by-side rounds as `prune`, without pruning and fine-tuning again)."""
+    from dlforge.compress.variant import RunData
+
+    torch.set_num_threads(1)
+    for run, variant in zip(pairs[::2], pairs[1::2]):
+        data = RunData.load(run)
+        base, pruned = _load(run), _load(variant)
+        one, batch = _one_row(base, data)
+        with torch.no_grad():
+            eager = _side_by_side({"unpruned": partial(base.model, one), "pruned": partial(pruned.model, one)})
+            eager64 = _side_by_side({"unpruned": partial(base.model, batch), "pruned": partial(pruned.model, batch)},
+                                    repeats=20)
+        row = {"what": "measure", "run": run, "variant": variant, "threads": 1, "torch_b1_ms": eager,
+               "torch_b1_speedup": eager["unpruned"] / eager["pruned"], "torch_b64_ms": eager64,
+               "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"],
+               "load": os.getloadavg()}
+        with tempfile.TemporaryDirectory() as tmp:
+            ort_ms = _side_by_side({"unpruned": _ort_session(base.model, one, Path(tmp) / "a.onnx"),
+                                    "pruned": _ort_session(pruned.model, one, Path(tmp) / "b.onnx")})
+        row.update(ort_b1_ms=ort_ms, ort_b1_speedup=ort_ms["unpruned"] / ort_ms["pruned"], load_after=os.getloadavg())
+        print(json.dumps(row), flush=True)
+
+
 def bench_compress(run: str, options: list[str]) -> None:
     """Wall time and CPU time (user + system, of the child: what the command costs without the machine's load)."""
     import resource
@@ -177,11 +203,15 @@ def main() -> None:
     d.add_argument("--epochs", type=int, default=4)
     d.add_argument("--temperature", type=float, default=4.0)
     d.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.7], help="0 is the student without the teacher")
+    m = sub.add_parser("measure")
+    m.add_argument("pairs", nargs="+", help="RUN PRUNED_VARIANT, repeated")
     c = sub.add_parser("compress")
     c.add_argument("run")
     args, rest = parser.parse_known_args()
     if args.what == "prune":
         bench_prune(args.runs, args.finetune)
+    elif args.what == "measure":
+        bench_measure(args.pairs)
     elif args.what == "distill":
         bench_distill(args.teacher, args.student, args.seeds, args.epochs, args.temperature, args.alphas)
     else:

@@ -175,7 +175,9 @@ def image_pixels(data: bytes) -> int:
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    from dlforge.data.images.decode import pillow_formats
+
+    with Image.open(io.BytesIO(data), formats=pillow_formats(data)) as img:
         return img.width * img.height
 
 

@@ -47,6 +47,20 @@ class TooManyPixels(ValueError):
     """An image whose header announces more than MAX_PIXELS pixels (refused before any pixel is decoded)."""
 
 
+# File signatures of the formats clients send most; Pillow would pick the same plugin, after probing its list.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
+
+
+def pillow_formats(item) -> list[str] | None:
+    """The one Pillow format to try for image bytes with a PNG or JPEG signature (None: let Pillow probe). Opening a
+    small image spends a third of its decode time probing plugins; the signature names the same plugin for free."""
+    if isinstance(item, (bytes, bytearray)):
+        for signature, name in _SIGNATURES:
+            if item[:len(signature)] == signature:
+                return [name]
+    return None
+
+
 @contextmanager
 def open_image(item):
     """Pillow's image for a path or bytes, refused (TooManyPixels) when its header has more than MAX_PIXELS pixels.
@@ -54,7 +68,7 @@ def open_image(item):
     from PIL import Image
 
     source = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else Path(str(item))
-    with Image.open(source) as img:
+    with Image.open(source, formats=pillow_formats(item)) as img:
         if img.width * img.height > MAX_PIXELS:
             raise TooManyPixels(f"image of {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS}")
         yield img

@@ -93,7 +93,8 @@ def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, 
             # Transparent pixels read as white (a cut-out on paper), not as whatever RGB they hide (often black).
             rgba = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        img = img.convert("L" if channels == 1 else "RGB")
+        mode = "L" if channels == 1 else "RGB"
+        img = img.convert(mode) if img.mode != mode else img  # convert() to its own mode only copies
         array = np.asarray(fit_image(img, size, fit, shorter, interpolation), dtype=np.uint8)
     return array if array.ndim == 3 else array[:, :, None]
 
