@@ -101,8 +101,10 @@ def teacher_logits(data: RunData, *, expected_rows: int, say=lambda text: None) 
         except Exception:  # a damaged cache file is recomputed, never trusted
             pass
     say("computing the teacher's logits on the training split (once; cached for later students)")
-    train = data.prepared.splits["train"]
-    logits = {name: value.contiguous() for name, value in data.predictor.logits(train.x).items()}
+    # The teacher reads the rows through its own features (MiniLM's word pieces), not the student's encoding.
+    x = data.predictor.encode_inputs(data.part_table("train"))
+    with torch.no_grad():
+        logits = {name: value.float().contiguous() for name, value in data.predictor.logits(x).items()}
     if any(len(v) != expected_rows for v in logits.values()):
         raise DlforgeError("the teacher's training rows differ from the student's", where="--student",
                            hint="the student must read the teacher's data the same way (image files that fail to "
