@@ -45,9 +45,9 @@ def run(args) -> None:
         for line in Path(args.results).read_text().splitlines():
             r = json.loads(line)
             done.add((r["temperature"], r["alpha"], r["seed"], r.get("epochs_set")))
-    for setting in args.settings.split(","):
-        temperature, alpha = (float(v) for v in setting.split(":"))
-        for seed in (int(s) for s in args.seeds.split(",")):
+    settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
+    for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
+        for temperature, alpha in settings:
             if (temperature, alpha, seed, args.epochs) in done:
                 continue
             name = f"T{temperature:g}_a{alpha:g}_s{seed}" + (f"_e{args.epochs}" if args.epochs else "")
