@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +47,17 @@ DECISION_ROWS = 500
 MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the decision uses every training row
 SENSITIVITY_CALIBRATION_ROWS = 64  # each probe recalibrates; ranking layers does not need every calibration row
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
+
+
+class _NoPreProcessNag(logging.Filter):
+    """onnxruntime's quantizer warns on the root logger when a graph was not pre-processed; a fused transformer
+    graph is quantized as exported on purpose (quantize notes say so)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "consider to run pre-processing" not in str(record.msg)
+
+
+_NO_PRE_PROCESS_NAG = _NoPreProcessNag()
 
 
 class QuantizeError(DlforgeError):
@@ -225,6 +237,8 @@ class Quantizer:
                                   extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                                  "MatMulConstBOnly": True, "CalibPercentile": 99.999})
             else:
+                if self.float_path.name == "fp32.onnx":  # not pre-processed on purpose (a fused graph): no nagging
+                    logging.getLogger().addFilter(_NO_PRE_PROCESS_NAG)
                 q.quantize_dynamic(str(self.float_path), str(out), per_channel=False, weight_type=q.QuantType.QInt8,
                                    op_types_to_quantize=list(WEIGHTED_OPS["dynamic"]), nodes_to_exclude=list(exclude),
                                    nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True,
