@@ -407,3 +407,61 @@ def test_qat_fine_tunes_with_fake_quant_and_exports_qdq(exported):
     assert sum(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer) >= 3  # int8 weights
     assert record["parity"]["top1_agreement"] > 0.8
     assert dlforge.load(run / "variants" / "qat").runtime.name == "onnx"
+
+
+@pytest.mark.slow
+def test_a_transformer_exports_fused_and_quantizes_attention_to_qattention(tmp_path, capsys):
+    """MiniLM (its architecture, random weights; ~40 s): exported for onnxruntime's transformer fusions (every
+    layer's attention one Attention op, embeddings EmbedLayerNormalization), parity checked; dynamic int8 turns them
+    into QAttention / QEmbedLayerNormalization; `--no-fuse` gives the plain dynamo graph."""
+    pytest.importorskip("transformers")
+    import collections
+
+    import onnx
+    import pandas as pd
+
+    from dlforge.compress.quantize import quantize_run
+
+    try:
+        from dlforge.core.assets import require
+
+        require("minilm", where="test")
+    except DlforgeError:
+        pytest.skip("the minilm extra is not installed")
+    texts = ["a fine moving film", "dull and slow", "one of the best", "a waste of time"] * 10
+    pd.DataFrame({"text": texts, "label": ["pos", "neg"] * 20}).to_csv(tmp_path / "t.csv", index=False)
+    recipe = {"name": "tiny-minilm", "data": {"source": str(tmp_path / "t.csv"),
+                                              "split": {"val": 0.25, "test": 0.25, "seed": 0}},
+              "inputs": [{"name": "text", "type": "text", "preprocessing": {"max_length": 8},
+                          "encoder": {"name": "minilm", "pretrained": False}}],
+              "outputs": [{"name": "label", "type": "binary"}], "training": {"epochs": 1, "batch_size": 16}}
+    run = tmp_path / "run"
+    dlforge.train(recipe, out=run, progress=False)
+    assert main_ok(["export", str(run)])
+    printed = capsys.readouterr().out
+    record = json.loads((run / "export.json").read_text())
+    fusion = record["transformer_fusion"]
+    layers = dlforge.load(run).model.encoders["text"].onnx_transformer()["layers"]
+    assert fusion["applied"] and fusion["fused"]["Attention"] == layers and record["exporter"] == "torchscript"
+    assert record["parity"]["passed"] and record["parity"]["top1_agreement"] == 1.0
+    assert "transformer fusions" in printed and f"{layers} Attention" in printed
+    ops = collections.Counter(n.op_type for n in onnx.load(str(run / "model.onnx")).graph.node)
+    assert ops["Attention"] == layers and ops["EmbedLayerNormalization"] == 1 and ops["Softmax"] == 0
+    # The exported graph takes any batch and length (the onnx runtime trims padding per chunk).
+    predictor = dlforge.load(run, runtime="onnx")
+    rows = {"text": np.array(["a fine film", "one of the best of all, really"], dtype=object)}
+    assert list(predictor.predict(rows)) == list(dlforge.load(run, runtime="torch").predict(rows))
+
+    int8 = quantize_run(run, mode="dynamic", max_drop=1.0, name="int8")
+    q_ops = collections.Counter(n.op_type for n in onnx.load(str(run / "variants" / "int8" / "model.onnx")).graph.node)
+    assert q_ops["QAttention"] == layers and q_ops["QEmbedLayerNormalization"] == 1 and q_ops["Attention"] == 0
+    assert int8["quantization"]["size_ratio"] > 3.5  # the word embeddings are int8 too
+    assert any("QAttention" in note for note in int8["quantization"]["notes"])
+    assert len(dlforge.load(run / "variants" / "int8").predict(rows)) == 2
+
+    plain = tmp_path / "plain"
+    shutil.copytree(run, plain, ignore=shutil.ignore_patterns("variants", "model.onnx", "export.json"))
+    assert main_ok(["export", str(plain), "--no-fuse"])
+    record = json.loads((plain / "export.json").read_text())
+    assert record["exporter"] == "dynamo" and "transformer_fusion" not in record
+    assert "Attention" not in {n.op_type for n in onnx.load(str(plain / "model.onnx")).graph.node}

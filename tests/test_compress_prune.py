@@ -165,6 +165,45 @@ def test_distillation_learns_the_teachers_answers_and_caches_its_logits(shifted_
     assert _agreement(Path(taught["variant"]), shifted_teacher) > 0.6 > _agreement(Path(plain["variant"]), shifted_teacher)
 
 
+def test_a_text_teacher_reads_its_own_tokens_not_the_students(tmp_path, monkeypatch):
+    """A text teacher and a student with other tokenizers, casing and lengths (as MiniLM's word pieces and a
+    from-scratch BPE): the cached teacher logits are the saved teacher's answers on the raw training texts."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    import dlforge
+    from dlforge.compress.distill import distill
+    from dlforge.compress.variant import RunData
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    words = ["Good fine film", "bad Awful plot", "fine good day out", "awful bad night in", "a fine cast",
+             "a bad script"] * 8
+    pd.DataFrame({"text": words, "label": ["pos", "neg"] * 24}).to_csv(tmp_path / "t.csv", index=False)
+
+    def text_recipe(tokenizer: str, length: int, lowercase: bool) -> dict:
+        return {"name": f"text-{tokenizer}", "data": {"source": str(tmp_path / "t.csv"),
+                                                      "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+                "inputs": [{"name": "text", "type": "text", "encoder": {"name": "cnn", "dim": 8, "filters": 8},
+                            "preprocessing": {"tokenizer": tokenizer, "vocab_size": 100, "min_frequency": 1,
+                                              "max_length": length,
+                                              "lowercase": lowercase}}],
+                "outputs": [{"name": "label", "type": "binary"}], "training": {"epochs": 2, "batch_size": 8}}
+
+    dlforge.train(text_recipe("wordpiece", 12, True), out=tmp_path / "teacher", progress=False)
+    import yaml
+
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(text_recipe("bpe", 3, False)))
+    done = distill(tmp_path / "teacher", str(tmp_path / "student.yaml"), temperature=2.0, alpha=0.5,
+                   overrides=["training.epochs=1"])
+    assert done["teacher_logits_cached"] is False
+    cached = load_file(str(next((tmp_path / "cache" / "teacher_logits").glob("*.safetensors"))))["label"]
+    teacher = dlforge.load(tmp_path / "teacher")
+    train = RunData.load(tmp_path / "teacher").part_table("train")
+    expected = teacher.logits(teacher.encode_inputs({"text": np.asarray(train.columns["text"])}))["label"]
+    assert torch.allclose(cached.reshape(-1), expected.reshape(-1), atol=1e-5)
+    assert Path(done["variant"], "model.safetensors").is_file()
+
+
 def test_a_student_that_does_not_match_the_teacher_exits_2(run, tmp_path, capsys):
     import yaml
 

@@ -20,6 +20,9 @@ def export(
     rows: int = typer.Option(1000, "--rows", help="Test rows the parity check runs on."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: torch's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model.onnx."),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Transformer encoders (MiniLM): export for onnxruntime's "
+                              "fused Attention/LayerNorm/GELU ops (faster, int8 QAttention); --no-fuse: the plain "
+                              "dynamo graph."),
 ):
     """Export a run to ONNX (model.onnx + export.json beside model.json), refused unless it matches the torch model."""
     if format != "onnx":
@@ -31,7 +34,7 @@ def export(
         raise DlforgeError("--rows must be at least 1", where="--rows")
     from dlforge.compress.onnx_export import describe, export_onnx
 
-    record = export_onnx(run, opset=opset, rows=rows, overwrite=overwrite, threads=threads)
+    record = export_onnx(run, opset=opset, rows=rows, overwrite=overwrite, threads=threads, fuse_transformers=fuse)
     for line in describe(record):
         typer.echo(line)
     typer.echo(f"wrote {run / 'model.onnx'} and {run / 'export.json'}; run it with --runtime onnx")

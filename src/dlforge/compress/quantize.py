@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -42,11 +43,22 @@ from dlforge.core.files import write_bytes, write_json
 MODES = ("static", "dynamic", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHTED_OPS = {"static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
-                "dynamic": ("MatMul", "LSTM", "Attention", "Gather")}
+                "dynamic": ("MatMul", "LSTM", "Attention", "Gather", "EmbedLayerNormalization")}
 DECISION_ROWS = 500
 MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the decision uses every training row
 SENSITIVITY_CALIBRATION_ROWS = 64  # each probe recalibrates; ranking layers does not need every calibration row
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
+
+
+class _NoPreProcessNag(logging.Filter):
+    """onnxruntime's quantizer warns on the root logger when a graph was not pre-processed; a fused transformer
+    graph is quantized as exported on purpose (quantize notes say so)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "consider to run pre-processing" not in str(record.msg)
+
+
+_NO_PRE_PROCESS_NAG = _NoPreProcessNag()
 
 
 class QuantizeError(DlforgeError):
@@ -160,14 +172,21 @@ class Quantizer:
         # Preprocessing (symbolic shape inference, graph optimisation) as onnxruntime recommends before quantizing.
         source, self.float_path = folder / "fp32.onnx", folder / "fp32-pre.onnx"
         source.write_bytes(data)
-        try:
-            # In the scratch folder: when symbolic shape inference is incomplete, onnxruntime saves a debug copy of
-            # the model (with its weights) into the working directory.
-            with contextlib.chdir(folder):
-                self.q.shape_inference.quant_pre_process(str(source), str(self.float_path), auto_merge=True)
-        except Exception as exc:  # shape inference fails on some graphs: quantize the graph as exported
-            self.notes.append(f"quant_pre_process skipped ({exc.__class__.__name__}: {str(exc)[:120]})")
+        if (self.record.get("transformer_fusion") or {}).get("applied"):
+            # onnxruntime's fused transformer ops (compress/onnx_export.py) are quantized as exported, as Optimum
+            # does: Attention -> QAttention, EmbedLayerNormalization -> QEmbedLayerNormalization (int8 word
+            # embeddings); quant_pre_process's optimisation pass is for plain graphs.
             self.float_path = source
+            self.notes.append("onnxruntime-fused transformer graph: quantized as exported (Attention -> QAttention)")
+        else:
+            try:
+                # In the scratch folder: when symbolic shape inference is incomplete, onnxruntime saves a debug copy
+                # of the model (with its weights) into the working directory.
+                with contextlib.chdir(folder):
+                    self.q.shape_inference.quant_pre_process(str(source), str(self.float_path), auto_merge=True)
+            except Exception as exc:  # shape inference fails on some graphs: quantize the graph as exported
+                self.notes.append(f"quant_pre_process skipped ({exc.__class__.__name__}: {str(exc)[:120]})")
+                self.float_path = source
         model = onnx.load(str(self.float_path))
         if mode == "dynamic" and (count := gemm_to_matmul(model)):
             self.notes.append(f"{count} Gemm rewritten as MatMul + Add for the dynamic quantizer")
@@ -223,9 +242,13 @@ class Quantizer:
                                   extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                                  "MatMulConstBOnly": True, "CalibPercentile": 99.999})
             else:
+                if self.float_path.name == "fp32.onnx":  # not pre-processed on purpose (a fused graph): no nagging
+                    logging.getLogger().addFilter(_NO_PRE_PROCESS_NAG)
                 q.quantize_dynamic(str(self.float_path), str(out), per_channel=False, weight_type=q.QuantType.QInt8,
                                    op_types_to_quantize=list(WEIGHTED_OPS["dynamic"]), nodes_to_exclude=list(exclude),
-                                   nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True})
+                                   nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True,
+                                                  # the fused ops' outputs carry no inferred type
+                                                  "DefaultTensorType": self.onnx.TensorProto.FLOAT})
         except Exception as exc:  # the quantizer's own failure: one clear error, never a traceback
             raise QuantizeError(f"onnxruntime could not quantize this model ({self.mode}): "
                                 f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",

@@ -71,7 +71,11 @@ class RunData:
 
     def test_table(self) -> Table:
         """The rows `dlforge evaluate` scores: the test split (else validation), image paths resolved."""
-        table = self.table.take(self.rows["test"] if len(self.rows["test"]) else self.rows["val"])
+        return self.part_table("test" if len(self.rows["test"]) else "val")
+
+    def part_table(self, part: str) -> Table:
+        """The rows of split `part` (train | val | test) in the split's order, image paths resolved."""
+        table = self.table.take(self.rows[part])
         for name, sig in self.predictor.signature["inputs"].items():
             if sig["type"] == "image" and is_file_column(table.columns[name]):
                 table.columns[name] = resolve_paths(table.columns[name], table.root)

@@ -8,6 +8,7 @@ backbone_lr_mult options as the image backbones; blocks are `embeddings`, `layer
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -92,6 +93,23 @@ class MiniLMEncoder(BackboneEncoder):
         config = self.backbone.config.to_diff_dict()
         config.pop("_name_or_path", None)  # a path on the training machine: meaningless elsewhere
         return config
+
+    def onnx_transformer(self) -> dict:
+        """What onnxruntime's transformer optimizer needs to fuse this backbone (compress/onnx_export.py)."""
+        config = self.backbone.config
+        return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
+                "layers": config.num_hidden_layers}
+
+    @contextlib.contextmanager
+    def eager_attention(self):
+        """The backbone with transformers' eager attention (MatMul, scale, mask, Softmax, MatMul) for the duration:
+        the pattern onnxruntime fuses into one Attention op; SDPA exports as a decomposition it does not match."""
+        previous = self.backbone.config._attn_implementation
+        self.backbone.set_attn_implementation("eager")
+        try:
+            yield self
+        finally:
+            self.backbone.set_attn_implementation(previous)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:  # (B, L) int64 -> (B, 384)
         mask = ids != PAD_ID

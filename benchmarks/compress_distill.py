@@ -1,0 +1,149 @@
+"""Distillation benchmark: a teacher run, a student recipe, students with and without the teacher over seeds.
+
+For each (temperature, alpha, seed) it runs `dlforge.compress.distill.distill` (alpha 0 = the same student trained
+on the labels only, through the same code path) and writes one JSON line: validation and test accuracy of the
+student, epochs, seconds, and whether the teacher's logits came from the cache (they are computed once). Settings
+are chosen on VALIDATION accuracy only (`--report` prints both; the choice reads `val`).
+
+    DLFORGE_TRACKING=off OMP_NUM_THREADS=1 python benchmarks/compress_distill.py --teacher RUN \\
+        --student benchmarks/compress_student_text_cnn.yaml --settings 0:1,2:0.5,4:0.7 --seeds 0,1,2 \\
+        --results /tmp/distill.jsonl --out /tmp/students
+    python benchmarks/compress_distill.py --results /tmp/distill.jsonl --report
+    python benchmarks/compress_distill.py --teacher RUN --latency /tmp/students/<one student> --n 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def run(args) -> None:
+    import torch
+
+    from dlforge.compress.distill import distill
+    from dlforge.compress.variant import RunData
+
+    torch.set_num_threads(args.threads)
+    data = RunData.load(args.teacher)
+    val = data.part_table("val")
+    done = set()
+    if Path(args.results).is_file():
+        for line in Path(args.results).read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["temperature"], r["alpha"], r["seed"], r.get("epochs_set")))
+    settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
+    for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
+        for temperature, alpha in settings:
+            if (temperature, alpha, seed, args.epochs) in done:
+                continue
+            name = f"T{temperature:g}_a{alpha:g}_s{seed}" + (f"_e{args.epochs}" if args.epochs else "")
+            overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
+            load = os.getloadavg()[0]
+            started, cpu = time.perf_counter(), time.process_time()
+            d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
+                        name=name, out=Path(args.out) / name, data=data, register=False,
+                        say=lambda text: print(text, flush=True))
+            from dlforge.artifact.predictor import Predictor
+
+            val_scores = Predictor(d["variant"]).evaluate(val)
+            row = {"temperature": temperature, "alpha": alpha, "seed": seed, "epochs_set": args.epochs,
+                   "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
+                   "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
+                   "parameters": d["parameters"], "wall_s": round(time.perf_counter() - started, 1),
+                   "cpu_s": round(time.process_time() - cpu, 1), "load_before": round(load, 2),
+                   "load_after": round(os.getloadavg()[0], 2), "threads": args.threads, "cpu": _cpu(),
+                   "variant": d["variant"]}
+            print(json.dumps(row), flush=True)
+            with open(args.results, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def report(args) -> None:
+    import statistics
+
+    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["temperature"], r["alpha"], r.get("epochs_set")), []).append(r)
+    print("| T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | epochs run |")
+    print("|---|---|---|---|---|---|---|")
+    for (t, a, e), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] or 0)):
+        val = [r["val_accuracy"] for r in rs]
+        test = [r["test_accuracy"] for r in rs]
+        print(f"| {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | {min(val):.4f} / "
+              f"{statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
+              f"{','.join(str(r['epochs']) for r in rs)} |")
+
+
+def latency(args) -> None:
+    """Teacher vs student at batch 1, torch eager, `threads` threads, interleaved calls on the same test rows."""
+    import numpy as np
+    import torch
+
+    from dlforge.artifact.predictor import Predictor
+    from dlforge.compress.variant import RunData
+
+    torch.set_num_threads(args.threads)
+    data = RunData.load(args.teacher)
+    test = data.test_table()
+    teacher, student = Predictor(args.teacher, runtime="torch"), Predictor(args.latency, runtime="torch")
+    texts = np.asarray(test.columns["text"])
+    xs = {}
+    for who, p in (("teacher", teacher), ("student", student)):
+        xs[who] = [p.encode_inputs({"text": texts[i:i + 1]}) for i in range(args.n)]
+    times = {"teacher": [], "student": []}
+    load = os.getloadavg()[0]
+    with torch.no_grad():
+        for i in range(args.n + args.warmup):
+            for who, p in (("teacher", teacher), ("student", student)):
+                x = xs[who][i % args.n]
+                start = time.perf_counter()
+                p.runtime.run(x)
+                if i >= args.warmup:
+                    times[who].append(time.perf_counter() - start)
+    p50 = {who: float(np.percentile(t, 50)) * 1000 for who, t in times.items()}
+    mean = {who: float(np.mean(t)) * 1000 for who, t in times.items()}
+    print(json.dumps({"rows": args.n, "threads": args.threads, "p50_ms": p50, "mean_ms": mean,
+                      "ratio_p50": p50["teacher"] / p50["student"], "ratio_mean": mean["teacher"] / mean["student"],
+                      "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "cpu": _cpu()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher")
+    ap.add_argument("--student", default="benchmarks/compress_student_text_cnn.yaml")
+    ap.add_argument("--settings", default="0:1,2:0.5", help="T:alpha pairs, comma separated (alpha 0: no teacher)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=None, help="override the student recipe's epochs")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", default="distill.jsonl")
+    ap.add_argument("--out", default="/tmp/dlforge-students")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--latency", help="a student run directory: time it against the teacher at batch 1")
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=20)
+    args = ap.parse_args()
+    if args.report:
+        report(args)
+    elif args.latency:
+        latency(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
