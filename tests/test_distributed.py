@@ -385,6 +385,20 @@ def test_ray_train_runs_the_same_training_on_two_workers(single, tmp_path):
     assert_close(ray_weights, one)
 
 
+def test_ray_workers_get_absolute_paths_for_a_relative_recipe_out_and_run_dir(single, tmp_path, monkeypatch):
+    """Ray starts its workers in a directory of its own: `dlforge train recipes/x.yaml --ray-address local` failed
+    there with 'no such recipe file' until the paths were made absolute."""
+    from dlforge.workflows.launch import absolute_paths, resolve_job
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "r.yaml").write_text(yaml.safe_dump(recipe_for(single["csv"])))
+    monkeypatch.chdir(tmp_path)
+    job = resolve_job("recipes/r.yaml", out="runs/r")
+    absolute_paths(job)
+    assert job.spec["recipe"] == str(tmp_path / "recipes" / "r.yaml")
+    assert job.spec["out"] == job.spec["run_dir"] == str(tmp_path / "runs" / "r")
+
+
 def test_gradual_unfreezing_is_refused_on_several_processes():
     from dlforge.recipe.io import load_recipe
     from dlforge.training.distributed import check_recipe

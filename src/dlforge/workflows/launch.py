@@ -304,11 +304,7 @@ def launch_ray(recipe=None, *, address: str = "auto", workers: int = 2, out=None
     if workers < 1:
         raise DlforgeError(f"--nproc must be at least 1 with --ray-address, got {workers}", where="--nproc")
     job = resolve_job(recipe, out=out, overrides=overrides, resume=resume, overwrite=overwrite, quiet=quiet)
-    job.spec["run_dir"] = str(Path(job.run_dir).resolve())
-    if job.spec.get("out"):
-        job.spec["out"] = str(Path(job.spec["out"]).resolve())
-    if job.spec.get("resume"):
-        job.spec["resume"] = str(Path(job.spec["resume"]).resolve())
+    absolute_paths(job)
     started_here = False
     if not ray.is_initialized():
         cores = available_cores()
@@ -335,6 +331,18 @@ def launch_ray(recipe=None, *, address: str = "auto", workers: int = 2, out=None
             if started_here:
                 ray.shutdown()
     return finished_run(job.run_dir)
+
+
+def absolute_paths(job: Job) -> None:
+    """Ray's workers start in a directory of Ray's own: every path they read (the recipe file, --out, --resume,
+    the run directory) is made absolute in the job's spec first."""
+    spec = job.spec
+    spec["run_dir"] = str(Path(job.run_dir).resolve())
+    if isinstance(spec.get("recipe"), str) and Path(spec["recipe"]).exists():
+        spec["recipe"] = str(Path(spec["recipe"]).resolve())
+    for key in ("out", "resume"):
+        if spec.get(key):
+            spec[key] = str(Path(spec[key]).resolve())
 
 
 def _ray_entry(config: dict) -> None:
