@@ -27,18 +27,19 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # The fault injected in test_a_dying_rank_*: rank `rank` exits (code 3) at `step` of epoch `epoch`, as a process
 # killed by the OOM killer or a lost node would. Loaded into the workers through sitecustomize.py.
 DIE_ON_RANK = '''
-import os
+import os, time
 from dlforge.training.callbacks import callbacks
 
 class DieOnRank:
-    def __init__(self, rank=1, epoch=1, step=0):
-        self.rank, self.epoch, self.step, self.current = rank, epoch, step, None
+    def __init__(self, rank=1, epoch=1, step=0, pause=0.0):
+        self.rank, self.epoch, self.step, self.pause, self.current = rank, epoch, step, pause, None
     def on_epoch_start(self, trainer, epoch):
         self.current = epoch
     def on_step_end(self, trainer, step):
         from dlforge.training.distributed import current
         if current().rank == self.rank and self.current == self.epoch and step == self.step:
             os._exit(3)
+        time.sleep(self.pause)
 
 if "die_on_rank" not in callbacks:
     callbacks.register("die_on_rank")(DieOnRank)
