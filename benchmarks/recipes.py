@@ -136,9 +136,9 @@ RECIPES: list[Entry] = [
           "MF with biases + the user's last 10 ratings (history_ratings), MovieLens 100K 1-5 stars, each user's "
           "latest rating",
           metrics=("rmse", "mae"),
-          reference="RMSE: global mean 1.229, user + item biases 1.044; target <= 0.98: mean 0.978 met, worst seed "
-                    "0.981 (benchmarks/recsys.md)",
-          older="RMSE 0.9760-0.9814, MAE mean 0.760 (seeds 0-2, benchmarks/recsys.md)", older_time="20-31 s CPU a run"),
+          reference="RMSE: global mean 1.229, user + item biases 1.044; target <= 0.98: met, worst seed 0.978 "
+                    "(benchmarks/recsys.md)",
+          older="RMSE 0.9754-0.9781, MAE mean 0.758 (seeds 0-2, benchmarks/recsys.md)", older_time="22-32 s CPU a run"),
     Entry("spam", "recipes/spam.yaml", "1-D CNN over BPE tokens, spam_assassin",
           metrics=("accuracy", "f1"), reference="TF-IDF + LR 0.978 / F1 0.963",
           older="0.978, F1 0.964 (seed 0)", older_time="99 s (loaded)"),
