@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale import machine  # noqa: E402
+from scale import machine, timed_probe  # noqa: E402
 
 BIGGER = ["inputs.0.encoder.dim=256", "inputs.0.encoder.layers=4", "inputs.0.encoder.ff_dim=1024",
           "inputs.0.encoder.heads=4", "training.batch_size=64"]
@@ -34,20 +33,16 @@ CONFIGS = {"1": (1, []), "ddp": (2, ["training.strategy=ddp"]), "fsdp": (2, ["tr
 
 
 def measure(recipe: str, steps: int) -> dict:
-    from dlforge.workflows.launch import Job, probe
+    from dlforge.workflows.launch import Job
 
     results = {}
     for label, (nproc, overrides) in CONFIGS.items():
         job = Job({"recipe": str(ROOT / "recipes" / f"{recipe}.yaml"), "overrides": [*BIGGER, *overrides],
                    "resume": None, "out": None, "quiet": True}, run_dir=None, recipe=None)
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        timing = probe(job, nproc, threads=1, steps=steps)
-        results[label] = {**timing, "wall_seconds_of_job": round(time.perf_counter() - started, 1),
-                          "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+        timing = results[label] = timed_probe(job, nproc, 1, steps)
         print(f"  {label}: {timing['step_seconds'] * 1e3:.1f} ms/step, {timing['step_cpu_seconds'] * 1e3:.1f} ms CPU, "
               f"state MB per rank {timing['state_mb_per_rank']}, peak RSS MB {timing['max_rss_mb_per_rank']}, "
-              f"load {load_before:.1f}", flush=True)
+              f"load {timing['load_before']:.1f}", flush=True)
     return results
 
 

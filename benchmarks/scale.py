@@ -43,21 +43,28 @@ def machine() -> dict:
 
 
 def measure(name: str, steps: int) -> dict:
-    from dlforge.workflows.launch import Job, probe
+    from dlforge.workflows.launch import Job
 
     results = {}
     job = Job({"recipe": str(ROOT / "recipes" / f"{name}.yaml"), "overrides": OVERRIDES.get(name, []),
                "resume": None, "out": None, "quiet": True}, run_dir=None, recipe=None)
     for label, (nproc, threads) in CONFIGS.items():
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        timing = probe(job, nproc, threads=threads, steps=steps)
-        results[label] = {**timing, "wall_seconds_of_job": round(time.perf_counter() - started, 1),
-                          "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+        timing = results[label] = timed_probe(job, nproc, threads, steps)
         print(f"  {name} {label}: {timing['step_seconds'] * 1e3:.1f} ms/step "
               f"({timing['batch_size'] / timing['step_seconds']:.0f} samples/s), "
-              f"{timing['step_cpu_seconds'] * 1e3:.1f} ms CPU/step, load {load_before:.1f}", flush=True)
+              f"{timing['step_cpu_seconds'] * 1e3:.1f} ms CPU/step, load {timing['load_before']:.1f}", flush=True)
     return results
+
+
+def timed_probe(job, nproc: int, threads: int, steps: int) -> dict:
+    """`probe`'s step timing of one configuration, with the job's wall seconds and the load before and after."""
+    from dlforge.workflows.launch import probe
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    timing = probe(job, nproc, threads=threads, steps=steps)
+    return {**timing, "wall_seconds_of_job": round(time.perf_counter() - started, 1),
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
 def summarize(rounds: list[dict]) -> dict:

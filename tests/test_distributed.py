@@ -24,48 +24,36 @@ from dlforge.data.batches import InMemoryBatches, ShardedBatches
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# The fault injected in test_a_dying_rank_*: rank `rank` exits (code 3) at `step` of epoch `epoch`, as a process
-# killed by the OOM killer or a lost node would. Loaded into the workers through sitecustomize.py.
-DIE_ON_RANK = '''
-import os, time
-from dlforge.training.callbacks import callbacks
-
-class DieOnRank:
-    def __init__(self, rank=1, epoch=1, step=0, pause=0.0):
-        self.rank, self.epoch, self.step, self.pause, self.current = rank, epoch, step, pause, None
-    def on_epoch_start(self, trainer, epoch):
-        self.current = epoch
-    def on_step_end(self, trainer, step):
-        from dlforge.training.distributed import current
-        if current().rank == self.rank and self.current == self.epoch and step == self.step:
-            os._exit(3)
-        time.sleep(self.pause)
-
-if "die_on_rank" not in callbacks:
-    callbacks.register("die_on_rank")(DieOnRank)
-'''
-
-# A real Ctrl-C through the launcher: rank `rank` sends SIGINT to its parent (the `dlforge train --nproc` process,
-# which forwards it to every worker) at `step` of epoch `epoch`; every step takes `pause` seconds (from the start:
-# the ranks agree on how many steps make ~50 ms between stop checks), so the signal lands inside that epoch.
-SIGNAL_LAUNCHER = '''
+# A callback loaded into the workers through sitecustomize.py (and registered in the test process too, for the
+# in-process resume): rank `rank` does `action` at `step` of epoch `epoch`; every other step takes `pause` seconds.
+INJECTED = '''
 import os, signal, time
 from dlforge.training.callbacks import callbacks
 
-class SignalLauncher:
-    def __init__(self, rank=1, epoch=1, step=1, pause=0.4):
+class {cls}:
+    def __init__(self, rank=1, epoch=1, step={step}, pause={pause}):
         self.rank, self.epoch, self.step, self.pause, self.current = rank, epoch, step, pause, None
     def on_epoch_start(self, trainer, epoch):
         self.current = epoch
     def on_step_end(self, trainer, step):
         from dlforge.training.distributed import current
         if current().rank == self.rank and self.current == self.epoch and step == self.step:
-            os.kill(os.getppid(), signal.SIGINT)
+            {action}
         time.sleep(self.pause)
 
-if "signal_launcher" not in callbacks:
-    callbacks.register("signal_launcher")(SignalLauncher)
+if "{name}" not in callbacks:
+    callbacks.register("{name}")({cls})
 '''
+
+# The fault injected in test_a_dying_rank_*: the rank exits (code 3), as a process killed by the OOM killer or a
+# lost node would.
+DIE_ON_RANK = INJECTED.format(cls="DieOnRank", name="die_on_rank", step=0, pause=0.0, action="os._exit(3)")
+
+# A real Ctrl-C through the launcher: the rank sends SIGINT to its parent (the `dlforge train --nproc` process,
+# which forwards it to every worker); every step takes `pause` seconds (from the start: the ranks agree on how many
+# steps make ~50 ms between stop checks), so the signal lands inside that epoch.
+SIGNAL_LAUNCHER = INJECTED.format(cls="SignalLauncher", name="signal_launcher", step=1, pause=0.4,
+                                  action="os.kill(os.getppid(), signal.SIGINT)")
 
 
 def recipe_for(csv: Path, **training) -> dict:
@@ -73,6 +61,21 @@ def recipe_for(csv: Path, **training) -> dict:
     recipe["training"] = {"epochs": 3, "batch_size": 25, "optimizer": {"name": "adam", "lr": 0.01},
                           "baseline": False, **training}
     return recipe
+
+
+def train_with_injected(source: str, name: str, csv: Path, tmp_path: Path, run: Path) -> subprocess.CompletedProcess:
+    """`dlforge train --nproc 2` on the tiny recipe with the injected callback `name` (defined by `source`, loaded
+    into the workers through sitecustomize.py) acting on rank 1 at step 1 of epoch 2, each step 0.3 s."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(source)
+    exec(compile(source, name, "exec"), {})  # registered here too, for the in-process resume
+    recipe = recipe_for(csv, callbacks=[{"name": name, "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(inject), str(SRC)]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dlforge.cli", "train", str(path), "--nproc", "2", "--out", str(run),
+                           "-q"], env=env, capture_output=True, text=True, timeout=240)
 
 
 class SaveWeights:
@@ -264,17 +267,8 @@ def test_a_dying_rank_is_named_its_checkpoint_intact_and_it_resumes_on_one_proce
     import dlforge
     from dlforge.training.checkpoint import load_checkpoint
 
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(DIE_ON_RANK)
-    exec(compile(DIE_ON_RANK, "die_on_rank", "exec"), {})  # registered here too, for the in-process resume
-    recipe = recipe_for(single["csv"], callbacks=[{"name": "die_on_rank", "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(inject), str(SRC)]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dlforge.cli", "train", str(path), "--nproc", "2", "--out", str(run),
-                           "-q"], env=env, capture_output=True, text=True, timeout=240)
+    proc = train_with_injected(DIE_ON_RANK, "die_on_rank", single["csv"], tmp_path, run)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "rank 1 (local rank 1" in proc.stderr and "exit code 3" in proc.stderr
     assert f"dlforge train --resume {run}" in proc.stderr and "Traceback" not in proc.stderr
@@ -520,17 +514,8 @@ def test_ctrl_c_under_nproc_writes_a_fresh_checkpoint_that_resumes_to_the_uninte
     import dlforge
     from dlforge.training.checkpoint import load_checkpoint
 
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(SIGNAL_LAUNCHER)
-    exec(compile(SIGNAL_LAUNCHER, "signal_launcher", "exec"), {})  # registered here too, for the in-process resume
-    recipe = recipe_for(single["csv"], callbacks=[{"name": "signal_launcher", "rank": 1, "epoch": 1, "step": 1, "pause": 0.3}])
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(inject), str(SRC)]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dlforge.cli", "train", str(path), "--nproc", "2", "--out", str(run),
-                           "-q"], env=env, capture_output=True, text=True, timeout=240)
+    proc = train_with_injected(SIGNAL_LAUNCHER, "signal_launcher", single["csv"], tmp_path, run)
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert f"--resume {run}" in proc.stderr and "Traceback" not in proc.stderr
     state = load_checkpoint(run)

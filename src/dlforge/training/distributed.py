@@ -19,6 +19,7 @@ update that of the global batch (BatchNorm statistics are per process, as in eve
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -96,6 +97,10 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        # What still holds the process groups (an FSDP device mesh, a finished trainer's pending work) is freed now,
+        # while the interpreter is whole: freed at its finalization, gloo's worker threads can abort the process
+        # (SIGABRT, "terminate called without an active exception") after a run that succeeded.
+        gc.collect()
 
 
 def mean_over_processes(value: float) -> float:
@@ -199,6 +204,10 @@ class AgreedStop:
         self._pending = dist.all_reduce(self._values, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
         self._next = self._step + self._interval
         return False
+
+    def finish(self) -> None:
+        """Waits for the check in flight (a run ends with no collective pending in gloo's worker threads)."""
+        self._read()
 
     def now(self) -> bool:
         """A blocking agreement (outside the step loop, every process at the same point)."""

@@ -336,6 +336,8 @@ class Trainer:
             self._save(epoch + 1, 0, None, result, finished=should_stop or epoch + 1 == self.config.epochs)
             if should_stop:
                 break
+        if hasattr(self._stopping, "finish"):  # the last step's stop check, still in flight under data parallelism
+            self._stopping.finish()
         if self.early_stopping is not None and self.early_stopping.best_state is not None:
             self.state_io.load_model_state(self.model, self.early_stopping.best_state)
             result.best_epoch = self.early_stopping.best_epoch + 1
