@@ -126,7 +126,7 @@ def digits_run(tmp_path_factory) -> Path:
 class InterruptAt:
     """Requests a stop in the middle of an epoch, as the CLI's Ctrl-C handler does (the library owns no signals)."""
 
-    def __init__(self, step: int, epoch: int):
+    def __init__(self, step: int, epoch: int = 0):
         self.step, self.epoch, self.current = step, epoch, None
 
     def on_epoch_start(self, trainer, epoch):
@@ -134,6 +134,18 @@ class InterruptAt:
 
     def on_step_end(self, trainer, step):
         if self.current == self.epoch and step == self.step:
+            trainer.stop.set()
+
+
+class StopAfterSteps:
+    """Requests a stop after `steps` training steps of this run (counted across epochs), as Ctrl-C would."""
+
+    def __init__(self, steps: int):
+        self.steps, self.seen = steps, 0
+
+    def on_step_end(self, trainer, step):
+        self.seen += 1
+        if self.seen == self.steps:
             trainer.stop.set()
 
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import dlforge
-from conftest import digits_recipe
+from conftest import InterruptAt, digits_recipe
 from dlforge.data.augment import BatchAugmenter, ImageAugment, TokenDropout
 from dlforge.core.errors import TrainingInterrupted
 from dlforge.recipe import ImageAugmentation
@@ -100,21 +100,11 @@ def _aug_digits(tmp_path, name, callbacks=()):
     return dlforge.train(recipe, out=tmp_path / name, progress=False, callbacks=callbacks)
 
 
-class _InterruptAt:
-    def __init__(self, step):
-        self.step, self.fired = step, False
-
-    def on_step_end(self, trainer, step):
-        if step == self.step and not self.fired:
-            self.fired = True
-            trainer.stop.set()  # as Ctrl-C under `dlforge train`: the trainer finishes the step, checkpoints, and stops
-
-
 @pytest.mark.slow
 def test_augmented_training_resumes_bit_exactly(tmp_path):
     whole = _aug_digits(tmp_path, "whole")
     with pytest.raises(TrainingInterrupted):
-        _aug_digits(tmp_path, "cut", callbacks=[_InterruptAt(7)])
+        _aug_digits(tmp_path, "cut", callbacks=[InterruptAt(7)])
     resumed = dlforge.train(resume=tmp_path / "cut", progress=False)
     a = load_file(str(whole.run_dir / "model.safetensors"))
     b = load_file(str(resumed.run_dir / "model.safetensors"))

@@ -11,7 +11,7 @@ from PIL import Image
 import dlforge
 from dlforge.cli import main
 from dlforge.core.errors import DataError
-from conftest import needs_data
+from conftest import StopAfterSteps, needs_data
 
 
 def _make_folder(root: Path, *, per_class: int = 12, bad: bool = False) -> Path:
@@ -162,18 +162,6 @@ def test_builtin_tuxpaint_photos_is_an_image_folder():
     assert sorted(set(table.columns["label"])) == ["bird", "flower", "fruit", "mammal", "vegetable", "vehicle"]
 
 
-class _InterruptAt:
-    """Requests a stop after `steps` training steps, as the CLI's Ctrl-C handler does."""
-
-    def __init__(self, steps: int):
-        self.steps, self.seen = steps, 0
-
-    def on_step_end(self, trainer, step):
-        self.seen += 1
-        if self.seen == self.steps:
-            trainer.stop.set()
-
-
 def test_streaming_resume_is_exact(tmp_path):
     from dlforge.core.errors import TrainingInterrupted
 
@@ -181,7 +169,7 @@ def test_streaming_resume_is_exact(tmp_path):
     recipe = _recipe(folder, in_memory=False, workers=0, cache_dir=str(tmp_path / "cache"))
     straight = dlforge.train(recipe, out=tmp_path / "straight", progress=False)
     with pytest.raises(TrainingInterrupted):
-        dlforge.train(recipe, out=tmp_path / "resumed", progress=False, callbacks=[_InterruptAt(4)])  # mid-epoch 2
+        dlforge.train(recipe, out=tmp_path / "resumed", progress=False, callbacks=[StopAfterSteps(4)])  # mid-epoch 2
     resumed = dlforge.train(resume=tmp_path / "resumed", progress=False)
     assert [h["train.loss"] for h in resumed.history] == [h["train.loss"] for h in straight.history]
 

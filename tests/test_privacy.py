@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import digits_recipe, main_ok
+from conftest import InterruptAt, digits_recipe, main_ok
 from safetensors.torch import load_file
 
 import dlforge
@@ -88,20 +88,10 @@ def test_training_with_fixed_noise_stops_at_the_budget(tmp_path):
     assert epsilon_spent(0.8, p["sample_rate"], p["steps"] + 1, 1e-4) > 2.0
 
 
-class _InterruptAt:
-    def __init__(self, step):
-        self.step, self.fired = step, False
-
-    def on_step_end(self, trainer, step):
-        if step == self.step and not self.fired:
-            self.fired = True
-            trainer.stop.set()
-
-
 def test_dp_training_resumes_bit_identically_with_its_accountant(dp_run, tmp_path):
     recipe, whole = dp_recipe(), dp_run
     with pytest.raises(TrainingInterrupted):  # mid-epoch: the Poisson draws and the noise RNG must both resume
-        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[_InterruptAt(5)])
+        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[InterruptAt(5)])
     state = torch.load(tmp_path / "cut" / "checkpoint" / "state.pt", weights_only=True)
     assert state["strategy"]["steps"] == 6  # the accountant's state: six noisy steps spent before the stop
     resumed = dlforge.train(resume=tmp_path / "cut", progress=False)

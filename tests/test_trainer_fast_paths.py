@@ -10,19 +10,7 @@ from safetensors.torch import load_file
 
 import dlforge
 from dlforge.core.errors import TrainingInterrupted
-from conftest import digits_recipe
-
-
-class _InterruptAt:
-    """Requests a stop after the given global step, as the CLI's Ctrl-C handler does."""
-
-    def __init__(self, step: int):
-        self.step, self.seen = step, 0
-
-    def on_step_end(self, trainer, step):
-        self.seen += 1
-        if self.seen == self.step:
-            trainer.stop.set()
+from conftest import StopAfterSteps, digits_recipe
 
 
 def _small(**training) -> dict:
@@ -50,7 +38,7 @@ def test_fast_options_train_and_resume_bit_identical(tmp_path, options):
 
     with pytest.raises(TrainingInterrupted):
         # 360 training rows / 64 = 6 steps per epoch: step 8 is in the middle of epoch 2.
-        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[_InterruptAt(8)])
+        dlforge.train(recipe, out=tmp_path / "cut", progress=False, callbacks=[StopAfterSteps(8)])
     resumed = dlforge.train(resume=tmp_path / "cut", progress=False)
 
     a, b = _weights(full.run_dir), _weights(resumed.run_dir)

@@ -21,7 +21,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from dlforge.core.errors import DataError, PredictError
 from dlforge.data.audio import decode_audio, fit_length, log_mel, mfcc, resample
 from dlforge.data.features.base import Feature, input_features, is_missing
-from dlforge.data.features.wire import InputKind, file_from_base64, input_kinds
+from dlforge.data.features.wire import InputKind, input_kinds, sent_file
 from dlforge.data.table import Table
 
 CHUNK = 256  # clips per spectral chunk: 256 x 3 s at 16 kHz is 49 MB of float32 waveform
@@ -176,11 +176,6 @@ class AudioFeature(Feature):
 
 
 # ---------------------------------------------------------------- at the edges: API, Python callers, init
-def decode_base64_audio(text: str) -> bytes:
-    """A clip sent as base64 (or a data:audio/...;base64, URL) as the file's bytes."""
-    return file_from_base64(text, "sound file")
-
-
 class ClipTooLong(ValueError):
     """A clip over the limit: the server answers 413, like an image with too many pixels."""
 
@@ -195,12 +190,9 @@ class AudioKind(InputKind):
 
     def api_field(self, name, sig):
         def parse(value: Any) -> Union[bytes, np.ndarray]:
-            if isinstance(value, (bytes, bytearray)):  # a multipart file upload
-                if not value:
-                    raise ValueError("the uploaded file is empty")
-                return bytes(value)
-            if isinstance(value, str):
-                return decode_base64_audio(value)
+            data = sent_file(value, "sound file")
+            if data is not None:
+                return data
             raise ValueError("a sound is a base64 string of a WAV, FLAC or OGG file (or a data: URL)")
 
         schema = {"type": "string", "contentEncoding": "base64", "contentMediaType": "audio/*", "minLength": 1,

@@ -11,7 +11,7 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 from dlforge.data.features.base import Feature, input_features
 from dlforge.data.images.decode import convert_channels, decode_image, resize, to_nchw
 from dlforge.core.errors import DataError, PredictError
-from dlforge.data.features.wire import InputKind, file_from_base64, input_kinds
+from dlforge.data.features.wire import InputKind, input_kinds, sent_file
 from dlforge.data.limits import check_fits
 
 # The input scale of ImageNet-pretrained weights (torchvision's mean/std of the ImageNet training set).
@@ -157,11 +157,6 @@ class ImageFeature(Feature):
 
 
 # ---------------------------------------------------------------- at the edges: API, Python callers, init
-def decode_base64(text: str) -> bytes:
-    """An image sent as base64 (or a data: URL) as the file's bytes."""
-    return file_from_base64(text, "image")
-
-
 def pixel_array(value: list, channels: int, height: int, width: int) -> np.ndarray:
     """A nested list of pixels 0-255 as uint8 (H, W, channels), grey <-> RGB converted as files are in training."""
     try:
@@ -204,12 +199,9 @@ class ImageKind(InputKind):
         channels, height, width = sig["shape"]
 
         def parse(value: Any) -> Union[bytes, np.ndarray]:
-            if isinstance(value, (bytes, bytearray)):  # a multipart file upload
-                if not value:
-                    raise ValueError("the uploaded file is empty")
-                return bytes(value)
-            if isinstance(value, str):
-                return decode_base64(value)
+            data = sent_file(value, "image")
+            if data is not None:
+                return data
             if isinstance(value, list):
                 return pixel_array(value, channels, height, width)
             raise ValueError("an image is a base64 string (or data: URL) or a nested list of pixel values")

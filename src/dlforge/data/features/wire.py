@@ -48,6 +48,17 @@ def file_from_base64(text: str, what: str) -> bytes:
     return data
 
 
+def sent_file(value: Any, what: str) -> bytes | None:
+    """A file sent as a multipart upload (bytes) or as base64 text, as its bytes; None for any other value."""
+    if isinstance(value, (bytes, bytearray)):
+        if not value:
+            raise ValueError("the uploaded file is empty")
+        return bytes(value)
+    if isinstance(value, str):
+        return file_from_base64(value, what)
+    return None
+
+
 def object_column(values) -> np.ndarray:
     """A 1-D object array, item by item: numpy would try to broadcast a list of arrays or nested lists."""
     column = np.empty(len(values), dtype=object)
@@ -114,4 +125,5 @@ def kind_of(sig_or_type: dict | str) -> InputKind:
     return input_kinds.get(name)() if name in input_kinds else PASS_THROUGH
 
 
-__all__ = ["InputKind", "file_from_base64", "MAX_NUMBER", "MAX_STRING", "PASS_THROUGH", "Text", "input_kinds", "kind_of", "object_column"]
+__all__ = ["InputKind", "file_from_base64", "MAX_NUMBER", "MAX_STRING", "PASS_THROUGH", "Text", "input_kinds", "kind_of", "object_column",
+           "sent_file"]
