@@ -16,6 +16,7 @@ fewer than 3 measured seeds keep the older figure written below (`older`), marke
     python benchmarks/recipes.py --recipes gunpoint adult --seeds 0,1,2 --threads 1
     python benchmarks/recipes.py --recipes digits --set training.epochs=5      # a variant: its own section
     python benchmarks/recipes.py --report-only                                 # tables from the file only
+    python benchmarks/recipes.py --recipes adult --results /tmp/adult.jsonl    # a scratch file: no table rewritten
 """
 
 from __future__ import annotations
@@ -489,6 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.report_only:
         sweep(args.recipes or list(BY_NAME), parse_seeds(args.seeds), args.overrides, args.threads, args.results)
+    if args.results.resolve() != RESULTS.resolve():  # a scratch results file: the shipped tables stay as they are
+        print(f"results in {args.results}; append them to {RESULTS.relative_to(ROOT)} and run --report-only to "
+              "rewrite recipes.md and the README table", file=sys.stderr)
+        return
     write_tables(read_results(args.results))
     print(f"wrote {REPORT.relative_to(ROOT)} and the README table", file=sys.stderr)
 

@@ -65,6 +65,18 @@ def test_sweep_resumes_and_skips_what_is_done(tmp_path, monkeypatch):
     assert [r["seed"] for r in bench.read_results(results)] == [0, 1, 2, 0, 0]
 
 
+def test_a_scratch_results_file_leaves_the_shipped_tables_alone(tmp_path, monkeypatch):
+    """`--results` elsewhere (a helper's trial sweep) must not rewrite README.md or recipes.md from that file."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "sweep", lambda *args: None)
+    written = []
+    monkeypatch.setattr(bench, "write_tables", lambda rows, *a, **k: written.append(rows))
+    bench.main(["--recipes", "digits", "--seeds", "0", "--results", str(tmp_path / "scratch.jsonl")])
+    assert written == []
+    bench.main(["--report-only"])  # the shipped file: the tables are made from it
+    assert len(written) == 1 and written[0] == bench.read_results(bench.RESULTS)
+
+
 def test_floor_is_checked_on_the_minimum_and_the_readme_block_is_replaced(tmp_path):
     bench = _bench()
     rows = [_row(bench, "digits", s, a) for s, a in enumerate([0.99, 0.965, 0.98])]
