@@ -36,6 +36,7 @@ from dlforge.models.layers import RandomStateful
 from dlforge.training.callbacks import EarlyStopping, Progress, resolve_hooks
 from dlforge.training.checkpoint import DIGEST_VERSION, recipe_digest, save_checkpoint
 from dlforge.training.distributed import PLAIN_STATE
+from dlforge.training.divergence import likely_cause
 from dlforge.training.optim import build_optimizer, build_schedule
 from dlforge.training.sampling import length_inputs
 from dlforge.training.stop import StopRequest
@@ -415,7 +416,7 @@ class Trainer:
         size = self.batches.batch_size
         rows = permutation[step * size:(step + 1) * size] if permutation is not None else torch.zeros(0, dtype=torch.long)
         what = f"the training loss is {value}" if value is not None else "the weights hold NaN/inf"
-        cause, where, fix = self._likely_cause(rows)
+        cause, where, fix = likely_cause(self.train, rows, self.config, self.optimizer.param_groups[0]["lr"])
         shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         return TrainingDiverged(
             f"training diverged: {what} at epoch {epoch + 1}, step {step + 1} (global step "
@@ -423,34 +424,6 @@ class Trainer:
             f"likely cause: {cause}", where=where,
             hint=f"{fix}; the last good checkpoint is kept in {self.run_dir / 'checkpoint'}, nothing was saved after "
                  "it; train again with --overwrite")
-
-    def _likely_cause(self, rows: torch.Tensor) -> tuple[str, str, str]:
-        """(cause, recipe field, fix): non-finite data in the batch, then extreme settings, then the learning rate."""
-        for group, tensors in (("input", self.train.x), ("target", self.train.y)):
-            for name, t in tensors.items():
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and len(rows):
-                    bad = ~torch.isfinite(t[rows.to(t.device)].reshape(len(rows), -1)).all(1)
-                    if bool(bad.any()):
-                        which = ", ".join(str(int(r)) for r in rows[bad.cpu()][:5])
-                        return (f"{group} '{name}' holds NaN/inf in training-split row(s) {which}", name,
-                                f"clean or drop those rows of '{name}'")
-        optimizer, reg = self.config.optimizer, self.config.regularization
-        lr = self.optimizer.param_groups[0]["lr"]
-        if not math.isfinite(lr):
-            return f"the learning rate is {lr}", "training.optimizer.lr", "set a finite training.optimizer.lr"
-        for field_name in ("l1", "l2"):
-            value = getattr(reg, field_name, 0.0) or 0.0
-            if not math.isfinite(value) or value > 1e6:  # a penalty weight this large overflows the loss
-                return (f"training.regularization.{field_name} is {value}: the penalty overflows",
-                        f"training.regularization.{field_name}", f"use a small training.regularization.{field_name} "
-                        "(1e-5 to 1e-2 is usual)")
-        decay = getattr(optimizer, "weight_decay", 0.0) or 0.0
-        if not math.isfinite(decay) or decay > 1e6:
-            return (f"training.optimizer.weight_decay is {decay}", "training.optimizer.weight_decay",
-                    "use a small training.optimizer.weight_decay")
-        low = "; or train in fp32" if self.config.precision != "fp32" else ""
-        return (f"the weights diverged: the learning rate ({lr:.3g}) is likely too high for this model",
-                "training.optimizer.lr", f"lower training.optimizer.lr, or set training.grad_clip (e.g. 1.0){low}")
 
     # ------------------------------------------------------------ checkpoint state
     def _save(self, epoch: int, step: int, permutation, result: TrainResult, *, finished: bool = False) -> None:
