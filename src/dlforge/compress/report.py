@@ -1,7 +1,7 @@
 """`RUN/compress/report.md`, `pareto.png` and `pareto.svg`: what the search tried, measured, kept, and why.
 
 The Pareto plot is a PNG (issue #13 asks for one: it pastes into a slide, a ticket or a chat that shows no SVG),
-drawn with matplotlib's Agg backend, imported only here and only when the search writes its report (matplotlib is in
+drawn with matplotlib's Agg canvas (a bare Figure: no pyplot, the user's backend untouched), imported only here and only when the search writes its report (matplotlib is in
 the `compress` extra; the core install stays without it). The same plot is also written as SVG by the project's own
 chart module (report/svg.py): a few kilobytes, no dependency. Without matplotlib the PNG is left out and report.md
 says so and links the SVG.
@@ -57,9 +57,7 @@ def write_pareto_png(path: Path, result, budgets) -> Path | None:
     Pareto candidates filled, the budgets dashed. None when matplotlib is not installed (the SVG stands alone)."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg", force=True)  # no display, no GUI toolkit: a file, whatever MPLBACKEND says
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # a bare Figure saves through the Agg canvas: no backend switch, no GUI
     except ImportError:
         return None
     points = [p for p in _pareto_points(result) if math.isfinite(p[0]) and math.isfinite(p[1])]
