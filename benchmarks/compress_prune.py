@@ -5,8 +5,9 @@
     python benchmarks/compress_prune.py distill TEACHER STUDENT --seeds 0 1 2 --epochs 4
     python benchmarks/compress_prune.py compress RUN [dlforge compress options...]
 
-Latency is measured side by side: the two models alternate in rounds (ROUNDS x REPEATS single-row passes each, after
-a warm-up), the median of each is reported, so a change in machine load hits both. torch runs with 1 intra-op
+Latency is measured side by side: the two models take turns in bursts of BURST single-row passes (the order rotating
+every round, ROUNDS x REPEATS passes each after a warm-up), each pass timed; the median of each is reported, so a
+change in machine load hits both. `measure` also gives thread CPU ms per call (the work without the wait for a core). torch runs with 1 intra-op
 thread (the figures say so); the ONNX Runtime figures (when onnxruntime is installed) export both models here with
 torch.onnx and run them with intra_op_num_threads=1, sequential execution, all graph optimisations.
 Prints one JSON object per measurement.
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROUNDS, REPEATS, WARMUP = 7, 200, 50
+ROUNDS, REPEATS, WARMUP, BURST = 7, 200, 50, 20
 
 
 def _load(run_dir):
@@ -45,19 +46,69 @@ def _one_row(predictor, data):
     return {k: v[:1] for k, v in x.items()}, {k: v[:64] for k, v in x.items()}
 
 
-def _side_by_side(fns: dict, *, repeats: int = REPEATS) -> dict[str, float]:
-    """Median ms per call of each function, alternating in rounds."""
-    times = {name: [] for name in fns}
+def _side_by_side(fns: dict, *, repeats: int = REPEATS, burst: int = BURST, cpu: dict | None = None) -> dict[str, float]:
+    """Median ms per call of each function: the functions take turns in rounds, `burst` consecutive calls each
+    (1: call by call), the order rotating every round (as benchmarks/compress.py), each call timed on its own.
+    `cpu`, when given, gets the median thread CPU ms per call (time.thread_time: the work of the call without the
+    time this process waits for a core, which on a loaded 2-core machine is most of the wall time)."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
     for fn in fns.values():
         for _ in range(WARMUP):
             fn()
-    for _ in range(ROUNDS):
-        for name, fn in fns.items():
-            for _ in range(repeats):
-                start = time.perf_counter()
+    for r in range(ROUNDS * max(1, repeats // burst)):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
+            for _ in range(burst):
+                started, started_cpu = time.perf_counter(), time.thread_time()
                 fn()
-                times[name].append(time.perf_counter() - start)
+                cpu_times[name].append(time.thread_time() - started_cpu)
+                times[name].append(time.perf_counter() - started)
+    if cpu is not None:
+        cpu.update({name: 1000 * float(np.median(t)) for name, t in cpu_times.items()})
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def _frozen(model, x: dict):
+    """The model traced and frozen with TorchScript (torch.jit.trace + freeze; both deprecated in torch 2.13 in
+    favour of torch.compile/torch.export): the same ops without Python's per-module dispatch. For the figure only."""
+    import warnings
+
+    names = list(x)
+
+    class Positional(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *tensors):
+            return tuple(self.m(dict(zip(names, tensors))).values())
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        frozen = torch.jit.freeze(torch.jit.trace(Positional(model.eval()).eval(), tuple(x.values())))
+    tensors = tuple(x.values())
+    return lambda: frozen(*tensors)
+
+
+def _one_channel(model, x: dict):
+    """A copy of the image CNN with every conv cut to 1 output channel (the dense layer's input shrinks with them):
+    the same modules, ops and Python dispatch with almost no arithmetic, i.e. an estimate of one call's fixed cost."""
+    import copy
+
+    tiny = copy.deepcopy(model).eval()
+    for name, encoder in tiny.encoders.items():
+        convs = [i for i, m in enumerate(encoder.features) if isinstance(m, torch.nn.Conv2d)]
+        for k, i in enumerate(convs):
+            old = encoder.features[i]
+            encoder.features[i] = torch.nn.Conv2d(old.in_channels if k == 0 else 1, 1, old.kernel_size, old.stride,
+                                                  old.padding, bias=old.bias is not None)
+        with torch.no_grad():
+            flat = encoder.flatten(encoder.features(x[name])).shape[1]
+        first = encoder.dense[0]
+        encoder.dense[0] = torch.nn.Linear(flat, first.out_features)
+    return tiny.eval()
 
 
 def _ort_session(model, x: dict, path: Path):
@@ -151,9 +202,10 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
             print(json.dumps(row), flush=True)
 
 
-def bench_measure(pairs: list[str]) -> None:
-    """Re-time (run, pruned variant) pairs made earlier: torch eager batch 1 and 64, ONNX Runtime batch 1 (same
-    side-by-side rounds as `prune`, without pruning and fine-tuning again)."""
+def bench_measure(pairs: list[str], burst: int = BURST) -> None:
+    """Re-time (run, pruned variant) pairs made earlier: torch eager batch 1 (wall and thread CPU ms; beside them the
+    same network cut to 1 channel, the fixed cost of a call) and 64, the two frozen with TorchScript (same treatment
+    for both), ONNX Runtime batch 1 (same side-by-side rounds as `prune`, without pruning and fine-tuning again)."""
     from dlforge.compress.variant import RunData
 
     torch.set_num_threads(1)
@@ -161,17 +213,28 @@ def bench_measure(pairs: list[str]) -> None:
         data = RunData.load(run)
         base, pruned = _load(run), _load(variant)
         one, batch = _one_row(base, data)
+        load = os.getloadavg()
+        eager_cpu, frozen_cpu = {}, {}
         with torch.no_grad():
-            eager = _side_by_side({"unpruned": partial(base.model, one), "pruned": partial(pruned.model, one)})
+            eager = _side_by_side({"unpruned": partial(base.model, one), "pruned": partial(pruned.model, one),
+                                   "one_channel": partial(_one_channel(base.model, one), one)},
+                                  burst=burst, cpu=eager_cpu)
             eager64 = _side_by_side({"unpruned": partial(base.model, batch), "pruned": partial(pruned.model, batch)},
-                                    repeats=20)
-        row = {"what": "measure", "run": run, "variant": variant, "threads": 1, "torch_b1_ms": eager,
-               "torch_b1_speedup": eager["unpruned"] / eager["pruned"], "torch_b64_ms": eager64,
-               "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"],
-               "load": os.getloadavg()}
+                                    repeats=20, burst=min(burst, 20))
+            frozen = _side_by_side({"unpruned": _frozen(base.model, one), "pruned": _frozen(pruned.model, one)},
+                                   burst=burst, cpu=frozen_cpu)
+        fixed = eager_cpu["one_channel"]
+        row = {"what": "measure", "run": run, "variant": variant, "threads": 1, "burst": burst, "torch_b1_ms": eager,
+               "torch_b1_speedup": eager["unpruned"] / eager["pruned"], "torch_b1_cpu_ms": eager_cpu,
+               "torch_b1_cpu_speedup": eager_cpu["unpruned"] / eager_cpu["pruned"],
+               "fixed_share_of_pruned_cpu": fixed / eager_cpu["pruned"],
+               "torch_b64_ms": eager64, "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"],
+               "torchscript_b1_ms": frozen, "torchscript_b1_speedup": frozen["unpruned"] / frozen["pruned"],
+               "torchscript_b1_cpu_ms": frozen_cpu,
+               "torchscript_b1_cpu_speedup": frozen_cpu["unpruned"] / frozen_cpu["pruned"], "load": load}
         with tempfile.TemporaryDirectory() as tmp:
             ort_ms = _side_by_side({"unpruned": _ort_session(base.model, one, Path(tmp) / "a.onnx"),
-                                    "pruned": _ort_session(pruned.model, one, Path(tmp) / "b.onnx")})
+                                    "pruned": _ort_session(pruned.model, one, Path(tmp) / "b.onnx")}, burst=burst)
         row.update(ort_b1_ms=ort_ms, ort_b1_speedup=ort_ms["unpruned"] / ort_ms["pruned"], load_after=os.getloadavg())
         print(json.dumps(row), flush=True)
 
@@ -205,13 +268,15 @@ def main() -> None:
     d.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.7], help="0 is the student without the teacher")
     m = sub.add_parser("measure")
     m.add_argument("pairs", nargs="+", help="RUN PRUNED_VARIANT, repeated")
+    m.add_argument("--burst", type=int, default=BURST, help="consecutive calls per model before the other's turn "
+                   "(1: call by call; default %(default)s, as benchmarks/compress.py)")
     c = sub.add_parser("compress")
     c.add_argument("run")
     args, rest = parser.parse_known_args()
     if args.what == "prune":
         bench_prune(args.runs, args.finetune)
     elif args.what == "measure":
-        bench_measure(args.pairs)
+        bench_measure(args.pairs, args.burst)
     elif args.what == "distill":
         bench_distill(args.teacher, args.student, args.seeds, args.epochs, args.temperature, args.alphas)
     else:

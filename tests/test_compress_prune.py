@@ -273,9 +273,30 @@ def test_search_keeps_the_best_candidate_and_exits_early(run):
     rows = (out / "candidates.csv").read_text().splitlines()
     assert rows[0].startswith("name,runtime,chain") and len(rows) == 5
     assert "<svg" in (out / "pareto.svg").read_text()
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"  # a PNG file, header chunk first
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width >= 400 and height >= 300
     report = (out / "report.md").read_text()
-    assert "fp32+small" in report and "How the search works" in report and "SVG" in report
+    assert "fp32+small" in report and "How the search works" in report
+    assert "![Pareto plot](pareto.png)" in report and "(pareto.svg)" in report
     assert not (out / "work").exists()
+
+
+def test_without_matplotlib_the_report_links_the_svg_and_says_why(run, monkeypatch):
+    import sys
+
+    from dlforge.compress.search import Budgets, compress
+
+    out = run / "compress"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pareto.png").write_bytes(b"\x89PNG stale")  # an earlier search's plot must not stand for this one
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # importing it now raises ImportError
+    compress(run, Budgets(max_accuracy_drop=0.01), registry=_registry(small=_copy_pass("small", small=True)),
+             seconds=0.02)
+    report = (out / "report.md").read_text()
+    assert "![Pareto plot](pareto.svg)" in report and "matplotlib is not installed" in report
+    assert not (out / "pareto.png").exists() and "<svg" in (out / "pareto.svg").read_text()
 
 
 def test_search_bisects_the_prune_ratio_against_the_accuracy_budget(run):

@@ -11,7 +11,7 @@ from PIL import Image
 from dlforge.core.errors import DataError
 from dlforge.data.images.decode import decode_image, pillow_formats
 from dlforge.data.images.files import decode_file
-from dlforge.serve.security import image_pixels
+from dlforge.serve.security import image_pixels, png_pixels
 
 
 def _bytes(fmt: str, mode: str = "L") -> bytes:
@@ -40,3 +40,27 @@ def test_decoding_is_the_same_as_pillow_probing(fmt, mode):
 def test_a_png_signature_on_garbage_is_still_a_clear_error():
     with pytest.raises(DataError, match="cannot decode image"):
         decode_image(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, channels=1, size=(28, 28), where="row 0")
+
+
+@pytest.mark.parametrize("mode, size", [("L", (31, 17)), ("RGB", (5, 64)), ("I;16", (3, 2))])
+def test_a_png_header_is_read_without_pillow_and_agrees_with_it(mode, size):
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as img:
+        assert png_pixels(data) == img.width * img.height == size[0] * size[1] == image_pixels(data)
+
+
+def test_a_damaged_png_header_is_left_to_pillow_which_refuses_it():
+    buffer = io.BytesIO()
+    Image.new("L", (31, 17)).save(buffer, format="PNG")
+    damaged = bytearray(buffer.getvalue())
+    damaged[29] ^= 0xFF  # the IHDR chunk's CRC no longer matches its 13 bytes
+    assert png_pixels(bytes(damaged)) is None
+    with pytest.raises(Exception):  # Pillow: cannot identify image file
+        image_pixels(bytes(damaged))
+    zero = bytearray(buffer.getvalue())
+    zero[16:20] = b"\0\0\0\0"  # width 0 (CRC fixed up): not an image size to trust
+    zero[29:33] = (__import__("zlib").crc32(bytes(zero[12:29])) & 0xFFFFFFFF).to_bytes(4, "big")
+    assert png_pixels(bytes(zero)) is None
+    assert png_pixels(_bytes("JPEG", "RGB")) is None and png_pixels(b"\x89PNG\r\n\x1a\n") is None

@@ -8,6 +8,7 @@ beyond the concurrency limit get 503 while the probes still answer. Every refusa
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import re
@@ -199,6 +200,22 @@ def test_pixel_bombs_get_413(digits_run, digits_predictor):
             uploaded = client.post("/v1/predict", files={"image": ("bomb.png", bomb, "image/png")})
             assert uploaded.status_code == 413, uploaded.text
         assert 'dlforge_rejected_total{reason="image_too_large"} 6.0' in client.get("/metrics").text
+
+
+def test_a_png_with_an_intact_header_and_garbage_pixels_gets_422_alone(digits_run, digits_predictor):
+    """The pixel limit reads a PNG's IHDR only (serve/security.png_pixels); pixels that do not decode are refused by
+    the batch's encode, for that request alone."""
+    broken = png_header_only(8, 8)[:33] + b"\0\0\0\x05IDATjunk!\0\0\0\0"
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
+    good = base64.b64encode(buffer.getvalue()).decode()
+    with app_client(digits_run, digits_predictor) as client:
+        sent = client.post("/v1/predict", json={"records": [{"image": base64.b64encode(broken).decode()}]})
+        assert sent.status_code == 422, sent.text
+        assert "cannot decode image" in sent.json()["detail"]
+        assert client.post("/v1/predict", json={"records": [{"image": good}]}).status_code == 200
 
 
 def test_beyond_the_concurrency_limit_requests_get_503_but_probes_answer(digits_run, digits_predictor):

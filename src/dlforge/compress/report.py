@@ -1,12 +1,15 @@
-"""`RUN/compress/report.md` and `pareto.svg`: what the search tried, measured, kept, and why.
+"""`RUN/compress/report.md`, `pareto.png` and `pareto.svg`: what the search tried, measured, kept, and why.
 
-The plot is SVG from the project's own chart module (report/svg.py), not a PNG: dlforge dropped matplotlib (about
-65 MB of install and a second of import for three kinds of chart), and a few kilobytes of vector text read the same
-in a browser, a Markdown viewer or report.html.
+The Pareto plot is a PNG (issue #13 asks for one: it pastes into a slide, a ticket or a chat that shows no SVG),
+drawn with matplotlib's Agg canvas (a bare Figure: no pyplot, the user's backend untouched), imported only here and only when the search writes its report (matplotlib is in
+the `compress` extra; the core install stays without it). The same plot is also written as SVG by the project's own
+chart module (report/svg.py): a few kilobytes, no dependency. Without matplotlib the PNG is left out and report.md
+says so and links the SVG.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
@@ -28,21 +31,73 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _metric_limit(result, budgets) -> float | None:
+    """The lowest (highest, for an error) metric the accuracy budget allows."""
+    if budgets.max_accuracy_drop is None:
+        return None
+    return result.reference + (-1 if higher_is_better(result.metric_name) else 1) * budgets.max_accuracy_drop
+
+
 def write_pareto_svg(path: Path, result, budgets) -> Path:
-    points = [(e.measurement.p50_ms, e.measurement.metric, e.measurement.size_bytes, e.candidate.name, e.pareto)
-              for e in result.entries]
-    limit = None
-    if budgets.max_accuracy_drop is not None:  # the lowest (highest, for an error) metric the budget allows
-        limit = result.reference + (-1 if higher_is_better(result.metric_name) else 1) * budgets.max_accuracy_drop
+    points = _pareto_points(result)
+    limit = _metric_limit(result, budgets)
     svg = bubble_chart(points, title=f"candidates: {result.metric_name} vs p50 latency (area: file size; filled: Pareto)",
                        xlabel="p50 latency at batch 1 (ms)", ylabel=f"test {result.metric_name}",
                        vline=budgets.max_latency_ms, hline=limit)
     return save_svg(path, svg)
 
 
+def _pareto_points(result):
+    return [(e.measurement.p50_ms, e.measurement.metric, e.measurement.size_bytes, e.candidate.name, e.pareto)
+            for e in result.entries]
+
+
+def write_pareto_png(path: Path, result, budgets) -> Path | None:
+    """The Pareto plot as PNG (matplotlib, Agg): metric vs p50 latency, marker area proportional to file size,
+    Pareto candidates filled, the budgets dashed. None when matplotlib is not installed (the SVG stands alone)."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure  # a bare Figure saves through the Agg canvas: no backend switch, no GUI
+    except ImportError:
+        return None
+    points = [p for p in _pareto_points(result) if math.isfinite(p[0]) and math.isfinite(p[1])]
+    limit = _metric_limit(result, budgets)
+    figure = Figure(figsize=(7.5, 4.8), dpi=100)  # a Figure, not pyplot: no global state, nothing to close
+    axes = figure.subplots()
+    largest = max((p[2] for p in points), default=1) or 1
+    colours = matplotlib.colormaps["tab10"].colors
+    for i, (x, y, size, name, front) in enumerate(points):
+        colour = colours[i % len(colours)]
+        area = 30 + 900 * max(size, 0) / largest  # points^2: area proportional to the file size
+        axes.scatter([x], [y], s=area, facecolors=colour if front else "none", edgecolors=colour,
+                     alpha=0.6 if front else 1.0, linewidths=1.5)
+        # Candidates often sit close together (fp32 ORT and int8 within 0.02 ms): stagger the labels vertically.
+        axes.annotate(name, (x, y), xytext=(7, 4 - 11 * (i % 3)), textcoords="offset points", fontsize=8)
+    if budgets.max_latency_ms is not None:
+        axes.axvline(budgets.max_latency_ms, color="#d62728", linestyle="--", linewidth=1, label="latency budget")
+    if limit is not None:
+        axes.axhline(limit, color="#d62728", linestyle=":", linewidth=1, label="accuracy budget")
+    if budgets.max_latency_ms is not None or limit is not None:
+        axes.legend(loc="best", fontsize=8)
+    axes.set_xlabel("p50 latency at batch 1 (ms)")
+    axes.set_ylabel(f"test {result.metric_name}")
+    axes.set_title(f"candidates: {result.metric_name} vs p50 latency (area: file size; filled: Pareto)", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.margins(x=0.12, y=0.08)  # room for the labels right of the rightmost bubbles
+    figure.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    figure.savefig(tmp, format="png")
+    tmp.replace(path)  # atomic, as write_text: a reader never sees half a PNG
+    return path
+
+
 def write_search_report(out: Path, result, *, budgets, objective: str, closest, strategy: str) -> Path:
     out = Path(out)
     write_pareto_svg(out / "pareto.svg", result, budgets)
+    png = write_pareto_png(out / "pareto.png", result, budgets)
+    if png is None:
+        (out / "pareto.png").unlink(missing_ok=True)  # a PNG of an earlier search would not show this one
     threads = result.entries[0].measurement.threads if result.entries else torch.get_num_threads()
     lines = [f"# dlforge compress: {result.metric_name} vs latency vs size", "",
              f"Budgets: accuracy drop <= {budgets.max_accuracy_drop}, p50 latency <= {budgets.max_latency_ms} ms, "
@@ -80,12 +135,17 @@ def write_search_report(out: Path, result, *, budgets, objective: str, closest, 
               "- size: the bytes of the file the runtime loads (model.safetensors, or the .onnx file(s));",
               "- inputs are encoded once, outside the timed loop: the figures are the forward pass only.",
               "- unstructured (zeroed) weights are not a search candidate: dense kernels do the same work on zeros.",
-              "", "![Pareto plot](pareto.svg)", "",
-              "The plot is SVG (report/svg.py) rather than PNG: dlforge draws its charts without matplotlib "
-              "(dropped for its ~65 MB install and import time); vector text is a few KB and scales."]
+              ""]
+    if png is not None:
+        lines += ["![Pareto plot](pareto.png)", "",
+                  "The same plot as SVG (vector, a few KB): [pareto.svg](pareto.svg)."]
+    else:
+        lines += ["![Pareto plot](pareto.svg)", "",
+                  "No PNG: matplotlib is not installed (`pip install 'dlforge[compress]'` brings it); the plot is "
+                  "the SVG above, drawn without it."]
     path = out / "report.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
 
 
-__all__ = ["write_pareto_svg", "write_search_report"]
+__all__ = ["write_pareto_png", "write_pareto_svg", "write_search_report"]
