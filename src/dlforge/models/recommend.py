@@ -28,7 +28,8 @@ from dlforge.models.negatives import NegativeSampler
 
 TOP_K = 10  # the cutoff of the logged metrics (hr@10, ndcg@10, coverage@10): the papers' choice
 RECALL_K = 50
-CHUNK_PAIRS = 2_000_000  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
+CHUNK_PAIRS = 2_000_000
+TRANSITION_SMOOTHING = 5.0  # added to each item's total of successor counts: a rare item's few counts weigh less  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
 
 
 class ResizableBuffers(nn.Module):
@@ -94,6 +95,13 @@ class RecommenderModel(nn.Module):
             self.state.register_buffer("seq_positions", torch.zeros(0, dtype=torch.long))
             if getattr(recipe.combiner, "history_ratings", False):
                 self.state.register_buffer("seq_ratings", torch.zeros(0))
+        self.transitions = getattr(recipe.combiner, "transitions", 0)
+        if self.transitions:
+            # Item -> next item counts of the train rows (sorted keys a * n_items + b, row-normalised values).
+            self.transition_weight = float(recipe.combiner.transition_weight)
+            self.transition_decay = float(recipe.combiner.transition_decay)
+            self.state.register_buffer("trans_keys", torch.zeros(0, dtype=torch.long))
+            self.state.register_buffer("trans_values", torch.zeros(0))
         self.sampler = (NegativeSampler(self.n_items, kind=output.sampler, alpha=output.popularity_alpha,
                                         seed=recipe.training.seed + 2) if self.ranking else None)
         self._log_q: torch.Tensor | None = None
@@ -114,6 +122,8 @@ class RecommenderModel(nn.Module):
             setattr(self.state, f"side_{i}", tensors["catalogues"][name])
         if self.history_length:
             self._attach_sequences(tensors["pairs"], tensors.get("ratings") or {})
+        if self.transitions:
+            self._attach_transitions(*tensors["pairs"]["train"])
         if self.sampler is not None:
             train_users, train_items = tensors["pairs"]["train"]
             self.sampler.set_data(train_users, train_items, tensors["popularity"])
@@ -134,6 +144,47 @@ class RecommenderModel(nn.Module):
         first = torch.full((len(keys),), len(users), dtype=torch.long).scatter_reduce(0, inverse, positions, "amin")
         self.state.seq_indptr, self.state.seq_items = indptr, items
         self.state.seq_keys, self.state.seq_positions = keys, first
+
+    def _attach_transitions(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Count, over the train rows in time order, how often item b comes k = 1..`transitions` steps after item a
+        in one user's sequence (weight decay^(k-1)), and divide each row a by its total + TRANSITION_SMOOTHING: a
+        first-order Markov chain over items (Rendle et al. 2010's MC part, counted, not factorised). Train rows
+        only, so neither a val nor a test item is ever counted as a successor."""
+        known = (users > 0) & (items > 0)
+        users, items = users[known], items[known]
+        order = torch.argsort(users, stable=True)  # keeps each user's rows in time order
+        users, items = users[order], items[order]
+        keys, weights = [], []
+        for k in range(1, self.transitions + 1):
+            same = users[:-k] == users[k:]
+            keys.append(items[:-k][same] * self.n_items + items[k:][same])
+            weights.append(torch.full((int(same.sum()),), self.transition_decay ** (k - 1)))
+        keys, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        counts = torch.zeros(len(keys)).index_add_(0, inverse, torch.cat(weights))
+        source = torch.div(keys, self.n_items, rounding_mode="floor")
+        totals = torch.zeros(self.n_items).index_add_(0, source, counts)
+        self.state.trans_keys, self.state.trans_values = keys, counts / (totals[source] + TRANSITION_SMOOTHING)
+
+    def transition_scores(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_items) sum over the row's history (most recent first, weight decay^p) of each history item's row of
+        the transition matrix: how strongly the recent items lead to each item. All tensor ops."""
+        history = self.history(x)
+        keys, values = self.state.trans_keys, self.state.trans_values
+        out = torch.zeros(len(history), self.n_items, device=history.device)
+        if not len(keys):
+            return out
+        bounds = torch.searchsorted(keys, torch.arange(self.n_items + 1, device=keys.device) * self.n_items)
+        flat = history.reshape(-1)
+        start = bounds[flat]
+        counts = torch.where(flat > 0, bounds[flat + 1] - start, torch.zeros_like(start))
+        position = torch.arange(history.shape[1], device=history.device).repeat(len(history))
+        weight = self.transition_decay ** position.float()
+        slot = torch.arange(len(flat), device=history.device).repeat_interleave(counts)
+        offsets = torch.arange(int(counts.sum()), device=history.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        entry = start[slot] + offsets
+        out.index_put_((torch.div(slot, history.shape[1], rounding_mode="floor"), keys[entry] % self.n_items),
+                       values[entry] * weight[slot], accumulate=True)
+        return out
 
     def history(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, history) each row's user's items before the row's own item (its first interaction with it), the
@@ -197,7 +248,10 @@ class RecommenderModel(nn.Module):
     def score_items(self, x: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         """(B, m) scores of each row's user with `items` (B, m), item features from the catalogue."""
         u = self.user_encoding(x).unsqueeze(1)
-        return self.scorer.interact(u, self.item_encoding(items)) + self.scorer.biases(x[self.user_input], items)
+        scores = self.scorer.interact(u, self.item_encoding(items)) + self.scorer.biases(x[self.user_input], items)
+        if self.transitions and not self.training:
+            scores = scores + self.transition_weight * self.transition_scores(x).gather(1, items)
+        return scores
 
     def score_all(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_items) scores of each row's user with every item: one matrix product for dot-product scorers."""
@@ -205,6 +259,8 @@ class RecommenderModel(nn.Module):
         every = torch.arange(self.n_items, device=users.device)
         u, v = self.user_encoding(x), self.item_encoding(every)
         bias = self.scorer.all_biases(users, self.n_items)
+        if self.transitions and not self.training:  # a fixed term: added to the trained scores, never trained
+            bias = bias + self.transition_weight * self.transition_scores(x)
         if self.scorer.dot_product:
             return u @ v.T + bias
         step = max(1, CHUNK_PAIRS // self.n_items)
@@ -249,6 +305,8 @@ class RecommenderModel(nn.Module):
         if hasattr(self.state, "seq_ratings") and not self.ranking:
             history = self.history(x)
             score = score + self.scorer.recent_deviation(users, history, self.history_ratings(x))
+        if self.transitions and not self.training:
+            score = score + self.transition_weight * self.transition_scores(x).gather(1, items.unsqueeze(1)).squeeze(1)
         score = score.unsqueeze(1)
         if self.training or not self.ranking:
             return {self.output: score}

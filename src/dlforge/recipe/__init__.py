@@ -406,6 +406,10 @@ def recommender_shape(recipe: Recipe) -> list[str]:
                                                          and recipe.outputs[0].type == "number"):
         problems.append("combiner.history_ratings: reads the ratings of the user's history, so it needs history > 0 "
                         "and a number (rating) output; set history: 10, or drop history_ratings")
+    if getattr(comb, "transitions", 0) and not (comb.history and recipe.outputs
+                                                 and recipe.outputs[0].type == "interaction"):
+        problems.append("combiner.transitions: the Markov-chain term reads the user's recent items and ranks them, so "
+                        "it needs history > 0 (e.g. 10) and an interaction output; set history, or drop transitions")
     if getattr(comb, "history_layers", 0) and not comb.history:
         problems.append("combiner.history_layers: the blocks run over the history; set history > 0 (e.g. 10)")
     for i, f in enumerate(ids):
