@@ -110,3 +110,50 @@ def test_transitions_need_a_history_and_an_interaction_output(tmp_path):
     recipe = ranking_recipe(paths, side=False, combiner={"name": "mf", "dim": 8, "transitions": 3})
     with pytest.raises(RecipeError, match="combiner.transitions"):
         load_recipe(recipe)
+
+
+@pytest.mark.slow  # three trainings: 20 s at load 15
+def test_refit_trains_on_train_and_val_and_keeps_the_first_models_val(tmp_path):
+    import dlforge
+    from dlforge.data import prepare
+    from dlforge.recipe.io import load_recipe
+    from dlforge.training.refit import pooled_splits
+
+    paths, _ = _chain_interactions(tmp_path, users=30)
+    recipe = ranking_recipe(paths, side=False, combiner={"name": "mf", "dim": 8, "history": 4, "transitions": 1},
+                            negatives=4)
+    recipe["training"].update(epochs=3, batch_size=64, early_stopping={"metric": "val.hr@10", "patience": 5})
+    plain = dlforge.train(recipe, out=tmp_path / "plain", progress=False).metrics
+    recipe["training"]["refit"] = True
+    refitted = dlforge.train(recipe, out=tmp_path / "refit", progress=False).metrics
+    # val is the first model's (the same seed, the same training); test and the artifact are the refit's
+    assert refitted["val"] == plain["val"]
+    assert refitted["refit"]["epochs"] == plain["best_epoch"]
+    assert refitted["refit"]["rows"] == 30 * 7  # 6 train + 1 val rows per user
+    for name in ("most_popular",):  # popularity counted on train, as documented
+        assert refitted["baseline"][name]["hr@10"] == plain["baseline"][name]["hr@10"]
+    assert not (tmp_path / "refit" / "refit").exists()
+    model = dlforge.load(tmp_path / "refit").recommender().model
+    prepared = prepare(load_recipe(recipe))
+    pooled = pooled_splits(prepared)
+    assert set(pooled) == {"train", "test"}
+    assert torch.equal(pooled["train"].x["item"][-30:], prepared.splits["val"].x["item"])  # val after train
+    # the refit counted the val rows' transitions too (train + val sequences): more keys than train alone
+    first = dlforge.load(tmp_path / "plain").recommender().model
+    assert float(model.state.trans_values.sum()) > float(first.state.trans_values.sum())
+    assert float(model.state.popularity.sum()) == float(first.state.popularity.sum()) + 30
+
+
+def test_refit_is_for_recommenders_and_not_with_cross_fit(tmp_path):
+    from dlforge.core.errors import RecipeError
+    from dlforge.recipe.io import load_recipe
+
+    paths, _ = _chain_interactions(tmp_path)
+    recipe = ranking_recipe(paths, side=False, combiner={"name": "mf", "dim": 8})
+    recipe["training"].update(refit=True, cross_fit=3)
+    with pytest.raises(RecipeError, match="training.refit: cross_fit"):
+        load_recipe(recipe)
+    tabular = {"data": {"source": str(paths["interactions"])}, "inputs": [{"name": "ts", "type": "number"}],
+               "outputs": [{"name": "rating", "type": "number"}], "training": {"refit": True}}
+    with pytest.raises(RecipeError, match="training.refit: the refit on train"):
+        load_recipe(tabular)
