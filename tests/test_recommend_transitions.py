@@ -61,6 +61,16 @@ def test_transitions_count_train_rows_only_and_test_history_ends_with_val(tmp_pa
             assert [vocab[i] if i else 0 for i in history[row].tolist()] == expected[users[user]]
         assert not bool((history == x["item"].unsqueeze(1)).any())  # never the row's own item
 
+    # What each ranking leaves out: a val row the user's train items only (u0's test item e stays a candidate: the
+    # future is not known), a test row train + val (u0's val item d is left out); never the row's own item.
+    for x, left_out in ((val, {"u0": "abc", "u1": "ac", "u2": "ab", "u3": "degh"}),
+                        (test, {"u0": "abcd", "u1": "abc", "u2": "abe", "u3": "deagh"})):
+        mask = model.seen_before(x["user"], x["item"])
+        for row, user in enumerate(x["user"].tolist()):
+            assert {vocab[i] for i in torch.nonzero(mask[row]).flatten().tolist()} == set(left_out[users[user]])
+    # Serving leaves out everything the user has (no row item): u0's a-e.
+    assert model.seen_mask(torch.tensor([users.index("u0")]))[0].sum() == 5
+
     # The term by hand: u1's val row has history (c, a): c leads nowhere, a (weight 0.5) to b and c.
     row = val["user"].tolist().index(users.index("u1"))
     term = model.transition_scores(val)[row]

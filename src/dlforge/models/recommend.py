@@ -9,8 +9,9 @@
     validation, early stopping and `dlforge evaluate` need nothing new. Ranking all items is one matrix product.
 
 What the model needs beside its weights is held in buffers, saved in model.safetensors with them: the seen
-items of every user (CSR: `seen_indptr`, `seen_items`; every split's interactions, excluded at ranking and
-serving time except the row's own item), training popularity (the popularity fallback and baseline), and one
+items of every user (CSR: `seen_indptr`, `seen_items`, and `seen_stages`, the split each pair is from: a row's ranking
+leaves out the user's items of its own split and the earlier ones, never its own item; serving leaves out every
+split's), training popularity (the popularity fallback and baseline), and one
 catalogue per side feature (its value by id, to score every item or a user from their features). Loading
 resizes these buffers to the stored shapes (`_load_from_state_dict`).
 """
@@ -29,6 +30,8 @@ from dlforge.models.negatives import NegativeSampler
 TOP_K = 10  # the cutoff of the logged metrics (hr@10, ndcg@10, coverage@10): the papers' choice
 RECALL_K = 50
 CHUNK_PAIRS = 2_000_000
+OPTIONAL_BUFFERS = ("seen_stages",)
+SPLIT_STAGES = {"train": 0, "val": 1, "test": 2}  # any other part (a file given to evaluate) counts as after test
 TRANSITION_SMOOTHING = 5.0  # added to each item's total of successor counts: a rare item's few counts weigh less  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
 
 
@@ -37,6 +40,9 @@ class ResizableBuffers(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        for name in OPTIONAL_BUFFERS:  # added later: a model saved before loads with it empty (and works as before)
+            if name in self._buffers and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros(0, dtype=self._buffers[name].dtype)
         for name in list(self._buffers):
             key = prefix + name
             if key in state_dict:
@@ -81,6 +87,9 @@ class RecommenderModel(nn.Module):
         self.state = ResizableBuffers()
         self.state.register_buffer("seen_indptr", torch.zeros(self.n_users + 1, dtype=torch.long))
         self.state.register_buffer("seen_items", torch.zeros(0, dtype=torch.long))
+        # the split each seen pair first occurs in (0 train, 1 val, 2 test): a val row's ranking leaves out the train
+        # items only, a test row's train + val, as the protocol's README and RecBole do (the future is not known)
+        self.state.register_buffer("seen_stages", torch.zeros(0, dtype=torch.int8))
         self.state.register_buffer("popularity", torch.zeros(self.n_items))
         self.catalogue_names = [*self.user_side, *self.item_side]
         for i in range(len(self.catalogue_names)):
@@ -111,8 +120,13 @@ class RecommenderModel(nn.Module):
         """Seen items, popularity, side catalogues and the sampler's positives (data/interactions.py's tensors)."""
         users = torch.cat([u for u, _ in tensors["pairs"].values()])
         items = torch.cat([i for _, i in tensors["pairs"].values()])
+        stages = torch.cat([torch.full((len(u),), SPLIT_STAGES.get(part, len(SPLIT_STAGES)), dtype=torch.long)
+                            for part, (u, _) in tensors["pairs"].items()])
         known = (users > 0) & (items > 0)
-        keys = torch.unique(users[known] * self.n_items + items[known])
+        keys, inverse = torch.unique(users[known] * self.n_items + items[known], return_inverse=True)
+        first = torch.full((len(keys),), len(SPLIT_STAGES), dtype=torch.long).scatter_reduce(0, inverse, stages[known],
+                                                                                                "amin")
+        self.state.seen_stages = first.to(torch.int8)
         seen_users, seen_items = torch.div(keys, self.n_items, rounding_mode="floor"), keys % self.n_items
         self.state.seen_indptr = torch.cat([torch.zeros(1, dtype=torch.long),
                                             torch.bincount(seen_users, minlength=self.n_users).cumsum(0)])
@@ -235,6 +249,27 @@ class RecommenderModel(nn.Module):
         mask[rows, items[start.repeat_interleave(counts) + offsets]] = True
         return mask
 
+    def seen_before(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) True where the user interacted with the item in the row's own split or an earlier one (a val
+        row: train and val; a test row: train, val and test), never the row's own item: what its ranking leaves
+        out. A pair not in the data (or a model saved without the splits) leaves out every seen item."""
+        mask = self.seen_mask(users)
+        if len(self.state.seen_stages) != len(self.state.seen_items):
+            return mask
+        indptr, stages = self.state.seen_indptr, self.state.seen_stages
+        start, end = indptr[users], indptr[users + 1]
+        counts = end - start
+        rows = torch.arange(len(users), device=users.device).repeat_interleave(counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        entries = start.repeat_interleave(counts) + offsets
+        stage = torch.full((len(users), self.n_items), -1, dtype=torch.int8, device=users.device)
+        stage[rows, self.state.seen_items[entries]] = stages[entries]
+        own = stage[torch.arange(len(users), device=users.device), items].long()
+        own = torch.where(own < 0, torch.full_like(own, len(SPLIT_STAGES)), own)
+        mask = mask & (stage.long() <= own.unsqueeze(1))
+        mask[torch.arange(len(users), device=users.device), items] = False
+        return mask
+
     # ------------------------------------------------------------ encodings
     def user_encoding(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         history = self.history(x) if self.history_length else None
@@ -268,13 +303,12 @@ class RecommenderModel(nn.Module):
                           for i in range(0, len(u), step)]) + bias
 
     def rank(self, x: dict[str, torch.Tensor], k: int = max(TOP_K, RECALL_K)) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rank of each row's item among the user's unseen items, 0 = first; top-k item indices). The row's own
-        item is never masked; an unknown item (index 0) ranks last (a miss)."""
+        """(rank of each row's item among the items the user had not interacted with by the row's split, 0 = first;
+        top-k item indices). The row's own item is never masked; an unknown item (index 0) ranks last (a miss)."""
         users, items = x[self.user_input], x[self.item_input]
         scores = self.score_all(x).float()
-        mask = self.seen_mask(users)
+        mask = self.seen_before(users, items)
         rows = torch.arange(len(users), device=users.device)
-        mask[rows, items] = False
         mask[:, 0] = True
         own = scores[rows, items]
         scores = scores.masked_fill(mask, -math.inf)
