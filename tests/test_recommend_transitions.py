@@ -25,7 +25,7 @@ def _model(recipe: dict):
     return model.eval(), prepared
 
 
-def test_transitions_count_train_rows_only_and_test_history_ends_with_val(tmp_path):
+def test_transitions_count_train_rows_only_and_test_history_ends_with_val(tmp_path, monkeypatch):
     # The file's own split column decides (as MovieLens'); u0's val and test share a timestamp and the test row
     # comes first in the file: the test row's history must still start with the val item.
     rows = [("u0", "a", 1, "train"), ("u0", "b", 2, "train"), ("u0", "c", 3, "train"), ("u0", "e", 4, "test"),
@@ -77,6 +77,14 @@ def test_transitions_count_train_rows_only_and_test_history_ends_with_val(tmp_pa
     assert torch.allclose(term[ix["b"]], torch.tensor(0.5 * 2 / 8.5))
     assert torch.allclose(term[ix["c"]], torch.tensor(0.5 * 1.5 / 8.5))
     assert float(term.sum()) == pytest.approx(0.5 * 3.5 / 8.5)
+    # The sparse path (catalogues over DENSE_TRANSITIONS_MAX items) gives the same terms as the dense rows.
+    import dlforge.models.recommend as recommend
+
+    for x in (val, test, {"user": test["user"]}):
+        dense = model.transition_scores(x)
+        monkeypatch.setattr(recommend, "DENSE_TRANSITIONS_MAX", 0)
+        assert torch.allclose(model.transition_scores(x), dense)
+        monkeypatch.undo()
     # Added at ranking time (weight 2), never while training.
     with torch.no_grad():
         ranked = model.score_all(val)

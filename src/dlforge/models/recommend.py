@@ -32,7 +32,8 @@ RECALL_K = 50
 CHUNK_PAIRS = 2_000_000
 OPTIONAL_BUFFERS = ("seen_stages",)
 SPLIT_STAGES = {"train": 0, "val": 1, "test": 2}  # any other part (a file given to evaluate) counts as after test
-TRANSITION_SMOOTHING = 5.0  # added to each item's total of successor counts: a rare item's few counts weigh less  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
+TRANSITION_SMOOTHING = 5.0
+DENSE_TRANSITIONS_MAX = 4096  # up to this many items the transitions are also held dense (64 MB at most): fast rows  # added to each item's total of successor counts: a rare item's few counts weigh less  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
 
 
 class ResizableBuffers(nn.Module):
@@ -187,18 +188,30 @@ class RecommenderModel(nn.Module):
         out = torch.zeros(len(history), self.n_items, device=history.device)
         if not len(keys):
             return out
+        decay = self.transition_decay ** torch.arange(history.shape[1], device=history.device, dtype=torch.float32)
+        if self.n_items <= DENSE_TRANSITIONS_MAX:  # a small catalogue: rows of the dense matrix (serving: ~10 rows)
+            return torch.einsum("bl,bln->bn", decay * (history > 0), self._dense_transitions()[history])
         bounds = torch.searchsorted(keys, torch.arange(self.n_items + 1, device=keys.device) * self.n_items)
         flat = history.reshape(-1)
         start = bounds[flat]
         counts = torch.where(flat > 0, bounds[flat + 1] - start, torch.zeros_like(start))
-        position = torch.arange(history.shape[1], device=history.device).repeat(len(history))
-        weight = self.transition_decay ** position.float()
+        weight = decay.repeat(len(history))
         slot = torch.arange(len(flat), device=history.device).repeat_interleave(counts)
         offsets = torch.arange(int(counts.sum()), device=history.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
         entry = start[slot] + offsets
         out.index_put_((torch.div(slot, history.shape[1], rounding_mode="floor"), keys[entry] % self.n_items),
                        values[entry] * weight[slot], accumulate=True)
         return out
+
+    def _dense_transitions(self) -> torch.Tensor:
+        """The transition matrix as an (n_items, n_items) tensor, built once from the keys (not saved: derived)."""
+        keys = self.state.trans_keys
+        tag = (keys.data_ptr(), len(keys), keys.device)
+        if getattr(self, "_dense_tag", None) != tag:
+            dense = torch.zeros(self.n_items * self.n_items, device=keys.device)
+            dense[keys] = self.state.trans_values
+            self._dense, self._dense_tag = dense.reshape(self.n_items, self.n_items), tag
+        return self._dense
 
     def history(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, history) each row's user's items before the row's own item (its first interaction with it), the
