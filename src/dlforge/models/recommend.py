@@ -9,8 +9,9 @@
     validation, early stopping and `dlforge evaluate` need nothing new. Ranking all items is one matrix product.
 
 What the model needs beside its weights is held in buffers, saved in model.safetensors with them: the seen
-items of every user (CSR: `seen_indptr`, `seen_items`; every split's interactions, excluded at ranking and
-serving time except the row's own item), training popularity (the popularity fallback and baseline), and one
+items of every user (CSR: `seen_indptr`, `seen_items`, and `seen_stages`, the split each pair is from: a row's ranking
+leaves out the user's items of its own split and the earlier ones, never its own item; serving leaves out every
+split's), training popularity (the popularity fallback and baseline), and one
 catalogue per side feature (its value by id, to score every item or a user from their features). Loading
 resizes these buffers to the stored shapes (`_load_from_state_dict`).
 """
@@ -28,7 +29,11 @@ from dlforge.models.negatives import NegativeSampler
 
 TOP_K = 10  # the cutoff of the logged metrics (hr@10, ndcg@10, coverage@10): the papers' choice
 RECALL_K = 50
-CHUNK_PAIRS = 2_000_000  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
+CHUNK_PAIRS = 2_000_000
+OPTIONAL_BUFFERS = ("seen_stages",)
+SPLIT_STAGES = {"train": 0, "val": 1, "test": 2}  # any other part (a file given to evaluate) counts as after test
+TRANSITION_SMOOTHING = 5.0
+DENSE_TRANSITIONS_MAX = 4096  # up to this many items the transitions are also held dense (64 MB at most): fast rows  # added to each item's total of successor counts: a rare item's few counts weigh less  # NeuMF scores users x items through its MLP: this many pairs per chunk bounds memory
 
 
 class ResizableBuffers(nn.Module):
@@ -36,6 +41,9 @@ class ResizableBuffers(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        for name in OPTIONAL_BUFFERS:  # added later: a model saved before loads with it empty (and works as before)
+            if name in self._buffers and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros(0, dtype=self._buffers[name].dtype)
         for name in list(self._buffers):
             key = prefix + name
             if key in state_dict:
@@ -80,6 +88,9 @@ class RecommenderModel(nn.Module):
         self.state = ResizableBuffers()
         self.state.register_buffer("seen_indptr", torch.zeros(self.n_users + 1, dtype=torch.long))
         self.state.register_buffer("seen_items", torch.zeros(0, dtype=torch.long))
+        # the split each seen pair first occurs in (0 train, 1 val, 2 test): a val row's ranking leaves out the train
+        # items only, a test row's train + val, as the protocol's README and RecBole do (the future is not known)
+        self.state.register_buffer("seen_stages", torch.zeros(0, dtype=torch.int8))
         self.state.register_buffer("popularity", torch.zeros(self.n_items))
         self.catalogue_names = [*self.user_side, *self.item_side]
         for i in range(len(self.catalogue_names)):
@@ -94,6 +105,13 @@ class RecommenderModel(nn.Module):
             self.state.register_buffer("seq_positions", torch.zeros(0, dtype=torch.long))
             if getattr(recipe.combiner, "history_ratings", False):
                 self.state.register_buffer("seq_ratings", torch.zeros(0))
+        self.transitions = getattr(recipe.combiner, "transitions", 0)
+        if self.transitions:
+            # Item -> next item counts of the train rows (sorted keys a * n_items + b, row-normalised values).
+            self.transition_weight = float(recipe.combiner.transition_weight)
+            self.transition_decay = float(recipe.combiner.transition_decay)
+            self.state.register_buffer("trans_keys", torch.zeros(0, dtype=torch.long))
+            self.state.register_buffer("trans_values", torch.zeros(0))
         self.sampler = (NegativeSampler(self.n_items, kind=output.sampler, alpha=output.popularity_alpha,
                                         seed=recipe.training.seed + 2) if self.ranking else None)
         self._log_q: torch.Tensor | None = None
@@ -103,8 +121,13 @@ class RecommenderModel(nn.Module):
         """Seen items, popularity, side catalogues and the sampler's positives (data/interactions.py's tensors)."""
         users = torch.cat([u for u, _ in tensors["pairs"].values()])
         items = torch.cat([i for _, i in tensors["pairs"].values()])
+        stages = torch.cat([torch.full((len(u),), SPLIT_STAGES.get(part, len(SPLIT_STAGES)), dtype=torch.long)
+                            for part, (u, _) in tensors["pairs"].items()])
         known = (users > 0) & (items > 0)
-        keys = torch.unique(users[known] * self.n_items + items[known])
+        keys, inverse = torch.unique(users[known] * self.n_items + items[known], return_inverse=True)
+        first = torch.full((len(keys),), len(SPLIT_STAGES), dtype=torch.long).scatter_reduce(0, inverse, stages[known],
+                                                                                                "amin")
+        self.state.seen_stages = first.to(torch.int8)
         seen_users, seen_items = torch.div(keys, self.n_items, rounding_mode="floor"), keys % self.n_items
         self.state.seen_indptr = torch.cat([torch.zeros(1, dtype=torch.long),
                                             torch.bincount(seen_users, minlength=self.n_users).cumsum(0)])
@@ -114,6 +137,8 @@ class RecommenderModel(nn.Module):
             setattr(self.state, f"side_{i}", tensors["catalogues"][name])
         if self.history_length:
             self._attach_sequences(tensors["pairs"], tensors.get("ratings") or {})
+        if self.transitions:
+            self._attach_transitions(*tensors["pairs"]["train"])
         if self.sampler is not None:
             train_users, train_items = tensors["pairs"]["train"]
             self.sampler.set_data(train_users, train_items, tensors["popularity"])
@@ -134,6 +159,59 @@ class RecommenderModel(nn.Module):
         first = torch.full((len(keys),), len(users), dtype=torch.long).scatter_reduce(0, inverse, positions, "amin")
         self.state.seq_indptr, self.state.seq_items = indptr, items
         self.state.seq_keys, self.state.seq_positions = keys, first
+
+    def _attach_transitions(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Count, over the train rows in time order, how often item b comes k = 1..`transitions` steps after item a
+        in one user's sequence (weight decay^(k-1)), and divide each row a by its total + TRANSITION_SMOOTHING: a
+        first-order Markov chain over items (Rendle et al. 2010's MC part, counted, not factorised). Train rows
+        only, so neither a val nor a test item is ever counted as a successor."""
+        known = (users > 0) & (items > 0)
+        users, items = users[known], items[known]
+        order = torch.argsort(users, stable=True)  # keeps each user's rows in time order
+        users, items = users[order], items[order]
+        keys, weights = [], []
+        for k in range(1, self.transitions + 1):
+            same = users[:-k] == users[k:]
+            keys.append(items[:-k][same] * self.n_items + items[k:][same])
+            weights.append(torch.full((int(same.sum()),), self.transition_decay ** (k - 1)))
+        keys, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        counts = torch.zeros(len(keys)).index_add_(0, inverse, torch.cat(weights))
+        source = torch.div(keys, self.n_items, rounding_mode="floor")
+        totals = torch.zeros(self.n_items).index_add_(0, source, counts)
+        self.state.trans_keys, self.state.trans_values = keys, counts / (totals[source] + TRANSITION_SMOOTHING)
+
+    def transition_scores(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_items) sum over the row's history (most recent first, weight decay^p) of each history item's row of
+        the transition matrix: how strongly the recent items lead to each item. All tensor ops."""
+        history = self.history(x)
+        keys, values = self.state.trans_keys, self.state.trans_values
+        out = torch.zeros(len(history), self.n_items, device=history.device)
+        if not len(keys):
+            return out
+        decay = self.transition_decay ** torch.arange(history.shape[1], device=history.device, dtype=torch.float32)
+        if self.n_items <= DENSE_TRANSITIONS_MAX:  # a small catalogue: rows of the dense matrix (serving: ~10 rows)
+            return torch.einsum("bl,bln->bn", decay * (history > 0), self._dense_transitions()[history])
+        bounds = torch.searchsorted(keys, torch.arange(self.n_items + 1, device=keys.device) * self.n_items)
+        flat = history.reshape(-1)
+        start = bounds[flat]
+        counts = torch.where(flat > 0, bounds[flat + 1] - start, torch.zeros_like(start))
+        weight = decay.repeat(len(history))
+        slot = torch.arange(len(flat), device=history.device).repeat_interleave(counts)
+        offsets = torch.arange(int(counts.sum()), device=history.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        entry = start[slot] + offsets
+        out.index_put_((torch.div(slot, history.shape[1], rounding_mode="floor"), keys[entry] % self.n_items),
+                       values[entry] * weight[slot], accumulate=True)
+        return out
+
+    def _dense_transitions(self) -> torch.Tensor:
+        """The transition matrix as an (n_items, n_items) tensor, built once from the keys (not saved: derived)."""
+        keys = self.state.trans_keys
+        tag = (keys.data_ptr(), len(keys), keys.device)
+        if getattr(self, "_dense_tag", None) != tag:
+            dense = torch.zeros(self.n_items * self.n_items, device=keys.device)
+            dense[keys] = self.state.trans_values
+            self._dense, self._dense_tag = dense.reshape(self.n_items, self.n_items), tag
+        return self._dense
 
     def history(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, history) each row's user's items before the row's own item (its first interaction with it), the
@@ -184,6 +262,27 @@ class RecommenderModel(nn.Module):
         mask[rows, items[start.repeat_interleave(counts) + offsets]] = True
         return mask
 
+    def seen_before(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) True where the user interacted with the item in the row's own split or an earlier one (a val
+        row: train and val; a test row: train, val and test), never the row's own item: what its ranking leaves
+        out. A pair not in the data (or a model saved without the splits) leaves out every seen item."""
+        mask = self.seen_mask(users)
+        if len(self.state.seen_stages) != len(self.state.seen_items):
+            return mask
+        indptr, stages = self.state.seen_indptr, self.state.seen_stages
+        start, end = indptr[users], indptr[users + 1]
+        counts = end - start
+        rows = torch.arange(len(users), device=users.device).repeat_interleave(counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        entries = start.repeat_interleave(counts) + offsets
+        stage = torch.full((len(users), self.n_items), -1, dtype=torch.int8, device=users.device)
+        stage[rows, self.state.seen_items[entries]] = stages[entries]
+        own = stage[torch.arange(len(users), device=users.device), items].long()
+        own = torch.where(own < 0, torch.full_like(own, len(SPLIT_STAGES)), own)
+        mask = mask & (stage.long() <= own.unsqueeze(1))
+        mask[torch.arange(len(users), device=users.device), items] = False
+        return mask
+
     # ------------------------------------------------------------ encodings
     def user_encoding(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         history = self.history(x) if self.history_length else None
@@ -197,7 +296,10 @@ class RecommenderModel(nn.Module):
     def score_items(self, x: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
         """(B, m) scores of each row's user with `items` (B, m), item features from the catalogue."""
         u = self.user_encoding(x).unsqueeze(1)
-        return self.scorer.interact(u, self.item_encoding(items)) + self.scorer.biases(x[self.user_input], items)
+        scores = self.scorer.interact(u, self.item_encoding(items)) + self.scorer.biases(x[self.user_input], items)
+        if self.transitions and not self.training:
+            scores = scores + self.transition_weight * self.transition_scores(x).gather(1, items)
+        return scores
 
     def score_all(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_items) scores of each row's user with every item: one matrix product for dot-product scorers."""
@@ -205,6 +307,8 @@ class RecommenderModel(nn.Module):
         every = torch.arange(self.n_items, device=users.device)
         u, v = self.user_encoding(x), self.item_encoding(every)
         bias = self.scorer.all_biases(users, self.n_items)
+        if self.transitions and not self.training:  # a fixed term: added to the trained scores, never trained
+            bias = bias + self.transition_weight * self.transition_scores(x)
         if self.scorer.dot_product:
             return u @ v.T + bias
         step = max(1, CHUNK_PAIRS // self.n_items)
@@ -212,13 +316,12 @@ class RecommenderModel(nn.Module):
                           for i in range(0, len(u), step)]) + bias
 
     def rank(self, x: dict[str, torch.Tensor], k: int = max(TOP_K, RECALL_K)) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rank of each row's item among the user's unseen items, 0 = first; top-k item indices). The row's own
-        item is never masked; an unknown item (index 0) ranks last (a miss)."""
+        """(rank of each row's item among the items the user had not interacted with by the row's split, 0 = first;
+        top-k item indices). The row's own item is never masked; an unknown item (index 0) ranks last (a miss)."""
         users, items = x[self.user_input], x[self.item_input]
         scores = self.score_all(x).float()
-        mask = self.seen_mask(users)
+        mask = self.seen_before(users, items)
         rows = torch.arange(len(users), device=users.device)
-        mask[rows, items] = False
         mask[:, 0] = True
         own = scores[rows, items]
         scores = scores.masked_fill(mask, -math.inf)
@@ -249,6 +352,8 @@ class RecommenderModel(nn.Module):
         if hasattr(self.state, "seq_ratings") and not self.ranking:
             history = self.history(x)
             score = score + self.scorer.recent_deviation(users, history, self.history_ratings(x))
+        if self.transitions and not self.training:
+            score = score + self.transition_weight * self.transition_scores(x).gather(1, items.unsqueeze(1)).squeeze(1)
         score = score.unsqueeze(1)
         if self.training or not self.ranking:
             return {self.output: score}

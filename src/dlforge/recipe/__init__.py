@@ -378,7 +378,9 @@ def recommender_shape(recipe: Recipe) -> list[str]:
     recommender = recipe.combiner.name in RECOMMENDER_COMBINERS
     interaction = any(o.type == "interaction" for o in recipe.outputs)
     if not (ids or recommender or interaction):
-        return []
+        return (["training.refit: the refit on train + val is built for recommendation recipes (id inputs, a "
+                 "recommender combiner); drop it, or pool the rows yourself (data.split.val: 0)"]
+                if recipe.training.refit else [])
     problems = []
     roles = [f.role for f in ids]
     if sorted(roles) != ["item", "user"]:
@@ -406,6 +408,12 @@ def recommender_shape(recipe: Recipe) -> list[str]:
                                                          and recipe.outputs[0].type == "number"):
         problems.append("combiner.history_ratings: reads the ratings of the user's history, so it needs history > 0 "
                         "and a number (rating) output; set history: 10, or drop history_ratings")
+    if getattr(comb, "transitions", 0) and not (comb.history and recipe.outputs
+                                                 and recipe.outputs[0].type == "interaction"):
+        problems.append("combiner.transitions: the Markov-chain term reads the user's recent items and ranks them, so "
+                        "it needs history > 0 (e.g. 10) and an interaction output; set history, or drop transitions")
+    if recipe.training.refit and recipe.training.cross_fit > 1:
+        problems.append("training.refit: cross_fit already trains on the val rows; use one of the two")
     if getattr(comb, "history_layers", 0) and not comb.history:
         problems.append("combiner.history_layers: the blocks run over the history; set history > 0 (e.g. 10)")
     for i, f in enumerate(ids):

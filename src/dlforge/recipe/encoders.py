@@ -142,6 +142,15 @@ class MFCombiner(Strict):
     history_heads: int = _field(1, "Attention heads of those blocks; must divide dim.", ge=1, le=16)
     history_dropout: float = _field(0.2, "Dropout inside the history blocks and on their input (history_layers > 0).",
                                     ge=0, lt=1)
+    transitions: int = _field(
+        0, "Item-to-item Markov chain beside the model (0 off): count how often item b follows item a within this "
+        "many steps in each user's train rows (time order; step k weighs transition_decay^(k-1)), divide each item's "
+        "row by its total + 5, and add transition_weight x the sum of the rows of the user's history items (the most "
+        "recent first, weighted transition_decay^p) to every score at ranking and serving time. A fixed term, not "
+        "trained; counted from the train rows only. Needs history > 0 and an interaction output.", ge=0, le=50)
+    transition_weight: float = _field(16.0, "Weight of the transitions term against the model's scores (choose it on "
+                                            "val).", ge=0)
+    transition_decay: float = _field(0.8, "Decay per step of the transitions term (counting and history).", gt=0, le=1)
     l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 
@@ -175,6 +184,15 @@ class TwoTowerCombiner(Strict):
     history_heads: int = _field(1, "Attention heads of those blocks; must divide dim.", ge=1, le=16)
     history_dropout: float = _field(0.2, "Dropout inside the history blocks and on their input (history_layers > 0).",
                                     ge=0, lt=1)
+    transitions: int = _field(
+        0, "Item-to-item Markov chain beside the model (0 off): count how often item b follows item a within this "
+        "many steps in each user's train rows (time order; step k weighs transition_decay^(k-1)), divide each item's "
+        "row by its total + 5, and add transition_weight x the sum of the rows of the user's history items (the most "
+        "recent first, weighted transition_decay^p) to every score at ranking and serving time. A fixed term, not "
+        "trained; counted from the train rows only. Needs history > 0 and an interaction output.", ge=0, le=50)
+    transition_weight: float = _field(16.0, "Weight of the transitions term against the model's scores (choose it on "
+                                            "val).", ge=0)
+    transition_decay: float = _field(0.8, "Decay per step of the transitions term (counting and history).", gt=0, le=1)
     l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 

@@ -196,6 +196,12 @@ class TrainingConfig(Strict):
         "so batches carry little padding — what fastai's SortishSampler and Hugging Face's group_by_length do. "
         "auto: by_length when a text encoder's cost follows the real length (minilm trims padding, lstm/gru pack "
         "it), else random.")
+    refit: bool = _field(
+        False, "Recommendation recipes: after training (early-stopped on val), train a fresh model with the same seed "
+        "on train + val for the epochs the first one kept (its best epoch), and test and save that one, as the "
+        "leave-last-out papers do before the test (the val interaction is then part of the user's training data, "
+        "not only of the test row's history). `val` metrics are the first model's; test, the sampled protocol and "
+        "the artifact are the refit's; the most-popular baseline stays counted on train. Costs a second training.")
     cross_fit: int = _field(
         1, "k > 1: a k-fold cross-fit ensemble (bagging, as AutoGluon and the RealMLP/TabM benchmarks do on small "
         "tables). The validation rows join the training rows; the pool is dealt into k folds (stratified on a "

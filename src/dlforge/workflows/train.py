@@ -45,6 +45,7 @@ from dlforge.training.feature_cache import release_feature_cache
 from dlforge.training.precision import precision_notice
 from dlforge.training.setup import build_training, output_scales
 from dlforge.training.privacy import VALIDATION_NOTE, plan_for
+from dlforge.training.refit import refit, refit_epochs
 from dlforge.training.strategy import StatefulStrategy, default_device
 from dlforge.workflows.assess import assess
 from dlforge.workflows.evaluate import derive_split, load_checkpoint_meta
@@ -190,6 +191,9 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     check_callbacks(recipe)  # a misspelt callback fails before the data is read
     if process.distributed:  # what several processes cannot do is refused before any work (training/distributed.py)
         distributed.check_recipe(recipe, distributed.process_device(process))
+        if recipe.training.refit:
+            raise DlforgeError("training.refit runs in one process", where="training.refit",
+                               hint="drop --nproc for this recipe, or drop training.refit")
     config = recipe.training
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -256,7 +260,17 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
     if trainer.stop_requested():  # under data parallelism agreed by every process: all stop, or none
         raise TrainingInterrupted(str(run_dir))
     # Under data parallelism every process scores its share of the rows and all get the whole split's metrics.
-    metrics = {part: trainer.evaluate(splits[part], detail=True) for part in ("val", "test") if part in splits}
+    refitted = None
+    if config.refit and fitted is None and len(splits.get("val") or ()):  # training/refit.py
+        first_model, val_metrics = trainer.model, trainer.evaluate(splits["val"], detail=True)
+        epochs = refit_epochs(result)
+        built, refit_result, _ = refit(recipe, prepared, epochs, run_dir=run_dir, progress=progress, stop=stop)
+        trainer, refitted = built.trainer, {"epochs": epochs, "train_seconds": round(refit_result.train_seconds, 3),
+                                            "rows": len(splits["train"]) + len(splits["val"])}
+        metrics = {"val": val_metrics, **({"test": trainer.evaluate(splits["test"], detail=True)}
+                                          if "test" in splits else {})}
+    else:
+        metrics = {part: trainer.evaluate(splits[part], detail=True) for part in ("val", "test") if part in splits}
     model = trainer.release()  # from here rank 0 alone (under FSDP: an ordinary module with the full weights)
     if not main:  # the main process holds the same weights: it writes the run directory
         return RunResult(run_dir, {}, result.history)
@@ -268,7 +282,9 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         metrics["processes"] = {"world_size": process.world_size, "strategy": config.strategy,
                                 "backend": distributed.backend_for(trainer.device),
                                 "threads_per_process": torch.get_num_threads()}
-    metrics.update({"train_seconds": round(result.train_seconds, 3), "prepare_seconds": round(prepare_seconds, 3),
+    refit_seconds = refitted["train_seconds"] if refitted is not None else 0.0
+    metrics.update({"train_seconds": round(result.train_seconds + refit_seconds, 3),
+                    "prepare_seconds": round(prepare_seconds, 3),
                     "epochs_run": result.epochs_run,
                     "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                     "parameters": count_parameters(model), "data": prepared.report, "audit": checks})
@@ -291,6 +307,11 @@ def train(recipe=None, *, out: str | Path | None = None, overrides: list[str] | 
         metrics["baseline"] = baseline
     if isinstance(model, RecommenderModel) and model.ranking:  # the sampled protocol, and the most-popular baseline
         metrics.update(ranking_report(model, recipe, prepared, base_dir=base_dir))
+        if refitted is not None:  # the baseline as documented: popularity counted on train only
+            metrics["baseline"] = ranking_report(first_model.eval(), recipe, prepared, base_dir=base_dir)["baseline"]
+    if refitted is not None:
+        metrics["refit"] = {**refitted, "note": "val: the model early-stopped on val; test and the saved model: a "
+                                                "fresh one trained on train + val for that many epochs"}
     if cache_report:
         metrics["backbones"] = cache_report
     privacy = trainer.strategy.report() if isinstance(trainer.strategy, StatefulStrategy) else None
