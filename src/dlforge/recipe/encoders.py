@@ -120,13 +120,10 @@ class AttentionCombiner(Strict):
     batch_norm: bool = _field(False, "Batch normalisation after each layer.")
 
 
-class MFCombiner(Strict):
-    """Matrix factorisation: score = mu + b_user + b_item + <p_user, q_item> (Koren et al. 2009). Ids only."""
+class UserHistory(Strict):
+    """The options a recommender combiner shares: the user's recent items (sequence-aware scoring), the item-to-item
+    transitions counted beside the model, and the per-row L2 on the embeddings a batch uses."""
 
-    name: Literal["mf"] = "mf"
-    dim: int = _field(64, "Width of the user and item factors.", ge=1, le=4096)
-    biases: bool = _field(True, "Learn a bias per user and per item (and a global one).")
-    init_std: float = _field(0.05, "Std of the factors' normal initialisation.", gt=0, le=1)
     history: int = _field(
         0, "Sequence-aware user: the user's last `history` items in time order (training interactions before the "
         "row's own item; at serving time all of them), embedded with a position from the most recent and pooled "
@@ -155,7 +152,16 @@ class MFCombiner(Strict):
                             "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 
 
-class TwoTowerCombiner(Strict):
+class MFCombiner(UserHistory):
+    """Matrix factorisation: score = mu + b_user + b_item + <p_user, q_item> (Koren et al. 2009). Ids only."""
+
+    name: Literal["mf"] = "mf"
+    dim: int = _field(64, "Width of the user and item factors.", ge=1, le=4096)
+    biases: bool = _field(True, "Learn a bias per user and per item (and a global one).")
+    init_std: float = _field(0.05, "Std of the factors' normal initialisation.", gt=0, le=1)
+
+
+class TwoTowerCombiner(UserHistory):
     """Two towers: an MLP over the user's id embedding and user side features, another over the item's; the
     score is the dot product of their outputs (plus biases). Side features let an unseen user or item be scored."""
 
@@ -169,32 +175,6 @@ class TwoTowerCombiner(Strict):
         0.0, "Fraction of training rows whose user and item ids are replaced by the unknown bucket, so the towers "
         "learn to score from side features alone (cold start; Volkovs et al. 2017, DropoutNet).", ge=0, lt=1)
     init_std: float = _field(0.05, "Std of the id embeddings' normal initialisation.", gt=0, le=1)
-    history: int = _field(
-        0, "Sequence-aware user: the user's last `history` items in time order (training interactions before the "
-        "row's own item; at serving time all of them), embedded with a position from the most recent and pooled "
-        "by attention, added to the user vector (0 off). Needs data.split.leave_last_out (its time column orders "
-        "the history).", ge=0, le=200)
-    history_ratings: bool = _field(
-        False, "With a rating (number) output: also read the history's ratings: the prediction adds a learned "
-        "weight per position times how far each recent rating sat from the biases' expectation (the user's "
-        "current mood/session; needs history > 0).")
-    history_layers: int = _field(
-        0, "Self-attention blocks over the history before it is read (SASRec, Kang & McAuley 2018: the most recent "
-        "position's output, which attends to the earlier ones); 0 = one attention-pooling query.", ge=0, le=4)
-    history_heads: int = _field(1, "Attention heads of those blocks; must divide dim.", ge=1, le=16)
-    history_dropout: float = _field(0.2, "Dropout inside the history blocks and on their input (history_layers > 0).",
-                                    ge=0, lt=1)
-    transitions: int = _field(
-        0, "Item-to-item Markov chain beside the model (0 off): count how often item b follows item a within this "
-        "many steps in each user's train rows (time order; step k weighs transition_decay^(k-1)), divide each item's "
-        "row by its total + 5, and add transition_weight x the sum of the rows of the user's history items (the most "
-        "recent first, weighted transition_decay^p) to every score at ranking and serving time. A fixed term, not "
-        "trained; counted from the train rows only. Needs history > 0 and an interaction output.", ge=0, le=50)
-    transition_weight: float = _field(16.0, "Weight of the transitions term against the model's scores (choose it on "
-                                            "val).", ge=0)
-    transition_decay: float = _field(0.8, "Decay per step of the transitions term (counting and history).", gt=0, le=1)
-    l2: float = _field(0.0, "L2 on the embeddings (and biases) each batch uses, per row (as in BPR and Funk SVD; "
-                            "0.0 off); unlike weight decay it leaves unused rows alone.", ge=0)
 
 
 class NeuMFCombiner(Strict):
