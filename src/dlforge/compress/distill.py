@@ -115,6 +115,53 @@ def teacher_logits(data: RunData, *, expected_rows: int, say=lambda text: None) 
     return logits, False
 
 
+def _token_table(encoder: torch.nn.Module, vocab_size: int) -> torch.nn.Embedding | None:
+    """A text encoder's token-embedding table: its one `nn.Embedding` with a row per vocabulary entry (a from-scratch
+    encoder's `embedding`, MiniLM's `embeddings.word_embeddings`; position and type tables have other sizes)."""
+    tables = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings == vocab_size]
+    return tables[0] if len(tables) == 1 else None
+
+
+def teacher_embeddings(teacher, recipe) -> dict[str, torch.Tensor]:
+    """Input name -> the teacher's token embeddings (vocabulary x dim) for every student text input with
+    `encoder.embeddings_from: teacher`; that input then reads the teacher's own tokens (its fitted tokenizer)."""
+    seeded = {}
+    for field in recipe.inputs:
+        if getattr(field.encoder, "embeddings_from", "none") != "teacher":
+            continue
+        where = f"inputs.{field.name}.encoder.embeddings_from"
+        feature = teacher.inputs.get(field.name)
+        vocab = (teacher.signature["inputs"].get(field.name) or {}).get("vocab_size")
+        encoder = teacher.model.encoders[field.name] if field.name in teacher.model.encoders else None
+        table = _token_table(encoder, vocab) if feature is not None and vocab and encoder is not None else None
+        if table is None:
+            raise DlforgeError(f"the teacher has no token-embedding table for input '{field.name}' to start the "
+                               "student from", where=where, hint="set embeddings_from: none (the student then learns "
+                                                                 "its own vocabulary and embeddings)")
+        if table.embedding_dim != field.encoder.dim:
+            raise DlforgeError(f"the teacher's token embeddings for '{field.name}' are {table.embedding_dim}-d, the "
+                               f"student's encoder.dim is {field.encoder.dim}", where=where,
+                               hint=f"set the student's encoder.dim to {table.embedding_dim}")
+        seeded[field.name] = table.weight.detach().float().clone()
+    return seeded
+
+
+def _seed_embeddings(seeded: dict[str, torch.Tensor]):
+    """A model transform (before the optimizer exists): the student's token tables take the teacher's vectors; the
+    padding row stays zero (the student's convolutions see padding, the teacher never did)."""
+
+    def transform(model):
+        for name, weight in seeded.items():
+            table = model.encoders[name].embedding
+            with torch.no_grad():
+                table.weight.copy_(weight)
+                if table.padding_idx is not None:
+                    table.weight[table.padding_idx].zero_()
+        return model
+
+    return transform
+
+
 def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
     """The loss hook: alpha * (soft-target term) + (1 - alpha) * (the model's own label loss)."""
     kinds = {name: sig["type"] for name, sig in signature["outputs"].items()}
@@ -159,7 +206,9 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                            hint="turn the student's augmentation off (its inputs' augmentation sections)")
     started = time.perf_counter()
     check_compatible(data.predictor.signature, recipe)
-    prepared = prepare(recipe, table=data.table)
+    seeded = teacher_embeddings(data.predictor, recipe)
+    prepared = prepare(recipe, table=data.table,
+                       fitted={name: data.predictor.inputs[name].state() for name in seeded})
     check_compatible(data.predictor.signature, recipe, prepared)
     train = prepared.splits["train"]
     logits, hit = teacher_logits(data, expected_rows=len(train), say=say)
@@ -169,7 +218,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha)
     with tempfile.TemporaryDirectory(prefix="dlforge-distill-") as work:
         built = build_training(recipe, prepared, splits=splits, run_dir=Path(work), progress=progress,
-                               loss_hooks=(hook,))
+                               loss_hooks=(hook,), model_transforms=(_seed_embeddings(seeded),) if seeded else ())
         result = built.trainer.fit()
         release_feature_cache(built.model)
         model = built.model.cpu().eval()
@@ -177,6 +226,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
+               "embeddings_from_teacher": sorted(seeded),
                "parameters": {"teacher": sum(p.numel() for p in data.predictor.model.parameters()),
                               "student": sum(p.numel() for p in model.parameters())}}
     path = variant_dir(data.run_dir, name, Path(out) if out else None)
@@ -214,4 +264,5 @@ def distill_pass(source: Candidate, *, work_dir: Path, student: str | None = Non
                       notes={"student": student, "temperature": temperature, "alpha": alpha})]
 
 
-__all__ = ["TEACHER", "check_compatible", "distill", "kd_loss_hook", "student_recipe", "teacher_logits"]
+__all__ = ["TEACHER", "check_compatible", "distill", "kd_loss_hook", "student_recipe", "teacher_embeddings",
+           "teacher_logits"]

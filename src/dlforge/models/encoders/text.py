@@ -19,6 +19,8 @@ class _TokenEncoder(Encoder):
         super().__init__()
         self.pad_id = signature.get("pad_id", 0)
         self.embedding = nn.Embedding(signature["vocab_size"], config.dim, padding_idx=self.pad_id)
+        if getattr(config, "freeze_embeddings", False):  # fixed vectors (a distilled student keeps the teacher's)
+            self.embedding.weight.requires_grad_(False)
 
     def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) ids -> (B, L, dim) vectors and the (B, L) mask of real tokens."""
