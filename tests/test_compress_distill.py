@@ -85,3 +85,40 @@ def test_teacher_embeddings_of_another_width_or_without_a_teacher_are_refused(te
     assert not main_ok(["train", str(path), "--out", str(tmp_path / "alone")])
     err = capsys.readouterr().err
     assert "embeddings_from: teacher" in err and "dlforge distill" in err
+
+
+def test_rewrites_mask_words_cut_ngrams_and_repeat_by_seed():
+    from dlforge.compress.distill_transfer import rewrite_texts
+
+    texts = ["one two three four five six seven eight nine ten"] * 2 + ["alone", ""]
+    out = rewrite_texts(texts, 20, mask_token="[MASK]", seed=3)
+    assert out == rewrite_texts(texts, 20, mask_token="[MASK]", seed=3) != rewrite_texts(texts, 20,
+                                                                                          mask_token="[MASK]", seed=4)
+    assert len(out) == len(set(out)) and not set(out) & set(texts)  # new texts only, each once
+    assert any("[MASK]" in t for t in out) and any(len(t.split()) <= 5 for t in out)
+    assert all(set(t.split()) <= set(texts[0].split()) | {"[MASK]", "alone"} for t in out)
+
+
+def test_a_transfer_set_is_labelled_by_the_teacher_once_and_joins_training(teacher, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import dlforge
+    from dlforge.compress.distill import distill
+    from dlforge.compress.distill_transfer import teacher_targets, transfer_set
+    from dlforge.compress.variant import RunData
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    student = str(_student(teacher, tmp_path, dim=8))
+    first = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], transfer=3, out=tmp_path / "a")
+    second = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], transfer=3, out=tmp_path / "b")
+    assert first["transfer_rows"] == second["transfer_rows"] > 0
+    cached = list((tmp_path / "cache" / "teacher_logits").glob("transfer-*.safetensors"))
+    assert len(cached) == 1
+    name, texts, logits, hit = transfer_set(RunData.load(teacher), 3)
+    assert hit and name == "text" and len(texts) == first["transfer_rows"]
+    # The cached logits are the teacher's own answers on the rewrites (computed in length-sorted batches).
+    taught = dlforge.load(teacher)
+    expected = taught.logits(taught.encode_inputs({"text": np.asarray(texts, dtype=object)}))["label"]
+    assert torch.allclose(load_file(str(cached[0]))["label"].reshape(-1), expected.reshape(-1), atol=1e-5)
+    hard = teacher_targets(taught.signature, logits, {"label": torch.zeros(4, 1)})["label"]
+    assert hard.shape == (len(texts), 1) and torch.equal(hard.reshape(-1), (expected.reshape(-1) > 0).float())

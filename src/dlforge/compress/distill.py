@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -162,6 +163,26 @@ def _seed_embeddings(seeded: dict[str, torch.Tensor]):
     return transform
 
 
+def _with_transfer_set(data: RunData, prepared, train: Encoded, copies: int, *, seed: int, say):
+    """The training split with the teacher-labelled rewrites appended (token ids padded to one width)."""
+    from dlforge.compress.distill_transfer import teacher_targets, transfer_set
+
+    name, texts, logits, hit = transfer_set(data, copies, seed=seed, say=say)
+    ids = prepared.inputs[name].transform(np.asarray(texts, dtype=object))
+    width = max(ids.shape[1], train.x[name].shape[1])
+    x = {name: torch.cat([F.pad(train.x[name], (0, width - train.x[name].shape[1])),
+                          F.pad(ids, (0, width - ids.shape[1]))])}
+    labels = teacher_targets(prepared.signature(), logits, train.y)
+    y = {}
+    for key, value in train.y.items():
+        added = logits[key[len(TEACHER):]] if key.startswith(TEACHER) else labels.get(key)
+        if added is None:
+            raise DlforgeError(f"the training split carries '{key}', which a teacher-labelled row cannot fill",
+                               where="--transfer", hint="use --transfer 0")
+        y[key] = torch.cat([value, added.to(value.dtype)])
+    return Encoded(x, y), len(texts), hit
+
+
 def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
     """The loss hook: alpha * (soft-target term) + (1 - alpha) * (the model's own label loss)."""
     kinds = {name: sig["type"] for name, sig in signature["outputs"].items()}
@@ -190,9 +211,16 @@ def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
 
 def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, alpha: float = 0.7,
             overrides: list[str] | None = None, name: str | None = None, out: str | Path | None = None,
-            progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True) -> dict:
+            progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
+            transfer: int = 0, transfer_seed: int = 0) -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
-    variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured."""
+    variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
+
+    `transfer` > 0 (a one-text-input teacher): up to that many rewrites of every training text, labelled by the
+    teacher, join the training split (distill_transfer.py: Tang et al. 2019); their label term reads the teacher's
+    decision."""
+    if not 0 <= transfer <= 100:
+        raise DlforgeError(f"--transfer is rewrites per training text, 0..100; got {transfer}", where="--transfer")
     if not temperature > 0:
         raise DlforgeError(f"--temperature must be > 0; got {temperature}", where="--temperature")
     if not 0.0 <= alpha <= 1.0:
@@ -215,6 +243,12 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     say(f"teacher logits: {'read from the cache' if hit else 'computed and cached'}")
     splits = dict(prepared.splits)
     splits["train"] = Encoded(train.x, {**train.y, **{TEACHER + n: v for n, v in logits.items()}})
+    extra = 0
+    if transfer:
+        splits["train"], extra, transfer_hit = _with_transfer_set(data, prepared, splits["train"], transfer,
+                                                                  seed=transfer_seed, say=say)
+        say(f"transfer set: {extra:,} rewritten texts, teacher logits "
+            f"{'read from the cache' if transfer_hit else 'computed and cached'}")
     hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha)
     with tempfile.TemporaryDirectory(prefix="dlforge-distill-") as work:
         built = build_training(recipe, prepared, splits=splits, run_dir=Path(work), progress=progress,
@@ -226,7 +260,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
-               "embeddings_from_teacher": sorted(seeded),
+               "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
                "parameters": {"teacher": sum(p.numel() for p in data.predictor.model.parameters()),
                               "student": sum(p.numel() for p in model.parameters())}}
     path = variant_dir(data.run_dir, name, Path(out) if out else None)
