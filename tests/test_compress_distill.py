@@ -122,3 +122,14 @@ def test_a_transfer_set_is_labelled_by_the_teacher_once_and_joins_training(teach
     assert torch.allclose(load_file(str(cached[0]))["label"].reshape(-1), expected.reshape(-1), atol=1e-5)
     hard = teacher_targets(taught.signature, logits, {"label": torch.zeros(4, 1)})["label"]
     assert hard.shape == (len(texts), 1) and torch.equal(hard.reshape(-1), (expected.reshape(-1) > 0).float())
+
+
+def test_a_text_cnn_gives_the_same_vectors_with_or_without_trailing_padding():
+    from dlforge.models.encoders.text import TextCNN
+    from dlforge.recipe.inputs import TextCNNEncoder
+
+    torch.manual_seed(0)
+    cnn = TextCNN(TextCNNEncoder(dim=6, filters=3, kernel_sizes=[2, 3, 4]), {"vocab_size": 20, "pad_id": 0}, None)
+    ids = torch.tensor([[2, 5, 7, 9, 0], [2, 4, 0, 0, 0]])
+    padded = torch.cat([ids, torch.zeros(2, 7, dtype=torch.long)], 1)
+    assert torch.allclose(cnn(ids), cnn(padded), atol=1e-6)

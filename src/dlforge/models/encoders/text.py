@@ -50,6 +50,12 @@ class TextCNN(_TokenEncoder):
         self.output_dim = config.filters * len(config.kernel_sizes)
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
+        # Padding columns past the batch's longest text change nothing (the [PAD] row is zero, as the convolutions'
+        # own padding, and max over time skips them), so they are cut: with `training.sampling: by_length` a batch
+        # then costs its real length, not the split's longest. One host sync per batch; an export keeps the
+        # dynamic length (as minilm.py).
+        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            ids = ids[:, :max(1, int((ids != self.pad_id).sum(1).max()))]
         h, valid = self.embed(ids)
         h = h.transpose(1, 2)  # (B, dim, L)
         length = ids.shape[1]
