@@ -103,9 +103,17 @@ def teacher_logits(data: RunData, *, expected_rows: int, say=lambda text: None) 
             pass
     say("computing the teacher's logits on the training split (once; cached for later students)")
     # The teacher reads the rows through its own features (MiniLM's word pieces), not the student's encoding.
-    x = data.predictor.encode_inputs(data.part_table("train"))
-    with torch.no_grad():
-        logits = {name: value.float().contiguous() for name, value in data.predictor.logits(x).items()}
+    table = data.part_table("train")
+    inputs = data.predictor.signature["inputs"]
+    if len(inputs) == 1 and next(iter(inputs.values()))["type"] == "text":  # batches of similar length: less padding
+        from dlforge.compress.distill_transfer import by_length_logits
+
+        name = next(iter(inputs))
+        logits = by_length_logits(data.predictor, name, np.asarray(table.columns[name]))
+    else:
+        x = data.predictor.encode_inputs(table)
+        with torch.no_grad():
+            logits = {name: value.float().contiguous() for name, value in data.predictor.logits(x).items()}
     if any(len(v) != expected_rows for v in logits.values()):
         raise DlforgeError("the teacher's training rows differ from the student's", where="--student",
                            hint="the student must read the teacher's data the same way (image files that fail to "

@@ -23,6 +23,7 @@ import torch
 
 from dlforge.core.errors import DlforgeError
 from dlforge.core.files import atomic_path
+from dlforge.data.features.base import is_missing
 from dlforge.training.feature_cache import cache_root
 
 P_MASK, P_NGRAM, MAX_NGRAM = 0.1, 0.25, 5  # Tang et al.'s p_mask, p_ng and n-gram lengths 1..5
@@ -52,8 +53,9 @@ def rewrite_texts(texts: list[str], copies: int, *, mask_token: str, seed: int =
     return out
 
 
-def _by_length_logits(predictor, name: str, texts: list[str], batch: int = 256) -> dict[str, torch.Tensor]:
-    """The teacher's logits on `texts`, run in batches of similar length, returned in the texts' order."""
+def by_length_logits(predictor, name: str, texts, batch: int = 256) -> dict[str, torch.Tensor]:
+    """The teacher's logits on `texts`, run in batches of similar length, returned in the texts' order (a
+    transformer teacher trims each batch to its longest text: random batches would pay for the longest of all)."""
     ids = predictor.encode_inputs({name: np.asarray(texts, dtype=object)})[name]
     lengths = (ids != 0).sum(1)
     order = torch.argsort(lengths, descending=True, stable=True)
@@ -82,7 +84,7 @@ def transfer_set(data, copies: int, *, seed: int = 0, say=lambda text: None
     name = names[0]
     tokenizer = getattr(data.predictor.inputs[name], "tokenizer_", None)
     mask_token = "[MASK]" if tokenizer is not None and tokenizer.token_to_id("[MASK]") is not None else "[UNK]"
-    train = [str(t) for t in np.asarray(data.part_table("train").columns[name]).tolist()]
+    train = ["" if is_missing(t) else str(t) for t in np.asarray(data.part_table("train").columns[name]).tolist()]
     texts = rewrite_texts(train, copies, mask_token=mask_token, seed=seed)
     if not texts:
         raise DlforgeError("the training texts gave no rewrites", where="--transfer", hint="use --transfer 0")
@@ -99,7 +101,7 @@ def transfer_set(data, copies: int, *, seed: int = 0, say=lambda text: None
         except Exception:  # a damaged cache file is recomputed, never trusted
             pass
     say(f"the teacher labels {len(texts):,} rewritten training texts (once; cached for later students)")
-    logits = _by_length_logits(data.predictor, name, texts)
+    logits = by_length_logits(data.predictor, name, texts)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(logits, str(tmp))
@@ -125,4 +127,4 @@ def teacher_targets(signature: dict, logits: dict[str, torch.Tensor], like: dict
     return out
 
 
-__all__ = ["rewrite_texts", "teacher_targets", "transfer_set"]
+__all__ = ["by_length_logits", "rewrite_texts", "teacher_targets", "transfer_set"]
