@@ -44,23 +44,26 @@ def run(args) -> None:
     if Path(args.results).is_file():
         for line in Path(args.results).read_text().splitlines():
             r = json.loads(line)
-            done.add((r["temperature"], r["alpha"], r["seed"], r.get("epochs_set")))
+            done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
+                      r.get("transfer", 0)))
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
-            if (temperature, alpha, seed, args.epochs) in done:
+            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer) in done:
                 continue
-            name = f"T{temperature:g}_a{alpha:g}_s{seed}" + (f"_e{args.epochs}" if args.epochs else "")
+            name = (f"{Path(args.student).stem}_T{temperature:g}_a{alpha:g}_s{seed}"
+                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else ""))
             overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
             load = os.getloadavg()[0]
             started, cpu = time.perf_counter(), time.process_time()
             d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
                         name=name, out=Path(args.out) / name, data=data, register=False,
-                        say=lambda text: print(text, flush=True))
+                        say=lambda text: print(text, flush=True), transfer=args.transfer)
             from dlforge.artifact.predictor import Predictor
 
             val_scores = Predictor(d["variant"]).evaluate(val)
-            row = {"temperature": temperature, "alpha": alpha, "seed": seed, "epochs_set": args.epochs,
+            row = {"student": Path(args.student).stem, "transfer": args.transfer,
+                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "seed": seed, "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
                    "parameters": d["parameters"], "wall_s": round(time.perf_counter() - started, 1),
@@ -78,15 +81,18 @@ def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["temperature"], r["alpha"], r.get("epochs_set")), []).append(r)
-    print("| T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | epochs run |")
-    print("|---|---|---|---|---|---|---|")
-    for (t, a, e), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2] or 0)):
+        groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
+                           r["alpha"], r.get("epochs_set")), []).append(r)
+    print("| student | transfer | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | epochs run "
+          "| CPU s per student (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (student, x, t, a, e), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2],
+                                                                             kv[0][4] or 0)):
         val = [r["val_accuracy"] for r in rs]
         test = [r["test_accuracy"] for r in rs]
-        print(f"| {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | {min(val):.4f} / "
-              f"{statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
-              f"{','.join(str(r['epochs']) for r in rs)} |")
+        print(f"| {student} | {x or '-'} | {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | "
+              f"{min(val):.4f} / {statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
+              f"{','.join(str(r['epochs']) for r in rs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |")
 
 
 def latency(args) -> None:
@@ -105,21 +111,31 @@ def latency(args) -> None:
     xs = {}
     for who, p in (("teacher", teacher), ("student", student)):
         xs[who] = [p.encode_inputs({"text": texts[i:i + 1]}) for i in range(args.n)]
-    times = {"teacher": [], "student": []}
+    # Batch 32: consecutive test rows, each batch padded to its longest text (as `predict` does).
+    batches = {who: [p.encode_inputs({"text": texts[i:i + 32]}) for i in range(0, args.n, 32)]
+               for who, p in (("teacher", teacher), ("student", student))}
     load = os.getloadavg()[0]
-    with torch.no_grad():
-        for i in range(args.n + args.warmup):
-            for who, p in (("teacher", teacher), ("student", student)):
-                x = xs[who][i % args.n]
-                start = time.perf_counter()
-                p.runtime.run(x)
-                if i >= args.warmup:
-                    times[who].append(time.perf_counter() - start)
-    p50 = {who: float(np.percentile(t, 50)) * 1000 for who, t in times.items()}
-    mean = {who: float(np.mean(t)) * 1000 for who, t in times.items()}
-    print(json.dumps({"rows": args.n, "threads": args.threads, "p50_ms": p50, "mean_ms": mean,
-                      "ratio_p50": p50["teacher"] / p50["student"], "ratio_mean": mean["teacher"] / mean["student"],
-                      "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "cpu": _cpu()}))
+    result = {"rows": args.n, "threads": args.threads}
+    for label, inputs, count in (("batch1", xs, args.n), ("batch32", batches, len(batches["teacher"]))):
+        times = {"teacher": [], "student": []}
+        with torch.no_grad():
+            for i in range(count + args.warmup):
+                for who, p in (("teacher", teacher), ("student", student)):
+                    x = inputs[who][i % count]
+                    start = time.perf_counter()
+                    p.runtime.run(x)
+                    if i >= args.warmup:
+                        times[who].append(time.perf_counter() - start)
+        p50 = {who: float(np.percentile(t, 50)) * 1000 for who, t in times.items()}
+        mean = {who: float(np.mean(t)) * 1000 for who, t in times.items()}
+        result[label] = {"p50_ms": p50, "mean_ms": mean, "ratio_p50": p50["teacher"] / p50["student"],
+                         "ratio_mean": mean["teacher"] / mean["student"]}
+    result["parameters"] = {who: sum(t.numel() for t in p.model.parameters())
+                            for who, p in (("teacher", teacher), ("student", student))}
+    result["weights_bytes"] = {who: Path(d, "model.safetensors").stat().st_size
+                               for who, d in (("teacher", args.teacher), ("student", args.latency))}
+    result.update(load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2), cpu=_cpu())
+    print(json.dumps(result))
 
 
 def main() -> None:
@@ -129,6 +145,7 @@ def main() -> None:
     ap.add_argument("--settings", default="0:1,2:0.5", help="T:alpha pairs, comma separated (alpha 0: no teacher)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=None, help="override the student recipe's epochs")
+    ap.add_argument("--transfer", type=int, default=0, help="rewrites per training text labelled by the teacher")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default="distill.jsonl")
     ap.add_argument("--out", default="/tmp/dlforge-students")

@@ -79,6 +79,8 @@ def distill(
                                    "e.g. --set training.epochs=5."),
     name: Optional[str] = typer.Option(None, "--name", help="Variant name (default distilled_<student recipe name>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the student here instead of TEACHER/variants/<name>/."),
+    transfer: int = typer.Option(0, "--transfer", help="Add up to N rewrites of every training text (masked words, "
+                                 "n-grams; Tang et al. 2019), labelled by the teacher once and cached (text teachers)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
 ):
@@ -87,7 +89,7 @@ def distill(
 
     _threads(threads)
     d = run_distill(teacher, student, temperature=temperature, alpha=alpha, overrides=set_, name=name, out=out,
-                    progress=not quiet, say=_say)
+                    progress=not quiet, say=_say, transfer=transfer)
     typer.echo(f"student {d['student_recipe']}: {d['parameters']['student']:,} parameters (teacher "
                f"{d['parameters']['teacher']:,}); T={temperature}, alpha={alpha}, {d['epochs']} epoch(s) in "
                f"{d['seconds']:.1f} s; teacher logits {'from the cache' if d['teacher_logits_cached'] else 'computed'}")

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,9 +103,17 @@ def teacher_logits(data: RunData, *, expected_rows: int, say=lambda text: None) 
             pass
     say("computing the teacher's logits on the training split (once; cached for later students)")
     # The teacher reads the rows through its own features (MiniLM's word pieces), not the student's encoding.
-    x = data.predictor.encode_inputs(data.part_table("train"))
-    with torch.no_grad():
-        logits = {name: value.float().contiguous() for name, value in data.predictor.logits(x).items()}
+    table = data.part_table("train")
+    inputs = data.predictor.signature["inputs"]
+    if len(inputs) == 1 and next(iter(inputs.values()))["type"] == "text":  # batches of similar length: less padding
+        from dlforge.compress.distill_transfer import by_length_logits
+
+        name = next(iter(inputs))
+        logits = by_length_logits(data.predictor, name, np.asarray(table.columns[name]))
+    else:
+        x = data.predictor.encode_inputs(table)
+        with torch.no_grad():
+            logits = {name: value.float().contiguous() for name, value in data.predictor.logits(x).items()}
     if any(len(v) != expected_rows for v in logits.values()):
         raise DlforgeError("the teacher's training rows differ from the student's", where="--student",
                            hint="the student must read the teacher's data the same way (image files that fail to "
@@ -113,6 +122,73 @@ def teacher_logits(data: RunData, *, expected_rows: int, say=lambda text: None) 
     with atomic_path(path) as tmp:
         save_file(logits, str(tmp))
     return logits, False
+
+
+def _token_table(encoder: torch.nn.Module, vocab_size: int) -> torch.nn.Embedding | None:
+    """A text encoder's token-embedding table: its one `nn.Embedding` with a row per vocabulary entry (a from-scratch
+    encoder's `embedding`, MiniLM's `embeddings.word_embeddings`; position and type tables have other sizes)."""
+    tables = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings == vocab_size]
+    return tables[0] if len(tables) == 1 else None
+
+
+def teacher_embeddings(teacher, recipe) -> dict[str, torch.Tensor]:
+    """Input name -> the teacher's token embeddings (vocabulary x dim) for every student text input with
+    `encoder.embeddings_from: teacher`; that input then reads the teacher's own tokens (its fitted tokenizer)."""
+    seeded = {}
+    for field in recipe.inputs:
+        if getattr(field.encoder, "embeddings_from", "none") != "teacher":
+            continue
+        where = f"inputs.{field.name}.encoder.embeddings_from"
+        feature = teacher.inputs.get(field.name)
+        vocab = (teacher.signature["inputs"].get(field.name) or {}).get("vocab_size")
+        encoder = teacher.model.encoders[field.name] if field.name in teacher.model.encoders else None
+        table = _token_table(encoder, vocab) if feature is not None and vocab and encoder is not None else None
+        if table is None:
+            raise DlforgeError(f"the teacher has no token-embedding table for input '{field.name}' to start the "
+                               "student from", where=where, hint="set embeddings_from: none (the student then learns "
+                                                                 "its own vocabulary and embeddings)")
+        if table.embedding_dim != field.encoder.dim:
+            raise DlforgeError(f"the teacher's token embeddings for '{field.name}' are {table.embedding_dim}-d, the "
+                               f"student's encoder.dim is {field.encoder.dim}", where=where,
+                               hint=f"set the student's encoder.dim to {table.embedding_dim}")
+        seeded[field.name] = table.weight.detach().float().clone()
+    return seeded
+
+
+def _seed_embeddings(seeded: dict[str, torch.Tensor]):
+    """A model transform (before the optimizer exists): the student's token tables take the teacher's vectors; the
+    padding row stays zero (the student's convolutions see padding, the teacher never did)."""
+
+    def transform(model):
+        for name, weight in seeded.items():
+            table = model.encoders[name].embedding
+            with torch.no_grad():
+                table.weight.copy_(weight)
+                if table.padding_idx is not None:
+                    table.weight[table.padding_idx].zero_()
+        return model
+
+    return transform
+
+
+def _with_transfer_set(data: RunData, prepared, train: Encoded, copies: int, *, seed: int, say):
+    """The training split with the teacher-labelled rewrites appended (token ids padded to one width)."""
+    from dlforge.compress.distill_transfer import teacher_targets, transfer_set
+
+    name, texts, logits, hit = transfer_set(data, copies, seed=seed, say=say)
+    ids = prepared.inputs[name].transform(np.asarray(texts, dtype=object))
+    width = max(ids.shape[1], train.x[name].shape[1])
+    x = {name: torch.cat([F.pad(train.x[name], (0, width - train.x[name].shape[1])),
+                          F.pad(ids, (0, width - ids.shape[1]))])}
+    labels = teacher_targets(prepared.signature(), logits, train.y)
+    y = {}
+    for key, value in train.y.items():
+        added = logits[key[len(TEACHER):]] if key.startswith(TEACHER) else labels.get(key)
+        if added is None:
+            raise DlforgeError(f"the training split carries '{key}', which a teacher-labelled row cannot fill",
+                               where="--transfer", hint="use --transfer 0")
+        y[key] = torch.cat([value, added.to(value.dtype)])
+    return Encoded(x, y), len(texts), hit
 
 
 def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
@@ -143,9 +219,16 @@ def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
 
 def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, alpha: float = 0.7,
             overrides: list[str] | None = None, name: str | None = None, out: str | Path | None = None,
-            progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True) -> dict:
+            progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
+            transfer: int = 0, transfer_seed: int = 0) -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
-    variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured."""
+    variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
+
+    `transfer` > 0 (a one-text-input teacher): up to that many rewrites of every training text, labelled by the
+    teacher, join the training split (distill_transfer.py: Tang et al. 2019); their label term reads the teacher's
+    decision."""
+    if not 0 <= transfer <= 100:
+        raise DlforgeError(f"--transfer is rewrites per training text, 0..100; got {transfer}", where="--transfer")
     if not temperature > 0:
         raise DlforgeError(f"--temperature must be > 0; got {temperature}", where="--temperature")
     if not 0.0 <= alpha <= 1.0:
@@ -159,17 +242,25 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                            hint="turn the student's augmentation off (its inputs' augmentation sections)")
     started = time.perf_counter()
     check_compatible(data.predictor.signature, recipe)
-    prepared = prepare(recipe, table=data.table)
+    seeded = teacher_embeddings(data.predictor, recipe)
+    prepared = prepare(recipe, table=data.table,
+                       fitted={name: data.predictor.inputs[name].state() for name in seeded})
     check_compatible(data.predictor.signature, recipe, prepared)
     train = prepared.splits["train"]
     logits, hit = teacher_logits(data, expected_rows=len(train), say=say)
     say(f"teacher logits: {'read from the cache' if hit else 'computed and cached'}")
     splits = dict(prepared.splits)
     splits["train"] = Encoded(train.x, {**train.y, **{TEACHER + n: v for n, v in logits.items()}})
+    extra = 0
+    if transfer:
+        splits["train"], extra, transfer_hit = _with_transfer_set(data, prepared, splits["train"], transfer,
+                                                                  seed=transfer_seed, say=say)
+        say(f"transfer set: {extra:,} rewritten texts, teacher logits "
+            f"{'read from the cache' if transfer_hit else 'computed and cached'}")
     hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha)
     with tempfile.TemporaryDirectory(prefix="dlforge-distill-") as work:
         built = build_training(recipe, prepared, splits=splits, run_dir=Path(work), progress=progress,
-                               loss_hooks=(hook,))
+                               loss_hooks=(hook,), model_transforms=(_seed_embeddings(seeded),) if seeded else ())
         result = built.trainer.fit()
         release_feature_cache(built.model)
         model = built.model.cpu().eval()
@@ -177,6 +268,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
+               "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
                "parameters": {"teacher": sum(p.numel() for p in data.predictor.model.parameters()),
                               "student": sum(p.numel() for p in model.parameters())}}
     path = variant_dir(data.run_dir, name, Path(out) if out else None)
@@ -214,4 +306,5 @@ def distill_pass(source: Candidate, *, work_dir: Path, student: str | None = Non
                       notes={"student": student, "temperature": temperature, "alpha": alpha})]
 
 
-__all__ = ["TEACHER", "check_compatible", "distill", "kd_loss_hook", "student_recipe", "teacher_logits"]
+__all__ = ["TEACHER", "check_compatible", "distill", "kd_loss_hook", "student_recipe", "teacher_embeddings",
+           "teacher_logits"]

@@ -160,7 +160,12 @@ def _stack_columns(table: Table, feature, field_path: str) -> Table:
     return Table(columns, table.origin, table.split, list(table.notes), table.root, table.split_column)
 
 
-def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None) -> Prepared:
+def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None,
+            fitted: dict[str, dict] | None = None) -> Prepared:
+    """The recipe's data read, checked, split, its features fitted on the training split and every split encoded.
+
+    `fitted`: input name -> a feature state (`Feature.state()`) taken as it is instead of fitting that input (a
+    distilled student that reads its teacher's tokens)."""
     from dlforge.data.features.audio import prepare_audio_files
     from dlforge.data.images.files import prepare_image_files
 
@@ -185,7 +190,10 @@ def prepare(recipe, *, base_dir: Path | None = None, table: Table | None = None)
     for name, plan in streamed.items():  # streamed files decode to the channels/size chosen from all headers
         inputs[name].channels_, inputs[name].size_ = plan.channels, list(plan.size)
     for name, feat in {**inputs, **outputs}.items():
-        feat.fit(train_table.column(name, field_path=feat.field_path))
+        if fitted and name in fitted:
+            feat.load_state(fitted[name])
+        else:
+            feat.fit(train_table.column(name, field_path=feat.field_path))
     link_catalogue(inputs, outputs)
     splits = {part: encode(table.take(r) if part != "train" else train_table, inputs, outputs, lazy=streamed,
                            cache_dir=recipe.data.cache_dir)

@@ -173,7 +173,16 @@ class TextPreprocessing(Strict):
     max_length: int = _field(128, "Tokens per text including [CLS]; longer texts are truncated and counted.", ge=2, le=8192)
 
 
-class TextEmbedEncoder(Strict):
+class _TeacherEmbeddings(Strict):
+    embeddings_from: Literal["none", "teacher"] = _field(
+        "none", "teacher: a distilled student (`dlforge distill`) reads the teacher's own tokens (its fitted tokenizer, "
+        "e.g. MiniLM's WordPiece) and starts from the teacher's token embeddings (dim must equal theirs: 384 for "
+        "MiniLM). Only distillation can train such a student; none: a vocabulary and embeddings of its own.")
+    freeze_embeddings: bool = _field(False, "Keep the token embeddings fixed during training (with embeddings_from: "
+                                     "teacher: the teacher's vectors as they are).")
+
+
+class TextEmbedEncoder(_TeacherEmbeddings):
     name: Literal["embed"] = "embed"
     dim: int = _field(64, "Token embedding width.", ge=1)
     pooling: Literal["mean", "max"] = _field("mean", "How the token embeddings of a text become one vector (padding ignored).")
@@ -194,7 +203,7 @@ class TextNgramEncoder(Strict):
         "concat, with ensemble 1 or K.", ge=1, le=16)
 
 
-class TextCNNEncoder(Strict):
+class TextCNNEncoder(_TeacherEmbeddings):
     name: Literal["cnn"] = "cnn"
     dim: int = _field(64, "Token embedding width.", ge=1)
     filters: int = _field(64, "Filters per kernel size.", ge=1)

@@ -79,6 +79,10 @@ def new_trainer(kind: str, vocab_size: int, min_frequency: int):
 class TextFeature(Feature):
     def fit(self, values):
         prep = self.config.preprocessing
+        if getattr(self.config.encoder, "embeddings_from", "none") == "teacher":
+            raise DataError(f"input '{self.name}' takes its tokens and embeddings from a teacher "
+                            "(encoder.embeddings_from: teacher), and there is none here", where=f"{self.field_path}.encoder",
+                            hint="train it with `dlforge distill TEACHER_RUN --student RECIPE`, or set embeddings_from: none")
         texts, empty = as_texts(values, name=self.name, where=self.field_path)
         if empty.all():
             raise DataError(f"text column '{self.name}' is empty in every training row", where=self.field_path,

@@ -19,6 +19,8 @@ class _TokenEncoder(Encoder):
         super().__init__()
         self.pad_id = signature.get("pad_id", 0)
         self.embedding = nn.Embedding(signature["vocab_size"], config.dim, padding_idx=self.pad_id)
+        if getattr(config, "freeze_embeddings", False):  # fixed vectors (a distilled student keeps the teacher's)
+            self.embedding.weight.requires_grad_(False)
 
     def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) ids -> (B, L, dim) vectors and the (B, L) mask of real tokens."""
@@ -48,6 +50,12 @@ class TextCNN(_TokenEncoder):
         self.output_dim = config.filters * len(config.kernel_sizes)
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
+        # Padding columns past the batch's longest text change nothing (the [PAD] row is zero, as the convolutions'
+        # own padding, and max over time skips them), so they are cut: with `training.sampling: by_length` a batch
+        # then costs its real length, not the split's longest. One host sync per batch; an export keeps the
+        # dynamic length (as minilm.py).
+        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            ids = ids[:, :max(1, int((ids != self.pad_id).sum(1).max()))]
         h, valid = self.embed(ids)
         h = h.transpose(1, 2)  # (B, dim, L)
         length = ids.shape[1]

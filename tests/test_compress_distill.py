@@ -1,0 +1,135 @@
+"""Distillation students that read the teacher's tokens and start from its token embeddings
+(`encoder.embeddings_from: teacher`), on a tiny text teacher trained from scratch (seconds; no MiniLM needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import main_ok
+
+WORDS = ["Good fine film", "bad Awful plot", "fine good day out", "awful bad night in", "a fine cast", "a bad script"]
+
+
+def _recipe(csv: Path, encoder: dict, **prep) -> dict:
+    return {"name": "text-teacher", "data": {"source": str(csv), "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+            "inputs": [{"name": "text", "type": "text", "encoder": encoder,
+                        "preprocessing": {"tokenizer": "wordpiece", "vocab_size": 100, "min_frequency": 1,
+                                          "max_length": 12, **prep}}],
+            "outputs": [{"name": "label", "type": "binary"}], "training": {"epochs": 2, "batch_size": 8}}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    import dlforge
+
+    tmp = tmp_path_factory.mktemp("distill_text")
+    pd.DataFrame({"text": WORDS * 8, "label": ["pos", "neg"] * 24}).to_csv(tmp / "t.csv", index=False)
+    dlforge.train(_recipe(tmp / "t.csv", {"name": "embed", "dim": 8}), out=tmp / "teacher", progress=False)
+    return tmp / "teacher"
+
+
+def _student(teacher: Path, tmp_path: Path, **encoder) -> Path:
+    # The student asks for a BPE vocabulary of its own, cased, 3 tokens: embeddings_from: teacher must override all.
+    recipe = _recipe(teacher.parent / "t.csv", {"name": "cnn", "filters": 4, "kernel_sizes": [2], **encoder},
+                     tokenizer="bpe", lowercase=False, max_length=3)
+    path = tmp_path / "student.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _table(run: Path) -> torch.Tensor:
+    import dlforge
+
+    return next(m for m in dlforge.load(run).model.encoders["text"].modules()
+                if isinstance(m, torch.nn.Embedding)).weight.detach()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_student_reads_the_teachers_tokens_from_its_embeddings(teacher, tmp_path, monkeypatch, freeze):
+    import dlforge
+    from dlforge.compress.distill import distill
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    done = distill(teacher, str(_student(teacher, tmp_path, dim=8, embeddings_from="teacher",
+                                         freeze_embeddings=freeze)),
+                   temperature=2.0, alpha=0.5, overrides=["training.epochs=2"], out=tmp_path / "student")
+    assert done["embeddings_from_teacher"] == ["text"]
+    student, taught = dlforge.load(tmp_path / "student"), dlforge.load(teacher)
+    texts = np.asarray(["a Good fine film out tonight", "bad"])
+    # The teacher's tokens (its lowercase WordPiece, 12 long), not the student's own preprocessing (BPE, cased, 3).
+    assert torch.equal(student.encode_inputs({"text": texts})["text"], taught.encode_inputs({"text": texts})["text"])
+    theirs, ours = _table(teacher), _table(tmp_path / "student")
+    assert ours.shape == theirs.shape and torch.count_nonzero(ours[0]) == 0  # the padding row is zero
+    if freeze:  # the teacher's vectors as they are, after training
+        assert torch.equal(ours[1:], theirs[1:])
+    else:  # started there, then trained
+        assert not torch.equal(ours[1:], theirs[1:])
+        assert torch.corrcoef(torch.stack([ours[1:].flatten(), theirs[1:].flatten()]))[0, 1] > 0.5
+    assert set(student.predict({"text": texts})) <= {"pos", "neg"}
+
+
+def test_teacher_embeddings_of_another_width_or_without_a_teacher_are_refused(teacher, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    path = _student(teacher, tmp_path, dim=16, embeddings_from="teacher")
+    assert not main_ok(["distill", str(teacher), "--student", str(path)])
+    err = capsys.readouterr().err
+    assert "8-d" in err and "encoder.dim to 8" in err
+    path = _student(teacher, tmp_path, dim=8, embeddings_from="teacher")
+    assert not main_ok(["train", str(path), "--out", str(tmp_path / "alone")])
+    err = capsys.readouterr().err
+    assert "embeddings_from: teacher" in err and "dlforge distill" in err
+
+
+def test_rewrites_mask_words_cut_ngrams_and_repeat_by_seed():
+    from dlforge.compress.distill_transfer import rewrite_texts
+
+    texts = ["one two three four five six seven eight nine ten"] * 2 + ["alone", ""]
+    out = rewrite_texts(texts, 20, mask_token="[MASK]", seed=3)
+    assert out == rewrite_texts(texts, 20, mask_token="[MASK]", seed=3) != rewrite_texts(texts, 20,
+                                                                                          mask_token="[MASK]", seed=4)
+    assert len(out) == len(set(out)) and not set(out) & set(texts)  # new texts only, each once
+    assert any("[MASK]" in t for t in out) and any(len(t.split()) <= 5 for t in out)
+    assert all(set(t.split()) <= set(texts[0].split()) | {"[MASK]", "alone"} for t in out)
+
+
+def test_a_transfer_set_is_labelled_by_the_teacher_once_and_joins_training(teacher, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import dlforge
+    from dlforge.compress.distill import distill
+    from dlforge.compress.distill_transfer import teacher_targets, transfer_set
+    from dlforge.compress.variant import RunData
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    student = str(_student(teacher, tmp_path, dim=8))
+    first = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], transfer=3, out=tmp_path / "a")
+    second = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], transfer=3, out=tmp_path / "b")
+    assert first["transfer_rows"] == second["transfer_rows"] > 0
+    cached = list((tmp_path / "cache" / "teacher_logits").glob("transfer-*.safetensors"))
+    assert len(cached) == 1
+    name, texts, logits, hit = transfer_set(RunData.load(teacher), 3)
+    assert hit and name == "text" and len(texts) == first["transfer_rows"]
+    # The cached logits are the teacher's own answers on the rewrites (computed in length-sorted batches).
+    taught = dlforge.load(teacher)
+    expected = taught.logits(taught.encode_inputs({"text": np.asarray(texts, dtype=object)}))["label"]
+    assert torch.allclose(load_file(str(cached[0]))["label"].reshape(-1), expected.reshape(-1), atol=1e-5)
+    hard = teacher_targets(taught.signature, logits, {"label": torch.zeros(4, 1)})["label"]
+    assert hard.shape == (len(texts), 1) and torch.equal(hard.reshape(-1), (expected.reshape(-1) > 0).float())
+
+
+def test_a_text_cnn_gives_the_same_vectors_with_or_without_trailing_padding():
+    from dlforge.models.encoders.text import TextCNN
+    from dlforge.recipe.inputs import TextCNNEncoder
+
+    torch.manual_seed(0)
+    cnn = TextCNN(TextCNNEncoder(dim=6, filters=3, kernel_sizes=[2, 3, 4]), {"vocab_size": 20, "pad_id": 0}, None)
+    ids = torch.tensor([[2, 5, 7, 9, 0], [2, 4, 0, 0, 0]])
+    padded = torch.cat([ids, torch.zeros(2, 7, dtype=torch.long)], 1)
+    assert torch.allclose(cnn(ids), cnn(padded), atol=1e-6)
