@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -59,11 +58,9 @@ def main() -> None:
         ("resample 16 -> 22.05 kHz (3 s clips)", best(lambda: [resample(waves[s:s + 256], 16000, 22050)
                                                               for s in range(0, len(waves), 256)], args.repeat)),
     ]
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from dlforge.core.machine import cpu_model
+
+    cpu = cpu_model()
     print(f"{len(files)} clips, {seconds:.0f} s of audio; CPU {cpu}, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), {args.threads} thread(s), load {os.getloadavg()[0]:.1f}; "
           f"best of {args.repeat}\n")

@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def machine() -> dict:
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": model, "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
+    from dlforge.core.machine import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
             "load_before": os.getloadavg()}
 

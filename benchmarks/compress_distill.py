@@ -21,20 +21,11 @@ import time
 from pathlib import Path
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
-
-
 def run(args) -> None:
     import torch
 
     from dlforge.compress.distill import distill
+    from dlforge.core.machine import cpu_model
     from dlforge.compress.variant import RunData
 
     torch.set_num_threads(args.threads)
@@ -68,7 +59,7 @@ def run(args) -> None:
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
                    "parameters": d["parameters"], "wall_s": round(time.perf_counter() - started, 1),
                    "cpu_s": round(time.process_time() - cpu, 1), "load_before": round(load, 2),
-                   "load_after": round(os.getloadavg()[0], 2), "threads": args.threads, "cpu": _cpu(),
+                   "load_after": round(os.getloadavg()[0], 2), "threads": args.threads, "cpu": cpu_model(),
                    "variant": d["variant"]}
             print(json.dumps(row), flush=True)
             with open(args.results, "a") as f:
@@ -102,6 +93,7 @@ def latency(args) -> None:
 
     from dlforge.artifact.predictor import Predictor
     from dlforge.compress.variant import RunData
+    from dlforge.core.machine import cpu_model
 
     torch.set_num_threads(args.threads)
     data = RunData.load(args.teacher)
@@ -134,7 +126,7 @@ def latency(args) -> None:
                             for who, p in (("teacher", teacher), ("student", student))}
     result["weights_bytes"] = {who: Path(d, "model.safetensors").stat().st_size
                                for who, d in (("teacher", args.teacher), ("student", args.latency))}
-    result.update(load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2), cpu=_cpu())
+    result.update(load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2), cpu=cpu_model())
     print(json.dumps(result))
 
 

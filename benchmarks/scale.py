@@ -36,9 +36,9 @@ OVERRIDES = {"mnist_cnn": ["training.precision=fp32"], "adult": []}
 def machine() -> dict:
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 "?")
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+    from dlforge.core.machine import cpu_model
+
+    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 

@@ -43,9 +43,11 @@ ORDER = ("hb1", "none1", "hb2", "shipped", "search")
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     import torch
+
+    from dlforge.core.machine import cpu_model
+
+    cpu = cpu_model()
 
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "python": platform.python_version()}

@@ -10,25 +10,15 @@ says so and links the SVG.
 from __future__ import annotations
 
 import math
-import platform
 from pathlib import Path
 
 import torch
 
 from dlforge.core.files import write_text
+from dlforge.core.machine import cpu_model
 from dlforge.recipe.training import higher_is_better
 from dlforge.report.plots import save_svg
 from dlforge.report.svg import bubble_chart
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _metric_limit(result, budgets) -> float | None:
@@ -104,7 +94,7 @@ def write_search_report(out: Path, result, *, budgets, objective: str, closest, 
              f"size <= {budgets.max_size_mb} MB (None: no limit). Objective among those that meet them: lowest "
              f"{'p50 latency' if objective == 'latency' else 'file size'}.",
              f"Reference (the run itself, fp32 torch): {result.metric_name} {result.reference:.4f} on the test split.",
-             f"Machine: {_cpu()}, torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}; torch "
+             f"Machine: {cpu_model()}, torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}; torch "
              f"intra-op threads {threads} for every measurement. Search wall time {result.seconds:.1f} s.", ""]
     if result.best is not None:
         kept = f"kept as `{result.kept}`" if result.kept else "the run itself (nothing to keep)"
