@@ -1,7 +1,7 @@
 """Federated MNIST (recipes/mnist_federated.yaml, McMahan et al. 2017's CNN setting): rounds to an accuracy,
 wall and CPU time of the in-process simulation, and the same recipe with 3 real client processes over gRPC.
 
-    python benchmarks/federated.py sim --partition iid --rounds 20 --out runs/bench_fed_iid
+    python benchmarks/federated.py sim --partition iid --rounds 40 --target-accuracy 0.99 --seed 1 --out runs/fed_iid_s1
     python benchmarks/federated.py sim --partition shards:2 --rounds 50 --out runs/bench_fed_noniid
     python benchmarks/federated.py procs --rounds 1 --set federated.local_epochs=1 --out runs/bench_fed_procs
 
@@ -63,16 +63,22 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--port", type=int, default=19192)
+    parser.add_argument("--seed", type=int, default=None, help="training.seed: partition, initial weights, client "
+                                                                "sampling and the clients' shuffles")
+    parser.add_argument("--target-accuracy", type=float, default=None,
+                        help="sim: stop after the first round whose test accuracy reaches this (--rounds: the most)")
     args = parser.parse_args()
     os.environ.setdefault("DLFORGE_TRACKING", "off")
     started, cpu0, load0 = time.perf_counter(), cpu_seconds(), os.getloadavg()
     out = Path(args.out)
-    sets = ["training.threads=1", *args.sets]
+    sets = ["training.threads=1", *([f"training.seed={args.seed}"] if args.seed is not None else []), *args.sets]
     if args.mode == "sim":
         from dlforge.federated import simulate
 
-        simulate(RECIPE, out=out, overwrite=True, overrides=sets, rounds=args.rounds, partition=args.partition)
-        extra = {"mode": "simulation", "partition": args.partition, "sets": sets}
+        simulate(RECIPE, out=out, overwrite=True, overrides=sets, rounds=args.rounds, partition=args.partition,
+                 target_accuracy=args.target_accuracy)
+        extra = {"mode": "simulation", "partition": args.partition, "sets": sets, "max_rounds": args.rounds,
+                 "target_accuracy": args.target_accuracy}
     else:
         cli = [sys.executable, "-m", "dlforge.cli", "federate"]
         flags = [x for s in sets for x in ("--set", s)]

@@ -414,3 +414,82 @@ def test_secure_aggregation_over_superlink_and_three_supernodes_equals_plain_fed
     for name in plain_w:
         np.testing.assert_allclose(secure_w[name], plain_w[name], atol=1e-3)
     assert float(history[-1]["test.accuracy"]) == pytest.approx(plain.metrics["test"]["accuracy"], abs=0.02)
+
+
+@pytest.mark.slow  # 30-52 s wall at load 12-15 (three tiny simulations)
+def test_target_accuracy_stops_at_the_first_round_reaching_it_with_the_same_history(fl, tmp_path, capsys):
+    from dlforge.cli.app import main
+    from dlforge.federated import simulate
+
+    recipe = _recipe(tmp_path, rounds=3, fraction=0.5)
+    full = simulate(recipe, out=tmp_path / "full", progress=False)
+    accuracy = [r["test.accuracy"] for r in full.history]
+    assert len(accuracy) == 3 and full.metrics["federated"].get("target") is None
+    target = max(accuracy[:2])
+    first = next(i + 1 for i, a in enumerate(accuracy) if a >= target)  # at most 2: the run stops early
+    main(["federate", str(recipe), "--target-accuracy", str(target), "--out", str(tmp_path / "stop")])
+    out = capsys.readouterr()
+    assert f"target test accuracy {target:g} reached in round {first}" in out.out
+    assert f"reached in round {first}: stopping" in out.err
+    history = list(csv.DictReader(open(tmp_path / "stop" / "history.csv")))
+    assert [int(r["round"]) for r in history] == list(range(1, first + 1))
+    assert [float(r["test.accuracy"]) for r in history] == pytest.approx(accuracy[:first], abs=1e-6)
+    metrics = yaml.safe_load((tmp_path / "stop" / "metrics.json").read_text())
+    assert metrics["federated"]["target"] == {"accuracy": target, "split": "test", "reached_round": first,
+                                              "max_rounds": 3}
+    assert metrics["stopped_early"] is True and metrics["epochs_run"] == first
+    assert metrics["federated"]["rounds_to_test_accuracy"]["0.97"] is None  # the 97/98/99% table is still there
+    # the saved model is the one of the round that reached the target
+    assert metrics["test"]["accuracy"] == pytest.approx(accuracy[first - 1], abs=1e-6)
+
+
+def test_recorder_after_the_target_trains_and_evaluates_nothing_more():
+    from types import SimpleNamespace
+
+    from dlforge.federated.strategy import Recorder
+
+    calls = []
+
+    class Inner:  # a scripted strategy: accuracy 0.5, 0.8, 0.9, ... by round
+        def configure_fit(self, server_round, parameters, client_manager):
+            calls.append(("fit", server_round))
+            return ["instruction"]
+
+        def evaluate(self, server_round, parameters):
+            calls.append(("evaluate", server_round))
+            return 0.1, {"test.accuracy": [0.0, 0.5, 0.8, 0.9, 0.95][server_round]}
+
+    fed = SimpleNamespace(target_accuracy=0.8, rounds=4, client_dp=None)
+    recorder = Recorder(Inner(), fed, eval_name="test", progress=False)
+    assert recorder.evaluate(0, None) is None  # the initial weights: not evaluated, not recorded
+    for server_round in (1, 2, 3, 4):
+        recorder.configure_fit(server_round, None, None)
+        recorder.evaluate(server_round, None)
+    assert recorder.reached == 2 and [r["round"] for r in recorder.rows] == [1, 2]
+    assert calls == [("fit", 1), ("evaluate", 1), ("fit", 2), ("evaluate", 2)]
+    assert recorder.configure_fit(5, None, None) == []
+    never = Recorder(Inner(), SimpleNamespace(target_accuracy=0.99, rounds=4, client_dp=None), eval_name="test",
+                     progress=False)
+    for server_round in (1, 2, 3, 4):
+        never.configure_fit(server_round, None, None)
+        never.evaluate(server_round, None)
+    assert never.reached is None and len(never.rows) == 4
+
+
+def test_target_accuracy_bad_input_exits_2(fl, tmp_path, capsys):
+    from dlforge.cli.app import main
+
+    recipe = _recipe(tmp_path)
+    for args, expected in ((["--target-accuracy", "1.5"], "federated.target_accuracy"),
+                           (["--target-accuracy", "0"], "federated.target_accuracy"),
+                           (["--target-accuracy", "0.9", "--set", "outputs.0.type=number"],
+                            "needs a category or binary output")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["federate", str(recipe), "--out", str(tmp_path / "x"), *args])
+        assert exit_info.value.code == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (args, err)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["federate", "client", str(recipe), "--target-accuracy", "0.9"])
+    assert exit_info.value.code == 2 and "--target-accuracy does not apply" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -38,6 +38,9 @@ def federate(
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Share of clients trained each round "
                                              "(federated.fraction; server default: all connected clients)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Communication rounds (federated.rounds)."),
+    target_accuracy: Optional[float] = typer.Option(None, "--target-accuracy", help="Stop after the first round "
+                                                    "whose global test (else validation) accuracy reaches this, e.g. "
+                                                    "0.99 (federated.target_accuracy); --rounds is then the most run."),
     partition: Optional[str] = typer.Option(None, "--partition", help="Simulation: iid | shards:K | dirichlet:ALPHA "
                                             "| by:COLUMN. client: this process's slot K/N, e.g. 1/3."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="fedavg | fedprox | fedadam."),
@@ -79,16 +82,18 @@ def federate(
         _refuse(mode, address=address, server=server, crash_at_round=crash_at_round)
         secure = ["federated.secure_aggregation=true"] if secure_aggregation else []
         result = federated.simulate(recipe, out=out, overrides=set_ + secure, overwrite=overwrite, clients=clients,
-                                    fraction=fraction, rounds=rounds, partition=partition, strategy=strategy)
+                                    fraction=fraction, rounds=rounds, partition=partition, strategy=strategy,
+                                    target_accuracy=target_accuracy)
     elif mode == "server":
         _refuse(mode, server=server, partition=partition, crash_at_round=crash_at_round,
                 secure_aggregation=secure_aggregation)
         result = federated.serve(recipe, address=address or federated.run.DEFAULT_ADDRESS, clients=clients,
                                  rounds=rounds, fraction=fraction, out=out, overwrite=overwrite,
-                                 overrides=set_ + ([f"federated.strategy={strategy}"] if strategy else []))
+                                 overrides=set_ + ([f"federated.strategy={strategy}"] if strategy else [])
+                                 + ([f"federated.target_accuracy={target_accuracy}"] if target_accuracy is not None else []))
     else:
         _refuse(mode, address=address, clients=clients, fraction=fraction, rounds=rounds, strategy=strategy,
-                out=out, overwrite=overwrite, secure_aggregation=secure_aggregation)
+                target_accuracy=target_accuracy, out=out, overwrite=overwrite, secure_aggregation=secure_aggregation)
         done = federated.connect(recipe, server=server or federated.run.DEFAULT_ADDRESS, slot=partition or "1/1",
                                  overrides=set_, crash_at_round=crash_at_round)
         typer.echo(f"client {done['client']}/{done['of']} done: {done['rows']} rows, {done['seconds']:.1f} s")
@@ -97,4 +102,9 @@ def federate(
     last = history[-1] if history else {}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.endswith((".accuracy", ".loss"))
                       and isinstance(v, float))
+    target = result.metrics.get("federated", {}).get("target")
+    if target:
+        reached = (f"reached in round {target['reached_round']}" if target["reached_round"] is not None
+                   else f"not reached in {len(history)} round(s)")
+        shown += f"; target {target['split']} accuracy {target['accuracy']:g} {reached}"
     typer.echo(f"{result.run_dir}: {len(history)} round(s); last round: {shown}")

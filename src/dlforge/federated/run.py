@@ -81,6 +81,11 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: 
         raise DlforgeError("training.privacy (DP-SGD inside each client) does not combine with `dlforge federate` yet",
                            where="training.privacy", hint="remove it, and use federated.client_dp for client-level DP "
                                                           "(docs/federated.md)")
+    target_type = recipe.outputs[0].type if recipe.outputs else None
+    if recipe.federated.target_accuracy is not None and target_type not in ("category", "binary"):
+        raise DlforgeError(f"federated.target_accuracy needs a category or binary output; '{recipe.outputs[0].name}' "
+                           f"is {target_type}", where="federated.target_accuracy",
+                           hint="remove target_accuracy (the run then goes for federated.rounds rounds)")
     if recipe.training.optimizer.lr == "auto":
         raise DlforgeError("lr: auto runs a range test on pooled data, which a federated run does not have",
                            where="training.optimizer.lr", hint="set a number (e.g. run `dlforge lr-find` on one "
@@ -206,6 +211,9 @@ def _write_run(setup: Setup, run_dir: Path, model, global_model: GlobalModel, re
                  "failed_clients": recorder.failed_clients[:50],
                  f"rounds_to_{global_model.eval_name}_accuracy": rounds_to,
                  "evaluated_on": global_model.eval_name}
+    if fed.target_accuracy is not None:
+        federated["target"] = {"accuracy": fed.target_accuracy, "split": global_model.eval_name,
+                               "reached_round": recorder.reached, "max_rounds": fed.rounds}
     if fed.strategy == "fedprox":
         federated["proximal_mu"] = fed.proximal_mu
     federated.update(extra or {})
@@ -213,7 +221,7 @@ def _write_run(setup: Setup, run_dir: Path, model, global_model: GlobalModel, re
     if dp is not None:
         federated["client_dp"] = dp
     metrics.update({"train_seconds": round(seconds, 3), "epochs_run": len(history), "best_epoch": None,
-                    "stopped_early": False, "data": prepared.report, "federated": federated})
+                    "stopped_early": recorder.reached is not None and len(history) < fed.rounds, "data": prepared.report, "federated": federated})
     save_model(run_dir, recipe, prepared.inputs, prepared.outputs, model.cpu())
     save_run_json(run_dir, source=recipe.data.source, base_dir=setup.base_dir,
                   split=split_record(setup.rows, n_rows=setup.n_rows, split_config=recipe.data.split))

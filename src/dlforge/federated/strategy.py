@@ -108,6 +108,8 @@ class Recorder:
         self.wait_for = wait_for
         self.wait_seconds = wait_seconds
         self.rows: list[dict] = []
+        self.target = getattr(fed, "target_accuracy", None)
+        self.reached: int | None = None  # the first round whose global accuracy reached `target`
         self._current: dict = {}
         self._started: float | None = None  # the first round's start
         self.failed_clients: list[str] = []
@@ -123,6 +125,8 @@ class Recorder:
                                    f"within {self.wait_seconds:g} s", where="dlforge federate server",
                                    hint="start the clients (dlforge federate client RECIPE --server ADDRESS "
                                         "--partition K/N), or raise federated.wait_clients")
+        if self.reached is not None:  # target reached: Flower's Server skips a round given no clients
+            return []
         self._round_started = time.perf_counter()
         self._started = self._started or self._round_started
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
@@ -153,9 +157,11 @@ class Recorder:
         return None, {}
 
     def evaluate(self, server_round, parameters):
+        # Round 0 (the initial random weights) is not recorded, so it is not evaluated either (one test pass less);
+        # nor are the rounds left after the target was reached (the weights no longer change).
+        if server_round == 0 or self.reached is not None:
+            return None
         out = self.inner.evaluate(server_round, parameters)
-        if server_round == 0:
-            return out
         row = dict(self._current)
         if out is not None:
             loss, metrics = out
@@ -166,12 +172,18 @@ class Recorder:
         if dp is not None:
             row["client_dp.epsilon"] = dp["epsilon"]
         self.rows.append(row)
+        accuracy = row.get(f"{self.eval_name}.accuracy")
+        if self.target is not None and isinstance(accuracy, float) and accuracy >= self.target:
+            self.reached = server_round
         if self.progress:
             shown = ", ".join(f"{k} {row[k]:.4f}" for k in (f"{self.eval_name}.accuracy", f"{self.eval_name}.loss",
                                                             "train.loss") if isinstance(row.get(k), float))
             print(f"round {server_round}/{self._rounds_total()}: {row.get('clients_ok', 0)} of "
                   f"{row.get('clients_sampled', 0)} client(s) trained, {row.get('failures', 0)} failed; {shown} "
                   f"({row['seconds']:.1f} s)", file=sys.stderr)
+            if self.reached is not None:
+                print(f"target {self.eval_name} accuracy {self.target:g} reached in round {server_round}: stopping",
+                      file=sys.stderr)
         return out
 
     def _rounds_total(self) -> int:

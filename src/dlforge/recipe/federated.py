@@ -66,7 +66,11 @@ class FederatedConfig(Strict):
     clients: int = _field(10, "How many clients the training rows are split across.", ge=1, le=10_000)
     fraction: float = _field(0.1, "Share of the clients sampled each round (C in McMahan et al. 2017; at least "
                                   "one client).", gt=0, le=1)
-    rounds: int = _field(10, "Communication rounds.", ge=1, le=100_000)
+    rounds: int = _field(10, "Communication rounds (the most run, with target_accuracy).", ge=1, le=100_000)
+    target_accuracy: Optional[float] = _field(
+        None, "Stop after the first round whose global model reaches this accuracy on the evaluated split (test, "
+              "else validation); metrics.json's federated.target records the round. Needs a class target.",
+        gt=0, le=1)
     partition: str = _field("iid", "How the training rows are split across clients: iid (random equal parts), "
                                    "shards:K (sorted by label, cut into clients*K shards, K per client: "
                                    "pathological non-IID), dirichlet:ALPHA (per-class Dirichlet proportions), "
