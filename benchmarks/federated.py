@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,16 +22,6 @@ import time
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mnist_federated.yaml"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def cpu_seconds() -> float:
@@ -46,6 +35,8 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def summary(run_dir: Path, started: float, cpu0: float, load0, extra: dict) -> dict:
+    from dlforge.core.machine import cpu_model
+
     history = read_history(run_dir)
     acc = [round(float(r["test.accuracy"]), 4) for r in history]
     to = {f"{t:.2f}": next((i + 1 for i, a in enumerate(acc) if a >= t), None) for t in (0.97, 0.98, 0.99)}
