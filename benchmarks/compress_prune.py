@@ -70,24 +70,26 @@ def _side_by_side(fns: dict, *, repeats: int = REPEATS, burst: int = BURST, cpu:
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
+class Positional(torch.nn.Module):
+    """The model over positional tensors (tracing and ONNX export take tuples, the model a dict by input name)."""
+
+    def __init__(self, model, names: list[str]):
+        super().__init__()
+        self.m, self.names = model, names
+
+    def forward(self, *tensors):
+        return tuple(self.m(dict(zip(self.names, tensors))).values())
+
+
 def _frozen(model, x: dict):
     """The model traced and frozen with TorchScript (torch.jit.trace + freeze; both deprecated in torch 2.13 in
     favour of torch.compile/torch.export): the same ops without Python's per-module dispatch. For the figure only."""
     import warnings
 
     names = list(x)
-
-    class Positional(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, *tensors):
-            return tuple(self.m(dict(zip(names, tensors))).values())
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
-        frozen = torch.jit.freeze(torch.jit.trace(Positional(model.eval()).eval(), tuple(x.values())))
+        frozen = torch.jit.freeze(torch.jit.trace(Positional(model.eval(), names).eval(), tuple(x.values())))
     tensors = tuple(x.values())
     return lambda: frozen(*tensors)
 
@@ -115,16 +117,7 @@ def _ort_session(model, x: dict, path: Path):
     import onnxruntime as ort
 
     names = list(x)
-
-    class Positional(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, *tensors):
-            return tuple(self.m(dict(zip(names, tensors))).values())
-
-    torch.onnx.export(Positional(model.eval()), tuple(x.values()), str(path), input_names=names, dynamo=False,
+    torch.onnx.export(Positional(model.eval(), names), tuple(x.values()), str(path), input_names=names, dynamo=False,
                       dynamic_axes={n: {0: "batch"} for n in names}, opset_version=17)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

@@ -248,11 +248,7 @@ def test_bad_input_exits_2_with_the_field(fl, tmp_path, capsys):
                            (["--partition", "shards:50"], "more than there are rows"),
                            (["--address", "127.0.0.1:1"], "--address does not apply"),
                            (["--set", "training.optimizer.lr=auto"], "training.optimizer.lr")):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["federate", str(recipe), "--out", str(tmp_path / "x"), *args])
-        assert exit_info.value.code == 2, args
-        err = capsys.readouterr().err
-        assert expected in err and "Traceback" not in err, (args, err)
+        _refused(main, ["federate", str(recipe), "--out", str(tmp_path / "x"), *args], expected, capsys)
     with pytest.raises(SystemExit) as exit_info:
         main(["federate", "servr", str(recipe)])
     assert exit_info.value.code == 2 and "did you mean 'server'" in capsys.readouterr().err
@@ -484,12 +480,17 @@ def test_target_accuracy_bad_input_exits_2(fl, tmp_path, capsys):
                            (["--target-accuracy", "0"], "federated.target_accuracy"),
                            (["--target-accuracy", "0.9", "--set", "outputs.0.type=number"],
                             "needs a category or binary output")):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["federate", str(recipe), "--out", str(tmp_path / "x"), *args])
-        assert exit_info.value.code == 2, args
-        err = capsys.readouterr().err
-        assert expected in err and "Traceback" not in err, (args, err)
+        _refused(main, ["federate", str(recipe), "--out", str(tmp_path / "x"), *args], expected, capsys)
     with pytest.raises(SystemExit) as exit_info:
         main(["federate", "client", str(recipe), "--target-accuracy", "0.9"])
     assert exit_info.value.code == 2 and "--target-accuracy does not apply" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _refused(main, argv: list[str], expected: str, capsys) -> None:
+    """The CLI exits 2 with `expected` in its message and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, (argv, err)
