@@ -447,6 +447,8 @@ def test_a_transformer_exports_fused_and_quantizes_attention_to_qattention(tmp_p
     assert "transformer fusions" in printed and f"{layers} Attention" in printed
     ops = collections.Counter(n.op_type for n in onnx.load(str(run / "model.onnx")).graph.node)
     assert ops["Attention"] == layers and ops["EmbedLayerNormalization"] == 1 and ops["Softmax"] == 0
+    # The residual Add + LayerNormalization pairs stay unfused (onnxruntime's SkipLayerNormalization is slower here).
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers
     # The exported graph takes any batch and length (the onnx runtime trims padding per chunk).
     predictor = dlforge.load(run, runtime="onnx")
     rows = {"text": np.array(["a fine film", "one of the best of all, really"], dtype=object)}
@@ -465,3 +467,39 @@ def test_a_transformer_exports_fused_and_quantizes_attention_to_qattention(tmp_p
     record = json.loads((plain / "export.json").read_text())
     assert record["exporter"] == "dynamo" and "transformer_fusion" not in record
     assert "Attention" not in {n.op_type for n in onnx.load(str(plain / "model.onnx")).graph.node}
+
+
+def test_sessions_leave_add_and_layernorm_unfused(tmp_path):
+    """onnxruntime would fuse a residual Add + LayerNormalization into SkipLayerNormalization when it builds a
+    session; dlforge's sessions turn that fusion off by name (artifact/onnx_runtime.py: the fused CPU kernel is
+    several times slower here). If onnxruntime renamed the optimizer, the name would be ignored silently: caught here."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dlforge.artifact.onnx_runtime import DISABLED_OPTIMIZERS, open_session, session_options
+
+    width = 8
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "skip"], ["sum"]),
+         helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)], "residual",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, width]) for n in ("x", "skip")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, width])],
+        [numpy_helper.from_array(np.ones(width, np.float32), "gamma"),
+         numpy_helper.from_array(np.zeros(width, np.float32), "beta")])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    def optimized_ops(disabled):
+        options, _ = session_options(1)
+        options.optimized_model_filepath = str(tmp_path / f"optimized-{len(disabled)}.onnx")
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
+        return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert "SkipLayerNormalization" in optimized_ops(())  # what onnxruntime does by default
+    assert optimized_ops(DISABLED_OPTIMIZERS) == {"Add", "LayerNormalization"}
+    session, described = open_session(data, threads=1, where=str(tmp_path / "model.onnx"))
+    assert described["disabled_optimizers"] == ["SkipLayerNormFusion"]
+    x = np.arange(4 * width, dtype=np.float32).reshape(1, 4, width)
+    (y,) = session.run(None, {"x": x, "skip": x})
+    expected = (2 * x - (2 * x).mean(-1, keepdims=True)) / np.sqrt((2 * x).var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, expected, atol=1e-4)

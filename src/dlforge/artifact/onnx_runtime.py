@@ -11,7 +11,10 @@ Session options are chosen, not left to defaults (and `settings` states them, fo
   mean the same for both runtimes); inter-op threads 1 and sequential execution (these graphs are chains:
   parallel branches would only contend for the same cores);
 - graph optimisation ORT_ENABLE_ALL (constant folding, Conv+BN/activation fusion, layout transforms);
-- the CPU memory arena and memory-pattern planning on: after the first call of a shape, no allocation per call.
+- the CPU memory arena and memory-pattern planning on: after the first call of a shape, no allocation per call;
+- onnxruntime's SkipLayerNormFusion off (DISABLED_OPTIMIZERS): on this project's CPU (AMD EPYC, AVX512,
+  onnxruntime 1.32, 1 thread) the fused SkipLayerNormalization kernel took 0.66 ms on a 128 x 384 input, the
+  Add + LayerNormalization it replaces 0.10 ms (benchmarks/compress.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dlforge.core.errors import ArtifactError, DlforgeError
 from dlforge.data.batches import eval_batches
 
 ONNX_FILE = "model.onnx"
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 EXPORT_JSON = "export.json"
 
 
@@ -93,7 +97,7 @@ def session_options(threads: int | None = None):
     options.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are not the user's business
     described = {"provider": "CPUExecutionProvider", "intra_op_threads": threads, "inter_op_threads": 1,
                  "execution_mode": "sequential", "graph_optimization": "ORT_ENABLE_ALL", "cpu_mem_arena": True,
-                 "mem_pattern": True, "onnxruntime": ort.__version__}
+                 "mem_pattern": True, "disabled_optimizers": list(DISABLED_OPTIMIZERS), "onnxruntime": ort.__version__}
     return options, described
 
 
@@ -102,7 +106,8 @@ def open_session(data: bytes, *, threads: int | None = None, where: str):
     ort = onnxruntime_module()
     options, described = session_options(threads)
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(DISABLED_OPTIMIZERS))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf (and RuntimeError)
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ArtifactError(f"onnxruntime cannot load {ONNX_FILE} ({exc.__class__.__name__}: {first})", where=where,

@@ -11,8 +11,11 @@ dynamo exporter named, the fallback taken). Opset DEFAULT_OPSET unless asked.
 Transformer encoders (an encoder with `onnx_transformer()`, MiniLM) go another way first, Optimum's: the
 TorchScript exporter with eager attention, then onnxruntime's transformer optimizer
 (onnxruntime.transformers.optimize_model, model type 'bert'), which fuses each layer's attention into one
-`Attention` op and the embeddings, residual LayerNorms and GELUs into `EmbedLayerNormalization`,
-`SkipLayerNormalization` and `BiasGelu`. Dynamic int8 then turns Attention into `QAttention` (compress/quantize.py).
+`Attention` op and the embeddings and GELUs into `EmbedLayerNormalization` and `BiasGelu`. Dynamic int8 then turns
+Attention into `QAttention` (compress/quantize.py). The residual Add + LayerNormalization pairs are deliberately left
+unfused (and onnxruntime's own SkipLayerNormFusion is off in every session, artifact/onnx_runtime.py): onnxruntime
+1.32's CPU SkipLayerNormalization kernel took 0.66 ms on a 128 x 384 input where Add + LayerNormalization took 0.10
+ms (1 thread, AMD EPYC AVX512), 12% of MiniLM's int8 call at 128 tokens (benchmarks/compress.md).
 The dynamo exporter's graph of the same model is not fused (its decomposed SDPA, with or without eager attention,
 matches none of the optimizer's attention patterns: measured, 0 of 6). Measured on MiniLM-L6 at batch 1, 1 thread,
 128 tokens (benchmarks/compress.md): fp32 1.31x -> 1.41x torch eager, dynamic int8 2.75x -> 3.00x. If the export,
@@ -172,6 +175,14 @@ def transformer_encoders(model: torch.nn.Module) -> list:
     return [m for m in model.modules() if callable(getattr(m, "onnx_transformer", None))]
 
 
+def fusion_options(options_class, model_type: str):
+    """onnxruntime's transformer fusions for `model_type`, less SkipLayerNormalization (module docstring: on this
+    CPU its kernel is ~4.5x slower than the Add + LayerNormalization it replaces)."""
+    options = options_class(model_type)
+    options.enable_skip_layer_norm = False
+    return options
+
+
 def to_fused_transformer(graph: ExportGraph, example: tuple, *, dynamic: dict[str, dict[int, str]], opset: int,
                          folder: Path, encoders: list) -> tuple[bytes, dict]:
     """(ONNX bytes, how): TorchScript export with eager attention, then onnxruntime's transformer fusions; raises
@@ -206,7 +217,7 @@ def to_fused_transformer(graph: ExportGraph, example: tuple, *, dynamic: dict[st
         started = time.perf_counter()
         optimized = optimize_model(str(path), model_type=spec["model_type"], num_heads=spec["num_heads"],
                                    hidden_size=spec["hidden_size"], opt_level=0,
-                                   optimization_options=FusionOptions(spec["model_type"]))
+                                   optimization_options=fusion_options(FusionOptions, spec["model_type"]))
         fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     except Exception as exc:
         raise ExportError(f"onnxruntime's transformer optimizer failed ({_first_line(exc)})") from None
