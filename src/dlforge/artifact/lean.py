@@ -328,8 +328,6 @@ def _rewrite(graph: fx.Graph, root: nn.Module) -> tuple[dict[str, Any], _Capture
         counts["functions"] += 1
     for node in graph.nodes:
         node.meta.pop("lean_layer", None)
-    graph.eliminate_dead_code()
-    graph.lint()
     return attributes, captured, counts
 
 
@@ -417,6 +415,9 @@ def lean_forward(model: nn.Module, example: dict[str, torch.Tensor]) -> LeanForw
         raise LeanTraceError(f"forward takes {len(placeholders)} inputs; the runtime passes one dict")
     attributes, captured, counts = _rewrite(graph, model)
     lean = fx.GraphModule(attributes, graph, class_name="LeanGraph")
+    lean.graph.eliminate_dead_code()  # the weights a folded BatchNorm replaced (needs the owning module)
+    lean.graph.lint()
+    lean.recompile()
     for name, value in attributes.items():
         if isinstance(value, nn.Parameter):  # a plain attribute, read without nn.Module.__getattr__ on each call
             lean._parameters.pop(name, None)
