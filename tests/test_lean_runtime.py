@@ -237,3 +237,32 @@ def test_the_concat_combiner_is_unchanged_and_traces(ensemble):
         _old_concat_forward(combiner, mixed)
     with pytest.raises(RuntimeError):
         combiner(mixed)
+
+
+class _One(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, inputs):
+        return {"y": self.layer(inputs["x"])}
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv1d(3, 4, 3, padding="same"), (2, 3, 7)), (nn.Conv2d(3, 4, 3, stride=2, groups=1), (2, 3, 9, 9)),
+    (nn.ReLU(inplace=True), (2, 5)), (nn.LeakyReLU(0.2), (2, 5)), (nn.GELU("tanh"), (2, 5)), (nn.SiLU(), (2, 5)),
+    (nn.ReLU6(), (2, 5)), (nn.Hardswish(), (2, 5)), (nn.Sigmoid(), (2, 5)), (nn.Softmax(-1), (2, 5)),
+    (nn.MaxPool1d(2), (2, 3, 8)), (nn.AvgPool1d(3, 2, 1), (2, 3, 8)), (nn.AdaptiveAvgPool2d((2, 3)), (2, 3, 6, 6)),
+    (nn.AdaptiveAvgPool1d(1), (2, 3, 8)), (nn.LayerNorm(5), (2, 4, 5)), (nn.ConstantPad1d((1, 2), 0.5), (2, 3, 4)),
+    (nn.Flatten(0), (2, 3, 4)), (nn.BatchNorm1d(5), (3, 5)), (nn.Embedding(10, 4, padding_idx=0), None),
+])
+def test_each_rewritten_layer_is_the_function_its_forward_calls(layer, shape):
+    torch.manual_seed(0)
+    model = _One(layer).eval()
+    x = {"x": torch.randint(0, 10, (3, 6)) if shape is None else torch.randn(*shape)}
+    with torch.no_grad():
+        expected = model({"x": x["x"].clone()})["y"]
+    lean = lean_forward(model, x)
+    assert all(n.op != "call_module" for n in lean.forward.__self__.graph.nodes), lean.forward.__self__.code
+    with torch.no_grad():
+        assert torch.equal(lean.forward({"x": x["x"].clone()})["y"], expected)

@@ -158,8 +158,11 @@ def _leaf_call(module: nn.Module) -> tuple[Callable, tuple, dict] | None | str:
         return simple[kind], (), {}
     if kind is nn.GELU:
         return F.gelu, (), {"approximate": module.approximate}
-    if kind is nn.SiLU:
-        return F.silu, (), {"inplace": module.inplace}
+    if kind in (nn.SiLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid):
+        fn = {nn.SiLU: F.silu, nn.ReLU6: F.relu6, nn.Hardswish: F.hardswish, nn.Hardsigmoid: F.hardsigmoid}[kind]
+        return fn, (), {"inplace": module.inplace}
+    if kind in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d):
+        return F.pad, (module.padding, "constant", module.value), {}
     if kind is nn.LeakyReLU:
         return F.leaky_relu, (module.negative_slope, module.inplace), {}
     if kind is nn.Flatten:
