@@ -2,6 +2,7 @@
 
     python benchmarks/compress_prune.py prune RUN [RUN ...]          # half the channels vs unpruned, per run (seed)
     python benchmarks/compress_prune.py measure RUN PRUNED [RUN PRUNED ...]  # re-time pruned variants made before
+                                                                      # (the torch runtime's module and lean paths)
     python benchmarks/compress_prune.py distill TEACHER STUDENT --seeds 0 1 2 --epochs 4
     python benchmarks/compress_prune.py compress RUN [dlforge compress options...]
 
@@ -195,10 +196,38 @@ def bench_distill(teacher: str, student: str, seeds: list[int], epochs: int, tem
             print(json.dumps(row), flush=True)
 
 
-def bench_measure(pairs: list[str], burst: int = BURST) -> None:
-    """Re-time (run, pruned variant) pairs made earlier: torch eager batch 1 (wall and thread CPU ms; beside them the
-    same network cut to 1 channel, the fixed cost of a call) and 64, the two frozen with TorchScript (same treatment
-    for both), ONNX Runtime batch 1 (same side-by-side rounds as `prune`, without pruning and fine-tuning again)."""
+def _runtimes(model, batch_size: int) -> dict:
+    """The torch runtime's two forward paths over one model: "module" (the nn.Module, as before) and "lean" (the
+    traced graph of artifact/lean.py, the default); each built on the first call (the warm-up)."""
+    from dlforge.artifact.runtimes import TorchRuntime
+
+    return {"module": TorchRuntime(model, batch_size=batch_size, lean=False),
+            "lean": TorchRuntime(model, batch_size=batch_size, lean=True)}
+
+
+def _test_parity(predictor, data) -> dict:
+    """Test accuracy of each path over the whole test split and the largest logit difference between them."""
+    from dlforge.artifact.inputs import from_table
+    from dlforge.data.prepare import encode
+
+    sig = predictor.signature
+    encoded = encode(from_table(data.test_table(), sig["inputs"], sig["outputs"]), predictor.inputs,
+                     predictor.outputs)
+    output = next(iter(sig["outputs"]))
+    target = encoded.y[output]
+    logits = {path: rt.run(encoded.x)[output] for path, rt in _runtimes(predictor.model, predictor.batch_size).items()}
+    accuracy = {path: float((value.argmax(1) == target).float().mean()) for path, value in logits.items()}
+    return {"rows": len(target), "accuracy": accuracy,
+            "max_abs_logit_diff": float((logits["lean"] - logits["module"]).abs().max()),
+            "same_predictions": bool(torch.equal(logits["lean"].argmax(1), logits["module"].argmax(1)))}
+
+
+def bench_measure(pairs: list[str], burst: int = BURST, extras: bool = True) -> None:
+    """Re-time (run, pruned variant) pairs made earlier: the torch runtime at batch 1 on both forward paths ("module":
+    the nn.Module; "lean": the traced graph, the default), wall and thread CPU ms, all four interleaved; beside them
+    the same network cut to 1 channel (the fixed cost of a call, both paths) and batch 64 (both paths). `extras`:
+    also the two frozen with TorchScript and ONNX Runtime batch 1 (as round 4). Then each model's test accuracy on
+    each path (parity)."""
     from dlforge.compress.variant import RunData
 
     torch.set_num_threads(1)
@@ -207,28 +236,35 @@ def bench_measure(pairs: list[str], burst: int = BURST) -> None:
         base, pruned = _load(run), _load(variant)
         one, batch = _one_row(base, data)
         load = os.getloadavg()
-        eager_cpu, frozen_cpu = {}, {}
-        with torch.no_grad():
-            eager = _side_by_side({"unpruned": partial(base.model, one), "pruned": partial(pruned.model, one),
-                                   "one_channel": partial(_one_channel(base.model, one), one)},
-                                  burst=burst, cpu=eager_cpu)
-            eager64 = _side_by_side({"unpruned": partial(base.model, batch), "pruned": partial(pruned.model, batch)},
-                                    repeats=20, burst=min(burst, 20))
-            frozen = _side_by_side({"unpruned": _frozen(base.model, one), "pruned": _frozen(pruned.model, one)},
-                                   burst=burst, cpu=frozen_cpu)
-        fixed = eager_cpu["one_channel"]
-        row = {"what": "measure", "run": run, "variant": variant, "threads": 1, "burst": burst, "torch_b1_ms": eager,
-               "torch_b1_speedup": eager["unpruned"] / eager["pruned"], "torch_b1_cpu_ms": eager_cpu,
-               "torch_b1_cpu_speedup": eager_cpu["unpruned"] / eager_cpu["pruned"],
-               "fixed_share_of_pruned_cpu": fixed / eager_cpu["pruned"],
-               "torch_b64_ms": eager64, "torch_b64_speedup": eager64["unpruned"] / eager64["pruned"],
-               "torchscript_b1_ms": frozen, "torchscript_b1_speedup": frozen["unpruned"] / frozen["pruned"],
-               "torchscript_b1_cpu_ms": frozen_cpu,
-               "torchscript_b1_cpu_speedup": frozen_cpu["unpruned"] / frozen_cpu["pruned"], "load": load}
-        with tempfile.TemporaryDirectory() as tmp:
-            ort_ms = _side_by_side({"unpruned": _ort_session(base.model, one, Path(tmp) / "a.onnx"),
-                                    "pruned": _ort_session(pruned.model, one, Path(tmp) / "b.onnx")}, burst=burst)
-        row.update(ort_b1_ms=ort_ms, ort_b1_speedup=ort_ms["unpruned"] / ort_ms["pruned"], load_after=os.getloadavg())
+        b1_cpu, frozen_cpu = {}, {}
+        rts = {"unpruned": _runtimes(base.model, base.batch_size), "pruned": _runtimes(pruned.model, pruned.batch_size),
+               "one_channel": _runtimes(_one_channel(base.model, one), base.batch_size)}
+        fns = {f"{model}_{path}": partial(rt.run, one) for model, paths in rts.items() for path, rt in paths.items()}
+        b1 = _side_by_side(fns, burst=burst, cpu=b1_cpu)
+        b64 = _side_by_side({f"{model}_{path}": partial(rt.run, batch) for model in ("unpruned", "pruned")
+                             for path, rt in rts[model].items()}, repeats=20, burst=min(burst, 20))
+        paths = {p: rt.settings for p, rt in rts["pruned"].items()}
+        row = {"what": "measure", "run": run, "variant": variant, "threads": 1, "burst": burst,
+               "torch_b1_ms": b1, "torch_b1_cpu_ms": b1_cpu, "torch_b64_ms": b64, "paths": paths}
+        for path in ("module", "lean"):
+            row[f"{path}_b1_speedup"] = b1[f"unpruned_{path}"] / b1[f"pruned_{path}"]
+            row[f"{path}_b1_cpu_speedup"] = b1_cpu[f"unpruned_{path}"] / b1_cpu[f"pruned_{path}"]
+            row[f"{path}_b64_speedup"] = b64[f"unpruned_{path}"] / b64[f"pruned_{path}"]
+            row[f"{path}_fixed_share_of_pruned_cpu"] = b1_cpu[f"one_channel_{path}"] / b1_cpu[f"pruned_{path}"]
+        row["lean_gain_b1_cpu"] = {m: b1_cpu[f"{m}_module"] / b1_cpu[f"{m}_lean"] for m in rts}
+        row["load_after_b1"] = os.getloadavg()
+        if extras:
+            with torch.no_grad():
+                frozen = _side_by_side({"unpruned": _frozen(base.model, one), "pruned": _frozen(pruned.model, one)},
+                                       burst=burst, cpu=frozen_cpu)
+            row.update(torchscript_b1_ms=frozen, torchscript_b1_cpu_ms=frozen_cpu,
+                       torchscript_b1_cpu_speedup=frozen_cpu["unpruned"] / frozen_cpu["pruned"])
+            with tempfile.TemporaryDirectory() as tmp:
+                ort_ms = _side_by_side({"unpruned": _ort_session(base.model, one, Path(tmp) / "a.onnx"),
+                                        "pruned": _ort_session(pruned.model, one, Path(tmp) / "b.onnx")}, burst=burst)
+            row.update(ort_b1_ms=ort_ms, ort_b1_speedup=ort_ms["unpruned"] / ort_ms["pruned"])
+        row["test_parity"] = {"unpruned": _test_parity(base, data), "pruned": _test_parity(pruned, data)}
+        row.update(load=load, load_after=os.getloadavg())
         print(json.dumps(row), flush=True)
 
 
@@ -263,13 +299,14 @@ def main() -> None:
     m.add_argument("pairs", nargs="+", help="RUN PRUNED_VARIANT, repeated")
     m.add_argument("--burst", type=int, default=BURST, help="consecutive calls per model before the other's turn "
                    "(1: call by call; default %(default)s, as benchmarks/compress.py)")
+    m.add_argument("--no-extras", action="store_true", help="leave out the TorchScript and ONNX Runtime rows")
     c = sub.add_parser("compress")
     c.add_argument("run")
     args, rest = parser.parse_known_args()
     if args.what == "prune":
         bench_prune(args.runs, args.finetune)
     elif args.what == "measure":
-        bench_measure(args.pairs, args.burst)
+        bench_measure(args.pairs, args.burst, extras=not args.no_extras)
     elif args.what == "distill":
         bench_distill(args.teacher, args.student, args.seeds, args.epochs, args.temperature, args.alphas)
     else:

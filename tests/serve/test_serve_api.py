@@ -96,6 +96,8 @@ def test_model_info_probes_and_metrics(digits_client, digits_run):
     assert info["inputs"]["image"]["shape"] == [1, 8, 8]
     assert info["outputs"]["label"]["labels"] == [str(i) for i in range(10)]
     assert info["metrics"]["test"]["accuracy"] > 0.5
+    runtime = info["serving"]["runtime"]  # the torch runtime says which forward path serves (artifact/lean.py)
+    assert runtime["name"] == "torch" and runtime["path"] == "lean" and runtime["lean"]["ops"] >= 6, runtime
     assert digits_client.get("/healthz").json() == {"status": "ok"}
     assert digits_client.get("/readyz").json() == {"status": "ready"}
     digits_client.post("/v1/predict", json={"records": [{"image": IMAGES[0].tolist()}] * 2})

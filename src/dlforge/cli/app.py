@@ -60,7 +60,6 @@ def predict(
     from dlforge.data.readers import ReadOptions, load_table
 
     predictor = dlforge.load(run, runtime=runtime)
-    echo_runtime(run, predictor.runtime.name)
     if bool(files) == bool(data):
         raise DlforgeError("give image or sound files, or --data FILE (one of the two)", hint=f"dlforge predict {run} digit.png")
     if files:
@@ -76,6 +75,7 @@ def predict(
         inputs = load_table(str(data), field="--data", options=ReadOptions.of(predictor.recipe.data))
         frame = pd.DataFrame({n: v for n, v in inputs.columns.items() if np.asarray(v).ndim == 1})
     predictions = predictor.predict(inputs)
+    echo_runtime(run, predictor.runtime.name, getattr(predictor.runtime, "settings", None))
     for name, values in (predictions.items() if isinstance(predictions, dict) else [(predictor.output_names[0], predictions)]):
         frame[f"predicted_{name}"] = values
     if proba:

@@ -25,8 +25,9 @@ def metrics_line(metrics: dict) -> str:
     return "  ".join(parts)
 
 
-def echo_runtime(run: Path, runtime: Optional[str]) -> None:
-    """On stderr, which runtime ran the model and, for onnx, its session options."""
+def echo_runtime(run: Path, runtime: Optional[str], settings: Optional[dict] = None) -> None:
+    """On stderr, which runtime ran the model: for onnx its session options; for torch (given the runtime's
+    `settings`) whether the lean graph or the module ran, and why."""
     from dlforge.artifact.runtimes import default_runtime
 
     name = runtime or default_runtime(run)
@@ -36,6 +37,20 @@ def echo_runtime(run: Path, runtime: Optional[str]) -> None:
         _, s = session_options()
         echo_err(f"runtime onnx: onnxruntime {s['onnxruntime']}, {s['intra_op_threads']} intra-op thread(s), "
                   f"{s['inter_op_threads']} inter-op, {s['graph_optimization']}, CPU arena on")
+    elif name == "torch" and settings:
+        echo_err(f"runtime torch: {torch_path_line(settings)}")
+
+
+def torch_path_line(settings: dict) -> str:
+    """The torch runtime's forward path in words: "lean graph (11 ops, 0 batch norms folded)" or "module (why)"."""
+    lean = settings.get("lean")
+    if settings.get("path") == "lean" and lean:
+        line = (f"lean graph ({lean['ops']} ops, {lean['batch_norms_folded']} batch norm(s) folded"
+                + (f", modules kept: {', '.join(lean['modules_kept'])}" if lean["modules_kept"] else "") + ")")
+    else:
+        line = "module"
+    reason = settings.get("reason")
+    return line + (f"; {reason}" if reason else "") + f", {settings.get('torch_threads')} thread(s)"
 
 
 @contextlib.contextmanager

@@ -35,12 +35,16 @@ class ConcatCombiner(nn.Module):
                         if members > 1 else None)
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:  # each (B[, K], d_i) -> (B[, K], output_dim)
-        members = max((p.shape[1] for p in parts if p.ndim == 3), default=0)  # an encoder of K members (text:ngram)
-        if members:  # every other input's vector is shared by the K members
+        # An encoder of K members (text:ngram) gives (B, K, d). The branch is on ranks only, never on a size, so a
+        # tracer (the torch runtime's lean graph, torch.compile) follows it without a graph break; K members of
+        # different counts cannot be concatenated either way.
+        ensembles = [p for p in parts if p.ndim == 3]
+        if ensembles:  # every other input's vector is shared by the K members
+            members = ensembles[0].shape[1]
             parts = [p if p.ndim == 3 else p.unsqueeze(1).expand(-1, members, -1) for p in parts]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         if self.adapter is not None:
-            x = (x if members else x.unsqueeze(1)) * self.adapter  # (B, K, d): Linear layers act on the last dim
+            x = (x if ensembles else x.unsqueeze(1)) * self.adapter  # (B, K, d): Linear layers act on the last dim
         return self.dense(x)
 
 
