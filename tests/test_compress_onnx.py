@@ -503,3 +503,17 @@ def test_sessions_leave_add_and_layernorm_unfused(tmp_path):
     (y,) = session.run(None, {"x": x, "skip": x})
     expected = (2 * x - (2 * x).mean(-1, keepdims=True)) / np.sqrt((2 * x).var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(y, expected, atol=1e-4)
+
+
+def test_exporters_chatter_is_quiet_only_while_exporting():
+    """torch.onnx's 'torchvision is not installed. Skipping torchvision::nms' (a WARNING of a child logger) is not the
+    user's business during `dlforge export`; the loggers are as they were afterwards."""
+    import logging
+
+    from dlforge.compress.onnx_export import quiet_loggers
+
+    child = logging.getLogger("torch.onnx._internal.exporter._registration")
+    before = child.getEffectiveLevel()
+    with quiet_loggers("torch.onnx"):
+        assert not child.isEnabledFor(logging.WARNING) and child.isEnabledFor(logging.ERROR)
+    assert child.getEffectiveLevel() == before

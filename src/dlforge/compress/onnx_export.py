@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import tempfile
 import time
@@ -134,13 +135,28 @@ def _without_node_metadata(data: bytes) -> bytes:
     return model.SerializeToString()
 
 
+@contextlib.contextmanager
+def quiet_loggers(*names: str):
+    """These libraries' INFO/WARNING lines are not the user's business (torch.onnx's "torchvision is not installed.
+    Skipping torchvision::nms", onnxruntime.transformers' progress): errors only while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def to_onnx(graph: ExportGraph, example: tuple, *, dynamic: dict[str, dict[int, str]], opset: int,
             folder: Path) -> tuple[bytes, dict]:
     """(ONNX bytes, how they were made): the dynamo exporter, else the TorchScript exporter with the reason."""
     path = folder / "graph.onnx"
     names, outputs = graph.input_names, graph.output_names
     how: dict = {"exporter": "dynamo", "opset": opset}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loggers("torch.onnx"):
         warnings.simplefilter("ignore")
         try:
             # forward(*inputs): one entry for the varargs tuple, holding one {axis: Dim} per input
@@ -208,21 +224,15 @@ def to_fused_transformer(graph: ExportGraph, example: tuple, *, dynamic: dict[st
                               dynamic_axes={n: dict(d) for n, d in dynamic.items()}, do_constant_folding=True)
         except Exception as exc:
             raise ExportError(f"the TorchScript exporter failed ({_first_line(exc)})") from None
-    import logging
-
-    quiet = logging.getLogger("onnxruntime.transformers")  # its INFO/WARNING lines are not the user's business
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
         started = time.perf_counter()
-        optimized = optimize_model(str(path), model_type=spec["model_type"], num_heads=spec["num_heads"],
-                                   hidden_size=spec["hidden_size"], opt_level=0,
-                                   optimization_options=fusion_options(FusionOptions, spec["model_type"]))
+        with quiet_loggers("onnxruntime.transformers"):
+            optimized = optimize_model(str(path), model_type=spec["model_type"], num_heads=spec["num_heads"],
+                                       hidden_size=spec["hidden_size"], opt_level=0,
+                                       optimization_options=fusion_options(FusionOptions, spec["model_type"]))
         fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     except Exception as exc:
         raise ExportError(f"onnxruntime's transformer optimizer failed ({_first_line(exc)})") from None
-    finally:
-        quiet.setLevel(level)
     layers = sum(s["layers"] for s in specs)
     if fused.get("Attention", 0) != layers:
         raise ExportError(f"onnxruntime's transformer optimizer fused {fused.get('Attention', 0)} of {layers} "

@@ -53,11 +53,13 @@ MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay in
 
 
 class _NoPreProcessNag(logging.Filter):
-    """onnxruntime's quantizer warns on the root logger when a graph was not pre-processed; a fused transformer
-    graph is quantized as exported on purpose (quantize notes say so)."""
+    """onnxruntime's quantizer warns on the root logger when it cannot tell that a graph was pre-processed: dlforge
+    pre-processes every graph it can (a fused transformer graph is quantized as exported on purpose, and a folded
+    graph was pre-processed before the fold); the quantize notes say which."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "consider to run pre-processing" not in str(record.msg)
+        message = str(record.msg)
+        return not ("consider" in message and "pre-processing" in message)
 
 
 _NO_PRE_PROCESS_NAG = _NoPreProcessNag()
@@ -229,6 +231,7 @@ class Quantizer:
         q = self.q
         out = self.folder / "int8.onnx"
         try:
+            logging.getLogger().addFilter(_NO_PRE_PROCESS_NAG)  # once: adding the same filter again is a no-op
             if self.mode == "static":
                 method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                           "percentile": q.CalibrationMethod.Percentile}[self.calibration]
@@ -244,8 +247,6 @@ class Quantizer:
                                   extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                                  "MatMulConstBOnly": True, "CalibPercentile": 99.999})
             else:
-                if self.float_path.name == "fp32.onnx":  # not pre-processed on purpose (a fused graph): no nagging
-                    logging.getLogger().addFilter(_NO_PRE_PROCESS_NAG)
                 q.quantize_dynamic(str(self.float_path), str(out), per_channel=True, weight_type=q.QuantType.QInt8,
                                    op_types_to_quantize=list(WEIGHTED_OPS["dynamic"]), nodes_to_exclude=list(exclude),
                                    nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True,
