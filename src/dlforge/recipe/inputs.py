@@ -221,7 +221,7 @@ class _RNNOptions(Strict):
     dropout: float = _field(0.0, "Dropout between stacked layers.", ge=0, lt=1)
 
 
-class TextRNNEncoder(_RNNOptions, _TeacherEmbeddings):
+class TextRNNEncoder(_TeacherEmbeddings, _RNNOptions):  # the fields of _RNNOptions come first
     pass
 
 
