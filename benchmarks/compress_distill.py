@@ -36,25 +36,27 @@ def run(args) -> None:
         for line in Path(args.results).read_text().splitlines():
             r = json.loads(line)
             done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
-                      r.get("transfer", 0)))
+                      r.get("transfer", 0), r.get("soft_loss", "kl")))
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
-            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer) in done:
+            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss) in done:
                 continue
             name = (f"{Path(args.student).stem}_T{temperature:g}_a{alpha:g}_s{seed}"
-                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else ""))
+                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else ""))
             overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
             load = os.getloadavg()[0]
             started, cpu = time.perf_counter(), time.process_time()
             d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
                         name=name, out=Path(args.out) / name, data=data, register=False,
-                        say=lambda text: print(text, flush=True), transfer=args.transfer)
+                        say=lambda text: print(text, flush=True), transfer=args.transfer,
+                        soft_loss=args.soft_loss)
             from dlforge.artifact.predictor import Predictor
 
             val_scores = Predictor(d["variant"]).evaluate(val)
             row = {"student": Path(args.student).stem, "transfer": args.transfer,
-                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "seed": seed, "epochs_set": args.epochs,
+                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "seed": seed,
+                   "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
                    "parameters": d["parameters"], "wall_s": round(time.perf_counter() - started, 1),
@@ -73,15 +75,15 @@ def report(args) -> None:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
-                           r["alpha"], r.get("epochs_set")), []).append(r)
-    print("| student | transfer | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | epochs run "
-          "| CPU s per student (mean) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (student, x, t, a, e), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2],
-                                                                             kv[0][4] or 0)):
+                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl")), []).append(r)
+    print("| student | transfer | loss | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
+          "epochs run | CPU s per student (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (student, x, t, a, e, loss), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][5],
+                                                                                   kv[0][3], kv[0][2], kv[0][4] or 0)):
         val = [r["val_accuracy"] for r in rs]
         test = [r["test_accuracy"] for r in rs]
-        print(f"| {student} | {x or '-'} | {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | "
+        print(f"| {student} | {x or '-'} | {loss if a else '-'} | {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | "
               f"{min(val):.4f} / {statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
               f"{','.join(str(r['epochs']) for r in rs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |")
 
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=None, help="override the student recipe's epochs")
     ap.add_argument("--transfer", type=int, default=0, help="rewrites per training text labelled by the teacher")
+    ap.add_argument("--soft-loss", default="kl", choices=("kl", "mse"), help="kl (Hinton) or mse on logits (Tang)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default="distill.jsonl")
     ap.add_argument("--out", default="/tmp/dlforge-students")

@@ -34,9 +34,10 @@ def teacher(tmp_path_factory) -> Path:
     return tmp / "teacher"
 
 
-def _student(teacher: Path, tmp_path: Path, **encoder) -> Path:
+def _student(teacher: Path, tmp_path: Path, base: dict | None = None, **encoder) -> Path:
     # The student asks for a BPE vocabulary of its own, cased, 3 tokens: embeddings_from: teacher must override all.
-    recipe = _recipe(teacher.parent / "t.csv", {"name": "cnn", "filters": 4, "kernel_sizes": [2], **encoder},
+    base = base or {"name": "cnn", "filters": 4, "kernel_sizes": [2]}
+    recipe = _recipe(teacher.parent / "t.csv", {**base, **encoder},
                      tokenizer="bpe", lowercase=False, max_length=3)
     path = tmp_path / "student.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -50,13 +51,17 @@ def _table(run: Path) -> torch.Tensor:
                 if isinstance(m, torch.nn.Embedding)).weight.detach()
 
 
-@pytest.mark.parametrize("freeze", [True, False])
-def test_a_student_reads_the_teachers_tokens_from_its_embeddings(teacher, tmp_path, monkeypatch, freeze):
+LSTM = {"name": "lstm", "hidden": 4, "pooling": "max"}  # Tang et al.'s BiLSTM student, tiny
+
+
+@pytest.mark.parametrize("freeze, base", [(True, None), (False, None), (True, LSTM)], ids=["cnn-frozen", "cnn",
+                                                                                             "bilstm-frozen"])
+def test_a_student_reads_the_teachers_tokens_from_its_embeddings(teacher, tmp_path, monkeypatch, freeze, base):
     import dlforge
     from dlforge.compress.distill import distill
 
     monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
-    done = distill(teacher, str(_student(teacher, tmp_path, dim=8, embeddings_from="teacher",
+    done = distill(teacher, str(_student(teacher, tmp_path, base, dim=8, embeddings_from="teacher",
                                          freeze_embeddings=freeze)),
                    temperature=2.0, alpha=0.5, overrides=["training.epochs=2"], out=tmp_path / "student")
     assert done["embeddings_from_teacher"] == ["text"]
@@ -133,3 +138,59 @@ def test_a_text_cnn_gives_the_same_vectors_with_or_without_trailing_padding():
     ids = torch.tensor([[2, 5, 7, 9, 0], [2, 4, 0, 0, 0]])
     padded = torch.cat([ids, torch.zeros(2, 7, dtype=torch.long)], 1)
     assert torch.allclose(cnn(ids), cnn(padded), atol=1e-6)
+
+
+def test_the_soft_target_term_is_the_tempered_kl_or_the_logits_mse():
+    import torch.nn.functional as F
+
+    from dlforge.compress.distill import TEACHER, kd_loss_hook
+
+    signature = {"outputs": {"y": {"type": "category"}, "b": {"type": "binary"}}}
+    student = {"y": torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]]), "b": torch.tensor([[0.3], [-2.0]])}
+    teacher = {TEACHER + "y": torch.tensor([[3.0, 0.0, -3.0], [0.0, 1.0, 4.0]]), TEACHER + "b": torch.tensor([[1.5], [-4.0]])}
+    label_loss = torch.tensor(0.25)
+    mse = kd_loss_hook(signature, temperature=4.0, alpha=1.0, soft_loss="mse")(None, student, teacher, label_loss)
+    want = F.mse_loss(student["y"], teacher[TEACHER + "y"]) + F.mse_loss(student["b"], teacher[TEACHER + "b"])
+    assert torch.allclose(mse, want)  # the logits themselves: no temperature, no softmax
+    assert torch.allclose(kd_loss_hook(signature, temperature=1.0, alpha=1.0, soft_loss="mse")(
+        None, student, teacher, label_loss), want)
+    kl = kd_loss_hook(signature, temperature=2.0, alpha=0.5)(None, student, teacher, label_loss)
+    soft_y = F.kl_div(F.log_softmax(student["y"] / 2, -1), F.softmax(teacher[TEACHER + "y"] / 2, -1),
+                      reduction="batchmean") * 4
+    soft_b = F.binary_cross_entropy_with_logits(student["b"] / 2, torch.sigmoid(teacher[TEACHER + "b"] / 2)) * 4
+    assert torch.allclose(kl, 0.5 * (soft_y + soft_b) + 0.5 * label_loss)
+    # A validation batch carries no teacher logits: the label loss alone.
+    assert kd_loss_hook(signature, temperature=2.0, alpha=0.5, soft_loss="mse")(None, student, {}, label_loss) is label_loss
+
+
+def test_an_unknown_soft_loss_is_refused(teacher, tmp_path, capsys):
+    assert not main_ok(["distill", str(teacher), "--student", str(_student(teacher, tmp_path, dim=8)),
+                        "--soft-loss", "cosine"])
+    err = capsys.readouterr().err
+    assert "--soft-loss" in err and "kl, mse" in err
+
+
+def test_text_cnn_dropout_acts_on_the_pooled_vector_in_training_only():
+    from dlforge.models.encoders.text import TextCNN
+    from dlforge.recipe.inputs import TextCNNEncoder
+
+    torch.manual_seed(0)
+    config = TextCNNEncoder(dim=6, filters=50, kernel_sizes=[2, 3])
+    plain, dropped = (TextCNN(c, {"vocab_size": 20, "pad_id": 0}, None)
+                      for c in (config, config.model_copy(update={"dropout": 0.5})))
+    dropped.load_state_dict(plain.state_dict())  # dropout has no weights: the same encoder
+    ids = torch.tensor([[2, 5, 7, 9, 3], [2, 4, 6, 0, 0]])
+    assert torch.equal(plain.eval()(ids), dropped.eval()(ids))
+    full, out = plain(ids), dropped.train()(ids)
+    kept = out != 0
+    assert 0.3 < kept.float().mean() < 0.7 and torch.allclose(out[kept], 2 * full[kept])
+
+
+def test_only_text_recurrent_encoders_take_the_teachers_embeddings():
+    from pydantic import ValidationError
+
+    from dlforge.recipe.inputs import SequenceRNNEncoder, TextRNNEncoder
+
+    assert TextRNNEncoder(embeddings_from="teacher", freeze_embeddings=True).embeddings_from == "teacher"
+    with pytest.raises(ValidationError):  # a sequence of numbers has no token table to take
+        SequenceRNNEncoder(embeddings_from="teacher")

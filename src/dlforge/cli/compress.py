@@ -81,6 +81,8 @@ def distill(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the student here instead of TEACHER/variants/<name>/."),
     transfer: int = typer.Option(0, "--transfer", help="Add up to N rewrites of every training text (masked words, "
                                  "n-grams; Tang et al. 2019), labelled by the teacher once and cached (text teachers)."),
+    soft_loss: str = typer.Option("kl", "--soft-loss", help="kl: the tempered soft targets (Hinton et al.); mse: "
+                                  "mean squared error between the logits (Tang et al. 2019; no temperature)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
 ):
@@ -89,9 +91,9 @@ def distill(
 
     _threads(threads)
     d = run_distill(teacher, student, temperature=temperature, alpha=alpha, overrides=set_, name=name, out=out,
-                    progress=not quiet, say=_say, transfer=transfer)
+                    progress=not quiet, say=_say, transfer=transfer, soft_loss=soft_loss)
     typer.echo(f"student {d['student_recipe']}: {d['parameters']['student']:,} parameters (teacher "
-               f"{d['parameters']['teacher']:,}); T={temperature}, alpha={alpha}, {d['epochs']} epoch(s) in "
+               f"{d['parameters']['teacher']:,}); {soft_loss} T={temperature}, alpha={alpha}, {d['epochs']} epoch(s) in "
                f"{d['seconds']:.1f} s; teacher logits {'from the cache' if d['teacher_logits_cached'] else 'computed'}")
     typer.echo(f"test {d['metric']}: student {d['student_score']:.4f}, teacher {d['teacher_score']:.4f}")
     typer.echo(f"variant: {d['variant']}")

@@ -2,7 +2,8 @@
 
 The loss is Hinton et al. (2015): `alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) *
 label loss` for category outputs (binary and multilabel: the same with sigmoids; number outputs: mean squared error
-to the teacher's prediction). It is a loss hook on the ordinary trainer (training/setup.py `build_training`), so
+to the teacher's prediction). `soft_loss="mse"` matches the logits themselves instead (Tang et al. 2019: mean
+squared error between the student's and the teacher's logits, no temperature), the same for every output kind. It is a loss hook on the ordinary trainer (training/setup.py `build_training`), so
 the student trains with its own recipe's optimizer, schedule, precision and callbacks; `alpha = 0` is plain
 training of the same student, the comparison a distillation must beat.
 
@@ -191,8 +192,12 @@ def _with_transfer_set(data: RunData, prepared, train: Encoded, copies: int, *, 
     return Encoded(x, y), len(texts), hit
 
 
-def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
-    """The loss hook: alpha * (soft-target term) + (1 - alpha) * (the model's own label loss)."""
+SOFT_LOSSES = ("kl", "mse")
+
+
+def kd_loss_hook(signature: dict, *, temperature: float, alpha: float, soft_loss: str = "kl"):
+    """The loss hook: alpha * (soft-target term) + (1 - alpha) * (the model's own label loss). The soft-target term
+    is the tempered KL (`kl`, Hinton et al.) or the mean squared error between the logits (`mse`, Tang et al.)."""
     kinds = {name: sig["type"] for name, sig in signature["outputs"].items()}
     t = temperature
 
@@ -204,13 +209,13 @@ def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
                 continue
             student = logits[name].float()
             teacher = teacher.to(student.dtype)
-            if kind == "category":
+            if soft_loss == "mse" or kind not in ("category", "binary", "multilabel"):
+                term = F.mse_loss(student, teacher.reshape(student.shape))
+            elif kind == "category":
                 term = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
                                 log_target=True) * t * t
-            elif kind in ("binary", "multilabel"):
-                term = F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t)) * t * t
             else:
-                term = F.mse_loss(student, teacher)
+                term = F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t)) * t * t
             soft = term if soft is None else soft + term
         return loss if soft is None else alpha * soft + (1 - alpha) * loss
 
@@ -220,13 +225,17 @@ def kd_loss_hook(signature: dict, *, temperature: float, alpha: float):
 def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, alpha: float = 0.7,
             overrides: list[str] | None = None, name: str | None = None, out: str | Path | None = None,
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
-            transfer: int = 0, transfer_seed: int = 0) -> dict:
+            transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl") -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
     `transfer` > 0 (a one-text-input teacher): up to that many rewrites of every training text, labelled by the
     teacher, join the training split (distill_transfer.py: Tang et al. 2019); their label term reads the teacher's
-    decision."""
+    decision. `soft_loss`: `kl` (tempered, Hinton et al.) or `mse` on the logits (Tang et al.; the temperature is
+    then unused)."""
+    if soft_loss not in SOFT_LOSSES:
+        raise DlforgeError(f"--soft-loss is one of {', '.join(SOFT_LOSSES)}; got {soft_loss!r}", where="--soft-loss",
+                           hint="kl: the tempered soft targets (Hinton et al.); mse: the logits (Tang et al.)")
     if not 0 <= transfer <= 100:
         raise DlforgeError(f"--transfer is rewrites per training text, 0..100; got {transfer}", where="--transfer")
     if not temperature > 0:
@@ -257,7 +266,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                                                                   seed=transfer_seed, say=say)
         say(f"transfer set: {extra:,} rewritten texts, teacher logits "
             f"{'read from the cache' if transfer_hit else 'computed and cached'}")
-    hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha)
+    hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha, soft_loss=soft_loss)
     with tempfile.TemporaryDirectory(prefix="dlforge-distill-") as work:
         built = build_training(recipe, prepared, splits=splits, run_dir=Path(work), progress=progress,
                                loss_hooks=(hook,), model_transforms=(_seed_embeddings(seeded),) if seeded else ())
@@ -267,6 +276,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     seconds = time.perf_counter() - started
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
+               "soft_loss": soft_loss,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
                "parameters": {"teacher": sum(p.numel() for p in data.predictor.model.parameters()),

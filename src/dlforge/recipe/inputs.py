@@ -208,9 +208,10 @@ class TextCNNEncoder(_TeacherEmbeddings):
     dim: int = _field(64, "Token embedding width.", ge=1)
     filters: int = _field(64, "Filters per kernel size.", ge=1)
     kernel_sizes: list[Annotated[int, Field(ge=1, le=15)]] = _field([3, 4, 5], "One 1-D convolution per size; max over time (Kim 2014).", min_length=1)
+    dropout: float = _field(0.0, "Dropout on the pooled vector, in training (Kim 2014 used 0.5).", ge=0, lt=1)
 
 
-class TextRNNEncoder(Strict):
+class _RNNOptions(Strict):
     name: Literal["lstm", "gru"] = _field("lstm", "Recurrent cell.")
     dim: int = _field(64, "Token embedding width.", ge=1)
     hidden: int = _field(64, "Hidden units per direction.", ge=1)
@@ -218,6 +219,10 @@ class TextRNNEncoder(Strict):
     bidirectional: bool = _field(True, "Read the text in both directions.")
     pooling: Literal["last", "mean", "max"] = _field("last", "Final hidden states (padding never read: packed sequences), or mean/max over steps.")
     dropout: float = _field(0.0, "Dropout between stacked layers.", ge=0, lt=1)
+
+
+class TextRNNEncoder(_TeacherEmbeddings, _RNNOptions):  # the fields of _RNNOptions come first
+    pass
 
 
 class TransformerEncoderConfig(Strict):
@@ -261,7 +266,7 @@ class SequenceCNNEncoder(Strict):
     residual: bool = _field(False, "Residual blocks (three convs each with a shortcut: the ResNet of Fawaz et al. 2019).")
 
 
-class SequenceRNNEncoder(TextRNNEncoder):
+class SequenceRNNEncoder(_RNNOptions):
     dim: int = _field(64, "Width of the linear projection of each time step's channels.", ge=1)
 
 

@@ -47,6 +47,7 @@ class TextCNN(_TokenEncoder):
     def __init__(self, config, signature: dict, regularization):
         super().__init__(config, signature)
         self.convs = nn.ModuleList(nn.Conv1d(config.dim, config.filters, k, padding=k // 2) for k in config.kernel_sizes)
+        self.dropout = nn.Dropout(getattr(config, "dropout", 0.0))  # on the pooled vector (Kim 2014)
         self.output_dim = config.filters * len(config.kernel_sizes)
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
@@ -59,8 +60,8 @@ class TextCNN(_TokenEncoder):
         h, valid = self.embed(ids)
         h = h.transpose(1, 2)  # (B, dim, L)
         length = ids.shape[1]
-        return torch.cat([masked_max(torch.relu(conv(h))[:, :, :length].transpose(1, 2), valid) for conv in self.convs],
-                         dim=1)
+        return self.dropout(torch.cat([masked_max(torch.relu(conv(h))[:, :, :length].transpose(1, 2), valid)
+                                       for conv in self.convs], dim=1))
 
 
 @encoders.register("text:lstm")
