@@ -10,7 +10,7 @@ import builtins
 import numpy as np
 import pytest
 import torch
-from conftest import digits_recipe
+from conftest import digits_recipe, main_ok
 from safetensors.torch import load_file
 
 import dlforge
@@ -80,7 +80,8 @@ def _scatter_dp_recipe(**training) -> dict:
 
 
 @pytest.mark.slow
-def test_dp_training_fits_the_head_on_cached_scattering_and_spends_the_accountants_epsilon(tmp_path, monkeypatch):
+def test_dp_training_fits_the_head_on_cached_scattering_and_spends_the_accountants_epsilon(tmp_path, monkeypatch,
+                                                                                         capsys):
     pytest.importorskip("opacus")
     from opacus.accountants import RDPAccountant
 
@@ -106,6 +107,11 @@ def test_dp_training_fits_the_head_on_cached_scattering_and_spends_the_accountan
     predictions = dlforge.load(result.run_dir).predict({"image": np.zeros((2, 8, 8))})
     assert len(predictions) == 2
     assert "scatter" in required_extras(result.run_dir)  # serving it needs kymatio: the Dockerfile's extras say so
+    # ONNX: refused in one message naming the operator and the fallback, before either exporter runs.
+    pytest.importorskip("onnx")
+    assert not main_ok(["export", str(result.run_dir)])
+    err = capsys.readouterr().err
+    assert "aten::view_as_complex" in err and "--runtime torch" in err and not (result.run_dir / "model.onnx").exists()
 
 
 def test_missing_kymatio_is_one_error_naming_the_scatter_extra(tmp_path, monkeypatch):
