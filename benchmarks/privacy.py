@@ -22,6 +22,7 @@ Opacus' functorch per-example gradients, interleaved in one process (CPU time pe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -38,7 +39,9 @@ from dlforge.training.setup import build_training
 def one_epoch(recipe, prepared, run_dir: Path) -> tuple[float, float]:
     recipe = recipe.model_copy(deep=True)
     recipe.training.epochs = 1
-    trainer = build_training(recipe, prepared, run_dir=run_dir).trainer
+    # Fresh split objects each time: the frozen-feature cache replaces a split's inputs by their embeddings in place.
+    splits = {k: dataclasses.replace(v, x=dict(v.x)) for k, v in prepared.splits.items()}
+    trainer = build_training(recipe, prepared, run_dir=run_dir, splits=splits).trainer
     cpu, wall = time.process_time(), time.perf_counter()
     trainer.fit()
     return time.process_time() - cpu, time.perf_counter() - wall

@@ -222,8 +222,9 @@ def required_extras(run_dir: Path) -> list[str]:
     for sig in meta["signature"]["inputs"].values():
         extras.append(TYPE_EXTRAS.get(sig["type"]))
     for feature in meta["recipe"]["inputs"]:
-        backbone = BACKBONES.get((feature.get("encoder") or {}).get("name"))
-        extras.append(backbone.extra if backbone else None)
+        encoder = (feature.get("encoder") or {}).get("name")
+        backbone = BACKBONES.get(encoder)
+        extras.append(backbone.extra if backbone else "scatter" if encoder == "scatter" else None)
     return list(dict.fromkeys(e for e in extras if e))
 
 

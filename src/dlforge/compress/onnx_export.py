@@ -115,8 +115,16 @@ def _first_line(exc: BaseException) -> str:
 
 def unexportable(model: torch.nn.Module) -> str | None:
     """Why a model cannot be exported, found before trying (each exporter fails on it with an unrelated message):
-    LSTM/GRU encoders run over packed sequences (aten::_pack_padded_sequence), which neither exporter takes."""
+    LSTM/GRU encoders run over packed sequences (aten::_pack_padded_sequence), which neither exporter takes; the
+    scatter encoder's transform (kymatio) runs its FFTs on complex views (aten::view_as_complex), which the TorchScript
+    exporter does not take, and the dynamo exporter cannot trace it for a variable batch size."""
+    from dlforge.models.encoders.scatter import ScatterEncoder
+
     for name, module in model.named_modules():
+        if isinstance(module, ScatterEncoder):
+            return (f"its scattering transform ('{name}.backbone', kymatio) computes FFTs on complex tensors (operator "
+                    "aten::view_as_complex), which the TorchScript exporter does not take, and the dynamo exporter "
+                    "cannot trace it for a variable batch size")
         if isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
             kind = type(module).__name__
             return (f"its {kind} ('{name}') runs over packed sequences (operator aten::_pack_padded_sequence), which "

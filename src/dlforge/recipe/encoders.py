@@ -37,6 +37,28 @@ class CNNEncoder(Strict):
     global_pool: bool = _field(False, "Global average pooling instead of flattening.")
 
 
+
+class ScatterEncoder(CNNEncoder):
+    """Tramer & Boneh 2021's ScatterNet + CNN (their MNIST model is these defaults): a fixed scattering transform,
+    GroupNorm, then the cnn encoder's options on the scattering map. Needs the `scatter` extra (kymatio)."""
+
+    name: Literal["scatter"] = "scatter"
+    J: int = _field(2, "Scales of the scattering transform: the map is the image side / 2^J (28x28 → 7x7 at J 2).",
+                    ge=1, le=4)
+    L: int = _field(8, "Orientations of the wavelets (81 channels per image channel at J 2, L 8).", ge=1, le=16)
+    max_order: Literal[1, 2] = _field(2, "Scattering order: 2 adds the second-order paths.")
+    norm_groups: int = _field(27, "GroupNorm groups over the scattering channels (no affine weights: each image is "
+                                  "normalised alone, so it costs no privacy); must divide the channel count.", ge=1)
+    channels: list[Annotated[int, Field(ge=1)]] = _field(
+        [16, 32], "Filters of each conv block on the scattering map; [] (with dense: []) is a linear model on it.")
+    stride: Union[Annotated[int, Field(ge=1, le=8)], list[Annotated[int, Field(ge=1, le=8)]]] = _field(
+        [2, 1], "Stride of every conv layer, or one per block.")
+    padding: Union[Literal["valid", "same"], Annotated[int, Field(ge=0, le=8)], list[Annotated[int, Field(ge=0, le=8)]]] = \
+        _field(1, "'valid', 'same' (stride 1), or that many pixels on each side (one number, or one per block).")
+    pool: Literal["max", "avg", "none"] = _field("none", "2x2 pooling after each block.")
+    activation: Literal["relu", "gelu", "tanh", "silu"] = _field("tanh", "Activation after each conv and dense layer.")
+    dense: list[Annotated[int, Field(ge=1)]] = _field([32], "Dense layers after flattening.")
+
 class ResNetEncoder(Strict):
     name: Literal["resnet"] = "resnet"
     widths: list[Annotated[int, Field(ge=1)]] = _field([32, 64, 128], "Channels of each stage; stages after the first halve the resolution.")
@@ -90,7 +112,7 @@ class MiniLMEncoder(_BackboneOptions):
                                              "trained) or the [CLS] state.")
 
 
-ImageEncoder = Annotated[Union[CNNEncoder, MLPEncoder, ResNetEncoder, MobileNetV2Encoder, EfficientNetLite0Encoder],
+ImageEncoder = Annotated[Union[CNNEncoder, ScatterEncoder, MLPEncoder, ResNetEncoder, MobileNetV2Encoder, EfficientNetLite0Encoder],
                          Field(discriminator="name")]
 
 

@@ -139,7 +139,7 @@ class ImageInput(Strict):
     name: str = _field(..., "Column name in the data (an image array column, or image paths).", min_length=1)
     type: Literal["image"] = "image"
     preprocessing: ImagePreprocessing = _field(ImagePreprocessing(), "Scaling, channels and size.")
-    encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet, mlp, or a pretrained "
+    encoder: ImageEncoder = _field(CNNEncoder(), "How the image becomes a vector: cnn, resnet, mlp, scatter (ScatterNet + CNN), or a pretrained "
                                    "backbone (mobilenet_v2, efficientnet_lite0).")
     augmentation: ImageAugmentation | None = _field(
         None, "Random transforms of training batches (tensor ops on whole batches; off at evaluation).")

@@ -2,6 +2,6 @@
 
 from dlforge.models.encoders.base import Encoder, encoders
 from dlforge.models.encoders import (audio, cnn, efficientnet_lite0, minilm, mlp, mobilenet_v2, resnet, sequence,  # noqa: F401
-                                       tabular, text, text_ngram)  # registration
+                                       scatter, tabular, text, text_ngram)  # registration
 
 __all__ = ["Encoder", "encoders"]
