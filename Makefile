@@ -25,7 +25,7 @@ $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 
 $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install $(TORCH)
-	$(PIP) install $(PIN) -e '.[dev,text,serve,pretrained,onnx,compress,explain,audit,fairness,privacy,track,audio,qat,tune,ray,federated]'
+	$(PIP) install $(PIN) -e '.[dev,text,serve,pretrained,onnx,compress,explain,audit,fairness,privacy,scatter,track,audio,qat,tune,ray,federated]'
 	$(MOBILENET_WEIGHTS)
 	touch $@ $(VENV)/.core
 
