@@ -105,6 +105,10 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: 
                             where="federated.partition", hint=f"columns: {', '.join(list(table.columns)[:20])}")
         column = np.asarray(table.columns[arg])[rows["train"]]
     prepared = prepare(recipe, table=table)
+    if recipe.federated.evaluate == "val" and "val" not in prepared.splits:
+        raise DataError("federated.evaluate: val scores the validation split each round, and the recipe holds out "
+                        "none", where="data.split.val", hint="set data.split.val (e.g. 0.1: a tenth of the training "
+                                                             "rows, taken before the partition)")
     train = prepared.splits["train"]
     if column is not None and len(column) != len(train):
         raise DataError(f"by:{arg}: {len(train)} training rows were kept of {len(column)} (unreadable files were "
@@ -131,10 +135,6 @@ class GlobalModel:
         self.setup = setup
         prepared = setup.prepared
         only_val = setup.recipe.federated.evaluate == "val"
-        if only_val and "val" not in prepared.splits:
-            raise DataError("federated.evaluate: val scores the validation split each round, and the recipe holds "
-                            "out none", where="data.split.val", hint="set data.split.val (e.g. 0.1: a tenth of the "
-                                                                     "training rows, taken before the partition)")
         self.eval_name = "val" if only_val or "test" not in prepared.splits else "test"
         self.parts = ("val",) if only_val else ("val", "test")
         if self.eval_name not in prepared.splits:
