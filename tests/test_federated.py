@@ -494,3 +494,31 @@ def _refused(main, argv: list[str], expected: str, capsys) -> None:
     assert exit_info.value.code == 2, argv
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.slow  # one tiny simulation: ~20 s wall at load 3
+def test_evaluate_val_scores_only_the_validation_rows_each_round_and_never_test(fl, tmp_path):
+    from dlforge.federated import simulate
+
+    recipe = _recipe(tmp_path, rounds=2, evaluate="val", target_accuracy=1.0)
+    result = simulate(recipe, out=tmp_path / "run", overrides=["data.split.val=0.2"], progress=False)
+    history = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [int(r["round"]) for r in history] == [1, 2]
+    assert all(0.0 <= float(r["val.accuracy"]) <= 1.0 for r in history)
+    assert not [k for k in history[0] if k.startswith("test.")]  # the held-out test rows: never scored
+    metrics = result.metrics
+    assert "test" not in metrics and metrics["federated"]["evaluated_on"] == "val"
+    assert metrics["data"]["rows"] == {"train": 144, "val": 36, "test": 60}  # val: a fifth of the 180 training rows
+    assert metrics["federated"]["partition"]["rows"] == 144  # the clients share only the training rows
+    assert metrics["federated"]["target"]["split"] == "val"
+    assert metrics["val"]["accuracy"] == pytest.approx(float(history[-1]["val.accuracy"]), abs=1e-6)
+
+
+def test_evaluate_val_without_a_validation_split_exits_2_before_any_file(fl, tmp_path, capsys):
+    from dlforge.cli.app import main
+
+    recipe = _recipe(tmp_path, evaluate="val")
+    _refused(main, ["federate", str(recipe), "--out", str(tmp_path / "x")], "data.split.val", capsys)
+    _refused(main, ["federate", str(recipe), "--set", "federated.evaluate=tst", "--out", str(tmp_path / "x")],
+             "federated.evaluate", capsys)
+    assert not (tmp_path / "x").exists()

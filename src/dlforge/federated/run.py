@@ -105,6 +105,10 @@ def load_setup(recipe, overrides=None, *, progress: bool = True, split_clients: 
                             where="federated.partition", hint=f"columns: {', '.join(list(table.columns)[:20])}")
         column = np.asarray(table.columns[arg])[rows["train"]]
     prepared = prepare(recipe, table=table)
+    if recipe.federated.evaluate == "val" and "val" not in prepared.splits:
+        raise DataError("federated.evaluate: val scores the validation split each round, and the recipe holds out "
+                        "none", where="data.split.val", hint="set data.split.val (e.g. 0.1: a tenth of the training "
+                                                             "rows, taken before the partition)")
     train = prepared.splits["train"]
     if column is not None and len(column) != len(train):
         raise DataError(f"by:{arg}: {len(train)} training rows were kept of {len(column)} (unreadable files were "
@@ -130,7 +134,9 @@ class GlobalModel:
     def __init__(self, setup: Setup, work_dir: Path):
         self.setup = setup
         prepared = setup.prepared
-        self.eval_name = "test" if "test" in prepared.splits else "val"
+        only_val = setup.recipe.federated.evaluate == "val"
+        self.eval_name = "val" if only_val or "test" not in prepared.splits else "test"
+        self.parts = ("val",) if only_val else ("val", "test")
         if self.eval_name not in prepared.splits:
             raise DataError("federated training evaluates the global model on a test or validation split, and the "
                             "recipe holds out none", where="data.split", hint="set data.split.test (e.g. 0.2)")
@@ -146,7 +152,7 @@ class GlobalModel:
     def evaluate_fn(self, server_round, parameters, config):
         load_weights(self.trainer.model, parameters)
         row = {}
-        for part in ("val", "test"):
+        for part in self.parts:
             if part in self.setup.prepared.splits:
                 row.update(flatten(self.trainer.evaluate(self.setup.prepared.splits[part]), part))
         return row.get(f"{self.eval_name}.loss", float("nan")), row
@@ -196,7 +202,7 @@ def _write_run(setup: Setup, run_dir: Path, model, global_model: GlobalModel, re
                mode: str, sampled: int, progress: bool, extra: dict | None = None) -> FederatedResult:
     recipe, prepared, fed = setup.recipe, setup.prepared, setup.recipe.federated
     trainer = global_model.trainer
-    metrics = {part: trainer.evaluate(prepared.splits[part], detail=True) for part in ("val", "test")
+    metrics = {part: trainer.evaluate(prepared.splits[part], detail=True) for part in global_model.parts
                if part in prepared.splits}
     history = recorder.rows
     accuracy_key = f"{global_model.eval_name}.accuracy"

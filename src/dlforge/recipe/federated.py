@@ -71,6 +71,11 @@ class FederatedConfig(Strict):
         None, "Stop after the first round whose global model reaches this accuracy on the evaluated split (test, "
               "else validation); metrics.json's federated.target records the round. Needs a class target.",
         gt=0, le=1)
+    evaluate: Literal["auto", "val"] = _field(
+        "auto", "What the server scores each round: auto (the test split if one is held out, else validation; "
+                "validation too when there is one), val (the validation split only, every round and at the end: "
+                "the test rows are never scored, for choosing hyperparameters such as the client lr; needs "
+                "data.split.val > 0).")
     partition: str = _field("iid", "How the training rows are split across clients: iid (random equal parts), "
                                    "shards:K (sorted by label, cut into clients*K shards, K per client: "
                                    "pathological non-IID), dirichlet:ALPHA (per-class Dirichlet proportions), "
