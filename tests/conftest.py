@@ -158,3 +158,21 @@ def main_ok(argv) -> bool:
     except SystemExit as exc:
         return exc.code in (0, None)
     return True
+
+
+def without_module(monkeypatch, prefix: str) -> None:
+    """Make `import <prefix>...` (and importlib.import_module of it) fail as if the package were not installed."""
+    import builtins
+    import importlib
+
+    real_import, real_import_module = builtins.__import__, importlib.import_module
+
+    def refuse(name, *args, **kwargs):
+        if name.startswith(prefix):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse)
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, package=None: refuse(name) if name.startswith(prefix)
+                        else real_import_module(name, package))

