@@ -324,25 +324,29 @@ class _Convs(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.c1 = nn.Conv2d(2, 6, 3, padding=1)  # L 36, K 18: per-example, grouped convolution (2 channels)
-        self.c2 = nn.Conv2d(6, 9, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))  # L 12, K 36: ghost
+        self.c2 = nn.Conv2d(6, 9, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))  # L 12, K 36: ghost, pixels
+        self.pixels_twice = nn.Conv2d(9, 9, 3, padding=1)  # L 12, K 81, out 9: ghost, pixels; called twice
         self.c3 = nn.Conv2d(9, 2, 3, padding=1)  # L 12, K 81, out 2: per-example, unfolded
         self.c4 = nn.Conv2d(2, 5, 3, padding=(1, 2), bias=False)  # L 18 (3x6), K 18: per-example, grouped
         self.twice = nn.Conv2d(5, 5, 1)  # called twice (L 18, K 5: per-example, unfolded): the gradients add up
         self.frozen = nn.Conv2d(5, 5, (1, 2), stride=(1, 2))  # weight frozen, bias trained
         self.frozen.weight.requires_grad_(False)
         self.ghost_c = nn.Conv2d(5, 12, 2, stride=2)  # L 1 (3x3 -> 1x1), K 20: ghost, ||a_i|| ||b_i||
+        self.patch = nn.Conv2d(5, 4, 2, stride=2)  # L 3 (3x6 -> 1x3), K 20: ghost, unfolded (a pixel Gram costs more)
         self.seq_ghost, self.seq_full = nn.Linear(3, 8), nn.Linear(8, 2)  # T 3: 18 < 24 ghost; 18 >= 16 per-example
-        self.head = nn.Linear(12 + 6, 4)
+        self.head = nn.Linear(12 + 12 + 6, 4)
         self.inplace = True  # Opacus' backward hooks refuse an in-place op on a hooked output
 
     def forward(self, x, s):
         z = self.c1(x)
         z = torch.relu_(z) if self.inplace else torch.relu(z)  # in place on the tapped output
-        z = torch.tanh(self.c4(torch.tanh(self.c3(torch.tanh(self.c2(z))))))
-        z = self.twice(torch.tanh(self.twice(z)))
+        z = torch.tanh(self.pixels_twice(torch.tanh(self.pixels_twice(torch.tanh(self.c2(z))))))
+        z = torch.tanh(self.c4(torch.tanh(self.c3(z))))
+        z = torch.tanh(self.twice(torch.tanh(self.twice(z))))
+        p = self.patch(z)
         z = self.ghost_c(torch.tanh(self.frozen(z)))
         t = self.seq_full(torch.tanh(self.seq_ghost(s))).flatten(1)
-        return self.head(torch.cat([z.flatten(1), t], 1))
+        return self.head(torch.cat([z.flatten(1), p.flatten(1), t], 1))
 
 
 def test_clipped_sums_equal_opacus_for_every_conv_and_sequence_branch_over_varying_batches():
@@ -368,9 +372,12 @@ def test_clipped_sums_equal_opacus_for_every_conv_and_sequence_branch_over_varyi
         y = torch.randint(0, 4, (n,))
         torch.nn.functional.cross_entropy(ours(x, s), y).backward()
         pending = clipper.pending
-        ghost = {name: [getattr(c, "ghost", None) for c in pending[module]] for name, module in ours.named_children()}
-        assert ghost == {"c1": [None], "c2": [True], "c3": [False], "c4": [None], "twice": [False, False],
-                         "frozen": [True], "ghost_c": [True], "seq_ghost": [True], "seq_full": [False], "head": [True]}
+        route = {name: [(type(c).__name__, getattr(c, "ghost", None)) for c in pending[module]]
+                 for name, module in ours.named_children()}
+        grouped, pixels, rows, per_example = ("dict", None), ("_ConvGram", True), ("_Rows", True), ("_Rows", False)
+        assert route == {"c1": [grouped], "c2": [pixels], "pixels_twice": [pixels] * 2, "c3": [per_example], "c4": [grouped],
+                         "twice": [per_example] * 2, "frozen": [rows], "ghost_c": [rows], "patch": [rows],
+                         "seq_ghost": [rows], "seq_full": [per_example], "head": [rows]}
         assert all(p.grad is None for p in ours.parameters())  # the tap: autograd formed no weight gradient
         clipper.clip(0.05)
         opacus.zero_grad(set_to_none=True)

@@ -194,6 +194,73 @@ class _Rows:
         return out
 
 
+def _pixel_pairs(module: nn.Conv2d, in_hw: tuple, out_hw: tuple, like: torch.Tensor) -> torch.Tensor:
+    """The sparse 0/1 matrix (H*W*H*W, L*L) that adds a pixel Gram up into the patch Gram of a Conv2d.
+
+    Output pixel l reads input pixel p(l, j) through kernel tap j (or padding), so <patch_l, patch_l'> =
+    sum_j <x_p(l, j), x_p(l', j)>: column (l, l') holds a 1 at each pixel pair (p(l, j), p(l', j)) inside the image.
+    """
+    (h, w), (lh, lw) = in_hw, out_hw
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = module.kernel_size, module.stride, module.dilation, module.padding
+    rows = torch.arange(lh)[:, None] * sh + torch.arange(kh)[None, :] * dh - ph  # (lh, kh): the input row read
+    cols = torch.arange(lw)[:, None] * sw + torch.arange(kw)[None, :] * dw - pw
+    r = rows[:, None, :, None].expand(lh, lw, kh, kw).reshape(lh * lw, kh * kw)
+    c = cols[None, :, None, :].expand(lh, lw, kh, kw).reshape(lh * lw, kh * kw)
+    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+    pixel = r * w + c
+    positions = lh * lw
+    pair = pixel[:, None, :] * (h * w) + pixel[None, :, :]  # (L, L, taps)
+    valid = inside[:, None, :] & inside[None, :, :]
+    target = torch.arange(positions * positions).view(positions, positions, 1).expand_as(pair)
+    indices = torch.stack([pair[valid], target[valid]])
+    ones = torch.ones(indices.shape[1], dtype=like.dtype)
+    pairs = torch.sparse_coo_tensor(indices, ones, (h * w * h * w, positions * positions), check_invariants=True)
+    return pairs.coalesce().to(like.device)
+
+
+class _ConvGram(_Rows):
+    """The ghost norm of a Conv2d from its input's pixel Gram, without unfolding.
+
+    <patch_l, patch_l'> sums, over the kernel taps, channel dot products of input pixels: the pixel Gram x_i^T x_i
+    (H*W x H*W, one batched product straight on the NCHW input) added up by a fixed sparse matrix (`_pixel_pairs`)
+    gives a_i a_i^T. The clipped sum is aten's convolution weight gradient of the clip-scaled output gradients.
+    Chosen over unfolding where the pixel Gram costs at most twice the patch Gram's multiply-adds, (H*W)^2 * in <=
+    2 L^2 K (stride-1 convs: about 1/(kh*kw) of it); mnist_dp's 81-channel first conv: 19 instead of 33 ms.
+    """
+
+    def __init__(self, module: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor):
+        n, out = b.shape[:2]
+        super().__init__(module, None, b.reshape(n, out, -1).transpose(1, 2), None)
+        self.inputs, self.grads, self.pairs = a, b, pairs
+
+    def per_example(self) -> dict:
+        module = self.module
+        kernel = (*module.kernel_size, self.inputs.shape[1])
+        rows = _unfold(module, self.inputs, self.grads.shape[2:], _Buffers(), None)
+        return _Rows(module, rows, self.b, kernel).per_example()
+
+    def squared_norms(self, buffers: _Buffers, key) -> torch.Tensor:
+        b = self.b
+        sq = _squares(b.sum(1)) if self.bias_on else b.new_zeros(b.shape[0])
+        n, channels = self.inputs.shape[:2]
+        x = self.inputs.reshape(n, channels, -1)
+        pixels = buffers.get((key, "pixels"), (n, x.shape[2], x.shape[2]), x)
+        torch.bmm(x.transpose(1, 2), x, out=pixels)
+        gram_a = torch.mm(pixels.view(n, -1), self.pairs)
+        return sq + _dots(gram_a, torch.bmm(b, b.transpose(1, 2)))
+
+    def clipped_sum(self, factor: torch.Tensor) -> dict:
+        module = self.module
+        out = {}
+        scaled = self.grads * factor[:, None, None, None]
+        out[module.weight] = torch.ops.aten.convolution_backward(
+            scaled, self.inputs, module.weight.detach(), None, module.stride, module.padding, module.dilation, False,
+            [0, 0], 1, (False, True, False))[1]
+        if self.bias_on:
+            out[module.bias] = factor @ self.b.sum(1)
+        return out
+
+
 def supports(model: nn.Module) -> bool:
     """Whether every module holding trainable weights is one `PerExampleClipper` computes per-example norms for."""
     samplers = _opacus_samplers()
@@ -213,6 +280,7 @@ class PerExampleClipper:
         self.samplers = _opacus_samplers()
         self.pending: dict[nn.Module, list] = {}
         self.buffers = _Buffers()
+        self.pairs: dict = {}  # a conv's pixel-pair matrix per input size (_ConvGram)
         self.handles = [m.register_forward_hook(self._forward) for m in self.layers]
 
     def remove(self) -> None:
@@ -255,16 +323,23 @@ class PerExampleClipper:
             return _Rows(module, rows, b.reshape(b.shape[0], -1, b.shape[-1]), None)
         if _native_conv(module):
             n, out = b.shape[:2]
-            positions, k = b[0, 0].numel(), a.shape[1] * math.prod(module.kernel_size)
+            channels, (h, w) = a.shape[1], a.shape[2:]
+            positions, k = b[0, 0].numel(), channels * math.prod(module.kernel_size)
             b_rows = b.reshape(n, out, positions).transpose(1, 2)
             if not weight_on:
                 return _Rows(module, None, b_rows, None)
-            if 2 * positions * positions >= k * out and a.shape[1] <= 3:  # per-example, and unfolding would cost more
+            ghost = 2 * positions * positions < k * out
+            if ghost and (h * w) ** 2 * channels <= 2 * positions * positions * k:
+                geometry = (module, (h, w), a.dtype, a.device)
+                if geometry not in self.pairs:
+                    self.pairs[geometry] = _pixel_pairs(module, (h, w), b.shape[2:], a)
+                return _ConvGram(module, a, b, self.pairs[geometry])
+            if not ghost and channels <= 3:  # per-example, and unfolding would copy each pixel kh*kw times
                 grads = {module.weight: _conv_per_example(module, a, b)}
                 if module.bias is not None and module.bias.requires_grad:
                     grads[module.bias] = b_rows.sum(1)
                 return grads
-            kernel = (*module.kernel_size, a.shape[1])
+            kernel = (*module.kernel_size, channels)
             return _Rows(module, _unfold(module, a, b.shape[2:], self.buffers, key), b_rows, kernel)
         per_example = self.samplers[type(module)](module, activations, b)
         return {p: g for p, g in per_example.items() if p.requires_grad}
