@@ -369,7 +369,8 @@ class PerExampleClipper:
             else:
                 sq = sum(_squares(g) for g in part.values())
             squared = sq if squared is None else squared + sq
-        factor = (max_grad_norm / (squared.sqrt() + CLIP_EPS)).clamp(max=1.0)
+        # A Gram (ghost) norm sums signed terms: rounding can leave a tiny negative square where the norm is ~0.
+        factor = (max_grad_norm / (squared.clamp(min=0.0).sqrt() + CLIP_EPS)).clamp(max=1.0)
         clipped: set[int] = set()
         for _, part in parts:
             if isinstance(part, _Rows):
