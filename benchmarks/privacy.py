@@ -99,15 +99,16 @@ def step_cost(steps: int = 10) -> None:
                              nn.Tanh(), nn.MaxPool2d(2, 1), nn.Flatten(), nn.Linear(512, 32), nn.Tanh(),
                              nn.Linear(32, 10))
 
-    for name, net, shape in (("scatter_head", scatter_head, (1017, 81, 7, 7)), ("pixel_cnn", pixel_cnn, (508, 1, 28, 28))):
+    networks = (("scatter_head", scatter_head, (1017, 81, 7, 7)), ("pixel_cnn", pixel_cnn, (508, 1, 28, 28)))
+    for name, net, shape in networks:
         torch.manual_seed(0)
         x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
 
-        def run(mode: str) -> float:
+        def run(mode: str, net=net, x=x, y=y) -> float:
             torch.manual_seed(0)
             model = net()
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
-            dp = dict(noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=shape[0])
+            dp = dict(noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=x.shape[0])
             if mode == "clipper":  # what dlforge uses: the clipped sum in one backward pass (training/per_example.py)
                 opt = per_example.clipped_sum_optimizer(opt, per_example.PerExampleClipper(model), **dp)
             elif mode != "plain":

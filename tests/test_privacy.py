@@ -375,7 +375,8 @@ def test_clipped_sums_equal_opacus_for_every_conv_and_sequence_branch_over_varyi
         route = {name: [(type(c).__name__, getattr(c, "ghost", None)) for c in pending[module]]
                  for name, module in ours.named_children()}
         grouped, pixels, rows, per_example = ("dict", None), ("_ConvGram", True), ("_Rows", True), ("_Rows", False)
-        assert route == {"c1": [grouped], "c2": [pixels], "pixels_twice": [pixels] * 2, "c3": [per_example], "c4": [grouped],
+        assert route == {"c1": [grouped], "c2": [pixels], "pixels_twice": [pixels] * 2, "c3": [per_example],
+                         "c4": [grouped],
                          "twice": [per_example] * 2, "frozen": [rows], "ghost_c": [rows], "patch": [rows],
                          "seq_ghost": [rows], "seq_full": [per_example], "head": [rows]}
         assert all(p.grad is None for p in ours.parameters())  # the tap: autograd formed no weight gradient
