@@ -287,7 +287,7 @@ class PerExampleClipper:
         for h in self.handles:
             h.remove()
         self.handles = []
-        self.buffers = _Buffers()
+        self.buffers, self.pairs = _Buffers(), {}
 
     def reset(self) -> None:
         self.pending.clear()
@@ -314,8 +314,10 @@ class PerExampleClipper:
         calls.append(self._contribution(module, activations, backprop, key=(module, len(calls))))
 
     def _contribution(self, module, activations, b, key) -> _Rows | dict:
-        """_Rows for a Linear or a Conv2d (the per-example norm and sum come later, in clip); else
-        {param: per-example gradient} by Opacus' rule for the layer's type."""
+        """What clip() needs from one call of a layer: a _Rows for a Linear or a Conv2d (a _ConvGram where the
+        conv's ghost norm is cheaper from its input's pixel Gram; the norm and the sum are formed later, in clip);
+        else {param: per-example gradient} (a conv with 1-3 input channels by grouped convolution, other layer types
+        by Opacus' rule)."""
         a = activations[0]
         weight_on = module.weight.requires_grad
         if type(module) is nn.Linear:
