@@ -20,7 +20,7 @@ Two things keep the clipper's own cost down. Linear and Conv2d outputs are re-at
 backward passes back only the input gradient (`_Tap`): autograd no longer forms the batch weight gradients that the
 clipped sum replaces. The large scratch tensors (a conv's padded input, its unfolded patches) are kept from step to
 step (`_Buffers`): fresh ones cost more in page faults than the arithmetic done on them. On mnist_dp's ScatterNet
-head (batch 1017, 1 thread) a DP step went from 177 to ~62 ms against ~30 ms without DP (benchmarks/privacy.md).
+head (batch 1017, 1 thread) a DP step went from 164 to 48 ms against 29 ms without DP (benchmarks/privacy.md).
 
 The clip factor is Opacus' (C / (||g_i|| + 1e-6), at most 1) over the norm of ALL trainable weights together, so the
 sum is the one `DPOptimizer.clip_and_accumulate` forms (tests/test_privacy.py checks them equal); the noise, the
