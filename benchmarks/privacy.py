@@ -12,9 +12,12 @@ still training has reached.
 
     python benchmarks/privacy.py --checkpoints runs/mnist_dp_s0 runs/mnist_dp_s1
 
-`--step-cost` times one optimizer step of mnist_dp's CNN on a batch of 508 random images (the expected Poisson
-batch), plain vs dlforge's one-pass clipped sum (training/per_example.py, what training uses) vs Opacus' hooks vs
-Opacus' functorch per-example gradients, interleaved in one process (CPU time per step).
+`--step-cost` times one optimizer step of mnist_dp's trainable network on random inputs of the expected Poisson
+batch: the ScatterNet head (GroupNorm + Tramer & Boneh's tanh CNN on 81 x 7 x 7 scattering features, batch 1017:
+the recipe now) and Papernot et al.'s tanh CNN on 28 x 28 pixels (batch 508: the recipe before). Plain SGD vs
+dlforge's one-pass clipped sum (training/per_example.py, what training uses: ghost norms from Gram matrices where
+they are cheaper, per-example gradients elsewhere) vs Opacus' hooks vs Opacus' functorch per-example gradients,
+interleaved in one process (CPU ms per step; one JSON line per network).
 
     python benchmarks/privacy.py --step-cost
 """
@@ -75,7 +78,7 @@ def score_checkpoints(runs: list[str]) -> None:
 
 
 def step_cost(steps: int = 10) -> None:
-    """CPU ms per step: plain SGD vs DP-SGD with Opacus' hook and functorch per-example gradients, interleaved."""
+    """CPU ms per step: plain SGD vs DP-SGD (dlforge's clipper, Opacus' hooks, functorch), interleaved."""
     import warnings
 
     from opacus.grad_sample import GradSampleHooks
@@ -86,37 +89,46 @@ def step_cost(steps: int = 10) -> None:
 
     warnings.filterwarnings("ignore")
 
-    def net():  # recipes/mnist_dp.yaml's network, as the cnn encoder builds it
+    def scatter_head():  # recipes/mnist_dp.yaml's trainable part, as the scatter encoder builds it
+        return nn.Sequential(nn.GroupNorm(27, 81, affine=False), nn.Conv2d(81, 16, 3, 2, padding=1), nn.Tanh(),
+                             nn.Conv2d(16, 32, 3, 1, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(512, 32),
+                             nn.Tanh(), nn.Linear(32, 10))
+
+    def pixel_cnn():  # the recipe before (Papernot et al.'s tanh CNN), as the cnn encoder builds it
         return nn.Sequential(nn.Conv2d(1, 16, 8, 2, padding=3), nn.Tanh(), nn.MaxPool2d(2, 1), nn.Conv2d(16, 32, 4, 2),
                              nn.Tanh(), nn.MaxPool2d(2, 1), nn.Flatten(), nn.Linear(512, 32), nn.Tanh(),
                              nn.Linear(32, 10))
 
-    x, y = torch.randn(508, 1, 28, 28), torch.randint(0, 10, (508,))
-
-    def run(mode: str) -> float:
+    networks = (("scatter_head", scatter_head, (1017, 81, 7, 7)), ("pixel_cnn", pixel_cnn, (508, 1, 28, 28)))
+    for name, net, shape in networks:
         torch.manual_seed(0)
-        model = net()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        dp = dict(noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=508)
-        if mode == "clipper":  # what dlforge uses: the clipped sum in one backward pass (training/per_example.py)
-            opt = per_example.clipped_sum_optimizer(opt, per_example.PerExampleClipper(model), **dp)
-        elif mode != "plain":
-            GradSampleHooks(model, force_functorch=mode == "functorch")
-            opt = DPOptimizer(opt, **dp)
-        for i in range(steps + 2):
-            if i == 2:
-                started = time.process_time()
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        return (time.process_time() - started) / steps * 1000
+        x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
 
-    modes = ("plain", "clipper", "hooks", "functorch")
-    out: dict[str, list[float]] = {m: [] for m in modes}
-    for mode in modes * 2:
-        out[mode].append(round(run(mode), 1))
-    best = {k: min(v) for k, v in out.items()}
-    print(json.dumps({"cpu_ms_per_step": out, **{f"{m}_ratio": round(best[m] / best["plain"], 3) for m in modes[1:]}}))
+        def run(mode: str, net=net, x=x, y=y) -> float:
+            torch.manual_seed(0)
+            model = net()
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            dp = dict(noise_multiplier=1.0, max_grad_norm=0.1, expected_batch_size=x.shape[0])
+            if mode == "clipper":  # what dlforge uses: the clipped sum in one backward pass (training/per_example.py)
+                opt = per_example.clipped_sum_optimizer(opt, per_example.PerExampleClipper(model), **dp)
+            elif mode != "plain":
+                GradSampleHooks(model, force_functorch=mode == "functorch")
+                opt = DPOptimizer(opt, **dp)
+            for i in range(steps + 2):
+                if i == 2:
+                    started = time.process_time()
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            return (time.process_time() - started) / steps * 1000
+
+        modes = ("plain", "clipper", "hooks", "functorch")
+        out: dict[str, list[float]] = {m: [] for m in modes}
+        for mode in modes * 2:
+            out[mode].append(round(run(mode), 1))
+        best = {k: min(v) for k, v in out.items()}
+        print(json.dumps({"network": name, "batch": shape[0], "cpu_ms_per_step": out,
+                          **{f"{m}_ratio": round(best[m] / best["plain"], 3) for m in modes[1:]}}), flush=True)
 
 
 def main() -> None:

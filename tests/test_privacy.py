@@ -313,3 +313,107 @@ def test_one_pass_clipping_equals_opacus_per_example_clipping():
             return x * self.w
 
     assert not per_example.supports(torch.nn.Sequential(torch.nn.Linear(3, 3), Scale()))
+
+
+class _Convs(torch.nn.Module):
+    """Both branches of the clipper's choice per layer (ghost norm where 2 L^2 < K * out, else per-example gradients)
+    for Conv2d (stride, padding, dilation, asymmetric kernel, with and without bias, a frozen weight under a trainable
+    bias, a conv called twice) and for Linear on sequences; an in-place activation after a tapped conv."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Conv2d(2, 6, 3, padding=1)  # L 36, K 18: per-example, grouped convolution (2 channels)
+        self.c2 = nn.Conv2d(6, 9, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))  # L 12, K 36: ghost, pixels
+        self.pixels_twice = nn.Conv2d(9, 9, 3, padding=1)  # L 12, K 81, out 9: ghost, pixels; called twice
+        self.c3 = nn.Conv2d(9, 2, 3, padding=1)  # L 12, K 81, out 2: per-example, unfolded
+        self.c4 = nn.Conv2d(2, 5, 3, padding=(1, 2), bias=False)  # L 18 (3x6), K 18: per-example, grouped
+        self.twice = nn.Conv2d(5, 5, 1)  # called twice (L 18, K 5: per-example, unfolded): the gradients add up
+        self.frozen = nn.Conv2d(5, 5, (1, 2), stride=(1, 2))  # weight frozen, bias trained
+        self.frozen.weight.requires_grad_(False)
+        self.ghost_c = nn.Conv2d(5, 12, 2, stride=2)  # L 1 (3x3 -> 1x1), K 20: ghost, ||a_i|| ||b_i||
+        self.patch = nn.Conv2d(5, 4, 2, stride=2)  # L 3 (3x6 -> 1x3), K 20: ghost, unfolded (a pixel Gram costs more)
+        self.seq_ghost, self.seq_full = nn.Linear(3, 8), nn.Linear(8, 2)  # T 3: 18 < 24 ghost; 18 >= 16 per-example
+        self.head = nn.Linear(12 + 12 + 6, 4)
+        self.inplace = True  # Opacus' backward hooks refuse an in-place op on a hooked output
+
+    def forward(self, x, s):
+        z = self.c1(x)
+        z = torch.relu_(z) if self.inplace else torch.relu(z)  # in place on the tapped output
+        z = torch.tanh(self.pixels_twice(torch.tanh(self.pixels_twice(torch.tanh(self.c2(z))))))
+        z = torch.tanh(self.c4(torch.tanh(self.c3(z))))
+        z = torch.tanh(self.twice(torch.tanh(self.twice(z))))
+        p = self.patch(z)
+        z = self.ghost_c(torch.tanh(self.frozen(z)))
+        t = self.seq_full(torch.tanh(self.seq_ghost(s))).flatten(1)
+        return self.head(torch.cat([z.flatten(1), p.flatten(1), t], 1))
+
+
+def test_clipped_sums_equal_opacus_for_every_conv_and_sequence_branch_over_varying_batches():
+    """The clipped sum written by `clip` equals Opacus' `DPOptimizer.clip_and_accumulate` (float64, to 1e-10) for
+    each branch, over three batch sizes in a row (Poisson batches vary: the kept buffers shrink and grow), and the
+    ghost / per-example choice is the one documented for each layer."""
+    from opacus.grad_sample import GradSampleHooks
+    from opacus.optimizers import DPOptimizer
+
+    from dlforge.training import per_example
+
+    torch.manual_seed(0)
+    ours, theirs = _Convs().double(), _Convs().double()
+    theirs.load_state_dict(ours.state_dict())
+    theirs.inplace = False
+    clipper = per_example.PerExampleClipper(ours)
+    GradSampleHooks(theirs)
+    trainable = [p for p in theirs.parameters() if p.requires_grad]
+    opacus = DPOptimizer(torch.optim.SGD(trainable, lr=1.0), noise_multiplier=0.0, max_grad_norm=0.05,
+                         expected_batch_size=8)
+    for n in (8, 13, 5):
+        x, s = torch.randn(n, 2, 6, 6, dtype=torch.float64), torch.randn(n, 3, 3, dtype=torch.float64)
+        y = torch.randint(0, 4, (n,))
+        torch.nn.functional.cross_entropy(ours(x, s), y).backward()
+        pending = clipper.pending
+        route = {name: [(type(c).__name__, getattr(c, "ghost", None)) for c in pending[module]]
+                 for name, module in ours.named_children()}
+        grouped, pixels, rows, per_example = ("dict", None), ("_ConvGram", True), ("_Rows", True), ("_Rows", False)
+        assert route == {"c1": [grouped], "c2": [pixels], "pixels_twice": [pixels] * 2, "c3": [per_example],
+                         "c4": [grouped],
+                         "twice": [per_example] * 2, "frozen": [rows], "ghost_c": [rows], "patch": [rows],
+                         "seq_ghost": [rows], "seq_full": [per_example], "head": [rows]}
+        assert all(p.grad is None for p in ours.parameters())  # the tap: autograd formed no weight gradient
+        clipper.clip(0.05)
+        opacus.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(theirs(x, s), y).backward()
+        opacus.clip_and_accumulate()
+        for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+            if not p.requires_grad:
+                assert p.grad is None and q.grad is None
+                continue
+            torch.testing.assert_close(p.grad, q.summed_grad, rtol=1e-10, atol=1e-12, msg=name)
+            p.grad = None
+
+
+def test_the_tap_passes_back_the_input_gradient_autograd_would():
+    """Under the clipper, the gradient reaching a layer's input (through Linear and Conv2d taps with stride, padding,
+    dilation) is autograd's own; clip() then fills the weights' .grad."""
+    from dlforge.training import per_example
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2), nn.Tanh(), nn.Conv2d(4, 4, 2),
+                          nn.Flatten(), nn.Linear(16, 3)).double()
+    tapped = nn.Sequential(*[m for m in plain.children()])  # the same layers: same weights
+    x = torch.randn(6, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    expected, = torch.autograd.grad(plain(x).square().sum(), x)
+    clipper = per_example.PerExampleClipper(tapped)
+    got, = torch.autograd.grad(tapped(x).square().sum(), x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert all(p.grad is None for p in tapped.parameters())
+    clipper.clip(1e6)  # nothing clipped: the sum of the per-example gradients
+    reference = nn.Sequential(*[m for m in plain.children()])
+    clipper.remove()
+    grads = [p.grad.clone() for p in tapped.parameters()]
+    for p in reference.parameters():
+        p.grad = None
+    reference(x).square().sum().backward()
+    for g, p in zip(grads, reference.parameters()):  # the clipper reads the loss as a batch mean: x n
+        torch.testing.assert_close(g, p.grad * 6, rtol=1e-10, atol=1e-12)

@@ -20,8 +20,9 @@ perfectly aligned gradients. (An earlier per-epoch version of this bound refused
 tuxpaint head at epsilon 3 reaches 76-83% against 37% for the majority class, benchmarks/privacy.md.)
 
 Clipping runs in the same backward pass without per-example weight copies where every trainable layer has a
-per-example rule (training/per_example.py: Linear by ghost norm, Conv2d, and Opacus' rules for the rest);
-otherwise Opacus' hooks materialise the per-example gradients.
+per-example rule (training/per_example.py: Linear and Conv2d by ghost norms from Gram matrices where those are
+cheaper, else by per-example gradients; Opacus' rules for the rest); otherwise Opacus' hooks materialise the
+per-example gradients.
 """
 
 from __future__ import annotations
