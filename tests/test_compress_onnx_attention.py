@@ -49,11 +49,16 @@ def test_attention_becomes_qkv_matmul_and_onnx_attention_with_the_same_values():
     assert onnx_attention(model) == 1
     onnx.checker.check_model(model)
     ops = [(n.op_type, n.domain) for n in model.graph.node]
-    assert ("Attention", "com.microsoft") not in ops and ("Attention", "") in ops
-    assert ("MatMul", "") in ops and ("Split", "") in ops
+    assert ("Attention", "com.microsoft") not in ops and ("MatMul", "") in ops and ("Split", "") in ops
+    # One If per layer: the ONNX Attention without a mask when no row is padded, with the mask otherwise.
+    (branch,) = [n for n in model.graph.node if n.op_type == "If"]
+    inputs = {a.name: [list(node.input) for node in a.g.node if node.op_type == "Attention"] for a in branch.attribute}
+    assert len(inputs["then_branch"][0]) == 3 and len(inputs["else_branch"][0]) == 4
     assert {o.version for o in model.opset_import if o.domain == ""} == {ONNX_ATTENTION_OPSET}
     after = run(model, feeds)
     np.testing.assert_allclose(after, before, atol=1e-5)
+    unpadded = {"x": x, "mask": np.ones_like(mask)}  # the other branch: no row padded
+    np.testing.assert_allclose(run(model, unpadded), run(attention_graph(), unpadded), atol=1e-5)
     # The padding is masked: a padded key changes nothing for the real positions of a shorter row.
     x2 = x.copy()
     x2[2, 1:] = 100.0
