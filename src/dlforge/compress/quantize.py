@@ -9,10 +9,11 @@
   fine-tuned MiniLM (2,551 test rows) every layer int8 lost 0.31 points per channel and 1.29 per tensor, at the
   same speed (benchmarks/compress.md), so no layer has to fall back to fp32 there. Conv stays fp32 in this mode
   (onnxruntime's ConvInteger is slower than fp32 Conv on x86, onnxruntime#12854) and is reported so. Gemm (how
-  torch's Linear exports) is first rewritten to MatMul + Add, the form the dynamic quantizer takes. A fused transformer graph (MiniLM) is
-  quantized with its QKV projections as int8 MatMuls in front of the standard ONNX Attention (not QAttention) and
-  its BiasGelu as FastGelu (the tanh approximation): 3.5x -> 3.8x torch eager at 128 tokens, test accuracy -0.08
-  points instead of -0.35 (compress/onnx_export_attention.py; benchmarks/compress.md, round 7).
+  torch's Linear exports) is first rewritten to MatMul + Add, the form the dynamic quantizer takes. A fused
+  transformer graph (MiniLM) is quantized with its QKV projections as int8 MatMuls in front of the standard ONNX
+  Attention (not QAttention) and its BiasGelu as FastGelu (the tanh approximation): 3.5x -> 3.6-3.9x torch eager at
+  128 tokens, test accuracy -0.08 points instead of -0.35 (compress/onnx_export_attention.py; benchmarks/compress.md,
+  round 7).
 
 Per-layer fallback: when the variant loses more than `max_drop` of the main metric on the decision rows
 (validation rows, else training rows that did not calibrate), each weighted layer's sensitivity is measured
@@ -467,5 +468,5 @@ def describe(record: dict) -> list[str]:
     return lines
 
 
-__all__ = ["CALIBRATIONS", "MODES", "QuantizeError", "Quantizer", "describe", "gemm_to_matmul", "quantize_run",
+__all__ = ["CALIBRATIONS", "MODES", "QuantizeError", "Quantizer", "describe", "dynamic_ops", "gemm_to_matmul", "quantize_run",
            "still_float", "weighted_nodes"]
