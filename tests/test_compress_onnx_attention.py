@@ -49,7 +49,8 @@ def test_attention_becomes_qkv_matmul_and_onnx_attention_with_the_same_values():
     assert onnx_attention(model) == 1
     onnx.checker.check_model(model)
     ops = [(n.op_type, n.domain) for n in model.graph.node]
-    assert ("Attention", "com.microsoft") not in ops and ("MatMul", "") in ops and ("Split", "") in ops
+    assert ("Attention", "com.microsoft") not in ops and ops.count(("MatMul", "")) == 3 and ("Split", "") not in ops
+    assert {i.name for i in model.graph.initializer} & {"qkv_weight", "qkv_bias"} == set()  # the packed ones go
     # One If per layer: the ONNX Attention without a mask when no row is padded, with the mask otherwise.
     (branch,) = [n for n in model.graph.node if n.op_type == "If"]
     inputs = {a.name: [list(node.input) for node in a.g.node if node.op_type == "Attention"] for a in branch.attribute}

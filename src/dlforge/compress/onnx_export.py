@@ -419,7 +419,7 @@ def describe(record: dict) -> list[str]:
         lines.append(f"onnxruntime transformer fusions ({fusion['model_type']}, {fusion['num_heads']} heads, width "
                      f"{fusion['hidden_size']}): {ops}")
         if fusion.get("onnx_attention"):
-            lines.append(f"{fusion['onnx_attention']} Attention op(s) as QKV MatMul + ONNX Attention (opset "
+            lines.append(f"{fusion['onnx_attention']} Attention op(s) as Q/K/V MatMuls + ONNX Attention (opset "
                          f"{record['opset']}): the faster CPU kernel")
     elif fusion:
         lines.append(f"transformer fusions not applied: {fusion['reason']}; {fusion['fallback']}")

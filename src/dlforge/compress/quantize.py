@@ -252,8 +252,8 @@ class Quantizer:
         attention, gelu = onnx_attention(model), fast_gelu(model)
         if attention:
             self.record = {**self.record, "opset": ONNX_ATTENTION_OPSET}
-            self.notes.append(f"{attention} com.microsoft Attention op(s) rewritten as QKV MatMul + ONNX Attention "
-                              f"(opset {ONNX_ATTENTION_OPSET}): the QKV projection int8, the faster attention kernel")
+            self.notes.append(f"{attention} com.microsoft Attention op(s) rewritten as Q/K/V MatMuls + ONNX Attention "
+                              f"(opset {ONNX_ATTENTION_OPSET}): the projections int8, the faster attention kernel")
         if gelu:
             self.notes.append(f"{gelu} BiasGelu op(s) as FastGelu (tanh approximation of GELU; faster, and within "
                               "int8's error: the accuracy below is measured with it)")
