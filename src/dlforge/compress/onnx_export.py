@@ -12,12 +12,13 @@ Transformer encoders (an encoder with `onnx_transformer()`, MiniLM) go another w
 TorchScript exporter with eager attention, then onnxruntime's transformer optimizer
 (onnxruntime.transformers.optimize_model, model type 'bert'), which fuses each layer's attention into one
 `Attention` op and the embeddings and GELUs into `EmbedLayerNormalization` and `BiasGelu`. Each com.microsoft
-Attention is then rewritten as its QKV MatMul + Add + Split and the standard ONNX `Attention` op (opset 23;
-compress/onnx_export_attention.py): the same arithmetic, a faster CPU kernel, and dynamic int8 then runs the QKV
-projection as a DynamicQuantizeMatMul (before round 7 the whole op became `QAttention`, slower at 128 tokens).
-The residual Add + LayerNormalization pairs are deliberately left unfused (and onnxruntime's own SkipLayerNormFusion is off in every session, artifact/onnx_runtime.py): onnxruntime
-1.32's CPU SkipLayerNormalization kernel took 0.66 ms on a 128 x 384 input where Add + LayerNormalization took 0.10
-ms (1 thread, AMD EPYC AVX512), 12% of MiniLM's int8 call at 128 tokens (benchmarks/compress.md).
+Attention is then rewritten as Q, K and V MatMul + Add and the standard ONNX `Attention` op (opset 23;
+compress/onnx_export_attention.py): the same arithmetic, a faster CPU kernel, and dynamic int8 then runs the Q/K/V
+projections as int8 MatMuls (before round 7 the whole op became `QAttention`, slower at 128 tokens).
+The residual Add + LayerNormalization pairs are deliberately left unfused (and onnxruntime's own SkipLayerNormFusion
+is off in every session, artifact/onnx_runtime.py): onnxruntime 1.32's CPU SkipLayerNormalization kernel took 0.66
+ms on a 128 x 384 input where Add + LayerNormalization took 0.10 ms (1 thread, AMD EPYC AVX512), 12% of MiniLM's
+int8 call at 128 tokens (benchmarks/compress.md).
 The dynamo exporter's graph of the same model is not fused (its decomposed SDPA, with or without eager attention,
 matches none of the optimizer's attention patterns: measured, 0 of 6). Measured on MiniLM-L6 at batch 1, 1 thread,
 128 tokens (benchmarks/compress.md): fp32 1.31x -> 1.41x torch eager, dynamic int8 2.75x -> 3.00x. If the export,
@@ -252,7 +253,7 @@ def to_fused_transformer(graph: ExportGraph, example: tuple, *, dynamic: dict[st
                                   "hidden_size": spec["hidden_size"], "fused": fused,
                                   "seconds": round(time.perf_counter() - started, 2),
                                   "why": "onnxruntime fuses the TorchScript export's attention (eager) into Attention "
-                                         "ops (then the standard ONNX Attention behind an int8-able QKV MatMul); "
+                                         "ops (then the standard ONNX Attention behind int8-able Q/K/V MatMuls); "
                                          "the dynamo graph does not fuse"}}
     fused_path = folder / "graph-fused.onnx"
     optimized.save_model_to_file(str(fused_path))  # adds the com.microsoft opset import its fused ops need

@@ -10,7 +10,7 @@
   same speed (benchmarks/compress.md), so no layer has to fall back to fp32 there. Conv stays fp32 in this mode
   (onnxruntime's ConvInteger is slower than fp32 Conv on x86, onnxruntime#12854) and is reported so. Gemm (how
   torch's Linear exports) is first rewritten to MatMul + Add, the form the dynamic quantizer takes. A fused
-  transformer graph (MiniLM) is quantized with its QKV projections as int8 MatMuls in front of the standard ONNX
+  transformer graph (MiniLM) is quantized with its Q/K/V projections as int8 MatMuls in front of the standard ONNX
   Attention (not QAttention) and its BiasGelu as FastGelu (the tanh approximation): 3.5x -> 3.6-3.9x torch eager at
   128 tokens, test accuracy -0.08 points instead of -0.35 (compress/onnx_export_attention.py; benchmarks/compress.md,
   round 7).
@@ -167,7 +167,7 @@ def _numpy(x: dict[str, torch.Tensor], record: dict) -> dict[str, np.ndarray]:
 
 def dynamic_ops(model) -> list[str]:
     """The op types quantize_dynamic takes in `model`: 'Attention' only while a com.microsoft Attention (QAttention's
-    source) is in the graph; the standard ONNX Attention has no weights (its QKV MatMul in front is quantized)."""
+    source) is in the graph; the standard ONNX Attention has no weights (the Q/K/V MatMuls in front are quantized)."""
     keep_attention = any(n.op_type == "Attention" and n.domain == "com.microsoft" for n in model.graph.node)
     return [op for op in WEIGHTED_OPS["dynamic"] if op != "Attention" or keep_attention]
 
@@ -189,8 +189,8 @@ class Quantizer:
         source.write_bytes(data)
         if (self.record.get("transformer_fusion") or {}).get("applied"):
             # onnxruntime's fused transformer ops (compress/onnx_export.py) are quantized as exported, as Optimum
-            # does: EmbedLayerNormalization -> QEmbedLayerNormalization (int8 word embeddings), the QKV MatMul in
-            # front of each ONNX Attention -> DynamicQuantizeMatMul (a com.microsoft Attention left by an export
+            # does: EmbedLayerNormalization -> QEmbedLayerNormalization (int8 word embeddings), the Q/K/V MatMuls
+            # in front of each ONNX Attention -> MatMulIntegerToFloat (a com.microsoft Attention left by an export
             # older than round 7 is rewritten so first; QAttention is slower, onnx_export_attention.py);
             # quant_pre_process's optimisation pass is for plain graphs.
             self.float_path = source
@@ -245,7 +245,7 @@ class Quantizer:
 
     def _rewrite_transformer(self, onnx, folder: Path) -> None:
         """The fused transformer graph as dynamic int8 runs it fastest (compress/onnx_export_attention.py): any
-        com.microsoft Attention as QKV MatMul + ONNX Attention, BiasGelu as FastGelu (the tanh approximation)."""
+        com.microsoft Attention as Q/K/V MatMuls + ONNX Attention, BiasGelu as FastGelu (the tanh approximation)."""
         from dlforge.compress.onnx_export_attention import ONNX_ATTENTION_OPSET, fast_gelu, onnx_attention
 
         model = onnx.load(str(self.float_path))
