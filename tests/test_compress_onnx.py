@@ -410,10 +410,11 @@ def test_qat_fine_tunes_with_fake_quant_and_exports_qdq(exported):
 
 
 @pytest.mark.slow
-def test_a_transformer_exports_fused_and_quantizes_attention_to_qattention(tmp_path, capsys):
+def test_a_transformer_exports_fused_and_quantizes_the_qkv_projections(tmp_path, capsys):
     """MiniLM (its architecture, random weights; ~40 s): exported for onnxruntime's transformer fusions (every
-    layer's attention one Attention op, embeddings EmbedLayerNormalization), parity checked; dynamic int8 turns them
-    into QAttention / QEmbedLayerNormalization; `--no-fuse` gives the plain dynamo graph."""
+    layer's attention one Attention op, then the standard ONNX Attention behind its QKV MatMul; embeddings
+    EmbedLayerNormalization), parity checked; dynamic int8 makes the QKV MatMuls and the embeddings int8 and
+    BiasGelu FastGelu (no QAttention: slower here); `--no-fuse` gives the plain dynamo graph."""
     pytest.importorskip("transformers")
     import collections
 
@@ -443,10 +444,14 @@ def test_a_transformer_exports_fused_and_quantizes_attention_to_qattention(tmp_p
     fusion = record["transformer_fusion"]
     layers = dlforge.load(run).model.encoders["text"].onnx_transformer()["layers"]
     assert fusion["applied"] and fusion["fused"]["Attention"] == layers and record["exporter"] == "torchscript"
+    assert fusion["onnx_attention"] == layers and record["opset"] == 23
     assert record["parity"]["passed"] and record["parity"]["top1_agreement"] == 1.0
-    assert "transformer fusions" in printed and f"{layers} Attention" in printed
-    ops = collections.Counter(n.op_type for n in onnx.load(str(run / "model.onnx")).graph.node)
-    assert ops["Attention"] == layers and ops["EmbedLayerNormalization"] == 1 and ops["Softmax"] == 0
+    assert "transformer fusions" in printed and f"{layers} Attention" in printed and "ONNX Attention" in printed
+    graph = onnx.load(str(run / "model.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert ops["If"] == layers and ops["EmbedLayerNormalization"] == 1 and ops["Softmax"] == 0
+    branches = [n for node in graph.node if node.op_type == "If" for a in node.attribute for n in a.g.node]
+    assert {(n.op_type, n.domain) for n in branches} == {("Attention", "")}  # the standard op, not com.microsoft
     # The residual Add + LayerNormalization pairs stay unfused (onnxruntime's SkipLayerNormalization is slower here).
     assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers
     # The exported graph takes any batch and length (the onnx runtime trims padding per chunk).
@@ -456,9 +461,11 @@ def test_a_transformer_exports_fused_and_quantizes_attention_to_qattention(tmp_p
 
     int8 = quantize_run(run, mode="dynamic", max_drop=1.0, name="int8")
     q_ops = collections.Counter(n.op_type for n in onnx.load(str(run / "variants" / "int8" / "model.onnx")).graph.node)
-    assert q_ops["QAttention"] == layers and q_ops["QEmbedLayerNormalization"] == 1 and q_ops["Attention"] == 0
+    assert q_ops["QAttention"] == 0 and q_ops["QEmbedLayerNormalization"] == 1 and q_ops["If"] == layers
+    assert q_ops["MatMulInteger"] >= 4 * layers  # QKV, attention output, both FFN layers of every layer
+    assert q_ops["FastGelu"] == layers and q_ops["BiasGelu"] == 0
     assert int8["quantization"]["size_ratio"] > 3.5  # the word embeddings are int8 too
-    assert any("QAttention" in note for note in int8["quantization"]["notes"])
+    assert any("FastGelu" in note for note in int8["quantization"]["notes"])
     assert len(dlforge.load(run / "variants" / "int8").predict(rows)) == 2
 
     plain = tmp_path / "plain"

@@ -21,7 +21,7 @@ def export(
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: torch's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model.onnx."),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Transformer encoders (MiniLM): export for onnxruntime's "
-                              "fused Attention/LayerNorm/GELU ops (faster, int8 QAttention); --no-fuse: the plain "
+                              "fused Attention/LayerNorm/GELU ops (faster; int8 QKV projections); --no-fuse: the plain "
                               "dynamo graph."),
 ):
     """Export a run to ONNX (model.onnx + export.json beside model.json), refused unless it matches the torch model."""

@@ -11,11 +11,14 @@ dynamo exporter named, the fallback taken). Opset DEFAULT_OPSET unless asked.
 Transformer encoders (an encoder with `onnx_transformer()`, MiniLM) go another way first, Optimum's: the
 TorchScript exporter with eager attention, then onnxruntime's transformer optimizer
 (onnxruntime.transformers.optimize_model, model type 'bert'), which fuses each layer's attention into one
-`Attention` op and the embeddings and GELUs into `EmbedLayerNormalization` and `BiasGelu`. Dynamic int8 then turns
-Attention into `QAttention` (compress/quantize.py). The residual Add + LayerNormalization pairs are deliberately left
-unfused (and onnxruntime's own SkipLayerNormFusion is off in every session, artifact/onnx_runtime.py): onnxruntime
-1.32's CPU SkipLayerNormalization kernel took 0.66 ms on a 128 x 384 input where Add + LayerNormalization took 0.10
-ms (1 thread, AMD EPYC AVX512), 12% of MiniLM's int8 call at 128 tokens (benchmarks/compress.md).
+`Attention` op and the embeddings and GELUs into `EmbedLayerNormalization` and `BiasGelu`. Each com.microsoft
+Attention is then rewritten as Q, K and V MatMul + Add and the standard ONNX `Attention` op (opset 23;
+compress/onnx_export_attention.py): the same arithmetic, a faster CPU kernel, and dynamic int8 then runs the Q/K/V
+projections as int8 MatMuls (before round 7 the whole op became `QAttention`, slower at 128 tokens).
+The residual Add + LayerNormalization pairs are deliberately left unfused (and onnxruntime's own SkipLayerNormFusion
+is off in every session, artifact/onnx_runtime.py): onnxruntime 1.32's CPU SkipLayerNormalization kernel took 0.66
+ms on a 128 x 384 input where Add + LayerNormalization took 0.10 ms (1 thread, AMD EPYC AVX512), 12% of MiniLM's
+int8 call at 128 tokens (benchmarks/compress.md).
 The dynamo exporter's graph of the same model is not fused (its decomposed SDPA, with or without eager attention,
 matches none of the optimizer's attention patterns: measured, 0 of 6). Measured on MiniLM-L6 at batch 1, 1 thread,
 128 tokens (benchmarks/compress.md): fp32 1.31x -> 1.41x torch eager, dynamic int8 2.75x -> 3.00x. If the export,
@@ -250,9 +253,20 @@ def to_fused_transformer(graph: ExportGraph, example: tuple, *, dynamic: dict[st
                                   "hidden_size": spec["hidden_size"], "fused": fused,
                                   "seconds": round(time.perf_counter() - started, 2),
                                   "why": "onnxruntime fuses the TorchScript export's attention (eager) into Attention "
-                                         "ops, which dynamic int8 makes QAttention; the dynamo graph does not fuse"}}
+                                         "ops (then the standard ONNX Attention behind int8-able Q/K/V MatMuls); "
+                                         "the dynamo graph does not fuse"}}
     fused_path = folder / "graph-fused.onnx"
     optimized.save_model_to_file(str(fused_path))  # adds the com.microsoft opset import its fused ops need
+    import onnx
+
+    from dlforge.compress.onnx_export_attention import ONNX_ATTENTION_OPSET, onnx_attention
+
+    model = onnx.load(str(fused_path))
+    rewritten = onnx_attention(model)
+    if rewritten:  # the standard Attention kernel is the faster one here (onnx_export_attention.py)
+        how["opset"] = ONNX_ATTENTION_OPSET
+        how["transformer_fusion"]["onnx_attention"] = rewritten
+        return model.SerializeToString(), how
     return fused_path.read_bytes(), how
 
 
@@ -356,7 +370,7 @@ def _checked(predictor, run_dir, data, how, seconds, x_raw, x_ref, y, names, out
              threads, opset) -> tuple[dict, dict]:
     """export.json's content for `data`, with the parity of the graph against the torch model on the rows given."""
     record = {
-        "format": "onnx", "file": ONNX_FILE, "opset": opset, **{k: v for k, v in how.items() if k != "opset"},
+        "format": "onnx", "file": ONNX_FILE, "opset": how.get("opset", opset), **{k: v for k, v in how.items() if k != "opset"},
         "torch_version": torch.__version__,
         "inputs": [{"name": n, "dtype": str(x_raw[n].numpy().dtype), "shape": ["batch", *list(x_raw[n].shape[1:])],
                     "dynamic_axes": {str(a): label for a, label in dynamic[n].items()}} for n in names],
@@ -405,6 +419,9 @@ def describe(record: dict) -> list[str]:
         ops = ", ".join(f"{n} {op}" for op, n in fusion["fused"].items())
         lines.append(f"onnxruntime transformer fusions ({fusion['model_type']}, {fusion['num_heads']} heads, width "
                      f"{fusion['hidden_size']}): {ops}")
+        if fusion.get("onnx_attention"):
+            lines.append(f"{fusion['onnx_attention']} Attention op(s) as Q/K/V MatMuls + ONNX Attention (opset "
+                         f"{record['opset']}): the faster CPU kernel")
     elif fusion:
         lines.append(f"transformer fusions not applied: {fusion['reason']}; {fusion['fallback']}")
     if record.get("scaled_in_graph"):
