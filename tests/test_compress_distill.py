@@ -98,22 +98,19 @@ def test_teacher_embeddings_of_another_width_or_without_a_teacher_are_refused(te
 
 
 def test_a_contextual_token_table_averages_each_tokens_vectors_and_keeps_unseen_rows():
-    from dlforge.compress.distill import contextual_token_means, contextual_token_table
+    from dlforge.compress.distill import contextual_token_table
 
     base = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [0.0, 10.0]])  # row 0 is [PAD]
     ids = torch.tensor([[1, 2, 1, 0], [2, 2, 0, 0]])
     vectors = torch.arange(16, dtype=torch.float32).reshape(2, 4, 2)  # position p of row r: [2(4r+p), 2(4r+p)+1]
     vectors[0, 3] = 100.0  # under [PAD]: never read
-    means, counts = contextual_token_means([(ids[:1], vectors[:1]), (ids[1:], vectors[1:])], (4, 2))
-    assert counts.tolist() == [0, 2, 3, 0]
-    assert torch.allclose(means[1], (vectors[0, 0] + vectors[0, 2]) / 2)  # token 1 at (0,0) and (0,2)
-    assert torch.allclose(means[2], (vectors[0, 1] + vectors[1, 0] + vectors[1, 1]) / 3)
-    table = contextual_token_table(means, counts, base)
-    # Seen rows: the means' directions, scaled so their mean norm is their input rows' ((5 + 10) / 2).
-    scale = 7.5 / ((means[1].norm() + means[2].norm()) / 2)
-    assert torch.allclose(table[1:3], means[1:3] * scale)
-    assert torch.allclose(table[1:3].norm(dim=1).mean(), torch.tensor(7.5))
-    assert torch.equal(table[3], base[3]) and torch.equal(table[0], torch.zeros(2))  # unseen: its input row
+    table = contextual_token_table([(ids[:1], vectors[:1]), (ids[1:], vectors[1:])], base)
+    assert torch.allclose(table[1], (vectors[0, 0] + vectors[0, 2]) / 2)  # token 1 at (0,0) and (0,2)
+    assert torch.allclose(table[2], (vectors[0, 1] + vectors[1, 0] + vectors[1, 1]) / 3)
+    assert torch.equal(table[0], torch.zeros(2))
+    # Token 3 never occurs: its input row, scaled by (mean norm of the averaged rows) / (mean norm of their input rows).
+    scale = (table[1].norm() + table[2].norm()) / 2 / ((5.0 + 10.0) / 2)
+    assert torch.allclose(table[3], base[3] * scale)
 
 
 def test_rewrites_mask_words_cut_ngrams_and_repeat_by_seed():

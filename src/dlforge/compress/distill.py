@@ -132,31 +132,26 @@ def _token_table(encoder: torch.nn.Module, vocab_size: int) -> torch.nn.Embeddin
     return tables[0] if len(tables) == 1 else None
 
 
-def contextual_token_means(batches, shape: tuple[int, int], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(vocabulary x dim means, vocabulary counts) of a teacher's contextual vectors: row t = the mean of the vectors
-    the teacher gave token t wherever it occurred (zero where it never did); `batches` yields ((B, L) ids, (B, L, D)
-    vectors). Bommasani et al. (2020) build static vectors from BERT this way."""
-    sums = torch.zeros(shape, dtype=torch.float64)
-    counts = torch.zeros(shape[0], dtype=torch.float64)
+def contextual_token_table(batches, base: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """A static token table from a teacher's contextual vectors: row t = the mean of the vectors the teacher gave
+    token t wherever it occurred; `batches` yields ((B, L) ids, (B, L, D) vectors). A token never seen keeps its row
+    of `base` (the input embeddings), scaled to the seen rows' mean norm so the two kinds of rows are alike in size.
+    Bommasani et al. (2020) build static vectors from BERT this way; here the fine-tuned teacher's last layer (the
+    one its pooling and head read) makes each token's vector carry what the teacher learned of its sentiment."""
+    sums = torch.zeros(base.shape, dtype=torch.float64)
+    counts = torch.zeros(base.shape[0], dtype=torch.float64)
     for ids, vectors in batches:
         real = ids != pad_id
         sums.index_add_(0, ids[real], vectors[real].double())
         counts.index_add_(0, ids[real], torch.ones(int(real.sum()), dtype=torch.float64))
-    return (sums / counts.clamp(min=1)[:, None]).float(), counts.float()
-
-
-def contextual_token_table(means: torch.Tensor, counts: torch.Tensor, base: torch.Tensor, pad_id: int = 0
-                           ) -> torch.Tensor:
-    """The student's starting table: a seen token's contextual mean, scaled so that the seen rows keep the mean norm
-    of their input embeddings in `base` (a last layer's vectors are ~7x longer than MiniLM's inputs, and Adam's
-    fixed-size steps would barely move so long a table); a token never seen keeps its input row; [PAD] is zero."""
     seen = counts > 0
-    table = base.detach().float().clone()
+    table = base.detach().double().clone()
     if seen.any():
-        scale = table[seen].norm(dim=1).mean() / means[seen].norm(dim=1).mean().clamp(min=1e-12)
-        table[seen] = means[seen] * scale
+        means = sums[seen] / counts[seen, None]
+        table *= means.norm(dim=1).mean() / table[seen].norm(dim=1).mean().clamp(min=1e-12)
+        table[seen] = means
     table[pad_id] = 0.0
-    return table
+    return table.float()
 
 
 def _teacher_token_states(encoder, ids: torch.Tensor, batch: int = 128):
@@ -183,13 +178,13 @@ def teacher_context_embeddings(data: RunData, name: str, base: torch.Tensor, *, 
                            where=f"inputs.{name}.encoder.embeddings_from", hint="use embeddings_from: teacher")
     meta = data.predictor.meta
     key = hashlib.sha256("|".join([meta.get("content_sha256") or "", (meta.get("weights") or {}).get("sha256", ""),
-                                   rows_sha256(data.rows["train"]), name, "last-means"]).encode()).hexdigest()[:32]
+                                   rows_sha256(data.rows["train"]), name, "last"]).encode()).hexdigest()[:32]
     path = cache_root().parent / "teacher_logits" / f"context-{key}.safetensors"
     if path.is_file():
         try:
-            cached = load_file(str(path))
-            if cached["means"].shape == base.shape and cached["counts"].shape == base.shape[:1]:
-                return contextual_token_table(cached["means"], cached["counts"], base)
+            table = load_file(str(path))["table"]
+            if table.shape == base.shape:
+                return table
         except Exception:  # a damaged cache file is recomputed, never trusted
             pass
     say("averaging the teacher's last-layer token vectors over the training texts (once; cached)")
@@ -198,13 +193,13 @@ def teacher_context_embeddings(data: RunData, name: str, base: torch.Tensor, *, 
     was_training = encoder.training
     encoder.eval()
     try:
-        means, counts = contextual_token_means(_teacher_token_states(encoder, ids), tuple(base.shape))
+        table = contextual_token_table(_teacher_token_states(encoder, ids), base)
     finally:
         encoder.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file({"means": means.contiguous(), "counts": counts.contiguous()}, str(tmp))
-    return contextual_token_table(means, counts, base)
+        save_file({"table": table.contiguous()}, str(tmp))
+    return table
 
 
 def teacher_embeddings(teacher, recipe, data: RunData | None = None, say=lambda text: None) -> dict[str, torch.Tensor]:
