@@ -90,27 +90,6 @@ def test_teacher_embeddings_of_another_width_or_without_a_teacher_are_refused(te
     assert not main_ok(["train", str(path), "--out", str(tmp_path / "alone")])
     err = capsys.readouterr().err
     assert "embeddings_from: teacher" in err and "dlforge distill" in err
-    # Contextual vectors need a transformer teacher; this one is a bag of embeddings.
-    path = _student(teacher, tmp_path, dim=8, embeddings_from="teacher_context")
-    assert not main_ok(["distill", str(teacher), "--student", str(path)])
-    err = capsys.readouterr().err
-    assert "teacher_context needs a transformer teacher" in err and "embeddings_from: teacher" in err
-
-
-def test_a_contextual_token_table_averages_each_tokens_vectors_and_keeps_unseen_rows():
-    from dlforge.compress.distill import contextual_token_table
-
-    base = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [0.0, 10.0]])  # row 0 is [PAD]
-    ids = torch.tensor([[1, 2, 1, 0], [2, 2, 0, 0]])
-    vectors = torch.arange(16, dtype=torch.float32).reshape(2, 4, 2)  # position p of row r: [2(4r+p), 2(4r+p)+1]
-    vectors[0, 3] = 100.0  # under [PAD]: never read
-    table = contextual_token_table([(ids[:1], vectors[:1]), (ids[1:], vectors[1:])], base)
-    assert torch.allclose(table[1], (vectors[0, 0] + vectors[0, 2]) / 2)  # token 1 at (0,0) and (0,2)
-    assert torch.allclose(table[2], (vectors[0, 1] + vectors[1, 0] + vectors[1, 1]) / 3)
-    assert torch.equal(table[0], torch.zeros(2))
-    # Token 3 never occurs: its input row, scaled by (mean norm of the averaged rows) / (mean norm of their input rows).
-    scale = (table[1].norm() + table[2].norm()) / 2 / ((5.0 + 10.0) / 2)
-    assert torch.allclose(table[3], base[3] * scale)
 
 
 def test_rewrites_mask_words_cut_ngrams_and_repeat_by_seed():

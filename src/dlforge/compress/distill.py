@@ -132,84 +132,12 @@ def _token_table(encoder: torch.nn.Module, vocab_size: int) -> torch.nn.Embeddin
     return tables[0] if len(tables) == 1 else None
 
 
-def contextual_token_table(batches, base: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
-    """A static token table from a teacher's contextual vectors: row t = the mean of the vectors the teacher gave
-    token t wherever it occurred; `batches` yields ((B, L) ids, (B, L, D) vectors). A token never seen keeps its row
-    of `base` (the input embeddings), scaled to the seen rows' mean norm so the two kinds of rows are alike in size.
-    Bommasani et al. (2020) build static vectors from BERT this way; here the fine-tuned teacher's last layer (the
-    one its pooling and head read) makes each token's vector carry what the teacher learned of its sentiment."""
-    sums = torch.zeros(base.shape, dtype=torch.float64)
-    counts = torch.zeros(base.shape[0], dtype=torch.float64)
-    for ids, vectors in batches:
-        real = ids != pad_id
-        sums.index_add_(0, ids[real], vectors[real].double())
-        counts.index_add_(0, ids[real], torch.ones(int(real.sum()), dtype=torch.float64))
-    seen = counts > 0
-    table = base.detach().double().clone()
-    if seen.any():
-        means = sums[seen] / counts[seen, None]
-        table *= means.norm(dim=1).mean() / table[seen].norm(dim=1).mean().clamp(min=1e-12)
-        table[seen] = means
-    table[pad_id] = 0.0
-    return table.float()
-
-
-def _teacher_token_states(encoder, ids: torch.Tensor, batch: int = 128):
-    """(ids, last-layer vectors) batches of a transformer teacher (MiniLM's `backbone`), longest texts first, each
-    batch trimmed to its longest text."""
-    lengths = (ids != 0).sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)
-    with torch.no_grad():
-        for start in range(0, len(order), batch):
-            rows = ids[order[start:start + batch]]
-            rows = rows[:, :max(1, int((rows != 0).sum(1).max()))]
-            yield rows, encoder.backbone(input_ids=rows, attention_mask=(rows != 0).long()).last_hidden_state
-
-
-def teacher_context_embeddings(data: RunData, name: str, base: torch.Tensor, *, say=lambda text: None) -> torch.Tensor:
-    """`contextual_token_table` of the teacher's input `name` over its training texts; cached beside the logits."""
-    from safetensors.torch import load_file, save_file
-
-    encoder = data.predictor.model.encoders[name]
-    backbone = getattr(encoder, "backbone", None)
-    if backbone is None or not hasattr(backbone, "config"):
-        raise DlforgeError(f"embeddings_from: teacher_context needs a transformer teacher (MiniLM); the teacher's "
-                           f"encoder for '{name}' is {type(encoder).__name__}",
-                           where=f"inputs.{name}.encoder.embeddings_from", hint="use embeddings_from: teacher")
-    meta = data.predictor.meta
-    key = hashlib.sha256("|".join([meta.get("content_sha256") or "", (meta.get("weights") or {}).get("sha256", ""),
-                                   rows_sha256(data.rows["train"]), name, "last"]).encode()).hexdigest()[:32]
-    path = cache_root().parent / "teacher_logits" / f"context-{key}.safetensors"
-    if path.is_file():
-        try:
-            table = load_file(str(path))["table"]
-            if table.shape == base.shape:
-                return table
-        except Exception:  # a damaged cache file is recomputed, never trusted
-            pass
-    say("averaging the teacher's last-layer token vectors over the training texts (once; cached)")
-    texts = np.asarray(data.part_table("train").columns[name])
-    ids = data.predictor.encode_inputs({name: texts})[name]
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        table = contextual_token_table(_teacher_token_states(encoder, ids), base)
-    finally:
-        encoder.train(was_training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({"table": table.contiguous()}, str(tmp))
-    return table
-
-
-def teacher_embeddings(teacher, recipe, data: RunData | None = None, say=lambda text: None) -> dict[str, torch.Tensor]:
+def teacher_embeddings(teacher, recipe) -> dict[str, torch.Tensor]:
     """Input name -> the teacher's token embeddings (vocabulary x dim) for every student text input with
-    `encoder.embeddings_from: teacher` (the teacher's input table) or `teacher_context` (its contextual vectors
-    averaged per token over the training texts of `data`); that input then reads the teacher's own tokens."""
+    `encoder.embeddings_from: teacher`; that input then reads the teacher's own tokens (its fitted tokenizer)."""
     seeded = {}
     for field in recipe.inputs:
-        source = getattr(field.encoder, "embeddings_from", "none")
-        if source not in ("teacher", "teacher_context"):
+        if getattr(field.encoder, "embeddings_from", "none") != "teacher":
             continue
         where = f"inputs.{field.name}.encoder.embeddings_from"
         feature = teacher.inputs.get(field.name)
@@ -225,10 +153,6 @@ def teacher_embeddings(teacher, recipe, data: RunData | None = None, say=lambda 
                                f"student's encoder.dim is {field.encoder.dim}", where=where,
                                hint=f"set the student's encoder.dim to {table.embedding_dim}")
         seeded[field.name] = table.weight.detach().float().clone()
-        if source == "teacher_context":
-            if data is None:
-                raise DlforgeError("embeddings_from: teacher_context needs the teacher's training texts", where=where)
-            seeded[field.name] = teacher_context_embeddings(data, field.name, seeded[field.name], say=say)
     return seeded
 
 
@@ -327,7 +251,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                            hint="turn the student's augmentation off (its inputs' augmentation sections)")
     started = time.perf_counter()
     check_compatible(data.predictor.signature, recipe)
-    seeded = teacher_embeddings(data.predictor, recipe, data, say=say)
+    seeded = teacher_embeddings(data.predictor, recipe)
     prepared = prepare(recipe, table=data.table,
                        fitted={name: data.predictor.inputs[name].state() for name in seeded})
     check_compatible(data.predictor.signature, recipe, prepared)

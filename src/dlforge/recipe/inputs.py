@@ -174,13 +174,10 @@ class TextPreprocessing(Strict):
 
 
 class _TeacherEmbeddings(Strict):
-    embeddings_from: Literal["none", "teacher", "teacher_context"] = _field(
+    embeddings_from: Literal["none", "teacher"] = _field(
         "none", "teacher: a distilled student (`dlforge distill`) reads the teacher's own tokens (its fitted tokenizer, "
         "e.g. MiniLM's WordPiece) and starts from the teacher's token embeddings (dim must equal theirs: 384 for "
-        "MiniLM). teacher_context: the same tokens, but each starts from the mean of the teacher's last-layer "
-        "(contextual) vectors of that token over the training texts (a transformer teacher such as MiniLM; unseen "
-        "tokens keep their input embedding). Only distillation can train such a student; none: a vocabulary and "
-        "embeddings of its own.")
+        "MiniLM). Only distillation can train such a student; none: a vocabulary and embeddings of its own.")
     freeze_embeddings: bool = _field(False, "Keep the token embeddings fixed during training (with embeddings_from: "
                                      "teacher: the teacher's vectors as they are).")
 

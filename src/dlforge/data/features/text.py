@@ -79,7 +79,7 @@ def new_trainer(kind: str, vocab_size: int, min_frequency: int):
 class TextFeature(Feature):
     def fit(self, values):
         prep = self.config.preprocessing
-        if getattr(self.config.encoder, "embeddings_from", "none") in ("teacher", "teacher_context"):
+        if getattr(self.config.encoder, "embeddings_from", "none") == "teacher":
             raise DataError(f"input '{self.name}' takes its tokens and embeddings from a teacher "
                             "(encoder.embeddings_from: teacher), and there is none here", where=f"{self.field_path}.encoder",
                             hint="train it with `dlforge distill TEACHER_RUN --student RECIPE`, or set embeddings_from: none")
