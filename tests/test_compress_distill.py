@@ -129,15 +129,55 @@ def test_a_transfer_set_is_labelled_by_the_teacher_once_and_joins_training(teach
     assert hard.shape == (len(texts), 1) and torch.equal(hard.reshape(-1), (expected.reshape(-1) > 0).float())
 
 
-def test_a_text_cnn_gives_the_same_vectors_with_or_without_trailing_padding():
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_text_cnn_gives_the_same_vectors_with_or_without_trailing_padding(layers):
     from dlforge.models.encoders.text import TextCNN
     from dlforge.recipe.inputs import TextCNNEncoder
 
     torch.manual_seed(0)
-    cnn = TextCNN(TextCNNEncoder(dim=6, filters=3, kernel_sizes=[2, 3, 4]), {"vocab_size": 20, "pad_id": 0}, None)
+    cnn = TextCNN(TextCNNEncoder(dim=6, filters=3, kernel_sizes=[2, 3, 4], layers=layers),
+                  {"vocab_size": 20, "pad_id": 0}, None)
     ids = torch.tensor([[2, 5, 7, 9, 0], [2, 4, 0, 0, 0]])
     padded = torch.cat([ids, torch.zeros(2, 7, dtype=torch.long)], 1)
     assert torch.allclose(cnn(ids), cnn(padded), atol=1e-6)
+
+
+def _context_widths(layers: int) -> list[int]:
+    """For each pooled channel of a kernel-3 text CNN: how many token positions its value depends on."""
+    from dlforge.models.encoders.text import TextCNN
+    from dlforge.recipe.inputs import TextCNNEncoder
+
+    torch.manual_seed(0)
+    cnn = TextCNN(TextCNNEncoder(dim=4, filters=8, kernel_sizes=[3], layers=layers), {"vocab_size": 30, "pad_id": 0},
+                  None)
+    kept = []
+
+    def keep(module, args, out):  # returns None: the output is left as it is
+        out.retain_grad()
+        kept.append(out)
+
+    cnn.embedding.register_forward_hook(keep)
+    out = cnn(torch.arange(1, 13).reshape(1, 12))
+    widths = []
+    for channel in range(out.shape[1]):
+        kept[0].grad = None
+        out[0, channel].backward(retain_graph=True)
+        touched = (kept[0].grad[0].abs().sum(1) > 0).nonzero().reshape(-1)
+        widths.append(int(touched.max() - touched.min() + 1) if len(touched) else 0)
+    return widths
+
+
+def test_a_second_text_cnn_layer_widens_each_features_context_and_keeps_the_output_width():
+    from dlforge.models.encoders.text import TextCNN
+    from dlforge.recipe.inputs import TextCNNEncoder
+
+    assert max(_context_widths(1)) == 3  # Kim's CNN: one kernel's span
+    assert max(_context_widths(2)) == 5  # a 3-wide layer on top: two tokens more
+    one, two = (TextCNN(TextCNNEncoder(dim=4, filters=8, kernel_sizes=[3, 5], layers=n), {"vocab_size": 30}, None)
+                for n in (1, 2))
+    assert one.output_dim == two.output_dim == 16
+    extra = sum(p.numel() for p in two.parameters()) - sum(p.numel() for p in one.parameters())
+    assert extra == 16 * 16 * 3 + 16  # one residual 16 -> 16 convolution; layers 1 has none (old weights load)
 
 
 def test_the_soft_target_term_is_the_tempered_kl_or_the_logits_mse():

@@ -209,6 +209,9 @@ class TextCNNEncoder(_TeacherEmbeddings):
     filters: int = _field(64, "Filters per kernel size.", ge=1)
     kernel_sizes: list[Annotated[int, Field(ge=1, le=15)]] = _field([3, 4, 5], "One 1-D convolution per size; max over time (Kim 2014).", min_length=1)
     dropout: float = _field(0.0, "Dropout on the pooled vector, in training (Kim 2014 used 0.5).", ge=0, lt=1)
+    layers: int = _field(1, "Convolution layers. 1: Kim's CNN. 2+: residual 3-wide convolutions over the first "
+                         "layer's stacked feature maps (each layer widens a position's context by 2 tokens), then max "
+                         "over time.", ge=1, le=8)
 
 
 class _RNNOptions(Strict):

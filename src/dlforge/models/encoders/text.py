@@ -49,6 +49,9 @@ class TextCNN(_TokenEncoder):
         self.convs = nn.ModuleList(nn.Conv1d(config.dim, config.filters, k, padding=k // 2) for k in config.kernel_sizes)
         self.dropout = nn.Dropout(getattr(config, "dropout", 0.0))  # on the pooled vector (Kim 2014)
         self.output_dim = config.filters * len(config.kernel_sizes)
+        # layers > 1: residual 3-wide convolutions over the first layer's maps (context across its kernels' spans).
+        self.stack = nn.ModuleList(nn.Conv1d(self.output_dim, self.output_dim, 3, padding=1)
+                                   for _ in range(getattr(config, "layers", 1) - 1))
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
         # Padding columns past the batch's longest text change nothing (the [PAD] row is zero, as the convolutions'
@@ -60,8 +63,12 @@ class TextCNN(_TokenEncoder):
         h, valid = self.embed(ids)
         h = h.transpose(1, 2)  # (B, dim, L)
         length = ids.shape[1]
-        return self.dropout(torch.cat([masked_max(torch.relu(conv(h))[:, :, :length].transpose(1, 2), valid)
-                                       for conv in self.convs], dim=1))
+        h = torch.cat([torch.relu(conv(h))[:, :, :length] for conv in self.convs], dim=1)  # (B, C, L)
+        keep = valid.unsqueeze(1).to(h.dtype)
+        for conv in self.stack:  # padding columns are zeroed first, so trailing padding still changes nothing
+            h = h * keep
+            h = h + torch.relu(conv(h))
+        return self.dropout(masked_max(h.transpose(1, 2), valid))
 
 
 @encoders.register("text:lstm")
