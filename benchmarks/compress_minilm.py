@@ -51,14 +51,15 @@ def main() -> None:
     parser.add_argument("graphs", nargs="+", help="NAME=DIR pairs (DIR: a run or variant with model.onnx)")
     parser.add_argument("--calls", type=int, default=60, help="measured calls per engine and input")
     parser.add_argument("--json", type=Path, default=None, help="append the results as one JSON line")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and onnxruntime")
     args = parser.parse_args()
     dirs = {"torch_fp32": args.run}
     for pair in args.graphs:
         name, _, folder = pair.partition("=")
         dirs[name] = Path(folder)
-    calls = C.engines(dirs, 1)
+    calls = C.engines(dirs, args.threads)
     inputs = {"128_tokens": C.token_feeds(args.run, 32, length=128), "real_lengths": C.token_feeds(args.run, 64)}
-    result = {"machine": C.machine(), "dirs": {k: str(v) for k, v in dirs.items()}, "inputs": {}}
+    result = {"machine": C.machine(), "threads": args.threads, "dirs": {k: str(v) for k, v in dirs.items()}, "inputs": {}}
     for label, feeds in inputs.items():
         load = [os.getloadavg()[0]]
         wall = C.interleaved(calls, feeds, args.calls, 6, blocks=5, burst=3)
