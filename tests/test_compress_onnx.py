@@ -444,14 +444,15 @@ def test_a_transformer_exports_fused_and_quantizes_the_qkv_projections(tmp_path,
     fusion = record["transformer_fusion"]
     layers = dlforge.load(run).model.encoders["text"].onnx_transformer()["layers"]
     assert fusion["applied"] and fusion["fused"]["Attention"] == layers and record["exporter"] == "torchscript"
-    assert fusion["onnx_attention"] == layers and record["opset"] == 23
+    assert fusion["onnx_attention"] == layers and record["opset"] == 24
     assert record["parity"]["passed"] and record["parity"]["top1_agreement"] == 1.0
     assert "transformer fusions" in printed and f"{layers} Attention" in printed and "ONNX Attention" in printed
     graph = onnx.load(str(run / "model.onnx")).graph
     ops = collections.Counter(n.op_type for n in graph.node)
-    assert ops["If"] == layers and ops["EmbedLayerNormalization"] == 1 and ops["Softmax"] == 0
-    branches = [n for node in graph.node if node.op_type == "If" for a in node.attribute for n in a.g.node]
-    assert {(n.op_type, n.domain) for n in branches} == {("Attention", "")}  # the standard op, not com.microsoft
+    assert ops["If"] == 0 and ops["EmbedLayerNormalization"] == 1 and ops["Softmax"] == 0
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    assert len(attention) == layers and {n.domain for n in attention} == {""}  # the standard op, not com.microsoft
+    assert {n.input[6] for n in attention} != {""}  # the key padding as each row's length (nonpad_kv_seqlen)
     # The residual Add + LayerNormalization pairs stay unfused (onnxruntime's SkipLayerNormalization is slower here).
     assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers
     # The exported graph takes any batch and length (the onnx runtime trims padding per chunk).
@@ -461,7 +462,7 @@ def test_a_transformer_exports_fused_and_quantizes_the_qkv_projections(tmp_path,
 
     int8 = quantize_run(run, mode="dynamic", max_drop=1.0, name="int8")
     q_ops = collections.Counter(n.op_type for n in onnx.load(str(run / "variants" / "int8" / "model.onnx")).graph.node)
-    assert q_ops["QAttention"] == 0 and q_ops["QEmbedLayerNormalization"] == 1 and q_ops["If"] == layers
+    assert q_ops["QAttention"] == 0 and q_ops["QEmbedLayerNormalization"] == 1 and q_ops["Attention"] == layers
     assert q_ops["MatMulInteger"] >= 4 * layers  # QKV, attention output, both FFN layers of every layer
     assert q_ops["FastGelu"] == layers and q_ops["BiasGelu"] == 0
     assert int8["quantization"]["size_ratio"] > 3.5  # the word embeddings are int8 too

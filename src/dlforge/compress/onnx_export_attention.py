@@ -2,27 +2,29 @@
 
 - `onnx_attention`: each com.microsoft `Attention` (the transformer optimizer's fusion: QKV projection with packed
   weights + attention, mask given as each row's length) becomes three MatMul + Add (the Q, K and V projections,
-  the packed weights' column blocks) and the standard ONNX `Attention` op (opset 23) with a boolean key-padding
-  mask built once for all layers.
-  The same arithmetic (the logits agree to ~1e-6); what changes is the kernel: on this project's CPU (AMD EPYC,
-  AVX512-VNNI, onnxruntime 1.32, 1 thread) the opset-23 kernel takes 0.38 ms for MiniLM's (1, 128, 384) x 12 heads
-  where com.microsoft MultiHeadAttention takes 0.49 ms (benchmarks/compress.md, Round 7), and dynamic int8 then
-  runs the Q, K, V projections as int8 MatMuls sharing one quantization of their input (0.32 ms together) instead
-  of inside QAttention, whose attention part (0.52 ms) is the slow one. Each layer's Attention sits in an If on "no row is padded" (always so at batch 1: the
-  onnx runtime trims padding): the kernel without a mask there (0.41 vs 0.45 ms; an If costs nothing measurable),
-  with the mask otherwise. The mask is each row's length from the fused graph (right padding, as dlforge pads).
+  the packed weights' column blocks) and the standard ONNX `Attention` op (opset 24), which takes the key-padding
+  mask as each row's key length (`nonpad_kv_seqlen`, from the fused graph's row lengths: right padding, as dlforge
+  pads). The same arithmetic (the logits agree to ~1e-6); what changes is the kernel: on this project's CPU (AMD
+  EPYC, AVX512-VNNI, onnxruntime 1.32, 1 thread) the standard kernel takes 0.38 ms for MiniLM's (1, 128, 384) x 12
+  heads where com.microsoft MultiHeadAttention takes 0.49 ms (benchmarks/compress.md, Round 7), and dynamic int8
+  then runs the Q, K, V projections as int8 MatMuls sharing one quantization of their input (0.32 ms together)
+  instead of inside QAttention, whose attention part (0.52 ms) is the slow one. The row lengths cost about what no
+  mask costs (0.466 vs 0.455 ms; a (B, 1, S, S) boolean mask 0.490: Round 8), so one op per layer does what an If
+  between an unmasked and a masked kernel did before (round 7: 6 If + 14 mask-building nodes in MiniLM).
+- `lengths_attention`: turns such a round-7 If (and its mask-building nodes) into the one opset-24 op, for graphs
+  exported before it (`dlforge quantize` applies it).
 - `fast_gelu`: BiasGelu (exact, erf) becomes FastGelu (tanh approximation, |difference| < 5e-4 per activation),
   0.13 ms instead of 0.19 ms on a (1, 128, 1536) input. Only int8 variants take it (compress/quantize.py): it is
   an approximation, as int8 is, and the variant's accuracy is measured with it; the fp32 export stays exact.
 
-Both are no-ops on a graph without those nodes, so they apply to graphs exported before they existed.
+All are no-ops on a graph without those nodes, so they apply to graphs exported before they existed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-ONNX_ATTENTION_OPSET = 23  # the first opset with the standard Attention op; onnxruntime 1.32 runs up to 23
+ONNX_ATTENTION_OPSET = 24  # the standard Attention op (23) with each row's key length (nonpad_kv_seqlen, 24)
 MS_DOMAIN = "com.microsoft"
 
 
@@ -78,42 +80,8 @@ def onnx_attention(model) -> int:
     if not targets:
         return 0
     inits = {i.name: i for i in graph.initializer}
-    constants = {"attn_mask_axis0": [0], "attn_mask_axis1": [1], "attn_mask_axes12": [1, 2], "attn_mask_one": [1]}
-    for name, value in constants.items():
-        graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
-    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int32), "attn_mask_zero"))
-    graph.initializer.append(numpy_helper.from_array(np.array(1, np.int32), "attn_mask_step"))
-    masks: dict[str, tuple[str, str]] = {}
+    lengths64: dict[str, str] = {}
     nodes, unused = [], set()
-
-    def mask_for(lengths: str, x: str) -> list:
-        """(B, 1, S, S) bool: key position < the row's length (right padding), and a bool scalar: no row is
-        padded; built once, from the shape of the first layer's input (every layer's has the same batch and
-        length)."""
-        key = lengths
-        if key in masks:
-            return []
-        p = f"attn_mask_{len(masks)}"
-        masks[key] = (f"{p}_bool", f"{p}_unpadded")
-        return [
-            helper.make_node("Shape", [x], [f"{p}_shape"], name=f"{p}_Shape"),
-            helper.make_node("Gather", [f"{p}_shape", "attn_mask_axis0"], [f"{p}_batch"], name=f"{p}_batch", axis=0),
-            helper.make_node("Gather", [f"{p}_shape", "attn_mask_axis1"], [f"{p}_length"], name=f"{p}_length", axis=0),
-            helper.make_node("Concat", [f"{p}_batch", "attn_mask_one", f"{p}_length", f"{p}_length"],
-                             [f"{p}_shape4"], name=f"{p}_shape4", axis=0),
-            helper.make_node("Squeeze", [f"{p}_length", "attn_mask_axis0"], [f"{p}_s"], name=f"{p}_s"),
-            helper.make_node("Cast", [f"{p}_s"], [f"{p}_s32"], name=f"{p}_s32", to=6),  # int32, as the lengths
-            helper.make_node("Range", ["attn_mask_zero", f"{p}_s32", "attn_mask_step"], [f"{p}_positions"],
-                             name=f"{p}_positions"),
-            helper.make_node("Unsqueeze", [lengths, "attn_mask_axis1"], [f"{p}_lengths"], name=f"{p}_lengths"),
-            helper.make_node("Cast", [f"{p}_lengths"], [f"{p}_lengths32"], name=f"{p}_lengths32", to=6),
-            helper.make_node("Less", [f"{p}_positions", f"{p}_lengths32"], [f"{p}_keys"], name=f"{p}_keys"),
-            helper.make_node("Unsqueeze", [f"{p}_keys", "attn_mask_axes12"], [f"{p}_keys4"], name=f"{p}_keys4"),
-            helper.make_node("Expand", [f"{p}_keys4", f"{p}_shape4"], [masks[key][0]], name=f"{p}_expand"),
-            helper.make_node("ReduceMin", [f"{p}_lengths32"], [f"{p}_shortest"], name=f"{p}_shortest", keepdims=0),
-            helper.make_node("Equal", [f"{p}_shortest", f"{p}_s32"], [masks[key][1]], name=f"{p}_unpadded"),
-        ]
-
     for node in graph.node:
         if not any(node is t for t in targets):
             nodes.append(node)
@@ -123,7 +91,10 @@ def onnx_attention(model) -> int:
         lengths = node.input[3] if len(node.input) > 3 else ""
         hidden = int(inits[weight].dims[1]) // 3
         p = node.name or f"attention_{len(nodes)}"
-        nodes.extend(mask_for(lengths, x) if lengths else [])
+        if lengths and lengths not in lengths64:  # each row's length as int64, once for all layers
+            lengths64[lengths] = f"attn_lengths64_{len(lengths64)}"
+            nodes.append(helper.make_node("Cast", [lengths], [lengths64[lengths]], name=lengths64[lengths],
+                                          to=TensorProto.INT64))
         # Q, K and V as three MatMul + Add from the packed weights' column blocks: after dynamic int8 they share one
         # quantization of x, and no Split copies the packed output (3% of the int8 call at 128 tokens).
         packed_weight, packed_bias = numpy_helper.to_array(inits[weight]), numpy_helper.to_array(inits[bias])
@@ -136,22 +107,10 @@ def onnx_attention(model) -> int:
                 numpy_helper.from_array(np.ascontiguousarray(packed_bias[columns]), f"{p}_{part}_bias")])
             nodes += [helper.make_node("MatMul", [x, f"{p}_{part}_weight"], [f"{out}_matmul"], name=f"{p}_{part}_MatMul"),
                       helper.make_node("Add", [f"{out}_matmul", f"{p}_{part}_bias"], [out], name=f"{p}_{part}_bias")]
-        if not lengths:
-            nodes.append(helper.make_node("Attention", qkv, [node.output[0]], name=f"{p}_onnx", q_num_heads=heads,
-                                          kv_num_heads=heads))
-            continue
-        # Unpadded (every batch of one row, as the onnx runtime trims padding): the kernel without a mask, 10%
-        # faster; else with it. Same values either way (a mask of all True masks nothing).
-        mask, unpadded = masks[lengths]
-        branches = {}
-        for branch, inputs in (("unmasked", qkv), ("masked", qkv + [mask])):
-            out = f"{p}_{branch}"
-            branches[branch] = helper.make_graph(
-                [helper.make_node("Attention", inputs, [out], name=f"{p}_onnx_{branch}", q_num_heads=heads,
-                                  kv_num_heads=heads)], f"{p}_{branch}", [],
-                [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
-        nodes.append(helper.make_node("If", [unpadded], [node.output[0]], name=f"{p}_if_unpadded",
-                                      then_branch=branches["unmasked"], else_branch=branches["masked"]))
+        # The key-padding mask as each row's key length (nonpad_kv_seqlen, opset 24; right padding as dlforge pads):
+        # keys at or past it are masked; at batch 1 it masks nothing, at about the cost of no mask.
+        nodes.append(helper.make_node("Attention", qkv + (["", "", "", lengths64[lengths]] if lengths else []),
+                                      [node.output[0]], name=f"{p}_onnx", q_num_heads=heads, kv_num_heads=heads))
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}
@@ -164,6 +123,63 @@ def onnx_attention(model) -> int:
     return len(targets)
 
 
+def lengths_attention(model) -> int:
+    """Rewrite (in place) each If that an earlier `onnx_attention` (before opset 24) built, "no row padded ? ONNX
+    Attention(q, k, v) : ONNX Attention(q, k, v, boolean mask)", as one ONNX Attention taking each row's key length
+    (nonpad_kv_seqlen), and drop the mask-building nodes; returns how many. Same values; 6 If and 14 mask nodes fewer
+    in MiniLM. Ifs of any other shape are left as they were."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def single_attention(node, branch):
+        g = next((a.g for a in node.attribute if a.name == branch), None)
+        if g is None or len(g.node) != 1 or g.node[0].op_type != "Attention" or g.node[0].domain not in ("", "ai.onnx"):
+            return None
+        return g.node[0]
+
+    lengths64: dict[str, str] = {}
+    nodes, count = [], 0
+    for node in graph.node:
+        then, other = single_attention(node, "then_branch"), single_attention(node, "else_branch")
+        mask = other.input[3] if other is not None and len(other.input) == 4 else ""
+        builder = producers.get(mask.removesuffix("_bool") + "_lengths") if mask.endswith("_bool") else None
+        if (node.op_type != "If" or then is None or list(then.input) != list(other.input[:3]) or builder is None
+                or builder.op_type != "Unsqueeze"):
+            nodes.append(node)
+            continue
+        lengths = builder.input[0]
+        if lengths not in lengths64:
+            lengths64[lengths] = f"attn_lengths64_{len(lengths64)}"
+            nodes.append(helper.make_node("Cast", [lengths], [lengths64[lengths]], name=lengths64[lengths],
+                                          to=TensorProto.INT64))
+        nodes.append(helper.make_node("Attention", list(then.input) + ["", "", "", lengths64[lengths]],
+                                      [node.output[0]], name=then.name.removesuffix("_unmasked"),
+                                      **_attributes(then)))
+        count += 1
+    if not count:
+        return 0
+    del graph.node[:]
+    graph.node.extend(nodes)
+    while True:  # the mask-building nodes nothing reads any more
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.name.startswith("attn_mask_") and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        kept = [n for n in graph.node if not any(n is d for d in dead)]
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if not i.name.startswith("attn_mask_") or i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < ONNX_ATTENTION_OPSET:
+            opset.version = ONNX_ATTENTION_OPSET
+    return count
+
+
 def fast_gelu(model) -> int:
     """Rewrite every BiasGelu node of `model` (in place) as FastGelu (same inputs: x, bias); returns how many."""
     count = 0
@@ -174,4 +190,4 @@ def fast_gelu(model) -> int:
     return count
 
 
-__all__ = ["ONNX_ATTENTION_OPSET", "fast_gelu", "onnx_attention"]
+__all__ = ["ONNX_ATTENTION_OPSET", "fast_gelu", "lengths_attention", "onnx_attention"]
