@@ -12,7 +12,8 @@ Transformer encoders (an encoder with `onnx_transformer()`, MiniLM) go another w
 TorchScript exporter with eager attention, then onnxruntime's transformer optimizer
 (onnxruntime.transformers.optimize_model, model type 'bert'), which fuses each layer's attention into one
 `Attention` op and the embeddings and GELUs into `EmbedLayerNormalization` and `BiasGelu`. Each com.microsoft
-Attention is then rewritten as Q, K and V MatMul + Add and the standard ONNX `Attention` op (opset 23;
+Attention is then rewritten as Q, K and V MatMul + Add and the standard ONNX `Attention` op (opset 24, the
+padding as each row's key length;
 compress/onnx_export_attention.py): the same arithmetic, a faster CPU kernel, and dynamic int8 then runs the Q/K/V
 projections as int8 MatMuls (before round 7 the whole op became `QAttention`, slower at 128 tokens).
 The residual Add + LayerNormalization pairs are deliberately left unfused (and onnxruntime's own SkipLayerNormFusion
