@@ -348,8 +348,10 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
                               threads=threads, folder=folder)
         qat_info = None
         if mode == "qat":  # fake-quantized fine-tuning; its result is the int8 graph (no per-layer fallback)
+            # the run's export opset, at most 23: a fused transformer export is at 24 (its ONNX Attention), which the
+            # TorchScript exporter (to_onnx's fallback) does not take; the QAT graph has no Attention op
             data, qat_info = qat_onnx(run_dir, epochs=qat_epochs, lr=qat_lr, folder=folder,
-                                      opset=quantizer.record.get("opset", 20))
+                                      opset=min(quantizer.record.get("opset", 20), 23))
         else:
             data = quantizer.quantize()
         drop, error = quantizer.measure(data)
