@@ -36,26 +36,33 @@ def run(args) -> None:
         for line in Path(args.results).read_text().splitlines():
             r = json.loads(line)
             done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
-                      r.get("transfer", 0), r.get("soft_loss", "kl")))
+                      r.get("transfer", 0), r.get("soft_loss", "kl"), r.get("hint", "none"), r.get("hint_weight", 0.0),
+                      r.get("hint_loss")))
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
+    hinted = args.hint != "none"
+    hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None)
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
-            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss) in done:
+            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss,
+                    *hint_key) in done:
                 continue
             name = (f"{Path(args.student).stem}_T{temperature:g}_a{alpha:g}_s{seed}"
-                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else ""))
+                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else "")
+                    + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else ""))
             overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
             load = os.getloadavg()[0]
             started, cpu = time.perf_counter(), time.process_time()
             d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
                         name=name, out=Path(args.out) / name, data=data, register=False,
                         say=lambda text: print(text, flush=True), transfer=args.transfer,
-                        soft_loss=args.soft_loss)
+                        soft_loss=args.soft_loss, hint=args.hint, hint_weight=args.hint_weight,
+                        hint_loss=args.hint_loss)
             from dlforge.artifact.predictor import Predictor
 
             val_scores = Predictor(d["variant"]).evaluate(val)
             row = {"student": Path(args.student).stem, "transfer": args.transfer,
-                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "seed": seed,
+                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "hint": args.hint,
+                   "hint_weight": hint_key[1], "hint_loss": hint_key[2], "seed": seed,
                    "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
@@ -141,6 +148,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the student recipe's epochs")
     ap.add_argument("--transfer", type=int, default=0, help="rewrites per training text labelled by the teacher")
     ap.add_argument("--soft-loss", default="kl", choices=("kl", "mse"), help="kl (Hinton) or mse on logits (Tang)")
+    ap.add_argument("--hint", default="none", choices=("none", "sentence", "tokens"),
+                    help="feature distillation: the teacher's sentence vectors or token states")
+    ap.add_argument("--hint-weight", type=float, default=1.0)
+    ap.add_argument("--hint-loss", default="mse", choices=("mse", "cosine"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default="distill.jsonl")
     ap.add_argument("--out", default="/tmp/dlforge-students")
