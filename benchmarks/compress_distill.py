@@ -9,6 +9,7 @@ are chosen on VALIDATION accuracy only (`--report` prints both; the choice reads
         --student benchmarks/compress_student_text_cnn.yaml --settings 0:1,2:0.5,4:0.7 --seeds 0,1,2 \\
         --results /tmp/distill.jsonl --out /tmp/students
     python benchmarks/compress_distill.py --results /tmp/distill.jsonl --report
+    (add --hint sentence|tokens --hint-weight B --hint-loss mse|cosine for feature distillation)
     python benchmarks/compress_distill.py --teacher RUN --latency /tmp/students/<one student> --n 300
 """
 
@@ -81,16 +82,18 @@ def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
     groups: dict = {}
     for r in rows:
+        hint = "-" if r.get("hint", "none") == "none" else f"{r['hint']} {r['hint_loss']} {r['hint_weight']:g}"
         groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
-                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl")), []).append(r)
-    print("| student | transfer | loss | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
+                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl"), hint), []).append(r)
+    print("| student | transfer | loss | hint | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
           "epochs run | CPU s per student (mean) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (student, x, t, a, e, loss), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][5],
-                                                                                   kv[0][3], kv[0][2], kv[0][4] or 0)):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (student, x, t, a, e, loss, hint), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][5], kv[0][3], kv[0][2], kv[0][4] or 0, kv[0][6])):
         val = [r["val_accuracy"] for r in rs]
         test = [r["test_accuracy"] for r in rs]
-        print(f"| {student} | {x or '-'} | {loss if a else '-'} | {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | "
+        print(f"| {student} | {x or '-'} | {loss if a else '-'} | {hint} | {t:g} | {a:g} | {e or 'recipe'} | "
+              f"{','.join(str(r['seed']) for r in rs)} | "
               f"{min(val):.4f} / {statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
               f"{','.join(str(r['epochs']) for r in rs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |")
 
@@ -148,7 +151,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the student recipe's epochs")
     ap.add_argument("--transfer", type=int, default=0, help="rewrites per training text labelled by the teacher")
     ap.add_argument("--soft-loss", default="kl", choices=("kl", "mse"), help="kl (Hinton) or mse on logits (Tang)")
-    ap.add_argument("--hint", default="none", choices=("none", "sentence", "tokens"),
+    ap.add_argument("--hint", default="none", choices=("none", "sentence", "tokens", "both"),
                     help="feature distillation: the teacher's sentence vectors or token states")
     ap.add_argument("--hint-weight", type=float, default=1.0)
     ap.add_argument("--hint-loss", default="mse", choices=("mse", "cosine"))

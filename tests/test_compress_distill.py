@@ -272,7 +272,7 @@ def _cnn_student(vocab: int = 30, dim: int = 6):
     return Student()
 
 
-@pytest.mark.parametrize("hint", ["tokens", "sentence"])
+@pytest.mark.parametrize("hint", ["tokens", "sentence", "both"])
 def test_a_hint_gathers_each_rows_teacher_vectors_and_is_zero_when_the_projection_matches(hint):
     from types import SimpleNamespace
 
@@ -290,17 +290,18 @@ def test_a_hint_gathers_each_rows_teacher_vectors_and_is_zero_when_the_projectio
     probe.encoders["text"].keep_token_maps(True)
     # The teacher's vectors, built so that the (fixed) projection of the student's features equals them exactly.
     model.load_state_dict({k: v for k, v in probe.state_dict().items() if not k.startswith(PROJECTION)})
-    projection = getattr(probe, PROJECTION)
+    projections = getattr(probe, PROJECTION)
     with torch.no_grad():
-        probe.train()(({"text": ids}))
+        probe.train()({"text": ids})
         maps = probe.encoders["text"].token_maps().transpose(1, 2)
         pooled = probe.encoders["text"](ids)
-        sentence = projection(pooled)
-        tokens = torch.cat([projection(maps[i, :n]) for i, n in enumerate(lengths.tolist())])
+        sentence = projections["sentence"](pooled) if "sentence" in projections else placeholder["sentence"]
+        tokens = (torch.cat([projections["tokens"](maps[i, :n]) for i, n in enumerate(lengths.tolist())])
+                  if "tokens" in projections else placeholder["tokens"])
     vectors = {**placeholder, "sentence": sentence, "tokens": tokens.half().float()}
     transform, hook, detach = attach_hint(hint, "text", vectors, weight=3.0, loss="mse", student_ids=ids)
     model = transform(model)
-    getattr(model, PROJECTION).load_state_dict(projection.state_dict())
+    getattr(model, PROJECTION).load_state_dict(projections.state_dict())
     trainer = SimpleNamespace(model=model.train())
     order = torch.tensor([2, 0, 3, 1])  # a shuffled batch: each row must find its own vectors
     model({"text": ids[order]})
@@ -350,7 +351,7 @@ def test_a_hint_trains_the_student_caches_the_teachers_vectors_and_exports_no_pr
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--hint", "words"], "--hint is one of none, sentence, tokens"),
+    (["--hint", "words"], "--hint is one of none, sentence, tokens, both"),
     (["--hint", "sentence", "--hint-weight", "-1"], "--hint-weight must be a finite number >= 0"),
     (["--hint", "sentence", "--hint-loss", "l1"], "--hint-loss is one of mse, cosine"),
     (["--hint", "sentence", "--transfer", "2"], "--hint with --transfer is not supported"),

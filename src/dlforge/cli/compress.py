@@ -85,7 +85,7 @@ def distill(
                                   "mean squared error between the logits (Tang et al. 2019; no temperature)."),
     hint: str = typer.Option("none", "--hint", help="Also regress the student's features on the teacher's "
                              "(a training-only projection): sentence (its pooled sentence vector), tokens (its "
-                             "last-layer token states; a CNN student on the teacher's word pieces), none."),
+                             "last-layer token states; a CNN student on the teacher's word pieces), both, none."),
     hint_weight: float = typer.Option(1.0, "--hint-weight", help="Weight of the hint term added to the loss."),
     hint_loss: str = typer.Option("mse", "--hint-loss", help="mse or cosine (1 - cosine similarity) for the hint."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),

@@ -6,6 +6,7 @@ al. 2015; TinyBERT, Jiao et al. 2020):
 
 - `sentence`: the student's pooled feature vector (its encoder's output, what its head reads), projected to the
   teacher's width, regressed on the teacher's pooled sentence vector (what the teacher's head reads).
+- `both`: the two terms, each with the same weight (TinyBERT's hidden-state and output-vector terms together).
 - `tokens`: a text CNN student on the teacher's own word pieces (`encoder.embeddings_from: teacher`) has one
   feature column per teacher token, so the positions align 1:1: its per-token maps before max pooling, projected,
   are regressed on the teacher's last-layer token states, over the real tokens only.
@@ -34,10 +35,10 @@ from dlforge.core.errors import DlforgeError
 from dlforge.core.files import atomic_path
 from dlforge.training.feature_cache import cache_root
 
-HINTS = ("none", "sentence", "tokens")
+HINTS = ("none", "sentence", "tokens", "both")
 HINT_LOSSES = ("mse", "cosine")
 ROW = "__hint_row__"  # the training rows' index, carried among the targets so the hook finds their vectors
-PROJECTION = "distill_hint"  # the training-only projection's attribute on the student
+PROJECTION = "distill_hint"  # the training-only projections' attribute on the student (a ModuleDict by hint)
 
 
 def hint_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
@@ -59,7 +60,8 @@ def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0) -> Non
     """The hint options, or one clear error naming the option."""
     if hint not in HINTS:
         raise DlforgeError(f"--hint is one of {', '.join(HINTS)}; got {hint!r}", where="--hint",
-                           hint="sentence: the teacher's pooled sentence vector; tokens: its last-layer token states")
+                           hint="sentence: the teacher's pooled sentence vector; tokens: its last-layer token "
+                                "states; both: the two terms, each with the weight")
     if loss not in HINT_LOSSES:
         raise DlforgeError(f"--hint-loss is one of {', '.join(HINT_LOSSES)}; got {loss!r}", where="--hint-loss")
     if not (weight >= 0 and np.isfinite(weight)):
@@ -77,14 +79,14 @@ def _text_input(data, recipe, hint: str) -> str:
         raise DlforgeError(f"--hint {hint} needs a teacher with one text input; it reads {names}", where="--hint",
                            hint="use --hint none")
     name = names[0]
-    if hint == "tokens":
+    if hint in ("tokens", "both"):
         field = next(f for f in recipe.inputs if f.name == name)
         if getattr(field.encoder, "embeddings_from", "none") != "teacher" or field.encoder.name != "cnn":
-            raise DlforgeError("--hint tokens needs a text CNN student on the teacher's own word pieces (encoder "
+            raise DlforgeError(f"--hint {hint} needs a text CNN student on the teacher's own word pieces (encoder "
                                "name: cnn, embeddings_from: teacher), so its positions align with the teacher's",
                                where="--hint", hint="use --hint sentence for this student")
         if getattr(data.predictor.model.encoders[name], "backbone", None) is None:
-            raise DlforgeError(f"--hint tokens needs a transformer teacher (its input '{name}' has no backbone "
+            raise DlforgeError(f"--hint {hint} needs a transformer teacher (its input '{name}' has no backbone "
                                "with token states)", where="--hint", hint="use --hint sentence")
     return name
 
@@ -139,7 +141,7 @@ def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda tex
     key = hashlib.sha256("|".join([meta.get("content_sha256") or "", (meta.get("weights") or {}).get("sha256", ""),
                                    rows_sha256(data.rows["train"]), name]).encode()).hexdigest()[:32]
     path = cache_root().parent / "teacher_logits" / f"hints-{key}.safetensors"
-    want = {"sentence", "lengths"} | ({"tokens", "offsets"} if hint == "tokens" else set())
+    want = {"sentence", "lengths"} | ({"tokens", "offsets"} if hint in ("tokens", "both") else set())
     if path.is_file():
         try:
             cached = load_file(str(path))
@@ -167,9 +169,9 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
     training-only projection (before the optimizer exists, so it is trained) and starts capturing the student's
     features; the hook adds `weight * hint_loss` on training batches (those carrying the row index); `detach(model)`
     removes the projection and the capture, so the written student is the plain architecture."""
-    sentence = vectors["sentence"]
-    width = sentence.shape[1]
-    if hint == "tokens" and student_ids is not None:
+    width = vectors["sentence"].shape[1]
+    parts = ("sentence", "tokens") if hint == "both" else (hint,)
+    if "tokens" in parts and student_ids is not None:
         if not torch.equal((student_ids != pad_id).sum(1).long(), vectors["lengths"].long()):
             raise DlforgeError("the student's tokens do not align with the teacher's", where="--hint",
                                hint="the student must read the teacher's word pieces (embeddings_from: teacher)")
@@ -179,10 +181,11 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
 
     def transform(model):
         encoder = model.encoders[name]
-        model.add_module(PROJECTION, torch.nn.Linear(encoder.output_dim, width))
-        if hint == "tokens":
+        model.add_module(PROJECTION, torch.nn.ModuleDict({part: torch.nn.Linear(encoder.output_dim, width)
+                                                          for part in parts}))
+        if "tokens" in parts:
             encoder.keep_token_maps(True)
-        else:
+        if "sentence" in parts:
             handles.append(encoder.register_forward_hook(
                 lambda m, i, out: captured.__setitem__("pooled", out) if m.training else None))
         return model
@@ -192,19 +195,22 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
         if rows is None:  # a validation batch
             return total
         model = trainer.model
-        projection = getattr(model, PROJECTION)
+        projections = getattr(model, PROJECTION)
         device = rows.device
         if not device_vectors:
             device_vectors.update({k: v.to(device) for k, v in vectors.items()})
-        if hint == "sentence":
-            term = hint_loss(projection(captured.pop("pooled")), device_vectors["sentence"][rows], kind=loss)
-        else:
+        if "sentence" in parts:
+            pooled = captured.pop("pooled")
+            total = total + weight * hint_loss(projections["sentence"](pooled), device_vectors["sentence"][rows],
+                                               kind=loss)
+        if "tokens" in parts:
             maps = model.encoders[name].token_maps().transpose(1, 2)  # (B, L, C), L the batch's longest
             positions = torch.arange(maps.shape[1], device=device)
             mask = positions < device_vectors["lengths"][rows, None]
             index = torch.where(mask, device_vectors["offsets"][rows, None] + positions, 0)
-            term = hint_loss(projection(maps), device_vectors["tokens"][index], mask, kind=loss)
-        return total + weight * term
+            total = total + weight * hint_loss(projections["tokens"](maps), device_vectors["tokens"][index], mask,
+                                               kind=loss)
+        return total
 
     def detach(model):
         for handle in handles:
