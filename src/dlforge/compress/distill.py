@@ -13,7 +13,8 @@ augmentation a row's teacher logits never change, so they are computed once, in 
 (safetensors under $DLFORGE_CACHE/teacher_logits/, keyed by the teacher's model.json digest and the training rows):
 a second student, temperature or alpha costs no teacher pass. They ride along the training batches as extra
 target tensors, so the trainer slices them with the rows and no per-step lookup is needed. Augmented students are
-refused for now (the teacher would have to run on every augmented batch).
+refused for now (the teacher would have to run on every augmented batch). Feature hints (`hint=`: the teacher's
+sentence vectors and token states, through a training-only projection) are in distill_hints.py.
 """
 
 from __future__ import annotations
