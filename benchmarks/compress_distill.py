@@ -9,6 +9,7 @@ are chosen on VALIDATION accuracy only (`--report` prints both; the choice reads
         --student benchmarks/compress_student_text_cnn.yaml --settings 0:1,2:0.5,4:0.7 --seeds 0,1,2 \\
         --results /tmp/distill.jsonl --out /tmp/students
     python benchmarks/compress_distill.py --results /tmp/distill.jsonl --report
+    (add --hint sentence|tokens --hint-weight B --hint-loss mse|cosine for feature distillation)
     python benchmarks/compress_distill.py --teacher RUN --latency /tmp/students/<one student> --n 300
 """
 
@@ -36,26 +37,33 @@ def run(args) -> None:
         for line in Path(args.results).read_text().splitlines():
             r = json.loads(line)
             done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
-                      r.get("transfer", 0), r.get("soft_loss", "kl")))
+                      r.get("transfer", 0), r.get("soft_loss", "kl"), r.get("hint", "none"), r.get("hint_weight", 0.0),
+                      r.get("hint_loss")))
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
+    hinted = args.hint != "none"
+    hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None)
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
-            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss) in done:
+            if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss,
+                    *hint_key) in done:
                 continue
             name = (f"{Path(args.student).stem}_T{temperature:g}_a{alpha:g}_s{seed}"
-                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else ""))
+                    + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else "")
+                    + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else ""))
             overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
             load = os.getloadavg()[0]
             started, cpu = time.perf_counter(), time.process_time()
             d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
                         name=name, out=Path(args.out) / name, data=data, register=False,
                         say=lambda text: print(text, flush=True), transfer=args.transfer,
-                        soft_loss=args.soft_loss)
+                        soft_loss=args.soft_loss, hint=args.hint, hint_weight=args.hint_weight,
+                        hint_loss=args.hint_loss)
             from dlforge.artifact.predictor import Predictor
 
             val_scores = Predictor(d["variant"]).evaluate(val)
             row = {"student": Path(args.student).stem, "transfer": args.transfer,
-                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "seed": seed,
+                   "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "hint": args.hint,
+                   "hint_weight": hint_key[1], "hint_loss": hint_key[2], "seed": seed,
                    "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
@@ -74,16 +82,18 @@ def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
     groups: dict = {}
     for r in rows:
+        hint = "-" if r.get("hint", "none") == "none" else f"{r['hint']} {r['hint_loss']} {r['hint_weight']:g}"
         groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
-                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl")), []).append(r)
-    print("| student | transfer | loss | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
+                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl"), hint), []).append(r)
+    print("| student | transfer | loss | hint | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
           "epochs run | CPU s per student (mean) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (student, x, t, a, e, loss), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][5],
-                                                                                   kv[0][3], kv[0][2], kv[0][4] or 0)):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (student, x, t, a, e, loss, hint), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][5], kv[0][3], kv[0][2], kv[0][4] or 0, kv[0][6])):
         val = [r["val_accuracy"] for r in rs]
         test = [r["test_accuracy"] for r in rs]
-        print(f"| {student} | {x or '-'} | {loss if a else '-'} | {t:g} | {a:g} | {e or 'recipe'} | {','.join(str(r['seed']) for r in rs)} | "
+        print(f"| {student} | {x or '-'} | {loss if a else '-'} | {hint} | {t:g} | {a:g} | {e or 'recipe'} | "
+              f"{','.join(str(r['seed']) for r in rs)} | "
               f"{min(val):.4f} / {statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
               f"{','.join(str(r['epochs']) for r in rs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |")
 
@@ -141,6 +151,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the student recipe's epochs")
     ap.add_argument("--transfer", type=int, default=0, help="rewrites per training text labelled by the teacher")
     ap.add_argument("--soft-loss", default="kl", choices=("kl", "mse"), help="kl (Hinton) or mse on logits (Tang)")
+    ap.add_argument("--hint", default="none", choices=("none", "sentence", "tokens", "both"),
+                    help="feature distillation: the teacher's sentence vectors or token states")
+    ap.add_argument("--hint-weight", type=float, default=1.0)
+    ap.add_argument("--hint-loss", default="mse", choices=("mse", "cosine"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default="distill.jsonl")
     ap.add_argument("--out", default="/tmp/dlforge-students")

@@ -234,3 +234,135 @@ def test_only_text_recurrent_encoders_take_the_teachers_embeddings():
     assert TextRNNEncoder(embeddings_from="teacher", freeze_embeddings=True).embeddings_from == "teacher"
     with pytest.raises(ValidationError):  # a sequence of numbers has no token table to take
         SequenceRNNEncoder(embeddings_from="teacher")
+
+
+# ------------------------------------------------------------ representation (feature) distillation: hints
+
+def test_the_hint_loss_is_zero_when_the_projected_features_equal_the_teachers():
+    from dlforge.compress.distill_hints import hint_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(3, 5, 4)
+    assert hint_loss(teacher.clone(), teacher) == 0 and hint_loss(teacher.clone(), teacher, kind="cosine").abs() < 1e-6
+    assert hint_loss(2 * teacher, teacher, kind="cosine").abs() < 1e-6  # cosine ignores the scale, mse does not
+    assert torch.isclose(hint_loss(teacher + 1, teacher), torch.tensor(1.0))
+    # Masked positions (padding) count for nothing, whatever the student puts there.
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[:, 3:] = False
+    student = teacher.clone()
+    student[:, 3:] += 100
+    assert hint_loss(student, teacher, mask) == 0 and hint_loss(student, teacher) > 1000
+    student[0, 0] += 2  # one real token off by 2 in each of 4 dims: 4 / (9 real tokens)
+    assert torch.isclose(hint_loss(student, teacher, mask), torch.tensor(4 / 9))
+
+
+def _cnn_student(vocab: int = 30, dim: int = 6):
+    from dlforge.models.encoders.text import TextCNN
+    from dlforge.recipe.inputs import TextCNNEncoder
+
+    class Student(torch.nn.Module):  # the two attributes a hint reads: encoders and a trainable module tree
+        def __init__(self):
+            super().__init__()
+            config = TextCNNEncoder(name="cnn", dim=dim, filters=3, kernel_sizes=[2, 3])
+            self.encoders = torch.nn.ModuleDict({"text": TextCNN(config, {"vocab_size": vocab, "pad_id": 0}, None)})
+
+        def forward(self, x):
+            return {"label": self.encoders["text"](x["text"])[:, :1]}
+
+    return Student()
+
+
+@pytest.mark.parametrize("hint", ["tokens", "sentence", "both"])
+def test_a_hint_gathers_each_rows_teacher_vectors_and_is_zero_when_the_projection_matches(hint):
+    from types import SimpleNamespace
+
+    from dlforge.compress.distill_hints import PROJECTION, ROW, attach_hint
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0], [6, 7, 8, 9, 10], [11, 0, 0, 0, 0]])
+    lengths = (ids != 0).sum(1)
+    width = 7
+    model, probe = _cnn_student(), _cnn_student()
+    placeholder = {"sentence": torch.zeros(4, width), "lengths": lengths,
+                   "tokens": torch.zeros(int(lengths.sum()), width), "offsets": torch.cumsum(lengths, 0) - lengths}
+    transform, _, _ = attach_hint(hint, "text", placeholder, weight=1.0, loss="mse", student_ids=ids)
+    probe = transform(probe)
+    probe.encoders["text"].keep_token_maps(True)
+    # The teacher's vectors, built so that the (fixed) projection of the student's features equals them exactly.
+    model.load_state_dict({k: v for k, v in probe.state_dict().items() if not k.startswith(PROJECTION)})
+    projections = getattr(probe, PROJECTION)
+    with torch.no_grad():
+        probe.train()({"text": ids})
+        maps = probe.encoders["text"].token_maps().transpose(1, 2)
+        pooled = probe.encoders["text"](ids)
+        sentence = projections["sentence"](pooled) if "sentence" in projections else placeholder["sentence"]
+        tokens = (torch.cat([projections["tokens"](maps[i, :n]) for i, n in enumerate(lengths.tolist())])
+                  if "tokens" in projections else placeholder["tokens"])
+    vectors = {**placeholder, "sentence": sentence, "tokens": tokens.half().float()}
+    transform, hook, detach = attach_hint(hint, "text", vectors, weight=3.0, loss="mse", student_ids=ids)
+    model = transform(model)
+    getattr(model, PROJECTION).load_state_dict(projections.state_dict())
+    trainer = SimpleNamespace(model=model.train())
+    order = torch.tensor([2, 0, 3, 1])  # a shuffled batch: each row must find its own vectors
+    model({"text": ids[order]})
+    base = torch.tensor(0.5)
+    assert torch.isclose(hook(trainer, None, {ROW: order}, base), base, atol=1e-3)
+    model({"text": ids[order]})
+    wrong = torch.tensor([0, 2, 3, 1])  # rows 2 and 0 swapped: their vectors no longer match
+    assert hook(trainer, None, {ROW: wrong}, base) > base + 0.01
+    assert hook(trainer, None, {}, base) is base  # a validation batch: no row index, no hint
+    detach(model)
+    assert not hasattr(model, PROJECTION) and model.encoders["text"].token_maps() is None
+    assert not any(k.startswith(PROJECTION) for k in model.state_dict())
+
+
+def test_a_hint_trains_the_student_caches_the_teachers_vectors_and_exports_no_projection(teacher, tmp_path,
+                                                                                       monkeypatch):
+    from safetensors.torch import load_file
+
+    import dlforge
+    from dlforge.compress.distill import distill
+    from dlforge.compress.variant import RunData
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    student = str(_student(teacher, tmp_path, dim=8))
+    plain = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], out=tmp_path / "plain")
+    first = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], out=tmp_path / "a",
+                    hint="sentence", hint_weight=5.0, hint_loss="cosine")
+    second = distill(teacher, student, alpha=0.5, overrides=["training.epochs=1"], out=tmp_path / "b",
+                     hint="sentence", hint_weight=5.0, hint_loss="cosine")
+    assert plain["hint"] == "none" and plain["teacher_vectors_cached"] is None
+    assert first["teacher_vectors_cached"] is False and second["teacher_vectors_cached"] is True
+    cached = list((tmp_path / "cache" / "teacher_logits").glob("hints-*.safetensors"))
+    assert len(cached) == 1
+    # The cached sentence vectors are the teacher's encoder outputs on its training rows, in their order.
+    data = RunData.load(teacher)
+    taught = dlforge.load(teacher)
+    ids = taught.encode_inputs({"text": np.asarray(data.part_table("train").columns["text"])})["text"]
+    with torch.no_grad():
+        expected = taught.model.encoders["text"](ids)
+    assert torch.allclose(load_file(str(cached[0]))["sentence"], expected, atol=1e-5)
+    # The exported student is the plain architecture (no projection), loads and predicts; the hint changed it.
+    weights = {run: load_file(str(tmp_path / run / "model.safetensors")) for run in ("plain", "a", "b")}
+    assert set(weights["a"]) == set(weights["plain"]) and not any("distill_hint" in k for k in weights["a"])
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])  # same seed, same result
+    assert any(not torch.equal(weights["a"][k], weights["plain"][k]) for k in weights["a"])
+    assert set(dlforge.load(tmp_path / "a").predict({"text": np.asarray(["a fine cast", "bad"])})) <= {"pos", "neg"}
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--hint", "words"], "--hint is one of none, sentence, tokens, both"),
+    (["--hint", "sentence", "--hint-weight", "-1"], "--hint-weight must be a finite number >= 0"),
+    (["--hint", "sentence", "--hint-loss", "l1"], "--hint-loss is one of mse, cosine"),
+    (["--hint", "sentence", "--transfer", "2"], "--hint with --transfer is not supported"),
+    (["--hint", "tokens"], "--hint tokens needs a text CNN student on the teacher's own word pieces"),
+], ids=["hint", "weight", "loss", "transfer", "tokens-own-vocabulary"])
+def test_bad_hint_options_exit_2_with_a_clear_message(teacher, tmp_path, capsys, monkeypatch, extra, needle):
+    from dlforge.cli import main
+
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", str(teacher), "--student", str(_student(teacher, tmp_path, dim=8)), "-q", *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in " ".join(err.split()) and "Traceback" not in err

@@ -83,6 +83,11 @@ def distill(
                                  "n-grams; Tang et al. 2019), labelled by the teacher once and cached (text teachers)."),
     soft_loss: str = typer.Option("kl", "--soft-loss", help="kl: the tempered soft targets (Hinton et al.); mse: "
                                   "mean squared error between the logits (Tang et al. 2019; no temperature)."),
+    hint: str = typer.Option("none", "--hint", help="Also regress the student's features on the teacher's "
+                             "(a training-only projection): sentence (its pooled sentence vector), tokens (its "
+                             "last-layer token states; a CNN student on the teacher's word pieces), both, none."),
+    hint_weight: float = typer.Option(1.0, "--hint-weight", help="Weight of the hint term added to the loss."),
+    hint_loss: str = typer.Option("mse", "--hint-loss", help="mse or cosine (1 - cosine similarity) for the hint."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
 ):
@@ -91,10 +96,13 @@ def distill(
 
     _threads(threads)
     d = run_distill(teacher, student, temperature=temperature, alpha=alpha, overrides=set_, name=name, out=out,
-                    progress=not quiet, say=_say, transfer=transfer, soft_loss=soft_loss)
+                    progress=not quiet, say=_say, transfer=transfer, soft_loss=soft_loss, hint=hint,
+                    hint_weight=hint_weight, hint_loss=hint_loss)
     typer.echo(f"student {d['student_recipe']}: {d['parameters']['student']:,} parameters (teacher "
                f"{d['parameters']['teacher']:,}); {soft_loss} T={temperature}, alpha={alpha}, {d['epochs']} epoch(s) in "
-               f"{d['seconds']:.1f} s; teacher logits {'from the cache' if d['teacher_logits_cached'] else 'computed'}")
+               f"{d['seconds']:.1f} s; teacher logits {'from the cache' if d['teacher_logits_cached'] else 'computed'}"
+               + (f"; {hint} hint ({hint_loss}, weight {hint_weight:g}), teacher vectors "
+                  f"{'from the cache' if d['teacher_vectors_cached'] else 'computed'}" if hint != "none" else ""))
     typer.echo(f"test {d['metric']}: student {d['student_score']:.4f}, teacher {d['teacher_score']:.4f}")
     typer.echo(f"variant: {d['variant']}")
 

@@ -13,7 +13,8 @@ augmentation a row's teacher logits never change, so they are computed once, in 
 (safetensors under $DLFORGE_CACHE/teacher_logits/, keyed by the teacher's model.json digest and the training rows):
 a second student, temperature or alpha costs no teacher pass. They ride along the training batches as extra
 target tensors, so the trainer slices them with the rows and no per-step lookup is needed. Augmented students are
-refused for now (the teacher would have to run on every augmented batch).
+refused for now (the teacher would have to run on every augmented batch). Feature hints (`hint=`: the teacher's
+sentence vectors and token states, through a training-only projection) are in distill_hints.py.
 """
 
 from __future__ import annotations
@@ -225,14 +226,20 @@ def kd_loss_hook(signature: dict, *, temperature: float, alpha: float, soft_loss
 def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, alpha: float = 0.7,
             overrides: list[str] | None = None, name: str | None = None, out: str | Path | None = None,
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
-            transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl") -> dict:
+            transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl", hint: str = "none",
+            hint_weight: float = 1.0, hint_loss: str = "mse") -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
     `transfer` > 0 (a one-text-input teacher): up to that many rewrites of every training text, labelled by the
     teacher, join the training split (distill_transfer.py: Tang et al. 2019); their label term reads the teacher's
     decision. `soft_loss`: `kl` (tempered, Hinton et al.) or `mse` on the logits (Tang et al.; the temperature is
-    then unused)."""
+    then unused). `hint` (distill_hints.py): `sentence` or `tokens` also regresses the student's features, through a
+    training-only projection, on the teacher's pooled sentence vectors or last-layer token states, with weight
+    `hint_weight` and loss `hint_loss` (`mse` or `cosine`)."""
+    from dlforge.compress.distill_hints import ROW, attach_hint, check_hint, teacher_hints
+
+    check_hint(hint, hint_weight, hint_loss, transfer=transfer)
     if soft_loss not in SOFT_LOSSES:
         raise DlforgeError(f"--soft-loss is one of {', '.join(SOFT_LOSSES)}; got {soft_loss!r}", where="--soft-loss",
                            hint="kl: the tempered soft targets (Hinton et al.); mse: the logits (Tang et al.)")
@@ -266,17 +273,32 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                                                                   seed=transfer_seed, say=say)
         say(f"transfer set: {extra:,} rewritten texts, teacher logits "
             f"{'read from the cache' if transfer_hit else 'computed and cached'}")
-    hook = kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha, soft_loss=soft_loss)
+    hooks = [kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha, soft_loss=soft_loss)]
+    transforms = [_seed_embeddings(seeded)] if seeded else []
+    detach, hint_hit = None, None
+    if hint != "none":
+        text, vectors, hint_hit = teacher_hints(data, recipe, hint, expected_rows=len(train), say=say)
+        say(f"teacher vectors: {'read from the cache' if hint_hit else 'computed and cached'}")
+        transform, hint_hook, detach = attach_hint(
+            hint, text, vectors, weight=hint_weight, loss=hint_loss, student_ids=train.x[text],
+            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0))
+        transforms.append(transform)
+        hooks.append(hint_hook)
+        train_split = splits["train"]
+        splits["train"] = Encoded(train_split.x, {**train_split.y, ROW: torch.arange(len(train_split))})
     with tempfile.TemporaryDirectory(prefix="dlforge-distill-") as work:
         built = build_training(recipe, prepared, splits=splits, run_dir=Path(work), progress=progress,
-                               loss_hooks=(hook,), model_transforms=(_seed_embeddings(seeded),) if seeded else ())
+                               loss_hooks=tuple(hooks), model_transforms=tuple(transforms))
         result = built.trainer.fit()
         release_feature_cache(built.model)
         model = built.model.cpu().eval()
+        if detach is not None:  # the projection and the feature capture are training-only
+            model = detach(model)
     seconds = time.perf_counter() - started
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
-               "soft_loss": soft_loss,
+               "soft_loss": soft_loss, "hint": hint, "hint_weight": hint_weight if hint != "none" else 0.0,
+               "hint_loss": hint_loss if hint != "none" else None, "teacher_vectors_cached": hint_hit,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
                "parameters": {"teacher": sum(p.numel() for p in data.predictor.model.parameters()),

@@ -52,6 +52,9 @@ class TextCNN(_TokenEncoder):
         # layers > 1: residual 3-wide convolutions over the first layer's maps (context across its kernels' spans).
         self.stack = nn.ModuleList(nn.Conv1d(self.output_dim, self.output_dim, 3, padding=1)
                                    for _ in range(getattr(config, "layers", 1) - 1))
+        # keep_token_maps(): the last forward's (B, output_dim, L) maps before max pooling stay readable (a
+        # distillation token hint regresses them on the teacher's token states); off by default, never exported.
+        self._keep_maps, self._maps = False, None
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
         # Padding columns past the batch's longest text change nothing (the [PAD] row is zero, as the convolutions'
@@ -68,7 +71,17 @@ class TextCNN(_TokenEncoder):
         for conv in self.stack:  # padding columns are zeroed first, so trailing padding still changes nothing
             h = h * keep
             h = h + torch.relu(conv(h))
+        if self._keep_maps:
+            self._maps = h
         return self.dropout(masked_max(h.transpose(1, 2), valid))
+
+    def keep_token_maps(self, keep: bool = True) -> None:
+        self._keep_maps, self._maps = keep, None
+
+    def token_maps(self) -> torch.Tensor | None:
+        """The last forward's per-token feature maps (B, output_dim, L), L the batch's longest real text; None
+        unless `keep_token_maps()` was called first."""
+        return self._maps
 
 
 @encoders.register("text:lstm")
