@@ -67,6 +67,20 @@ def test_duplicate_header_names_are_an_error(tmp_path):
         load_table(str(csv))
 
 
+def test_a_first_row_longer_than_the_header_is_an_error_not_a_silent_index(tmp_path):
+    # pandas would turn the unquoted text's extra fields into an index and keep only the last piece
+    csv = write(tmp_path, "text,label\na gorgeous, witty, seductive movie.,fresh\na dull mess,rotten\n")
+    with pytest.raises(DataError, match=r"line 2 has more fields than the header's 2") as error:
+        load_table(str(csv))
+    assert "quote text that holds commas" in error.value.hint
+    gz = tmp_path / "t.csv.gz"
+    gz.write_bytes(gzip.compress(b"text\nnot, quoted\nok\n"))
+    with pytest.raises(DataError, match=r"line 2 has more fields than the header's 1"):
+        load_table(str(gz))
+    quoted = write(tmp_path, 'text,label\n"a gorgeous, witty, seductive movie.",fresh\n', name="q.csv")
+    assert load_table(str(quoted)).columns["text"].tolist() == ["a gorgeous, witty, seductive movie."]
+
+
 def test_split_column_is_announced_and_explained(tmp_path):
     csv = write(tmp_path, "x,y,split\n" + "".join(f"{i},{'ab'[i % 2]},{'train' if i < 8 else 'test'}\n"
                                                 for i in range(10)))

@@ -98,6 +98,23 @@ def _refuse_binary(path: Path) -> None:
                         hint="give a CSV (UTF-8 text), or set data.format for Parquet/npz") from None
 
 
+def _longer_than_header(path: Path, fields: int) -> str:
+    """'line N' of the first record with more than `fields` fields (the error path only)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if len(row) > fields:
+                    return f"line {reader.line_num}"
+    except (OSError, UnicodeDecodeError, csv.Error):  # another compression: the message goes without the line
+        pass
+    return "a row"
+
+
 @readers.register("csv")
 def read_csv(path: Path, options: ReadOptions = ReadOptions()) -> Table:
     """Every cell as the string written in the file; empty cells (and options.na_values) missing."""
@@ -116,6 +133,10 @@ def read_csv(path: Path, options: ReadOptions = ReadOptions()) -> Table:
         raise DataError(f"cannot parse CSV: {str(exc) or 'no header row'}", where=str(path)) from None
     except (OSError, EOFError) as exc:  # a damaged .gz
         raise DataError(f"cannot read the file: {exc}", where=str(path)) from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas made the extra leading fields an index: data lost
+        raise DataError(f"{_longer_than_header(path, len(header))} has more fields than the header's "
+                        f"{len(header)}", where=str(path),
+                        hint="quote text that holds commas (\"like, this\"), or name every column in the header")
     names = [str(n) for n in header]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
