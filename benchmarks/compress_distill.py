@@ -9,7 +9,8 @@ are chosen on VALIDATION accuracy only (`--report` prints both; the choice reads
         --student benchmarks/compress_student_text_cnn.yaml --settings 0:1,2:0.5,4:0.7 --seeds 0,1,2 \\
         --results /tmp/distill.jsonl --out /tmp/students
     python benchmarks/compress_distill.py --results /tmp/distill.jsonl --report
-    (add --hint sentence|tokens --hint-weight B --hint-loss mse|cosine for feature distillation)
+    (add --hint sentence|tokens|both --hint-weight B --hint-loss mse|cosine [--hint-layer K] for feature
+    distillation, and --set FIELD=VALUE [--tag NAME] for student recipe overrides)
     python benchmarks/compress_distill.py --teacher RUN --latency /tmp/students/<one student> --n 300
 """
 
@@ -38,10 +39,11 @@ def run(args) -> None:
             r = json.loads(line)
             done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
                       r.get("transfer", 0), r.get("soft_loss", "kl"), r.get("hint", "none"), r.get("hint_weight", 0.0),
-                      r.get("hint_loss")))
+                      r.get("hint_loss"), r.get("hint_layer"), tuple(r.get("set", []))))
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
     hinted = args.hint != "none"
-    hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None)
+    hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None, args.hint_layer,
+                tuple(args.set))
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
             if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss,
@@ -49,21 +51,24 @@ def run(args) -> None:
                 continue
             name = (f"{Path(args.student).stem}_T{temperature:g}_a{alpha:g}_s{seed}"
                     + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else "")
-                    + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else ""))
-            overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
+                    + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else "")
+                    + (f"_L{args.hint_layer}" if args.hint_layer else "") + (f"_{args.tag}" if args.tag else ""))
+            overrides = ([f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
+                         + list(args.set))
             load = os.getloadavg()[0]
             started, cpu = time.perf_counter(), time.process_time()
             d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
                         name=name, out=Path(args.out) / name, data=data, register=False,
                         say=lambda text: print(text, flush=True), transfer=args.transfer,
                         soft_loss=args.soft_loss, hint=args.hint, hint_weight=args.hint_weight,
-                        hint_loss=args.hint_loss)
+                        hint_loss=args.hint_loss, hint_layer=args.hint_layer)
             from dlforge.artifact.predictor import Predictor
 
             val_scores = Predictor(d["variant"]).evaluate(val)
             row = {"student": Path(args.student).stem, "transfer": args.transfer,
                    "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "hint": args.hint,
-                   "hint_weight": hint_key[1], "hint_loss": hint_key[2], "seed": seed,
+                   "hint_weight": hint_key[1], "hint_loss": hint_key[2], "hint_layer": args.hint_layer,
+                   "set": list(args.set), "seed": seed,
                    "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
@@ -83,6 +88,8 @@ def report(args) -> None:
     groups: dict = {}
     for r in rows:
         hint = "-" if r.get("hint", "none") == "none" else f"{r['hint']} {r['hint_loss']} {r['hint_weight']:g}"
+        hint += f" layer {r['hint_layer']}" if r.get("hint_layer") else ""
+        hint += "".join(f" {s}" for s in r.get("set", []))
         groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
                            r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl"), hint), []).append(r)
     print("| student | transfer | loss | hint | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
@@ -155,6 +162,10 @@ def main() -> None:
                     help="feature distillation: the teacher's sentence vectors or token states")
     ap.add_argument("--hint-weight", type=float, default=1.0)
     ap.add_argument("--hint-loss", default="mse", choices=("mse", "cosine"))
+    ap.add_argument("--hint-layer", type=int, default=None, help="teacher layer of the token hint (default: last)")
+    ap.add_argument("--set", action="append", default=[], help="a student recipe override (repeatable), e.g. "
+                    "training.schedule.name=cosine")
+    ap.add_argument("--tag", default="", help="suffix of the students' names (to tell --set runs apart)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default="distill.jsonl")
     ap.add_argument("--out", default="/tmp/dlforge-students")

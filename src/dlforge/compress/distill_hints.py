@@ -56,7 +56,7 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor |
     return (per * keep).sum() / keep.sum().clamp(min=1.0)
 
 
-def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0) -> None:
+def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0, layer: int | None = None) -> None:
     """The hint options, or one clear error naming the option."""
     if hint not in HINTS:
         raise DlforgeError(f"--hint is one of {', '.join(HINTS)}; got {hint!r}", where="--hint",
@@ -66,6 +66,14 @@ def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0) -> Non
         raise DlforgeError(f"--hint-loss is one of {', '.join(HINT_LOSSES)}; got {loss!r}", where="--hint-loss")
     if not (weight >= 0 and np.isfinite(weight)):
         raise DlforgeError(f"--hint-weight must be a finite number >= 0; got {weight}", where="--hint-weight")
+    if layer is not None:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 1:
+            raise DlforgeError(f"--hint-layer is a teacher layer, 1 (the first) to its last; got {layer!r}",
+                               where="--hint-layer", hint="e.g. --hint-layer 3 for the middle of a 6-layer MiniLM; "
+                                                          "leave it out for the last layer")
+        if hint not in ("tokens", "both"):
+            raise DlforgeError(f"--hint-layer picks the teacher layer of the token hint; --hint {hint} has none",
+                               where="--hint-layer", hint="use --hint tokens or --hint both with it")
     if hint != "none" and transfer:
         raise DlforgeError("--hint with --transfer is not supported: the rewritten texts have no teacher vectors",
                            where="--hint", hint="use --transfer 0 with a hint, or --hint none with a transfer set")
@@ -91,9 +99,17 @@ def _text_input(data, recipe, hint: str) -> str:
     return name
 
 
-def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128) -> dict[str, torch.Tensor]:
-    """The teacher's pooled vectors (and, with `tokens`, its last-layer token states, ragged) on the training rows,
-    in the rows' order, from length-sorted eval batches (call it under `torch.no_grad()`)."""
+def teacher_layers(encoder) -> torch.nn.ModuleList | None:
+    """A transformer teacher encoder's layer stack (an HF BERT backbone's `encoder.layer`), or None."""
+    layers = getattr(getattr(getattr(encoder, "backbone", None), "encoder", None), "layer", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) else None
+
+
+def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128, layer: int | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """The teacher's pooled vectors (and, with `tokens`, its token states after layer `layer`, 1-based, the last
+    one when None, ragged) on the training rows, in the rows' order, from length-sorted eval batches (call it under
+    `torch.no_grad()`)."""
     predictor = data.predictor
     encoder = predictor.model.encoders[name]
     texts = np.asarray(data.part_table("train").columns[name])
@@ -102,14 +118,22 @@ def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128) -> dict[
     order = torch.argsort(lengths, descending=True, stable=True)
     pooled: list[torch.Tensor] = []
     states: list[torch.Tensor] = []
+    middle: list[torch.Tensor] = []  # the chosen layer's output of the current batch (FitNets' hint layer)
     # The module itself, not the predictor's runtime (whose traced lean graph would skip the hooks).
     model = predictor.model.eval()
     handles = [encoder.register_forward_hook(lambda m, i, out: pooled.append(out.float()))]
     if tokens:
         def keep_states(module, args, kwargs, out):  # an HF backbone, called with input_ids= and attention_mask=
             real = kwargs["attention_mask"].bool()
-            states.append(out.last_hidden_state[real].half())  # row-major: each row's real tokens, in order
+            hidden = middle.pop() if middle else out.last_hidden_state
+            states.append(hidden[real].half())  # row-major: each row's real tokens, in order
 
+        def keep_layer(module, args, out):
+            middle.clear()
+            middle.append(out[0] if isinstance(out, tuple) else out)
+
+        if layer is not None:
+            handles.append(teacher_layers(encoder)[layer - 1].register_forward_hook(keep_layer))
         handles.append(encoder.backbone.register_forward_hook(keep_states, with_kwargs=True))
     try:
         for start in range(0, len(order), batch):
@@ -130,16 +154,26 @@ def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128) -> dict[
     return out
 
 
-def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda text: None
+def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda text: None, layer: int | None = None
                   ) -> tuple[str, dict[str, torch.Tensor], bool]:
     """(text input name, the teacher's vectors on the training rows, cache hit). One pass computes both the
-    sentence vectors and the token states; a later student with either hint reads them back."""
+    sentence vectors and the token states (after layer `layer`, 1-based; None: the last); a later student with
+    either hint reads them back."""
     from safetensors.torch import load_file, save_file
 
     name = _text_input(data, recipe, hint)
+    if layer is not None:
+        layers = teacher_layers(data.predictor.model.encoders[name])
+        if layers is None or not 1 <= layer <= len(layers):
+            raise DlforgeError(f"--hint-layer {layer}: the teacher's input '{name}' has "
+                               f"{'no layer stack' if layers is None else f'layers 1 to {len(layers)}'}",
+                               where="--hint-layer", hint="leave --hint-layer out for the last layer")
+        if layer == len(layers):  # the last layer's output is the last hidden state: the same vectors, one cache
+            layer = None
     meta = data.predictor.meta
     key = hashlib.sha256("|".join([meta.get("content_sha256") or "", (meta.get("weights") or {}).get("sha256", ""),
-                                   rows_sha256(data.rows["train"]), name]).encode()).hexdigest()[:32]
+                                   rows_sha256(data.rows["train"]), name]
+                                  + ([f"layer{layer}"] if layer is not None else [])).encode()).hexdigest()[:32]
     path = cache_root().parent / "teacher_logits" / f"hints-{key}.safetensors"
     want = {"sentence", "lengths"} | ({"tokens", "offsets"} if hint in ("tokens", "both") else set())
     if path.is_file():
@@ -153,7 +187,7 @@ def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda tex
     say("computing the teacher's sentence vectors" + (" and token states" if tokens else "")
         + " on the training split (once; cached for later students)")
     with torch.no_grad():
-        vectors = teacher_vectors(data, name, tokens=tokens)
+        vectors = teacher_vectors(data, name, tokens=tokens, layer=layer)
     if len(vectors["sentence"]) != expected_rows:
         raise DlforgeError("the teacher's training rows differ from the student's", where="--hint",
                            hint="the student must read the teacher's data the same way")
@@ -228,4 +262,4 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
 
 
 __all__ = ["HINTS", "HINT_LOSSES", "ROW", "attach_hint", "check_hint", "hint_loss", "teacher_hints",
-           "teacher_vectors"]
+           "teacher_layers", "teacher_vectors"]
