@@ -227,7 +227,8 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             overrides: list[str] | None = None, name: str | None = None, out: str | Path | None = None,
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
             transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl", hint: str = "none",
-            hint_weight: float = 1.0, hint_loss: str = "mse", hint_layer: int | None = None) -> dict:
+            hint_weight: float = 1.0, hint_loss: str = "mse", hint_layer: int | None = None,
+            hint_warmup: int = 0) -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
@@ -237,10 +238,11 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     then unused). `hint` (distill_hints.py): `sentence` or `tokens` also regresses the student's features, through a
     training-only projection, on the teacher's pooled sentence vectors or last-layer token states, with weight
     `hint_weight` and loss `hint_loss` (`mse` or `cosine`); `hint_layer` (1-based) takes the token states after that
-    teacher layer instead of the last (FitNets' intermediate hint)."""
+    teacher layer instead of the last (FitNets' intermediate hint); `hint_warmup` epochs first train on the hint
+    alone (FitNets' first stage)."""
     from dlforge.compress.distill_hints import ROW, attach_hint, check_hint, teacher_hints
 
-    check_hint(hint, hint_weight, hint_loss, transfer=transfer, layer=hint_layer)
+    check_hint(hint, hint_weight, hint_loss, transfer=transfer, layer=hint_layer, warmup=hint_warmup)
     if soft_loss not in SOFT_LOSSES:
         raise DlforgeError(f"--soft-loss is one of {', '.join(SOFT_LOSSES)}; got {soft_loss!r}", where="--soft-loss",
                            hint="kl: the tempered soft targets (Hinton et al.); mse: the logits (Tang et al.)")
@@ -283,7 +285,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
         say(f"teacher vectors: {'read from the cache' if hint_hit else 'computed and cached'}")
         transform, hint_hook, detach = attach_hint(
             hint, text, vectors, weight=hint_weight, loss=hint_loss, student_ids=train.x[text],
-            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0))
+            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0), warmup=hint_warmup)
         transforms.append(transform)
         hooks.append(hint_hook)
         train_split = splits["train"]
@@ -300,7 +302,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "soft_loss": soft_loss, "hint": hint, "hint_weight": hint_weight if hint != "none" else 0.0,
-               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer,
+               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup,
                "teacher_vectors_cached": hint_hit,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,

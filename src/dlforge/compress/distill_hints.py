@@ -56,7 +56,8 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor |
     return (per * keep).sum() / keep.sum().clamp(min=1.0)
 
 
-def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0, layer: int | None = None) -> None:
+def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0, layer: int | None = None,
+               warmup: int = 0) -> None:
     """The hint options, or one clear error naming the option."""
     if hint not in HINTS:
         raise DlforgeError(f"--hint is one of {', '.join(HINTS)}; got {hint!r}", where="--hint",
@@ -74,6 +75,11 @@ def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0, layer:
         if hint not in ("tokens", "both"):
             raise DlforgeError(f"--hint-layer picks the teacher layer of the token hint; --hint {hint} has none",
                                where="--hint-layer", hint="use --hint tokens or --hint both with it")
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+        raise DlforgeError(f"--hint-warmup is a number of epochs >= 0; got {warmup!r}", where="--hint-warmup")
+    if warmup and hint == "none":
+        raise DlforgeError("--hint-warmup trains on the hint alone first; it needs a --hint", where="--hint-warmup",
+                           hint="add --hint sentence, tokens or both")
     if hint != "none" and transfer:
         raise DlforgeError("--hint with --transfer is not supported: the rewritten texts have no teacher vectors",
                            where="--hint", hint="use --transfer 0 with a hint, or --hint none with a transfer set")
@@ -198,11 +204,13 @@ def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda tex
 
 
 def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weight: float, loss: str,
-                student_ids: torch.Tensor | None = None, pad_id: int = 0):
+                student_ids: torch.Tensor | None = None, pad_id: int = 0, warmup: int = 0):
     """(model transform, loss hook, detach) for a hint on input `name`. The transform gives the student its
     training-only projection (before the optimizer exists, so it is trained) and starts capturing the student's
     features; the hook adds `weight * hint_loss` on training batches (those carrying the row index); `detach(model)`
-    removes the projection and the capture, so the written student is the plain architecture."""
+    removes the projection and the capture, so the written student is the plain architecture. `warmup` > 0: the
+    first `warmup` epochs of training batches take the hint term alone (FitNets' first stage: the features are
+    fitted to the teacher's before the logits and labels pull on them)."""
     width = vectors["sentence"].shape[1]
     parts = ("sentence", "tokens") if hint == "both" else (hint,)
     if "tokens" in parts and student_ids is not None:
@@ -211,12 +219,13 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
                                hint="the student must read the teacher's word pieces (embeddings_from: teacher)")
     captured: dict[str, torch.Tensor] = {}
     handles = []
+    seen = [0]  # training batches so far
     device_vectors: dict[str, torch.Tensor] = {}
 
     def transform(model):
         encoder = model.encoders[name]
-        model.add_module(PROJECTION, torch.nn.ModuleDict({part: torch.nn.Linear(encoder.output_dim, width)
-                                                          for part in parts}))
+        dims = {"sentence": encoder.output_dim, "tokens": getattr(encoder, "map_dim", encoder.output_dim)}
+        model.add_module(PROJECTION, torch.nn.ModuleDict({part: torch.nn.Linear(dims[part], width) for part in parts}))
         if "tokens" in parts:
             encoder.keep_token_maps(True)
         if "sentence" in parts:
@@ -231,6 +240,9 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
         model = trainer.model
         projections = getattr(model, PROJECTION)
         device = rows.device
+        seen[0] += 1
+        if warmup and seen[0] <= warmup * len(trainer.batches):
+            total = total * 0  # the first stage: the hint alone (kept in the graph: the head's grads are zeros)
         if not device_vectors:
             device_vectors.update({k: v.to(device) for k, v in vectors.items()})
         if "sentence" in parts:
