@@ -173,6 +173,34 @@ def _seed_embeddings(seeded: dict[str, torch.Tensor]):
     return transform
 
 
+def _token_dropout(p: float):
+    """(model transform, remove): in training mode, every text encoder's token-embedding output has each position
+    zeroed with probability p (the padding rows are zero already); the hooks are removed after training."""
+    handles = []
+
+    def drop(module, args, out):
+        if not module.training:
+            return None
+        keep = torch.rand(out.shape[:-1], device=out.device) >= p
+        return out * keep.unsqueeze(-1).to(out.dtype)
+
+    def transform(model):
+        for encoder in model.encoders.values():
+            table = getattr(encoder, "embedding", None)
+            if isinstance(table, torch.nn.Embedding):
+                handles.append(table.register_forward_hook(drop))
+        if not handles:
+            raise DlforgeError("--token-dropout needs a student with a token-embedding table (a text encoder)",
+                               where="--token-dropout", hint="leave --token-dropout out for this student")
+        return model
+
+    def remove():
+        for handle in handles:
+            handle.remove()
+
+    return transform, remove
+
+
 def _with_transfer_set(data: RunData, prepared, train: Encoded, copies: int, *, seed: int, say):
     """The training split with the teacher-labelled rewrites appended (token ids padded to one width)."""
     from dlforge.compress.distill_transfer import teacher_targets, transfer_set
@@ -228,7 +256,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
             transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl", hint: str = "none",
             hint_weight: float = 1.0, hint_loss: str = "mse", hint_layer: int | None = None,
-            hint_warmup: int = 0) -> dict:
+            hint_warmup: int = 0, token_dropout: float = 0.0) -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
@@ -239,7 +267,9 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     training-only projection, on the teacher's pooled sentence vectors or last-layer token states, with weight
     `hint_weight` and loss `hint_loss` (`mse` or `cosine`); `hint_layer` (1-based) takes the token states after that
     teacher layer instead of the last (FitNets' intermediate hint); `hint_warmup` epochs first train on the hint
-    alone (FitNets' first stage)."""
+    alone (FitNets' first stage). `token_dropout` p: in training, each real token's input vector of the student's
+    text encoders is zeroed with probability p (a noisy student, Xie et al. 2020: it still matches the teacher's
+    outputs and vectors on the clean text); the written student is unchanged."""
     from dlforge.compress.distill_hints import ROW, attach_hint, check_hint, teacher_hints
 
     check_hint(hint, hint_weight, hint_loss, transfer=transfer, layer=hint_layer, warmup=hint_warmup)
@@ -248,6 +278,8 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                            hint="kl: the tempered soft targets (Hinton et al.); mse: the logits (Tang et al.)")
     if not 0 <= transfer <= 100:
         raise DlforgeError(f"--transfer is rewrites per training text, 0..100; got {transfer}", where="--transfer")
+    if not (0.0 <= token_dropout < 1.0):
+        raise DlforgeError(f"--token-dropout is a probability, 0 <= p < 1; got {token_dropout}", where="--token-dropout")
     if not temperature > 0:
         raise DlforgeError(f"--temperature must be > 0; got {temperature}", where="--temperature")
     if not 0.0 <= alpha <= 1.0:
@@ -278,6 +310,10 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             f"{'read from the cache' if transfer_hit else 'computed and cached'}")
     hooks = [kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha, soft_loss=soft_loss)]
     transforms = [_seed_embeddings(seeded)] if seeded else []
+    undrop = None
+    if token_dropout:
+        drop, undrop = _token_dropout(token_dropout)
+        transforms.append(drop)
     detach, hint_hit = None, None
     if hint != "none":
         text, vectors, hint_hit = teacher_hints(data, recipe, hint, expected_rows=len(train), say=say,
@@ -298,11 +334,13 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
         model = built.model.cpu().eval()
         if detach is not None:  # the projection and the feature capture are training-only
             model = detach(model)
+        if undrop is not None:
+            undrop()
     seconds = time.perf_counter() - started
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "soft_loss": soft_loss, "hint": hint, "hint_weight": hint_weight if hint != "none" else 0.0,
-               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup,
+               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup, "token_dropout": token_dropout,
                "teacher_vectors_cached": hint_hit,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
