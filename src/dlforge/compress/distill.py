@@ -256,7 +256,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
             transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl", hint: str = "none",
             hint_weight: float = 1.0, hint_loss: str = "mse", hint_layer: int | None = None,
-            hint_warmup: int = 0, token_dropout: float = 0.0) -> dict:
+            hint_warmup: int = 0, token_dropout: float = 0.0, hint_preact: bool = False) -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
@@ -321,7 +321,8 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
         say(f"teacher vectors: {'read from the cache' if hint_hit else 'computed and cached'}")
         transform, hint_hook, detach = attach_hint(
             hint, text, vectors, weight=hint_weight, loss=hint_loss, student_ids=train.x[text],
-            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0), warmup=hint_warmup)
+            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0), warmup=hint_warmup,
+            pre_activation=hint_preact)
         transforms.append(transform)
         hooks.append(hint_hook)
         train_split = splits["train"]
@@ -340,7 +341,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "soft_loss": soft_loss, "hint": hint, "hint_weight": hint_weight if hint != "none" else 0.0,
-               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup, "token_dropout": token_dropout,
+               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup, "token_dropout": token_dropout, "hint_preact": hint_preact,
                "teacher_vectors_cached": hint_hit,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,

@@ -204,7 +204,8 @@ def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda tex
 
 
 def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weight: float, loss: str,
-                student_ids: torch.Tensor | None = None, pad_id: int = 0, warmup: int = 0):
+                student_ids: torch.Tensor | None = None, pad_id: int = 0, warmup: int = 0,
+                pre_activation: bool = False):
     """(model transform, loss hook, detach) for a hint on input `name`. The transform gives the student its
     training-only projection (before the optimizer exists, so it is trained) and starts capturing the student's
     features; the hook adds `weight * hint_loss` on training batches (those carrying the row index); `detach(model)`
@@ -227,7 +228,7 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
         dims = {"sentence": encoder.output_dim, "tokens": getattr(encoder, "map_dim", encoder.output_dim)}
         model.add_module(PROJECTION, torch.nn.ModuleDict({part: torch.nn.Linear(dims[part], width) for part in parts}))
         if "tokens" in parts:
-            encoder.keep_token_maps(True)
+            encoder.keep_token_maps(True, pre_activation=pre_activation)
         if "sentence" in parts:
             handles.append(encoder.register_forward_hook(
                 lambda m, i, out: captured.__setitem__("pooled", out) if m.training else None))

@@ -56,7 +56,7 @@ class TextCNN(_TokenEncoder):
                                    for _ in range(getattr(config, "layers", 1) - 1))
         # keep_token_maps(): the last forward's (B, output_dim, L) maps before max pooling stay readable (a
         # distillation token hint regresses them on the teacher's token states); off by default, never exported.
-        self._keep_maps, self._maps = False, None
+        self._keep_maps, self._maps, self._pre_activation = False, None, False
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
         # Padding columns past the batch's longest text change nothing (the [PAD] row is zero, as the convolutions'
@@ -68,21 +68,25 @@ class TextCNN(_TokenEncoder):
         h, valid = self.embed(ids)
         h = h.transpose(1, 2)  # (B, dim, L)
         length = ids.shape[1]
-        h = torch.cat([torch.relu(conv(h))[:, :, :length] for conv in self.convs], dim=1)  # (B, C, L)
+        h = torch.cat([conv(h)[:, :, :length] for conv in self.convs], dim=1)  # (B, C, L), before the ReLU
+        pre = h
+        h = torch.relu(h)
         keep = valid.unsqueeze(1).to(h.dtype)
         for conv in self.stack:  # padding columns are zeroed first, so trailing padding still changes nothing
             h = h * keep
-            h = h + torch.relu(conv(h))
+            pre = conv(h)
+            h = h + torch.relu(pre)
         if self._keep_maps:
-            self._maps = h
+            self._maps = pre if self._pre_activation else h
         h = h.transpose(1, 2)
         pooled = masked_max(h, valid)
         if self.mean_too:
             pooled = torch.cat([pooled, masked_mean(h, valid)], dim=1)
         return self.dropout(pooled)
 
-    def keep_token_maps(self, keep: bool = True) -> None:
-        self._keep_maps, self._maps = keep, None
+    def keep_token_maps(self, keep: bool = True, pre_activation: bool = False) -> None:
+        """`pre_activation`: the last convolution's output before its ReLU (Heo et al. 2019 distil there)."""
+        self._keep_maps, self._maps, self._pre_activation = keep, None, pre_activation
 
     def token_maps(self) -> torch.Tensor | None:
         """The last forward's per-token feature maps (B, map_dim, L), L the batch's longest real text; None
