@@ -40,11 +40,13 @@ def run(args) -> None:
             done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
                       r.get("transfer", 0), r.get("soft_loss", "kl"), r.get("hint", "none"), r.get("hint_weight", 0.0),
                       r.get("hint_loss"), r.get("hint_layer"), tuple(r.get("set", [])), r.get("hint_warmup", 0),
-                      r.get("token_dropout", 0.0), r.get("hint_preact", False)))
+                      r.get("token_dropout", 0.0), r.get("hint_preact", False),
+                      r.get("freeze_embeddings_epochs", 0)))
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
     hinted = args.hint != "none"
     hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None, args.hint_layer,
-                tuple(args.set), args.hint_warmup, args.token_dropout, args.hint_preact)
+                tuple(args.set), args.hint_warmup, args.token_dropout, args.hint_preact,
+                args.freeze_embeddings_epochs)
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
             if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss,
@@ -55,7 +57,8 @@ def run(args) -> None:
                     + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else "")
                     + (f"_L{args.hint_layer}" if args.hint_layer else "")
                     + (f"_w{args.hint_warmup}" if args.hint_warmup else "")
-                    + (f"_td{args.token_dropout:g}" if args.token_dropout else "") + ("_pre" if args.hint_preact else "") + (f"_{args.tag}" if args.tag else ""))
+                    + (f"_td{args.token_dropout:g}" if args.token_dropout else "") + ("_pre" if args.hint_preact else "")
+                    + (f"_fe{args.freeze_embeddings_epochs}" if args.freeze_embeddings_epochs else "") + (f"_{args.tag}" if args.tag else ""))
             overrides = ([f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
                          + list(args.set))
             load = os.getloadavg()[0]
@@ -66,7 +69,7 @@ def run(args) -> None:
                         soft_loss=args.soft_loss, hint=args.hint, hint_weight=args.hint_weight,
                         hint_loss=args.hint_loss, hint_layer=args.hint_layer,
                         hint_warmup=args.hint_warmup, token_dropout=args.token_dropout,
-                        hint_preact=args.hint_preact)
+                        hint_preact=args.hint_preact, freeze_embeddings_epochs=args.freeze_embeddings_epochs)
             from dlforge.artifact.predictor import Predictor
 
             val_scores = Predictor(d["variant"]).evaluate(val)
@@ -74,7 +77,8 @@ def run(args) -> None:
                    "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "hint": args.hint,
                    "hint_weight": hint_key[1], "hint_loss": hint_key[2], "hint_layer": args.hint_layer,
                    "hint_warmup": args.hint_warmup, "token_dropout": args.token_dropout,
-                   "hint_preact": args.hint_preact, "set": list(args.set), "seed": seed,
+                   "hint_preact": args.hint_preact, "freeze_embeddings_epochs": args.freeze_embeddings_epochs,
+                   "set": list(args.set), "seed": seed,
                    "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
@@ -98,6 +102,7 @@ def report(args) -> None:
         hint += f" warm-up {r['hint_warmup']}" if r.get("hint_warmup") else ""
         hint += f" token dropout {r['token_dropout']:g}" if r.get("token_dropout") else ""
         hint += " pre-ReLU" if r.get("hint_preact") else ""
+        hint += f" table frozen {r['freeze_embeddings_epochs']} ep" if r.get("freeze_embeddings_epochs") else ""
         hint += "".join(f" {s}" for s in r.get("set", []))
         groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
                            r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl"), hint), []).append(r)
@@ -173,6 +178,7 @@ def main() -> None:
     ap.add_argument("--hint-loss", default="mse", choices=("mse", "cosine"))
     ap.add_argument("--hint-layer", type=int, default=None, help="teacher layer of the token hint (default: last)")
     ap.add_argument("--hint-warmup", type=int, default=0, help="epochs on the hint alone first")
+    ap.add_argument("--freeze-embeddings-epochs", type=int, default=0, help="token table fixed for E epochs")
     ap.add_argument("--hint-preact", action="store_true", help="token hint on the maps before the ReLU")
     ap.add_argument("--token-dropout", type=float, default=0.0, help="zero each student input token w.p. p")
     ap.add_argument("--set", action="append", default=[], help="a student recipe override (repeatable), e.g. "

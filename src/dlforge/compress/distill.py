@@ -173,6 +173,27 @@ def _seed_embeddings(seeded: dict[str, torch.Tensor]):
     return transform
 
 
+def _frozen_table_first(seeded: dict[str, torch.Tensor], epochs: int, *, steps_per_epoch: int):
+    """A model transform: the gradient of each teacher-seeded token table is zeroed for the first `epochs` epochs of
+    backward passes (LP-FT, Kumar et al. 2022; ULMFiT's gradual unfreezing: the new layers settle on the teacher's
+    vectors before their first noisy gradients can move them). The table stays in the optimizer throughout."""
+    limit = epochs * steps_per_epoch
+
+    def transform(model):
+        for name in seeded:
+            weight = model.encoders[name].embedding.weight
+            seen = [0]
+
+            def hook(grad, seen=seen):
+                seen[0] += 1
+                return torch.zeros_like(grad) if seen[0] <= limit else grad
+
+            weight.register_hook(hook)
+        return model
+
+    return transform
+
+
 def _token_dropout(p: float):
     """(model transform, remove): in training mode, every text encoder's token-embedding output has each position
     zeroed with probability p (the padding rows are zero already); the hooks are removed after training."""
@@ -256,7 +277,8 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
             transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl", hint: str = "none",
             hint_weight: float = 1.0, hint_loss: str = "mse", hint_layer: int | None = None,
-            hint_warmup: int = 0, token_dropout: float = 0.0, hint_preact: bool = False) -> dict:
+            hint_warmup: int = 0, token_dropout: float = 0.0, hint_preact: bool = False,
+            freeze_embeddings_epochs: int = 0) -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
@@ -278,6 +300,10 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
                            hint="kl: the tempered soft targets (Hinton et al.); mse: the logits (Tang et al.)")
     if not 0 <= transfer <= 100:
         raise DlforgeError(f"--transfer is rewrites per training text, 0..100; got {transfer}", where="--transfer")
+    if isinstance(freeze_embeddings_epochs, bool) or not isinstance(freeze_embeddings_epochs, int) \
+            or freeze_embeddings_epochs < 0:
+        raise DlforgeError(f"--freeze-embeddings-epochs is a number of epochs >= 0; got {freeze_embeddings_epochs!r}",
+                           where="--freeze-embeddings-epochs")
     if not (0.0 <= token_dropout < 1.0):
         raise DlforgeError(f"--token-dropout is a probability, 0 <= p < 1; got {token_dropout}", where="--token-dropout")
     if not temperature > 0:
@@ -311,6 +337,13 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     hooks = [kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha, soft_loss=soft_loss)]
     transforms = [_seed_embeddings(seeded)] if seeded else []
     undrop = None
+    if freeze_embeddings_epochs:
+        if not seeded:
+            raise DlforgeError("--freeze-embeddings-epochs keeps the teacher's token table fixed at first; this "
+                               "student does not start from it", where="--freeze-embeddings-epochs",
+                               hint="set encoder.embeddings_from: teacher, or leave the option out")
+        transforms.append(_frozen_table_first(seeded, freeze_embeddings_epochs,
+                                              steps_per_epoch=-(-len(splits["train"]) // recipe.training.batch_size)))
     if token_dropout:
         drop, undrop = _token_dropout(token_dropout)
         transforms.append(drop)
@@ -342,6 +375,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "soft_loss": soft_loss, "hint": hint, "hint_weight": hint_weight if hint != "none" else 0.0,
                "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup, "token_dropout": token_dropout, "hint_preact": hint_preact,
+               "freeze_embeddings_epochs": freeze_embeddings_epochs,
                "teacher_vectors_cached": hint_hit,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
