@@ -356,9 +356,7 @@ def test_a_hint_trains_the_student_caches_the_teachers_vectors_and_exports_no_pr
     (["--hint", "sentence", "--hint-loss", "l1"], "--hint-loss is one of mse, cosine"),
     (["--hint", "sentence", "--transfer", "2"], "--hint with --transfer is not supported"),
     (["--hint", "tokens"], "--hint tokens needs a text CNN student on the teacher's own word pieces"),
-    (["--hint", "tokens", "--hint-layer", "0"], "--hint-layer is a teacher layer, 1 (the first) to its last"),
-    (["--hint", "sentence", "--hint-layer", "2"], "--hint-layer picks the teacher layer of the token hint"),
-], ids=["hint", "weight", "loss", "transfer", "tokens-own-vocabulary", "layer-0", "layer-without-tokens"])
+], ids=["hint", "weight", "loss", "transfer", "tokens-own-vocabulary"])
 def test_bad_hint_options_exit_2_with_a_clear_message(teacher, tmp_path, capsys, monkeypatch, extra, needle):
     from dlforge.cli import main
 
@@ -368,57 +366,3 @@ def test_bad_hint_options_exit_2_with_a_clear_message(teacher, tmp_path, capsys,
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert needle in " ".join(err.split()) and "Traceback" not in err
-
-
-def test_the_token_hint_reads_the_chosen_teacher_layers_states_over_the_real_tokens():
-    """--hint-layer K (FitNets' intermediate hint): the cached token states are those after the teacher's layer K
-    (Hugging Face's hidden_states[K]), each row's real tokens in order; no K is the last layer."""
-    from types import SimpleNamespace
-
-    transformers = pytest.importorskip("transformers")
-    from dlforge.compress.distill_hints import teacher_layers, teacher_vectors
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=16)
-
-    class Encoder(torch.nn.Module):  # what a minilm encoder does: the backbone on the real tokens, mean pooled
-        pad_id = 0
-
-        def __init__(self):
-            super().__init__()
-            self.backbone = transformers.BertModel(config).eval()
-
-        def forward(self, ids):
-            mask = (ids != 0).long()
-            states = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-            return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoders = torch.nn.ModuleDict({"text": Encoder()})
-
-        def forward(self, x):
-            return {"label": self.encoders["text"](x["text"])[:, :1]}
-
-    ids = torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0], [1, 8, 9, 10, 11, 2], [1, 12, 13, 2, 0, 0]])
-    model = Model().eval()
-    data = SimpleNamespace(
-        predictor=SimpleNamespace(model=model, encode_inputs=lambda x: {"text": ids}),
-        part_table=lambda part: SimpleNamespace(columns={"text": np.asarray(["w"] * len(ids))}))
-    assert len(teacher_layers(model.encoders["text"])) == 3
-    real = ids != 0
-    with torch.no_grad():
-        hidden = model.encoders["text"].backbone(input_ids=ids, attention_mask=real.long(),
-                                                 output_hidden_states=True).hidden_states
-        # Batches of 3 rows sorted by length: each row's states must come back in the rows' order.
-        by_layer = {layer: teacher_vectors(data, "text", tokens=True, batch=3, layer=layer) for layer in (None, 1, 3)}
-    for layer, vectors in by_layer.items():
-        rows = [vectors["tokens"][o:o + n] for o, n in zip(vectors["offsets"].tolist(), vectors["lengths"].tolist())]
-        expected = hidden[3 if layer is None else layer]
-        assert all(torch.allclose(rows[i].float(), expected[i][real[i]], atol=2e-2) for i in range(len(ids)))
-        assert torch.equal(vectors["lengths"], real.sum(1))
-    assert torch.equal(by_layer[None]["tokens"], by_layer[3]["tokens"])  # the last layer is the default
-    assert not torch.allclose(by_layer[1]["tokens"].float(), by_layer[3]["tokens"].float(), atol=1e-2)
-    assert torch.equal(by_layer[1]["sentence"], by_layer[None]["sentence"])  # the sentence hint is unchanged

@@ -88,9 +88,6 @@ def distill(
                              "last-layer token states; a CNN student on the teacher's word pieces), both, none."),
     hint_weight: float = typer.Option(1.0, "--hint-weight", help="Weight of the hint term added to the loss."),
     hint_loss: str = typer.Option("mse", "--hint-loss", help="mse or cosine (1 - cosine similarity) for the hint."),
-    hint_layer: Optional[int] = typer.Option(None, "--hint-layer", help="The token hint reads the teacher's states "
-                                             "after this layer (1 = the first) instead of the last (FitNets' "
-                                             "intermediate hint); with --hint tokens or both."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch progress."),
 ):
@@ -100,12 +97,11 @@ def distill(
     _threads(threads)
     d = run_distill(teacher, student, temperature=temperature, alpha=alpha, overrides=set_, name=name, out=out,
                     progress=not quiet, say=_say, transfer=transfer, soft_loss=soft_loss, hint=hint,
-                    hint_weight=hint_weight, hint_loss=hint_loss, hint_layer=hint_layer)
+                    hint_weight=hint_weight, hint_loss=hint_loss)
     typer.echo(f"student {d['student_recipe']}: {d['parameters']['student']:,} parameters (teacher "
                f"{d['parameters']['teacher']:,}); {soft_loss} T={temperature}, alpha={alpha}, {d['epochs']} epoch(s) in "
                f"{d['seconds']:.1f} s; teacher logits {'from the cache' if d['teacher_logits_cached'] else 'computed'}"
-               + (f"; {hint} hint ({hint_loss}, weight {hint_weight:g}"
-                  + (f", token states after teacher layer {hint_layer}" if hint_layer else "") + "), teacher vectors "
+               + (f"; {hint} hint ({hint_loss}, weight {hint_weight:g}), teacher vectors "
                   f"{'from the cache' if d['teacher_vectors_cached'] else 'computed'}" if hint != "none" else ""))
     typer.echo(f"test {d['metric']}: student {d['student_score']:.4f}, teacher {d['teacher_score']:.4f}")
     typer.echo(f"variant: {d['variant']}")

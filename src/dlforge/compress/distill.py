@@ -173,55 +173,6 @@ def _seed_embeddings(seeded: dict[str, torch.Tensor]):
     return transform
 
 
-def _frozen_table_first(seeded: dict[str, torch.Tensor], epochs: int, *, steps_per_epoch: int):
-    """A model transform: the gradient of each teacher-seeded token table is zeroed for the first `epochs` epochs of
-    backward passes (LP-FT, Kumar et al. 2022; ULMFiT's gradual unfreezing: the new layers settle on the teacher's
-    vectors before their first noisy gradients can move them). The table stays in the optimizer throughout."""
-    limit = epochs * steps_per_epoch
-
-    def transform(model):
-        for name in seeded:
-            weight = model.encoders[name].embedding.weight
-            seen = [0]
-
-            def hook(grad, seen=seen):
-                seen[0] += 1
-                return torch.zeros_like(grad) if seen[0] <= limit else grad
-
-            weight.register_hook(hook)
-        return model
-
-    return transform
-
-
-def _token_dropout(p: float):
-    """(model transform, remove): in training mode, every text encoder's token-embedding output has each position
-    zeroed with probability p (the padding rows are zero already); the hooks are removed after training."""
-    handles = []
-
-    def drop(module, args, out):
-        if not module.training:
-            return None
-        keep = torch.rand(out.shape[:-1], device=out.device) >= p
-        return out * keep.unsqueeze(-1).to(out.dtype)
-
-    def transform(model):
-        for encoder in model.encoders.values():
-            table = getattr(encoder, "embedding", None)
-            if isinstance(table, torch.nn.Embedding):
-                handles.append(table.register_forward_hook(drop))
-        if not handles:
-            raise DlforgeError("--token-dropout needs a student with a token-embedding table (a text encoder)",
-                               where="--token-dropout", hint="leave --token-dropout out for this student")
-        return model
-
-    def remove():
-        for handle in handles:
-            handle.remove()
-
-    return transform, remove
-
-
 def _with_transfer_set(data: RunData, prepared, train: Encoded, copies: int, *, seed: int, say):
     """The training split with the teacher-labelled rewrites appended (token ids padded to one width)."""
     from dlforge.compress.distill_transfer import teacher_targets, transfer_set
@@ -276,9 +227,7 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             overrides: list[str] | None = None, name: str | None = None, out: str | Path | None = None,
             progress: bool = False, say=lambda text: None, data: RunData | None = None, register: bool = True,
             transfer: int = 0, transfer_seed: int = 0, soft_loss: str = "kl", hint: str = "none",
-            hint_weight: float = 1.0, hint_loss: str = "mse", hint_layer: int | None = None,
-            hint_warmup: int = 0, token_dropout: float = 0.0, hint_preact: bool = False,
-            freeze_embeddings_epochs: int = 0) -> dict:
+            hint_weight: float = 1.0, hint_loss: str = "mse") -> dict:
     """Train `student` (a recipe YAML or an encoder name) on `teacher_run`'s soft targets and labels; write it as a
     variant of the teacher (`TEACHER/variants/<name>/`) and return what it did and measured.
 
@@ -287,25 +236,15 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
     decision. `soft_loss`: `kl` (tempered, Hinton et al.) or `mse` on the logits (Tang et al.; the temperature is
     then unused). `hint` (distill_hints.py): `sentence` or `tokens` also regresses the student's features, through a
     training-only projection, on the teacher's pooled sentence vectors or last-layer token states, with weight
-    `hint_weight` and loss `hint_loss` (`mse` or `cosine`); `hint_layer` (1-based) takes the token states after that
-    teacher layer instead of the last (FitNets' intermediate hint); `hint_warmup` epochs first train on the hint
-    alone (FitNets' first stage). `token_dropout` p: in training, each real token's input vector of the student's
-    text encoders is zeroed with probability p (a noisy student, Xie et al. 2020: it still matches the teacher's
-    outputs and vectors on the clean text); the written student is unchanged."""
+    `hint_weight` and loss `hint_loss` (`mse` or `cosine`)."""
     from dlforge.compress.distill_hints import ROW, attach_hint, check_hint, teacher_hints
 
-    check_hint(hint, hint_weight, hint_loss, transfer=transfer, layer=hint_layer, warmup=hint_warmup)
+    check_hint(hint, hint_weight, hint_loss, transfer=transfer)
     if soft_loss not in SOFT_LOSSES:
         raise DlforgeError(f"--soft-loss is one of {', '.join(SOFT_LOSSES)}; got {soft_loss!r}", where="--soft-loss",
                            hint="kl: the tempered soft targets (Hinton et al.); mse: the logits (Tang et al.)")
     if not 0 <= transfer <= 100:
         raise DlforgeError(f"--transfer is rewrites per training text, 0..100; got {transfer}", where="--transfer")
-    if isinstance(freeze_embeddings_epochs, bool) or not isinstance(freeze_embeddings_epochs, int) \
-            or freeze_embeddings_epochs < 0:
-        raise DlforgeError(f"--freeze-embeddings-epochs is a number of epochs >= 0; got {freeze_embeddings_epochs!r}",
-                           where="--freeze-embeddings-epochs")
-    if not (0.0 <= token_dropout < 1.0):
-        raise DlforgeError(f"--token-dropout is a probability, 0 <= p < 1; got {token_dropout}", where="--token-dropout")
     if not temperature > 0:
         raise DlforgeError(f"--temperature must be > 0; got {temperature}", where="--temperature")
     if not 0.0 <= alpha <= 1.0:
@@ -336,26 +275,13 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
             f"{'read from the cache' if transfer_hit else 'computed and cached'}")
     hooks = [kd_loss_hook(prepared.signature(), temperature=temperature, alpha=alpha, soft_loss=soft_loss)]
     transforms = [_seed_embeddings(seeded)] if seeded else []
-    undrop = None
-    if freeze_embeddings_epochs:
-        if not seeded:
-            raise DlforgeError("--freeze-embeddings-epochs keeps the teacher's token table fixed at first; this "
-                               "student does not start from it", where="--freeze-embeddings-epochs",
-                               hint="set encoder.embeddings_from: teacher, or leave the option out")
-        transforms.append(_frozen_table_first(seeded, freeze_embeddings_epochs,
-                                              steps_per_epoch=-(-len(splits["train"]) // recipe.training.batch_size)))
-    if token_dropout:
-        drop, undrop = _token_dropout(token_dropout)
-        transforms.append(drop)
     detach, hint_hit = None, None
     if hint != "none":
-        text, vectors, hint_hit = teacher_hints(data, recipe, hint, expected_rows=len(train), say=say,
-                                                layer=hint_layer)
+        text, vectors, hint_hit = teacher_hints(data, recipe, hint, expected_rows=len(train), say=say)
         say(f"teacher vectors: {'read from the cache' if hint_hit else 'computed and cached'}")
         transform, hint_hook, detach = attach_hint(
             hint, text, vectors, weight=hint_weight, loss=hint_loss, student_ids=train.x[text],
-            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0), warmup=hint_warmup,
-            pre_activation=hint_preact)
+            pad_id=prepared.signature()["inputs"][text].get("pad_id", 0))
         transforms.append(transform)
         hooks.append(hint_hook)
         train_split = splits["train"]
@@ -368,15 +294,11 @@ def distill(teacher_run: str | Path, student: str, *, temperature: float = 4.0, 
         model = built.model.cpu().eval()
         if detach is not None:  # the projection and the feature capture are training-only
             model = detach(model)
-        if undrop is not None:
-            undrop()
     seconds = time.perf_counter() - started
     name = name or f"distilled_{recipe.name}"
     details = {"student": student, "student_recipe": recipe.name, "temperature": temperature, "alpha": alpha,
                "soft_loss": soft_loss, "hint": hint, "hint_weight": hint_weight if hint != "none" else 0.0,
-               "hint_loss": hint_loss if hint != "none" else None, "hint_layer": hint_layer, "hint_warmup": hint_warmup, "token_dropout": token_dropout, "hint_preact": hint_preact,
-               "freeze_embeddings_epochs": freeze_embeddings_epochs,
-               "teacher_vectors_cached": hint_hit,
+               "hint_loss": hint_loss if hint != "none" else None, "teacher_vectors_cached": hint_hit,
                "epochs": result.epochs_run, "seconds": round(seconds, 2), "teacher_logits_cached": hit,
                "embeddings_from_teacher": sorted(seeded), "transfer_rows": extra,
                "parameters": {"teacher": sum(p.numel() for p in data.predictor.model.parameters()),

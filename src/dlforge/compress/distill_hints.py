@@ -56,8 +56,7 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor |
     return (per * keep).sum() / keep.sum().clamp(min=1.0)
 
 
-def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0, layer: int | None = None,
-               warmup: int = 0) -> None:
+def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0) -> None:
     """The hint options, or one clear error naming the option."""
     if hint not in HINTS:
         raise DlforgeError(f"--hint is one of {', '.join(HINTS)}; got {hint!r}", where="--hint",
@@ -67,19 +66,6 @@ def check_hint(hint: str, weight: float, loss: str, *, transfer: int = 0, layer:
         raise DlforgeError(f"--hint-loss is one of {', '.join(HINT_LOSSES)}; got {loss!r}", where="--hint-loss")
     if not (weight >= 0 and np.isfinite(weight)):
         raise DlforgeError(f"--hint-weight must be a finite number >= 0; got {weight}", where="--hint-weight")
-    if layer is not None:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 1:
-            raise DlforgeError(f"--hint-layer is a teacher layer, 1 (the first) to its last; got {layer!r}",
-                               where="--hint-layer", hint="e.g. --hint-layer 3 for the middle of a 6-layer MiniLM; "
-                                                          "leave it out for the last layer")
-        if hint not in ("tokens", "both"):
-            raise DlforgeError(f"--hint-layer picks the teacher layer of the token hint; --hint {hint} has none",
-                               where="--hint-layer", hint="use --hint tokens or --hint both with it")
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
-        raise DlforgeError(f"--hint-warmup is a number of epochs >= 0; got {warmup!r}", where="--hint-warmup")
-    if warmup and hint == "none":
-        raise DlforgeError("--hint-warmup trains on the hint alone first; it needs a --hint", where="--hint-warmup",
-                           hint="add --hint sentence, tokens or both")
     if hint != "none" and transfer:
         raise DlforgeError("--hint with --transfer is not supported: the rewritten texts have no teacher vectors",
                            where="--hint", hint="use --transfer 0 with a hint, or --hint none with a transfer set")
@@ -105,17 +91,9 @@ def _text_input(data, recipe, hint: str) -> str:
     return name
 
 
-def teacher_layers(encoder) -> torch.nn.ModuleList | None:
-    """A transformer teacher encoder's layer stack (an HF BERT backbone's `encoder.layer`), or None."""
-    layers = getattr(getattr(getattr(encoder, "backbone", None), "encoder", None), "layer", None)
-    return layers if isinstance(layers, torch.nn.ModuleList) else None
-
-
-def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128, layer: int | None = None
-                    ) -> dict[str, torch.Tensor]:
-    """The teacher's pooled vectors (and, with `tokens`, its token states after layer `layer`, 1-based, the last
-    one when None, ragged) on the training rows, in the rows' order, from length-sorted eval batches (call it under
-    `torch.no_grad()`)."""
+def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128) -> dict[str, torch.Tensor]:
+    """The teacher's pooled vectors (and, with `tokens`, its last-layer token states, ragged) on the training rows,
+    in the rows' order, from length-sorted eval batches (call it under `torch.no_grad()`)."""
     predictor = data.predictor
     encoder = predictor.model.encoders[name]
     texts = np.asarray(data.part_table("train").columns[name])
@@ -124,22 +102,14 @@ def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128, layer: i
     order = torch.argsort(lengths, descending=True, stable=True)
     pooled: list[torch.Tensor] = []
     states: list[torch.Tensor] = []
-    middle: list[torch.Tensor] = []  # the chosen layer's output of the current batch (FitNets' hint layer)
     # The module itself, not the predictor's runtime (whose traced lean graph would skip the hooks).
     model = predictor.model.eval()
     handles = [encoder.register_forward_hook(lambda m, i, out: pooled.append(out.float()))]
     if tokens:
         def keep_states(module, args, kwargs, out):  # an HF backbone, called with input_ids= and attention_mask=
             real = kwargs["attention_mask"].bool()
-            hidden = middle.pop() if middle else out.last_hidden_state
-            states.append(hidden[real].half())  # row-major: each row's real tokens, in order
+            states.append(out.last_hidden_state[real].half())  # row-major: each row's real tokens, in order
 
-        def keep_layer(module, args, out):
-            middle.clear()
-            middle.append(out[0] if isinstance(out, tuple) else out)
-
-        if layer is not None:
-            handles.append(teacher_layers(encoder)[layer - 1].register_forward_hook(keep_layer))
         handles.append(encoder.backbone.register_forward_hook(keep_states, with_kwargs=True))
     try:
         for start in range(0, len(order), batch):
@@ -160,26 +130,16 @@ def teacher_vectors(data, name: str, *, tokens: bool, batch: int = 128, layer: i
     return out
 
 
-def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda text: None, layer: int | None = None
+def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda text: None
                   ) -> tuple[str, dict[str, torch.Tensor], bool]:
     """(text input name, the teacher's vectors on the training rows, cache hit). One pass computes both the
-    sentence vectors and the token states (after layer `layer`, 1-based; None: the last); a later student with
-    either hint reads them back."""
+    sentence vectors and the token states; a later student with either hint reads them back."""
     from safetensors.torch import load_file, save_file
 
     name = _text_input(data, recipe, hint)
-    if layer is not None:
-        layers = teacher_layers(data.predictor.model.encoders[name])
-        if layers is None or not 1 <= layer <= len(layers):
-            raise DlforgeError(f"--hint-layer {layer}: the teacher's input '{name}' has "
-                               f"{'no layer stack' if layers is None else f'layers 1 to {len(layers)}'}",
-                               where="--hint-layer", hint="leave --hint-layer out for the last layer")
-        if layer == len(layers):  # the last layer's output is the last hidden state: the same vectors, one cache
-            layer = None
     meta = data.predictor.meta
     key = hashlib.sha256("|".join([meta.get("content_sha256") or "", (meta.get("weights") or {}).get("sha256", ""),
-                                   rows_sha256(data.rows["train"]), name]
-                                  + ([f"layer{layer}"] if layer is not None else [])).encode()).hexdigest()[:32]
+                                   rows_sha256(data.rows["train"]), name]).encode()).hexdigest()[:32]
     path = cache_root().parent / "teacher_logits" / f"hints-{key}.safetensors"
     want = {"sentence", "lengths"} | ({"tokens", "offsets"} if hint in ("tokens", "both") else set())
     if path.is_file():
@@ -193,7 +153,7 @@ def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda tex
     say("computing the teacher's sentence vectors" + (" and token states" if tokens else "")
         + " on the training split (once; cached for later students)")
     with torch.no_grad():
-        vectors = teacher_vectors(data, name, tokens=tokens, layer=layer)
+        vectors = teacher_vectors(data, name, tokens=tokens)
     if len(vectors["sentence"]) != expected_rows:
         raise DlforgeError("the teacher's training rows differ from the student's", where="--hint",
                            hint="the student must read the teacher's data the same way")
@@ -204,14 +164,11 @@ def teacher_hints(data, recipe, hint: str, *, expected_rows: int, say=lambda tex
 
 
 def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weight: float, loss: str,
-                student_ids: torch.Tensor | None = None, pad_id: int = 0, warmup: int = 0,
-                pre_activation: bool = False):
+                student_ids: torch.Tensor | None = None, pad_id: int = 0):
     """(model transform, loss hook, detach) for a hint on input `name`. The transform gives the student its
     training-only projection (before the optimizer exists, so it is trained) and starts capturing the student's
     features; the hook adds `weight * hint_loss` on training batches (those carrying the row index); `detach(model)`
-    removes the projection and the capture, so the written student is the plain architecture. `warmup` > 0: the
-    first `warmup` epochs of training batches take the hint term alone (FitNets' first stage: the features are
-    fitted to the teacher's before the logits and labels pull on them)."""
+    removes the projection and the capture, so the written student is the plain architecture."""
     width = vectors["sentence"].shape[1]
     parts = ("sentence", "tokens") if hint == "both" else (hint,)
     if "tokens" in parts and student_ids is not None:
@@ -220,15 +177,14 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
                                hint="the student must read the teacher's word pieces (embeddings_from: teacher)")
     captured: dict[str, torch.Tensor] = {}
     handles = []
-    seen = [0]  # training batches so far
     device_vectors: dict[str, torch.Tensor] = {}
 
     def transform(model):
         encoder = model.encoders[name]
-        dims = {"sentence": encoder.output_dim, "tokens": getattr(encoder, "map_dim", encoder.output_dim)}
-        model.add_module(PROJECTION, torch.nn.ModuleDict({part: torch.nn.Linear(dims[part], width) for part in parts}))
+        model.add_module(PROJECTION, torch.nn.ModuleDict({part: torch.nn.Linear(encoder.output_dim, width)
+                                                          for part in parts}))
         if "tokens" in parts:
-            encoder.keep_token_maps(True, pre_activation=pre_activation)
+            encoder.keep_token_maps(True)
         if "sentence" in parts:
             handles.append(encoder.register_forward_hook(
                 lambda m, i, out: captured.__setitem__("pooled", out) if m.training else None))
@@ -241,9 +197,6 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
         model = trainer.model
         projections = getattr(model, PROJECTION)
         device = rows.device
-        seen[0] += 1
-        if warmup and seen[0] <= warmup * len(trainer.batches):
-            total = total * 0  # the first stage: the hint alone (kept in the graph: the head's grads are zeros)
         if not device_vectors:
             device_vectors.update({k: v.to(device) for k, v in vectors.items()})
         if "sentence" in parts:
@@ -275,4 +228,4 @@ def attach_hint(hint: str, name: str, vectors: dict[str, torch.Tensor], *, weigh
 
 
 __all__ = ["HINTS", "HINT_LOSSES", "ROW", "attach_hint", "check_hint", "hint_loss", "teacher_hints",
-           "teacher_layers", "teacher_vectors"]
+           "teacher_vectors"]

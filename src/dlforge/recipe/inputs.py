@@ -212,9 +212,6 @@ class TextCNNEncoder(_TeacherEmbeddings):
     layers: int = _field(1, "Convolution layers. 1: Kim's CNN. 2+: residual 3-wide convolutions over the first "
                          "layer's stacked feature maps (each layer widens a position's context by 2 tokens), then max "
                          "over time.", ge=1, le=8)
-    pooling: Literal["max", "maxmean"] = _field(
-        "max", "Over time: max (Kim 2014), or maxmean: the max and the mean over the real tokens side by side (twice "
-        "the output width; the mean is what a mean-pooled teacher such as MiniLM's head reads).")
 
 
 class _RNNOptions(Strict):

@@ -48,15 +48,13 @@ class TextCNN(_TokenEncoder):
         super().__init__(config, signature)
         self.convs = nn.ModuleList(nn.Conv1d(config.dim, config.filters, k, padding=k // 2) for k in config.kernel_sizes)
         self.dropout = nn.Dropout(getattr(config, "dropout", 0.0))  # on the pooled vector (Kim 2014)
-        self.map_dim = config.filters * len(config.kernel_sizes)  # channels of the per-token maps
-        self.mean_too = getattr(config, "pooling", "max") == "maxmean"
-        self.output_dim = self.map_dim * (2 if self.mean_too else 1)
+        self.output_dim = config.filters * len(config.kernel_sizes)
         # layers > 1: residual 3-wide convolutions over the first layer's maps (context across its kernels' spans).
-        self.stack = nn.ModuleList(nn.Conv1d(self.map_dim, self.map_dim, 3, padding=1)
+        self.stack = nn.ModuleList(nn.Conv1d(self.output_dim, self.output_dim, 3, padding=1)
                                    for _ in range(getattr(config, "layers", 1) - 1))
         # keep_token_maps(): the last forward's (B, output_dim, L) maps before max pooling stay readable (a
         # distillation token hint regresses them on the teacher's token states); off by default, never exported.
-        self._keep_maps, self._maps, self._pre_activation = False, None, False
+        self._keep_maps, self._maps = False, None
 
     def forward(self, ids):  # (B, L) -> (B, filters * kernels)
         # Padding columns past the batch's longest text change nothing (the [PAD] row is zero, as the convolutions'
@@ -68,28 +66,20 @@ class TextCNN(_TokenEncoder):
         h, valid = self.embed(ids)
         h = h.transpose(1, 2)  # (B, dim, L)
         length = ids.shape[1]
-        h = torch.cat([conv(h)[:, :, :length] for conv in self.convs], dim=1)  # (B, C, L), before the ReLU
-        pre = h
-        h = torch.relu(h)
+        h = torch.cat([torch.relu(conv(h))[:, :, :length] for conv in self.convs], dim=1)  # (B, C, L)
         keep = valid.unsqueeze(1).to(h.dtype)
         for conv in self.stack:  # padding columns are zeroed first, so trailing padding still changes nothing
             h = h * keep
-            pre = conv(h)
-            h = h + torch.relu(pre)
+            h = h + torch.relu(conv(h))
         if self._keep_maps:
-            self._maps = pre if self._pre_activation else h
-        h = h.transpose(1, 2)
-        pooled = masked_max(h, valid)
-        if self.mean_too:
-            pooled = torch.cat([pooled, masked_mean(h, valid)], dim=1)
-        return self.dropout(pooled)
+            self._maps = h
+        return self.dropout(masked_max(h.transpose(1, 2), valid))
 
-    def keep_token_maps(self, keep: bool = True, pre_activation: bool = False) -> None:
-        """`pre_activation`: the last convolution's output before its ReLU (Heo et al. 2019 distil there)."""
-        self._keep_maps, self._maps, self._pre_activation = keep, None, pre_activation
+    def keep_token_maps(self, keep: bool = True) -> None:
+        self._keep_maps, self._maps = keep, None
 
     def token_maps(self) -> torch.Tensor | None:
-        """The last forward's per-token feature maps (B, map_dim, L), L the batch's longest real text; None
+        """The last forward's per-token feature maps (B, output_dim, L), L the batch's longest real text; None
         unless `keep_token_maps()` was called first."""
         return self._maps
 
