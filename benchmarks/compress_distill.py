@@ -9,7 +9,8 @@ are chosen on VALIDATION accuracy only (`--report` prints both; the choice reads
         --student benchmarks/compress_student_text_cnn.yaml --settings 0:1,2:0.5,4:0.7 --seeds 0,1,2 \\
         --results /tmp/distill.jsonl --out /tmp/students
     python benchmarks/compress_distill.py --results /tmp/distill.jsonl --report
-    (add --hint sentence|tokens --hint-weight B --hint-loss mse|cosine for feature distillation)
+    (add --hint sentence|tokens|both --hint-weight B --hint-loss mse|cosine for feature distillation, and
+    --set FIELD=VALUE [--tag NAME] for student recipe overrides, e.g. --set training.early_stopping=null)
     python benchmarks/compress_distill.py --teacher RUN --latency /tmp/students/<one student> --n 300
 """
 
@@ -20,6 +21,12 @@ import json
 import os
 import time
 from pathlib import Path
+
+
+# Options of reverted experiments (h13-distill5: --hint-layer, --hint-warmup, --token-dropout, --hint-preact,
+# --freeze-embeddings-epochs; branch history) that rows of benchmarks/compress_distill.jsonl may carry: such a row is
+# its own configuration in the report and never stands in for a run of this script.
+REVERTED = ("hint_layer", "hint_warmup", "token_dropout", "hint_preact", "freeze_embeddings_epochs")
 
 
 def run(args) -> None:
@@ -38,10 +45,12 @@ def run(args) -> None:
             r = json.loads(line)
             done.add((r.get("student"), r["temperature"], r["alpha"], r["seed"], r.get("epochs_set"),
                       r.get("transfer", 0), r.get("soft_loss", "kl"), r.get("hint", "none"), r.get("hint_weight", 0.0),
-                      r.get("hint_loss")))
+                      r.get("hint_loss"), tuple(r.get("set", [])), tuple((k, r[k]) for k in REVERTED if r.get(k)),
+                      r.get("cpu")))  # a row from another machine does not count as done here
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
     hinted = args.hint != "none"
-    hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None)
+    hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None, tuple(args.set), (),
+                cpu_model())
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
             if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss,
@@ -49,8 +58,10 @@ def run(args) -> None:
                 continue
             name = (f"{Path(args.student).stem}_T{temperature:g}_a{alpha:g}_s{seed}"
                     + (f"_e{args.epochs}" if args.epochs else "") + (f"_x{args.transfer}" if args.transfer else "") + ("_mse" if args.soft_loss == "mse" else "")
-                    + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else ""))
-            overrides = [f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
+                    + (f"_h{args.hint}{args.hint_weight:g}{args.hint_loss}" if hinted else "")
+                    + (f"_{args.tag}" if args.tag else ""))
+            overrides = ([f"training.seed={seed}"] + ([f"training.epochs={args.epochs}"] if args.epochs else [])
+                         + list(args.set))
             load = os.getloadavg()[0]
             started, cpu = time.perf_counter(), time.process_time()
             d = distill(args.teacher, args.student, temperature=temperature, alpha=alpha, overrides=overrides,
@@ -63,7 +74,7 @@ def run(args) -> None:
             val_scores = Predictor(d["variant"]).evaluate(val)
             row = {"student": Path(args.student).stem, "transfer": args.transfer,
                    "transfer_rows": d.get("transfer_rows", 0), "temperature": temperature, "alpha": alpha, "soft_loss": args.soft_loss, "hint": args.hint,
-                   "hint_weight": hint_key[1], "hint_loss": hint_key[2], "seed": seed,
+                   "hint_weight": hint_key[1], "hint_loss": hint_key[2], "set": list(args.set), "seed": seed,
                    "epochs_set": args.epochs,
                    "epochs": d["epochs"], "val_accuracy": val_scores["accuracy"], "test_accuracy": d["student_score"],
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
@@ -83,16 +94,18 @@ def report(args) -> None:
     groups: dict = {}
     for r in rows:
         hint = "-" if r.get("hint", "none") == "none" else f"{r['hint']} {r['hint_loss']} {r['hint_weight']:g}"
+        hint += "".join(f" {s}" for s in r.get("set", [])) + "".join(f" {k}={r[k]}" for k in REVERTED if r.get(k))
         groups.setdefault((r.get("student", "compress_student_text_cnn"), r.get("transfer", 0), r["temperature"],
-                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl"), hint), []).append(r)
-    print("| student | transfer | loss | hint | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
+                           r["alpha"], r.get("epochs_set"), r.get("soft_loss", "kl"), hint, r.get("cpu", "?")),
+                          []).append(r)  # machines apart: the same seeds give other numbers on another CPU
+    print("| cpu | student | transfer | loss | hint | T | alpha | epochs | seeds | val acc min / mean | test acc min / mean | "
           "epochs run | CPU s per student (mean) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (student, x, t, a, e, loss, hint), rs in sorted(groups.items(), key=lambda kv: (
-            kv[0][0], kv[0][1], kv[0][5], kv[0][3], kv[0][2], kv[0][4] or 0, kv[0][6])):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (student, x, t, a, e, loss, hint, cpu), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][7], kv[0][0], kv[0][1], kv[0][5], kv[0][3], kv[0][2], kv[0][4] or 0, kv[0][6])):
         val = [r["val_accuracy"] for r in rs]
         test = [r["test_accuracy"] for r in rs]
-        print(f"| {student} | {x or '-'} | {loss if a else '-'} | {hint} | {t:g} | {a:g} | {e or 'recipe'} | "
+        print(f"| {cpu} | {student} | {x or '-'} | {loss if a else '-'} | {hint} | {t:g} | {a:g} | {e or 'recipe'} | "
               f"{','.join(str(r['seed']) for r in rs)} | "
               f"{min(val):.4f} / {statistics.mean(val):.4f} | {min(test):.4f} / {statistics.mean(test):.4f} | "
               f"{','.join(str(r['epochs']) for r in rs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |")
@@ -155,6 +168,9 @@ def main() -> None:
                     help="feature distillation: the teacher's sentence vectors or token states")
     ap.add_argument("--hint-weight", type=float, default=1.0)
     ap.add_argument("--hint-loss", default="mse", choices=("mse", "cosine"))
+    ap.add_argument("--set", action="append", default=[], help="a student recipe override (repeatable), e.g. "
+                    "'training.schedule={name: cosine}'")
+    ap.add_argument("--tag", default="", help="suffix of the students' names (to tell --set runs apart)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default="distill.jsonl")
     ap.add_argument("--out", default="/tmp/dlforge-students")
