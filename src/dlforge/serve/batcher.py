@@ -36,6 +36,12 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def _expire(future: asyncio.Future) -> None:
+    """A job's timeout: its caller gets TimeoutError, and the collector skips the job (its future is done)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Batcher:
     """`await submit(payload, rows)` → that payload's result, computed in a batch with other payloads.
 
@@ -106,20 +112,25 @@ class Batcher:
 
     # -- submitting -------------------------------------------------------------------------------
     async def submit(self, payload: Any, rows: int, *, timeout: float | None = None) -> Any:
-        """The result for `payload`; raises QueueFull, ShuttingDown, asyncio.TimeoutError, or the job's error."""
+        """The result for `payload`; raises QueueFull, ShuttingDown, TimeoutError, or the job's error."""
         if self._closing:
             raise ShuttingDown()
         if len(self._queue) >= self.max_queue:
             raise QueueFull()
-        job = Job(payload, rows, asyncio.get_running_loop().create_future())
-        self._queue.append(job)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append(Job(payload, rows, future))
         self.on_depth(len(self._queue))
         self._arrived.set()
+        # One timer on the job's own future (asyncio.wait_for would add a second future and its callbacks).
+        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
         try:
-            return await asyncio.wait_for(job.future, timeout)
+            return await future
         finally:
-            if not job.future.done():  # timed out or the client went away: the collector skips it
-                job.future.cancel()
+            if timer is not None:
+                timer.cancel()
+            if not future.done():  # the client went away: the collector skips it
+                future.cancel()
 
     # -- the collector --------------------------------------------------------------------------
     def _take(self, batch: list[Job], rows: int) -> int:

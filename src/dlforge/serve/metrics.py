@@ -54,6 +54,20 @@ class MetricsMiddleware:
     def __init__(self, app, metrics: Metrics):
         self.app = app
         self.metrics = metrics
+        # The labelled children, looked up once per (route, status): prometheus_client's labels() validates and
+        # locks on every call, a few microseconds per request.
+        self._counts: dict[tuple[str, int], object] = {}
+        self._latency: dict[str, object] = {}
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        counter = self._counts.get((route, status))
+        if counter is None:
+            counter = self._counts[(route, status)] = self.metrics.requests.labels(route, str(status))
+        counter.inc()
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = self.metrics.latency.labels(route)
+        latency.observe(seconds)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -72,5 +86,4 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.record(route, status, time.perf_counter() - started)

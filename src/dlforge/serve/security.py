@@ -138,35 +138,71 @@ class BadEncoding(Exception):
 ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 
 
+class BodyReader:
+    """Collects a body chunk by chunk under `max_bytes`, inflating gzip or deflate (Content-Encoding) as it arrives.
+
+    The limit holds for the inflated size: a decompression bomb stops at `max_bytes` + 1 bytes of output, never
+    further. Raises BadEncoding (415) for an encoding it does not know, BodyTooLarge past the limit.
+    """
+
+    __slots__ = ("encoding", "max_bytes", "inflater", "chunks", "size", "received")
+
+    def __init__(self, encoding: str, max_bytes: int):
+        encoding = encoding.strip().lower()
+        if encoding not in ("", "identity", *ENCODINGS):
+            raise BadEncoding(415, f"Content-Encoding '{encoding}' is not supported; send the body as is, gzip or deflate")
+        self.encoding, self.max_bytes = encoding, max_bytes
+        self.inflater = zlib.decompressobj(ENCODINGS[encoding]) if encoding in ENCODINGS else None
+        self.chunks: list[bytes] = []
+        self.size = self.received = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.max_bytes:
+            raise BodyTooLarge()
+        if self.inflater is not None and chunk:
+            try:
+                chunk = self.inflater.decompress(chunk, self.max_bytes - self.size + 1)  # at most one byte past
+            except zlib.error:
+                raise BadEncoding(400, f"the body is not valid {self.encoding} data") from None
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise BodyTooLarge()
+        self.chunks.append(chunk)
+
+    def body(self) -> bytes:
+        if self.inflater is not None and not self.inflater.eof:
+            raise BadEncoding(400, f"the {self.encoding} body is incomplete")
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+
 async def read_body(request, max_bytes: int) -> bytes:
     """The whole body, stopping with BodyTooLarge as soon as it passes `max_bytes` (chunked uploads too).
 
     A gzip or deflate body (Content-Encoding) is inflated as it arrives, and the limit holds for the
     inflated size: a decompression bomb stops at `max_bytes` + 1 bytes of output, never further.
     """
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity", *ENCODINGS):
-        raise BadEncoding(415, f"Content-Encoding '{encoding}' is not supported; send the body as is, gzip or deflate")
-    inflater = zlib.decompressobj(ENCODINGS[encoding]) if encoding in ENCODINGS else None
-    chunks, size, received = [], 0, 0
+    reader = BodyReader(request.headers.get("content-encoding", "identity"), max_bytes)
     async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise BodyTooLarge()
-        if inflater is not None and chunk:
-            try:
-                chunk = inflater.decompress(chunk, max_bytes - size + 1)  # at most one byte past the limit
-            except zlib.error:
-                raise BadEncoding(400, f"the body is not valid {encoding} data") from None
-        size += len(chunk)
-        if size > max_bytes:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-    if inflater is not None and not inflater.eof:
-        raise BadEncoding(400, f"the {encoding} body is incomplete")
-    body = b"".join(chunks)
+        reader.add(chunk)
+    body = reader.body()
     request._body = body  # starlette's cache: request.form() parses these bytes instead of the spent stream
     return body
+
+
+async def receive_body(receive, encoding: str, max_bytes: int) -> bytes:
+    """`read_body` on a raw ASGI `receive`: the same limits and encodings; ClientDisconnect if the client leaves."""
+    from starlette.requests import ClientDisconnect
+
+    reader = BodyReader(encoding, max_bytes)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] == "http.request":
+            reader.add(message.get("body", b""))
+            if not message.get("more_body", False):
+                return reader.body()
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -208,6 +244,8 @@ class SecurityHeaders:
 
     def __init__(self, app):
         self.app = app
+        self.headers = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                        (b"content-security-policy", self.CSP), (b"referrer-policy", b"no-referrer")]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -215,9 +253,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
-                                      (b"x-frame-options", b"DENY"), (b"content-security-policy", self.CSP),
-                                      (b"referrer-policy", b"no-referrer")]
+                message["headers"] = [*message.get("headers", ()), *self.headers]
             await send(message)
 
         return await self.app(scope, receive, send_with_headers)
