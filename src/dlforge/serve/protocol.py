@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # The key of the lifespan state under which the app gives a callable(reason) that counts refusals.
 CONNECTION_EVENTS = "dlforge.connection_events"
@@ -62,6 +62,61 @@ def _refusal_app(status: int, detail: str, headers: list[tuple[bytes, bytes]] = 
     return app
 
 
+class _Cork:
+    """A cycle's transport that holds the response head back until the body's first write, so that a small
+    response leaves in one send() call instead of two (uvicorn writes the head and the body apart; on loopback
+    each send also runs the receiver's TCP path, ~10 us). Anything else (close, a HEAD response without a body)
+    sends what is held first."""
+
+    __slots__ = ("transport", "hold", "held")
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.hold = False  # the next write is the response head: keep it
+        self.held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.hold:
+            self.held, self.hold = data, False
+            return
+        if self.held is not None:
+            data, self.held = self.held + data, None
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            data, self.held = self.held, None
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+class CorkedCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle writing the head of a response together with its body (see _Cork)."""
+
+    async def send(self, message) -> None:
+        cork = self.transport
+        if message["type"] == "http.response.start" and not self.response_started:
+            cork.hold = True
+            try:
+                await super().send(message)
+            finally:
+                cork.hold = False
+            return
+        try:
+            await super().send(message)
+        finally:
+            cork.flush()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head deadline, a head-size limit, a body deadline and JSON 503s."""
 
@@ -70,8 +125,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits: ConnectionLimits = getattr(config, "dlforge_limits", None) or ConnectionLimits()
         self.concurrency = self.limit_concurrency
         self.limit_concurrency = None  # checked here (with the probes exempt), not by the parent class
-        self._head_timer = None
-        self._body_timer = None
+        # The head and body deadlines (loop time, None when not waiting) share one timer per connection, set at or
+        # before the earliest deadline; when it fires it acts on the deadlines that passed and sets itself for the
+        # next one. A request then only writes two numbers, where a timer per deadline cost a call_later and a
+        # cancel each, twice per request.
+        self._head_deadline: float | None = None
+        self._body_deadline: float | None = None
+        self._timer = None
         self._in_head = True       # between the end of a request (or the connection's start) and a complete head
         self._head_received = 0    # bytes received while in the head (counted before httptools buffers them)
         self._head_size = 0        # the parsed head's size: url and header names and values
@@ -89,26 +149,42 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     # -- timers -----------------------------------------------------------------------------------------
-    def _cancel(self, name: str) -> None:
-        timer = getattr(self, name)
-        if timer is not None:
-            timer.cancel()
-            setattr(self, name, None)
+    def _arm(self, deadline: float) -> None:
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        if self._body_deadline is not None and self._body_deadline <= now:
+            self._body_deadline = None
+            self._body_timeout()
+        if self._head_deadline is not None and self._head_deadline <= now:
+            self._head_deadline = None
+            self._head_timeout()
+        pending = [d for d in (self._head_deadline, self._body_deadline) if d is not None]
+        if pending and not self.transport.is_closing():
+            self._arm(min(pending))
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm_head_timer()
 
     def connection_lost(self, exc) -> None:
-        self._cancel("_head_timer")
-        self._cancel("_body_timer")
+        self._head_deadline = self._body_deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
+        self._head_deadline = self.loop.time() + self.limits.header_timeout_s
+        self._arm(self._head_deadline)
 
     def _head_timeout(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -122,7 +198,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                          f"{self.limits.header_timeout_s:g} s (server option --header-timeout)", "header_timeout")
 
     def _body_timeout(self) -> None:
-        self._body_timer = None
         cycle = self.cycle
         if self.transport.is_closing() or cycle is None:
             return
@@ -142,7 +217,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             self._head_received += len(data)
-            if self._head_timer is None:  # the next request on a kept-alive connection (even bare CRLFs)
+            if self._head_deadline is None:  # the next request on a kept-alive connection (even bare CRLFs)
                 self._arm_head_timer()
         super().data_received(data)
         if self._in_head and self._head_received > self.limits.max_header_bytes:
@@ -161,7 +236,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._cancel("_head_timer")
+        self._head_deadline = None
         self._in_head = False
         app = self.app
         if self._head_size > self.limits.max_header_bytes:
@@ -176,10 +251,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
-        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timeout)
+        self._body_deadline = self.loop.time() + self.limits.body_timeout_s
+        self._arm(self._body_deadline)
+
+    def _start_asgi_task(self, cycle, app) -> None:
+        cycle.__class__ = CorkedCycle  # created by uvicorn's on_headers_complete; its task has not run yet
+        cycle.transport = _Cork(cycle.transport)
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
-        self._cancel("_body_timer")
+        self._body_deadline = None
         self._in_head = True
         self._head_received = 0
         super().on_message_complete()
