@@ -7,6 +7,7 @@ column's header check and decoder in files.py), so the decompression-bomb guard 
 from __future__ import annotations
 
 import io
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,6 +60,50 @@ def pillow_formats(item) -> list[str] | None:
             if item[:len(signature)] == signature:
                 return [name]
     return None
+
+
+# 8-bit PNG colour types (greyscale, RGB, grey + alpha, RGBA) → Pillow's mode, as PngImagePlugin opens them.
+_PNG_MODES = {0: "L", 2: "RGB", 4: "LA", 6: "RGBA"}
+# Chunks that do not change the pixels Pillow gives for those colour types (text, colour space, physical size, ...).
+_PNG_ANCILLARY = frozenset({b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME",
+                            b"bKGD", b"tRNS", b"hIST", b"sPLT", b"eXIf"})
+
+
+def png_image(data):
+    """A plain PNG (8-bit grey/RGB/grey+alpha/RGBA, not interlaced, every chunk's CRC intact, nothing unusual) decoded
+    without Pillow's PNG plugin: its IDAT stream goes straight to Pillow's own zip decoder (PNG's unfiltering), the
+    decoder PngImagePlugin uses, so the pixels are the same, for about half the time on a small image (MNIST: ~17 vs
+    ~35 us). None for anything else, including more than MAX_PIXELS pixels: the caller then opens it with Pillow."""
+    from PIL import Image
+
+    if len(data) < 45 or data[:16] != b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    mode = _PNG_MODES.get(data[25])
+    if data[24] != 8 or mode is None or data[26:29] != b"\x00\x00\x00" or not 0 < width * height <= MAX_PIXELS:
+        return None
+    parts, pos, end = [], 8, len(data)
+    while True:
+        if pos + 12 > end:
+            return None
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        stop = pos + 8 + length
+        if stop + 4 > end or zlib.crc32(data[pos + 4:stop]) != int.from_bytes(data[stop:stop + 4], "big"):
+            return None
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            parts.append(data[pos + 8:stop])
+        elif kind == b"IEND":
+            break
+        elif parts or (kind != b"IHDR" and kind not in _PNG_ANCILLARY):
+            return None  # a chunk between IDATs, or one that may change the pixels (a palette, an animation, ...)
+        pos = stop + 4
+    if not parts:
+        return None
+    try:
+        return Image.frombytes(mode, (width, height), b"".join(parts), "zip", mode)
+    except ValueError:  # truncated or damaged pixel data: Pillow's plugin says what is wrong
+        return None
 
 
 @contextmanager

@@ -11,6 +11,7 @@ stays as paths for the streaming path (`data/streaming.py`) when the decoded ten
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dlforge.data.features.base import is_missing
-from dlforge.data.images.decode import TooManyPixels, open_image, pil_resample
+from dlforge.data.images.decode import TooManyPixels, open_image, pil_resample, png_image
 from dlforge.data.table import Table
 from dlforge.core.errors import DataError
 from dlforge.data.limits import check_fits
@@ -87,7 +88,8 @@ def decode_file(item, *, channels: int, size: tuple[int, int] | None, fit: str, 
     TooManyPixels (a ValueError) past the pixel limit."""
     from PIL import Image
 
-    with open_image(item) as img:
+    decoded = png_image(item) if isinstance(item, (bytes, bytearray)) else None  # a plain PNG: the short way
+    with nullcontext(decoded) if decoded is not None else open_image(item) as img:
         # RGBA/P/CMYK/16-bit all become 8-bit L or RGB; alpha is dropped (composited onto nothing).
         if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
             # Transparent pixels read as white (a cut-out on paper), not as whatever RGB they hide (often black).
