@@ -47,6 +47,9 @@ from dlforge.serve.security import (ApiKeyAuth, BadEncoding, BodyTooLarge, Conte
 log = logging.getLogger("dlforge.serve")
 STATIC = resources.files("dlforge.serve") / "static"
 SWITCH_INTERVAL_S = 0.0005
+# json.dumps(value) as one reused encoder (json.dumps builds one per call with these settings); predictions hold no
+# cycles, so the encoder skips its cycle check. The output is json.dumps's, byte for byte.
+_encode_json = json.JSONEncoder(check_circular=False).encode
 
 
 class ApiError(Exception):
@@ -99,9 +102,22 @@ class ServeApp(FastAPI):
     predict_endpoint = None
     PREDICT_PATH = "/v1/predict"
 
+    TELEMETRY_RECHECK_S = 1.0
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._predict_stack = None
+        self._telemetry_checked = -math.inf
+        self._telemetry_on = False
+
+    def telemetry_on(self) -> bool:
+        """FastAPI's native OpenTelemetry is configured. The check reads OpenTelemetry's global providers and their
+        environment variables (~2.5 us), so it is made once a second: a provider set while serving is seen within
+        a second."""
+        now = time.monotonic()
+        if now - self._telemetry_checked >= self.TELEMETRY_RECHECK_S:
+            self._telemetry_on, self._telemetry_checked = self._native_telemetry.enabled(), now
+        return self._telemetry_on
 
     def build_predict_stack(self):
         from starlette.middleware.errors import ServerErrorMiddleware
@@ -115,7 +131,7 @@ class ServeApp(FastAPI):
     async def __call__(self, scope, receive, send) -> None:
         if (scope["type"] == "http" and scope["path"] == self.PREDICT_PATH and scope["method"] == "POST"
                 and self.predict_endpoint is not None and not self.root_path and not scope.get("root_path")
-                and not self._native_telemetry.enabled()):
+                and not self.telemetry_on()):
             if self._predict_stack is None:
                 if self.middleware_stack is None:  # built together: add_middleware is refused from here on
                     self.middleware_stack = self.build_middleware_stack()
@@ -356,7 +372,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
         except DlforgeError as exc:
             raise ApiError(422, exc.message) from None
         done = time.perf_counter()
-        payload = f"{head}{json.dumps(rows)}}}".encode()
+        payload = f"{head}{_encode_json(rows)}}}".encode()
         return payload, f"parse;dur={(queued - started) * 1e3:.2f}, batch;dur={(done - queued) * 1e3:.2f}"
 
     @app.post("/v1/predict", response_model=PredictResponse, tags=["model"],

@@ -134,7 +134,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         self._in_head = True       # between the end of a request (or the connection's start) and a complete head
         self._head_received = 0    # bytes received while in the head (counted before httptools buffers them)
-        self._head_size = 0        # the parsed head's size: url and header names and values
 
     # -- reporting ------------------------------------------------------------------------------------
     def _report(self, reason: str) -> None:
@@ -223,23 +222,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_received > self.limits.max_header_bytes:
             self._refuse_now(431, b"Request Header Fields Too Large", self._too_large(), "header_too_large")
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        super().on_header(name, value)
+    def head_size(self) -> int:
+        """The parsed head's size: the URL, and each header's name and value plus 4 (": " and CRLF)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_headers_complete(self) -> None:
         self._head_deadline = None
         self._in_head = False
         app = self.app
-        if self._head_size > self.limits.max_header_bytes:
+        if self.head_size() > self.limits.max_header_bytes:
             self._report("header_too_large")
             self.app = _refusal_app(431, self._too_large())
         elif self.concurrency is not None and self.url.split(b"?", 1)[0] not in PROBES and (

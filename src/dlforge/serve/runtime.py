@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from dlforge.core.errors import DlforgeError, PredictError
@@ -87,28 +88,33 @@ class ModelRuntime:
     def _predict(self, jobs: Sequence[Records], x: dict[str, torch.Tensor]) -> list:
         logits = self.predictor.logits(x)
         # Extreme inputs can overflow to inf/NaN; those rows get an error, never a NaN "probability".
-        finite = torch.stack([torch.isfinite(v.reshape(len(v), -1)).all(1) for v in logits.values()]).all(0).tolist()
+        finite = np.all([np.isfinite(v.detach().float().numpy().reshape(len(v), -1)).all(1) for v in logits.values()],
+                        axis=0).tolist()
         decoded = self.predictor.decode_logits(logits, x)  # x: each row's group, for group thresholds
         k_wanted = max(job.top_k or DEFAULT_TOP_K for job in jobs)
         per_output = {name: self._rows(entry, k_wanted) for name, entry in decoded.items()}
+        single = per_output[self.output_names[0]] if len(per_output) == 1 else None
         results, start = [], 0
         for job in jobs:
-            bad = [i for i in range(job.rows) if not finite[start + i]]
-            if bad:
+            stop = start + job.rows
+            if not all(finite[start:stop]):
+                bad = [i for i in range(job.rows) if not finite[start + i]]
                 results.append(PredictError(f"record(s) {bad[:10]} make the model output inf or NaN",
                                             hint="check those records for extreme values"))
-                start += job.rows
+                start = stop
                 continue
             k = job.top_k or DEFAULT_TOP_K
-            rows = []
-            for i in range(start, start + job.rows):
-                outputs = {name: _cut(values[i], k) for name, values in per_output.items()}
-                first = dict(outputs[self.output_names[0]])
-                if len(outputs) > 1:
+            if single is not None:  # one output: its rows as they are (each row's dict belongs to one job alone)
+                rows = [_cut(row, k) for row in single[start:stop]] if k < k_wanted else single[start:stop]
+            else:
+                rows = []
+                for i in range(start, stop):
+                    outputs = {name: _cut(values[i], k) for name, values in per_output.items()}
+                    first = dict(outputs[self.output_names[0]])
                     first["outputs"] = outputs
-                rows.append(first)
+                    rows.append(first)
             results.append(rows)
-            start += job.rows
+            start = stop
         return results
 
     @staticmethod
