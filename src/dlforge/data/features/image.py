@@ -33,12 +33,35 @@ class ImageFeature(Feature):
         prep = self.config.preprocessing
         channels = prep.channels or getattr(self, "channels_", None)
         size = prep.size or getattr(self, "size_", None)
+        if channels in (1, 3) and size is not None and all(isinstance(v, (bytes, bytearray)) for v in values):
+            return self._decode_bytes(values, channels, size)
         decoded = [self._decode_one(v, channels, size, where=f"{self.field_path} row {i}") for i, v in enumerate(values)]
         shapes = {d.shape for d in decoded}
         if len(shapes) > 1:
             raise DataError(f"images in '{self.name}' have different sizes {sorted(shapes)[:4]}",
                             where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
         return np.stack(decoded)
+
+    def _decode_bytes(self, values, channels: int, size) -> np.ndarray:
+        """Image bytes (uploads, a served model's requests) decoded into one (N, H, W, C) array. A plain PNG already
+        in the wanted mode and size (what a client of a served model usually sends) is copied in directly; anything
+        else goes through `_decode_one`, which converts, resizes and words errors as for any file."""
+        from dlforge.data.images.decode import png_image
+
+        height, width = size
+        mode = "L" if channels == 1 else "RGB"
+        out = np.empty((len(values), height, width, channels), dtype=np.uint8)
+        for i, value in enumerate(values):
+            img = png_image(value) if isinstance(value, (bytes, bytearray)) else None
+            if img is not None and img.mode == mode and img.size == (width, height):
+                out[i] = np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(height, width, channels)
+                continue
+            decoded = self._decode_one(value, channels, size, where=f"{self.field_path} row {i}")
+            if decoded.shape != out.shape[1:]:  # an array of another size (files are resized to `size`)
+                raise DataError(f"images in '{self.name}' have different sizes {sorted({decoded.shape, out.shape[1:]})}",
+                                where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
+            out[i] = decoded
+        return out
 
     def _interpolation(self) -> str:
         """The fitted (or loaded) resample filter; the recipe's before fitting."""
