@@ -311,18 +311,19 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
     # as every route (ServeApp.__call__), skipping FastAPI's routing, dependency solving and exception layers,
     # which were about a third of the event loop's time per request. The FastAPI route below stays for the
     # OpenAPI schema and for any request the shortcut does not take; both run `run_predict`.
-    def metric_body_too_large() -> ApiError:
-        metrics.rejected.labels("body_too_large").inc()
-        return ApiError(413, body_too_large(config.max_body_bytes))
+    async def checked(read) -> bytes:
+        """`await read()` (a body reader of security.py), its refusals as the API's errors."""
+        try:
+            return await read()
+        except BodyTooLarge:
+            metrics.rejected.labels("body_too_large").inc()
+            raise ApiError(413, body_too_large(config.max_body_bytes)) from None
+        except BadEncoding as exc:
+            raise ApiError(exc.status, exc.detail) from None
 
     async def parse(ctype: str, read, form_request) -> tuple[list, int | None]:
         """(records, top_k) of a request: `read()` the checked body, `form_request()` a Request for multipart."""
-        try:
-            body = await read()
-        except BodyTooLarge:
-            raise metric_body_too_large() from None
-        except BadEncoding as exc:
-            raise ApiError(exc.status, exc.detail) from None
+        body = await checked(read)
         if ctype == "application/json":
             try:
                 parsed = request_model.model_validate_json(body)
@@ -425,12 +426,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
     app.predict_endpoint = predict_asgi
 
     async def read_checked(request: Request) -> bytes:
-        try:
-            return await read_body(request, config.max_body_bytes)
-        except BodyTooLarge:
-            raise metric_body_too_large() from None
-        except BadEncoding as exc:
-            raise ApiError(exc.status, exc.detail) from None
+        return await checked(lambda: read_body(request, config.max_body_bytes))
 
     add_recommend_route(app, state=state, config=config, meta=meta, version=version, batcher=recommend_batcher,
                         api_error=ApiError, invalid=_invalid, read=read_checked)

@@ -38,9 +38,12 @@ class ImageFeature(Feature):
         decoded = [self._decode_one(v, channels, size, where=f"{self.field_path} row {i}") for i, v in enumerate(values)]
         shapes = {d.shape for d in decoded}
         if len(shapes) > 1:
-            raise DataError(f"images in '{self.name}' have different sizes {sorted(shapes)[:4]}",
-                            where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
+            raise self._sizes_differ(shapes)
         return np.stack(decoded)
+
+    def _sizes_differ(self, shapes: set) -> DataError:
+        return DataError(f"images in '{self.name}' have different sizes {sorted(shapes)[:4]}",
+                         where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
 
     def _decode_bytes(self, values, channels: int, size) -> np.ndarray:
         """Image bytes (uploads, a served model's requests) decoded into one (N, H, W, C) array. A plain PNG already
@@ -58,8 +61,7 @@ class ImageFeature(Feature):
                 continue
             decoded = self._decode_one(value, channels, size, where=f"{self.field_path} row {i}")
             if decoded.shape != out.shape[1:]:  # an array of another size (files are resized to `size`)
-                raise DataError(f"images in '{self.name}' have different sizes {sorted({decoded.shape, out.shape[1:]})}",
-                                where=f"{self.field_path}.preprocessing.size", hint="set preprocessing.size: [height, width]")
+                raise self._sizes_differ({decoded.shape, out.shape[1:]})
             out[i] = decoded
         return out
 
