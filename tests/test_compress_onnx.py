@@ -235,8 +235,10 @@ def test_static_int8_variant_is_a_complete_run_directory(exported, static_varian
     variant = run / "variants" / "int8_static"
     assert static_variant["variant_dir"] == str(variant)
     q = static_variant["quantization"]
-    assert q["mode"] == "static" and q["format"] == "QDQ" and q["calibration"] == {"method": "minmax", "rows": 128,
-                                                                                     "from": "training"}
+    calibration = q["calibration"]
+    assert q["mode"] == "static" and q["format"] == "QDQ"
+    assert {k: calibration[k] for k in ("method", "rows", "from")} == {"method": "minmax", "rows": 128, "from": "training"}
+    assert calibration["settings"] == {"symmetric": False} and calibration["clipped_tensors"] == 0
     assert q["int8_layers"] == 3 and q["fp32_layers"] == 0 and q["fallback"] == [] and q["unsupported"] == []
     assert q["int8_bytes"] < 0.6 * fp32["onnx"]["bytes"]  # tiny model: QDQ scales and nodes weigh; MNIST: 3.8x
     import onnx
@@ -329,6 +331,49 @@ def test_a_layer_that_loses_too_much_falls_back_to_fp32(exported, monkeypatch):
     assert [f["node"] for f in q["fallback"]] == planted
     assert len(q["fallback"]) == 1 and q["fp32_layers"] == 1 and q["int8_layers"] == 2
     assert "kept fp32" in q["fallback"][0]["reason"] and q["metric_drop_on_decision_rows"] <= 0.02
+
+
+def _activation_scales(path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_entropy_calibration_is_its_own_and_the_variant_stays_close(exported, static_variant, capsys):
+    """--calibration entropy used to give the minmax ranges (onnxruntime's 128-bin default); now a 2048-bin KL
+    search clips some activations: their scales shrink, none grows, and the variant still agrees with fp32."""
+    run, _ = exported
+    assert main_ok(["quantize", str(run), "--mode", "static", "--calibration", "entropy", "--calibration-rows", "128"])
+    out = capsys.readouterr().out
+    assert "calibration entropy on 128 training rows" in out and "KL threshold over 2048 histogram bins" in out
+    variant = run / "variants" / "int8_static_entropy"
+    record = json.loads((variant / "export.json").read_text())
+    calibration = record["quantization"]["calibration"]
+    assert calibration["method"] == "entropy" and calibration["settings"]["num_quantized_bins"] == 128
+    assert calibration["clipped_tensors"] > 0 and 0 < calibration["median_kept_fraction_of_range"] < 1
+    entropy = _activation_scales(variant / "model.onnx")
+    minmax = _activation_scales(run / "variants" / "int8_static" / "model.onnx")
+    assert entropy.keys() == minmax.keys()
+    assert all(entropy[k] <= minmax[k] * (1 + 1e-6) for k in entropy)
+    assert sum(entropy[k] < 0.99 * minmax[k] for k in entropy) >= 1
+    assert record["parity"]["top1_agreement"] > 0.95 and abs(record["parity"]["metric_change"]) < 0.03
+
+
+def test_bias_correction_flag_corrects_every_int8_layer_and_says_so(exported, capsys):
+    run, _ = exported
+    assert main_ok(["quantize", str(run), "--mode", "static", "--bias-correction", "--calibration-rows", "64",
+                    "--name", "bias"])
+    assert "bias correction: 3 layers, measured on 64 calibration rows" in capsys.readouterr().out
+    record = json.loads((run / "variants" / "bias" / "export.json").read_text())
+    q = record["quantization"]
+    assert q["bias_correction"]["layers"] == 3 and q["bias_correction"]["largest_shift"] > 0
+    assert any(note.startswith("bias correction:") for note in q["notes"])
+    assert record["parity"]["top1_agreement"] > 0.95 and abs(record["parity"]["metric_change"]) < 0.03
+    assert not main_ok(["quantize", str(run), "--mode", "dynamic", "--bias-correction", "--name", "nope"])
+    assert "--bias-correction corrects calibrated static int8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
