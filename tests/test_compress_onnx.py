@@ -362,18 +362,61 @@ def test_entropy_calibration_is_its_own_and_the_variant_stays_close(exported, st
     assert record["parity"]["top1_agreement"] > 0.95 and abs(record["parity"]["metric_change"]) < 0.03
 
 
-def test_bias_correction_flag_corrects_every_int8_layer_and_says_so(exported, capsys):
+def test_bias_correction_is_on_by_default_in_static_mode_and_says_so(exported, static_variant, capsys):
+    """Every int8 layer's bias takes off the mean shift its int8 weights cause on the calibration rows (the static
+    variant of the fixture had it by default); --no-bias-correction leaves the biases as trained."""
     run, _ = exported
-    assert main_ok(["quantize", str(run), "--mode", "static", "--bias-correction", "--calibration-rows", "64",
-                    "--name", "bias"])
-    assert "bias correction: 3 layers, measured on 64 calibration rows" in capsys.readouterr().out
-    record = json.loads((run / "variants" / "bias" / "export.json").read_text())
-    q = record["quantization"]
-    assert q["bias_correction"]["layers"] == 3 and q["bias_correction"]["largest_shift"] > 0
+    q = static_variant["quantization"]
+    assert q["bias_correction"]["layers"] == 3 and q["bias_correction"]["rows"] == 128
+    assert q["bias_correction"]["largest_shift"] > 0
     assert any(note.startswith("bias correction:") for note in q["notes"])
-    assert record["parity"]["top1_agreement"] > 0.95 and abs(record["parity"]["metric_change"]) < 0.03
+    assert main_ok(["quantize", str(run), "--mode", "static", "--no-bias-correction", "--calibration-rows", "128",
+                    "--name", "plain"])
+    assert "bias correction" not in capsys.readouterr().out
+    plain = json.loads((run / "variants" / "plain" / "export.json").read_text())
+    assert plain["quantization"]["bias_correction"] is None
+    assert plain["parity"]["top1_agreement"] > 0.95
+    # same int8 weights, different int32 biases
+    import onnx
+    from onnx import numpy_helper
+
+    def tensors(path, dtype):
+        model = onnx.load(str(path))
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == dtype}
+
+    corrected_path, plain_path = run / "variants" / "int8_static" / "model.onnx", run / "variants" / "plain" / "model.onnx"
+    int8 = onnx.TensorProto.INT8
+    assert all(np.array_equal(w, tensors(plain_path, int8)[name]) for name, w in tensors(corrected_path, int8).items())
+    int32_a, int32_b = tensors(corrected_path, onnx.TensorProto.INT32), tensors(plain_path, onnx.TensorProto.INT32)
+    assert sorted(map(np.size, int32_a.values())) == sorted(map(np.size, int32_b.values()))
+    assert sorted(np.concatenate([v.ravel() for v in int32_a.values()]).tolist()) != sorted(
+        np.concatenate([v.ravel() for v in int32_b.values()]).tolist())
     assert not main_ok(["quantize", str(run), "--mode", "dynamic", "--bias-correction", "--name", "nope"])
     assert "--bias-correction corrects calibrated static int8" in capsys.readouterr().err
+
+
+def test_reduce_range_keeps_weights_in_7_bits_and_the_cpu_note_reads_vnni(exported, capsys):
+    """x86 CPUs without VNNI add u8 x s8 products in pairs in int16 (saturating): the report says so, and
+    --reduce-range keeps every int8 weight within +-64 (onnxruntime's 7-bit range)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from dlforge.compress.quantize import no_vnni_note
+
+    assert no_vnni_note("flags\t\t: fpu sse2 avx avx2 fma\n") is not None
+    assert no_vnni_note("flags\t\t: fpu avx2 avx512f avx512_vnni\n") is None
+    assert no_vnni_note("flags\t\t: fpu avx2 avx_vnni\n") is None
+    run, _ = exported
+    assert main_ok(["quantize", str(run), "--mode", "static", "--reduce-range", "--calibration-rows", "64",
+                    "--name", "seven"])
+    assert "int8 in a 7-bit range (--reduce-range)" in capsys.readouterr().out
+    model = onnx.load(str(run / "variants" / "seven" / "model.onnx"))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    record = json.loads((run / "variants" / "seven" / "export.json").read_text())
+    assert not any("no VNNI" in note for note in record["quantization"]["notes"])  # asked for already
+    assert not main_ok(["quantize", str(run), "--mode", "dynamic", "--reduce-range", "--name", "nope"])
+    assert "--reduce-range is for --mode static" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

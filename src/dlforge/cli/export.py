@@ -48,9 +48,10 @@ def quantize(
                              "(static when the graph has convolutions)."),
     calibration: str = typer.Option("minmax", "--calibration", help="Static: minmax | entropy | percentile."),
     calibration_rows: int = typer.Option(256, "--calibration-rows", help="Static: training rows to calibrate on."),
-    bias_correction: bool = typer.Option(False, "--bias-correction/--no-bias-correction", help="Static: take the "
-                                         "mean output shift of each layer's int8 weights, measured on the calibration "
-                                         "rows, off its bias (Nagel et al. 2019)."),
+    bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction", help="Static "
+                                                   "(on by default there): take the mean output shift of each layer's "
+                                                   "int8 weights, measured on the calibration rows, off its bias "
+                                                   "(Nagel et al. 2019)."),
     reduce_range: bool = typer.Option(False, "--reduce-range", help="Static: weights in a 7-bit range, for x86 CPUs "
                                       "without VNNI, whose int8 kernels can saturate (onnxruntime's advice)."),
     max_drop: float = typer.Option(0.005, "--max-drop", help="Metric loss allowed before layers fall back to fp32 "
