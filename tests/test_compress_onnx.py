@@ -409,7 +409,7 @@ def test_reduce_range_keeps_weights_in_7_bits_and_the_cpu_note_reads_vnni(export
     run, _ = exported
     assert main_ok(["quantize", str(run), "--mode", "static", "--reduce-range", "--calibration-rows", "64",
                     "--name", "seven"])
-    assert "int8 in a 7-bit range (--reduce-range)" in capsys.readouterr().out
+    assert "int8 in a 7-bit range (reduce range)" in capsys.readouterr().out
     model = onnx.load(str(run / "variants" / "seven" / "model.onnx"))
     weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
@@ -417,6 +417,19 @@ def test_reduce_range_keeps_weights_in_7_bits_and_the_cpu_note_reads_vnni(export
     assert not any("no VNNI" in note for note in record["quantization"]["notes"])  # asked for already
     assert not main_ok(["quantize", str(run), "--mode", "dynamic", "--reduce-range", "--name", "nope"])
     assert "--reduce-range is for --mode static" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_reduce_range_defaults_on_exactly_on_a_cpu_without_vnni(exported, monkeypatch, vnni):
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    monkeypatch.setattr(quantize, "no_vnni_note", lambda: None if vnni else "this CPU has no VNNI (test)")
+    record = quantize.quantize_run(run, mode="static", calibration_rows=64, name=f"auto_{vnni}", parity_rows=100)
+    q = record["quantization"]
+    assert q["reduce_range"] is (not vnni)
+    assert ("7-bit" in q["weights"]) is (not vnni)
+    assert any("7-bit range here" in note for note in q["notes"]) is (not vnni)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -52,8 +52,9 @@ def quantize(
                                                    "(on by default there): take the mean output shift of each layer's "
                                                    "int8 weights, measured on the calibration rows, off its bias "
                                                    "(Nagel et al. 2019)."),
-    reduce_range: bool = typer.Option(False, "--reduce-range", help="Static: weights in a 7-bit range, for x86 CPUs "
-                                      "without VNNI, whose int8 kernels can saturate (onnxruntime's advice)."),
+    reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range", help="Static: weights in a "
+                                                "7-bit range, which x86 int8 kernels without VNNI cannot saturate "
+                                                "(default: on exactly when this CPU has no VNNI)."),
     max_drop: float = typer.Option(0.005, "--max-drop", help="Metric loss allowed before layers fall back to fp32 "
                                    "(0.005 = half a point of accuracy)."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", help="QAT: fine-tuning epochs on the training rows."),

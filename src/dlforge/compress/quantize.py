@@ -96,8 +96,7 @@ def no_vnni_note(cpuinfo: str | None = None) -> str | None:
     if not flags or flags & set(VNNI_FLAGS):
         return None
     return ("this CPU has no VNNI (avx512_vnni / avx_vnni): onnxruntime's int8 kernels add products in pairs in int16 "
-            "and can saturate, so the accuracy measured here can be below what a VNNI CPU gets from the same file; "
-            "--reduce-range (7-bit weights) avoids the saturation at some cost in weight precision")
+            "and can saturate with 8-bit weights")
 
 
 class QuantizeError(DlforgeError):
@@ -367,12 +366,14 @@ class Quantizer:
 def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = "minmax", calibration_rows: int = 256,
                  max_drop: float = 0.005, name: str | None = None, overwrite: bool = False, threads: int | None = None,
                  parity_rows: int = 1000, out_dir: Path | None = None, qat_epochs: int = 1,
-                 qat_lr: float | None = None, bias_correction: bool | None = None, reduce_range: bool = False) -> dict:
+                 qat_lr: float | None = None, bias_correction: bool | None = None, reduce_range: bool | None = None) -> dict:
     """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`, or into
     `out_dir` (a new complete run directory, not listed in the source's run.json: what compression passes use).
 
-    `bias_correction`: None = on in static mode (it lowered the mean logit error on held-out rows by 27-30% on
-    EfficientNet transfer, 3 seeds; benchmarks/compress.md, round 10), off otherwise.
+    `bias_correction`: None = on in static mode (it lowered the mean logit error on held-out rows by 27-28% on
+    EfficientNet transfer, 3 seeds; benchmarks/compress.md, round 10), off otherwise. `reduce_range` (static: 7-bit
+    weights): None = on when this x86 CPU has no VNNI (its int8 kernels saturate: the held-out logit error of that
+    model went from 0.53-0.57 to 0.09-0.10 with it and bias correction), off elsewhere.
 
     Returns the variant's export.json content; its `quantization` entry says what was done."""
     run_dir = Path(run_dir)
@@ -407,9 +408,14 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
             mode = "static" if "Conv" in ops else "dynamic"
         quantizer = Quantizer(run_dir, mode=mode, calibration=calibration, calibration_rows=calibration_rows,
                               threads=threads, folder=folder)
+        note = no_vnni_note() if mode == "static" else None
+        if reduce_range is None:
+            reduce_range = note is not None
+            if note:
+                quantizer.notes.append(note + ": weights in the 7-bit range here (--no-reduce-range for all 8 bits)")
+        elif note and not reduce_range:
+            quantizer.notes.append(note + "; --reduce-range (7-bit weights) avoids that")
         quantizer.reduce_range = reduce_range
-        if mode == "static" and not reduce_range and (note := no_vnni_note()):
-            quantizer.notes.append(note)
         qat_info = None
         if mode == "qat":  # fake-quantized fine-tuning; its result is the int8 graph (no per-layer fallback)
             # the run's export opset, at most 23: a fused transformer export is at 24 (its ONNX Attention), which the
@@ -465,7 +471,7 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
         quantization = {
             "mode": mode, "format": "IntegerOps" if mode == "dynamic" else "QDQ",
             "weights": "int8, per channel" if mode == "dynamic" else (
-                "int8 in a 7-bit range (--reduce-range), per channel, symmetric" if reduce_range
+                "int8 in a 7-bit range (reduce range), per channel, symmetric" if reduce_range
                 else "int8, per channel, symmetric"),
             "activations": {"static": "uint8, asymmetric, calibrated", "dynamic": "uint8, per batch at run time",
                             "qat": "uint8, asymmetric, ranges learned in QAT"}[mode],
@@ -474,6 +480,7 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
                             **{k: v for k, v in (quantizer.calibration_summary or {}).items() if k != "method"}}
             if mode == "static" else None,
             "bias_correction": bias_summary,
+            "reduce_range": bool(quantizer.reduce_range) if mode == "static" else None,
             "max_drop": max_drop, "decision_rows": {"part": quantizer.decide_part, "rows": len(quantizer.decide_y[
                 next(iter(quantizer.decide_y))])},
             "metric_drop_on_decision_rows": drop, "mean_abs_logit_error": error,
@@ -551,6 +558,7 @@ def describe(record: dict) -> list[str]:
     lines += [
              f"layers: {q['int8_layers']} int8, {q['fp32_layers']} fp32; size {q['fp32_bytes'] / 1e6:.3f} MB -> "
              f"{q['int8_bytes'] / 1e6:.3f} MB ({q['size_ratio']:.2f}x smaller)"]
+    lines += [note for note in q["notes"] if note.startswith("this CPU has no VNNI")]
     for entry in q["fallback"]:
         lines.append(f"fallback to fp32: {entry['node']} ({entry['op']}): {entry['reason']}")
     for entry in q["unsupported"]:
