@@ -235,8 +235,10 @@ def test_static_int8_variant_is_a_complete_run_directory(exported, static_varian
     variant = run / "variants" / "int8_static"
     assert static_variant["variant_dir"] == str(variant)
     q = static_variant["quantization"]
-    assert q["mode"] == "static" and q["format"] == "QDQ" and q["calibration"] == {"method": "minmax", "rows": 128,
-                                                                                     "from": "training"}
+    calibration = q["calibration"]
+    assert q["mode"] == "static" and q["format"] == "QDQ"
+    assert {k: calibration[k] for k in ("method", "rows", "from")} == {"method": "minmax", "rows": 128, "from": "training"}
+    assert calibration["settings"] == {"symmetric": False} and calibration["clipped_tensors"] == 0
     assert q["int8_layers"] == 3 and q["fp32_layers"] == 0 and q["fallback"] == [] and q["unsupported"] == []
     assert q["int8_bytes"] < 0.6 * fp32["onnx"]["bytes"]  # tiny model: QDQ scales and nodes weigh; MNIST: 3.8x
     import onnx
@@ -329,6 +331,107 @@ def test_a_layer_that_loses_too_much_falls_back_to_fp32(exported, monkeypatch):
     assert [f["node"] for f in q["fallback"]] == planted
     assert len(q["fallback"]) == 1 and q["fp32_layers"] == 1 and q["int8_layers"] == 2
     assert "kept fp32" in q["fallback"][0]["reason"] and q["metric_drop_on_decision_rows"] <= 0.02
+
+
+def _activation_scales(path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_entropy_calibration_is_its_own_and_the_variant_stays_close(exported, static_variant, capsys):
+    """--calibration entropy used to give the minmax ranges (onnxruntime's 128-bin default); now a 2048-bin KL
+    search clips some activations: their scales shrink, none grows, and the variant still agrees with fp32."""
+    run, _ = exported
+    # --max-drop 1: no layer falls back to fp32, so both graphs quantize the same tensors
+    assert main_ok(["quantize", str(run), "--mode", "static", "--calibration", "entropy", "--calibration-rows", "128",
+                    "--max-drop", "1"])
+    out = capsys.readouterr().out
+    assert "calibration entropy on 128 training rows" in out and "KL threshold over 2048 histogram bins" in out
+    variant = run / "variants" / "int8_static_entropy"
+    record = json.loads((variant / "export.json").read_text())
+    calibration = record["quantization"]["calibration"]
+    assert calibration["method"] == "entropy" and calibration["settings"]["num_quantized_bins"] == 128
+    assert calibration["clipped_tensors"] > 0 and 0 < calibration["median_kept_fraction_of_range"] < 1
+    entropy = _activation_scales(variant / "model.onnx")
+    minmax = _activation_scales(run / "variants" / "int8_static" / "model.onnx")
+    assert entropy.keys() == minmax.keys()
+    assert all(entropy[k] <= minmax[k] * (1 + 1e-6) for k in entropy)
+    assert sum(entropy[k] < 0.99 * minmax[k] for k in entropy) >= 1
+    assert record["parity"]["top1_agreement"] > 0.95 and abs(record["parity"]["metric_change"]) < 0.03
+
+
+def test_bias_correction_is_on_by_default_in_static_mode_and_says_so(exported, static_variant, capsys):
+    """Every int8 layer's bias takes off the mean shift its int8 weights cause on the calibration rows (the static
+    variant of the fixture had it by default); --no-bias-correction leaves the biases as trained."""
+    run, _ = exported
+    q = static_variant["quantization"]
+    assert q["bias_correction"]["layers"] == 3 and q["bias_correction"]["rows"] == 128
+    assert q["bias_correction"]["largest_shift"] > 0
+    assert any(note.startswith("bias correction:") for note in q["notes"])
+    assert main_ok(["quantize", str(run), "--mode", "static", "--no-bias-correction", "--calibration-rows", "128",
+                    "--name", "plain"])
+    assert "bias correction" not in capsys.readouterr().out
+    plain = json.loads((run / "variants" / "plain" / "export.json").read_text())
+    assert plain["quantization"]["bias_correction"] is None
+    assert plain["parity"]["top1_agreement"] > 0.95
+    # same int8 weights, different int32 biases
+    import onnx
+    from onnx import numpy_helper
+
+    def tensors(path, dtype):
+        model = onnx.load(str(path))
+        return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == dtype}
+
+    corrected_path, plain_path = run / "variants" / "int8_static" / "model.onnx", run / "variants" / "plain" / "model.onnx"
+    int8 = onnx.TensorProto.INT8
+    assert all(np.array_equal(w, tensors(plain_path, int8)[name]) for name, w in tensors(corrected_path, int8).items())
+    int32_a, int32_b = tensors(corrected_path, onnx.TensorProto.INT32), tensors(plain_path, onnx.TensorProto.INT32)
+    assert sorted(map(np.size, int32_a.values())) == sorted(map(np.size, int32_b.values()))
+    assert sorted(np.concatenate([v.ravel() for v in int32_a.values()]).tolist()) != sorted(
+        np.concatenate([v.ravel() for v in int32_b.values()]).tolist())
+    assert not main_ok(["quantize", str(run), "--mode", "dynamic", "--bias-correction", "--name", "nope"])
+    assert "--bias-correction corrects calibrated static int8" in capsys.readouterr().err
+
+
+def test_reduce_range_keeps_weights_in_7_bits_and_the_cpu_note_reads_vnni(exported, capsys):
+    """x86 CPUs without VNNI add u8 x s8 products in pairs in int16 (saturating): the report says so, and
+    --reduce-range keeps every int8 weight within +-64 (onnxruntime's 7-bit range)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from dlforge.compress.quantize import no_vnni_note
+
+    assert no_vnni_note("flags\t\t: fpu sse2 avx avx2 fma\n") is not None
+    assert no_vnni_note("flags\t\t: fpu avx2 avx512f avx512_vnni\n") is None
+    assert no_vnni_note("flags\t\t: fpu avx2 avx_vnni\n") is None
+    run, _ = exported
+    assert main_ok(["quantize", str(run), "--mode", "static", "--reduce-range", "--calibration-rows", "64",
+                    "--name", "seven"])
+    assert "int8 in a 7-bit range (reduce range)" in capsys.readouterr().out
+    model = onnx.load(str(run / "variants" / "seven" / "model.onnx"))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    record = json.loads((run / "variants" / "seven" / "export.json").read_text())
+    assert not any("no VNNI" in note for note in record["quantization"]["notes"])  # asked for already
+    assert not main_ok(["quantize", str(run), "--mode", "dynamic", "--reduce-range", "--name", "nope"])
+    assert "--reduce-range is for --mode static" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_reduce_range_defaults_on_exactly_on_a_cpu_without_vnni(exported, monkeypatch, vnni):
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    monkeypatch.setattr(quantize, "no_vnni_note", lambda: None if vnni else "this CPU has no VNNI (test)")
+    record = quantize.quantize_run(run, mode="static", calibration_rows=64, name=f"auto_{vnni}", parity_rows=100)
+    q = record["quantization"]
+    assert q["reduce_range"] is (not vnni)
+    assert ("7-bit" in q["weights"]) is (not vnni)
+    assert any("7-bit range here" in note for note in q["notes"]) is (not vnni)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -48,6 +48,13 @@ def quantize(
                              "(static when the graph has convolutions)."),
     calibration: str = typer.Option("minmax", "--calibration", help="Static: minmax | entropy | percentile."),
     calibration_rows: int = typer.Option(256, "--calibration-rows", help="Static: training rows to calibrate on."),
+    bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction", help="Static "
+                                                   "(on by default there): take the mean output shift of each layer's "
+                                                   "int8 weights, measured on the calibration rows, off its bias "
+                                                   "(Nagel et al. 2019)."),
+    reduce_range: Optional[bool] = typer.Option(None, "--reduce-range/--no-reduce-range", help="Static: weights in a "
+                                                "7-bit range, which x86 int8 kernels without VNNI cannot saturate "
+                                                "(default: on exactly when this CPU has no VNNI)."),
     max_drop: float = typer.Option(0.005, "--max-drop", help="Metric loss allowed before layers fall back to fp32 "
                                    "(0.005 = half a point of accuracy)."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", help="QAT: fine-tuning epochs on the training rows."),
@@ -64,7 +71,8 @@ def quantize(
 
     record = quantize_run(run, mode=mode, calibration=calibration, calibration_rows=calibration_rows,
                           max_drop=max_drop, name=name, overwrite=overwrite, threads=threads, qat_epochs=qat_epochs,
-                          qat_lr=qat_lr)
+                          qat_lr=qat_lr, bias_correction=bias_correction,
+                          reduce_range=reduce_range)
     if record.get("exported_now"):
         typer.echo(f"exported {run / 'model.onnx'} first (parity checked; export.json)")
     for line in describe(record):

@@ -65,7 +65,7 @@ def _int8(mode: str, source: Candidate, work_dir: Path, options: dict) -> list[C
     if out.exists():
         shutil.rmtree(out)
     allowed = {k: options[k] for k in ("calibration", "calibration_rows", "max_drop", "threads", "parity_rows",
-                                       "qat_epochs", "qat_lr") if k in options}
+                                       "qat_epochs", "qat_lr", "bias_correction", "reduce_range") if k in options}
     record = quantize_run(source.run_dir, mode=mode, out_dir=out, **allowed)
     q = record["quantization"]
     notes = {**source.notes, "quantization": {k: q[k] for k in ("mode", "calibration", "int8_layers", "fp32_layers",
