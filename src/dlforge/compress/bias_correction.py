@@ -63,9 +63,7 @@ def weight_error_shifts(model, qmodel, x: dict[str, np.ndarray], *, threads: int
         shifted, mean = f"{node.name}__shift", f"{node.name}__mean_shift"
         probe = helper.make_node(node.op_type, [node.input[0], error], [shifted], name=f"{node.name}__probe")
         probe.attribute.extend(a for a in node.attribute if not (node.op_type == "Gemm" and a.name == "beta"))
-        axes = [0, 2, 3][:len(weight.shape)] if node.op_type == "Conv" else [0]
-        if node.op_type == "Conv":
-            axes = [0, *range(2, len(weight.shape))]
+        axes = [0, *range(2, len(weight.shape))] if node.op_type == "Conv" else [0]  # all but the channel axis
         if opset >= 18:
             model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), f"{node.name}__axes"))
             reduce = helper.make_node("ReduceMean", [shifted, f"{node.name}__axes"], [mean], keepdims=0)
