@@ -1,0 +1,90 @@
+"""Where a batch runs: the inference thread, or inline in the event loop thread when that is measured to be faster.
+
+The inference thread lets the event loop read and answer requests while a forward pass runs, but only while the
+pass is outside the GIL; the Python around it (decoding images, shaping the answer) holds the GIL either way. Each
+batch also costs a hand-off between the two threads: a wake-up, the GIL passed back and forth (the loop gives it
+up only every `sys.getswitchinterval()`), on a quiet multi-core machine often across cores. For a model whose
+forward pass is short next to that, the thread buys little parallelism and costs a lot: the MNIST CNN on
+onnxruntime served 1,862 requests/s with the thread and 2,505 inline; on torch, whose forward pass is 3x longer,
+the thread won, 1,601 vs 1,072 (2-core AMD EPYC, concurrency 32, benchmarks/compress.md round 10).
+
+No rule on the model tells which case a server is in (it depends on the model, the runtime, the CPU and the
+load), so `Placement` measures it while serving:
+
+- **Safety first**: a batch runs inline only if its predicted duration (its rows times the measured seconds per
+  row) is at most `inline_ms`, so the loop is never blocked longer than that (default 5 ms, the batcher's own
+  `max_wait_ms`: a delay the server already accepts adding to a request). Other batches use the thread. The first
+  batches, before any measurement, use the thread.
+- **Then speed**: while busy, the server serves `WINDOW_S` in one mode, then `WINDOW_S` in the other, and keeps the
+  one that served more rows per second (inline must win by `MARGIN`, the thread is kept on a tie) for
+  `HOLD_S`, then compares again: a change of load or a slower model is seen within `HOLD_S`. A probe of the
+  losing mode costs at most WINDOW_S / HOLD_S (4%) of the time.
+`inline_ms=0` keeps every batch in the thread.
+"""
+
+from __future__ import annotations
+
+THREAD, INLINE = "thread", "inline"
+WINDOW_S = 0.2    # one measurement: ~400 rows at 2,000 requests/s; long enough to span many batches
+MIN_BATCHES = 8   # a window with fewer batches says too little
+HOLD_S = 5.0      # how long the faster mode is kept before the next comparison
+MARGIN = 1.05     # inline must serve 5% more rows per second: on a tie the thread, which never blocks the loop, stays
+EWMA = 0.2        # weight of the newest batch in the seconds-per-row estimate
+
+
+class Placement:
+    """`inline(rows)` → True to run this batch in the loop; `observe(rows, started, finished)` after every batch.
+
+    A window measures the mode as a policy: in inline mode a batch too big for `inline_ms` still runs in the
+    thread, and counts towards the inline window."""
+
+    def __init__(self, *, inline_ms: float):
+        if inline_ms < 0:
+            raise ValueError(f"inline_ms must be >= 0; got {inline_ms}")
+        self.budget = inline_ms / 1000.0
+        self.per_row: float | None = None   # measured seconds per row, either mode
+        self.mode = THREAD                  # the mode being measured or kept
+        self.rates: dict[str, float] = {}   # rows per second of each mode's last complete window
+        self.decided_at: float | None = None  # when the last comparison ended (None: measuring)
+        self._window_start: float | None = None
+        self._window_rows = 0
+        self._window_batches = 0
+        self._last_finished: float | None = None
+
+    def fits(self, rows: int) -> bool:
+        """The batch is predicted to take at most `inline_ms`."""
+        return self.per_row is not None and rows * self.per_row <= self.budget
+
+    def inline(self, rows: int) -> bool:
+        return self.budget > 0 and self.mode == INLINE and self.fits(rows)
+
+    def observe(self, rows: int, started: float, finished: float) -> None:
+        seconds = finished - started
+        per_row = seconds / max(rows, 1)
+        self.per_row = per_row if self.per_row is None else (1 - EWMA) * self.per_row + EWMA * per_row
+        if self.budget <= 0:
+            return
+        idle = self._last_finished is not None and started - self._last_finished > WINDOW_S
+        self._last_finished = finished
+        if idle:  # no saturation to measure: the window so far says nothing about the mode
+            self._window_start = None
+            return
+        if self.decided_at is not None:
+            if finished - self.decided_at < HOLD_S:
+                return
+            self.decided_at = None  # time to compare again: measure the current mode first
+            self.rates.clear()
+        if self._window_start is None:
+            self._window_start, self._window_rows, self._window_batches = started, 0, 0
+        self._window_rows += rows
+        self._window_batches += 1
+        elapsed = finished - self._window_start
+        if elapsed < WINDOW_S or self._window_batches < MIN_BATCHES:
+            return
+        self.rates[self.mode] = self._window_rows / elapsed
+        self._window_start = None
+        if len(self.rates) < 2:  # measure the other mode next
+            self.mode = INLINE if self.mode == THREAD else THREAD
+            return
+        self.mode = INLINE if self.rates[INLINE] > MARGIN * self.rates[THREAD] else THREAD
+        self.decided_at = finished
