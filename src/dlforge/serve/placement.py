@@ -24,6 +24,10 @@ load), so `Placement` measures it while serving:
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("dlforge.serve")
+
 THREAD, INLINE = "thread", "inline"
 WINDOW_S = 0.2    # one measurement: ~400 rows at 2,000 requests/s; long enough to span many batches
 MIN_BATCHES = 8   # a window with fewer batches says too little
@@ -88,3 +92,5 @@ class Placement:
             return
         self.mode = INLINE if self.rates[INLINE] > MARGIN * self.rates[THREAD] else THREAD
         self.decided_at = finished
+        log.debug("batches run %s for %g s: %.0f rows/s inline, %.0f in the inference thread", self.mode, HOLD_S,
+                 self.rates[INLINE], self.rates[THREAD])
