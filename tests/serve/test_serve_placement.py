@@ -8,18 +8,22 @@ import threading
 import pytest
 
 from dlforge.serve.batcher import Batcher
-from dlforge.serve.placement import HOLD_S, INLINE, MIN_BATCHES, THREAD, WINDOW_S, Placement
+from dlforge.serve.placement import HOLD_S, INLINE, MIN_BATCHES, ROUNDS, THREAD, WINDOW_S, Placement
+
+from .conftest import app_client
 
 
-def until_measured(placement: Placement, now: float, *, rows: int, seconds: float) -> float:
-    """Batches of `rows` taking `seconds` each, back to back, until a window's rate is recorded. Returns the clock."""
-    before = dict(placement.rates)
-    for _ in range(10_000):
+def until_decided(placement: Placement, now: float, *, thread: float, inline: float, rows: int = 10) -> float:
+    """Batches of `rows` back to back, each taking `thread` or `inline` seconds by the mode, until a comparison ends.
+    Returns the clock."""
+    before = placement.decided_at
+    for _ in range(100_000):
+        seconds = inline if placement.mode == INLINE else thread
         placement.observe(rows, now, now + seconds)
         now += seconds
-        if placement.rates and placement.rates != before:
+        if placement.decided_at not in (None, before):
             return now
-    raise AssertionError("no window completed")
+    raise AssertionError("no comparison ended")
 
 
 def test_inline_only_after_a_measurement_and_within_the_budget():
@@ -46,43 +50,46 @@ def test_zero_budget_never_inlines():
 
 def test_keeps_the_mode_that_serves_more_rows_per_second_then_compares_again():
     placement = Placement(inline_ms=5)
-    now = until_measured(placement, 0.0, rows=10, seconds=0.002)   # thread: 5,000 rows/s
-    assert placement.rates == {THREAD: pytest.approx(5000)} and placement.mode == INLINE  # now measure inline
-    now = until_measured(placement, now, rows=10, seconds=0.001)   # inline: 10,000 rows/s
-    assert placement.mode == INLINE and placement.rates[INLINE] == pytest.approx(10000)
+    modes = []
+    now = 0.0
+    while placement.decided_at is None:  # thread 5,000 rows/s, inline 10,000: windows alternate, thread first
+        seconds = 0.001 if placement.mode == INLINE else 0.002
+        if not modes or modes[-1][0] != placement.mode:
+            modes.append((placement.mode, now))
+        placement.observe(10, now, now + seconds)
+        now += seconds
+    assert [mode for mode, _ in modes] == [THREAD, INLINE] * ROUNDS
+    assert [round(b - a, 3) for (_, a), (_, b) in zip(modes, modes[1:])] == [WINDOW_S] * (2 * ROUNDS - 1)
+    assert placement.mode == INLINE and placement.rates == {THREAD: pytest.approx(5000), INLINE: pytest.approx(10000)}
     decided = placement.decided_at
-    assert decided == pytest.approx(now)
+    assert decided == now
     for _ in range(100):                                           # slower now (2,500 rows/s), but held for HOLD_S
         placement.observe(10, now, now + 0.004)
         now += 0.004
     assert placement.mode == INLINE and placement.decided_at == decided
-    now = decided + HOLD_S                                         # the next comparison: inline first, then thread
-    now = until_measured(placement, now, rows=10, seconds=0.004)   # inline: 2,500 rows/s
-    assert placement.mode == THREAD and placement.rates == {INLINE: pytest.approx(2500)}
-    until_measured(placement, now, rows=10, seconds=0.002)         # thread: 5,000 rows/s wins
-    assert placement.mode == THREAD and placement.decided_at is not None
+    now = decided + HOLD_S                                         # the next comparison: inline 2,500, thread 5,000
+    until_decided(placement, now, thread=0.002, inline=0.004)
+    assert placement.mode == THREAD and placement.rates == {THREAD: pytest.approx(5000), INLINE: pytest.approx(2500)}
 
 
 def test_a_tie_keeps_the_thread():
     placement = Placement(inline_ms=5)
-    now = until_measured(placement, 0.0, rows=10, seconds=0.0020)  # thread: 5,000 rows/s
-    until_measured(placement, now, rows=10, seconds=0.00195)       # inline: 5,128 rows/s, < 5% better
+    until_decided(placement, 0.0, thread=0.0020, inline=0.00195)  # 5,000 vs 5,128 rows/s: inline < 5% better
     assert placement.mode == THREAD and placement.rates[INLINE] == pytest.approx(5128.2, rel=1e-4)
 
 
 def test_an_idle_gap_restarts_the_window():
     placement = Placement(inline_ms=5)
     placement.observe(10, 0.0, 0.002)
-    placement.observe(10, 0.002 + 2 * WINDOW_S, 0.004 + 2 * WINDOW_S)  # the server waited for traffic
-    now = 0.004 + 2 * WINDOW_S
-    for _ in range(MIN_BATCHES - 2):
+    now = 0.002 + 2 * WINDOW_S
+    placement.observe(10, now, now + 0.002)  # after a pause longer than a window: the server waited for traffic
+    now += 0.002
+    for _ in range(MIN_BATCHES - 1):
         placement.observe(10, now, now + 0.05)
         now += 0.05
-    assert placement.rates == {}  # 0.3 s but 6 batches since the gap: not a window yet
-    for _ in range(2):
-        placement.observe(10, now, now + 0.05)
-        now += 0.05
-    assert placement.rates == {THREAD: pytest.approx(80 / 0.4)}  # the batch that ended the gap does not count
+    assert placement.mode == THREAD  # 0.15 s but 3 batches since the gap (the one that ended it does not count)
+    placement.observe(10, now, now + 0.05)
+    assert placement.mode == INLINE  # the thread's first window is complete: the inline window next
 
 
 def test_the_batcher_runs_a_short_batch_in_the_loop_thread():
@@ -94,7 +101,7 @@ def test_the_batcher_runs_a_short_batch_in_the_loop_thread():
         return [f"result {p}" for p in payloads]
 
     async def main():
-        batcher = Batcher(run, max_batch=8, max_wait_ms=0, inline_ms=5)
+        batcher = Batcher(run, max_batch=8, max_wait_ms=0, inline_ms=1000)  # any measured batch fits
         batcher.start()
         first = await batcher.submit("a", 1)  # the thread: nothing measured yet
         batcher.placement.mode = INLINE
@@ -111,7 +118,7 @@ def test_an_error_inline_reaches_only_its_caller():
         return [ValueError(f"bad {p}") if p == "bad" else f"result {p}" for p in payloads]
 
     async def main():
-        batcher = Batcher(run, max_batch=8, max_wait_ms=0, inline_ms=5)
+        batcher = Batcher(run, max_batch=8, max_wait_ms=0, inline_ms=1000)  # any measured batch fits
         batcher.start()
         await batcher.submit("warm", 1)
         batcher.placement.mode = INLINE
@@ -121,3 +128,31 @@ def test_an_error_inline_reaches_only_its_caller():
 
     ok, bad = asyncio.run(main())
     assert ok == "result ok" and isinstance(bad, ValueError) and str(bad) == "bad bad"
+
+
+def test_inline_batches_answer_as_the_inference_thread_does(digits_run, digits_predictor):
+    """The same requests (200s, 422s, 415, 400, gzip, multipart) give the same status, bytes and headers whichever
+    thread runs their batches."""
+    from .test_serve_fast_path import REQUESTS, answers
+
+    with app_client(digits_run, digits_predictor, inline_ms=1000) as client:  # any measured batch fits
+        app = client.app_ref
+        assert client.get("/v1/model").json()["serving"]["inline_ms"] == 1000
+        runtime, placement = app.state.serve.runtime, app.state.batcher.placement
+        ran_in = []
+        original = runtime.run
+
+        def run(jobs):
+            ran_in.append(threading.current_thread().name)
+            return original(jobs)
+
+        runtime.run = run
+        placement.mode, placement.decided_at = THREAD, float("inf")  # held: no comparison during the test
+        in_thread = answers(client, REQUESTS)
+        assert ran_in and all(name.startswith("dlforge-infer") for name in ran_in)
+        ran_in.clear()
+        placement.mode = INLINE
+        inline = answers(client, REQUESTS)
+        assert ran_in and not any(name.startswith("dlforge-infer") for name in ran_in)
+        assert inline == in_thread
+        assert [status for status, *_ in inline] == [200, 200, 422, 422, 422, 422, 415, 200, 400, 415, 200, 422]

@@ -15,10 +15,11 @@ load), so `Placement` measures it while serving:
   row) is at most `inline_ms`, so the loop is never blocked longer than that (default 5 ms, the batcher's own
   `max_wait_ms`: a delay the server already accepts adding to a request). Other batches use the thread. The first
   batches, before any measurement, use the thread.
-- **Then speed**: while busy, the server serves `WINDOW_S` in one mode, then `WINDOW_S` in the other, and keeps the
-  one that served more rows per second (inline must win by `MARGIN`, the thread is kept on a tie) for
-  `HOLD_S`, then compares again: a change of load or a slower model is seen within `HOLD_S`. A probe of the
-  losing mode costs at most WINDOW_S / HOLD_S (4%) of the time.
+- **Then speed**: while busy, the server alternates `WINDOW_S` in one mode and `WINDOW_S` in the other, `ROUNDS`
+  times each (alternating, so that a change in the machine's other load falls on both), and keeps the mode that
+  served more rows per second over its windows (inline must win by `MARGIN`; on a tie the thread stays) for
+  `HOLD_S`, then compares again: a change of load or a slower model is seen within `HOLD_S`. The losing mode's
+  windows cost at most ROUNDS * WINDOW_S / HOLD_S (6%) of the time, less its own throughput.
 `inline_ms=0` keeps every batch in the thread.
 """
 
@@ -29,8 +30,9 @@ import logging
 log = logging.getLogger("dlforge.serve")
 
 THREAD, INLINE = "thread", "inline"
-WINDOW_S = 0.2    # one measurement: ~400 rows at 2,000 requests/s; long enough to span many batches
-MIN_BATCHES = 8   # a window with fewer batches says too little
+WINDOW_S = 0.1    # one window: ~200 rows at 2,000 requests/s, a dozen batches
+ROUNDS = 3        # windows per mode and comparison; one pair of 0.2 s windows was swayed by other jobs' bursts
+MIN_BATCHES = 4   # a window with fewer batches says too little
 HOLD_S = 5.0      # how long the faster mode is kept before the next comparison
 MARGIN = 1.05     # inline must serve 5% more rows per second: on a tie the thread, which never blocks the loop, stays
 EWMA = 0.2        # weight of the newest batch in the seconds-per-row estimate
@@ -48,8 +50,9 @@ class Placement:
         self.budget = inline_ms / 1000.0
         self.per_row: float | None = None   # measured seconds per row, either mode
         self.mode = THREAD                  # the mode being measured or kept
-        self.rates: dict[str, float] = {}   # rows per second of each mode's last complete window
+        self.rates: dict[str, float] = {}   # rows per second of each mode in the last comparison
         self.decided_at: float | None = None  # when the last comparison ended (None: measuring)
+        self._totals = {THREAD: [0, 0.0, 0], INLINE: [0, 0.0, 0]}  # this comparison's rows, seconds, windows
         self._window_start: float | None = None
         self._window_rows = 0
         self._window_batches = 0
@@ -76,8 +79,8 @@ class Placement:
         if self.decided_at is not None:
             if finished - self.decided_at < HOLD_S:
                 return
-            self.decided_at = None  # time to compare again: measure the current mode first
-            self.rates.clear()
+            self.decided_at = None  # time to compare again, starting with the current mode
+            self._totals = {THREAD: [0, 0.0, 0], INLINE: [0, 0.0, 0]}
         if self._window_start is None:
             self._window_start, self._window_rows, self._window_batches = started, 0, 0
         self._window_rows += rows
@@ -85,12 +88,16 @@ class Placement:
         elapsed = finished - self._window_start
         if elapsed < WINDOW_S or self._window_batches < MIN_BATCHES:
             return
-        self.rates[self.mode] = self._window_rows / elapsed
+        total = self._totals[self.mode]
+        total[0] += self._window_rows
+        total[1] += elapsed
+        total[2] += 1
         self._window_start = None
-        if len(self.rates) < 2:  # measure the other mode next
+        if min(t[2] for t in self._totals.values()) < ROUNDS:  # the other mode's window next
             self.mode = INLINE if self.mode == THREAD else THREAD
             return
+        self.rates = {mode: rows / seconds for mode, (rows, seconds, _) in self._totals.items()}
         self.mode = INLINE if self.rates[INLINE] > MARGIN * self.rates[THREAD] else THREAD
         self.decided_at = finished
         log.debug("batches run %s for %g s: %.0f rows/s inline, %.0f in the inference thread", self.mode, HOLD_S,
-                 self.rates[INLINE], self.rates[THREAD])
+                  self.rates[INLINE], self.rates[THREAD])
