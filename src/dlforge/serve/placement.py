@@ -33,6 +33,8 @@ THREAD, INLINE = "thread", "inline"
 WINDOW_S = 0.1    # one window: ~200 rows at 2,000 requests/s, a dozen batches
 ROUNDS = 3        # windows per mode and comparison; one pair of 0.2 s windows was swayed by other jobs' bursts
 MIN_BATCHES = 4   # a window with fewer batches says too little
+SETTLE = 2        # batches after a switch left out: they serve the queue the other mode left (a backlog read in
+                  # parallel flatters inline windows: they measured 5-25% faster than inline really is under load)
 HOLD_S = 5.0      # how long the faster mode is kept before the next comparison
 MARGIN = 1.05     # inline must serve 5% more rows per second: on a tie the thread, which never blocks the loop, stays
 EWMA = 0.2        # weight of the newest batch in the seconds-per-row estimate
@@ -57,6 +59,7 @@ class Placement:
         self._window_rows = 0
         self._window_batches = 0
         self._last_finished: float | None = None
+        self._settle = 0
 
     def fits(self, rows: int) -> bool:
         """The batch is predicted to take at most `inline_ms`."""
@@ -71,18 +74,20 @@ class Placement:
         self.per_row = per_row if self.per_row is None else (1 - EWMA) * self.per_row + EWMA * per_row
         if self.budget <= 0:
             return
-        idle = self._last_finished is not None and started - self._last_finished > WINDOW_S
-        self._last_finished = finished
-        if idle:  # no saturation to measure: the window so far says nothing about the mode
-            self._window_start = None
+        previous, self._last_finished = self._last_finished, finished
+        if previous is not None and started - previous > WINDOW_S:
+            self._window_start = None  # the server was idle: no saturation to measure, the window says nothing
             return
         if self.decided_at is not None:
             if finished - self.decided_at < HOLD_S:
                 return
             self.decided_at = None  # time to compare again, starting with the current mode
             self._totals = {THREAD: [0, 0.0, 0], INLINE: [0, 0.0, 0]}
-        if self._window_start is None:
-            self._window_start, self._window_rows, self._window_batches = started, 0, 0
+        if self._settle:
+            self._settle -= 1
+            return
+        if self._window_start is None:  # from the previous batch's end: a window spans whole batch cycles
+            self._window_start, self._window_rows, self._window_batches = previous or started, 0, 0
         self._window_rows += rows
         self._window_batches += 1
         elapsed = finished - self._window_start
@@ -95,9 +100,11 @@ class Placement:
         self._window_start = None
         if min(t[2] for t in self._totals.values()) < ROUNDS:  # the other mode's window next
             self.mode = INLINE if self.mode == THREAD else THREAD
+            self._settle = SETTLE
             return
         self.rates = {mode: rows / seconds for mode, (rows, seconds, _) in self._totals.items()}
-        self.mode = INLINE if self.rates[INLINE] > MARGIN * self.rates[THREAD] else THREAD
-        self.decided_at = finished
+        mode = INLINE if self.rates[INLINE] > MARGIN * self.rates[THREAD] else THREAD
+        self._settle = SETTLE if mode != self.mode else 0
+        self.mode, self.decided_at = mode, finished
         log.debug("batches run %s for %g s: %.0f rows/s inline, %.0f in the inference thread", self.mode, HOLD_S,
                   self.rates[INLINE], self.rates[THREAD])
