@@ -4,9 +4,12 @@ The inference thread lets the event loop read and answer requests while a forwar
 pass is outside the GIL; the Python around it (decoding images, shaping the answer) holds the GIL either way. Each
 batch also costs a hand-off between the two threads: a wake-up, the GIL passed back and forth (the loop gives it
 up only every `sys.getswitchinterval()`), on a quiet multi-core machine often across cores. For a model whose
-forward pass is short next to that, the thread buys little parallelism and costs a lot: the MNIST CNN on
-onnxruntime served 1,862 requests/s with the thread and 2,505 inline; on torch, whose forward pass is 3x longer,
-the thread won, 1,601 vs 1,072 (2-core AMD EPYC, concurrency 32, benchmarks/compress.md round 10).
+forward pass is short next to that, the thread buys little parallelism and costs CPU (round 9 measured onnx's CPU
+per request at 0.15 ms on a busy machine and 0.25 ms on a quiet one, with the same code). The other way round, on a
+machine busy with other processes the thread wins even for such a model, at the same CPU per request: the
+scheduler shares the CPU per thread, and two threads get two shares (MNIST CNN on onnxruntime, 2-core AMD EPYC,
+load ~3.7: 1,618-1,955 requests/s with the thread, 1,274-1,300 with every batch inline; benchmarks/compress.md
+round 10).
 
 No rule on the model tells which case a server is in (it depends on the model, the runtime, the CPU and the
 load), so `Placement` measures it while serving:
