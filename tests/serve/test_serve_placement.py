@@ -37,6 +37,9 @@ def test_inline_only_after_a_measurement_and_within_the_budget():
     placement.observe(10, 0.002, 0.012)        # a slow batch (1 ms per row) moves the estimate by EWMA 0.2
     assert placement.per_row == pytest.approx(0.8 * 0.0002 + 0.2 * 0.001)
     assert not placement.inline(25)
+    before = placement.per_row
+    placement.observe(10, 0.012, 0.032, cpu=0.002)  # in the thread: 20 ms of wall time, 2 ms of it CPU
+    assert placement.per_row == pytest.approx(0.8 * before + 0.2 * 0.0002)
 
 
 def test_zero_budget_never_inlines():

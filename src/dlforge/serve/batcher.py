@@ -24,6 +24,13 @@ from typing import Any, Callable, Sequence
 from dlforge.serve.placement import Placement
 
 
+def _cpu_timed(run: Callable[[Sequence[Any]], list], payloads: Sequence[Any]) -> tuple[list, float]:
+    """`run(payloads)` and the CPU seconds it took in this thread: the time it would block the loop if run inline
+    (its wall time here also counts waiting for the GIL, which the loop holds meanwhile)."""
+    started = time.thread_time()
+    return run(payloads), time.thread_time() - started
+
+
 class QueueFull(Exception):
     """The queue holds `max_queue` requests already; the caller should retry later."""
 
@@ -178,17 +185,18 @@ class Batcher:
             payloads = [job.payload for job in batch]
             started = time.perf_counter()
             inline = self.placement.inline(rows)
+            cpu = None
             try:
                 if inline:  # measured short: the loop waits at most `inline_ms`
                     results = self.run(payloads)
                 else:
-                    results = await loop.run_in_executor(self._executor, self.run, payloads)
+                    results, cpu = await loop.run_in_executor(self._executor, _cpu_timed, self.run, payloads)
             except Exception as exc:  # a bug in `run` itself: every caller of this batch gets the error
                 results = [exc] * len(batch)
             finally:
                 self._idle.set()
             finished = time.perf_counter()
-            self.placement.observe(rows, started, finished)
+            self.placement.observe(rows, started, finished, cpu=cpu)
             self.on_batch(rows, finished - started)
             for job, result in zip(batch, results):
                 if job.future.done():

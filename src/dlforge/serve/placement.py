@@ -15,7 +15,7 @@ No rule on the model tells which case a server is in (it depends on the model, t
 load), so `Placement` measures it while serving:
 
 - **Safety first**: a batch runs inline only if its predicted duration (its rows times the measured seconds per
-  row) is at most `inline_ms`, so the loop is never blocked longer than that (default 5 ms, the batcher's own
+  row: wall time inline, CPU time in the inference thread) is at most `inline_ms`, so the loop is never blocked longer than that (default 5 ms, the batcher's own
   `max_wait_ms`: a delay the server already accepts adding to a request). Other batches use the thread. The first
   batches, before any measurement, use the thread.
 - **Then speed**: while busy, the server alternates `WINDOW_S` in one mode and `WINDOW_S` in the other, `ROUNDS`
@@ -71,9 +71,11 @@ class Placement:
     def inline(self, rows: int) -> bool:
         return self.budget > 0 and self.mode == INLINE and self.fits(rows)
 
-    def observe(self, rows: int, started: float, finished: float) -> None:
+    def observe(self, rows: int, started: float, finished: float, *, cpu: float | None = None) -> None:
+        """A batch of `rows` ran from `started` to `finished`; `cpu`: its CPU seconds in the inference thread, which
+        predict an inline run better than its wall time there (that also counts waiting for the GIL)."""
         seconds = finished - started
-        per_row = seconds / max(rows, 1)
+        per_row = (seconds if cpu is None else cpu) / max(rows, 1)
         self.per_row = per_row if self.per_row is None else (1 - EWMA) * self.per_row + EWMA * per_row
         if self.budget <= 0:
             return
