@@ -99,6 +99,8 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: CPUs / workers)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Rows per forward pass at most; 1 turns batching off."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for requests being received."),
+    inline_ms: float = typer.Option(5.0, "--inline-ms", help="Batches predicted under this many ms may run in the "
+                                    "event loop thread when measured faster than the inference thread; 0: never."),
     max_queue: int = typer.Option(256, "--max-queue", help="Waiting requests at most; more get 503 + Retry-After."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds before an unanswered request gets 504."),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File with the API key(s), one per line."),
@@ -126,7 +128,8 @@ def serve(
 
     try:
         config = ServeConfig(run_dir=str(run), host=host, port=port, workers=workers, threads=threads,
-                             max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout,
+                             max_batch=max_batch, max_wait_ms=max_wait_ms, inline_ms=inline_ms, max_queue=max_queue,
+                             timeout_s=timeout,
                              api_key_file=str(api_key_file) if api_key_file else None, insecure=insecure,
                              cors_origins=cors_origin, max_body_mb=max_body_mb, max_pixels=max_pixels,
                              max_records=max_records, access_log=access_log, header_timeout_s=header_timeout,

@@ -161,11 +161,12 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
     metrics = Metrics()
     state = State()
     batcher = Batcher(lambda jobs: state.runtime.run(jobs), max_batch=config.max_batch,
-                      max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
+                      max_wait_ms=config.max_wait_ms, max_queue=config.max_queue, inline_ms=config.inline_ms,
                       on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set)
     # /v1/recommend's own batcher (serve/recommend.py): its batches are users scored against every item.
     recommend_batcher = Batcher(lambda jobs: run_jobs(state.runtime.predictor.recommender, jobs),
-                                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue)
+                                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, max_queue=config.max_queue,
+                                inline_ms=config.inline_ms)
     keys = load_api_keys(config.api_key_file) if config.api_key_file else []
 
     def load_predictor():
@@ -297,6 +298,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
         "inputs": signature["inputs"], "outputs": signature["outputs"],
         "metrics": _finite(_read_metrics(run_dir)),
         "serving": {"server_version": __version__, "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                    "inline_ms": config.inline_ms,
                     "max_records": config.max_records, "max_body_bytes": config.max_body_bytes,
                     "max_pixels": config.max_pixels, "default_top_k": DEFAULT_TOP_K},
     }

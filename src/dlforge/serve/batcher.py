@@ -3,7 +3,9 @@
 Requests wait in a bounded queue (full → `QueueFull`, the app answers 503 with Retry-After: memory
 never grows without bound). One collector task takes the queued jobs, up to `max_batch` rows, and
 runs them in a dedicated inference thread, so the event loop keeps accepting requests while the
-model computes. Jobs that arrive while a batch runs form the next one.
+model computes. Jobs that arrive while a batch runs form the next one. With `inline_ms` > 0, a batch
+short enough may run in the event loop thread instead, when the server measures that this serves more
+rows per second (placement.py: no thread hand-off, at most `inline_ms` of blocked loop).
 
 Waiting for stragglers costs latency, so the collector waits (at most `max_wait`) only while more
 requests are known to be on their way, i.e. being received or validated by the app. A lone request
@@ -18,6 +20,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from dlforge.serve.placement import Placement
+
+
+def _cpu_timed(run: Callable[[Sequence[Any]], list], payloads: Sequence[Any]) -> tuple[list, float]:
+    """`run(payloads)` and the CPU seconds it took in this thread: the time it would block the loop if run inline
+    (its wall time here also counts waiting for the GIL, which the loop holds meanwhile)."""
+    started = time.thread_time()
+    return run(payloads), time.thread_time() - started
 
 
 class QueueFull(Exception):
@@ -50,7 +61,8 @@ class Batcher:
     """
 
     def __init__(self, run: Callable[[Sequence[Any]], list], *, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None,
+                 max_queue: int = 256, inline_ms: float = 0.0,
+                 on_batch: Callable[[int, float], None] | None = None,
                  on_depth: Callable[[int], None] | None = None):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_ms >= 0; got "
@@ -59,6 +71,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.placement = Placement(inline_ms=inline_ms)
         self.on_batch = on_batch or (lambda rows, seconds: None)
         self.on_depth = on_depth or (lambda depth: None)
         self._queue: collections.deque[Job] = collections.deque()
@@ -169,14 +182,22 @@ class Batcher:
             if not batch:
                 continue
             self._idle.clear()
+            payloads = [job.payload for job in batch]
             started = time.perf_counter()
+            inline = self.placement.inline(rows)
+            cpu = None
             try:
-                results = await loop.run_in_executor(self._executor, self.run, [job.payload for job in batch])
+                if inline:  # measured short: the loop waits at most `inline_ms`
+                    results = self.run(payloads)
+                else:
+                    results, cpu = await loop.run_in_executor(self._executor, _cpu_timed, self.run, payloads)
             except Exception as exc:  # a bug in `run` itself: every caller of this batch gets the error
                 results = [exc] * len(batch)
             finally:
                 self._idle.set()
-            self.on_batch(rows, time.perf_counter() - started)
+            finished = time.perf_counter()
+            self.placement.observe(rows, started, finished, cpu=cpu)
+            self.on_batch(rows, finished - started)
             for job, result in zip(batch, results):
                 if job.future.done():
                     continue
@@ -184,3 +205,5 @@ class Batcher:
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
+            if inline:  # let the loop answer these and read new requests before the next batch
+                await asyncio.sleep(0)

@@ -21,6 +21,9 @@ class ServeConfig(BaseModel):
                                    "null: the CPU count divided among the workers.")
     max_batch: int = Field(64, ge=1, le=4096, description="Rows per forward pass at most; 1 turns batching off.")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="How long a batch may wait for requests being received.")
+    inline_ms: float = Field(5.0, ge=0, le=1000, description="A batch predicted to take at most this many ms may run "
+                             "in the event loop thread, while that measures faster than the inference thread "
+                             "(serve/placement.py); 0: always the thread.")
     max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting at most; more get 503 + Retry-After.")
     timeout_s: float = Field(30.0, gt=0, le=3600, description="A request not answered by then gets 504.")
     max_body_mb: float = Field(10.0, gt=0, le=1024, description="Request bodies above this get 413.")
