@@ -29,11 +29,20 @@ from pathlib import Path
 REVERTED = ("hint_layer", "hint_warmup", "token_dropout", "hint_preact", "freeze_embeddings_epochs")
 
 
+def machine() -> str:
+    """The CPU's model name and torch's CPU capability ("AMD EPYC (AVX2)"): one model name covers EPYCs with and
+    without AVX-512, and the same seeds give other numbers on each."""
+    import torch
+
+    from dlforge.core.machine import cpu_model
+
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def run(args) -> None:
     import torch
 
     from dlforge.compress.distill import distill
-    from dlforge.core.machine import cpu_model
     from dlforge.compress.variant import RunData
 
     torch.set_num_threads(args.threads)
@@ -50,7 +59,7 @@ def run(args) -> None:
     settings = [tuple(float(v) for v in setting.split(":")) for setting in args.settings.split(",")]
     hinted = args.hint != "none"
     hint_key = (args.hint, args.hint_weight if hinted else 0.0, args.hint_loss if hinted else None, tuple(args.set), (),
-                cpu_model())
+                machine())
     for seed in (int(s) for s in args.seeds.split(",")):  # seed by seed: each seed's pair is complete early
         for temperature, alpha in settings:
             if (Path(args.student).stem, temperature, alpha, seed, args.epochs, args.transfer, args.soft_loss,
@@ -80,7 +89,7 @@ def run(args) -> None:
                    "teacher_test": d["teacher_score"], "teacher_logits_cached": d["teacher_logits_cached"],
                    "parameters": d["parameters"], "wall_s": round(time.perf_counter() - started, 1),
                    "cpu_s": round(time.process_time() - cpu, 1), "load_before": round(load, 2),
-                   "load_after": round(os.getloadavg()[0], 2), "threads": args.threads, "cpu": cpu_model(),
+                   "load_after": round(os.getloadavg()[0], 2), "threads": args.threads, "cpu": machine(),
                    "variant": d["variant"]}
             print(json.dumps(row), flush=True)
             with open(args.results, "a") as f:
@@ -118,7 +127,6 @@ def latency(args) -> None:
 
     from dlforge.artifact.predictor import Predictor
     from dlforge.compress.variant import RunData
-    from dlforge.core.machine import cpu_model
 
     torch.set_num_threads(args.threads)
     data = RunData.load(args.teacher)
@@ -151,7 +159,7 @@ def latency(args) -> None:
                             for who, p in (("teacher", teacher), ("student", student))}
     result["weights_bytes"] = {who: Path(d, "model.safetensors").stat().st_size
                                for who, d in (("teacher", args.teacher), ("student", args.latency))}
-    result.update(load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2), cpu=cpu_model())
+    result.update(load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2), cpu=machine())
     print(json.dumps(result))
 
 
@@ -172,7 +180,7 @@ def main() -> None:
                     "'training.schedule={name: cosine}'")
     ap.add_argument("--tag", default="", help="suffix of the students' names (to tell --set runs apart)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--results", default="distill.jsonl")
+    ap.add_argument("--results", default=str(Path(__file__).with_name("compress_distill.jsonl")))
     ap.add_argument("--out", default="/tmp/dlforge-students")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--latency", help="a student run directory: time it against the teacher at batch 1")
