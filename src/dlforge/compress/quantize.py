@@ -86,14 +86,11 @@ def no_vnni_note(cpuinfo: str | None = None) -> str | None:
     same graph computed exactly; benchmarks/compress.md, round 10)."""
     import platform
 
-    if cpuinfo is None:
-        if platform.machine().lower() not in ("x86_64", "amd64"):
-            return None
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    from dlforge.core.machine import cpu_flags
+
+    if cpuinfo is None and platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    flags = cpu_flags(cpuinfo)
     if not flags or flags & set(VNNI_FLAGS):
         return None
     return ("this CPU has no VNNI (avx512_vnni / avx_vnni): onnxruntime's int8 kernels add products in pairs in int16 "
