@@ -74,6 +74,7 @@ STATIC_OP_TYPES = list(WEIGHTED_OPS["static"]) + ["Relu", "Clip", "MaxPool", "Av
 # between the graph's input and that convolution (its scaling and normalisation, with constant operands).
 INPUT_LAYER_FOLLOWERS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool")
 INPUT_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity")
+INPUT_LAYER_CHOICES = ("auto", "int8", "fp32")
 INPUT_LAYER_OFF = ("QDQPropagationTransformer",)  # onnxruntime optimizers off for a graph whose input layer is fp32
 INPUT_LAYER_MARGIN = 0.05  # the mixed graph must be this much faster at batch 1 to be kept
 INPUT_LAYER_SECONDS = 1.0  # timing budget per graph for that decision
@@ -432,14 +433,17 @@ class Quantizer:
 def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = "minmax", calibration_rows: int = 256,
                  max_drop: float = 0.005, name: str | None = None, overwrite: bool = False, threads: int | None = None,
                  parity_rows: int = 1000, out_dir: Path | None = None, qat_epochs: int = 1,
-                 qat_lr: float | None = None, bias_correction: bool | None = None, reduce_range: bool | None = None) -> dict:
+                 qat_lr: float | None = None, bias_correction: bool | None = None, reduce_range: bool | None = None,
+                 input_layer: str = "auto") -> dict:
     """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`, or into
     `out_dir` (a new complete run directory, not listed in the source's run.json: what compression passes use).
 
     `bias_correction`: None = on in static mode (it lowered the mean logit error on held-out rows by 27-28% on
     EfficientNet transfer, 3 seeds; benchmarks/compress.md, round 10), off otherwise. `reduce_range` (static: 7-bit
     weights): None = on when this x86 CPU has no VNNI (its int8 kernels saturate: the held-out logit error of that
-    model went from 0.53-0.57 to 0.09-0.10 with it and bias correction), off elsewhere.
+    model went from 0.53-0.57 to 0.09-0.10 with it and bias correction), off elsewhere. `input_layer` (static): the
+    first convolution "int8", "fp32", or "auto" (fp32 when measured faster here and within `max_drop`: module
+    docstring).
 
     Returns the variant's export.json content; its `quantization` entry says what was done."""
     run_dir = Path(run_dir)
@@ -457,6 +461,12 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     if bias_correction and mode in ("dynamic", "qat"):
         raise QuantizeError(f"--bias-correction corrects calibrated static int8; --mode {mode} has no calibration rows",
                             where="--bias-correction", hint="use --mode static (or auto on a conv net)")
+    if input_layer not in INPUT_LAYER_CHOICES:
+        raise QuantizeError(f"unknown --input-layer '{input_layer}'; known: {', '.join(INPUT_LAYER_CHOICES)}",
+                            where="--input-layer")
+    if input_layer != "auto" and mode in ("dynamic", "qat"):
+        raise QuantizeError(f"--input-layer places static int8's first convolution; --mode {mode} has no such choice",
+                            where="--input-layer", hint="use --mode static (or auto on a conv net)")
     if mode not in MODES + ("auto",):
         raise QuantizeError(f"unknown mode '{mode}'; known: static, dynamic, qat (or auto)", where="--mode")
     started = time.perf_counter()
@@ -507,9 +517,10 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
             data = quantizer.quantize(exclude=excluded)
             drop, error = quantizer.measure(data)
         placement = None
-        if mode == "static":
+        if mode == "static" and input_layer != "int8":
             data, drop, error, placement = _place_input_layer(quantizer, data, [f["node"] for f in fallback],
-                                                              max_drop=max_drop, drop=drop, error=error)
+                                                              max_drop=max_drop, drop=drop, error=error,
+                                                              forced=input_layer == "fp32")
         model = quantizer.onnx.load_from_string(data)
         if mode == "qat":  # a new graph (its node names are not the fp32 export's): read the QDQ weights directly
             quantizer.layers = weighted_nodes(model, mode)
@@ -584,12 +595,15 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
 
 
 def _place_input_layer(quantizer: Quantizer, data: bytes, exclude: list[str], *, max_drop: float, drop: float,
-                       error: float) -> tuple[bytes, float, float, dict | None]:
+                       error: float, forced: bool = False) -> tuple[bytes, float, float, dict | None]:
     """(graph, drop, error, placement): the graph with the input layer fp32 (module docstring) when that is at least
-    INPUT_LAYER_MARGIN faster at batch 1 here and within `max_drop`, else `data` as it was. placement records both
-    times and the decision (None: no input convolution, or the fallback already kept it fp32)."""
+    INPUT_LAYER_MARGIN faster at batch 1 here and within `max_drop` (always when `forced`), else `data` as it was.
+    placement records both times and the decision (None: no input convolution, or the fallback kept it fp32)."""
     nodes = input_layer(quantizer.onnx.load(str(quantizer.float_path)))
     if not nodes or nodes[0] in exclude:
+        if forced:
+            quantizer.notes.append("--input-layer fp32: " + ("the fallback keeps the input convolution fp32 already"
+                                                             if nodes else "no convolution reads the graph's input"))
         return data, drop, error, None
     mixed = quantizer.quantize(exclude=list(exclude) + nodes)
     quantizer.graph_off = INPUT_LAYER_OFF
@@ -600,8 +614,10 @@ def _place_input_layer(quantizer: Quantizer, data: bytes, exclude: list[str], *,
     feed = runtime._feed(quantizer.decide_x, slice(0, 1))
     ms = _race({"all_int8": runtime.session, "input_fp32": mixed_runtime.session}, feed, INPUT_LAYER_SECONDS)
     faster = ms["input_fp32"] <= (1 - INPUT_LAYER_MARGIN) * ms["all_int8"]
-    keep = faster and mixed_drop <= max_drop
+    keep = forced or (faster and mixed_drop <= max_drop)
     how = f"{ms['input_fp32']:.3f} ms with it fp32 against {ms['all_int8']:.3f} ms all int8 at batch 1 on this CPU"
+    if forced:
+        how += " (--input-layer fp32)"
     placement = {"nodes": nodes, "op": "Conv", "fp32": keep, "ms_batch1": {k: round(v, 4) for k, v in ms.items()},
                  "metric_drop": {"all_int8": drop, "input_fp32": mixed_drop},
                  "reason": f"{how}: kept fp32" if keep else (
