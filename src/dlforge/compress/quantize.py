@@ -588,7 +588,7 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     write_json(out / EXPORT_JSON, record)
     write_variant(run_dir, out, pass_name=f"int8_{mode}", runtime="onnx", listed=out_dir is None,
                   notes={"quantization": {k: quantization[k] for k in ("mode", "calibration", "int8_layers",
-                                                                        "fp32_layers", "size_ratio")},
+                                                                        "fp32_layers", "input_layer", "size_ratio")},
                          "parity": parity})
     record["variant_dir"] = str(out)
     return record
