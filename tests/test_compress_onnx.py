@@ -487,6 +487,22 @@ def test_input_layer_is_the_first_conv_on_the_input_and_what_follows_it_alone():
                               initializers=[("w", (4, 4))])) == []
 
 
+def test_the_input_layer_race_gives_both_graphs_the_same_calls():
+    from dlforge.compress.quantize import _race
+
+    class Session:
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, outputs, feed):
+            self.calls += 1
+
+    sessions = {"all_int8": Session(), "input_fp32": Session()}
+    ms = _race(sessions, {"x": None}, seconds=0.01)
+    assert set(ms) == set(sessions) and all(v >= 0 for v in ms.values())
+    assert sessions["all_int8"].calls == sessions["input_fp32"].calls >= 20 + 3
+
+
 @pytest.mark.parametrize("times, kept", [((1.0, 0.5), True), ((1.0, 0.97), False)])
 def test_the_input_layer_stays_fp32_only_when_faster(exported, monkeypatch, times, kept):
     """auto: fp32 when the mixed graph is >= 5% faster at batch 1 (the timing is planted here; the real one is

@@ -220,19 +220,20 @@ def input_layer(model) -> list[str]:
 
 
 def _race(sessions: dict, feed: dict, seconds: float) -> dict[str, float]:
-    """p50 ms per session at batch 1 on `feed`, the sessions taking turns in bursts of 10 calls after a warm-up,
-    about `seconds` each in all (at least 10 bursts): the same machine state for every one."""
+    """p50 ms per session at batch 1 on `feed`: the sessions take turns in bursts (10 calls, fewer for a slow model),
+    the order rotating, after a warm-up; about `seconds` each, 20 to 2,000 calls: the same machine state for all."""
     for session in sessions.values():
-        for _ in range(10):
+        for _ in range(3):
             session.run(None, feed)
     started = time.perf_counter()
     next(iter(sessions.values())).run(None, feed)
-    rounds = max(10, min(200, int(seconds / (10 * max(time.perf_counter() - started, 1e-6)))))
+    calls = max(20, min(2000, int(seconds / max(time.perf_counter() - started, 1e-6))))
+    burst = max(1, min(10, calls // 10))
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for r in range(rounds):
+    for r in range(calls // burst):
         names = list(sessions)[r % len(sessions):] + list(sessions)[:r % len(sessions)]
         for name in names:
-            for _ in range(10):
+            for _ in range(burst):
                 started = time.perf_counter()
                 sessions[name].run(None, feed)
                 times[name].append(time.perf_counter() - started)
