@@ -500,7 +500,8 @@ def test_the_input_layer_race_gives_both_graphs_the_same_calls():
     sessions = {"all_int8": Session(), "input_fp32": Session()}
     ms = _race(sessions, {"x": None}, seconds=0.01)
     assert set(ms) == set(sessions) and all(v >= 0 for v in ms.values())
-    assert sessions["all_int8"].calls == sessions["input_fp32"].calls >= 20 + 3
+    # the same warm-up and timed calls each; the first also took the one call that sizes the race
+    assert sessions["all_int8"].calls - 1 == sessions["input_fp32"].calls >= 3 + 20
 
 
 @pytest.mark.parametrize("times, kept", [((1.0, 0.5), True), ((1.0, 0.97), False)])
