@@ -35,8 +35,9 @@ from dlforge.core.errors import DlforgeError
 from dlforge.data.features import kind_of
 from dlforge.serve.batcher import Batcher, QueueFull, ShuttingDown
 from dlforge.serve.config import ServeConfig
+from dlforge.serve.fast_route import PredictRoute
 from dlforge.serve.metrics import Metrics, MetricsMiddleware
-from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS
+from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS, FAST_ROUTE
 from dlforge.serve.recommend import add_recommend_route, run_jobs
 from dlforge.serve.runtime import DEFAULT_TOP_K, ModelRuntime, Records, weights_version
 from dlforge.serve.schema import (ErrorResponse, Failed, PredictResponse, Status, build_request_models, multipart_schema,
@@ -227,8 +228,10 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
                     log.error("%s", state.error)
 
         loading = asyncio.create_task(load())
-        # The lifespan state reaches the HTTP protocol (protocol.py), which reports refused connections here.
-        yield {CONNECTION_EVENTS: lambda reason: metrics.rejected.labels(reason).inc()}
+        # The lifespan state reaches the HTTP protocol (protocol.py), which reports refused connections here and
+        # answers POST /v1/predict through the fast route when it may (fast_route.py; not with CORS on).
+        yield {CONNECTION_EVENTS: lambda reason: metrics.rejected.labels(reason).inc(),
+               **({} if app.state.fast_route is None else {FAST_ROUTE: app.state.fast_route})}
         state.status = "draining"
         await batcher.close(config.drain_s)
         await recommend_batcher.close(config.drain_s)
@@ -473,6 +476,9 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.fast_route = None if config.cors_origins else PredictRoute(
+        app, run_predict=run_predict, api_error=_api_error, api_error_type=ApiError, unexpected=_unexpected,
+        metrics=metrics, max_body_bytes=config.max_body_bytes, keys=keys)
     return app
 
 

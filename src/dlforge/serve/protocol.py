@@ -17,6 +17,13 @@ complete:
   with a JSON 503 and `Retry-After`; the probes /healthz and /readyz are exempt, so a flood does not
   make the orchestrator kill a healthy process.
 
+One route may also be answered here without uvicorn's ASGI request cycle: the app gives a `FastRoute`
+(fast_route.py: POST /v1/predict) through the lifespan state (`FAST_ROUTE`). A request it accepts from
+its head alone, whose body arrives with the head, goes to the route with its headers and body; the
+route's answer is written as one buffer. Anything else (another route, a body in several reads, a
+request behind another on the same connection, ...) takes the usual cycle, so the limits above, keep-alive,
+pipelining and shutdown work the same either way.
+
 Each refusal is reported through the app's lifespan state (`CONNECTION_EVENTS`), which the app turns
 into `dlforge_rejected_total{reason=...}`.
 """
@@ -24,15 +31,54 @@ into `dlforge_rejected_total{reason=...}`.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
+from typing import Awaitable, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 # The key of the lifespan state under which the app gives a callable(reason) that counts refusals.
 CONNECTION_EVENTS = "dlforge.connection_events"
 # Set in the request's scope when the server cut the body off (the app then records 408, not 499).
 BODY_TIMEOUT_SCOPE_KEY = "dlforge.body_timeout"
 PROBES = (b"/healthz", b"/readyz")
+# The key of the lifespan state under which the app may give a FastRoute.
+FAST_ROUTE = "dlforge.fast_route"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class FastRoute(Protocol):
+    """A route the protocol answers itself: `accepts(headers)` decides from the request head (the method and the
+    path already match), then `await route(headers, body)` gives (status, response headers, body, close), where
+    `close` closes the connection after the answer. The route answers its own errors; it never raises."""
+
+    method: bytes
+    path: bytes
+
+    def accepts(self, headers: Headers) -> bool: ...
+
+    def __call__(self, headers: Headers, body: bytes) -> Awaitable[tuple[int, Headers, bytes, bool]]: ...
+
+
+class _Unset:
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _FastCycle:
+    """A fast request being answered, where uvicorn's protocol looks at `self.cycle`: a request pipelined behind it
+    waits for it, a shutdown lets it finish and then closes (`keep_alive`), a head deadline waits for it."""
+
+    __slots__ = ("response_complete", "response_started", "disconnected", "keep_alive", "more_body", "scope")
+    message_event = _Unset  # set by uvicorn when the connection is lost: nobody waits on it here
+
+    def __init__(self):
+        self.response_complete = self.response_started = self.disconnected = False
+        self.keep_alive = True
+        self.more_body = False
+        self.scope: dict = {}
 
 
 @dataclass(frozen=True)
@@ -134,6 +180,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         self._in_head = True       # between the end of a request (or the connection's start) and a complete head
         self._head_received = 0    # bytes received while in the head (counted before httptools buffers them)
+        self._fast_body: list[bytes] | None = None  # the body so far of a request the fast route accepted
 
     # -- reporting ------------------------------------------------------------------------------------
     def _report(self, reason: str) -> None:
@@ -219,6 +266,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_deadline is None:  # the next request on a kept-alive connection (even bare CRLFs)
                 self._arm_head_timer()
         super().data_received(data)
+        if self._fast_body is not None:  # the body did not come whole with the head: the usual cycle takes it
+            self._fast_to_cycle()
         if self._in_head and self._head_received > self.limits.max_header_bytes:
             self._refuse_now(431, b"Request Header Fields Too Large", self._too_large(), "header_too_large")
 
@@ -238,12 +287,76 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._report("concurrency_limit")
             self.app = _refusal_app(503, f"server busy: {self.concurrency} connections or requests at once "
                                     "(server option --limit-concurrency)", [(b"retry-after", b"1")])
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = app
+        elif self._fast_route_takes():
+            self._fast_body = []
+        if self._fast_body is None:
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
         self._body_deadline = self.loop.time() + self.limits.body_timeout_s
         self._arm(self._body_deadline)
+
+    # -- the fast route ---------------------------------------------------------------------------------
+    def _fast_route_takes(self) -> bool:
+        """The app's fast route accepts this request, and nothing about the connection needs the usual cycle."""
+        route = self.app_state.get(FAST_ROUTE)
+        if route is None or self.url != route.path:
+            return False
+        parser = self.parser
+        if (parser.get_method() != route.method or parser.get_http_version() != "1.1" or not parser.should_keep_alive()
+                or parser.should_upgrade() or self.expect_100_continue or self.access_log or self.root_path
+                or self.config.reset_contextvars):
+            return False
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            return False  # behind another request: answers go out in order through uvicorn's pipeline
+        return route.accepts(self.headers)
+
+    def _fast_to_cycle(self) -> None:
+        """Hand a fast request whose body is still arriving to uvicorn's cycle, as if it had never been held (its task
+        has not run yet either way)."""
+        chunks, self._fast_body = self._fast_body, None
+        if self.transport.is_closing():
+            return
+        super().on_headers_complete()
+        for chunk in chunks:
+            super().on_body(chunk)
+
+    def on_body(self, body: bytes) -> None:
+        if self._fast_body is not None:
+            self._fast_body.append(body)
+            return
+        super().on_body(body)
+
+    def _start_fast(self, body: bytes) -> None:
+        cycle = self.cycle = _FastCycle()
+        task = self.loop.create_task(self._run_fast(self.app_state[FAST_ROUTE], cycle, self.headers, body))
+        task.add_done_callback(self.tasks.discard)  # counted as uvicorn counts its tasks (concurrency, shutdown)
+        self.tasks.add(task)
+
+    async def _run_fast(self, route: FastRoute, cycle: _FastCycle, headers: Headers, body: bytes) -> None:
+        try:
+            status, response_headers, payload, close = await route(headers, body)
+        except BaseException as exc:  # the route answers its own errors: this is a bug, closed as uvicorn does
+            cycle.response_complete = True
+            logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
+            self.transport.close()
+            return
+        cycle.response_complete = True
+        transport = self.transport
+        if transport.is_closing():  # the client left: nobody reads the answer
+            return
+        # What uvicorn's send() writes: the status line, its default headers (date), the app's, then the body.
+        parts = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *response_headers):
+            parts += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:  # shutting down: this answer is the connection's last
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", payload)
+        transport.write(b"".join(parts))
+        if close or not cycle.keep_alive:
+            transport.close()
+        self.on_response_complete()
 
     def _start_asgi_task(self, cycle, app) -> None:
         cycle.__class__ = CorkedCycle  # created by uvicorn's on_headers_complete; its task has not run yet
@@ -254,6 +367,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_deadline = None
         self._in_head = True
         self._head_received = 0
+        if self._fast_body is not None:
+            chunks, self._fast_body = self._fast_body, None
+            self._start_fast(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # none: an empty body
+            return
         super().on_message_complete()
 
     def _too_large(self) -> str:
