@@ -30,15 +30,19 @@ from typing import Awaitable, Callable
 
 from starlette.requests import Request
 
+from dlforge.serve.protocol import header_lines
 from dlforge.serve.security import SECURITY_HEADERS, key_allowed
 
 Headers = list[tuple[bytes, bytes]]
 ROUTE = "/v1/predict"
+_SECURITY = header_lines(SECURITY_HEADERS)
+_OK_TAIL = b"content-type: application/json\r\n" + _SECURITY
 
 
 class PredictRoute:
-    """`accepts(headers)`: the request can skip the usual way; `await route(headers, body)`: (status, headers, body,
-    close) of the answer, as the usual way writes it (uvicorn's default headers, the date, come from the protocol)."""
+    """`accepts(headers)`: the request can skip the usual way; `await route(headers, body)`: (status, header lines,
+    body, close) of the answer, as the usual way writes it (uvicorn's default headers, the date, come from the
+    protocol)."""
 
     method = b"POST"
     path = ROUTE.encode()
@@ -80,7 +84,7 @@ class PredictRoute:
         return (app.predict_endpoint is not None and not app.root_path and app.user_middleware == self.middleware
                 and not app.telemetry_on())
 
-    async def __call__(self, headers: Headers, body: bytes) -> tuple[int, Headers, bytes, bool]:
+    async def __call__(self, headers: Headers, body: bytes) -> tuple[int, bytes, bytes, bool]:
         started = time.perf_counter()
 
         async def read() -> bytes:
@@ -90,15 +94,15 @@ class PredictRoute:
             payload, timing = await self.run_predict("application/json", read, None)
         except self.api_error_type as exc:
             response = await self.api_error(None, exc)
-            answer = response.status_code, [*response.raw_headers, *SECURITY_HEADERS], response.body, False
+            answer = response.status_code, header_lines(response.raw_headers) + _SECURITY, response.body, False
         except Exception as exc:  # what ServerErrorMiddleware and uvicorn do with it
             scope = {"type": "http", "method": "POST", "path": ROUTE, "raw_path": self.path, "query_string": b"",
                      "root_path": "", "scheme": "http", "server": None, "headers": headers}
             response = await self.unexpected(Request(scope), exc)
             logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
-            answer = response.status_code, list(response.raw_headers), response.body, True
-        else:
-            answer = 200, [(b"server-timing", timing.encode("latin-1")), (b"content-length", b"%d" % len(payload)),
-                           (b"content-type", b"application/json"), *SECURITY_HEADERS], payload, False
+            answer = response.status_code, header_lines(response.raw_headers), response.body, True
+        else:  # predict_asgi's headers, then SecurityHeaders'
+            answer = 200, b"server-timing: %s\r\ncontent-length: %d\r\n%s" % (
+                timing.encode("latin-1"), len(payload), _OK_TAIL), payload, False
         self.metrics.record_request(ROUTE, answer[0], time.perf_counter() - started)
         return answer

@@ -50,15 +50,21 @@ Headers = list[tuple[bytes, bytes]]
 
 class FastRoute(Protocol):
     """A route the protocol answers itself: `accepts(headers)` decides from the request head (the method and the
-    path already match), then `await route(headers, body)` gives (status, response headers, body, close), where
-    `close` closes the connection after the answer. The route answers its own errors; it never raises."""
+    path already match), then `await route(headers, body)` gives (status, head, body, close): `head` the response
+    headers as written (`name: value\\r\\n` each, after uvicorn's default ones), `close` to close the connection after
+    the answer. The route answers its own errors; it never raises."""
 
     method: bytes
     path: bytes
 
     def accepts(self, headers: Headers) -> bool: ...
 
-    def __call__(self, headers: Headers, body: bytes) -> Awaitable[tuple[int, Headers, bytes, bool]]: ...
+    def __call__(self, headers: Headers, body: bytes) -> Awaitable[tuple[int, bytes, bytes, bool]]: ...
+
+
+def header_lines(headers) -> bytes:
+    """Headers as an HTTP/1.1 head writes them: `name: value\\r\\n` each."""
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
 
 
 class _Unset:
@@ -181,6 +187,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True       # between the end of a request (or the connection's start) and a complete head
         self._head_received = 0    # bytes received while in the head (counted before httptools buffers them)
         self._fast_body: list[bytes] | None = None  # the body so far of a request the fast route accepted
+        self._defaults: tuple = (None, b"")  # uvicorn's default headers and their lines, as last written
 
     # -- reporting ------------------------------------------------------------------------------------
     def _report(self, reason: str) -> None:
@@ -336,7 +343,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     async def _run_fast(self, route: FastRoute, cycle: _FastCycle, headers: Headers, body: bytes) -> None:
         try:
-            status, response_headers, payload, close = await route(headers, body)
+            status, head, payload, close = await route(headers, body)
         except BaseException as exc:  # the route answers its own errors: this is a bug, closed as uvicorn does
             cycle.response_complete = True
             logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
@@ -346,14 +353,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():  # the client left: nobody reads the answer
             return
-        # What uvicorn's send() writes: the status line, its default headers (date), the app's, then the body.
-        parts = [STATUS_LINE[status]]
-        for name, value in (*self.server_state.default_headers, *response_headers):
-            parts += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:  # shutting down: this answer is the connection's last
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", payload)
-        transport.write(b"".join(parts))
+        # What uvicorn's send() writes: the status line, its default headers (the date), the app's, then the body.
+        defaults = self.server_state.default_headers  # a new list when the date changes (each second)
+        if defaults is not self._defaults[0]:
+            self._defaults = defaults, header_lines(defaults)
+        closing = b"" if cycle.keep_alive else b"connection: close\r\n"  # shutting down: the connection's last answer
+        transport.write(b"".join((STATUS_LINE[status], self._defaults[1], head, closing, b"\r\n", payload)))
         if close or not cycle.keep_alive:
             transport.close()
         self.on_response_complete()

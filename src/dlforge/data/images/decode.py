@@ -6,6 +6,7 @@ column's header check and decoder in files.py), so the decompression-bomb guard 
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from contextlib import contextmanager
@@ -105,17 +106,25 @@ def png_raw(data) -> tuple[str, tuple[int, int], bytes] | None:
         return None
 
 
+@functools.cache
+def _pillow_core():
+    """Pillow's C core and its encoders' block size (imported once: an import statement per image costs ~1 us)."""
+    from PIL import Image, ImageFile
+
+    return Image.core, ImageFile.MAXBLOCK
+
+
 def _zip_decode(mode: str, width: int, height: int, stream: bytes) -> bytes:
     """`Image.frombytes(mode, size, stream, "zip", mode).tobytes()` made of the same calls into Pillow's C core (its zip
     decoder into a new image, read back by its raw encoder) without the Image objects around them: 8 of ~23 us for
     an MNIST PNG. If this Pillow's core lacks a call, the Image way."""
-    from PIL import Image, ImageFile
-
-    core = Image.core
+    core, maxblock = _pillow_core()
     try:
         im = core.new(mode, (width, height))
         decoder = core.zip_decoder(mode, mode)
     except AttributeError:  # pragma: no cover - another Pillow
+        from PIL import Image
+
         return Image.frombytes(mode, (width, height), stream, "zip", mode).tobytes()
     decoder.setimage(im, (0, 0, width, height))
     consumed, error = decoder.decode(stream)
@@ -123,7 +132,7 @@ def _zip_decode(mode: str, width: int, height: int, stream: bytes) -> bytes:
         raise ValueError("cannot decode image data")
     encoder = core.raw_encoder(mode, mode)
     encoder.setimage(im, (0, 0, width, height))
-    bufsize, out = max(ImageFile.MAXBLOCK, width * 4), []  # as Image.tobytes
+    bufsize, out = max(maxblock, width * 4), []  # as Image.tobytes
     try:
         while True:
             _, error, chunk = encoder.encode(bufsize)
