@@ -177,12 +177,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits: ConnectionLimits = getattr(config, "dlforge_limits", None) or ConnectionLimits()
         self.concurrency = self.limit_concurrency
         self.limit_concurrency = None  # checked here (with the probes exempt), not by the parent class
-        # The head and body deadlines (loop time, None when not waiting) share one timer per connection, set at or
-        # before the earliest deadline; when it fires it acts on the deadlines that passed and sets itself for the
-        # next one. A request then only writes two numbers, where a timer per deadline cost a call_later and a
-        # cancel each, twice per request.
+        # The head, body and keep-alive deadlines (loop time, None when not waiting) share one timer per connection,
+        # set at or before the earliest deadline; when it fires it acts on the deadlines that passed and sets itself
+        # for the next one. A request then only writes three numbers, where a timer per deadline cost a call_later
+        # and a cancel each, three times per request.
         self._head_deadline: float | None = None
         self._body_deadline: float | None = None
+        self._keep_alive_deadline: float | None = None
         self._timer = None
         self._in_head = True       # between the end of a request (or the connection's start) and a complete head
         self._head_received = 0    # bytes received while in the head (counted before httptools buffers them)
@@ -218,7 +219,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_deadline is not None and self._head_deadline <= now:
             self._head_deadline = None
             self._head_timeout()
-        pending = [d for d in (self._head_deadline, self._body_deadline) if d is not None]
+        if self._keep_alive_deadline is not None and self._keep_alive_deadline <= now:
+            self._keep_alive_deadline = None
+            self.timeout_keep_alive_handler()
+        pending = [d for d in (self._head_deadline, self._body_deadline, self._keep_alive_deadline) if d is not None]
         if pending and not self.transport.is_closing():
             self._arm(min(pending))
 
@@ -227,11 +231,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc) -> None:
-        self._head_deadline = self._body_deadline = None
+        self._head_deadline = self._body_deadline = self._keep_alive_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
+
+    # uvicorn arms a keep-alive timer (call_later) after every answer and cancels it on the next request's first
+    # bytes; here the keep-alive deadline is one more deadline on the connection's timer.
+    def _unset_keepalive_if_required(self) -> None:
+        self._keep_alive_deadline = None
+        super()._unset_keepalive_if_required()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, but for the keep-alive deadline, which goes on the connection's one timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._keep_alive_deadline = self.loop.time() + self.timeout_keep_alive
+            self._arm(self._keep_alive_deadline)
 
     def _arm_head_timer(self) -> None:
         self._head_deadline = self.loop.time() + self.limits.header_timeout_s
