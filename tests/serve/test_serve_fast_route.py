@@ -20,6 +20,9 @@ RNG = np.random.default_rng(5)
 IMAGE = RNG.integers(0, 256, size=(8, 8)).astype(np.uint8)
 B64 = base64.b64encode(png_bytes(IMAGE)).decode()
 BIG = base64.b64encode(png_bytes(np.zeros((40, 40), dtype=np.uint8))).decode()  # over max_pixels=1000 below
+_png = bytearray(png_bytes(IMAGE))
+_png[45:55] = b"\x00" * 10  # inside the pixel data: the header check passes, decoding in the batch fails
+DAMAGED = base64.b64encode(bytes(_png)).decode()
 VARYING = re.compile(rb"\r\n(date|server-timing): [^\r]*")  # the clock and timings differ between two answers
 
 
@@ -45,6 +48,7 @@ REQUESTS = [
     post(b"{not json"),                                                       # 422
     post(b""),                                                                # 422, empty body
     post(js({"records": [{"image": BIG}]})),                                  # 413: too many pixels
+    post(js({"records": [{"image": DAMAGED}]})),                              # 422 from the batch
     post(b"x", b"text/plain"),                                                # 415 (the usual way either way)
     post(js({"records": [{"image": B64}]}), b"application/json", b"Content-Type: text/plain\r\n"),  # twice: 415
     post(js({"records": [{"image": B64}]}), b"application/json", b"X-Forwarded-For: 10.0.0.1\r\n"),
@@ -93,9 +97,9 @@ def test_the_fast_route_answers_as_the_usual_way(digits_run, digits_predictor):
         usual = exchange(url, REQUESTS)
         counts_both = metrics_lines(url)
     statuses = [int(answer[9:12]) for answer in fast]
-    assert statuses == [200, 200, 200, 200, 422, 422, 422, 422, 422, 422, 422, 413, 415, 415, 200]
+    assert statuses == [200, 200, 200, 200, 422, 422, 422, 422, 422, 422, 422, 413, 422, 415, 415, 200]
     # Every JSON request went the fast way; the one with two Content-Type headers and the text/plain one did not.
-    assert taken == [True] * 12 + [False, False, True]
+    assert taken == [True] * 13 + [False, False, True]
     for got, expected in zip(fast, usual):
         assert got == expected
     assert b"x-frame-options: DENY" in fast[0] and b"date: -" in fast[0] and b"server-timing: -" in fast[0]
@@ -179,10 +183,10 @@ def test_a_loading_model_and_a_full_queue_answer_as_the_usual_way(digits_run, di
         loading_fast = exchange(url, [body])
         monkeypatch.setattr(state.serve, "status", "ready")
 
-        async def full(*args, **kwargs):
+        def full(*args, **kwargs):
             raise QueueFull()
 
-        monkeypatch.setattr(state.batcher, "submit", full)
+        monkeypatch.setattr(state.batcher, "_enqueue", full)  # under both submit (the usual way) and enqueue
         full_fast = exchange(url, [body])
         state.fast_route.accepts = lambda headers: False
         full_usual = exchange(url, [body])
@@ -190,3 +194,15 @@ def test_a_loading_model_and_a_full_queue_answer_as_the_usual_way(digits_run, di
         loading_usual = exchange(url, [body])
     assert loading_fast == loading_usual and b"503" in loading_fast[0][:12] and b"retry-after: 1" in loading_fast[0]
     assert full_fast == full_usual and b"server busy" in full_fast[0]
+
+
+def test_a_request_past_the_timeout_gets_504_both_ways(digits_run, digits_predictor, monkeypatch):
+    body = post(js({"records": [{"image": B64}]}))
+    with live_server(digits_run, digits_predictor, timeout_s=0.2, inline_ms=0) as url:
+        runtime = url.app.state.serve.runtime
+        run = runtime.run
+        monkeypatch.setattr(runtime, "run", lambda jobs: time.sleep(0.4) or run(jobs))
+        fast = exchange(url, [body])
+        url.app.state.fast_route.accepts = lambda headers: False
+        usual = exchange(url, [body])
+    assert fast == usual and fast[0].startswith(b"HTTP/1.1 504") and b"no answer within 0.2 s" in fast[0]

@@ -7,7 +7,7 @@ then the app's middlewares, each wrapping `send` in a new closure. On the 2-core
 third of the server's CPU per MNIST request (benchmarks/compress.md, round 11). `PredictRoute` is the one route the
 protocol (protocol.py, `FastRoute`) may answer itself. It takes a request only when its head shows that every
 middleware would let it through untouched and that the endpoint reads it as JSON, then runs the endpoint's own
-`run_predict` and adds what the middlewares would have added:
+`run_predict` (its pieces, without a task: `start_predict`) and adds what the middlewares would have added:
 
 - ContentLengthLimit: the declared length is a number within the limit (else the usual way answers 400 or 413);
 - ApiKeyAuth: the bearer token is one of the server's keys, compared as there (else the usual way answers 401);
@@ -26,31 +26,30 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable
-
-from starlette.requests import Request
+from typing import Callable
 
 from dlforge.serve.protocol import header_lines
 from dlforge.serve.security import SECURITY_HEADERS, key_allowed
 
 Headers = list[tuple[bytes, bytes]]
+Respond = Callable[[int, bytes, bytes, bool], None]
 ROUTE = "/v1/predict"
 _SECURITY = header_lines(SECURITY_HEADERS)
 _OK_TAIL = b"content-type: application/json\r\n" + _SECURITY
 
 
 class PredictRoute:
-    """`accepts(headers)`: the request can skip the usual way; `await route(headers, body)`: (status, header lines,
-    body, close) of the answer, as the usual way writes it (uvicorn's default headers, the date, come from the
-    protocol)."""
+    """`accepts(headers)`: the request can skip the usual way; `route(headers, body, respond)`: answers it by calling
+    `respond(status, header lines, body, close)` once, now or when its batch is done, with what the usual way writes
+    (uvicorn's default headers, the date, come from the protocol)."""
 
     method = b"POST"
     path = ROUTE.encode()
 
-    def __init__(self, app, *, run_predict: Callable[..., Awaitable[tuple[bytes, str]]], api_error: Callable,
-                 unexpected: Callable, api_error_type: type, metrics, max_body_bytes: int, keys: list[bytes]):
+    def __init__(self, app, *, start_predict: Callable, api_error: Callable, api_error_type: type,
+                 unexpected: Callable, metrics, max_body_bytes: int, keys: list[bytes]):
         self.app = app
-        self.run_predict = run_predict
+        self.start_predict = start_predict
         self.api_error, self.api_error_type, self.unexpected = api_error, api_error_type, unexpected
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -84,25 +83,34 @@ class PredictRoute:
         return (app.predict_endpoint is not None and not app.root_path and app.user_middleware == self.middleware
                 and not app.telemetry_on())
 
-    async def __call__(self, headers: Headers, body: bytes) -> tuple[int, bytes, bytes, bool]:
+    def __call__(self, headers: Headers, body: bytes, respond: Respond) -> None:
+        # No task per request: validation runs now, in the protocol's callback, and the answer is written from the
+        # job's future's callback (the usual way runs a task through both).
         started = time.perf_counter()
-
-        async def read() -> bytes:
-            return body
-
         try:
-            payload, timing = await self.run_predict("application/json", read, None)
-        except self.api_error_type as exc:
-            response = await self.api_error(None, exc)
+            future, finish = self.start_predict(body)
+        except Exception as exc:
+            self._answer(headers, started, respond, exc)
+            return
+        future.add_done_callback(lambda done: self._finish(headers, started, respond, finish, done))
+
+    def _finish(self, headers: Headers, started: float, respond: Respond, finish: Callable, done) -> None:
+        try:
+            payload, timing = finish(done)
+        except BaseException as exc:  # (a cancelled future raises CancelledError: nothing cancels these)
+            self._answer(headers, started, respond, exc)
+            return
+        self._answer(headers, started, respond, None, (200, b"server-timing: %s\r\ncontent-length: %d\r\n%s" % (
+            timing.encode("latin-1"), len(payload), _OK_TAIL), payload, False))  # predict_asgi's, then SecurityHeaders'
+
+    def _answer(self, headers: Headers, started: float, respond: Respond, exc: BaseException | None,
+                answer: tuple | None = None) -> None:
+        if isinstance(exc, self.api_error_type):
+            response = self.api_error(exc)
             answer = response.status_code, header_lines(response.raw_headers) + _SECURITY, response.body, False
-        except Exception as exc:  # what ServerErrorMiddleware and uvicorn do with it
-            scope = {"type": "http", "method": "POST", "path": ROUTE, "raw_path": self.path, "query_string": b"",
-                     "root_path": "", "scheme": "http", "server": None, "headers": headers}
-            response = await self.unexpected(Request(scope), exc)
+        elif exc is not None:  # what ServerErrorMiddleware (its 500 goes out without SecurityHeaders) and uvicorn do
+            response = self.unexpected("POST", ROUTE, exc)
             logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
             answer = response.status_code, header_lines(response.raw_headers), response.body, True
-        else:  # predict_asgi's headers, then SecurityHeaders'
-            answer = 200, b"server-timing: %s\r\ncontent-length: %d\r\n%s" % (
-                timing.encode("latin-1"), len(payload), _OK_TAIL), payload, False
         self.metrics.record_request(ROUTE, answer[0], time.perf_counter() - started)
-        return answer
+        respond(*answer)

@@ -30,10 +30,11 @@ into `dlforge_rejected_total{reason=...}`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Protocol
+from typing import Callable, Protocol
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
@@ -50,16 +51,17 @@ Headers = list[tuple[bytes, bytes]]
 
 class FastRoute(Protocol):
     """A route the protocol answers itself: `accepts(headers)` decides from the request head (the method and the
-    path already match), then `await route(headers, body)` gives (status, head, body, close): `head` the response
-    headers as written (`name: value\\r\\n` each, after uvicorn's default ones), `close` to close the connection after
-    the answer. The route answers its own errors; it never raises."""
+    path already match), then `route(headers, body, respond)` answers by calling `respond(status, head, body, close)`
+    once, at once or later from the event loop: `head` the response headers as written (`name: value\\r\\n` each,
+    after uvicorn's default ones), `close` to close the connection after the answer. The route answers its own
+    errors; it never raises."""
 
     method: bytes
     path: bytes
 
     def accepts(self, headers: Headers) -> bool: ...
 
-    def __call__(self, headers: Headers, body: bytes) -> Awaitable[tuple[int, bytes, bytes, bool]]: ...
+    def __call__(self, headers: Headers, body: bytes, respond: Callable[[int, bytes, bytes, bool], None]) -> None: ...
 
 
 def header_lines(headers) -> bytes:
@@ -74,17 +76,28 @@ class _Unset:
 
 
 class _FastCycle:
-    """A fast request being answered, where uvicorn's protocol looks at `self.cycle`: a request pipelined behind it
-    waits for it, a shutdown lets it finish and then closes (`keep_alive`), a head deadline waits for it."""
+    """A fast request being answered, where uvicorn looks at `self.cycle` and its tasks: a request pipelined behind it
+    waits for it, a shutdown lets it finish and then closes (`keep_alive`), a head deadline waits for it; it counts
+    as a running request (the concurrency limit, the graceful shutdown's wait), and past the shutdown's timeout it
+    is cancelled as uvicorn cancels its tasks."""
 
-    __slots__ = ("response_complete", "response_started", "disconnected", "keep_alive", "more_body", "scope")
+    __slots__ = ("response_complete", "response_started", "disconnected", "keep_alive", "more_body", "scope",
+                 "protocol")
     message_event = _Unset  # set by uvicorn when the connection is lost: nobody waits on it here
 
-    def __init__(self):
+    def __init__(self, protocol):
         self.response_complete = self.response_started = self.disconnected = False
         self.keep_alive = True
         self.more_body = False
         self.scope: dict = {}
+        self.protocol = protocol
+
+    def cancel(self, msg=None) -> None:
+        """The answer will not be written: close the connection (uvicorn's cancelled task would answer 500)."""
+        if not self.response_complete:
+            self.response_complete = True
+            self.protocol.tasks.discard(self)
+            self.protocol.transport.close()
 
 
 @dataclass(frozen=True)
@@ -360,20 +373,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def _start_fast(self, body: bytes) -> None:
-        cycle = self.cycle = _FastCycle()
-        task = self.loop.create_task(self._run_fast(self.app_state[FAST_ROUTE], cycle, self.headers, body))
-        task.add_done_callback(self.tasks.discard)  # counted as uvicorn counts its tasks (concurrency, shutdown)
-        self.tasks.add(task)
-
-    async def _run_fast(self, route: FastRoute, cycle: _FastCycle, headers: Headers, body: bytes) -> None:
+        cycle = self.cycle = _FastCycle(self)
+        self.tasks.add(cycle)
         try:
-            status, head, payload, close = await route(headers, body)
+            self.app_state[FAST_ROUTE](self.headers, body, functools.partial(self._fast_answer, cycle))
         except BaseException as exc:  # the route answers its own errors: this is a bug, closed as uvicorn does
-            cycle.response_complete = True
             logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
-            self.transport.close()
+            cycle.cancel()
+
+    def _fast_answer(self, cycle: _FastCycle, status: int, head: bytes, payload: bytes, close: bool) -> None:
+        if cycle.response_complete:  # cancelled meanwhile
             return
         cycle.response_complete = True
+        self.tasks.discard(cycle)
         transport = self.transport
         if transport.is_closing():  # the client left: nobody reads the answer
             return
@@ -386,11 +398,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if close or not cycle.keep_alive:
             transport.close()
         self.on_response_complete()
-
-    def _start_asgi_task(self, cycle, app) -> None:
-        cycle.__class__ = CorkedCycle  # created by uvicorn's on_headers_complete; its task has not run yet
-        cycle.transport = _Cork(cycle.transport)
-        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         self._body_deadline = None
