@@ -354,6 +354,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
             return False  # behind another request: answers go out in order through uvicorn's pipeline
+        if self.flow.write_paused:
+            return False  # a client that does not read its answers: uvicorn's send waits for it to drain
         return route.accepts(self.headers)
 
     def _fast_to_cycle(self) -> None:
