@@ -81,7 +81,8 @@ def engines(dirs: dict[str, Path], threads: int) -> dict:
         if name == "torch_fp32":
             continue
         record = read_export_json(run)
-        session, settings = open_session(read_onnx_bytes(run, record), threads=threads, where=str(run))
+        session, settings = open_session(read_onnx_bytes(run, record), threads=threads, where=str(run),
+                                         record=record)
         out[name] = (lambda feed, session=session: session.run(None, feed), False)
     return out
 

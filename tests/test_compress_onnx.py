@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,9 @@ def static_variant(exported):
     from dlforge.compress.quantize import quantize_run
 
     run, _ = exported
-    return quantize_run(run, mode="static", calibration="minmax", calibration_rows=128, parity_rows=400)
+    # the input layer int8 by choice: "auto" decides by timing (test_the_input_layer_stays_fp32_only_when_faster)
+    return quantize_run(run, mode="static", calibration="minmax", calibration_rows=128, parity_rows=400,
+                        input_layer="int8")
 
 
 def _images(n=6):
@@ -300,7 +303,8 @@ def test_a_small_run_without_validation_rows_decides_on_its_training_rows(export
         return table, {"train": np.asarray(rows["train"])[:60], "test": rows["test"]}
 
     monkeypatch.setattr(quantize, "run_splits", small)
-    record = quantize.quantize_run(run, mode="static", calibration_rows=256, name="small", parity_rows=100)
+    record = quantize.quantize_run(run, mode="static", calibration_rows=256, name="small", parity_rows=100,
+                                   input_layer="int8")
     q = record["quantization"]
     assert q["calibration"]["rows"] == 60
     assert q["decision_rows"] == {"part": "training (calibration rows included)", "rows": 60}
@@ -326,7 +330,7 @@ def test_a_layer_that_loses_too_much_falls_back_to_fp32(exported, monkeypatch):
 
     monkeypatch.setattr(quantize.Quantizer, "measure", measure)
     record = quantize.quantize_run(run, mode="static", calibration="percentile", calibration_rows=64,
-                                   max_drop=0.02, name="fallback", parity_rows=100)
+                                   max_drop=0.02, name="fallback", parity_rows=100, input_layer="int8")
     q = record["quantization"]
     assert [f["node"] for f in q["fallback"]] == planted
     assert len(q["fallback"]) == 1 and q["fp32_layers"] == 1 and q["int8_layers"] == 2
@@ -347,7 +351,7 @@ def test_entropy_calibration_is_its_own_and_the_variant_stays_close(exported, st
     search clips some activations: their scales shrink, none grows, and the variant still agrees with fp32."""
     run, _ = exported
     # --max-drop 1: no layer falls back to fp32, so both graphs quantize the same tensors
-    assert main_ok(["quantize", str(run), "--mode", "static", "--calibration", "entropy", "--calibration-rows", "128",
+    assert main_ok(["quantize", str(run), "--mode", "static", "--input-layer", "int8", "--calibration", "entropy", "--calibration-rows", "128",
                     "--max-drop", "1"])
     out = capsys.readouterr().out
     assert "calibration entropy on 128 training rows" in out and "KL threshold over 2048 histogram bins" in out
@@ -372,7 +376,7 @@ def test_bias_correction_is_on_by_default_in_static_mode_and_says_so(exported, s
     assert q["bias_correction"]["layers"] == 3 and q["bias_correction"]["rows"] == 128
     assert q["bias_correction"]["largest_shift"] > 0
     assert any(note.startswith("bias correction:") for note in q["notes"])
-    assert main_ok(["quantize", str(run), "--mode", "static", "--no-bias-correction", "--calibration-rows", "128",
+    assert main_ok(["quantize", str(run), "--mode", "static", "--input-layer", "int8", "--no-bias-correction", "--calibration-rows", "128",
                     "--name", "plain"])
     assert "bias correction" not in capsys.readouterr().out
     plain = json.loads((run / "variants" / "plain" / "export.json").read_text())
@@ -409,7 +413,7 @@ def test_reduce_range_keeps_weights_in_7_bits_and_the_cpu_note_reads_vnni(export
     assert no_vnni_note("flags\t\t: fpu avx2 avx512f avx512_vnni\n") is None
     assert no_vnni_note("flags\t\t: fpu avx2 avx_vnni\n") is None
     run, _ = exported
-    assert main_ok(["quantize", str(run), "--mode", "static", "--reduce-range", "--calibration-rows", "64",
+    assert main_ok(["quantize", str(run), "--mode", "static", "--input-layer", "int8", "--reduce-range", "--calibration-rows", "64",
                     "--name", "seven"])
     assert "int8 in a 7-bit range (reduce range)" in capsys.readouterr().out
     model = onnx.load(str(run / "variants" / "seven" / "model.onnx"))
@@ -427,7 +431,8 @@ def test_reduce_range_defaults_on_exactly_on_a_cpu_without_vnni(exported, monkey
 
     run, _ = exported
     monkeypatch.setattr(quantize, "no_vnni_note", lambda: None if vnni else "this CPU has no VNNI (test)")
-    record = quantize.quantize_run(run, mode="static", calibration_rows=64, name=f"auto_{vnni}", parity_rows=100)
+    record = quantize.quantize_run(run, mode="static", calibration_rows=64, name=f"auto_{vnni}", parity_rows=100,
+                                   input_layer="int8")
     q = record["quantization"]
     assert q["reduce_range"] is (not vnni)
     assert ("7-bit" in q["weights"]) is (not vnni)
@@ -438,11 +443,111 @@ def test_reduce_range_defaults_on_exactly_on_a_cpu_without_vnni(exported, monkey
     (["--mode", "float4"], "unknown mode 'float4'"),
     (["--calibration", "median"], "unknown calibration 'median'"),
     (["--calibration-rows", "0"], "--calibration-rows must be at least 1"),
+    (["--input-layer", "int4"], "unknown --input-layer 'int4'; known: auto, int8, fp32"),
+    (["--mode", "dynamic", "--input-layer", "fp32"], "--mode dynamic has no such choice"),
 ])
 def test_bad_quantize_options_exit_2_with_one_message(exported, capsys, argv, message):
     assert not main_ok(["quantize", str(exported[0]), *argv])
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _graph(nodes, inputs=("x",), initializers=()):
+    from onnx import TensorProto, helper, numpy_helper
+
+    return helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones(s, np.float32), n) for n, s in initializers]))
+
+
+def test_input_layer_is_the_first_conv_on_the_input_and_what_follows_it_alone():
+    from onnx import helper
+
+    from dlforge.compress.quantize import input_layer
+
+    weights = [("scale", ()), ("mean", ()), ("w1", (4, 1, 3, 3)), ("w2", (4, 4, 3, 3))]
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["s"], name="scale"),
+             helper.make_node("Sub", ["s", "mean"], ["n"], name="normalise"),
+             helper.make_node("Conv", ["n", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["y"], name="conv2")]
+    assert input_layer(_graph(nodes, initializers=weights)) == ["conv1", "relu1", "pool1"]
+    # relu1's output also feeds a second branch: the chain ends at relu1 (the pool is not its only consumer)
+    branched = nodes[:5] + [helper.make_node("Add", ["r1", "r1"], ["a"], name="skip"),
+                            helper.make_node("Conv", ["p1", "w2"], ["y"], name="conv2")]
+    assert input_layer(_graph(branched, initializers=weights)) == ["conv1", "relu1"]
+    # a Conv that reads a computed tensor (not the input through constant-operand ops) is no input layer
+    gated = [helper.make_node("Sigmoid", ["x"], ["g"], name="sigmoid"),
+             helper.make_node("Mul", ["x", "g"], ["s"], name="gate"),
+             helper.make_node("Conv", ["s", "w1"], ["c1"], name="conv1")] + nodes[3:]
+    assert input_layer(_graph(gated, initializers=weights)) == []
+    assert input_layer(_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                              initializers=[("w", (4, 4))])) == []
+
+
+def test_the_input_layer_race_gives_both_graphs_the_same_calls():
+    from dlforge.compress.quantize import _race
+
+    class Session:
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, outputs, feed):
+            self.calls += 1
+
+    sessions = {"all_int8": Session(), "input_fp32": Session()}
+    ms = _race(sessions, {"x": None}, seconds=0.01)
+    assert set(ms) == set(sessions) and all(v >= 0 for v in ms.values())
+    # the same warm-up and timed calls each; the first also took the one call that sizes the race
+    assert sessions["all_int8"].calls - 1 == sessions["input_fp32"].calls >= 3 + 20
+
+
+@pytest.mark.parametrize("times, kept", [((1.0, 0.5), True), ((1.0, 0.97), False)])
+def test_the_input_layer_stays_fp32_only_when_faster(exported, monkeypatch, times, kept):
+    """auto: fp32 when the mixed graph is >= 5% faster at batch 1 (the timing is planted here; the real one is
+    benchmarks/compress.md's); that graph runs without QDQ propagation, as its export.json says."""
+    from dlforge.artifact.onnx_runtime import GRAPH_OPTIMIZERS_KEY
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    monkeypatch.setattr(quantize, "_race", lambda sessions, feed, seconds: dict(zip(sessions, times)))
+    record = quantize.quantize_run(run, mode="static", calibration_rows=64, name=f"input_{kept}", parity_rows=200,
+                                   max_drop=1.0)  # no fallback: the placement alone decides
+    q, variant = record["quantization"], Path(record["variant_dir"])
+    placement = q["input_layer"]
+    assert placement["nodes"][0] == "node_conv2d" and placement["fp32"] is kept
+    assert placement["ms_batch1"] == {"all_int8": times[0], "input_fp32": times[1]}
+    assert ("kept fp32" in placement["reason"]) is kept and "at batch 1 on this CPU" in placement["reason"]
+    saved = json.loads((variant / "export.json").read_text())
+    assert (q["int8_layers"], q["fp32_layers"], q["fallback"], q["unsupported"]) == ((2, 1, [], []) if kept
+                                                                                     else (3, 0, [], []))
+    assert saved.get(GRAPH_OPTIMIZERS_KEY) == (["QDQPropagationTransformer"] if kept else None)
+    runtime = dlforge.load(variant).runtime
+    assert ("QDQPropagationTransformer" in runtime.settings["disabled_optimizers"]) is kept
+    assert record["parity"]["top1_agreement"] > 0.95
+    graph = __import__("onnx").load(str(variant / "model.onnx")).graph
+    conv = next(n for n in graph.node if n.name == "node_conv2d")
+    assert (conv.input[1] in {i.name for i in graph.initializer if i.data_type == 1}) is kept  # its weight fp32
+
+
+def test_forced_input_layer_and_an_unknown_optimizer_in_export_json(exported, tmp_path, monkeypatch, capsys):
+    from dlforge.compress import quantize
+
+    run, _ = exported
+    monkeypatch.setattr(quantize, "_race", lambda sessions, feed, seconds: dict.fromkeys(sessions, 1.0))
+    assert main_ok(["quantize", str(run), "--mode", "static", "--input-layer", "fp32", "--name", "forced"])
+    out = capsys.readouterr().out
+    assert "input layer node_conv2d (Conv" in out and "(--input-layer fp32): kept fp32" in out
+    # an export.json asking onnxruntime to turn off something dlforge does not turn off: refused by name
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run / "variants" / "forced", damaged)
+    record = json.loads((damaged / "export.json").read_text())
+    (damaged / "export.json").write_text(json.dumps({**record, "ort_disabled_optimizers": ["ConstantFolding"]}))
+    assert not main_ok(["predict", str(damaged), "--data", str(_csv_of_images(tmp_path))])
+    err = capsys.readouterr().err
+    assert "turn off onnxruntime optimizer(s) ['ConstantFolding']" in err and "Traceback" not in err
 
 
 def test_quantize_refuses_an_existing_variant_and_a_missing_run(exported, static_variant, tmp_path, capsys):

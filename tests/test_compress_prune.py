@@ -419,9 +419,29 @@ def test_pruned_then_int8_is_a_measured_candidate_of_the_real_search(run):
     # the int8 saves over the pruned fp32 graph, so that comparison is not asserted).
     sizes = {name: int(r["size_bytes"]) for name, r in rows.items()}
     assert sizes["pruned_0.50+onnx+int8_static"] < sizes["int8_static"] < sizes["onnx_fp32"]
+    report = (run / "compress" / "report.md").read_text()
+    what = {line.split("`")[1]: line for line in report.splitlines() if line.startswith("- `")}
+    assert "50% of channels pruned in 1 step(s)" in what["pruned_0.50"]
+    assert "int8 static: " in what["int8_static"] and "input layer at batch 1: " in what["int8_static"]
+    assert "50% of channels pruned" in what["pruned_0.50+onnx+int8_static"] and "int8 static" in what[
+        "pruned_0.50+onnx+int8_static"] and what["fp32"].endswith("the run itself")
     if chained["pareto"] == "True":  # kept runnable beside the report
         kept = run / "compress" / "pareto" / "pruned_0.50_onnx_int8_static"
         assert dlforge.load(kept).runtime.name == "onnx"
+
+
+def test_the_report_says_which_layers_stayed_fp32_and_why():
+    from dlforge.compress.report import describe_candidate
+
+    notes = {"quantization": {"mode": "static", "int8_layers": 5, "fp32_layers": 3,
+                              "fallback": [{"node": "fc2", "op": "Gemm"}],
+                              "unsupported": [{"node": "lstm", "op": "LSTM"}],
+                              "input_layer": {"nodes": ["conv1", "relu1"], "fp32": True,
+                                              "ms_batch1": {"all_int8": 0.084, "input_fp32": 0.066}}}}
+    assert describe_candidate(notes) == (
+        "int8 static: 5 layer(s) int8, 3 fp32 (fc2 (Gemm) lost too much; lstm (LSTM) unsupported; conv1 (input "
+        "layer) faster in fp32); input layer at batch 1: 0.066 ms fp32 against 0.084 ms int8")
+    assert describe_candidate({}) == "the run itself"
 
 
 def test_compress_of_a_run_without_weights_exits_2(run, tmp_path, capsys):

@@ -14,7 +14,11 @@ Session options are chosen, not left to defaults (and `settings` states them, fo
 - the CPU memory arena and memory-pattern planning on: after the first call of a shape, no allocation per call;
 - onnxruntime's SkipLayerNormFusion off (DISABLED_OPTIMIZERS): on this project's CPU (AMD EPYC, AVX512,
   onnxruntime 1.32, 1 thread) the fused SkipLayerNormalization kernel took 0.66 ms on a 128 x 384 input, the
-  Add + LayerNormalization it replaces 0.10 ms (benchmarks/compress.md).
+  Add + LayerNormalization it replaces 0.10 ms (benchmarks/compress.md);
+- what a graph's export.json asks for besides (`ort_disabled_optimizers`, from GRAPH_OPTIMIZERS_OFF only): a static
+  int8 graph whose first convolution stays fp32 (compress/quantize.py) runs without QDQPropagationTransformer,
+  which would otherwise move the first QuantizeLinear above the fp32 max-pool and make it a uint8 NCHW one, 4-8x
+  slower than the fp32 one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from dlforge.data.batches import eval_batches
 
 ONNX_FILE = "model.onnx"
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+# The optimizers a graph's export.json may turn off as well (`ort_disabled_optimizers`), and why.
+GRAPH_OPTIMIZERS_OFF = {"QDQPropagationTransformer": "keeps an fp32 layer's max-pool before the first QuantizeLinear"}
+GRAPH_OPTIMIZERS_KEY = "ort_disabled_optimizers"
 EXPORT_JSON = "export.json"
 
 
@@ -83,6 +90,17 @@ def read_onnx_bytes(run_dir: Path, record: dict) -> bytes:
     return data
 
 
+def graph_disabled_optimizers(record: dict | None, where: str) -> tuple[str, ...]:
+    """The onnxruntime optimizers `record` (an export.json) asks to turn off for its graph, checked by name."""
+    names = (record or {}).get(GRAPH_OPTIMIZERS_KEY) or []
+    unknown = [n for n in names if n not in GRAPH_OPTIMIZERS_OFF] if isinstance(names, list) else [names]
+    if unknown:
+        raise ArtifactError(f"{EXPORT_JSON} asks to turn off onnxruntime optimizer(s) {unknown}; dlforge turns off only "
+                            f"{sorted(GRAPH_OPTIMIZERS_OFF)} for a graph", where=where,
+                            hint="quantize or export the run again with this dlforge version")
+    return tuple(names)
+
+
 def session_options(threads: int | None = None):
     """(SessionOptions, their description): the deliberate choices listed in this module's docstring."""
     ort = onnxruntime_module()
@@ -101,13 +119,15 @@ def session_options(threads: int | None = None):
     return options, described
 
 
-def open_session(data: bytes, *, threads: int | None = None, where: str):
-    """An InferenceSession on `data`; any failure to parse or initialise is an ArtifactError, never a crash."""
+def open_session(data: bytes, *, threads: int | None = None, where: str, record: dict | None = None):
+    """An InferenceSession on `data` (whose export.json is `record`, when given: what it asks to turn off for this
+    graph is turned off too); any failure to parse or initialise is an ArtifactError, never a crash."""
     ort = onnxruntime_module()
     options, described = session_options(threads)
+    disabled = list(DISABLED_OPTIMIZERS) + list(graph_disabled_optimizers(record, where))
+    described["disabled_optimizers"] = disabled
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=list(DISABLED_OPTIMIZERS))
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf (and RuntimeError)
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ArtifactError(f"onnxruntime cannot load {ONNX_FILE} ({exc.__class__.__name__}: {first})", where=where,
@@ -127,7 +147,8 @@ class OnnxRuntime:
         self.run_dir = Path(run_dir)
         self.record = record if record is not None else read_export_json(self.run_dir)
         data = data if data is not None else read_onnx_bytes(self.run_dir, self.record)
-        self.session, self.settings = open_session(data, threads=threads, where=str(self.run_dir / ONNX_FILE))
+        self.session, self.settings = open_session(data, threads=threads, where=str(self.run_dir / ONNX_FILE),
+                                                   record=self.record)
         self.input_names = [i["name"] for i in self.record["inputs"]]
         self.dtypes = {i["name"]: np.dtype(i["dtype"]) for i in self.record["inputs"]}
         self.output_names = list(self.record["outputs"])
@@ -175,5 +196,5 @@ def onnx_runtime(*, model: torch.nn.Module, run_dir: Path, batch_size: int, thre
     return OnnxRuntime(run_dir, batch_size=batch_size, threads=threads)
 
 
-__all__ = ["EXPORT_JSON", "ONNX_FILE", "OnnxRuntime", "onnx_runtime", "open_session", "read_export_json",
+__all__ = ["EXPORT_JSON", "GRAPH_OPTIMIZERS_KEY", "GRAPH_OPTIMIZERS_OFF", "ONNX_FILE", "OnnxRuntime", "onnx_runtime", "open_session", "read_export_json",
            "read_onnx_bytes", "session_options"]

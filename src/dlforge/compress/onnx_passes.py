@@ -65,11 +65,12 @@ def _int8(mode: str, source: Candidate, work_dir: Path, options: dict) -> list[C
     if out.exists():
         shutil.rmtree(out)
     allowed = {k: options[k] for k in ("calibration", "calibration_rows", "max_drop", "threads", "parity_rows",
-                                       "qat_epochs", "qat_lr", "bias_correction", "reduce_range") if k in options}
+                                       "qat_epochs", "qat_lr", "bias_correction", "reduce_range", "input_layer")
+               if k in options}
     record = quantize_run(source.run_dir, mode=mode, out_dir=out, **allowed)
     q = record["quantization"]
     notes = {**source.notes, "quantization": {k: q[k] for k in ("mode", "calibration", "int8_layers", "fp32_layers",
-                                                                 "fallback", "unsupported", "size_ratio")}}
+                                                                 "fallback", "unsupported", "input_layer", "size_ratio")}}
     return [Candidate(name, out, "onnx", notes)]
 
 

@@ -18,6 +18,15 @@
   128 tokens, test accuracy -0.08 points instead of -0.35 (compress/onnx_export_attention.py; benchmarks/compress.md,
   round 7).
 
+Input layer placement (static): the first convolution (the one reading the image, through the graph's own
+scaling/normalisation) has few input channels, and int8 has little to gain there: on the 2-core AVX2 EPYC the
+MNIST CNN's first QLinearConv (1 input channel, 9 products per output) took 35 us against 13 us for onnxruntime's
+fp32 NCHWc convolution. So static mode also builds the variant with that convolution and the activation/pool ops
+after it in fp32 (onnxruntime's QDQPropagationTransformer off for that graph, recorded in its export.json: it would
+move the QuantizeLinear above the fp32 max-pool, a uint8 NCHW max-pool 4-8x slower), times both at batch 1 on this
+machine, interleaved, and keeps the mixed graph only when it is at least 5% faster and within the accuracy budget
+(MNIST CNN there: 0.067 against 0.086 ms; EfficientNet-Lite0: no difference, so all int8). The report gives both times.
+
 Per-layer fallback: when the variant loses more than `max_drop` of the main metric on the decision rows
 (validation rows, else training rows that did not calibrate), each weighted layer's sensitivity is measured
 (only that layer int8: error of the logits against fp32) and the most sensitive layers go back to fp32 one by
@@ -40,7 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlforge.artifact.onnx_runtime import EXPORT_JSON, ONNX_FILE, OnnxRuntime, read_export_json, read_onnx_bytes
+from dlforge.artifact.onnx_runtime import (EXPORT_JSON, GRAPH_OPTIMIZERS_KEY, ONNX_FILE, OnnxRuntime, read_export_json,
+                                           read_onnx_bytes)
 from dlforge.artifact.predictor import Predictor
 from dlforge.compress.bias_correction import apply_shifts, shift_summary, weight_error_shifts
 from dlforge.compress.calibrate import calibrate
@@ -60,6 +70,14 @@ MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the dec
 # The op types static int8 quantizes (and whose tensors are calibrated): the weighted ones and what sits between them.
 STATIC_OP_TYPES = list(WEIGHTED_OPS["static"]) + ["Relu", "Clip", "MaxPool", "AveragePool", "Add", "Mul", "Reshape",
                                                   "Flatten", "Transpose", "Concat", "GlobalAveragePool", "Sigmoid"]
+# What may follow the input convolution and stays fp32 with it (up to the next weighted layer), and what may sit
+# between the graph's input and that convolution (its scaling and normalisation, with constant operands).
+INPUT_LAYER_FOLLOWERS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool")
+INPUT_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity")
+INPUT_LAYER_CHOICES = ("auto", "int8", "fp32")
+INPUT_LAYER_OFF = ("QDQPropagationTransformer",)  # onnxruntime optimizers off for a graph whose input layer is fp32
+INPUT_LAYER_MARGIN = 0.05  # the mixed graph must be this much faster at batch 1 to be kept
+INPUT_LAYER_SECONDS = 1.0  # timing budget per graph for that decision
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
 
 
@@ -173,6 +191,55 @@ def still_float(model, layers: list[dict]) -> set[str]:
     return kept
 
 
+def input_layer(model) -> list[str]:
+    """The node names of the model's input layer: the first Conv reading a graph input (directly or through
+    elementwise ops with constant operands: scaling, normalisation) and the activation and pooling nodes after it up
+    to the next weighted layer, each the only consumer of the one before; [] when the model has no such Conv."""
+    derived = {i.name for i in model.graph.input}
+    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                               for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    first = None
+    for node in model.graph.node:  # topological order
+        if node.op_type == "Conv" and node.input[0] in derived:
+            first = node
+            break
+        if (node.op_type in INPUT_PREPROCESSING and any(i in derived for i in node.input)
+                and all(i in derived or i in constants for i in node.input if i)):
+            derived.update(node.output)
+    if first is None:
+        return []
+    chain, node = [first.name], first
+    while len(after := consumers.get(node.output[0], [])) == 1 and after[0].op_type in INPUT_LAYER_FOLLOWERS:
+        node = after[0]
+        chain.append(node.name)
+    return chain
+
+
+def _race(sessions: dict, feed: dict, seconds: float) -> dict[str, float]:
+    """p50 ms per session at batch 1 on `feed`: the sessions take turns in bursts (10 calls, fewer for a slow model),
+    the order rotating, after a warm-up; about `seconds` each, 20 to 2,000 calls: the same machine state for all."""
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(None, feed)
+    started = time.perf_counter()
+    next(iter(sessions.values())).run(None, feed)
+    calls = max(20, min(2000, int(seconds / max(time.perf_counter() - started, 1e-6))))
+    burst = max(1, min(10, calls // 10))
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for r in range(calls // burst):
+        names = list(sessions)[r % len(sessions):] + list(sessions)[:r % len(sessions)]
+        for name in names:
+            for _ in range(burst):
+                started = time.perf_counter()
+                sessions[name].run(None, feed)
+                times[name].append(time.perf_counter() - started)
+    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
+
+
 def calibration_method(q, name: str):
     """onnxruntime's CalibrationMethod for a dlforge --calibration name."""
     return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
@@ -258,6 +325,7 @@ class Quantizer:
         self.bias_shift: dict[str, np.ndarray] = {}
         self.reduce_range = False  # 7-bit weights: no int16 saturation in the U8S8 kernels of x86 CPUs without VNNI
         self.calibration_summary: dict | None = None
+        self.graph_off: tuple[str, ...] = ()  # onnxruntime optimizers off for the graph being measured (input layer)
         decide_table = take(self.predictor, table, decide)
         self.decide_ref, self.decide_y = encode_rows(self.predictor, decide_table, scaled=True)
         self.decide_x = encode_rows(self.predictor, decide_table, scaled=False)[0] if scaled else self.decide_ref
@@ -350,6 +418,8 @@ class Quantizer:
 
     def runtime(self, data: bytes) -> OnnxRuntime:
         record = {**self.record, "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+        if self.graph_off:
+            record[GRAPH_OPTIMIZERS_KEY] = list(self.graph_off)
         return OnnxRuntime(self.run_dir, batch_size=self.predictor.batch_size, threads=self.threads, record=record,
                            data=data)
 
@@ -364,14 +434,17 @@ class Quantizer:
 def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = "minmax", calibration_rows: int = 256,
                  max_drop: float = 0.005, name: str | None = None, overwrite: bool = False, threads: int | None = None,
                  parity_rows: int = 1000, out_dir: Path | None = None, qat_epochs: int = 1,
-                 qat_lr: float | None = None, bias_correction: bool | None = None, reduce_range: bool | None = None) -> dict:
+                 qat_lr: float | None = None, bias_correction: bool | None = None, reduce_range: bool | None = None,
+                 input_layer: str = "auto") -> dict:
     """Quantize `run_dir`'s ONNX export (exported first if it has none) into `RUN/variants/<name>/`, or into
     `out_dir` (a new complete run directory, not listed in the source's run.json: what compression passes use).
 
     `bias_correction`: None = on in static mode (it lowered the mean logit error on held-out rows by 27-28% on
     EfficientNet transfer, 3 seeds; benchmarks/compress.md, round 10), off otherwise. `reduce_range` (static: 7-bit
     weights): None = on when this x86 CPU has no VNNI (its int8 kernels saturate: the held-out logit error of that
-    model went from 0.53-0.57 to 0.09-0.10 with it and bias correction), off elsewhere.
+    model went from 0.53-0.57 to 0.09-0.10 with it and bias correction), off elsewhere. `input_layer` (static): the
+    first convolution "int8", "fp32", or "auto" (fp32 when measured faster here and within `max_drop`: module
+    docstring).
 
     Returns the variant's export.json content; its `quantization` entry says what was done."""
     run_dir = Path(run_dir)
@@ -389,6 +462,12 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     if bias_correction and mode in ("dynamic", "qat"):
         raise QuantizeError(f"--bias-correction corrects calibrated static int8; --mode {mode} has no calibration rows",
                             where="--bias-correction", hint="use --mode static (or auto on a conv net)")
+    if input_layer not in INPUT_LAYER_CHOICES:
+        raise QuantizeError(f"unknown --input-layer '{input_layer}'; known: {', '.join(INPUT_LAYER_CHOICES)}",
+                            where="--input-layer")
+    if input_layer != "auto" and mode in ("dynamic", "qat"):
+        raise QuantizeError(f"--input-layer places static int8's first convolution; --mode {mode} has no such choice",
+                            where="--input-layer", hint="use --mode static (or auto on a conv net)")
     if mode not in MODES + ("auto",):
         raise QuantizeError(f"unknown mode '{mode}'; known: static, dynamic, qat (or auto)", where="--mode")
     started = time.perf_counter()
@@ -438,13 +517,18 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
             excluded = [f["node"] for f in fallback]
             data = quantizer.quantize(exclude=excluded)
             drop, error = quantizer.measure(data)
+        placement = None
+        if mode == "static" and input_layer != "int8":
+            data, drop, error, placement = _place_input_layer(quantizer, data, [f["node"] for f in fallback],
+                                                              max_drop=max_drop, drop=drop, error=error,
+                                                              forced=input_layer == "fp32")
         model = quantizer.onnx.load_from_string(data)
         if mode == "qat":  # a new graph (its node names are not the fp32 export's): read the QDQ weights directly
             quantizer.layers = weighted_nodes(model, mode)
             kept = qdq_float_layers(model, quantizer.layers)
         else:
             kept = still_float(model, quantizer.layers)
-        excluded_names = {f["node"] for f in fallback}
+        excluded_names = {f["node"] for f in fallback} | set(placement["nodes"] if placement and placement["fp32"] else ())
         unsupported = [{"node": layer["node"], "op": layer["op"],
                         "reason": ("dynamic int8 convolutions are slower than fp32 in onnxruntime (#12854): kept fp32"
                                    if mode == "dynamic" and layer["op"] in ("Conv", "ConvTranspose")
@@ -483,7 +567,7 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
                 next(iter(quantizer.decide_y))])},
             "metric_drop_on_decision_rows": drop, "mean_abs_logit_error": error,
             "int8_layers": n_int8, "fp32_layers": len(kept),
-            "fallback": fallback, "unsupported": unsupported, "notes": quantizer.notes,
+            "fallback": fallback, "unsupported": unsupported, "input_layer": placement, "notes": quantizer.notes,
             "fp32_bytes": fp32_bytes, "int8_bytes": len(data), "size_ratio": fp32_bytes / len(data),
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -498,15 +582,52 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     record = {**quantizer.record, "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
               "parity": parity, "session": runtime.settings, "quantization": quantization,
               "exported_now": exported is not None}
+    if quantizer.graph_off:
+        record[GRAPH_OPTIMIZERS_KEY] = list(quantizer.graph_off)
     record["session"] = {**record["session"], "bytes": len(data), "quantization": mode}
     write_bytes(out / ONNX_FILE, data)
     write_json(out / EXPORT_JSON, record)
     write_variant(run_dir, out, pass_name=f"int8_{mode}", runtime="onnx", listed=out_dir is None,
                   notes={"quantization": {k: quantization[k] for k in ("mode", "calibration", "int8_layers",
-                                                                        "fp32_layers", "size_ratio")},
+                                                                        "fp32_layers", "input_layer", "size_ratio")},
                          "parity": parity})
     record["variant_dir"] = str(out)
     return record
+
+
+def _place_input_layer(quantizer: Quantizer, data: bytes, exclude: list[str], *, max_drop: float, drop: float,
+                       error: float, forced: bool = False) -> tuple[bytes, float, float, dict | None]:
+    """(graph, drop, error, placement): the graph with the input layer fp32 (module docstring) when that is at least
+    INPUT_LAYER_MARGIN faster at batch 1 here and within `max_drop` (always when `forced`), else `data` as it was.
+    placement records both times and the decision (None: no input convolution, or the fallback kept it fp32)."""
+    nodes = input_layer(quantizer.onnx.load(str(quantizer.float_path)))
+    if not nodes or nodes[0] in exclude:
+        if forced:
+            quantizer.notes.append("--input-layer fp32: " + ("the fallback keeps the input convolution fp32 already"
+                                                             if nodes else "no convolution reads the graph's input"))
+        return data, drop, error, None
+    mixed = quantizer.quantize(exclude=list(exclude) + nodes)
+    quantizer.graph_off = INPUT_LAYER_OFF
+    mixed_drop, mixed_error = quantizer.measure(mixed)
+    mixed_runtime = quantizer.runtime(mixed)
+    quantizer.graph_off = ()
+    runtime = quantizer.runtime(data)
+    feed = runtime._feed(quantizer.decide_x, slice(0, 1))
+    ms = _race({"all_int8": runtime.session, "input_fp32": mixed_runtime.session}, feed, INPUT_LAYER_SECONDS)
+    faster = ms["input_fp32"] <= (1 - INPUT_LAYER_MARGIN) * ms["all_int8"]
+    keep = forced or (faster and mixed_drop <= max_drop)
+    how = f"{ms['input_fp32']:.3f} ms with it fp32 against {ms['all_int8']:.3f} ms all int8 at batch 1 on this CPU"
+    if forced:
+        how += " (--input-layer fp32)"
+    placement = {"nodes": nodes, "op": "Conv", "fp32": keep, "ms_batch1": {k: round(v, 4) for k, v in ms.items()},
+                 "metric_drop": {"all_int8": drop, "input_fp32": mixed_drop},
+                 "reason": f"{how}: kept fp32" if keep else (
+                     f"{how}: int8 (fp32 is not {INPUT_LAYER_MARGIN:.0%} faster)" if not faster else
+                     f"{how}, but it loses {mixed_drop:.4f} of the metric (budget {max_drop}): int8")}
+    if keep:
+        quantizer.graph_off = INPUT_LAYER_OFF
+        return mixed, mixed_drop, mixed_error, placement
+    return data, drop, error, placement
 
 
 def _fall_back(quantizer: Quantizer, max_drop: float, drop: float) -> list[dict]:
@@ -557,6 +678,10 @@ def describe(record: dict) -> list[str]:
              f"layers: {q['int8_layers']} int8, {q['fp32_layers']} fp32; size {q['fp32_bytes'] / 1e6:.3f} MB -> "
              f"{q['int8_bytes'] / 1e6:.3f} MB ({q['size_ratio']:.2f}x smaller)"]
     lines += [note for note in q["notes"] if note.startswith("this CPU has no VNNI")]
+    if q.get("input_layer"):
+        entry = q["input_layer"]
+        lines.append(f"input layer {entry['nodes'][0]} ({entry['op']}"
+                     + (f" + {', '.join(entry['nodes'][1:])}" if len(entry["nodes"]) > 1 else "") + f"): {entry['reason']}")
     for entry in q["fallback"]:
         lines.append(f"fallback to fp32: {entry['node']} ({entry['op']}): {entry['reason']}")
     for entry in q["unsupported"]:
@@ -572,5 +697,6 @@ def describe(record: dict) -> list[str]:
     return lines
 
 
-__all__ = ["CALIBRATIONS", "MODES", "no_vnni_note", "QuantizeError", "Quantizer", "describe", "dynamic_ops", "gemm_to_matmul", "quantize_run",
+__all__ = ["CALIBRATIONS", "MODES", "no_vnni_note", "QuantizeError", "Quantizer", "describe", "dynamic_ops", "gemm_to_matmul",
+           "input_layer", "quantize_run",
            "still_float", "weighted_nodes"]

@@ -82,6 +82,37 @@ def write_pareto_png(path: Path, result, budgets) -> Path | None:
     return path
 
 
+def describe_candidate(notes: dict) -> str:
+    """One line on what a candidate is, from the notes its passes left: pruning ratio, student, int8 layers and which
+    stayed fp32 and why (the fallback, the quantizer's unsupported ops, the measured input layer)."""
+    parts = []
+    if "ratio" in notes:
+        parts.append(f"{notes['ratio']:.0%} of channels pruned in {notes.get('steps', 1)} step(s), "
+                     f"{notes.get('finetune_epochs', 0)} fine-tune epoch(s) each")
+    if "student" in notes:
+        parts.append(f"student {Path(str(notes['student'])).name} distilled at T={notes.get('temperature')}, "
+                     f"alpha={notes.get('alpha')}")
+    if "export" in notes:
+        parity = notes["export"].get("parity") or {}
+        parts.append(f"ONNX ({notes['export'].get('exporter')}, opset {notes['export'].get('opset')}; parity max abs "
+                     f"diff {parity.get('max_abs_diff', float('nan')):.2g})")
+    q = notes.get("quantization")
+    if q:
+        line = f"int8 {q.get('mode')}: {q.get('int8_layers')} layer(s) int8, {q.get('fp32_layers')} fp32"
+        kept = [f"{f['node']} ({f['op']}) lost too much" for f in q.get("fallback") or []]
+        kept += [f"{u['node']} ({u['op']}) unsupported" for u in q.get("unsupported") or []]
+        placement = q.get("input_layer")
+        if placement and placement.get("fp32"):
+            kept.append(f"{placement['nodes'][0]} (input layer) faster in fp32")
+        if kept:
+            line += " (" + "; ".join(kept) + ")"
+        if placement:
+            ms = placement["ms_batch1"]
+            line += (f"; input layer at batch 1: {ms['input_fp32']:.3f} ms fp32 against {ms['all_int8']:.3f} ms int8")
+        parts.append(line)
+    return "; ".join(parts) or "the run itself"
+
+
 def write_search_report(out: Path, result, *, budgets, objective: str, closest, strategy: str) -> Path:
     out = Path(out)
     write_pareto_svg(out / "pareto.svg", result, budgets)
@@ -116,6 +147,8 @@ def write_search_report(out: Path, result, *, budgets, objective: str, closest, 
     if result.skipped:
         lines += ["", "Passes that could not run (the search went on without them):", ""]
         lines += [f"- {s}" for s in result.skipped]
+    lines += ["", "## What each candidate is", ""]
+    lines += [f"- `{e.candidate.name}`: {describe_candidate(e.candidate.notes)}" for e in result.entries]
     lines += ["", "## How the search works", "", strategy.strip(), "",
               "## How each figure is measured", "",
               "- metric: the main metric of the first output on the run's test split (validation when it has none);",
@@ -138,4 +171,4 @@ def write_search_report(out: Path, result, *, budgets, objective: str, closest, 
     return path
 
 
-__all__ = ["write_pareto_png", "write_pareto_svg", "write_search_report"]
+__all__ = ["describe_candidate", "write_pareto_png", "write_pareto_svg", "write_search_report"]
