@@ -9,7 +9,8 @@ InferenceSession's run), interleaved round-robin over the engines so that every 
 background load: p50/p95 over --n calls after --warmup. Also: file size, the main metric on the whole test
 split through each runtime (`dlforge.evaluate`), and, for the text model, 128 real tokens and the test
 sentences at their real lengths. `--serve-seconds` > 0 adds `dlforge serve --runtime torch|onnx` on the CNN at
-concurrency 32 (the closed-loop load generator of benchmarks/serve.py). Results: stdout and --out (JSON).
+concurrency 32 (the closed-loop load generator of benchmarks/serve.py; with `--serve-wrk` each server is also
+measured under wrk's load, reported beside). Results: stdout and --out (JSON).
 """
 
 from __future__ import annotations
@@ -207,10 +208,11 @@ def _rows_served(port: int) -> float:
     return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith("dlforge_batch_size_sum"))
 
 
-def serve_bench(run: Path, seconds: float, threads: int, port: int, pairs: int = 2) -> dict:
+def serve_bench(run: Path, seconds: float, threads: int, port: int, pairs: int = 2, wrk: bool = False) -> dict:
     """`pairs` x (torch, onnx) servers in turn, each under the closed-loop load at concurrency 32. Besides
     requests/s and latency: the server process's CPU milliseconds per request (user + system over warm-up and
-    measurement, divided by the rows it served), which the machine's load does not inflate the way it does wall time."""
+    measurement, divided by the rows it served), which the machine's load does not inflate the way it does wall time.
+    `wrk`: each server is then also measured under wrk's load (serve.py's run_wrk), reported beside under `wrk`."""
     import httpx
 
     import serve as serve_bench_module
@@ -241,6 +243,14 @@ def serve_bench(run: Path, seconds: float, threads: int, port: int, pairs: int =
             point["runtime_served"] = served
             out.setdefault(runtime, []).append(point)
             print(runtime, json.dumps(point), flush=True)
+            if wrk:
+                cpu, rows = _cpu_seconds(process.pid), _rows_served(port)
+                point = serve_bench_module.run_wrk(port, records, 32, seconds, warmup=2.0)
+                cpu, rows = _cpu_seconds(process.pid) - cpu, _rows_served(port) - rows
+                point["server_cpu_ms_per_request"] = round(cpu * 1e3 / max(rows, 1), 3)
+                point["load_1min"] = os.getloadavg()[0]
+                out.setdefault("wrk", {}).setdefault(runtime, []).append(point)
+                print(runtime, "wrk", json.dumps(point), flush=True)
         finally:
             process.terminate()
             process.wait(30)
@@ -260,6 +270,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--serve-seconds", type=float, default=0.0, help="0 skips the serving benchmark.")
     parser.add_argument("--serve-pairs", type=int, default=2, help="(torch, onnx) server pairs, alternating.")
+    parser.add_argument("--serve-wrk", action="store_true", help="Also measure each server under wrk's load (a C "
+                        "load generator that spends less CPU than the asyncio one; apt-get install wrk), reported beside.")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--serve-only", action="store_true", help="Only the serving benchmark (needs --cnn).")
     parser.add_argument("--port", type=int, default=8793)
@@ -275,7 +287,8 @@ def main() -> None:
         results["text"] = bench_model(args.text, ["dynamic"], lambda run: {
             "batch1_128_tokens": token_feeds(run, 32, length=128), "batch1_real_lengths": token_feeds(run, 64)}, args)
     if args.cnn and args.serve_seconds > 0:
-        results["serve"] = serve_bench(args.cnn, args.serve_seconds, args.threads, args.port, args.serve_pairs)
+        results["serve"] = serve_bench(args.cnn, args.serve_seconds, args.threads, args.port, args.serve_pairs,
+                                       wrk=args.serve_wrk)
     results["machine"]["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

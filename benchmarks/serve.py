@@ -148,6 +148,64 @@ def run_load(port, requests, concurrency, seconds, warmup=1.0) -> dict:
     return asyncio.run(_load(port, requests, concurrency, seconds, warmup))
 
 
+# ---------------------------------------------------------------- a second load generator: wrk (C)
+# The asyncio client above spends ~0.05-0.07 ms of CPU per request (2-core AMD EPYC, benchmarks/compress.md round 11),
+# a fifth of what the onnx server spends: on a busy machine the two compete for the same cores. wrk (Debian package
+# `wrk`, written in C; the same closed loop: `concurrency` kept-alive connections, one request in flight on each)
+# spends a fraction of that. Its figures are reported beside the asyncio client's, never instead of them.
+WRK_SCRIPT = """
+local bodies = {%s}
+local requests, i = {}, 0
+init = function(args)
+  for n, body in ipairs(bodies) do
+    requests[n] = wrk.format("POST", "/v1/predict", {["Content-Type"] = "application/json"}, body)
+  end
+  i = math.random(#requests)
+end
+request = function()
+  i = i %% #requests + 1
+  return requests[i]
+end
+done = function(summary, latency, requests)
+  io.write(string.format("WRK_JSON {\\"requests\\": %%d, \\"seconds\\": %%f, \\"non2xx\\": %%d, \\"errors\\": %%d, "
+    .. "\\"p50_ms\\": %%f, \\"p99_ms\\": %%f}\\n", summary.requests, summary.duration / 1e6, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+
+def run_wrk(port: int, records: list[dict], concurrency: int, seconds: float, warmup: float = 1.0) -> dict:
+    """The closed-loop load of `run_load` from wrk (one thread): requests/s, p50/p99 and wrk's own CPU per request."""
+    import resource
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
+    bodies = ", ".join(json.dumps(json.dumps({"records": [r]})) for r in records)  # Lua reads JSON's string escapes
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(WRK_SCRIPT % bodies)
+    try:
+        command = ["wrk", "-t1", f"-c{concurrency}", "-s", handle.name, f"http://127.0.0.1:{port}/v1/predict"]
+        if warmup > 0:
+            subprocess.run([*command[:3], f"-d{max(1, round(warmup))}s", *command[3:]], capture_output=True, check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run([*command[:3], f"-d{max(1, round(seconds))}s", *command[3:]], capture_output=True,
+                              text=True, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        os.unlink(handle.name)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("WRK_JSON "))
+    result = json.loads(line.removeprefix("WRK_JSON "))
+    ok = result["requests"] - result["non2xx"]
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"client": "wrk", "concurrency": concurrency, "requests": result["requests"], "ok": ok,
+            "errors": result["non2xx"] + result["errors"], "throughput_rps": ok / result["seconds"],
+            "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
+            "client_cpu_ms_per_request": round(cpu * 1e3 / max(result["requests"], 1), 4)}
+
+
 # ---------------------------------------------------------------- the server under test
 class Server:
     def __init__(self, run_dir: Path, port: int, *, max_batch: int, threads: int, max_wait_ms: float = 5.0):

@@ -89,6 +89,12 @@ def tabular_client(tabular_run, tabular_predictor):
         yield client
 
 
+class LiveUrl(str):
+    """The live server's base URL; `.app` is the app it serves."""
+
+    app = None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -111,7 +117,8 @@ def live_server(run_dir, predictor=None, **settings):
     server = uvicorn.Server(uvicorn_config(config, app, log_level="warning", lifespan="on", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
+    url = LiveUrl(f"http://127.0.0.1:{port}")
+    url.app = app
     deadline = time.monotonic() + 30
     while True:
         try:

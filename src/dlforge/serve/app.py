@@ -35,8 +35,9 @@ from dlforge.core.errors import DlforgeError
 from dlforge.data.features import kind_of
 from dlforge.serve.batcher import Batcher, QueueFull, ShuttingDown
 from dlforge.serve.config import ServeConfig
+from dlforge.serve.fast_route import PredictRoute
 from dlforge.serve.metrics import Metrics, MetricsMiddleware
-from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS
+from dlforge.serve.protocol import BODY_TIMEOUT_SCOPE_KEY, CONNECTION_EVENTS, FAST_ROUTE
 from dlforge.serve.recommend import add_recommend_route, run_jobs
 from dlforge.serve.runtime import DEFAULT_TOP_K, ModelRuntime, Records, weights_version
 from dlforge.serve.schema import (ErrorResponse, Failed, PredictResponse, Status, build_request_models, multipart_schema,
@@ -227,8 +228,10 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
                     log.error("%s", state.error)
 
         loading = asyncio.create_task(load())
-        # The lifespan state reaches the HTTP protocol (protocol.py), which reports refused connections here.
-        yield {CONNECTION_EVENTS: lambda reason: metrics.rejected.labels(reason).inc()}
+        # The lifespan state reaches the HTTP protocol (protocol.py), which reports refused connections here and
+        # answers POST /v1/predict through the fast route when it may (fast_route.py; not with CORS on).
+        yield {CONNECTION_EVENTS: lambda reason: metrics.rejected.labels(reason).inc(),
+               **({} if app.state.fast_route is None else {FAST_ROUTE: app.state.fast_route})}
         state.status = "draining"
         await batcher.close(config.drain_s)
         await recommend_batcher.close(config.drain_s)
@@ -242,10 +245,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
     # -- errors: JSON, one line, never a traceback ---------------------------------------------
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        body = {"detail": exc.detail}
-        if exc.errors:
-            body["errors"] = exc.errors
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
@@ -268,8 +268,7 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"detail": "internal server error (details are in the server log)"}, status_code=500)
+        return unexpected_response(request.method, request.url.path, exc)
 
     # -- probes, metrics, model info ----------------------------------------------------------------
     @app.get("/healthz", response_model=Status, tags=["probes"], responses={503: {"model": Failed}},
@@ -327,14 +326,19 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
         """(records, top_k) of a request: `read()` the checked body, `form_request()` a Request for multipart."""
         body = await checked(read)
         if ctype == "application/json":
-            try:
-                parsed = request_model.model_validate_json(body)
-            except ValidationError as exc:
-                raise _invalid(validation_problems(exc)) from None
-        elif ctype == "multipart/form-data":
-            parsed = await _parse_form(form_request(body), request_model, signature)
-        else:
-            raise ApiError(415, f"send application/json or multipart/form-data; got '{ctype or 'no content type'}'")
+            return parse_json(body)
+        if ctype == "multipart/form-data":
+            return checked_records(await _parse_form(form_request(body), request_model, signature))
+        raise ApiError(415, f"send application/json or multipart/form-data; got '{ctype or 'no content type'}'")
+
+    def parse_json(body: bytes) -> tuple[list, int | None]:
+        try:
+            parsed = request_model.model_validate_json(body)
+        except ValidationError as exc:
+            raise _invalid(validation_problems(exc)) from None
+        return checked_records(parsed)
+
+    def checked_records(parsed) -> tuple[list, int | None]:
         records = [[getattr(r, field) for field in input_fields] for r in parsed.records]
         for i, name in file_checks:  # uploads and base64 files: the pixel or duration limit, from the header alone
             sig = signature["inputs"][name]
@@ -349,34 +353,68 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
     head = json.dumps({"model": meta["name"], "version": version, "output": first_output, "predictions": None})
     head = head[:-len("null}")]
 
-    async def run_predict(ctype: str, read, form_request) -> tuple[bytes, str]:
-        """The predict response's body and Server-Timing value; raises ApiError."""
+    def check_ready() -> float:
+        """The time a request starts being answered; 503 while the model is not ready."""
         if state.status != "ready":
             raise ApiError(503, f"the model is {state.status}", headers={"Retry-After": "1"})
-        started = time.perf_counter()
+        return time.perf_counter()
+
+    def job_of(records: list, top_k: int | None) -> Records:
+        return Records({n: [r[i] for r in records] for i, n in enumerate(input_names)}, len(records), top_k)
+
+    def batch_error(exc: Exception) -> ApiError:
+        """The answer to a batcher's refusal or a job's error (anything else is a bug: a 500)."""
+        if isinstance(exc, QueueFull):
+            metrics.rejected.labels("queue_full").inc()
+            return ApiError(503, f"server busy: {config.max_queue} requests are already waiting",
+                            headers={"Retry-After": "1"})
+        if isinstance(exc, ShuttingDown):
+            return ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
+        if isinstance(exc, TimeoutError):
+            metrics.rejected.labels("timeout").inc()
+            return ApiError(504, f"no answer within {config.timeout_s:g} s")
+        return ApiError(422, exc.message)  # DlforgeError
+
+    def answer(rows: list, started: float, queued: float) -> tuple[bytes, str]:
+        done = time.perf_counter()
+        payload = f"{head}{_encode_json(rows)}}}".encode()
+        return payload, f"parse;dur={(queued - started) * 1e3:.2f}, batch;dur={(done - queued) * 1e3:.2f}"
+
+    async def run_predict(ctype: str, read, form_request) -> tuple[bytes, str]:
+        """The predict response's body and Server-Timing value; raises ApiError."""
+        started = check_ready()
         batcher.incoming(+1)
         try:
             records, top_k = await parse(ctype, read, form_request)
         finally:
             batcher.incoming(-1)
-        job = Records({n: [r[i] for r in records] for i, n in enumerate(input_names)}, len(records), top_k)
+        job = job_of(records, top_k)
         queued = time.perf_counter()
         try:
             rows = await batcher.submit(job, job.rows, timeout=config.timeout_s)
-        except QueueFull:
-            metrics.rejected.labels("queue_full").inc()
-            raise ApiError(503, f"server busy: {config.max_queue} requests are already waiting",
-                           headers={"Retry-After": "1"}) from None
-        except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", headers={"Retry-After": "5"}) from None
-        except TimeoutError:
-            metrics.rejected.labels("timeout").inc()
-            raise ApiError(504, f"no answer within {config.timeout_s:g} s") from None
-        except DlforgeError as exc:
-            raise ApiError(422, exc.message) from None
-        done = time.perf_counter()
-        payload = f"{head}{_encode_json(rows)}}}".encode()
-        return payload, f"parse;dur={(queued - started) * 1e3:.2f}, batch;dur={(done - queued) * 1e3:.2f}"
+        except BATCH_ERRORS as exc:
+            raise batch_error(exc) from None
+        return answer(rows, started, queued)
+
+    def start_predict(body: bytes):
+        """`run_predict` for a JSON body already read, without awaiting: (the job's future, a function of that
+        future once done giving the response's body and Server-Timing value). Both raise ApiError as run_predict."""
+        started = check_ready()
+        job = job_of(*parse_json(body))  # (no batcher.incoming: nothing waits between receiving and submitting)
+        queued = time.perf_counter()
+        try:
+            future = batcher.enqueue(job, job.rows, timeout=config.timeout_s)
+        except BATCH_ERRORS as exc:
+            raise batch_error(exc) from None
+
+        def finish(done) -> tuple[bytes, str]:
+            try:
+                rows = done.result()
+            except BATCH_ERRORS as exc:
+                raise batch_error(exc) from None
+            return answer(rows, started, queued)
+
+        return future, finish
 
     @app.post("/v1/predict", response_model=PredictResponse, tags=["model"],
               summary="Predict one or more records (JSON), or one record as a form (multipart, image files).",
@@ -473,7 +511,26 @@ def create_app(config: ServeConfig, *, predictor=None, on_fatal=None) -> FastAPI
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.fast_route = None if config.cors_origins else PredictRoute(
+        app, start_predict=start_predict, api_error=api_error_response, api_error_type=ApiError,
+        unexpected=unexpected_response, metrics=metrics, max_body_bytes=config.max_body_bytes, keys=keys)
     return app
+
+
+# What the batcher may raise to a caller that the API answers (anything else is a bug: a 500).
+BATCH_ERRORS = (QueueFull, ShuttingDown, TimeoutError, DlforgeError)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    body = {"detail": exc.detail}
+    if exc.errors:
+        body["errors"] = exc.errors
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def unexpected_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error (details are in the server log)"}, status_code=500)
 
 
 def _read_metrics(run_dir: Path) -> dict | None:
@@ -493,17 +550,17 @@ def _check_image(value, field: str, max_pixels: int, metrics: Metrics) -> None:
     """413 for too many pixels, 422 for bytes that are no image; reads the header only."""
     if not isinstance(value, bytes):
         return
-    from PIL import Image
-
     try:
         pixels = image_pixels(value)
-    except Image.DecompressionBombError as exc:  # Pillow refuses sizes over twice its own limit at open
-        metrics.rejected.labels("image_too_large").inc()
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow opens"
-        raise ApiError(413, f"{field}: the image has {size}; this server accepts at most {max_pixels:,} "
-                            "(option --max-pixels)") from None
-    except Exception:  # Pillow raises many types for garbage; none of them is the client's business
+    except Exception as exc:  # Pillow raises many types for garbage; none of them is the client's business
+        from PIL import Image  # here, not per request: an import statement costs ~1 us
+
+        if isinstance(exc, Image.DecompressionBombError):  # Pillow refuses sizes over twice its own limit at open
+            metrics.rejected.labels("image_too_large").inc()
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow opens"
+            raise ApiError(413, f"{field}: the image has {size}; this server accepts at most {max_pixels:,} "
+                                "(option --max-pixels)") from None
         raise _invalid([{"field": field, "message": "not a readable image (send PNG, JPEG, GIF, BMP, TIFF or WebP)"}]) from None
     if pixels > max_pixels:
         metrics.rejected.labels("image_too_large").inc()

@@ -44,7 +44,13 @@ class Job:
     payload: Any
     rows: int
     future: asyncio.Future
+    timer: asyncio.TimerHandle | None = None  # the job's timeout
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def done(self) -> None:
+        """Answered (or abandoned): its timeout is off."""
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _expire(future: asyncio.Future) -> None:
@@ -119,6 +125,7 @@ class Batcher:
                 pass
         for job in self._queue:  # only left when the drain timed out
             if not job.future.done():
+                job.done()
                 job.future.set_exception(ShuttingDown())
         self._queue.clear()
         self._executor.shutdown(wait=True)
@@ -126,24 +133,33 @@ class Batcher:
     # -- submitting -------------------------------------------------------------------------------
     async def submit(self, payload: Any, rows: int, *, timeout: float | None = None) -> Any:
         """The result for `payload`; raises QueueFull, ShuttingDown, TimeoutError, or the job's error."""
+        job = self._enqueue(payload, rows, timeout)
+        try:
+            return await job.future
+        finally:
+            if not job.future.done():  # the client went away: the collector skips it
+                job.future.cancel()
+                job.done()
+
+    def enqueue(self, payload: Any, rows: int, *, timeout: float | None = None) -> asyncio.Future:
+        """`submit` without awaiting: the future that gets the result (or TimeoutError after `timeout` seconds).
+        Raises QueueFull or ShuttingDown at once."""
+        return self._enqueue(payload, rows, timeout).future
+
+    def _enqueue(self, payload: Any, rows: int, timeout: float | None) -> Job:
         if self._closing:
             raise ShuttingDown()
         if len(self._queue) >= self.max_queue:
             raise QueueFull()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(Job(payload, rows, future))
+        # One timer on the job's own future (asyncio.wait_for would add a second future and its callbacks),
+        # cancelled when the job is answered.
+        job = Job(payload, rows, future, None if timeout is None else loop.call_later(timeout, _expire, future))
+        self._queue.append(job)
         self.on_depth(len(self._queue))
         self._arrived.set()
-        # One timer on the job's own future (asyncio.wait_for would add a second future and its callbacks).
-        timer = None if timeout is None else loop.call_later(timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not future.done():  # the client went away: the collector skips it
-                future.cancel()
+        return job
 
     # -- the collector --------------------------------------------------------------------------
     def _take(self, batch: list[Job], rows: int) -> int:
@@ -201,6 +217,7 @@ class Batcher:
             for job, result in zip(batch, results):
                 if job.future.done():
                     continue
+                job.done()
                 if isinstance(result, BaseException):
                     job.future.set_exception(result)
                 else:

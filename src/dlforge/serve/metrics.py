@@ -33,6 +33,21 @@ class Metrics:
                                  **({"multiprocess_mode": "livesum"} if multiproc else {}))
         self.rejected = Counter("dlforge_rejected_total", "Requests refused before inference, by reason.",
                                 ["reason"], registry=self.registry)
+        # The labelled children, looked up once per (route, status): prometheus_client's labels() validates and
+        # locks on every call, a few microseconds per request.
+        self._counts: dict[tuple[str, int], object] = {}
+        self._latency: dict[str, object] = {}
+
+    def record_request(self, route: str, status: int, seconds: float) -> None:
+        """One answered request: its count by (route, status) and its latency."""
+        counter = self._counts.get((route, status))
+        if counter is None:
+            counter = self._counts[(route, status)] = self.requests.labels(route, str(status))
+        counter.inc()
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = self.latency.labels(route)
+        latency.observe(seconds)
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
@@ -54,20 +69,6 @@ class MetricsMiddleware:
     def __init__(self, app, metrics: Metrics):
         self.app = app
         self.metrics = metrics
-        # The labelled children, looked up once per (route, status): prometheus_client's labels() validates and
-        # locks on every call, a few microseconds per request.
-        self._counts: dict[tuple[str, int], object] = {}
-        self._latency: dict[str, object] = {}
-
-    def record(self, route: str, status: int, seconds: float) -> None:
-        counter = self._counts.get((route, status))
-        if counter is None:
-            counter = self._counts[(route, status)] = self.metrics.requests.labels(route, str(status))
-        counter.inc()
-        latency = self._latency.get(route)
-        if latency is None:
-            latency = self._latency[route] = self.metrics.latency.labels(route)
-        latency.observe(seconds)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -86,4 +87,4 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self.record(route, status, time.perf_counter() - started)
+            self.metrics.record_request(route, status, time.perf_counter() - started)

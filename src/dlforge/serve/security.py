@@ -73,6 +73,16 @@ async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": payload})
 
 
+def key_allowed(header: bytes | None, keys: list[bytes]) -> bool:
+    """An Authorization header value holds one of `keys` as a bearer token."""
+    if not header or not header[:7].lower() == b"bearer ":
+        return False
+    token = header[7:].strip()
+    # Compare against every key without stopping early, so timing does not tell which one nearly matched.
+    matches = [hmac.compare_digest(token, key) for key in keys]
+    return any(matches)
+
+
 class ApiKeyAuth:
     """Every route except PUBLIC_PATHS needs `Authorization: Bearer <key>`; keys compare in constant time."""
 
@@ -81,12 +91,7 @@ class ApiKeyAuth:
         self.keys = keys
 
     def allowed(self, header: bytes | None) -> bool:
-        if not header or not header[:7].lower() == b"bearer ":
-            return False
-        token = header[7:].strip()
-        # Compare against every key without stopping early, so timing does not tell which one nearly matched.
-        matches = [hmac.compare_digest(token, key) for key in self.keys]
-        return any(matches)
+        return key_allowed(header, self.keys)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in PUBLIC_PATHS \
@@ -236,16 +241,21 @@ def image_pixels(data: bytes) -> int:
         return img.width * img.height
 
 
+CSP = (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+       b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+# Appended to every response's headers (SecurityHeaders; the fast route appends them itself).
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", CSP), (b"referrer-policy", b"no-referrer"))
+
+
 class SecurityHeaders:
     """nosniff and no framing on every response; a strict Content-Security-Policy on the web page."""
 
-    CSP = (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-           b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    CSP = CSP
 
     def __init__(self, app):
         self.app = app
-        self.headers = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                        (b"content-security-policy", self.CSP), (b"referrer-policy", b"no-referrer")]
+        self.headers = list(SECURITY_HEADERS)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -49,15 +49,15 @@ class ImageFeature(Feature):
         """Image bytes (uploads, a served model's requests) decoded into one (N, H, W, C) array. A plain PNG already
         in the wanted mode and size (what a client of a served model usually sends) is copied in directly; anything
         else goes through `_decode_one`, which converts, resizes and words errors as for any file."""
-        from dlforge.data.images.decode import png_image
+        from dlforge.data.images.decode import png_raw
 
         height, width = size
         mode = "L" if channels == 1 else "RGB"
         out = np.empty((len(values), height, width, channels), dtype=np.uint8)
         for i, value in enumerate(values):
-            img = png_image(value) if isinstance(value, (bytes, bytearray)) else None
-            if img is not None and img.mode == mode and img.size == (width, height):
-                out[i] = np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(height, width, channels)
+            decoded = png_raw(value) if isinstance(value, (bytes, bytearray)) else None
+            if decoded is not None and decoded[0] == mode and decoded[1] == (width, height):
+                out[i] = np.frombuffer(decoded[2], dtype=np.uint8).reshape(height, width, channels)
                 continue
             decoded = self._decode_one(value, channels, size, where=f"{self.field_path} row {i}")
             if decoded.shape != out.shape[1:]:  # an array of another size (files are resized to `size`)
