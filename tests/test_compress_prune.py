@@ -435,12 +435,13 @@ def test_the_report_says_which_layers_stayed_fp32_and_why():
 
     notes = {"quantization": {"mode": "static", "int8_layers": 5, "fp32_layers": 3,
                               "fallback": [{"node": "fc2", "op": "Gemm"}],
-                              "unsupported": [{"node": "lstm", "op": "LSTM"}],
+                              "unsupported": [{"node": "lstm1", "op": "LSTM", "reason": "no int8 LSTM: kept fp32"},
+                                              {"node": "lstm2", "op": "LSTM", "reason": "no int8 LSTM: kept fp32"}],
                               "input_layer": {"nodes": ["conv1", "relu1"], "fp32": True,
                                               "ms_batch1": {"all_int8": 0.084, "input_fp32": 0.066}}}}
     assert describe_candidate(notes) == (
-        "int8 static: 5 layer(s) int8, 3 fp32 (fc2 (Gemm) lost too much; lstm (LSTM) unsupported; conv1 (input "
-        "layer) faster in fp32); input layer at batch 1: 0.066 ms fp32 against 0.084 ms int8")
+        "int8 static: 5 layer(s) int8, 3 fp32 (fc2 (Gemm) lost too much; lstm1 (LSTM), lstm2 (LSTM): no int8 LSTM; "
+        "conv1 (input layer) faster in fp32); input layer at batch 1: 0.066 ms fp32 against 0.084 ms int8")
     assert describe_candidate({}) == "the run itself"
 
 

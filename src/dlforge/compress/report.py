@@ -100,7 +100,11 @@ def describe_candidate(notes: dict) -> str:
     if q:
         line = f"int8 {q.get('mode')}: {q.get('int8_layers')} layer(s) int8, {q.get('fp32_layers')} fp32"
         kept = [f"{f['node']} ({f['op']}) lost too much" for f in q.get("fallback") or []]
-        kept += [f"{u['node']} ({u['op']}) unsupported" for u in q.get("unsupported") or []]
+        by_reason: dict[str, list[str]] = {}  # the quantizer's reason (no int8 kernel in this mode, or slower)
+        for u in q.get("unsupported") or []:
+            by_reason.setdefault(str(u.get("reason", "not quantized in this mode")).removesuffix(": kept fp32"),
+                                 []).append(f"{u['node']} ({u['op']})")
+        kept += [f"{', '.join(nodes)}: {reason}" for reason, nodes in by_reason.items()]
         placement = q.get("input_layer")
         if placement and placement.get("fp32"):
             kept.append(f"{placement['nodes'][0]} (input layer) faster in fp32")
