@@ -464,7 +464,7 @@ def _graph(nodes, inputs=("x",), initializers=()):
 def test_input_layer_is_the_first_conv_on_the_input_and_what_follows_it_alone():
     from onnx import helper
 
-    from dlforge.compress.quantize import input_layer
+    from dlforge.compress.input_layer import input_layer
 
     weights = [("scale", ()), ("mean", ()), ("w1", (4, 1, 3, 3)), ("w2", (4, 4, 3, 3))]
     nodes = [helper.make_node("Mul", ["x", "scale"], ["s"], name="scale"),
@@ -488,7 +488,7 @@ def test_input_layer_is_the_first_conv_on_the_input_and_what_follows_it_alone():
 
 
 def test_the_input_layer_race_gives_both_graphs_the_same_calls():
-    from dlforge.compress.quantize import _race
+    from dlforge.compress.input_layer import _race
 
     class Session:
         def __init__(self):
@@ -509,10 +509,10 @@ def test_the_input_layer_stays_fp32_only_when_faster(exported, monkeypatch, time
     """auto: fp32 when the mixed graph is >= 5% faster at batch 1 (the timing is planted here; the real one is
     benchmarks/compress.md's); that graph runs without QDQ propagation, as its export.json says."""
     from dlforge.artifact.onnx_runtime import GRAPH_OPTIMIZERS_KEY
-    from dlforge.compress import quantize
+    from dlforge.compress import input_layer, quantize
 
     run, _ = exported
-    monkeypatch.setattr(quantize, "_race", lambda sessions, feed, seconds: dict(zip(sessions, times)))
+    monkeypatch.setattr(input_layer, "_race", lambda sessions, feed, seconds: dict(zip(sessions, times)))
     record = quantize.quantize_run(run, mode="static", calibration_rows=64, name=f"input_{kept}", parity_rows=200,
                                    max_drop=1.0)  # no fallback: the placement alone decides
     q, variant = record["quantization"], Path(record["variant_dir"])
@@ -533,10 +533,10 @@ def test_the_input_layer_stays_fp32_only_when_faster(exported, monkeypatch, time
 
 
 def test_forced_input_layer_and_an_unknown_optimizer_in_export_json(exported, tmp_path, monkeypatch, capsys):
-    from dlforge.compress import quantize
+    from dlforge.compress import input_layer
 
     run, _ = exported
-    monkeypatch.setattr(quantize, "_race", lambda sessions, feed, seconds: dict.fromkeys(sessions, 1.0))
+    monkeypatch.setattr(input_layer, "_race", lambda sessions, feed, seconds: dict.fromkeys(sessions, 1.0))
     assert main_ok(["quantize", str(run), "--mode", "static", "--input-layer", "fp32", "--name", "forced"])
     out = capsys.readouterr().out
     assert "input layer node_conv2d (Conv" in out and "(--input-layer fp32): kept fp32" in out

@@ -16,7 +16,7 @@ Session options are chosen, not left to defaults (and `settings` states them, fo
   onnxruntime 1.32, 1 thread) the fused SkipLayerNormalization kernel took 0.66 ms on a 128 x 384 input, the
   Add + LayerNormalization it replaces 0.10 ms (benchmarks/compress.md);
 - what a graph's export.json asks for besides (`ort_disabled_optimizers`, from GRAPH_OPTIMIZERS_OFF only): a static
-  int8 graph whose first convolution stays fp32 (compress/quantize.py) runs without QDQPropagationTransformer,
+  int8 graph whose first convolution stays fp32 (compress/input_layer.py) runs without QDQPropagationTransformer,
   which would otherwise move the first QuantizeLinear above the fp32 max-pool and make it a uint8 NCHW one, 4-8x
   slower than the fp32 one.
 """
@@ -163,7 +163,8 @@ class OnnxRuntime:
         self.settings = {**self.settings, "file": ONNX_FILE, "bytes": self.record["onnx"]["bytes"],
                          "opset": self.record.get("opset"), "quantization": self.record.get("quantization")}
 
-    def _feed(self, x: dict, rows) -> dict[str, np.ndarray]:
+    def feed(self, x: dict, rows) -> dict[str, np.ndarray]:
+        """The session's inputs for `rows` of `x`, as numpy arrays of the graph's dtypes (padding columns cut)."""
         feed = {}
         for name in self.input_names:
             value = x[name][rows]
@@ -180,7 +181,7 @@ class OnnxRuntime:
         chunks: dict[str, list] = {name: [] for name in self.output_names}
         for rows in eval_batches(n, self.batch_size):
             try:
-                values = self.session.run(self.output_names, self._feed(x, rows))
+                values = self.session.run(self.output_names, self.feed(x, rows))
             except Exception as exc:  # a shape the graph cannot take: an error, not a crashed process
                 first = (str(exc).strip().splitlines() or [""])[0][:300]
                 raise DlforgeError(f"onnxruntime failed to run the model ({exc.__class__.__name__}: {first})",

@@ -18,14 +18,7 @@
   128 tokens, test accuracy -0.08 points instead of -0.35 (compress/onnx_export_attention.py; benchmarks/compress.md,
   round 7).
 
-Input layer placement (static): the first convolution (the one reading the image, through the graph's own
-scaling/normalisation) has few input channels, and int8 has little to gain there: on the 2-core AVX2 EPYC the
-MNIST CNN's first QLinearConv (1 input channel, 9 products per output) took 35 us against 13 us for onnxruntime's
-fp32 NCHWc convolution. So static mode also builds the variant with that convolution and the activation/pool ops
-after it in fp32 (onnxruntime's QDQPropagationTransformer off for that graph, recorded in its export.json: it would
-move the QuantizeLinear above the fp32 max-pool, a uint8 NCHW max-pool 4-8x slower), times both at batch 1 on this
-machine, interleaved, and keeps the mixed graph only when it is at least 5% faster and within the accuracy budget
-(MNIST CNN there: 0.067 against 0.086 ms; EfficientNet-Lite0: no difference, so all int8). The report gives both times.
+Input layer placement (static, `input_layer`): compress/input_layer.py.
 
 Per-layer fallback: when the variant loses more than `max_drop` of the main metric on the decision rows
 (validation rows, else training rows that did not calibrate), each weighted layer's sensitivity is measured
@@ -55,6 +48,7 @@ from dlforge.artifact.predictor import Predictor
 from dlforge.compress.bias_correction import apply_shifts, shift_summary, weight_error_shifts
 from dlforge.compress.calibrate import calibrate
 from dlforge.compress.graph_fold import fold_input_scaling
+from dlforge.compress.input_layer import INPUT_LAYER_CHOICES, place_input_layer
 from dlforge.compress.onnx_export import compare, export_onnx
 from dlforge.compress.rows import encode_rows, evaluation_rows, main_metric, run_splits, sample, score, take
 from dlforge.compress.variants import variant_dir, write_variant
@@ -70,14 +64,6 @@ MIN_DECISION_ROWS = 50  # fewer rows left outside calibration than this: the dec
 # The op types static int8 quantizes (and whose tensors are calibrated): the weighted ones and what sits between them.
 STATIC_OP_TYPES = list(WEIGHTED_OPS["static"]) + ["Relu", "Clip", "MaxPool", "AveragePool", "Add", "Mul", "Reshape",
                                                   "Flatten", "Transpose", "Concat", "GlobalAveragePool", "Sigmoid"]
-# What may follow the input convolution and stays fp32 with it (up to the next weighted layer), and what may sit
-# between the graph's input and that convolution (its scaling and normalisation, with constant operands).
-INPUT_LAYER_FOLLOWERS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "MaxPool", "AveragePool")
-INPUT_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity")
-INPUT_LAYER_CHOICES = ("auto", "int8", "fp32")
-INPUT_LAYER_OFF = ("QDQPropagationTransformer",)  # onnxruntime optimizers off for a graph whose input layer is fp32
-INPUT_LAYER_MARGIN = 0.05  # the mixed graph must be this much faster at batch 1 to be kept
-INPUT_LAYER_SECONDS = 1.0  # timing budget per graph for that decision
 MAX_SENSITIVITY_LAYERS = 24  # the largest layers are measured; the rest stay int8 (each measurement quantizes once)
 
 
@@ -191,55 +177,6 @@ def still_float(model, layers: list[dict]) -> set[str]:
     return kept
 
 
-def input_layer(model) -> list[str]:
-    """The node names of the model's input layer: the first Conv reading a graph input (directly or through
-    elementwise ops with constant operands: scaling, normalisation) and the activation and pooling nodes after it up
-    to the next weighted layer, each the only consumer of the one before; [] when the model has no such Conv."""
-    derived = {i.name for i in model.graph.input}
-    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                               for o in n.output}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    first = None
-    for node in model.graph.node:  # topological order
-        if node.op_type == "Conv" and node.input[0] in derived:
-            first = node
-            break
-        if (node.op_type in INPUT_PREPROCESSING and any(i in derived for i in node.input)
-                and all(i in derived or i in constants for i in node.input if i)):
-            derived.update(node.output)
-    if first is None:
-        return []
-    chain, node = [first.name], first
-    while len(after := consumers.get(node.output[0], [])) == 1 and after[0].op_type in INPUT_LAYER_FOLLOWERS:
-        node = after[0]
-        chain.append(node.name)
-    return chain
-
-
-def _race(sessions: dict, feed: dict, seconds: float) -> dict[str, float]:
-    """p50 ms per session at batch 1 on `feed`: the sessions take turns in bursts (10 calls, fewer for a slow model),
-    the order rotating, after a warm-up; about `seconds` each, 20 to 2,000 calls: the same machine state for all."""
-    for session in sessions.values():
-        for _ in range(3):
-            session.run(None, feed)
-    started = time.perf_counter()
-    next(iter(sessions.values())).run(None, feed)
-    calls = max(20, min(2000, int(seconds / max(time.perf_counter() - started, 1e-6))))
-    burst = max(1, min(10, calls // 10))
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for r in range(calls // burst):
-        names = list(sessions)[r % len(sessions):] + list(sessions)[:r % len(sessions)]
-        for name in names:
-            for _ in range(burst):
-                started = time.perf_counter()
-                sessions[name].run(None, feed)
-                times[name].append(time.perf_counter() - started)
-    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
-
-
 def calibration_method(q, name: str):
     """onnxruntime's CalibrationMethod for a dlforge --calibration name."""
     return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
@@ -325,7 +262,7 @@ class Quantizer:
         self.bias_shift: dict[str, np.ndarray] = {}
         self.reduce_range = False  # 7-bit weights: no int16 saturation in the U8S8 kernels of x86 CPUs without VNNI
         self.calibration_summary: dict | None = None
-        self.graph_off: tuple[str, ...] = ()  # onnxruntime optimizers off for the graph being measured (input layer)
+        self.graph_off: tuple[str, ...] = ()  # onnxruntime optimizers off for the chosen graph (compress/input_layer.py)
         decide_table = take(self.predictor, table, decide)
         self.decide_ref, self.decide_y = encode_rows(self.predictor, decide_table, scaled=True)
         self.decide_x = encode_rows(self.predictor, decide_table, scaled=False)[0] if scaled else self.decide_ref
@@ -416,16 +353,18 @@ class Quantizer:
                                                                op_types=STATIC_OP_TYPES, folder=self.folder)
         return self._ranges
 
-    def runtime(self, data: bytes) -> OnnxRuntime:
+    def runtime(self, data: bytes, off: tuple[str, ...] | None = None) -> OnnxRuntime:
+        """`data` on onnxruntime, with the optimizers `off` (default: the chosen graph's, `graph_off`) turned off."""
         record = {**self.record, "onnx": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
-        if self.graph_off:
-            record[GRAPH_OPTIMIZERS_KEY] = list(self.graph_off)
+        off = self.graph_off if off is None else off
+        if off:
+            record[GRAPH_OPTIMIZERS_KEY] = list(off)
         return OnnxRuntime(self.run_dir, batch_size=self.predictor.batch_size, threads=self.threads, record=record,
                            data=data)
 
-    def measure(self, data: bytes) -> tuple[float, float]:
+    def measure(self, data: bytes, off: tuple[str, ...] | None = None) -> tuple[float, float]:
         """(loss of the main metric against fp32 torch on the decision rows, mean abs logit error)."""
-        logits = self.runtime(data).run(self.decide_x)
+        logits = self.runtime(data, off).run(self.decide_x)
         _, value, _ = main_metric(self.predictor, score(self.predictor, logits, self.decide_y))
         error = float(np.mean([float((logits[n] - ref).abs().mean()) for n, ref in self.reference.items()]))
         return (self.reference_metric - value) * self.direction, error
@@ -519,7 +458,7 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
             drop, error = quantizer.measure(data)
         placement = None
         if mode == "static" and input_layer != "int8":
-            data, drop, error, placement = _place_input_layer(quantizer, data, [f["node"] for f in fallback],
+            data, drop, error, placement = place_input_layer(quantizer, data, [f["node"] for f in fallback],
                                                               max_drop=max_drop, drop=drop, error=error,
                                                               forced=input_layer == "fp32")
         model = quantizer.onnx.load_from_string(data)
@@ -595,41 +534,6 @@ def quantize_run(run_dir: str | Path, *, mode: str = "auto", calibration: str = 
     return record
 
 
-def _place_input_layer(quantizer: Quantizer, data: bytes, exclude: list[str], *, max_drop: float, drop: float,
-                       error: float, forced: bool = False) -> tuple[bytes, float, float, dict | None]:
-    """(graph, drop, error, placement): the graph with the input layer fp32 (module docstring) when that is at least
-    INPUT_LAYER_MARGIN faster at batch 1 here and within `max_drop` (always when `forced`), else `data` as it was.
-    placement records both times and the decision (None: no input convolution, or the fallback kept it fp32)."""
-    nodes = input_layer(quantizer.onnx.load(str(quantizer.float_path)))
-    if not nodes or nodes[0] in exclude:
-        if forced:
-            quantizer.notes.append("--input-layer fp32: " + ("the fallback keeps the input convolution fp32 already"
-                                                             if nodes else "no convolution reads the graph's input"))
-        return data, drop, error, None
-    mixed = quantizer.quantize(exclude=list(exclude) + nodes)
-    quantizer.graph_off = INPUT_LAYER_OFF
-    mixed_drop, mixed_error = quantizer.measure(mixed)
-    mixed_runtime = quantizer.runtime(mixed)
-    quantizer.graph_off = ()
-    runtime = quantizer.runtime(data)
-    feed = runtime._feed(quantizer.decide_x, slice(0, 1))
-    ms = _race({"all_int8": runtime.session, "input_fp32": mixed_runtime.session}, feed, INPUT_LAYER_SECONDS)
-    faster = ms["input_fp32"] <= (1 - INPUT_LAYER_MARGIN) * ms["all_int8"]
-    keep = forced or (faster and mixed_drop <= max_drop)
-    how = f"{ms['input_fp32']:.3f} ms with it fp32 against {ms['all_int8']:.3f} ms all int8 at batch 1 on this CPU"
-    if forced:
-        how += " (--input-layer fp32)"
-    placement = {"nodes": nodes, "op": "Conv", "fp32": keep, "ms_batch1": {k: round(v, 4) for k, v in ms.items()},
-                 "metric_drop": {"all_int8": drop, "input_fp32": mixed_drop},
-                 "reason": f"{how}: kept fp32" if keep else (
-                     f"{how}: int8 (fp32 is not {INPUT_LAYER_MARGIN:.0%} faster)" if not faster else
-                     f"{how}, but it loses {mixed_drop:.4f} of the metric (budget {max_drop}): int8")}
-    if keep:
-        quantizer.graph_off = INPUT_LAYER_OFF
-        return mixed, mixed_drop, mixed_error, placement
-    return data, drop, error, placement
-
-
 def _fall_back(quantizer: Quantizer, max_drop: float, drop: float) -> list[dict]:
     """Layers back to fp32, most sensitive first, until the loss is within `max_drop` (all measured ones at most)."""
     sensitivity = []
@@ -698,5 +602,5 @@ def describe(record: dict) -> list[str]:
 
 
 __all__ = ["CALIBRATIONS", "MODES", "no_vnni_note", "QuantizeError", "Quantizer", "describe", "dynamic_ops", "gemm_to_matmul",
-           "input_layer", "quantize_run",
+           "quantize_run",
            "still_float", "weighted_nodes"]
